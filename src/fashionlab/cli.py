@@ -1,0 +1,184 @@
+"""The `fashionlab` command: parses arguments and calls the library, nothing more.
+
+    fashionlab train --epochs 10 && fashionlab predict runs/<run> --index 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Any
+
+from fashionlab import FashionlabError, __version__, data
+from fashionlab.config import (ACTIVATION_CHOICES, BATCH_NORM_CHOICES, INITIALIZER_CHOICES, OPTIMIZER_CHOICES,
+                               TrainConfig, load_config)
+
+CHOICES = {"activation": ACTIVATION_CHOICES, "batch_norm": BATCH_NORM_CHOICES,
+           "kernel_initializer": INITIALIZER_CHOICES, "optimizer": OPTIMIZER_CHOICES}
+MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] | None = None) -> None:
+    """One option per TrainConfig field; unset options stay out of the namespace."""
+    group = parser.add_argument_group("recipe (defaults: the tutorial)")
+    for f in fields(TrainConfig):
+        if keys is not None and f.name not in keys:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
+        else:
+            group.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
+                               choices=CHOICES.get(f.name), default=argparse.SUPPRESS, help=help_text,
+                               metavar=None if f.name in CHOICES else f.name.upper())
+
+
+def _config_from(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder with the four *-ubyte(.gz) files (else $FASHIONLAB_DATA, the Keras cache, "
+                             "/usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the SHA-256 check against the official files (your own IDX data)")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
+    from fashionlab.training import train
+
+    result = train(config, args.run_dir, args.data_dir, args.verify, verbose=0 if args.quiet else None)
+    m = result.metrics
+    print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
+          f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
+          f"{m['median_seconds_per_epoch']:.2f} s/epoch")
+    print(f"run directory: {result.run.path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from fashionlab.evaluation import evaluate, format_report
+
+    report = evaluate(args.run, args.data_dir, args.verify)
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report))
+        print(f"confusion matrix: {args.run}/confusion_matrix.png, {args.run}/confusion_matrix.csv")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fashionlab.prediction import predict
+
+    results = predict(args.run, args.index or (), args.images, args.top_k, args.invert, args.data_dir, args.verify)
+    if args.json:
+        _print_json(results)
+        return
+    for r in results:
+        others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
+        print(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f})"
+              + (f"   next: {others}" if others else ""))
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from fashionlab.model import build_model, summary_text
+    from fashionlab.preprocessing import Scaler
+
+    # The scaler's values do not change the architecture or its parameter counts.
+    print(summary_text(build_model(_config_from(args), Scaler(mean=0.0, std=1.0))))
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    splits = data.load_splits(data.find_data_dir(args.data_dir), args.validation_size, verify=args.verify)
+    print(data.describe(splits))
+
+
+def cmd_data_path(args: argparse.Namespace) -> None:
+    print(data.find_data_dir(args.data_dir))
+
+
+def cmd_data_download(args: argparse.Namespace) -> None:
+    dest = data.download(args.dest, args.url)
+    print(f"verified the four Fashion-MNIST files in {dest}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashionlab", description="Fashion-MNIST with a deep batch-normalized "
+                                     "MLP, as in the tf.keras tutorial: train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model into a new run directory")
+    train.add_argument("--config", metavar="FILE", help="TOML file (or a run's config.json) of recipe keys")
+    train.add_argument("--run-dir", metavar="PATH", help="where to write the run (default: runs/<time>-<name>)")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    _add_data_options(train)
+    _add_config_options(train)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="test loss, accuracy, per-class scores, confusion matrix")
+    evaluate.add_argument("run", metavar="RUN", help="run directory")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    _add_data_options(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="class names for test images or your own image files")
+    predict.add_argument("run", metavar="RUN", help="run directory")
+    predict.add_argument("images", metavar="IMAGE", nargs="*", help="PNG/JPEG files to classify")
+    predict.add_argument("--index", type=int, nargs="+", metavar="I", help="test-set image indices")
+    predict.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes listed per input")
+    predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
+                         help="invert images (default: only those with a light background)")
+    predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
+    _add_data_options(predict)
+    predict.set_defaults(handler=cmd_predict)
+
+    summary = commands.add_parser("summary", help="print the network's layers and parameter counts")
+    _add_config_options(summary, MODEL_KEYS)
+    summary.set_defaults(handler=cmd_summary)
+
+    data_parser = commands.add_parser("data", help="find, check or download the dataset")
+    data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = data_commands.add_parser("info", help="shapes, pixel range and class counts")
+    info.add_argument("--validation-size", type=_positive_int, default=5000, metavar="N")
+    _add_data_options(info)
+    info.set_defaults(handler=cmd_data_info)
+    path = data_commands.add_parser("path", help="print the folder the dataset is read from")
+    path.add_argument("--data-dir", metavar="DIR")
+    path.set_defaults(handler=cmd_data_path)
+    download = data_commands.add_parser("download", help="fetch and verify the files (needs network)")
+    download.add_argument("--dest", metavar="DIR", help="target folder (default: the Keras cache)")
+    download.add_argument("--url", default=data.DEFAULT_URL,
+                          help="base URL of a mirror holding the four .gz files")
+    download.set_defaults(handler=cmd_data_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except FashionlabError as exc:
+        print(f"fashionlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fashionlab: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,218 @@
+"""Fashion-MNIST from the four official IDX files, validated before use, offline.
+
+    splits = load_splits(find_data_dir())
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashionlab import CLASS_NAMES, FashionlabError
+
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+ROWS = COLS = 28
+
+# SHA-256 of the decompressed files: gzip copies made by other tools (Debian's) differ
+# as .gz but not inside.
+OFFICIAL_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FILE_NAMES = tuple(OFFICIAL_SHA256)
+# Largest legitimate file (60,000 images) is 47,040,016 bytes; anything that inflates past
+# this cap is refused before it can fill memory (a decompression bomb).
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+DEFAULT_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+HOW_TO_GET_DATA = (
+    "get the data one of three ways: `sudo apt-get install dataset-fashion-mnist` (offline, Debian/Ubuntu), "
+    "`fashionlab data download` (needs network), or copy the four *-ubyte(.gz) files into a folder "
+    "and pass --data-dir DIR or set FASHIONLAB_DATA=DIR"
+)
+
+
+class DataError(FashionlabError):
+    """The dataset is missing, unreadable or not what it claims to be."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The tutorial's split, as raw uint8 pixels (N, 28, 28) and int labels (N,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: Path
+
+
+def keras_cache_dir() -> Path:
+    home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
+    return Path(home) / "datasets" / "fashion-mnist"
+
+
+def _file_in(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def has_dataset(directory: Path) -> bool:
+    return all(_file_in(directory, name) for name in FILE_NAMES)
+
+
+def candidate_dirs(data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Where the files are looked for, in order, each with how it was chosen."""
+    found = []
+    if data_dir is not None:
+        found.append(("--data-dir", Path(data_dir)))
+    if os.environ.get("FASHIONLAB_DATA"):
+        found.append(("$FASHIONLAB_DATA", Path(os.environ["FASHIONLAB_DATA"])))
+    found.append(("Keras cache", keras_cache_dir()))
+    found.append(("Debian package", DEBIAN_DIR))
+    return found
+
+
+def find_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The first folder that holds all four files. An explicit choice is never passed over."""
+    candidates = candidate_dirs(data_dir)
+    explicit = [c for c in candidates if c[0] in ("--data-dir", "$FASHIONLAB_DATA")]
+    for origin, directory in explicit[:1] or candidates:
+        if has_dataset(directory):
+            return directory
+        if explicit:
+            missing = [n for n in FILE_NAMES if not _file_in(directory, n)]
+            raise DataError(f"{origin} {directory} lacks {', '.join(missing)}(.gz); {HOW_TO_GET_DATA}")
+    raise DataError(f"Fashion-MNIST not found in {', '.join(str(d) for _, d in candidates)}; {HOW_TO_GET_DATA}")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The decompressed content of an IDX file, gzip-compressed or not, size-capped."""
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+            content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path} is a damaged gzip file ({exc}); replace it: {HOW_TO_GET_DATA}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(content) > MAX_DECOMPRESSED_BYTES:
+        raise DataError(f"{path} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes, far more than any "
+                        f"Fashion-MNIST file; it is not a dataset file, replace it")
+    return content
+
+
+def parse_idx(content: bytes, kind: str, origin: str = "data") -> np.ndarray:
+    """Images (kind "images", shape (N, 28, 28)) or labels ("labels", shape (N,)) from IDX bytes."""
+    magic, ndim, header = (IMAGE_MAGIC, 3, 16) if kind == "images" else (LABEL_MAGIC, 1, 8)
+    if len(content) < header:
+        raise DataError(f"{origin} is {len(content)} bytes, too short for an IDX {kind} header; replace it")
+    dims = np.frombuffer(content, dtype=">u4", count=1 + ndim)
+    if dims[0] != magic:
+        raise DataError(f"{origin} has IDX magic {dims[0]}, expected {magic} for {kind}; is it the right file?")
+    count = int(dims[1])
+    if kind == "images" and (dims[2], dims[3]) != (ROWS, COLS):
+        raise DataError(f"{origin} holds {dims[2]}x{dims[3]} images, expected 28x28; it is not Fashion-MNIST")
+    item = ROWS * COLS if kind == "images" else 1
+    if len(content) != header + count * item:
+        raise DataError(f"{origin} is {len(content)} bytes but its header promises {header + count * item} "
+                        f"({count} {kind}); the file is truncated or padded, replace it")
+    array = np.frombuffer(content, dtype=np.uint8, offset=header)
+    if kind == "labels" and count and array.max() >= len(CLASS_NAMES):
+        raise DataError(f"{origin} has label {array.max()}, outside 0..9; the file is corrupt, replace it")
+    return array.reshape((count, ROWS, COLS) if kind == "images" else (count,))
+
+
+def load_file(directory: Path, name: str, verify: bool = True) -> np.ndarray:
+    path = _file_in(directory, name)
+    if path is None:
+        raise DataError(f"{directory} lacks {name}(.gz); {HOW_TO_GET_DATA}")
+    content = read_bytes(path)
+    if verify and hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:
+        raise DataError(f"{path} is not the official Fashion-MNIST file (SHA-256 mismatch); "
+                        f"replace it, or pass --no-verify for your own IDX data")
+    return parse_idx(content, "images" if "images" in name else "labels", str(path))
+
+
+def load_arrays(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
+    """The four files as arrays, keyed by file name, with the pairs' counts checked."""
+    arrays = {name: load_file(directory, name, verify) for name in FILE_NAMES}
+    for prefix in ("train", "t10k"):
+        n_images = len(arrays[f"{prefix}-images-idx3-ubyte"])
+        n_labels = len(arrays[f"{prefix}-labels-idx1-ubyte"])
+        if n_images != n_labels:
+            raise DataError(f"{directory}: {prefix} has {n_images} images but {n_labels} labels; replace the files")
+    return arrays
+
+
+def load_splits(directory: Path, validation_size: int = 5000, train_samples: int = 0,
+                verify: bool = True) -> Splits:
+    """The tutorial's split: the first `validation_size` training images validate, the rest train."""
+    arrays = load_arrays(directory, verify)
+    x_all, y_all = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+    if validation_size >= len(x_all):
+        raise DataError(f"validation_size {validation_size} leaves no training images out of {len(x_all)}; "
+                        f"lower it")
+    x_train, y_train = x_all[validation_size:], y_all[validation_size:]
+    if train_samples:
+        x_train, y_train = x_train[:train_samples], y_train[:train_samples]
+    return Splits(x_train, y_train, x_all[:validation_size], y_all[:validation_size],
+                  arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"], directory)
+
+
+def describe(splits: Splits) -> str:
+    """Shapes, pixel range and class counts, as `fashionlab data info` prints them."""
+    lines = [f"source: {splits.source}"]
+    for split in ("train", "valid", "test"):
+        x, y = getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}")
+        lines.append(f"{split:5} images {str(x.shape):16} labels {str(y.shape):9} "
+                     f"pixels {x.min() if x.size else '-'}..{x.max() if x.size else '-'}")
+    lines.append(f"{'class':14}" + "".join(f"{s:>8}" for s in ("train", "valid", "test")))
+    counts = [np.bincount(getattr(splits, f"y_{s}"), minlength=10) for s in ("train", "valid", "test")]
+    for i, name in enumerate(CLASS_NAMES):
+        lines.append(f"{i} {name:12}" + "".join(f"{c[i]:>8}" for c in counts))
+    return "\n".join(lines)
+
+
+def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
+    """Fetch the four files, verify each, then move them into `dest` (all or nothing)."""
+    dest = Path(dest) if dest is not None else keras_cache_dir()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
+    except OSError as exc:
+        raise DataError(f"cannot write to {dest}: {exc.strerror or exc}; choose another folder with --dest") from None
+    try:
+        for name in FILE_NAMES:
+            url = f"{base_url.rstrip('/')}/{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response, \
+                        open(staging / f"{name}.gz", "wb") as out:
+                    shutil.copyfileobj(response, out)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                raise DataError(f"cannot download {url} ({reason}); {HOW_TO_GET_DATA}") from None
+            load_file(staging, name, verify=True)
+        for name in FILE_NAMES:
+            os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest

@@ -1,0 +1,78 @@
+"""Test-set evaluation: loss, accuracy, per-class precision/recall, confusion matrix.
+
+    report = evaluate("runs/20260101-120000-tutorial")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fashionlab import CLASS_NAMES, data
+from fashionlab.runs import Run
+
+PREDICT_BATCH = 1000
+
+
+def predict_proba(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(np.asarray(x, dtype=np.float32), batch_size=PREDICT_BATCH, verbose=0))
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """What `evaluate` reports, from the class probabilities of a labelled set."""
+    import keras
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = proba.argmax(axis=1)
+    loss = float(keras.losses.SparseCategoricalCrossentropy()(y_true, proba))
+    matrix = confusion_matrix(y_true, y_pred)
+    support, predicted, correct = matrix.sum(axis=1), matrix.sum(axis=0), np.diag(matrix)
+    per_class = {
+        name: {
+            "precision": float(correct[i] / predicted[i]) if predicted[i] else 0.0,
+            "recall": float(correct[i] / support[i]) if support[i] else 0.0,
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(CLASS_NAMES)
+    }
+    return {
+        "test_loss": loss,
+        "test_accuracy": float(correct.sum() / max(len(y_true), 1)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def write_confusion(run: Run, matrix: np.ndarray) -> None:
+    """confusion_matrix.csv (true class rows, predicted class columns) and its picture."""
+    from fashionlab.plots import plot_confusion_matrix
+
+    frame = pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"), columns=CLASS_NAMES)
+    run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
+    run.write_with("confusion_matrix.png", lambda tmp: plot_confusion_matrix(matrix, tmp))
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
+    """Evaluate a run's saved model on the test set and write its confusion matrix files."""
+    run = Run.open(run_dir)
+    config = run.read_json("config.json")
+    model = run.load_model()
+    splits = data.load_splits(data.find_data_dir(data_dir), config["validation_size"], verify=verify)
+    report = metrics_from_proba(splits.y_test, predict_proba(model, splits.x_test))
+    write_confusion(run, np.asarray(report["confusion_matrix"]))
+    return {"run": str(run.path), **report}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"test loss {report['test_loss']:.4f}   test accuracy {report['test_accuracy']:.4f}", "",
+             f"{'class':14}{'precision':>10}{'recall':>8}{'support':>9}"]
+    for name, scores in report["per_class"].items():
+        lines.append(f"{name:14}{scores['precision']:>10.3f}{scores['recall']:>8.3f}{scores['support']:>9}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Prediction with a saved run: test-set images by index, or your own photos.
+
+    results = predict("runs/20260101-120000-tutorial", indices=[0, 1, 2], images=["shoe.jpg"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fashionlab import CLASS_NAMES, FashionlabError, data
+from fashionlab.runs import Run
+
+# Pillow warns at 89 MP and fails at twice that; a garment photo needs far fewer, and
+# checking the header first stops a decompression bomb before any pixel is decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class ImageError(FashionlabError):
+    """An input image cannot be read or used."""
+
+
+def _flatten_to_gray(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit grayscale; transparency is composited onto white, like a page."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    return image.convert("L")
+
+
+def prepare_image(image: Image.Image, invert: bool | None = None) -> np.ndarray:
+    """A 28x28 uint8 array in Fashion-MNIST's look: light garment, black background.
+
+    The aspect ratio is kept (the image is padded, never stretched). With invert=None a
+    light background, judged from the border pixels, is inverted.
+    """
+    gray = _flatten_to_gray(ImageOps.exif_transpose(image) or image)
+    pixels = np.asarray(gray)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > 127 if invert is None else invert:
+        gray = ImageOps.invert(gray)
+    boxed = ImageOps.pad(gray, (28, 28), method=Image.Resampling.LANCZOS, color=0)
+    return np.asarray(boxed, dtype=np.uint8)
+
+
+def load_image(path: str | Path, invert: bool | None = None) -> np.ndarray:
+    """Read a PNG/JPEG/GIF/... file (first frame) and prepare it for the model."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image; pass image files")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{path} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel limit; "
+                                 f"downscale it first")
+            image.seek(0)
+            image.load()
+            return prepare_image(image, invert)
+    except FileNotFoundError:
+        raise ImageError(f"{path} does not exist; check the path") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image Pillow can read; pass a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path} cannot be decoded ({exc}); the file is damaged or truncated") from None
+
+
+def top_k(proba: np.ndarray, k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [{"class_id": int(i), "class_name": CLASS_NAMES[i], "probability": float(proba[i])} for i in order]
+
+
+def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3) -> list[dict[str, Any]]:
+    """One result per image: the best class, its probability, and the top k."""
+    from fashionlab.evaluation import predict_proba
+
+    proba = predict_proba(model, pixels)
+    results = []
+    for label, row in zip(labels, proba):
+        best = top_k(row, k)
+        results.append({"input": label, "class_id": best[0]["class_id"], "class_name": best[0]["class_name"],
+                        "probability": best[0]["probability"], "top_k": best})
+    return results
+
+
+def predict(run_dir: str | Path, indices: Sequence[int] = (), images: Sequence[str | Path] = (), k: int = 3,
+            invert: bool | None = None, data_dir: str | Path | None = None,
+            verify: bool = True) -> list[dict[str, Any]]:
+    """Predict test images (by index) and image files with a run's saved model."""
+    if not 1 <= k <= len(CLASS_NAMES):
+        raise FashionlabError(f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {k}")
+    run = Run.open(run_dir)
+    arrays, labels = [], []
+    if indices:
+        x_test = data.load_file(data.find_data_dir(data_dir), "t10k-images-idx3-ubyte", verify)
+        for index in indices:
+            if not 0 <= index < len(x_test):
+                raise FashionlabError(f"--index {index} is outside the test set (0..{len(x_test) - 1})")
+            arrays.append(x_test[index])
+            labels.append(f"test[{index}]")
+    for path in images:
+        arrays.append(load_image(path, invert))
+        labels.append(str(path))
+    if not arrays:
+        raise FashionlabError("nothing to predict: give --index I and/or image files")
+    return predict_arrays(run.load_model(), np.stack(arrays), labels, k)

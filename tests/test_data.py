@@ -1,0 +1,125 @@
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import idx_bytes, synthetic_arrays, write_dataset
+from fashionlab import data
+from fashionlab.data import DataError
+
+
+def test_reads_gzip_and_plain_files_alike(tmp_path):
+    arrays = synthetic_arrays(n_train=80, n_test=20)
+    gz = data.load_arrays(write_dataset(tmp_path / "gz", arrays), verify=False)
+    plain = data.load_arrays(write_dataset(tmp_path / "plain", arrays, compress=False), verify=False)
+    for name, expected in arrays.items():
+        np.testing.assert_array_equal(gz[name], expected)
+        np.testing.assert_array_equal(plain[name], expected)
+
+
+def test_split_holds_out_the_first_images_for_validation(synthetic_dir):
+    arrays = synthetic_arrays()
+    splits = data.load_splits(synthetic_dir, validation_size=50, train_samples=100, verify=False)
+    np.testing.assert_array_equal(splits.x_valid, arrays["train-images-idx3-ubyte"][:50])
+    np.testing.assert_array_equal(splits.x_train, arrays["train-images-idx3-ubyte"][50:150])
+    np.testing.assert_array_equal(splits.y_test, arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_synthetic_files_fail_the_official_hash_check(synthetic_dir):
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        data.load_arrays(synthetic_dir)
+
+
+def corrupt(directory: Path, name: str, content: bytes, compress: bool = True) -> None:
+    for old in directory.glob(f"{name}*"):
+        old.unlink()
+    target = directory / (f"{name}.gz" if compress else name)
+    target.write_bytes(gzip.compress(content) if compress else content)
+
+
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+
+
+@pytest.mark.parametrize("name, make, message", [
+    (IMAGES, lambda a: idx_bytes(a[IMAGES])[:-5], "truncated or padded"),
+    (IMAGES, lambda a: idx_bytes(a[IMAGES]) + b"\0", "truncated or padded"),
+    (IMAGES, lambda a: idx_bytes(a[IMAGES], magic=2049), "IDX magic 2049, expected 2051"),
+    (LABELS, lambda a: idx_bytes(a[LABELS], magic=2051), "IDX magic 2051, expected 2049"),
+    (IMAGES, lambda a: idx_bytes(a[IMAGES].reshape(-1, 14, 56)), "14x56 images, expected 28x28"),
+    (LABELS, lambda a: idx_bytes(np.full(360, 10, np.uint8)), "label 10, outside 0..9"),
+    (LABELS, lambda a: idx_bytes(a[LABELS][:-1]), "360 images but 359 labels"),
+    (LABELS, lambda a: b"\0\0", "too short for an IDX labels header"),
+])
+def test_corrupt_files_are_refused(synthetic_dir, name, make, message):
+    corrupt(synthetic_dir, name, make(synthetic_arrays()))
+    with pytest.raises(DataError) as info:
+        data.load_arrays(synthetic_dir, verify=False)
+    assert message in str(info.value)
+
+
+def test_truncated_gzip_is_refused(synthetic_dir):
+    path = synthetic_dir / f"{IMAGES}.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match="damaged gzip"):
+        data.load_arrays(synthetic_dir, verify=False)
+
+
+def test_decompression_bomb_is_capped(synthetic_dir, monkeypatch):
+    monkeypatch.setattr(data, "MAX_DECOMPRESSED_BYTES", 100_000)
+    corrupt(synthetic_dir, IMAGES, b"\0" * 200_000)
+    with pytest.raises(DataError, match="decompresses to more than 100000 bytes"):
+        data.load_arrays(synthetic_dir, verify=False)
+
+
+def test_lookup_order_and_explicit_choice(tmp_path, monkeypatch, synthetic_dir):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("FASHIONLAB_DATA", raising=False)
+    cache = write_dataset(tmp_path / "keras" / "datasets" / "fashion-mnist")
+    assert data.find_data_dir() == cache
+    monkeypatch.setenv("FASHIONLAB_DATA", str(synthetic_dir))
+    assert data.find_data_dir() == synthetic_dir
+    assert data.find_data_dir(cache) == cache
+    with pytest.raises(DataError, match="--data-dir .*empty lacks train-images-idx3-ubyte"):
+        data.find_data_dir(tmp_path / "empty")
+
+
+def test_nothing_found_names_the_ways_to_get_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("FASHIONLAB_DATA", raising=False)
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
+    with pytest.raises(DataError) as info:
+        data.find_data_dir()
+    for way in ("apt-get install dataset-fashion-mnist", "fashionlab data download", "--data-dir"):
+        assert way in str(info.value)
+
+
+def test_download_from_a_mirror_verifies_and_installs(tmp_path, real_data_dir):
+    dest = data.download(tmp_path / "cache", base_url=real_data_dir.as_uri())
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.gz" for n in data.FILE_NAMES)
+    assert data.has_dataset(dest)
+
+
+def test_download_failure_writes_nothing(tmp_path, synthetic_dir):
+    with pytest.raises(DataError, match="cannot download .*apt-get install dataset-fashion-mnist"):
+        data.download(tmp_path / "a", base_url=(tmp_path / "no-such-mirror").as_uri())
+    assert list((tmp_path / "a").iterdir()) == []
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        data.download(tmp_path / "b", base_url=synthetic_dir.as_uri())
+    assert list((tmp_path / "b").iterdir()) == []
+
+
+@pytest.mark.realdata
+def test_real_dataset_shapes_hashes_and_split(real_data_dir):
+    for name, digest in data.OFFICIAL_SHA256.items():
+        path = next(p for p in (real_data_dir / f"{name}.gz", real_data_dir / name) if p.exists())
+        assert hashlib.sha256(data.read_bytes(path)).hexdigest() == digest
+    splits = data.load_splits(real_data_dir)
+    assert splits.x_train.shape == (55000, 28, 28) and splits.y_train.shape == (55000,)
+    assert splits.x_valid.shape == (5000, 28, 28) and splits.y_valid.shape == (5000,)
+    assert splits.x_test.shape == (10000, 28, 28) and splits.y_test.shape == (10000,)
+    assert (splits.x_train.min(), splits.x_train.max()) == (0, 255)
+    assert np.bincount(splits.y_test).tolist() == [1000] * 10
+    text = data.describe(splits)
+    assert "Ankle boot" in text and "(55000, 28, 28)" in text

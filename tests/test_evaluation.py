@@ -1,0 +1,49 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import synthetic_arrays
+from fashionlab import CLASS_NAMES
+from fashionlab.evaluation import confusion_matrix, evaluate, format_report, metrics_from_proba
+from fashionlab.runs import RunError
+
+
+def test_confusion_matrix_counts_true_rows_predicted_columns():
+    matrix = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), n_classes=3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_metrics_from_known_probabilities():
+    proba = np.full((4, 10), 0.01, dtype=np.float32)
+    proba[[0, 1, 2, 3], [0, 1, 1, 9]] = 0.91
+    report = metrics_from_proba(np.array([0, 1, 2, 9]), proba)
+    assert report["test_accuracy"] == 0.75
+    assert report["test_loss"] == pytest.approx((3 * -np.log(0.91) - np.log(0.01)) / 4, rel=1e-5)
+    assert report["per_class"]["Trouser"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert report["per_class"]["Pullover"]["recall"] == 0.0
+    assert "Ankle boot" in format_report(report)
+
+
+def test_evaluate_round_trip_matches_training(tiny_run, session_synthetic_dir):
+    report = evaluate(tiny_run.run.path, session_synthetic_dir, verify=False)
+    assert report["test_accuracy"] == tiny_run.metrics["test_accuracy"]
+    assert report["test_loss"] == pytest.approx(tiny_run.metrics["test_loss"], rel=1e-6)
+    json.dumps(report)  # --json prints it as it is
+
+    frame = pd.read_csv(tiny_run.run.path / "confusion_matrix.csv", index_col=0)
+    assert list(frame.columns) == list(CLASS_NAMES) and list(frame.index) == list(CLASS_NAMES)
+    assert frame.to_numpy().sum() == len(synthetic_arrays()["t10k-labels-idx1-ubyte"])
+    assert np.trace(frame.to_numpy()) / frame.to_numpy().sum() == report["test_accuracy"]
+    with Image.open(tiny_run.run.path / "confusion_matrix.png") as image:
+        assert image.format == "PNG" and min(image.size) >= 400
+
+
+def test_evaluate_refuses_a_folder_without_a_model(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RunError, match="has no model.keras"):
+        evaluate(tmp_path)
+    with pytest.raises(RunError, match="is not a run directory"):
+        evaluate(tmp_path / "nope")

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_arrays
+from fashionlab import FashionlabError
+from fashionlab.prediction import ImageError, load_image, predict, predict_arrays, prepare_image
+
+
+def garment(mode: str = "L", size=(56, 56), light_background: bool = False) -> Image.Image:
+    """A bright rectangle on black (or the reverse), in the requested mode."""
+    pixels = np.zeros(size[::-1], dtype=np.uint8)
+    pixels[size[1] // 4: 3 * size[1] // 4, size[0] // 3: 2 * size[0] // 3] = 230
+    if light_background:
+        pixels = 255 - pixels
+    return Image.fromarray(pixels, mode="L").convert(mode)
+
+
+def test_dark_background_is_kept_light_background_is_inverted():
+    dark = prepare_image(garment())
+    light = prepare_image(garment(light_background=True))
+    assert dark.shape == (28, 28) and dark.dtype == np.uint8
+    assert dark[0].max() < 30 and dark[14, 14] > 200
+    np.testing.assert_allclose(light.astype(int), dark.astype(int), atol=30)
+    assert prepare_image(garment(), invert=True)[0].min() > 220
+    assert prepare_image(garment(light_background=True), invert=False)[0].min() > 220
+
+
+def test_aspect_ratio_is_kept_by_padding():
+    wide = prepare_image(Image.new("L", (100, 50), 100))
+    assert wide[14].min() > 90  # the middle row is the image
+    assert wide[0].max() == 0 and wide[-1].max() == 0  # top and bottom are padding
+
+
+@pytest.mark.parametrize("mode, suffix", [
+    ("L", ".png"), ("RGB", ".png"), ("RGB", ".jpg"), ("P", ".png"), ("I;16", ".png"), ("LA", ".png"),
+    ("RGBA", ".png"), ("1", ".png"),
+])
+def test_image_modes_and_formats(tmp_path, mode, suffix):
+    image = garment()
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
+    else:
+        image = image.convert(mode)
+    path = tmp_path / f"g{suffix}"
+    image.save(path)
+    pixels = load_image(path)
+    assert pixels.shape == (28, 28)
+    assert pixels[14, 14] > 150 and pixels[1, 1] < 60
+
+
+def test_transparent_background_is_flattened_like_white_paper(tmp_path):
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[10:30, 10:30] = (40, 40, 40, 255)  # a dark garment; the rest fully transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "cutout.png")
+    pixels = load_image(tmp_path / "cutout.png")
+    assert pixels[0].max() < 10 and pixels[14, 14] > 180
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "not an image"),
+    (lambda p: p.write_text("hello, not a picture"), "not an image"),
+    (lambda p: (garment().save(p), p.write_bytes(p.read_bytes()[:60])), "cannot be decoded"),
+    (lambda p: p.mkdir(), "is a directory"),
+])
+def test_unreadable_images_are_refused(tmp_path, make, message):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(ImageError, match=message):
+        load_image(path)
+    with pytest.raises(ImageError, match="does not exist"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_reloaded_model_predicts_exactly_what_training_left(tiny_run, session_synthetic_dir):
+    x_test = synthetic_arrays()["t10k-images-idx3-ubyte"]
+    from_training = predict_arrays(tiny_run.model, x_test[:5], [f"test[{i}]" for i in range(5)], k=3)
+    from_disk = predict(tiny_run.run.path, indices=range(5), data_dir=session_synthetic_dir, verify=False)
+    assert from_disk == from_training
+    first = from_disk[0]
+    assert list(first) == ["input", "class_id", "class_name", "probability", "top_k"]
+    assert len(first["top_k"]) == 3 and first["top_k"][0]["class_id"] == first["class_id"]
+    assert first["top_k"][0]["probability"] >= first["top_k"][1]["probability"]
+
+
+def test_predict_argument_errors(tiny_run, session_synthetic_dir):
+    with pytest.raises(FashionlabError, match="outside the test set"):
+        predict(tiny_run.run.path, indices=[100], data_dir=session_synthetic_dir, verify=False)
+    with pytest.raises(FashionlabError, match="nothing to predict"):
+        predict(tiny_run.run.path)
+    with pytest.raises(FashionlabError, match="--top-k must be between 1 and 10"):
+        predict(tiny_run.run.path, indices=[0], k=11)
+
+
+@pytest.mark.realdata
+def test_tutorial_check_images(tutorial_run, real_data_dir):
+    results = predict(tutorial_run.run.path, indices=[0, 1, 2], data_dir=real_data_dir)
+    assert [(r["class_id"], r["class_name"]) for r in results] == [(9, "Ankle boot"), (2, "Pullover"),
+                                                                   (1, "Trouser")]

@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from fashionlab import data
+from fashionlab.config import TrainConfig
+from fashionlab.runs import Run, RunError
+from fashionlab.training import train
+
+ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
+             "confusion_matrix.csv", "confusion_matrix.png"}
+
+
+def test_run_directory_holds_every_artifact(tiny_run):
+    path = tiny_run.run.path
+    assert {p.name for p in path.iterdir()} == ARTIFACTS
+    assert json.loads((path / "config.json").read_text()) == TINY.to_dict()
+
+    history = pd.read_csv(path / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history.columns)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert set(metrics["per_class_accuracy"]) == set(data.CLASS_NAMES)
+    assert len(metrics["seconds_per_epoch"]) == 2
+    assert metrics["versions"]["keras"].startswith("3.")
+    assert metrics["parameters"]["total"] == tiny_run.model.count_params()
+    assert metrics["data"]["train"] == 300 and metrics["data"]["valid"] == 60
+
+    with Image.open(path / "learning_curves.png") as image:
+        assert image.format == "PNG" and image.size[0] >= 600
+    assert "Total params" in (path / "summary.txt").read_text()
+
+
+def test_synthetic_data_is_learned(tiny_run):
+    assert tiny_run.metrics["best_val_accuracy"] > 0.5
+
+
+def test_same_seed_same_history(tmp_path, session_synthetic_dir, tiny_run):
+    again = train(TINY, tmp_path / "again", session_synthetic_dir, verify=False, verbose=0)
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(again.history[columns], tiny_run.history[columns])
+    other = train(TINY.replace(seed=8, epochs=1), tmp_path / "other", session_synthetic_dir, verify=False,
+                  verbose=0)
+    assert other.history["loss"].iloc[0] != tiny_run.history["loss"].iloc[0]
+
+
+def test_existing_run_directory_is_never_overwritten(tiny_run, session_synthetic_dir):
+    before = (tiny_run.run.path / "metrics.json").read_bytes()
+    with pytest.raises(RunError, match="already exists and is not empty"):
+        train(TINY, tiny_run.run.path, session_synthetic_dir, verify=False, verbose=0)
+    assert (tiny_run.run.path / "metrics.json").read_bytes() == before
+
+
+def test_raw_pixels_model_has_no_scaling_layer(tmp_path, session_synthetic_dir):
+    result = train(TINY.replace(scale_inputs=False, epochs=1), tmp_path / "raw", session_synthetic_dir,
+                   verify=False, verbose=0)
+    assert "standardize" not in [layer.name for layer in result.model.layers]
+    assert result.metrics["scaler"] is None
+
+
+@pytest.mark.realdata
+def test_tutorial_recipe_on_the_real_data(tutorial_run, real_data_dir):
+    history, metrics = tutorial_run.history, tutorial_run.metrics
+    assert history["val_accuracy"].iloc[0] >= 0.70  # the tutorial's first epoch: 0.7498
+    assert metrics["test_accuracy"] >= 0.84  # the tutorial: 0.854
+    assert metrics["parameters"] == {"total": 279_410, "trainable": 275_410, "non_trainable": 4_000}
+    x = data.load_splits(real_data_dir).x_test[:3].astype("float32")
+    reloaded = Run.open(tutorial_run.run.path).load_model()
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), tutorial_run.model.predict(x, verbose=0), atol=1e-6)
