@@ -2,13 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: demo test venv dataset clean
 
 demo: venv dataset
-	$(BIN)/fashionlab train --run-dir $(RUN)
-	$(BIN)/fashionlab predict $(RUN) --index 0 1 2
+	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
+	$(BIN)/fashionlab predict $(DEMO_RUN) --index 0 1 2
 
 test: venv dataset
 	$(BIN)/python -m pytest

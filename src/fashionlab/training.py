@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -115,16 +116,23 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str 
         "data": {"dir": str(splits.source), "verified": verify, "train": len(splits.x_train),
                  "valid": len(splits.x_valid), "test": len(splits.x_test)},
         "versions": library_versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "device": str(keras.backend.backend()) + ":" + _device_name()},
+        "machine": machine_info(),
     }
     run.write_json("metrics.json", metrics)
     return TrainResult(run, history, metrics, model)
 
 
-def _device_name() -> str:
+def machine_info() -> dict[str, Any]:
+    """What the run ran on: CPU model and cores, and the accelerator the backend used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    device = "default"
     if keras.backend.backend() == "jax":
         import jax
 
-        return jax.devices()[0].device_kind
-    return "default"
+        device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "device": device}
