@@ -12,7 +12,7 @@ from fashionlab.runs import Run, RunError
 from fashionlab.training import train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
-             "confusion_matrix.csv", "confusion_matrix.png"}
+             "confusion_matrix.csv", "confusion_matrix.png", "report.html"}
 
 
 def test_run_directory_holds_every_artifact(tiny_run):

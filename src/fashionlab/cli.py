@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from typing import Any
 
 from fashionlab import FashionlabError, __version__, data
+from fashionlab.compare import DEFAULT_VARIANTS, VARIANTS
+from fashionlab.interrupts import Interrupted
 from fashionlab.config import (ACTIVATION_CHOICES, BATCH_NORM_CHOICES, INITIALIZER_CHOICES, OPTIMIZER_CHOICES,
                                TrainConfig, load_config)
 
 CHOICES = {"activation": ACTIVATION_CHOICES, "batch_norm": BATCH_NORM_CHOICES,
            "kernel_initializer": INITIALIZER_CHOICES, "optimizer": OPTIMIZER_CHOICES}
 MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
+# compare sets the name and the series' keys itself, per variant.
+COMPARE_KEYS = ("depth", "width", "optimizer", "learning_rate", "batch_size", "epochs", "seed", "shuffle",
+                "validation_size", "train_samples")
 
 
 def _positive_int(text: str) -> int:
@@ -97,6 +103,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
               + (f"   next: {others}" if others else ""))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from fashionlab.compare import compare
+
+    base = _config_from(args)
+    try:
+        result = compare(args.out, args.variants, args.seeds, base, args.jobs, args.data_dir, args.verify,
+                         progress=lambda line: print(line, flush=True))
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(f"interrupted; finished runs are kept in {args.out}: run the same command again "
+                          f"to resume") from None
+    print()
+    print((result.out / "summary.md").read_text(encoding="utf-8"))
+    print(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv")
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from fashionlab.model import build_model, summary_text
     from fashionlab.preprocessing import Scaler
@@ -150,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(predict)
     predict.set_defaults(handler=cmd_predict)
 
+    compare = commands.add_parser("compare", help="train variants x seeds and report mean and spread")
+    compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
+                         metavar="VARIANT", help=f"from {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})")
+    compare.add_argument("--seeds", type=_positive_int, default=3, metavar="N",
+                         help="seeds per variant, counting up from --seed (default: 3)")
+    compare.add_argument("--out", default="runs/compare", metavar="DIR",
+                         help="comparison folder; the same command resumes there (default: runs/compare)")
+    compare.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                         help="runs trained at once, each in its own process (default: the CPU count)")
+    compare.add_argument("--config", metavar="FILE", help="TOML file of shared recipe keys")
+    _add_data_options(compare)
+    _add_config_options(compare, COMPARE_KEYS)
+    compare.set_defaults(handler=cmd_compare)
+
     summary = commands.add_parser("summary", help="print the network's layers and parameter counts")
     _add_config_options(summary, MODEL_KEYS)
     summary.set_defaults(handler=cmd_summary)
@@ -181,4 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fashionlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0

@@ -1,10 +1,12 @@
-"""Figures, rendered headless: learning curves and confusion matrices.
+"""Figures, rendered headless: learning curves, confusion matrices, image grids, comparisons.
 
-    plot_learning_curves(history_frame, "learning_curves.png")
+    save_png(learning_curves_figure(history), "learning_curves.png")
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -13,13 +15,27 @@ matplotlib.use("Agg")  # no display needed, ever
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fashionlab import CLASS_NAMES  # noqa: E402
 
+DPI = 100
 
-def plot_learning_curves(history: pd.DataFrame, path: Path, title: str = "") -> None:
+
+def save_png(fig: Figure, path: Path) -> None:
+    fig.savefig(path, format="png", dpi=DPI)
+    plt.close(fig)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    save_png(fig, buffer)
+    return buffer.getvalue()
+
+
+def learning_curves_figure(history: pd.DataFrame, title: str = "") -> Figure:
     """The tutorial's figure: every metric per epoch, grid on, y from 0 to 1."""
     frame = history.set_index("epoch") if "epoch" in history else history
     frame = frame[[c for c in ("loss", "accuracy", "val_loss", "val_accuracy") if c in frame]]
@@ -31,11 +47,10 @@ def plot_learning_curves(history: pd.DataFrame, path: Path, title: str = "") -> 
     if title:
         ax.set_title(title)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, format="png", dpi=100)
-    plt.close(ax.figure)
+    return ax.figure
 
 
-def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str = "Confusion matrix (test set)") -> None:
+def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test set)") -> Figure:
     """Counts per true (rows) and predicted (columns) class, annotated."""
     fig, ax = plt.subplots(figsize=(8, 7))
     image = ax.imshow(matrix, cmap="Blues")
@@ -50,5 +65,38 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str = "Confusio
                 color="white" if count > threshold else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def image_grid_figure(images: np.ndarray, captions: Sequence[str], good: Sequence[bool], columns: int = 8) -> Figure:
+    """28x28 images with a caption each, green where the prediction is right, red where wrong."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.45, rows * 1.75), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption, ok in zip(axes.flat, images, captions, good):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7, color="tab:green" if ok else "tab:red")
+    fig.tight_layout()
+    return fig
+
+
+def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
+    """Validation accuracy and loss per epoch: per variant the mean line and the seed range band."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for color, (variant, frames) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], histories.items()):
+        for ax, column in zip(axes, ("val_accuracy", "val_loss")):
+            table = pd.concat([f.set_index("epoch")[column] for f in frames], axis=1)
+            ax.plot(table.index, table.mean(axis=1), color=color, marker="o", markersize=3,
+                    label=f"{variant} (n={len(frames)})")
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2)
+    for ax, label in zip(axes, ("validation accuracy", "validation loss")):
+        ax.set_title(f"{label}: mean over seeds, band = min..max")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.4)
+    axes[1].set_yscale("log")  # a diverging variant (raw pixels) would flatten the others' curves
+    axes[0].legend(loc="best")
+    fig.tight_layout()
+    return fig

@@ -20,9 +20,11 @@ import pandas as pd
 
 from fashionlab import __version__, data
 from fashionlab.config import TrainConfig
+from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
 from fashionlab.evaluation import metrics_from_proba, predict_proba, write_confusion
 from fashionlab.model import build_model, parameter_counts, summary_text
-from fashionlab.plots import plot_learning_curves
+from fashionlab.plots import learning_curves_figure, save_png
+from fashionlab.reports import write_run_report
 from fashionlab.preprocessing import fit_scaler
 from fashionlab.runs import Run, default_run_dir
 
@@ -62,6 +64,18 @@ class HistoryRecorder(keras.callbacks.Callback):
         return pd.DataFrame(self.rows)
 
 
+class StopOnRequest(keras.callbacks.Callback):
+    """Ends fit after the current batch once a stop was requested (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, stop: StopRequest):
+        super().__init__()
+        self.stop = stop
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.stop.requested:
+            self.model.stop_training = True
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "fashionlab": __version__,
                 "keras_backend": keras.backend.backend()}
@@ -81,6 +95,12 @@ def progress_verbosity() -> int:
 def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
           verify: bool = True, verbose: int | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory."""
+    with stop_requests() as stop:
+        return _train(config, run_dir, data_dir, verify, verbose, stop)
+
+
+def _train(config: TrainConfig, run_dir: str | Path | None, data_dir: str | Path | None, verify: bool,
+           verbose: int | None, stop: StopRequest) -> TrainResult:
     splits = data.load_splits(data.find_data_dir(data_dir), config.validation_size, config.train_samples, verify)
     run = Run.create(run_dir if run_dir is not None else default_run_dir(config.name))
     run.write_json("config.json", config.to_dict())
@@ -94,13 +114,18 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str 
     model.fit(splits.x_train.astype(np.float32), splits.y_train, batch_size=config.batch_size,
               epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), splits.y_valid),
               shuffle=config.shuffle, verbose=progress_verbosity() if verbose is None else verbose,
-              callbacks=[recorder])
+              callbacks=[recorder, StopOnRequest(stop)])
+    if stop.requested:
+        raise Interrupted(f"training stopped after {len(recorder.rows)} finished epoch(s); "
+                          f"{run.path} is incomplete")
     history = recorder.frame()
 
     run.save_model(model)
-    run.write_with("learning_curves.png", lambda tmp: plot_learning_curves(history, tmp, config.name))
-    report = metrics_from_proba(splits.y_test, predict_proba(model, splits.x_test))
+    run.write_with("learning_curves.png", lambda tmp: save_png(learning_curves_figure(history, config.name), tmp))
+    proba = predict_proba(model, splits.x_test)
+    report = metrics_from_proba(splits.y_test, proba)
     write_confusion(run, np.asarray(report["confusion_matrix"]))
+    write_run_report(run, config.to_dict(), history, report, splits.x_test, splits.y_test, proba)
     seconds = history["seconds"].tolist()
     metrics = {
         "test_loss": report["test_loss"],
@@ -118,7 +143,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str 
         "versions": library_versions(),
         "machine": machine_info(),
     }
-    run.write_json("metrics.json", metrics)
+    run.write_json("metrics.json", metrics)  # last: its presence marks a finished run
     return TrainResult(run, history, metrics, model)
 
 
