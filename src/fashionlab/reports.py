@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
 from fashionlab import CLASS_NAMES, plots
 from fashionlab.runs import Run
@@ -25,14 +27,37 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 img { max-width: 100%; }
 .conclusion { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5rem 1rem; }
+.tiles { display: flex; flex-wrap: wrap; gap: 0.5rem; }
+.tiles figure { margin: 0; width: 112px; text-align: center; font-size: 0.75rem; }
+.tiles img { image-rendering: pixelated; display: block; }
+.right figcaption { color: #1a7f37; }
+.wrong figcaption { color: #c62828; }
 """
+TILE_SCALE = 4  # 28x28 pixels shown as 112x112, sharp
 MISCLASSIFIED_SHOWN = 32
 SAMPLES_SHOWN = 16
 
 
 def figure_tag(fig: Figure, alt: str) -> str:
-    data = base64.b64encode(plots.png_bytes(fig)).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    return png_tag(plots.png_bytes(fig), alt)
+
+
+def png_tag(png: bytes, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{html.escape(alt)}">'
+
+
+def image_tiles(images: np.ndarray, captions: list[str], right: np.ndarray) -> str:
+    """28x28 images as embedded PNG tiles with HTML captions, green when right, red when wrong.
+
+    Written as HTML rather than a matplotlib grid: ~100x faster, and the captions stay text.
+    """
+    tiles = []
+    for image, caption, ok in zip(images, captions, right):
+        buffer = io.BytesIO()
+        Image.fromarray(image).resize((28 * TILE_SCALE,) * 2, Image.Resampling.NEAREST).save(buffer, "PNG")
+        tiles.append(f'<figure class="{"right" if ok else "wrong"}">{png_tag(buffer.getvalue(), caption)}'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return '<div class="tiles">' + "".join(tiles) + "</div>"
 
 
 def table_tag(frame: pd.DataFrame, index: bool = True) -> str:
@@ -46,7 +71,7 @@ def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
 
 
 def _caption(true: int, pred: int, p: float) -> str:
-    return f"{CLASS_NAMES[pred]} {p:.2f}" + ("" if true == pred else f"\n(true: {CLASS_NAMES[true]})")
+    return f"{CLASS_NAMES[pred]} {p:.2f}" + ("" if true == pred else f" (true: {CLASS_NAMES[true]})")
 
 
 def run_report_html(title: str, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
@@ -56,17 +81,17 @@ def run_report_html(title: str, config: Mapping[str, Any], history: pd.DataFrame
     wrong = np.flatnonzero(pred != y_test)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:MISCLASSIFIED_SHOWN]  # most confident first
     samples = np.arange(min(SAMPLES_SHOWN, len(y_test)))
-    per_class = pd.DataFrame(report["per_class"]).T.rename_axis("class")
-    summary = pd.DataFrame({"value": [report["test_accuracy"], report["test_loss"],
-                                      int((pred != y_test).sum()), len(y_test)]},
+    per_class = pd.DataFrame(report["per_class"]).T.rename_axis("class").astype({"support": int})
+    summary = pd.DataFrame({"value": [f"{report['test_accuracy']:.4f}", f"{report['test_loss']:.4f}",
+                                      f"{int((pred != y_test).sum()):,}", f"{len(y_test):,}"]},
                            index=["test accuracy", "test loss", "misclassified", "test images"])
     config_table = pd.DataFrame({"value": [str(v) for v in config.values()]}, index=list(config))
 
-    def grid(indices: np.ndarray, alt: str) -> str:
+    def grid(indices: np.ndarray) -> str:
         if not len(indices):
             return "<p>None.</p>"
         captions = [_caption(int(y_test[i]), int(pred[i]), float(confidence[i])) for i in indices]
-        return figure_tag(plots.image_grid_figure(x_test[indices], captions, pred[indices] == y_test[indices]), alt)
+        return image_tiles(x_test[indices], captions, pred[indices] == y_test[indices])
 
     return page(title, [
         ("Test metrics", table_tag(summary)),
@@ -75,8 +100,8 @@ def run_report_html(title: str, config: Mapping[str, Any], history: pd.DataFrame
         ("Confusion matrix", figure_tag(plots.confusion_figure(np.asarray(report["confusion_matrix"])),
                                         "confusion matrix")),
         (f"Misclassified test images (the {len(wrong)} most confident mistakes of "
-         f"{int((pred != y_test).sum())})", grid(wrong, "misclassified test images")),
-        (f"Sample predictions (test images 0..{len(samples) - 1})", grid(samples, "sample predictions")),
+         f"{int((pred != y_test).sum())})", grid(wrong)),
+        (f"Sample predictions (test images 0..{len(samples) - 1})", grid(samples)),
         ("Configuration", table_tag(config_table)),
     ])
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fashionlab import __version__, data
-from fashionlab.config import TrainConfig
+from fashionlab.config import ConfigError, TrainConfig
 from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
 from fashionlab.evaluation import metrics_from_proba, predict_proba, write_confusion
 from fashionlab.model import build_model, parameter_counts, summary_text
@@ -54,6 +54,8 @@ class HistoryRecorder(keras.callbacks.Callback):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and (logs or {}).get("val_loss") is None:
+            return  # fit stopped mid-epoch on request: not a finished epoch
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                "seconds": time.perf_counter() - self._started}
         self.rows.append(row)
@@ -87,6 +89,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def resolve_engine(engine: str) -> str:
+    """"auto" is the compiled engine on the JAX backend and Keras' own fit elsewhere."""
+    if engine == "auto":
+        return "compiled" if keras.backend.backend() == "jax" else "keras"
+    if engine == "compiled" and keras.backend.backend() != "jax":
+        raise ConfigError(f"engine 'compiled' needs the JAX backend, not {keras.backend.backend()}; "
+                          f"use --engine keras or KERAS_BACKEND=jax")
+    return engine
+
+
 def progress_verbosity() -> int:
     """Keras' progress bar on a terminal, one line per epoch in logs and pipes."""
     return 1 if sys.stdout.isatty() else 2
@@ -111,10 +123,18 @@ def _train(config: TrainConfig, run_dir: str | Path | None, data_dir: str | Path
     run.write_text("summary.txt", summary_text(model) + "\n")
 
     recorder = HistoryRecorder(run)
-    model.fit(splits.x_train.astype(np.float32), splits.y_train, batch_size=config.batch_size,
-              epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), splits.y_valid),
-              shuffle=config.shuffle, verbose=progress_verbosity() if verbose is None else verbose,
-              callbacks=[recorder, StopOnRequest(stop)])
+    callbacks = [recorder, StopOnRequest(stop)]
+    verbose = progress_verbosity() if verbose is None else verbose
+    if resolve_engine(config.engine) == "compiled":
+        from fashionlab.engine import fit_compiled
+
+        fit_compiled(model, splits.x_train, splits.y_train, splits.x_valid, splits.y_valid,
+                     batch_size=config.batch_size, epochs=config.epochs, seed=config.seed, shuffle=config.shuffle,
+                     callbacks=callbacks, verbose=verbose)
+    else:
+        model.fit(splits.x_train.astype(np.float32), splits.y_train, batch_size=config.batch_size,
+                  epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), splits.y_valid),
+                  shuffle=config.shuffle, verbose=verbose, callbacks=callbacks)
     if stop.requested:
         raise Interrupted(f"training stopped after {len(recorder.rows)} finished epoch(s); "
                           f"{run.path} is incomplete")
@@ -137,6 +157,7 @@ def _train(config: TrainConfig, run_dir: str | Path | None, data_dir: str | Path
         "seconds_per_epoch": seconds,
         "median_seconds_per_epoch": float(np.median(seconds)),
         "parameters": parameter_counts(model),
+        "engine": resolve_engine(config.engine),
         "scaler": {"mean": scaler.mean, "std": scaler.std} if config.scale_inputs else None,
         "data": {"dir": str(splits.source), "verified": verify, "train": len(splits.x_train),
                  "valid": len(splits.x_valid), "test": len(splits.x_test)},

@@ -1,0 +1,196 @@
+"""A compiled training loop for the JAX backend, driven by the Keras model's stateless API.
+
+    fit_compiled(model, x_train, y_train, x_valid, y_valid, batch_size=32, epochs=10, seed=42)
+
+Keras 3's JAX `fit` dispatches every step from Python and copies every batch from the host.
+Here the data lives on the device, each epoch's shuffle is drawn on the device, and hundreds of
+steps run inside one compiled call (`lax.fori_loop`), with loss and accuracy accumulated on the
+device. The Keras model stays the single source of truth: the same layers, initializers,
+`stateless_call`, loss and `optimizer.stateless_apply`; its variables are written back after
+every epoch, so callbacks, `model.save` and evaluation see the trained model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+# Steps per compiled call. Large enough that Python dispatch vanishes, small enough that
+# the progress bar and a stop request (Ctrl-C) are seen a few times per epoch.
+CHUNK_STEPS = 256
+
+
+def enable_compilation_cache() -> str | None:
+    """Keep compiled programs on disk, so a run after the first skips most compilation.
+
+    JAX keys each entry by the program, the compile options, jaxlib and the device, so a
+    changed network or machine compiles afresh. FASHIONLAB_COMPILE_CACHE picks the folder;
+    "off" disables it.
+    """
+    setting = os.environ.get("FASHIONLAB_COMPILE_CACHE")
+    if setting is None:
+        setting = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashionlab" / "xla")
+    if setting.lower() in ("", "0", "off", "false", "no"):
+        return None
+    if jax.config.jax_compilation_cache_dir != setting:
+        jax.config.update("jax_compilation_cache_dir", setting)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    return setting
+
+
+class CompiledTrainer:
+    """Holds the jitted functions for one compiled Keras model."""
+
+    def __init__(self, model: keras.Model, batch_size: int):
+        if keras.backend.backend() != "jax":
+            raise RuntimeError("the compiled engine needs the JAX backend")
+        enable_compilation_cache()
+        self.model = model
+        self.batch_size = batch_size
+        self.loss_fn = keras.losses.get(model.loss)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        self._chunk = jax.jit(self._run_steps)
+        self._tail = jax.jit(self._run_tail)
+        self._evaluate = jax.jit(self._evaluate_all)
+        self._order = jax.jit(self._epoch_order, static_argnums=(1, 2))
+
+    # --- pure functions, traced once -------------------------------------------------------
+
+    def _loss(self, trainable, non_trainable, x, y):
+        y_pred, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=True)
+        return jnp.mean(self.loss_fn(y, y_pred)), (y_pred, non_trainable)
+
+    def _step(self, state, x, y):
+        trainable, non_trainable, optimizer_vars, (loss_sum, correct, count) = state
+        (loss, (y_pred, non_trainable)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            trainable, non_trainable, x, y)
+        trainable, optimizer_vars = self.model.optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        n = y.shape[0]
+        hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == y)
+        return trainable, non_trainable, optimizer_vars, (loss_sum + loss * n, correct + hits, count + n)
+
+    def _batch(self, x_all, y_all, indices):
+        return jnp.take(x_all, indices, axis=0).astype(jnp.float32), jnp.take(y_all, indices, axis=0)
+
+    def _run_steps(self, state, x_all, y_all, order, start, stop):
+        def body(i, state):
+            indices = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
+            return self._step(state, *self._batch(x_all, y_all, indices))
+
+        return jax.lax.fori_loop(start, stop, body, state)
+
+    def _run_tail(self, state, x_all, y_all, indices):
+        return self._step(state, *self._batch(x_all, y_all, indices))
+
+    def _evaluate_all(self, trainable, non_trainable, x, y):
+        y_pred, _ = self.model.stateless_call(trainable, non_trainable, x.astype(jnp.float32), training=False)
+        return jnp.mean(self.loss_fn(y, y_pred)), jnp.mean(jnp.argmax(y_pred, axis=-1) == y)
+
+    @staticmethod
+    def _epoch_order(key, n, shuffle):
+        return jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+
+    # --- state <-> Keras variables ---------------------------------------------------------
+
+    def read_state(self):
+        m = self.model
+        zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        return ([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables],
+                [v.value for v in m.optimizer.variables], zeros)
+
+    def write_state(self, state) -> None:
+        m = self.model
+        for variables, values in zip((m.trainable_variables, m.non_trainable_variables, m.optimizer.variables),
+                                     state[:3]):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray | None, y_valid: np.ndarray | None,
+            epochs: int, seed: int, shuffle: bool = True, initial_epoch: int = 0,
+            callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> keras.callbacks.History:
+        """Train like `model.fit(..., batch_size, epochs, validation_data, shuffle)`; returns its History."""
+        n, b = len(x_train), self.batch_size
+        full_steps, tail = divmod(n, b)
+        steps = full_steps + (1 if tail else 0)
+        x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train, dtype=jnp.int32)
+        valid = None if x_valid is None else (jnp.asarray(x_valid), jnp.asarray(y_valid, dtype=jnp.int32))
+        key = jax.random.key(seed)
+
+        state = self.read_state()
+        compiled = None
+        callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
+                                                     verbose=verbose, epochs=epochs, steps=steps, model=self.model)
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            if compiled is None:  # inside the first epoch, whose time includes compilation (as in fit)
+                compiled = self._compile(state, x_all, y_all, n, tail, valid)
+            order = self._order(jax.random.fold_in(key, epoch), n, shuffle)
+            state = (*state[:3], self.read_state()[3])  # fresh loss/accuracy accumulators
+            for start in range(0, full_steps, CHUNK_STEPS):
+                stop = min(start + CHUNK_STEPS, full_steps)
+                callback_list.on_train_batch_begin(start)
+                state = compiled["chunk"].result()(state, x_all, y_all, order, start, stop)
+                callback_list.on_train_batch_end(stop - 1, self._logs(state))
+                if self.model.stop_training:
+                    break
+            if tail and not self.model.stop_training:
+                state = compiled["tail"].result()(state, x_all, y_all, order[full_steps * b:])
+                callback_list.on_train_batch_end(steps - 1, self._logs(state))
+            self.write_state(state)
+            logs = self._logs(state)
+            if valid is not None:
+                val_loss, val_accuracy = compiled["evaluate"].result()(state[0], state[1], *valid)
+                logs.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
+            if self.model.stop_training:  # an unfinished epoch is not reported as one
+                break
+            callback_list.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end()
+        return self.model.history
+
+    def _compile(self, state, x_all, y_all, n: int, tail: int, valid) -> dict[str, Future]:
+        """Compile the training chunk now, and the rest in a thread while the first epoch runs.
+
+        One training keeps about one core busy, so the tail-batch and validation functions
+        compile on another core instead of adding to the first epoch. (Compiling them
+        alongside the chunk would slow the chunk's own multithreaded compilation.)
+        """
+        order = jax.ShapeDtypeStruct((n,), jnp.int32)
+        chunk = Future()
+        chunk.set_result(self._chunk.lower(state, x_all, y_all, order, 0, 1).compile())
+        later = {}
+        if tail:
+            later["tail"] = self._tail.lower(state, x_all, y_all, jax.ShapeDtypeStruct((tail,), jnp.int32))
+        if valid is not None:
+            later["evaluate"] = self._evaluate.lower(state[0], state[1], *valid)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fashionlab-compile")
+        futures = {"chunk": chunk, **{name: pool.submit(lowered.compile) for name, lowered in later.items()}}
+        pool.shutdown(wait=False)  # the thread finishes its compiles; nothing waits here
+        return futures
+
+    @staticmethod
+    def _logs(state) -> dict[str, float]:
+        loss_sum, correct, count = jax.device_get(state[3])
+        count = max(int(count), 1)
+        return {"loss": float(loss_sum) / count, "accuracy": float(correct) / count}
+
+
+def fit_compiled(model: keras.Model, x_train, y_train, x_valid=None, y_valid=None, *, batch_size: int = 32,
+                 epochs: int = 1, seed: int = 0, shuffle: bool = True, initial_epoch: int = 0,
+                 callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> keras.callbacks.History:
+    """`model.fit` for in-memory arrays on the JAX backend, compiled end to end."""
+    return CompiledTrainer(model, batch_size).fit(x_train, y_train, x_valid, y_valid, epochs, seed, shuffle,
+                                                  initial_epoch, callbacks, verbose)

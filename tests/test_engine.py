@@ -1,0 +1,123 @@
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, synthetic_arrays
+from fashionlab import data, engine
+from fashionlab.config import TrainConfig
+from fashionlab.model import build_model
+from fashionlab.preprocessing import fit_scaler
+
+
+def twin_models(config: TrainConfig, x_train: np.ndarray):
+    """Two freshly built models with identical initial weights."""
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(config.seed)
+        models.append(build_model(config, fit_scaler(x_train)))
+    return models
+
+
+def synthetic_split(n_train: int = 300):
+    arrays = synthetic_arrays()
+    x, y = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"].astype(np.int64)
+    return x[60:60 + n_train], y[60:60 + n_train], x[:60], y[:60]
+
+
+def assert_same_state(a: keras.Model, b: keras.Model, rtol=1e-5, atol=1e-6) -> None:
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_allclose(np.asarray(va.value), np.asarray(vb.value), rtol=rtol, atol=atol, err_msg=va.path)
+    assert int(a.optimizer.iterations.value) == int(b.optimizer.iterations.value)
+
+
+def fit_both(config, x_train, y_train, x_valid, y_valid):
+    with_keras, compiled = twin_models(config, x_train)
+    keras_history = with_keras.fit(x_train.astype("float32"), y_train, batch_size=config.batch_size, epochs=1,
+                                   shuffle=False, validation_data=(x_valid.astype("float32"), y_valid), verbose=0)
+    compiled_history = engine.fit_compiled(compiled, x_train, y_train, x_valid, y_valid,
+                                           batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
+    return with_keras, compiled, keras_history.history, compiled_history.history
+
+
+@pytest.mark.parametrize("batch_norm", ["after", "before", "none"])
+def test_one_epoch_equals_keras_fit(batch_norm):
+    x_train, y_train, x_valid, y_valid = synthetic_split(300)  # 9 full batches and a tail of 12
+    with_keras, compiled, kh, ch = fit_both(TINY.replace(batch_norm=batch_norm), x_train, y_train, x_valid, y_valid)
+    assert_same_state(with_keras, compiled)
+    bn = [layer for layer in compiled.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bn) == (0 if batch_norm == "none" else TINY.depth)
+    if bn:  # the moving statistics moved, and moved alike
+        assert not np.allclose(np.asarray(bn[0].moving_mean.value), 0)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert ch[key][0] == pytest.approx(kh[key][0], rel=1e-5), key
+
+
+@pytest.mark.realdata
+def test_one_epoch_of_the_tutorial_network_equals_keras_fit(real_data_dir):
+    splits = data.load_splits(real_data_dir, train_samples=4000)
+    with_keras, compiled, kh, ch = fit_both(TrainConfig(), splits.x_train, splits.y_train.astype(np.int64),
+                                            splits.x_valid, splits.y_valid.astype(np.int64))
+    assert_same_state(with_keras, compiled, rtol=1e-4, atol=1e-5)
+    assert ch["loss"][0] == pytest.approx(kh["loss"][0], rel=1e-5)
+    assert ch["val_loss"][0] == pytest.approx(kh["val_loss"][0], rel=1e-4)
+
+
+def run_compiled(config, seed, epochs=2, callbacks=()):
+    x_train, y_train, x_valid, y_valid = synthetic_split(200)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, fit_scaler(x_train))
+    history = engine.fit_compiled(model, x_train, y_train, x_valid, y_valid, batch_size=32, epochs=epochs,
+                                  seed=seed, shuffle=True, callbacks=callbacks, verbose=0)
+    return model, history.history
+
+
+def test_device_shuffle_is_repeatable_by_seed():
+    _, first = run_compiled(TINY, seed=1)
+    _, again = run_compiled(TINY, seed=1)
+    _, other = run_compiled(TINY, seed=2)
+    assert first == again
+    assert first["loss"] != other["loss"]
+
+
+def test_chunk_size_changes_nothing_but_granularity(monkeypatch):
+    _, whole = run_compiled(TINY, seed=3)
+    monkeypatch.setattr(engine, "CHUNK_STEPS", 2)
+    seen = []
+
+    class Batches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    _, chunked = run_compiled(TINY, seed=3, callbacks=[Batches()])
+    assert chunked == whole
+    assert seen[:4] == [1, 3, 5, 6]  # 200 images: 6 full batches in chunks of 2, then the tail of 8
+
+
+def test_stop_request_ends_training_without_a_partial_epoch():
+    ends = []
+
+    class StopSoon(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if len(ends) == 1:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            ends.append(epoch)
+
+    _, history = run_compiled(TINY, seed=0, epochs=5, callbacks=[StopSoon()])
+    assert ends == [0]
+    assert len(history["loss"]) == 1
+
+
+def test_compilation_cache_setting(monkeypatch, tmp_path):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("FASHIONLAB_COMPILE_CACHE", "off")
+    assert engine.enable_compilation_cache() is None
+    monkeypatch.setenv("FASHIONLAB_COMPILE_CACHE", str(tmp_path))
+    try:
+        assert engine.enable_compilation_cache() == str(tmp_path)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
