@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test venv dataset clean
+BENCH_VENV ?= .venv-bench
+
+.PHONY: demo test bench venv dataset clean
 
 demo: venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
@@ -12,6 +14,17 @@ demo: venv dataset
 
 test: venv dataset
 	$(BIN)/python -m pytest
+
+# Side-by-side speed of the tutorial recipe. TensorFlow lives in its own venv: Keras imports
+# it whenever it is installed, which would slow every fashionlab start.
+bench: venv dataset $(BENCH_VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench.py --tf-python $(BENCH_VENV)/bin/python
+
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet "tensorflow-cpu==2.21.*" "keras>=3.15,<4" scikit-learn
+	touch $@
 
 venv: $(BIN)/.installed
 
@@ -26,4 +39,4 @@ dataset: venv
 	@echo "dataset: $$($(BIN)/fashionlab data path)"
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build src/*.egg-info

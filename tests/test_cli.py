@@ -79,3 +79,71 @@ def test_data_info_on_the_real_files(real_data_dir):
     result = run_cli("data", "info", "--data-dir", str(real_data_dir))
     assert result.returncode == 0
     assert "train images (55000, 28, 28)" in result.stdout and "pixels 0..255" in result.stdout
+
+
+# --- bad input through the command line: one line, non-zero exit, no traceback, nothing written ---
+
+from conftest import idx_bytes, synthetic_arrays, write_dataset  # noqa: E402
+
+
+def corrupt_dataset(directory, name, content):
+    for old in directory.glob(f"{name}*"):
+        old.unlink()
+    (directory / name).write_bytes(content)
+
+
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+DATASET_CASES = {
+    "truncated gzip": (IMAGES + ".gz", lambda a: __import__("gzip").compress(idx_bytes(a[IMAGES]))[:300],
+                       "damaged gzip"),
+    "wrong magic": (IMAGES, lambda a: idx_bytes(a[IMAGES], magic=2050), "IDX magic 2050"),
+    "mismatched counts": (LABELS, lambda a: idx_bytes(a[LABELS][:10]), "360 images but 10 labels"),
+    "label out of range": (LABELS, lambda a: idx_bytes(a[LABELS] + 10), "outside 0..9"),
+    "wrong dimensions": (IMAGES, lambda a: idx_bytes(a[IMAGES].reshape(-1, 56, 14)), "56x14 images"),
+    "truncated body": (IMAGES, lambda a: idx_bytes(a[IMAGES])[:-1], "truncated or padded"),
+}
+
+
+@pytest.mark.parametrize("case", DATASET_CASES)
+def test_bad_dataset_files_through_train(tmp_path, case, capsys):
+    name, make, message = DATASET_CASES[case]
+    directory = write_dataset(tmp_path / "data")
+    stem = name.removesuffix(".gz")
+    for old in directory.glob(f"{stem}*"):
+        old.unlink()
+    (directory / name).write_bytes(make(synthetic_arrays()))
+    assert main(["train", "--data-dir", str(directory), "--no-verify", "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_hash_mismatch_through_train(tmp_path, capsys):
+    directory = write_dataset(tmp_path / "data")
+    assert main(["train", "--data-dir", str(directory), "--run-dir", str(tmp_path / "run")]) == 1
+    assert "SHA-256 mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "not an image"),
+    (lambda p: p.write_text("GIF89a? no, just text"), "not an image"),
+    (lambda p: p.mkdir(), "is a directory"),
+])
+def test_bad_images_through_predict(tiny_run, tmp_path, make, message):
+    path = tmp_path / "input.png"
+    make(path)
+    result = run_cli("predict", str(tiny_run.run.path), str(path))
+    assert result.returncode == 1 and result.stdout == ""
+    assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_hostile_model_in_a_run_directory(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run.path, run)
+    (run / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    result = run_cli("predict", str(run), "--index", "0", "--no-verify")
+    assert result.returncode == 1 and "not a valid .keras archive" in result.stderr
+    assert "Traceback" not in result.stderr

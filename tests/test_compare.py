@@ -1,3 +1,4 @@
+import json
 import signal
 import subprocess
 import sys
@@ -67,7 +68,9 @@ def test_a_compared_run_is_an_ordinary_run(comparison, tmp_path, session_synthet
 def test_resume_reuses_finished_runs_and_redoes_unfinished(comparison, session_synthetic_dir):
     out, first, _ = comparison
     unfinished = out / "scaled" / f"seed-{BASE.seed}"
-    (unfinished / "metrics.json").unlink()  # as if killed before its last write
+    (unfinished / "metrics.json").unlink()  # as if killed mid-run: no metrics, status still "running"
+    status = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**status, "status": "running"}))
     again = compare(out, TWO, seeds=2, base=BASE, jobs=1, data_dir=session_synthetic_dir, verify=False)
     assert (again.trained, again.reused) == (1, 3)
     assert again.results[["variant", "seed", "test_accuracy"]].equals(first.results[["variant", "seed",
@@ -89,7 +92,7 @@ def test_interrupted_comparison_resumes(tmp_path, session_synthetic_dir):
     assert first.exists(), process.communicate()
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 1, err
+    assert process.returncode == 130, err
     assert "interrupted; finished runs are kept" in err and "Traceback" not in err
     assert not (out / "results.csv").exists()
 
@@ -100,8 +103,9 @@ def test_interrupted_comparison_resumes(tmp_path, session_synthetic_dir):
 
 
 def frame(rows):
-    return pd.DataFrame(rows, columns=["variant", "seed", "test_accuracy", "best_val_accuracy", "best_epoch",
-                                       "seconds_per_epoch", "parameters"])
+    table = pd.DataFrame(rows, columns=["variant", "seed", "test_accuracy", "best_val_accuracy", "best_epoch",
+                                        "seconds_per_epoch", "parameters"])
+    return table.assign(first_epoch_val_accuracy=table["best_val_accuracy"] - 0.1)
 
 
 def test_conclusion_states_only_what_the_numbers_show():
@@ -112,5 +116,6 @@ def test_conclusion_states_only_what_the_numbers_show():
     assert text.startswith("a has the highest mean test accuracy: 0.8650")
     assert "a beats b on every seed" in text
     assert "within the seed spread" in text and "a and c" in text
+    assert "After the first epoch, mean validation accuracy ranged from 0.7150 (b) to 0.7750 (a)" in text
     single = " ".join(conclusion(summarize(results[results.seed == 1])))
     assert "one seed per variant" in single

@@ -123,3 +123,49 @@ def test_real_dataset_shapes_hashes_and_split(real_data_dir):
     assert np.bincount(splits.y_test).tolist() == [1000] * 10
     text = data.describe(splits)
     assert "Ankle boot" in text and "(55000, 28, 28)" in text
+
+
+# --- fuzzing: whatever the bytes, the parser answers with arrays or a DataError ----------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def check_parse(content: bytes, kind: str) -> None:
+    try:
+        array = data.parse_idx(content, kind)
+    except DataError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert array.dtype == np.uint8
+    assert array.shape[1:] == ((28, 28) if kind == "images" else ())
+    if kind == "labels":
+        assert array.size == 0 or array.max() <= 9
+
+
+@FUZZ
+@given(st.binary(max_size=4096), st.sampled_from(["images", "labels"]))
+def test_fuzz_parse_idx_arbitrary_bytes(content, kind):
+    check_parse(content, kind)
+
+
+@FUZZ
+@given(st.sampled_from([2049, 2051]), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=3),
+       st.binary(max_size=3200), st.sampled_from(["images", "labels"]))
+def test_fuzz_parse_idx_plausible_headers(magic, dims, body, kind):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    check_parse(header + body, kind)
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_fuzz_read_bytes_on_damaged_gzip(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "f.gz"
+    valid = gzip.compress(idx_bytes(np.zeros(3, np.uint8)))
+    path.write_bytes(valid[:10] + content)  # a real gzip header, then anything
+    try:
+        data.read_bytes(path)
+    except DataError as exc:
+        assert "\n" not in str(exc)

@@ -43,6 +43,9 @@ def test_evaluate_round_trip_matches_training(tiny_run, session_synthetic_dir):
 
 def test_evaluate_refuses_a_folder_without_a_model(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RunError, match="has no run.json"):
+        evaluate(tmp_path)
+    (tmp_path / "run.json").write_text('{"status": "complete"}')
     with pytest.raises(RunError, match="has no model.keras"):
         evaluate(tmp_path)
     with pytest.raises(RunError, match="is not a run directory"):

@@ -97,3 +97,89 @@ def test_tutorial_check_images(tutorial_run, real_data_dir):
     results = predict(tutorial_run.run.path, indices=[0, 1, 2], data_dir=real_data_dir)
     assert [(r["class_id"], r["class_name"]) for r in results] == [(9, "Ankle boot"), (2, "Pullover"),
                                                                    (1, "Trouser")]
+
+
+# --- unusual but valid images are predicted, not refused --------------------------------------
+
+def test_one_pixel_image(tmp_path):
+    Image.new("L", (1, 1), 200).save(tmp_path / "dot.png")
+    assert load_image(tmp_path / "dot.png").shape == (28, 28)
+
+
+def test_cmyk_jpeg(tmp_path):
+    garment(mode="RGB").convert("CMYK").save(tmp_path / "cmyk.jpg")
+    pixels = load_image(tmp_path / "cmyk.jpg")
+    assert pixels[14, 14] > 150 and pixels[1, 1] < 60
+
+
+def test_animated_gif_uses_its_first_frame(tmp_path):
+    frames = [garment(mode="P"), Image.new("P", (56, 56), 255)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    pixels = load_image(tmp_path / "anim.gif")
+    assert pixels[14, 14] > 150 and pixels[1, 1] < 60
+
+
+def test_palette_png_with_transparency(tmp_path):
+    image = garment(mode="P")
+    image.info["transparency"] = 0  # the black background becomes transparent -> white paper
+    image.save(tmp_path / "p.png", transparency=0)
+    with Image.open(tmp_path / "p.png") as reopened:
+        assert reopened.mode == "P" and "transparency" in reopened.info
+    pixels = load_image(tmp_path / "p.png")
+    assert pixels.shape == (28, 28)
+    assert pixels[1, 1] < 60  # background flattened to white, then inverted to black
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    tall = np.zeros((56, 56), np.uint8)
+    tall[4:52, 24:32] = 230  # a vertical bar as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(tall).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    pixels = load_image(tmp_path / "rotated.jpg")
+    assert pixels[14, 4:24].mean() > 150  # displayed horizontally
+    assert pixels[4:10, 14].mean() < 60
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    Image.new("L", (10_000, 5_000)).save(tmp_path / "huge.png")
+    with pytest.raises(ImageError, match="over the 40,000,000 pixel limit"):
+        load_image(tmp_path / "huge.png")
+
+
+# --- fuzzing: any bytes give a 28x28 image or an ImageError -----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=2048), st.sampled_from([".png", ".jpg", ".gif"]))
+def test_fuzz_load_image_arbitrary_bytes(tmp_path, content, suffix):
+    path = tmp_path / f"f{suffix}"
+    path.write_bytes(content)
+    try:
+        pixels = load_image(path)
+    except ImageError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 300), st.integers(1, 300), st.sampled_from(["L", "RGB", "RGBA", "P", "LA", "I;16", "1"]),
+       st.integers(0, 2**16), st.integers(0, 200))
+def test_fuzz_truncated_valid_images(tmp_path, width, height, mode, seed, cut):
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    image = Image.fromarray(pixels.astype(np.uint16) * 257) if mode == "I;16" else image.convert(mode)
+    path = tmp_path / "img.png"
+    image.save(path)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+    try:
+        result = load_image(path)
+    except ImageError:
+        assert cut  # only a damaged file may be refused
+    else:
+        assert result.shape == (28, 28)

@@ -12,13 +12,15 @@ from fashionlab.runs import Run, RunError
 from fashionlab.training import train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
-             "confusion_matrix.csv", "confusion_matrix.png", "report.html"}
+             "confusion_matrix.csv", "confusion_matrix.png", "report.html", "run.json", ".lock"}
 
 
 def test_run_directory_holds_every_artifact(tiny_run):
     path = tiny_run.run.path
     assert {p.name for p in path.iterdir()} == ARTIFACTS
     assert json.loads((path / "config.json").read_text()) == TINY.to_dict()
+    status = json.loads((path / "run.json").read_text())
+    assert (status["status"], status["epochs_done"], status["epochs"]) == ("complete", 2, 2)
 
     history = pd.read_csv(path / "history.csv")
     assert list(history["epoch"]) == [1, 2]

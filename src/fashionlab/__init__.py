@@ -26,3 +26,5 @@ CLASS_NAMES = (
 
 class FashionlabError(Exception):
     """A problem the user can fix: the message says what is wrong and what to do."""
+
+    exit_code = 1

@@ -68,10 +68,20 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
-    from fashionlab.training import train
+    verbose = 0 if args.quiet else None
+    if args.resume:
+        given = [f.name for f in fields(TrainConfig) if hasattr(args, f.name)] + (["config"] if args.config else [])
+        if given or args.run_dir:
+            raise FashionlabError(f"--resume continues the run with its own settings; drop "
+                                  f"{', '.join('--' + g.replace('_', '-') for g in given + (['run_dir'] if args.run_dir else []))}")
+        from fashionlab.training import resume
 
-    result = train(config, args.run_dir, args.data_dir, args.verify, verbose=0 if args.quiet else None)
+        result = resume(args.resume, args.data_dir, args.verify, verbose)
+    else:
+        config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
+        from fashionlab.training import train
+
+        result = train(config, args.run_dir, args.data_dir, args.verify, verbose)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
@@ -82,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from fashionlab.evaluation import evaluate, format_report
 
-    report = evaluate(args.run, args.data_dir, args.verify)
+    report = evaluate(args.run, args.data_dir, args.verify, args.allow_incomplete)
     if args.json:
         _print_json(report)
     else:
@@ -93,7 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from fashionlab.prediction import predict
 
-    results = predict(args.run, args.index or (), args.images, args.top_k, args.invert, args.data_dir, args.verify)
+    results = predict(args.run, args.index or (), args.images, args.top_k, args.invert, args.data_dir, args.verify,
+                      args.allow_incomplete)
     if args.json:
         _print_json(results)
         return
@@ -149,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model into a new run directory")
     train.add_argument("--config", metavar="FILE", help="TOML file (or a run's config.json) of recipe keys")
     train.add_argument("--run-dir", metavar="PATH", help="where to write the run (default: runs/<time>-<name>)")
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted or failed run from its last "
+                       "finished epoch, with its own settings")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     _add_data_options(train)
     _add_config_options(train)
@@ -157,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="test loss, accuracy, per-class scores, confusion matrix")
     evaluate.add_argument("run", metavar="RUN", help="run directory")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                          help="invert images (default: only those with a light background)")
     predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
+    predict.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(predict)
     predict.set_defaults(handler=cmd_predict)
 
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
     except FashionlabError as exc:
         print(f"fashionlab: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fashionlab: interrupted", file=sys.stderr)
         return 130

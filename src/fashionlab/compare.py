@@ -61,8 +61,8 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> l
 
 
 def is_finished(task: Task) -> bool:
-    """A finished run has metrics.json (written last); made with other settings, it is refused."""
-    if not (task.run_dir / "metrics.json").is_file() or not (task.run_dir / "model.keras").is_file():
+    """A finished run is complete; one made with other settings is refused."""
+    if not (task.run_dir / "config.json").is_file() or Run(task.run_dir).status()["status"] != "complete":
         return False
     done = Run(task.run_dir).read_json("config.json")
     if done != task.config.to_dict():
@@ -94,7 +94,9 @@ def run_tasks(tasks: Sequence[Task], jobs: int, data_dir: str | Path | None, ver
               on_done: Callable[[Task, float], None]) -> None:
     """Train `tasks`, `jobs` at a time in separate processes (in this one when jobs == 1)."""
     for task in tasks:
-        shutil.rmtree(task.run_dir, ignore_errors=True)  # an unfinished run is redone from scratch
+        if task.run_dir.is_dir():
+            Run.acquire(task.run_dir).release()  # refuses while another process trains it
+            shutil.rmtree(task.run_dir)  # an unfinished run is redone from scratch
     work = [(task, None if data_dir is None else str(data_dir), verify) for task in tasks]
     if jobs == 1 or len(tasks) <= 1:
         with stop_requests() as stop:
@@ -104,8 +106,7 @@ def run_tasks(tasks: Sequence[Task], jobs: int, data_dir: str | Path | None, ver
                     raise Interrupted("comparison stopped")
         return
     # spawn, not fork: JAX's runtime is multithreaded and must not be forked.
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_sigint,
-                                                     maxtasksperchild=1)
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_sigint)
     try:
         with stop_requests() as stop:
             results = pool.imap_unordered(_train_task, work)
@@ -132,9 +133,11 @@ def collect(tasks: Sequence[Task]) -> pd.DataFrame:
     for task in tasks:
         run = Run(task.run_dir)
         metrics = run.read_json("metrics.json")
+        first_epoch = pd.read_csv(run.file("history.csv")).iloc[0]
         rows.append({
             "variant": task.variant, "seed": task.seed,
             "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
+            "first_epoch_val_accuracy": float(first_epoch["val_accuracy"]),
             "best_val_accuracy": metrics["best_val_accuracy"], "best_epoch": metrics["best_epoch"],
             "final_val_accuracy": metrics["final_val_accuracy"],
             "seconds_per_epoch": metrics["median_seconds_per_epoch"],
@@ -152,6 +155,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         "test_accuracy_std": grouped["test_accuracy"].std(ddof=1).fillna(0.0),
         "test_accuracy_worst": grouped["test_accuracy"].min(),
         "test_accuracy_best": grouped["test_accuracy"].max(),
+        "first_epoch_val_accuracy": grouped["first_epoch_val_accuracy"].mean(),
         "best_val_accuracy": grouped["best_val_accuracy"].mean(),
         "best_epoch": grouped["best_epoch"].mean(),
         "seconds_per_epoch": grouped["seconds_per_epoch"].mean(),
@@ -159,13 +163,25 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-variant table as people read it, for summary.md and report.html alike."""
+    return pd.DataFrame({
+        "seeds": summary["seeds"].map(str),
+        "test accuracy (mean ± std)": [f"{m:.4f} ± {s:.4f}" for m, s in
+                                       zip(summary["test_accuracy_mean"], summary["test_accuracy_std"])],
+        "worst seed": summary["test_accuracy_worst"].map("{:.4f}".format),
+        "val accuracy after epoch 1": summary["first_epoch_val_accuracy"].map("{:.4f}".format),
+        "best val accuracy": summary["best_val_accuracy"].map("{:.4f}".format),
+        "epoch of best val": summary["best_epoch"].map("{:.1f}".format),
+        "s/epoch": summary["seconds_per_epoch"].map("{:.2f}".format),
+        "parameters": summary["parameters"].map("{:,}".format),
+    }, index=summary.index.rename("variant"))
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
-    lines = ["| variant | seeds | test accuracy (mean ± std) | worst seed | best val accuracy | epoch of best val "
-             "| s/epoch | parameters |", "|---|---|---|---|---|---|---|---|"]
-    for variant, r in summary.iterrows():
-        lines.append(f"| {variant} | {int(r.seeds)} | {r.test_accuracy_mean:.4f} ± {r.test_accuracy_std:.4f} "
-                     f"| {r.test_accuracy_worst:.4f} | {r.best_val_accuracy:.4f} | {r.best_epoch:.1f} "
-                     f"| {r.seconds_per_epoch:.2f} | {int(r.parameters):,} |")
+    table = summary_display(summary)
+    lines = ["| variant | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    lines += [f"| {variant} | " + " | ".join(row) + " |" for variant, row in table.iterrows()]
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +212,10 @@ def conclusion(summary: pd.DataFrame) -> list[str]:
             lines.append(f"{best} and {variant} differ by {gap:.2f} points, within the seed spread "
                          f"(std {top.test_accuracy_std:.4f} and {other.test_accuracy_std:.4f}): these runs do "
                          f"not establish a difference.")
+    early, late = summary["first_epoch_val_accuracy"].idxmax(), summary["first_epoch_val_accuracy"].idxmin()
+    lines.append(f"After the first epoch, mean validation accuracy ranged from "
+                 f"{summary.loc[late, 'first_epoch_val_accuracy']:.4f} ({late}) to "
+                 f"{summary.loc[early, 'first_epoch_val_accuracy']:.4f} ({early}).")
     fastest, slowest = summary["seconds_per_epoch"].idxmin(), summary["seconds_per_epoch"].idxmax()
     lines.append(f"Training speed ranged from {summary.loc[fastest, 'seconds_per_epoch']:.2f} s/epoch ({fastest}) "
                  f"to {summary.loc[slowest, 'seconds_per_epoch']:.2f} s/epoch ({slowest}).")
@@ -208,11 +228,12 @@ def comparison_report_html(summary: pd.DataFrame, results: pd.DataFrame, histori
     from fashionlab.reports import figure_tag, page, table_tag
 
     conclusion_html = '<div class="conclusion">' + "".join(f"<p>{s}</p>" for s in statements) + "</div>"
-    matrices = "".join(figure_tag(plots.confusion_figure(m, f"{v}: test set, all seeds summed"),
-                                  f"confusion matrix {v}") for v, m in confusions.items())
+    matrices = '<div class="pairs">' + "".join(
+        figure_tag(plots.confusion_figure(m, f"{v}: test set, all seeds summed"), f"confusion matrix {v}")
+        for v, m in confusions.items()) + "</div>"
     return page("fashionlab comparison", [
         ("Conclusion", conclusion_html),
-        ("Summary per variant", table_tag(summary.rename_axis("variant"))),
+        ("Summary per variant", table_tag(summary_display(summary))),
         ("Validation curves", figure_tag(plots.comparison_curves_figure(histories), "validation curves")),
         ("Confusion matrices", matrices),
         ("Every run", table_tag(results.drop(columns=["run_dir"]), index=False)),

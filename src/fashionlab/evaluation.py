@@ -66,11 +66,12 @@ def write_confusion(run: Run, matrix: np.ndarray) -> None:
     run.write_with("confusion_matrix.png", lambda tmp: save_png(confusion_figure(matrix), tmp))
 
 
-def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
+def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True,
+             allow_incomplete: bool = False) -> dict[str, Any]:
     """Evaluate a run's saved model on the test set; rewrite its confusion matrix files and report."""
     from fashionlab.reports import write_run_report
 
-    run = Run.open(run_dir)
+    run = Run.open(run_dir, allow_incomplete)
     config = run.read_json("config.json")
     model = run.load_model()
     splits = data.load_splits(data.find_data_dir(data_dir), config["validation_size"], verify=verify)

@@ -17,6 +17,8 @@ from fashionlab import FashionlabError
 class Interrupted(FashionlabError):
     """Work stopped on request (SIGINT or SIGTERM) at a safe point."""
 
+    exit_code = 130  # the shell's code for a Ctrl-C
+
 
 class StopRequest:
     def __init__(self) -> None:

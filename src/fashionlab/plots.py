@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from fashionlab import CLASS_NAMES  # noqa: E402
 
@@ -84,6 +84,8 @@ def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) ->
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.4)
     axes[1].set_yscale("log")  # a diverging variant (raw pixels) would flatten the others' curves
+    for axis in (axes[1].yaxis.set_major_formatter, axes[1].yaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda value, _: f"{value:g}"))
     axes[0].legend(loc="best")
     fig.tight_layout()
     return fig

@@ -93,12 +93,12 @@ def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3)
 
 
 def predict(run_dir: str | Path, indices: Sequence[int] = (), images: Sequence[str | Path] = (), k: int = 3,
-            invert: bool | None = None, data_dir: str | Path | None = None,
-            verify: bool = True) -> list[dict[str, Any]]:
+            invert: bool | None = None, data_dir: str | Path | None = None, verify: bool = True,
+            allow_incomplete: bool = False) -> list[dict[str, Any]]:
     """Predict test images (by index) and image files with a run's saved model."""
     if not 1 <= k <= len(CLASS_NAMES):
         raise FashionlabError(f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {k}")
-    run = Run.open(run_dir)
+    run = Run.open(run_dir, allow_incomplete)
     arrays, labels = [], []
     if indices:
         x_test = data.load_file(data.find_data_dir(data_dir), "t10k-images-idx3-ubyte", verify)

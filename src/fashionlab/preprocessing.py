@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +23,15 @@ class Scaler:
 
 
 def fit_scaler(x_train: np.ndarray) -> Scaler:
-    """Fit on the training images only, in float64 as scikit-learn does."""
+    """Fit on the training images only: the population mean and std, as scikit-learn computes them."""
     x_train = np.asarray(x_train)
     if x_train.dtype == np.uint8 and x_train.size:
-        # Exact from the 256-bin histogram: ~30x faster than float64 copies of 43M pixels.
-        counts = np.bincount(x_train.ravel(), minlength=256).astype(np.float64)
-        values = np.arange(256, dtype=np.float64)
-        mean = float(counts @ values / counts.sum())
-        std = float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
+        # Exact integer sums, ~20x faster than float64 copies of 43M pixels.
+        pixels = x_train.reshape(1, -1)
+        n = pixels.size
+        total = int(pixels.sum(dtype=np.int64))
+        squares = int(np.einsum("ij,ij->", pixels, pixels, dtype=np.int64, casting="unsafe"))
+        mean, std = total / n, math.sqrt(squares * n - total * total) / n
     else:
         pixels = np.asarray(x_train, dtype=np.float64)
         mean, std = float(pixels.mean()), float(pixels.std())

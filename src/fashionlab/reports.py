@@ -27,6 +27,7 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 img { max-width: 100%; }
 .conclusion { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5rem 1rem; }
+.pairs { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
 .tiles { display: flex; flex-wrap: wrap; gap: 0.5rem; }
 .tiles figure { margin: 0; width: 112px; text-align: center; font-size: 0.75rem; }
 .tiles img { image-rendering: pixelated; display: block; }

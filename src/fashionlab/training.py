@@ -1,15 +1,18 @@
-"""Training: one public entry point that turns a config into a finished run directory.
+"""Training: turn a config into a finished run directory, or finish an interrupted one.
 
-    result = train(TrainConfig(epochs=10), run_dir="runs/tutorial")
+    result = train(TrainConfig(epochs=10), run_dir="runs/tutorial"); resume("runs/tutorial")
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,15 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fashionlab import __version__, data
-from fashionlab.config import ConfigError, TrainConfig
-from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
+from fashionlab import FashionlabError, __version__, data
+from fashionlab.config import ConfigError, TrainConfig, from_dict
 from fashionlab.evaluation import metrics_from_proba, predict_proba, write_confusion
+from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
 from fashionlab.plots import learning_curves_figure, save_png
-from fashionlab.reports import write_run_report
 from fashionlab.preprocessing import fit_scaler
-from fashionlab.runs import Run, default_run_dir
+from fashionlab.reports import write_run_report
+from fashionlab.runs import Run, RunError, default_run_dir, load_model_file
 
 
 @dataclass(frozen=True)
@@ -37,45 +40,57 @@ class TrainResult:
     model: keras.Model
 
 
-class HistoryRecorder(keras.callbacks.Callback):
-    """Writes history.csv as each epoch ends, with the epoch's wall time.
+class RunRecorder(keras.callbacks.Callback):
+    """Records each finished epoch in the run directory, and stops fit when it must.
 
-    Keras' CSVLogger appends in place; rewriting the small file atomically instead means a
-    killed run never leaves a half-written row.
+    At each epoch's end, in this order: history.csv (rewritten atomically, so a killed run
+    never leaves a half-written row, which Keras' appending CSVLogger could), the epoch's
+    checkpoint (weights, optimizer state and BN statistics) and run.json's epoch count. A
+    kill between two of these writes leaves history ahead of the checkpoint, never behind:
+    resuming trusts the checkpoint and redoes what history has beyond it. After every batch (or
+    compiled chunk): stop on a Ctrl-C/SIGTERM request or a non-finite loss. An epoch cut
+    short by either is not recorded.
     """
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, stop: StopRequest, rows: list[dict[str, float]] | None = None):
         super().__init__()
         self.run = run
-        self.rows: list[dict[str, float]] = []
+        self.stop = stop
+        self.rows: list[dict[str, float]] = list(rows or [])
+        self.diverged_at: int | None = None
+        self._epoch = 0
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
         self._started = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.diverged_at = self._epoch + 1
+        if self.stop.requested or self.diverged_at:
+            self.model.stop_training = True
+
     def on_epoch_end(self, epoch, logs=None):
-        if self.model.stop_training and (logs or {}).get("val_loss") is None:
-            return  # fit stopped mid-epoch on request: not a finished epoch
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-               "seconds": time.perf_counter() - self._started}
-        self.rows.append(row)
+        seconds = time.perf_counter() - self._started
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if not all(math.isfinite(v) for v in logs.values()):
+            self.diverged_at = epoch + 1
+            self.model.stop_training = True
+        if self.stop.requested or self.diverged_at:
+            return
+        self.rows.append({"epoch": epoch + 1, **logs, "seconds": seconds})
         frame = self.frame()
         self.run.write_with("history.csv", lambda tmp: frame.to_csv(tmp, index=False))
+        self.run.save_checkpoint(self.model, epoch + 1)
+        self.run.set_status("running", epochs_done=epoch + 1)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
 
-class StopOnRequest(keras.callbacks.Callback):
-    """Ends fit after the current batch once a stop was requested (Ctrl-C, SIGTERM)."""
-
-    def __init__(self, stop: StopRequest):
-        super().__init__()
-        self.stop = stop
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.stop.requested:
-            self.model.stop_training = True
+class Diverged(FashionlabError):
+    """The loss became NaN or infinite."""
 
 
 def library_versions() -> dict[str, str]:
@@ -107,39 +122,98 @@ def progress_verbosity() -> int:
 def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
           verify: bool = True, verbose: int | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory."""
-    with stop_requests() as stop:
-        return _train(config, run_dir, data_dir, verify, verbose, stop)
-
-
-def _train(config: TrainConfig, run_dir: str | Path | None, data_dir: str | Path | None, verify: bool,
-           verbose: int | None, stop: StopRequest) -> TrainResult:
     splits = data.load_splits(data.find_data_dir(data_dir), config.validation_size, config.train_samples, verify)
-    run = Run.create(run_dir if run_dir is not None else default_run_dir(config.name))
-    run.write_json("config.json", config.to_dict())
+    with Run.create(run_dir if run_dir is not None else default_run_dir(config.name)) as run:
+        run.write_json("config.json", config.to_dict())
+        run.set_status("running", epochs=config.epochs, epochs_done=0, started=datetime.now().isoformat())
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, fit_scaler(splits.x_train))
+        run.write_text("summary.txt", summary_text(model) + "\n")
+        return _fit_and_finish(run, config, splits, model, [], verify, verbose)
 
-    keras.utils.set_random_seed(config.seed)
-    scaler = fit_scaler(splits.x_train)
-    model = build_model(config, scaler)
-    run.write_text("summary.txt", summary_text(model) + "\n")
 
-    recorder = HistoryRecorder(run)
-    callbacks = [recorder, StopOnRequest(stop)]
-    verbose = progress_verbosity() if verbose is None else verbose
+def resume(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True,
+           verbose: int | None = None) -> TrainResult:
+    """Continue an interrupted, failed or killed run from its last finished epoch.
+
+    With the compiled engine the result is the run that was never interrupted: weights,
+    optimizer state and BN statistics come from the checkpoint, and each epoch's shuffle
+    is derived from the seed and the epoch number.
+    """
+    with Run.acquire(_existing_dir(run_dir)) as run:
+        if run.status()["status"] == "complete":
+            raise RunError(f"{run.path} is already complete; nothing to resume")
+        config = from_dict(run.read_json("config.json"))
+        rows = pd.read_csv(run.file("history.csv")).to_dict("records") if run.file("history.csv").is_file() else []
+        splits = data.load_splits(data.find_data_dir(data_dir), config.validation_size, config.train_samples,
+                                  verify)
+        epoch, checkpoint = next(reversed(run.checkpoints().items()), (0, None))
+        if len(rows) < epoch:
+            raise RunError(f"{run.path}: history.csv has {len(rows)} epoch(s) but the checkpoint is of epoch "
+                           f"{epoch}; the run directory is damaged, train it again")
+        rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
+        if checkpoint is not None:
+            model = load_model_file(checkpoint)
+        else:
+            keras.utils.set_random_seed(config.seed)
+            model = build_model(config, fit_scaler(splits.x_train))
+        run.set_status("running", epochs_done=len(rows), resumed=datetime.now().isoformat())
+        return _fit_and_finish(run, config, splits, model, rows, verify, verbose)
+
+
+def _existing_dir(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if not (path / "config.json").is_file():
+        raise RunError(f"{path} is not a fashionlab run directory (no config.json); pass the folder to resume")
+    return path
+
+
+def _fit_and_finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Model,
+                    rows: list[dict[str, float]], verify: bool, verbose: int | None) -> TrainResult:
+    """Fit from epoch len(rows), then write the final artifacts; the run's status says how it ended."""
+    try:
+        with stop_requests() as stop:
+            recorder = RunRecorder(run, stop, rows)
+            _fit(model, config, splits, recorder, len(rows), progress_verbosity() if verbose is None else verbose)
+        if recorder.diverged_at:
+            done = len(recorder.rows)
+            raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
+                           f"{run.path} keeps the last good epoch ({done}); try a lower --learning-rate")
+        if stop.requested:
+            raise Interrupted(f"interrupted after {len(recorder.rows)} finished epoch(s); resume with: "
+                              f"fashionlab train --resume {run.path}")
+        result = _finish(run, config, splits, model, recorder.frame(), verify)
+    except Interrupted as exc:
+        _mark(run, "interrupted", str(exc))
+        raise
+    except BaseException as exc:
+        _mark(run, "failed", str(exc) or type(exc).__name__)
+        raise
+    return result
+
+
+def _mark(run: Run, status: str, message: str) -> None:
+    with contextlib.suppress(Exception):  # the disk may be full: the error itself must still surface
+        run.set_status(status, message=message)
+
+
+def _fit(model: keras.Model, config: TrainConfig, splits: data.Splits, recorder: RunRecorder,
+         initial_epoch: int, verbose: int) -> None:
     if resolve_engine(config.engine) == "compiled":
         from fashionlab.engine import fit_compiled
 
         fit_compiled(model, splits.x_train, splits.y_train, splits.x_valid, splits.y_valid,
                      batch_size=config.batch_size, epochs=config.epochs, seed=config.seed, shuffle=config.shuffle,
-                     callbacks=callbacks, verbose=verbose)
+                     initial_epoch=initial_epoch, callbacks=[recorder], verbose=verbose)
     else:
         model.fit(splits.x_train.astype(np.float32), splits.y_train, batch_size=config.batch_size,
                   epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), splits.y_valid),
-                  shuffle=config.shuffle, verbose=verbose, callbacks=callbacks)
-    if stop.requested:
-        raise Interrupted(f"training stopped after {len(recorder.rows)} finished epoch(s); "
-                          f"{run.path} is incomplete")
-    history = recorder.frame()
+                  shuffle=config.shuffle, verbose=verbose, callbacks=[recorder], initial_epoch=initial_epoch)
 
+
+def _finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Model, history: pd.DataFrame,
+            verify: bool) -> TrainResult:
+    """The final artifacts of a run whose epochs all finished; metrics.json and status last."""
     run.save_model(model)
     run.write_with("learning_curves.png", lambda tmp: save_png(learning_curves_figure(history, config.name), tmp))
     proba = predict_proba(model, splits.x_test)
@@ -147,6 +221,7 @@ def _train(config: TrainConfig, run_dir: str | Path | None, data_dir: str | Path
     write_confusion(run, np.asarray(report["confusion_matrix"]))
     write_run_report(run, config.to_dict(), history, report, splits.x_test, splits.y_test, proba)
     seconds = history["seconds"].tolist()
+    scaler = next((layer for layer in model.layers if layer.name == "standardize"), None)
     metrics = {
         "test_loss": report["test_loss"],
         "test_accuracy": report["test_accuracy"],
@@ -158,13 +233,16 @@ def _train(config: TrainConfig, run_dir: str | Path | None, data_dir: str | Path
         "median_seconds_per_epoch": float(np.median(seconds)),
         "parameters": parameter_counts(model),
         "engine": resolve_engine(config.engine),
-        "scaler": {"mean": scaler.mean, "std": scaler.std} if config.scale_inputs else None,
+        "scaler": ({"mean": -scaler.offset / scaler.scale, "std": 1 / scaler.scale} if scaler else None),
         "data": {"dir": str(splits.source), "verified": verify, "train": len(splits.x_train),
                  "valid": len(splits.x_valid), "test": len(splits.x_test)},
         "versions": library_versions(),
         "machine": machine_info(),
     }
-    run.write_json("metrics.json", metrics)  # last: its presence marks a finished run
+    run.write_json("metrics.json", metrics)
+    for checkpoint in run.checkpoints().values():
+        checkpoint.unlink()  # model.keras supersedes them
+    run.set_status("complete", epochs_done=len(history), finished=datetime.now().isoformat(), message=None)
     return TrainResult(run, history, metrics, model)
 
 

@@ -1,0 +1,134 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import keras
+import pytest
+
+from fashionlab.runs import MAX_MODEL_UNCOMPRESSED_BYTES, Run, RunError, atomic_path, load_model_file
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_create_locks_and_refuses_a_second_writer(tmp_path):
+    with Run.create(tmp_path / "run") as run:
+        run.set_status("running", epochs=3, epochs_done=0)
+        with pytest.raises(RunError, match=f"in use by another fashionlab process \\(pid {os.getpid()}\\)"):
+            Run.acquire(tmp_path / "run")
+        other = subprocess.run([sys.executable, "-c", "from fashionlab.runs import Run; "
+                                f"Run.acquire({str(tmp_path / 'run')!r})"], capture_output=True, text=True)
+        assert other.returncode != 0 and "in use by another fashionlab process" in other.stderr
+    Run.acquire(tmp_path / "run").release()  # free again once released
+    with pytest.raises(RunError, match="already exists and is not empty"):
+        Run.create(tmp_path / "run")
+
+
+def test_status_is_kept_in_run_json(tmp_path):
+    with Run.create(tmp_path / "run") as run:
+        run.set_status("running", epochs=5, epochs_done=2)
+        run.set_status("interrupted", message="stopped")
+        status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "interrupted" and status["epochs_done"] == 2 and status["message"] == "stopped"
+
+
+def test_incomplete_runs_are_refused_unless_allowed(tmp_path):
+    with Run.create(tmp_path / "run") as run:
+        run.write_json("config.json", {})
+        run.set_status("interrupted", epochs=5, epochs_done=2)
+        (tmp_path / "run" / "checkpoint-epoch2.keras").write_bytes(b"")
+    with pytest.raises(RunError, match="is interrupted after 2 of 5 epochs; resume it with `fashionlab train "
+                                       "--resume"):
+        Run.open(tmp_path / "run")
+    assert Run.open(tmp_path / "run", allow_incomplete=True).model_file().name == "checkpoint-epoch2.keras"
+
+
+def test_unwritable_run_directory(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunError, match="cannot create run directory"):
+        Run.create(tmp_path / "file" / "run")
+    with pytest.raises(RunError, match="exists and is not a directory"):
+        Run.create(tmp_path / "file")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="relu", name="dense")])
+    model.compile(loss="mse", optimizer="sgd")
+    path = tmp_path_factory.mktemp("models") / "good.keras"
+    model.save(path)
+    return path
+
+
+def rewrite_config(source, target, change):
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    change(config)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return target
+
+
+def test_a_genuine_model_loads(saved_model):
+    assert load_model_file(saved_model).count_params() == 10
+
+
+def test_lambda_layer_is_refused_by_safe_mode(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(RunError, match="cannot be loaded safely"):
+        load_model_file(tmp_path / "lambda.keras")
+
+
+def test_config_naming_an_arbitrary_function_is_refused(saved_model, tmp_path):
+    marker = tmp_path / "pwned"
+
+    def hostile(config):
+        config["config"]["layers"][-1]["config"]["activation"] = {
+            "module": "os", "class_name": "function", "config": "system", "registered_name": "function"}
+
+    path = rewrite_config(saved_model, tmp_path / "hostile.keras", hostile)
+    with pytest.raises(RunError, match="cannot be loaded safely"):
+        load_model_file(path).predict(keras.ops.ones((1, 4)), verbose=0)
+    assert not marker.exists()
+
+
+def test_other_formats_are_refused(tmp_path):
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(RunError, match="only .keras model files"):
+        load_model_file(tmp_path / "model.h5")
+    (tmp_path / "model.keras").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(RunError, match="not a valid .keras archive"):
+        load_model_file(tmp_path / "model.keras")
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:
+        archive.writestr("weights.bin", b"\0")
+    with pytest.raises(RunError, match="no config.json inside"):
+        load_model_file(tmp_path / "other.keras")
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path, saved_model):
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(saved_model) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in source.namelist():
+            archive.writestr(name, source.read(name))
+        with archive.open("padding.bin", "w", force_zip64=True) as member:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(MAX_MODEL_UNCOMPRESSED_BYTES // len(chunk) + 1):
+                member.write(chunk)
+    assert bomb.stat().st_size < 2_000_000  # small on disk, huge inflated
+    with pytest.raises(RunError, match="would inflate to .* bytes"):
+        load_model_file(bomb)
