@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY
+from helpers import assert_png, assert_self_contained
+
 from fashionlab.compare import CompareError, compare, conclusion, plan, summarize
 from fashionlab.config import TrainConfig
 from fashionlab.training import train
-from helpers import assert_png, assert_self_contained
 
 BASE = TINY.replace(epochs=2)
 TWO = ["scaled", "bn-after"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import idx_bytes, synthetic_arrays, write_dataset
+
 from fashionlab import data
 from fashionlab.data import DataError
 

@@ -1,8 +1,8 @@
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY, synthetic_arrays
+
 from fashionlab import data, engine
 from fashionlab.config import TrainConfig
 from fashionlab.model import build_model

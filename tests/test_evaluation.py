@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import synthetic_arrays
 from PIL import Image
 
-from conftest import synthetic_arrays
 from fashionlab import CLASS_NAMES
 from fashionlab.evaluation import confusion_matrix, evaluate, format_report, metrics_from_proba
 from fashionlab.runs import RunError

@@ -1,8 +1,8 @@
 import numpy as np
 import pandas as pd
+from helpers import assert_png
 
 from fashionlab import plots
-from helpers import assert_png
 
 
 def history(offset: float = 0.0) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import synthetic_arrays
 from PIL import Image
 
-from conftest import synthetic_arrays
 from fashionlab import FashionlabError
 from fashionlab.prediction import ImageError, load_image, predict, predict_arrays, prepare_image
 

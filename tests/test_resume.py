@@ -12,8 +12,8 @@ import time
 import keras
 import pandas as pd
 import pytest
-
 from conftest import TINY, synthetic_arrays, write_dataset
+
 from fashionlab.runs import Run, RunError
 from fashionlab.training import Diverged, resume, train
 
@@ -52,8 +52,8 @@ def wait_for_epochs(process, run_dir, epochs, timeout=240):
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, bigger_data, uninterrupted):
     run_dir = tmp_path / "killed"
     process = start_training(run_dir, bigger_data)
-    wait_for_epochs(process, run_dir, random.Random().randint(1, CONFIG.epochs - 2))
-    time.sleep(random.Random().uniform(0, 0.3))  # somewhere inside the next epoch
+    wait_for_epochs(process, run_dir, random.randint(1, CONFIG.epochs // 2))
+    time.sleep(random.uniform(0, 0.1))  # somewhere inside the next epoch (~0.2 s each)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = len(pd.read_csv(run_dir / "history.csv"))

@@ -3,11 +3,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY
 from fashionlab import data
-from fashionlab.config import TrainConfig
 from fashionlab.runs import Run, RunError
 from fashionlab.training import train
 

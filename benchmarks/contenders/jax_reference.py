@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 
 from fashionlab import data  # noqa: E402
 
-EPOCHS, BATCH, LR, DEPTH, WIDTH, MOMENTUM, EPS = int(os.environ.get("BENCH_EPOCHS", "10")), 32, 0.01, 20, 100, 0.99, 1e-3
+EPOCHS = int(os.environ.get("BENCH_EPOCHS", "10"))
+BATCH, LR, DEPTH, WIDTH, MOMENTUM, EPS = 32, 0.01, 20, 100, 0.99, 1e-3  # Keras' BN momentum and epsilon
 
 splits = data.load_splits(data.find_data_dir())
 started = time.perf_counter()

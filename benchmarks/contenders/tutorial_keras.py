@@ -14,11 +14,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-from fashionlab import data  # noqa: E402  (sets no backend: KERAS_BACKEND is already set)
-
+import keras  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-import keras  # noqa: E402
+from fashionlab import data  # noqa: E402  (sets no backend: KERAS_BACKEND is already set)
 
 epochs = int(os.environ.get("BENCH_EPOCHS", "10"))
 splits = data.load_splits(data.find_data_dir())

@@ -14,9 +14,16 @@ from typing import Any
 
 from fashionlab import FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, VARIANTS
+from fashionlab.config import (
+    ACTIVATION_CHOICES,
+    BATCH_NORM_CHOICES,
+    ENGINE_CHOICES,
+    INITIALIZER_CHOICES,
+    OPTIMIZER_CHOICES,
+    TrainConfig,
+    load_config,
+)
 from fashionlab.interrupts import Interrupted
-from fashionlab.config import (ACTIVATION_CHOICES, BATCH_NORM_CHOICES, ENGINE_CHOICES, INITIALIZER_CHOICES,
-                               OPTIMIZER_CHOICES, TrainConfig, load_config)
 
 CHOICES = {"activation": ACTIVATION_CHOICES, "batch_norm": BATCH_NORM_CHOICES,
            "kernel_initializer": INITIALIZER_CHOICES, "optimizer": OPTIMIZER_CHOICES, "engine": ENGINE_CHOICES}
@@ -70,10 +77,11 @@ def _print_json(value: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     verbose = 0 if args.quiet else None
     if args.resume:
-        given = [f.name for f in fields(TrainConfig) if hasattr(args, f.name)] + (["config"] if args.config else [])
-        if given or args.run_dir:
-            raise FashionlabError(f"--resume continues the run with its own settings; drop "
-                                  f"{', '.join('--' + g.replace('_', '-') for g in given + (['run_dir'] if args.run_dir else []))}")
+        given = [f.name for f in fields(TrainConfig) if hasattr(args, f.name)]
+        given += [name for name in ("config", "run_dir") if getattr(args, name)]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise FashionlabError(f"--resume continues the run with its own settings; drop {flags}")
         from fashionlab.training import resume
 
         result = resume(args.resume, args.data_dir, args.verify, verbose)

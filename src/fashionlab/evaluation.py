@@ -57,19 +57,10 @@ def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_confusion(run: Run, matrix: np.ndarray) -> None:
-    """confusion_matrix.csv (true class rows, predicted class columns) and its picture."""
-    from fashionlab.plots import confusion_figure, save_png
-
-    frame = pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"), columns=CLASS_NAMES)
-    run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
-    run.write_with("confusion_matrix.png", lambda tmp: save_png(confusion_figure(matrix), tmp))
-
-
 def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True,
              allow_incomplete: bool = False) -> dict[str, Any]:
     """Evaluate a run's saved model on the test set; rewrite its confusion matrix files and report."""
-    from fashionlab.reports import write_run_report
+    from fashionlab.reports import write_test_outputs
 
     run = Run.open(run_dir, allow_incomplete)
     config = run.read_json("config.json")
@@ -77,9 +68,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, verify: bo
     splits = data.load_splits(data.find_data_dir(data_dir), config["validation_size"], verify=verify)
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
-    write_confusion(run, np.asarray(report["confusion_matrix"]))
     history = pd.read_csv(run.file("history.csv"))
-    write_run_report(run, config, history, report, splits.x_test, splits.y_test, proba)
+    write_test_outputs(run, config, history, report, splits.x_test, splits.y_test, proba)
     return {"run": str(run.path), **report}
 
 

@@ -1,6 +1,6 @@
 """Self-contained HTML reports: every image embedded, nothing fetched, readable offline.
 
-    write_run_report(run, config, history, report, x_test, y_test, proba)
+    write_test_outputs(run, config, history, report, x_test, y_test, proba)
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def _caption(true: int, pred: int, p: float) -> str:
     return f"{CLASS_NAMES[pred]} {p:.2f}" + ("" if true == pred else f" (true: {CLASS_NAMES[true]})")
 
 
-def run_report_html(title: str, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
-                    x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray) -> str:
+def run_report_html(title: str, config: Mapping[str, Any], report: Mapping[str, Any], x_test: np.ndarray,
+                    y_test: np.ndarray, proba: np.ndarray, curves_png: bytes, confusion_png: bytes) -> str:
     """One run: config, learning curves, test metrics, confusion matrix, mistakes, sample predictions."""
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
     wrong = np.flatnonzero(pred != y_test)
@@ -96,10 +96,9 @@ def run_report_html(title: str, config: Mapping[str, Any], history: pd.DataFrame
 
     return page(title, [
         ("Test metrics", table_tag(summary)),
-        ("Learning curves", figure_tag(plots.learning_curves_figure(history), "learning curves")),
+        ("Learning curves", png_tag(curves_png, "learning curves")),
         ("Per-class precision and recall", table_tag(per_class)),
-        ("Confusion matrix", figure_tag(plots.confusion_figure(np.asarray(report["confusion_matrix"])),
-                                        "confusion matrix")),
+        ("Confusion matrix", png_tag(confusion_png, "confusion matrix")),
         (f"Misclassified test images (the {len(wrong)} most confident mistakes of "
          f"{int((pred != y_test).sum())})", grid(wrong)),
         (f"Sample predictions (test images 0..{len(samples) - 1})", grid(samples)),
@@ -107,7 +106,16 @@ def run_report_html(title: str, config: Mapping[str, Any], history: pd.DataFrame
     ])
 
 
-def write_run_report(run: Run, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
-                     x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray) -> None:
-    text = run_report_html(f"fashionlab run: {run.path.name}", config, history, report, x_test, y_test, proba)
+def write_test_outputs(run: Run, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
+                       x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray) -> None:
+    """learning_curves.png, confusion_matrix.csv/.png and report.html; each figure is rendered once."""
+    matrix = np.asarray(report["confusion_matrix"])
+    curves = plots.png_bytes(plots.learning_curves_figure(history, config.get("name", "")))
+    confusion = plots.png_bytes(plots.confusion_figure(matrix))
+    frame = pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"), columns=CLASS_NAMES)
+    run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
+    run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
+    run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))
+    text = run_report_html(f"fashionlab run: {run.path.name}", config, report, x_test, y_test, proba, curves,
+                           confusion)
     run.write_text("report.html", text)

@@ -23,12 +23,11 @@ import pandas as pd
 
 from fashionlab import FashionlabError, __version__, data
 from fashionlab.config import ConfigError, TrainConfig, from_dict
-from fashionlab.evaluation import metrics_from_proba, predict_proba, write_confusion
+from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
-from fashionlab.plots import learning_curves_figure, save_png
 from fashionlab.preprocessing import fit_scaler
-from fashionlab.reports import write_run_report
+from fashionlab.reports import write_test_outputs
 from fashionlab.runs import Run, RunError, default_run_dir, load_model_file
 
 
@@ -123,6 +122,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str 
           verify: bool = True, verbose: int | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory."""
     splits = data.load_splits(data.find_data_dir(data_dir), config.validation_size, config.train_samples, verify)
+    _use_compilation_cache()
     with Run.create(run_dir if run_dir is not None else default_run_dir(config.name)) as run:
         run.write_json("config.json", config.to_dict())
         run.set_status("running", epochs=config.epochs, epochs_done=0, started=datetime.now().isoformat())
@@ -140,6 +140,7 @@ def resume(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool
     optimizer state and BN statistics come from the checkpoint, and each epoch's shuffle
     is derived from the seed and the epoch number.
     """
+    _use_compilation_cache()
     with Run.acquire(_existing_dir(run_dir)) as run:
         if run.status()["status"] == "complete":
             raise RunError(f"{run.path} is already complete; nothing to resume")
@@ -159,6 +160,13 @@ def resume(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool
             model = build_model(config, fit_scaler(splits.x_train))
         run.set_status("running", epochs_done=len(rows), resumed=datetime.now().isoformat())
         return _fit_and_finish(run, config, splits, model, rows, verify, verbose)
+
+
+def _use_compilation_cache() -> None:
+    if keras.backend.backend() == "jax":
+        from fashionlab.engine import enable_compilation_cache
+
+        enable_compilation_cache()
 
 
 def _existing_dir(run_dir: str | Path) -> Path:
@@ -215,11 +223,9 @@ def _finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Mod
             verify: bool) -> TrainResult:
     """The final artifacts of a run whose epochs all finished; metrics.json and status last."""
     run.save_model(model)
-    run.write_with("learning_curves.png", lambda tmp: save_png(learning_curves_figure(history, config.name), tmp))
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
-    write_confusion(run, np.asarray(report["confusion_matrix"]))
-    write_run_report(run, config.to_dict(), history, report, splits.x_test, splits.y_test, proba)
+    write_test_outputs(run, config.to_dict(), history, report, splits.x_test, splits.y_test, proba)
     seconds = history["seconds"].tolist()
     scaler = next((layer for layer in model.layers if layer.name == "standardize"), None)
     metrics = {
