@@ -20,10 +20,18 @@ def test_dark_background_is_kept_light_background_is_inverted():
     dark = prepare_image(garment())
     light = prepare_image(garment(light_background=True))
     assert dark.shape == (28, 28) and dark.dtype == np.uint8
-    assert dark[0].max() < 30 and dark[14, 14] > 200
+    assert dark[:, 0].max() < 30 and dark[14, 14] > 200  # trimmed to the garment, padded at the sides
     np.testing.assert_allclose(light.astype(int), dark.astype(int), atol=30)
     assert prepare_image(garment(), invert=True)[0].min() > 220
     assert prepare_image(garment(light_background=True), invert=False)[0].min() > 220
+
+
+def test_garment_is_trimmed_then_centred():
+    small = np.zeros((200, 200), np.uint8)
+    small[20:60, 130:150] = 220  # a small tall garment off in a corner of a big dark photo
+    pixels = prepare_image(Image.fromarray(small))
+    assert pixels[0, 14] > 150 and pixels[27, 14] > 150  # it now spans the full height...
+    assert pixels[:, :7].max() < 30 and pixels[:, -7:].max() < 30  # ...centred, width kept in proportion
 
 
 def test_aspect_ratio_is_kept_by_padding():
@@ -51,10 +59,10 @@ def test_image_modes_and_formats(tmp_path, mode, suffix):
 
 def test_transparent_background_is_flattened_like_white_paper(tmp_path):
     rgba = np.zeros((40, 40, 4), dtype=np.uint8)
-    rgba[10:30, 10:30] = (40, 40, 40, 255)  # a dark garment; the rest fully transparent
+    rgba[5:35, 15:25] = (40, 40, 40, 255)  # a dark, tall garment; the rest fully transparent
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "cutout.png")
     pixels = load_image(tmp_path / "cutout.png")
-    assert pixels[0].max() < 10 and pixels[14, 14] > 180
+    assert pixels[:, 0].max() < 10 and pixels[14, 14] > 180
 
 
 @pytest.mark.parametrize("make, message", [
@@ -183,3 +191,21 @@ def test_fuzz_truncated_valid_images(tmp_path, width, height, mode, seed, cut):
         assert cut  # only a damaged file may be refused
     else:
         assert result.shape == (28, 28)
+
+
+@pytest.mark.realdata
+def test_photos_on_white_are_recognized_like_the_test_images(tutorial_run, real_data_dir, tmp_path):
+    """Test images turned into 'photos': dark garment on white, 8x larger, RGB JPEG, not square."""
+    from fashionlab import data
+
+    x_test = data.load_file(real_data_dir, "t10k-images-idx3-ubyte")
+    paths = []
+    for index in (0, 1, 2):
+        photo = Image.fromarray(255 - x_test[index]).resize((224, 224), Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (300, 224), "white")
+        canvas.paste(photo.convert("RGB"), (38, 0))
+        canvas.save(tmp_path / f"photo{index}.jpg", quality=90)
+        paths.append(tmp_path / f"photo{index}.jpg")
+    from_photos = predict(tutorial_run.run.path, images=paths)
+    from_indices = predict(tutorial_run.run.path, indices=[0, 1, 2], data_dir=real_data_dir)
+    assert [r["class_name"] for r in from_photos] == [r["class_name"] for r in from_indices]

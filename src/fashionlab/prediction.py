@@ -18,6 +18,7 @@ from fashionlab.runs import Run
 # Pillow warns at 89 MP and fails at twice that; a garment photo needs far fewer, and
 # checking the header first stops a decompression bomb before any pixel is decoded.
 MAX_IMAGE_PIXELS = 40_000_000
+TRIM_LEVEL = 40  # of 255: darker pixels count as background when trimming
 
 
 class ImageError(FashionlabError):
@@ -38,16 +39,20 @@ def _flatten_to_gray(image: Image.Image) -> Image.Image:
 
 
 def prepare_image(image: Image.Image, invert: bool | None = None) -> np.ndarray:
-    """A 28x28 uint8 array in Fashion-MNIST's look: light garment, black background.
+    """A 28x28 uint8 array made the way Fashion-MNIST was: light garment on black, trimmed to
+    the garment, longest side scaled to 28, centred (the aspect ratio is kept, never stretched).
 
-    The aspect ratio is kept (the image is padded, never stretched). With invert=None a
-    light background, judged from the border pixels, is inverted.
+    With invert=None a light background, judged from the border pixels, is inverted.
     """
     gray = _flatten_to_gray(ImageOps.exif_transpose(image) or image)
     pixels = np.asarray(gray)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > 127 if invert is None else invert:
         gray = ImageOps.invert(gray)
+    # Trim the background (anything darker than TRIM_LEVEL), as the dataset's images were.
+    garment = gray.point(lambda v: 255 if v > TRIM_LEVEL else 0).getbbox()
+    if garment:
+        gray = gray.crop(garment)
     boxed = ImageOps.pad(gray, (28, 28), method=Image.Resampling.LANCZOS, color=0)
     return np.asarray(boxed, dtype=np.uint8)
 
