@@ -134,8 +134,9 @@ def markdown(results: dict, info: dict, epochs: int) -> str:
                      f"{ratio('train_s', r)} | {ratio('process_s', r)} |")
     lines += ["", "first epoch: compilation included. steady: median of epochs 2..N. training: inside the process, "
               "from the start of preprocessing (for (c), the `train()` call) to the end of the last epoch; (c) "
-              "also includes loading the data and writing every artifact. process: the whole command from outside, interpreter "
-              "start, imports and data loading included. Peak RSS: the contender process's maximum resident memory."]
+              "also includes loading the data and writing every artifact. process: the whole command from "
+              "outside, interpreter start, imports and data loading included. Peak RSS: the contender "
+              "process's maximum resident memory."]
     return "\n".join(lines) + "\n"
 
 
