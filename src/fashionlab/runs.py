@@ -38,7 +38,8 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 
-def _now() -> str:
+def now() -> str:
+    """An ISO timestamp in UTC, as run.json records times."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -171,7 +172,7 @@ class Run:
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
         current = self.status() if self.file(STATUS_FILE).is_file() else {}
-        self.write_json(STATUS_FILE, {**current, **fields, "status": status, "pid": os.getpid(), "updated": _now()})
+        self.write_json(STATUS_FILE, {**current, **fields, "status": status, "pid": os.getpid(), "updated": now()})
 
     # --- models ---------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
 from fashionlab.preprocessing import fit_scaler
 from fashionlab.reports import write_test_outputs
-from fashionlab.runs import Run, RunError, default_run_dir, load_model_file
+from fashionlab.runs import Run, RunError, default_run_dir, load_model_file, now
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str 
     _use_compilation_cache()
     with Run.create(run_dir if run_dir is not None else default_run_dir(config.name)) as run:
         run.write_json("config.json", config.to_dict())
-        run.set_status("running", epochs=config.epochs, epochs_done=0, started=datetime.now().isoformat())
+        run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, fit_scaler(splits.x_train))
         run.write_text("summary.txt", summary_text(model) + "\n")
@@ -158,7 +157,7 @@ def resume(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool
         else:
             keras.utils.set_random_seed(config.seed)
             model = build_model(config, fit_scaler(splits.x_train))
-        run.set_status("running", epochs_done=len(rows), resumed=datetime.now().isoformat())
+        run.set_status("running", epochs_done=len(rows), resumed=now())
         return _fit_and_finish(run, config, splits, model, rows, verify, verbose)
 
 
@@ -248,7 +247,7 @@ def _finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Mod
     run.write_json("metrics.json", metrics)
     for checkpoint in run.checkpoints().values():
         checkpoint.unlink()  # model.keras supersedes them
-    run.set_status("complete", epochs_done=len(history), finished=datetime.now().isoformat(), message=None)
+    run.set_status("complete", epochs_done=len(history), finished=now(), message=None)
     return TrainResult(run, history, metrics, model)
 
 
