@@ -75,3 +75,11 @@ def test_tutorial_recipe_on_the_real_data(tutorial_run, real_data_dir):
     x = data.load_splits(real_data_dir).x_test[:3].astype("float32")
     reloaded = Run.open(tutorial_run.run.path).load_model()
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), tutorial_run.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_keras_fit_engine_writes_the_same_kind_of_run(tmp_path, session_synthetic_dir, tiny_run):
+    result = train(TINY.replace(engine="keras"), tmp_path / "fit", session_synthetic_dir, verify=False, verbose=0)
+    assert result.metrics["engine"] == "keras" and tiny_run.metrics["engine"] == "compiled"
+    assert {p.name for p in result.run.path.iterdir()} == ARTIFACTS
+    assert list(result.history["epoch"]) == [1, 2]
+    assert result.metrics["best_val_accuracy"] > 0.5
