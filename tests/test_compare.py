@@ -119,3 +119,13 @@ def test_conclusion_states_only_what_the_numbers_show():
     assert "After the first epoch, mean validation accuracy ranged from 0.7150 (b) to 0.7750 (a)" in text
     single = " ".join(conclusion(summarize(results[results.seed == 1])))
     assert "one seed per variant" in single
+
+
+def test_bad_comparison_arguments(tmp_path, session_synthetic_dir):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CompareError, match="give --out a folder"):
+        compare(tmp_path / "file", TWO, seeds=1, base=BASE, data_dir=session_synthetic_dir, verify=False)
+    with pytest.raises(CompareError, match="--jobs must be at least 1"):
+        compare(tmp_path / "cmp", TWO, seeds=1, base=BASE, jobs=0)
+    with pytest.raises(CompareError, match="give each variant once"):
+        plan(tmp_path, ["raw", "raw"], 1, BASE)

@@ -62,9 +62,10 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> l
 
 def is_finished(task: Task) -> bool:
     """A finished run is complete; one made with other settings is refused."""
-    if not (task.run_dir / "config.json").is_file() or Run(task.run_dir).status()["status"] != "complete":
+    run = Run(task.run_dir)
+    if not run.file("config.json").is_file() or run.status()["status"] != "complete":
         return False
-    done = Run(task.run_dir).read_json("config.json")
+    done = run.read_json("config.json")
     if done != task.config.to_dict():
         changed = sorted(k for k in set(done) | set(task.config.to_dict())
                          if done.get(k) != task.config.to_dict().get(k))
@@ -265,9 +266,12 @@ def compare(out: str | Path, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: 
     pending = [task for task in tasks if not is_finished(task)]
     progress(f"{len(tasks)} runs: {len(tasks) - len(pending)} finished already, {len(pending)} to train "
              f"with {min(jobs, max(len(pending), 1))} job(s)")
-    if out.exists() and not out.is_dir():
-        raise CompareError(f"{out} is a file; give --out a folder")
-    comparison = Run(out) if out.is_dir() else Run.create(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompareError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
+                           f"give --out a folder") from None
+    comparison = Run(out)  # the comparison's own files get the same atomic writes as a run's
     comparison.write_json("compare.json", {"variants": list(variants), "seeds": seeds, "jobs": jobs,
                                            "base": (base or TrainConfig()).to_dict()})
     done = len(tasks) - len(pending)
