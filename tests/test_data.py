@@ -104,7 +104,8 @@ def test_download_from_a_mirror_verifies_and_installs(tmp_path, real_data_dir):
 def test_download_failure_writes_nothing(tmp_path, synthetic_dir):
     with pytest.raises(DataError, match="cannot download .*apt-get install dataset-fashion-mnist"):
         data.download(tmp_path / "a", base_url=(tmp_path / "no-such-mirror").as_uri())
-    assert list((tmp_path / "a").iterdir()) == []
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "b").mkdir()
     with pytest.raises(DataError, match="SHA-256 mismatch"):
         data.download(tmp_path / "b", base_url=synthetic_dir.as_uri())
     assert list((tmp_path / "b").iterdir()) == []

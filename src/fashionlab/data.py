@@ -195,6 +195,7 @@ def describe(splits: Splits) -> str:
 def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
     """Fetch the four files, verify each, then move them into `dest` (all or nothing)."""
     dest = Path(dest) if dest is not None else keras_cache_dir()
+    created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
@@ -213,6 +214,10 @@ def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: flo
             load_file(staging, name, verify=True)
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)  # leave no trace of a failed download
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return dest
