@@ -101,11 +101,15 @@ class CompiledTrainer:
 
     # --- state <-> Keras variables ---------------------------------------------------------
 
+    @staticmethod
+    def zero_metrics():
+        """Loss sum, correct predictions and sample count, accumulated on the device."""
+        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+
     def read_state(self):
         m = self.model
-        zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
         return ([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables],
-                [v.value for v in m.optimizer.variables], zeros)
+                [v.value for v in m.optimizer.variables], self.zero_metrics())
 
     def write_state(self, state) -> None:
         m = self.model
@@ -138,7 +142,7 @@ class CompiledTrainer:
             if compiled is None:  # inside the first epoch, whose time includes compilation (as in fit)
                 compiled = self._compile(state, x_all, y_all, n, tail, valid)
             order = self._order(jax.random.fold_in(key, epoch), n, shuffle)
-            state = (*state[:3], self.read_state()[3])  # fresh loss/accuracy accumulators
+            state = (*state[:3], self.zero_metrics())
             for start in range(0, full_steps, CHUNK_STEPS):
                 stop = min(start + CHUNK_STEPS, full_steps)
                 callback_list.on_train_batch_begin(start)
@@ -150,12 +154,12 @@ class CompiledTrainer:
                 state = compiled["tail"].result()(state, x_all, y_all, order[full_steps * b:])
                 callback_list.on_train_batch_end(steps - 1, self._logs(state))
             self.write_state(state)
+            if self.model.stop_training:  # an unfinished epoch is neither validated nor reported
+                break
             logs = self._logs(state)
             if valid is not None:
                 val_loss, val_accuracy = compiled["evaluate"].result()(state[0], state[1], *valid)
                 logs.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
-            if self.model.stop_training:  # an unfinished epoch is not reported as one
-                break
             callback_list.on_epoch_end(epoch, logs)
             if self.model.stop_training:
                 break
