@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
           f"{m['median_seconds_per_epoch']:.2f} s/epoch")
-    print(f"run directory: {result.run.path}")
+    print(f"run directory: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
