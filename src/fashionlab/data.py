@@ -215,9 +215,9 @@ def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: flo
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(dest, ignore_errors=True)  # leave no trace of a failed download
         raise
-    shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest

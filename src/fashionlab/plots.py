@@ -1,4 +1,4 @@
-"""Figures, rendered headless: learning curves, confusion matrices, image grids, comparisons.
+"""Figures, rendered headless: learning curves, confusion matrices, comparison curves.
 
     save_png(learning_curves_figure(history), "learning_curves.png")
 """

@@ -79,12 +79,12 @@ def run_report_html(title: str, config: Mapping[str, Any], report: Mapping[str, 
                     y_test: np.ndarray, proba: np.ndarray, curves_png: bytes, confusion_png: bytes) -> str:
     """One run: config, learning curves, test metrics, confusion matrix, mistakes, sample predictions."""
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
-    wrong = np.flatnonzero(pred != y_test)
-    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:MISCLASSIFIED_SHOWN]  # most confident first
+    mistakes = np.flatnonzero(pred != y_test)
+    wrong = mistakes[np.argsort(-confidence[mistakes], kind="stable")][:MISCLASSIFIED_SHOWN]  # most confident first
     samples = np.arange(min(SAMPLES_SHOWN, len(y_test)))
     per_class = pd.DataFrame(report["per_class"]).T.rename_axis("class").astype({"support": int})
     summary = pd.DataFrame({"value": [f"{report['test_accuracy']:.4f}", f"{report['test_loss']:.4f}",
-                                      f"{int((pred != y_test).sum()):,}", f"{len(y_test):,}"]},
+                                      f"{len(mistakes):,}", f"{len(y_test):,}"]},
                            index=["test accuracy", "test loss", "misclassified", "test images"])
     config_table = pd.DataFrame({"value": [str(v) for v in config.values()]}, index=list(config))
 
@@ -99,8 +99,8 @@ def run_report_html(title: str, config: Mapping[str, Any], report: Mapping[str, 
         ("Learning curves", png_tag(curves_png, "learning curves")),
         ("Per-class precision and recall", table_tag(per_class)),
         ("Confusion matrix", png_tag(confusion_png, "confusion matrix")),
-        (f"Misclassified test images (the {len(wrong)} most confident mistakes of "
-         f"{int((pred != y_test).sum())})", grid(wrong)),
+        (f"Misclassified test images (the {len(wrong)} most confident mistakes of {len(mistakes):,})",
+         grid(wrong)),
         (f"Sample predictions (test images 0..{len(samples) - 1})", grid(samples)),
         ("Configuration", table_tag(config_table)),
     ])
