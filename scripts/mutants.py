@@ -1,0 +1,262 @@
+"""Mutation check: plant plausible bugs in the library, one at a time, and see which the tests catch.
+
+    .venv/bin/python scripts/mutants.py [--jobs 2] [--only ID ...] [--quick]
+
+Each mutant is one exact text replacement in one module of src/fashionlab, a bug a developer
+could plausibly write. For each, the script copies src/ and tests/ to a scratch folder, applies
+the replacement, and runs pytest there (the copy comes first on PYTHONPATH, so subprocesses
+that the tests start see the mutant too). A mutant is killed when a test fails, or the run
+hangs past the timeout; it survives when the suite passes. The module's own tests run first and
+pytest stops at the first failure (-x), so killed mutants are cheap; a survivor costs a whole
+suite run. --quick runs only the module's own tests. A mutant whose text is no longer in the
+code is reported as stale: update it with the code it mutates.
+
+Not part of `make test`: a full pass takes tens of minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    module: str  # file name under src/fashionlab
+    old: str
+    new: str
+    why: str  # the bug, in words
+
+    @property
+    def own_tests(self) -> str:
+        return f"tests/test_{self.module.removesuffix('.py')}.py"
+
+
+MUTANTS = [
+    Mutant("scaler-per-pixel", "preprocessing.py",
+           "        mean, std = total / n, math.sqrt(squares * n - total * total) / n",
+           "        mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-7",
+           "the scaler is fitted per pixel instead of over all pixels"),
+    Mutant("scaler-sample-std", "preprocessing.py",
+           "math.sqrt(squares * n - total * total) / n",
+           "math.sqrt((squares * n - total * total) / (n * (n - 1)))",
+           "the scaler uses the sample std (ddof=1), not StandardScaler's population std"),
+    Mutant("scaler-on-train-and-valid", "training.py",
+           "        model = build_model(config, fit_scaler(splits.x_train))\n        run.write_text",
+           "        model = build_model(config, fit_scaler(np.concatenate([splits.x_train, splits.x_valid])))\n"
+           "        run.write_text",
+           "the scaler is fitted on training + validation images"),
+    Mutant("valid-from-the-end", "data.py",
+           "    x_train, y_train = x_all[validation_size:], y_all[validation_size:]",
+           "    x_train, y_train = x_all[:-validation_size], y_all[:-validation_size]",
+           "the validation images are taken from the end of the training file (train half of it)"),
+    Mutant("train-samples-ignored", "data.py",
+           "        x_train, y_train = x_train[:train_samples], y_train[:train_samples]",
+           "        pass",
+           "train_samples is ignored"),
+    Mutant("verification-skipped", "data.py",
+           "    if verify and hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:",
+           "    if False and hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:",
+           "the SHA-256 check is skipped"),
+    Mutant("label-range-unchecked", "data.py",
+           "    if kind == \"labels\" and count and array.max() >= len(CLASS_NAMES):",
+           "    if False:",
+           "labels outside 0..9 are accepted"),
+    Mutant("bomb-cap-removed", "data.py",
+           "            content = stream.read(MAX_DECOMPRESSED_BYTES + 1)",
+           "            content = stream.read()[:MAX_DECOMPRESSED_BYTES]",
+           "a decompression bomb is read whole, then cut"),
+    Mutant("bn-placement-ignored", "model.py",
+           "        if batch_norm == \"before\":",
+           "        if False:",
+           "batch_norm='before' builds the 'after' network"),
+    Mutant("learning-rate-ignored", "model.py",
+           "\"config\": {\"learning_rate\": config.learning_rate}}",
+           "\"config\": {}}",
+           "the optimizer gets its default learning rate, not the configured one"),
+    Mutant("same-shuffle-every-epoch", "engine.py",
+           "jax.random.fold_in(key, epoch)",
+           "key",
+           "each epoch's shuffle does not depend on the epoch"),
+    Mutant("shuffle-counts-from-resume", "engine.py",
+           "jax.random.fold_in(key, epoch)",
+           "jax.random.fold_in(key, epoch - initial_epoch)",
+           "a resumed run numbers its epochs' shuffles from the resume point"),
+    Mutant("tail-batch-dropped", "engine.py",
+           "            if tail and not self.model.stop_training:",
+           "            if False:",
+           "the last, partial batch of each epoch is dropped"),
+    Mutant("bn-inference-mode-in-training", "engine.py",
+           "stateless_call(trainable, non_trainable, x, training=True)",
+           "stateless_call(trainable, non_trainable, x, training=False)",
+           "training runs BN in inference mode"),
+    Mutant("validation-on-training-data", "engine.py",
+           "compiled[\"evaluate\"].result()(state[0], state[1], *valid)",
+           "compiled[\"evaluate\"].result()(state[0], state[1], x_all, y_all)",
+           "validation metrics are computed on the training images"),
+    Mutant("stop-request-ignored", "engine.py",
+           "                if self.model.stop_training:\n                    break\n            if tail",
+           "                if False:\n                    break\n            if tail",
+           "a stop request is only seen at the end of the epoch"),
+    Mutant("resume-off-by-one", "training.py",
+           "        rows = rows[:epoch]  #",
+           "        rows = rows[:max(epoch - 1, 0)]  #",
+           "resume restarts one epoch too early"),
+    Mutant("nan-check-removed", "training.py",
+           "            self.diverged_at = self._epoch + 1\n",
+           "            pass\n",
+           "a NaN loss inside an epoch does not stop training"),
+    Mutant("nan-epoch-check-removed", "training.py",
+           "        if not all(math.isfinite(v) for v in logs.values()):",
+           "        if False:",
+           "a NaN in an epoch's logs is recorded as a good epoch"),
+    Mutant("best-epoch-off-by-one", "training.py",
+           "\"best_epoch\": int(history[\"val_accuracy\"].idxmax()) + 1,",
+           "\"best_epoch\": int(history[\"val_accuracy\"].idxmax()),",
+           "best_epoch is counted from 0"),
+    Mutant("checkpoints-kept", "training.py",
+           "        checkpoint.unlink()  # model.keras supersedes them",
+           "        pass",
+           "checkpoints are left in a complete run"),
+    Mutant("interrupted-marked-failed", "training.py",
+           "        _mark(run, \"interrupted\", str(exc))",
+           "        _mark(run, \"failed\", str(exc))",
+           "an interrupted run is marked failed"),
+    Mutant("non-atomic-write", "runs.py",
+           "            with atomic_path(target) as tmp:\n                write(tmp)",
+           "            write(target)",
+           "run files are written in place, not through a temporary file"),
+    Mutant("atomic-path-in-place", "runs.py",
+           "        yield Path(tmp)",
+           "        yield path",
+           "atomic_path hands out the target itself"),
+    Mutant("lock-removed", "runs.py",
+           "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+           "            pass",
+           "the run directory lock is never taken"),
+    Mutant("incomplete-run-accepted", "runs.py",
+           "        if status[\"status\"] != \"complete\" and not allow_incomplete:",
+           "        if False:",
+           "an unfinished run is evaluated without --allow-incomplete"),
+    Mutant("unsafe-model-loading", "runs.py",
+           "safe_mode=True)",
+           "safe_mode=False)",
+           "models are loaded with Keras' safe mode off"),
+    Mutant("inversion-reversed", "prediction.py",
+           "    if border.mean() > 127 if invert is None else invert:",
+           "    if border.mean() < 127 if invert is None else invert:",
+           "the light-background heuristic is reversed"),
+    Mutant("trim-removed", "prediction.py",
+           "    if garment:\n        gray = gray.crop(garment)",
+           "    if False:\n        gray = gray.crop(garment)",
+           "photos are not trimmed to the garment"),
+    Mutant("top-k-ascending", "prediction.py",
+           "    order = np.argsort(-proba, kind=\"stable\")[:k]",
+           "    order = np.argsort(proba, kind=\"stable\")[::-1][:k][::-1]",
+           "top-k is listed in ascending order"),
+    Mutant("pixel-cap-removed", "prediction.py",
+           "            if width * height > MAX_IMAGE_PIXELS:",
+           "            if False:",
+           "huge images are decoded"),
+    Mutant("confusion-transposed", "evaluation.py",
+           "np.bincount(y_true * n_classes + y_pred,",
+           "np.bincount(y_pred * n_classes + y_true,",
+           "the confusion matrix has predicted rows and true columns"),
+    Mutant("seeds-not-counting-up", "compare.py",
+           "    return [Task(v, base.seed + i, base.replace(name=v, seed=base.seed + i, **VARIANTS[v]),",
+           "    return [Task(v, base.seed + i, base.replace(name=v, seed=base.seed, **VARIANTS[v]),",
+           "every seed of a variant trains with the base seed"),
+    Mutant("population-std-in-compare", "compare.py",
+           "grouped[\"test_accuracy\"].std(ddof=1)",
+           "grouped[\"test_accuracy\"].std(ddof=0)",
+           "compare reports the population std over seeds, not the sample std"),
+    Mutant("changed-settings-reused", "compare.py",
+           "    if done != task.config.to_dict():",
+           "    if False:",
+           "a run trained with other settings is reused in a comparison"),
+    Mutant("html-escaping-removed", "reports.py",
+           "    return frame.to_html(index=index, border=0, escape=True,",
+           "    return frame.to_html(index=index, border=0, escape=False,",
+           "report tables are not HTML-escaped"),
+    Mutant("title-escaping-removed", "reports.py",
+           "<body><h1>{html.escape(title)}</h1>",
+           "<body><h1>{title}</h1>",
+           "the report heading is not HTML-escaped"),
+    Mutant("zero-exit-on-error", "cli.py",
+           "        return exc.exit_code",
+           "        return 0",
+           "the CLI exits 0 after an error"),
+]
+
+
+def run_mutant(mutant: Mutant, python: str, quick: bool, timeout: float) -> tuple[str, float, str]:
+    """('killed' | 'survived' | 'stale' | 'timeout', seconds, detail)."""
+    source = ROOT / "src" / "fashionlab" / mutant.module
+    text = source.read_text(encoding="utf-8")
+    if text.count(mutant.old) != 1:
+        return "stale", 0.0, f"{mutant.old!r} occurs {text.count(mutant.old)} times in {mutant.module}"
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.id}-") as scratch:
+        scratch = Path(scratch)
+        shutil.copytree(ROOT / "src", scratch / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        shutil.copytree(ROOT / "tests", scratch / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", scratch)
+        (scratch / "src" / "fashionlab" / mutant.module).write_text(text.replace(mutant.old, mutant.new),
+                                                                    encoding="utf-8")
+        tests = [mutant.own_tests] if quick else [mutant.own_tests, "tests"]
+        tests = [t for t in tests if (scratch / t).exists()] or ["tests"]
+        env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+        started = time.perf_counter()
+        try:
+            done = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                  cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "timeout", time.perf_counter() - started, f"no result after {timeout:.0f} s"
+        seconds = time.perf_counter() - started
+    failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    if done.returncode == 0:
+        return "survived", seconds, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    return "killed", seconds, (failed[0] if failed else done.stdout.strip().splitlines()[-1])[:160]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", nargs="+", metavar="ID")
+    parser.add_argument("--quick", action="store_true", help="only each module's own tests")
+    parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    mutants = [m for m in MUTANTS if not args.only or m.id in args.only]
+    if args.list:
+        for m in mutants:
+            print(f"{m.id:32} {m.module:16} {m.why}")
+        return
+    print(f"{len(mutants)} mutants, {args.jobs} at a time, {'own tests only' if args.quick else 'whole suite'}",
+          flush=True)
+    started = time.perf_counter()
+    outcomes: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [(m, pool.submit(run_mutant, m, sys.executable, args.quick, args.timeout)) for m in mutants]
+        for mutant, future in futures:
+            outcome, seconds, detail = future.result()
+            outcomes.setdefault(outcome, []).append(mutant.id)
+            print(f"{outcome:8} {mutant.id:32} {seconds:6.0f} s  {detail}", flush=True)
+    killed = len(outcomes.get("killed", [])) + len(outcomes.get("timeout", []))
+    print(f"\nkilled {killed} of {len(mutants)} in {time.perf_counter() - started:.0f} s"
+          + "".join(f"; {name}: {', '.join(ids)}" for name, ids in outcomes.items() if name in ("survived", "stale")))
+    sys.exit(1 if outcomes.get("survived") or outcomes.get("stale") else 0)
+
+
+if __name__ == "__main__":
+    main()
