@@ -6,7 +6,7 @@ DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test bench venv dataset clean
+.PHONY: demo test bench mutants venv dataset clean
 
 demo: venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
@@ -20,6 +20,11 @@ test: venv dataset
 bench: venv dataset $(BENCH_VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py --tf-python $(BENCH_VENV)/bin/python
+
+# Plants each plausible bug of scripts/mutants.py in a copy of the code and runs the suite on it
+# (tens of minutes; not part of `make test`).
+mutants: venv dataset
+	$(BIN)/python scripts/mutants.py
 
 $(BENCH_VENV)/.installed:
 	$(PYTHON) -m venv $(BENCH_VENV)

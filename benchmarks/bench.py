@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+from fashionlab.provenance import library_versions, machine_info
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = HERE / "contenders"
@@ -93,24 +94,15 @@ def measure_one(command: list[str]) -> None:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """The machine and versions, without importing JAX here: the contenders need the accelerator."""
     gpu = None
     if shutil.which("nvidia-smi"):
         query = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                                text=True)
         gpu = query.stdout.strip() or None
-    versions = {}
-    for package in ("keras", "jax", "jaxlib", "numpy", "tensorflow", "scikit-learn"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions}
+    info = machine_info(with_device=False)
+    return {"cpu": info["cpu"], "cores": info["cores"], "gpu": gpu, "platform": info["platform"],
+            "python": platform.python_version(), "versions": library_versions()}
 
 
 def markdown(results: dict, info: dict, epochs: int) -> str:

@@ -12,7 +12,7 @@ import time
 
 from fashionlab.compare import compare
 from fashionlab.config import TrainConfig
-from fashionlab.training import machine_info
+from fashionlab.provenance import machine_info
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     for jobs in (1, args.jobs):
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            result = compare(out, args.variants, args.seeds, base, jobs)
+            result = compare(out, variants=args.variants, seeds=args.seeds, base=base, jobs=jobs)
             walls[jobs] = time.perf_counter() - started
             print(f"jobs={jobs}: {walls[jobs]:.1f} s wall, mean test accuracy "
                   f"{result.results['test_accuracy'].mean():.4f}")

@@ -6,9 +6,9 @@ Each mutant is one exact text replacement in one module of src/fashionlab, a bug
 could plausibly write. For each, the script copies src/ and tests/ to a scratch folder, applies
 the replacement, and runs pytest there (the copy comes first on PYTHONPATH, so subprocesses
 that the tests start see the mutant too). A mutant is killed when a test fails, or the run
-hangs past the timeout; it survives when the suite passes. The module's own tests run first and
-pytest stops at the first failure (-x), so killed mutants are cheap; a survivor costs a whole
-suite run. --quick runs only the module's own tests. A mutant whose text is no longer in the
+hangs past the timeout; it survives when the suite passes. The module's own tests run first,
+then the whole suite, each stopping at the first failure (-x), so killed mutants are cheap; a
+survivor costs a whole suite run. --quick runs only the module's own tests. A mutant whose text is no longer in the
 code is reported as stale: update it with the code it mutates.
 
 Not part of `make test`: a full pass takes tens of minutes on two cores.
@@ -53,9 +53,8 @@ MUTANTS = [
            "math.sqrt((squares * n - total * total) / (n * (n - 1)))",
            "the scaler uses the sample std (ddof=1), not StandardScaler's population std"),
     Mutant("scaler-on-train-and-valid", "training.py",
-           "        model = build_model(config, fit_scaler(splits.x_train))\n        run.write_text",
-           "        model = build_model(config, fit_scaler(np.concatenate([splits.x_train, splits.x_valid])))\n"
-           "        run.write_text",
+           "    return build_model(config, fit_scaler(splits.x_train))",
+           "    return build_model(config, fit_scaler(np.concatenate([splits.x_train, splits.x_valid])))",
            "the scaler is fitted on training + validation images"),
     Mutant("valid-from-the-end", "data.py",
            "    x_train, y_train = x_all[validation_size:], y_all[validation_size:]",
@@ -90,8 +89,8 @@ MUTANTS = [
            "key",
            "each epoch's shuffle does not depend on the epoch"),
     Mutant("shuffle-counts-from-resume", "engine.py",
-           "jax.random.fold_in(key, epoch)",
-           "jax.random.fold_in(key, epoch - initial_epoch)",
+           "order = self._order(key, epoch, n, shuffle)",
+           "order = self._order(key, epoch - initial_epoch, n, shuffle)",
            "a resumed run numbers its epochs' shuffles from the resume point"),
     Mutant("tail-batch-dropped", "engine.py",
            "            if tail and not self.model.stop_training:",
@@ -102,8 +101,8 @@ MUTANTS = [
            "stateless_call(trainable, non_trainable, x, training=False)",
            "training runs BN in inference mode"),
     Mutant("validation-on-training-data", "engine.py",
-           "compiled[\"evaluate\"].result()(state[0], state[1], *valid)",
-           "compiled[\"evaluate\"].result()(state[0], state[1], x_all, y_all)",
+           "programs.evaluate.result()(state.trainable, state.non_trainable, *valid)",
+           "programs.evaluate.result()(state.trainable, state.non_trainable, x_all, y_all)",
            "validation metrics are computed on the training images"),
     Mutant("stop-request-ignored", "engine.py",
            "                if self.model.stop_training:\n                    break\n            if tail",
@@ -174,17 +173,37 @@ MUTANTS = [
            "np.bincount(y_pred * n_classes + y_true,",
            "the confusion matrix has predicted rows and true columns"),
     Mutant("seeds-not-counting-up", "compare.py",
-           "    return [Task(v, base.seed + i, base.replace(name=v, seed=base.seed + i, **VARIANTS[v]),",
-           "    return [Task(v, base.seed + i, base.replace(name=v, seed=base.seed, **VARIANTS[v]),",
+           "base.replace(name=v, seed=seed, **VARIANTS[v])",
+           "base.replace(name=v, seed=base.seed, **VARIANTS[v])",
            "every seed of a variant trains with the base seed"),
     Mutant("population-std-in-compare", "compare.py",
            "grouped[\"test_accuracy\"].std(ddof=1)",
            "grouped[\"test_accuracy\"].std(ddof=0)",
            "compare reports the population std over seeds, not the sample std"),
-    Mutant("changed-settings-reused", "compare.py",
-           "    if done != task.config.to_dict():",
+    Mutant("changed-settings-reused", "runner.py",
+           "    if recorded != expected:",
            "    if False:",
            "a run trained with other settings is reused in a comparison"),
+    Mutant("unfinished-run-trained-afresh", "runner.py",
+           "    resumed = inspect(task).state == \"unfinished\"",
+           "    resumed = False",
+           "the runner trains an unfinished run as a new one instead of resuming it"),
+    Mutant("workers-not-stopped", "runner.py",
+           "        stop_workers.set()",
+           "        pass",
+           "a stopped comparison leaves its workers training"),
+    Mutant("evaluate-without-lock", "evaluation.py",
+           "    with Run.acquire(run_dir) as run:",
+           "    with Run(run_dir) as run:",
+           "evaluate rewrites a run's files without taking its lock"),
+    Mutant("int-kept-for-float", "config.py",
+           "        value = float(value)",
+           "        pass",
+           "an int given for a float key is stored as an int"),
+    Mutant("scaler-read-back-wrong", "preprocessing.py",
+           "    return Scaler(mean=-layer.offset / layer.scale, std=1 / layer.scale)",
+           "    return Scaler(mean=layer.offset / layer.scale, std=1 / layer.scale)",
+           "the scaler recorded in metrics.json has the wrong sign"),
     Mutant("html-escaping-removed", "reports.py",
            "    return frame.to_html(index=index, border=0, escape=True,",
            "    return frame.to_html(index=index, border=0, escape=False,",
@@ -197,14 +216,22 @@ MUTANTS = [
            "        return exc.exit_code",
            "        return 0",
            "the CLI exits 0 after an error"),
+    Mutant("library-terms-shown-as-is", "cli.py",
+           "print(f\"fashionlab: error: {in_cli_terms(str(exc))}\", file=sys.stderr)",
+           "print(f\"fashionlab: error: {exc}\", file=sys.stderr)",
+           "the CLI tells users about `verify=False` instead of --no-verify"),
 ]
+
+
+# Not a bug: the code as it is, which the suite must pass for the kills to mean anything.
+BASELINE = Mutant("baseline", "cli.py", "", "", "no change")
 
 
 def run_mutant(mutant: Mutant, python: str, quick: bool, timeout: float) -> tuple[str, float, str]:
     """('killed' | 'survived' | 'stale' | 'timeout', seconds, detail)."""
     source = ROOT / "src" / "fashionlab" / mutant.module
     text = source.read_text(encoding="utf-8")
-    if text.count(mutant.old) != 1:
+    if mutant is not BASELINE and text.count(mutant.old) != 1:
         return "stale", 0.0, f"{mutant.old!r} occurs {text.count(mutant.old)} times in {mutant.module}"
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.id}-") as scratch:
         scratch = Path(scratch)
@@ -213,15 +240,22 @@ def run_mutant(mutant: Mutant, python: str, quick: bool, timeout: float) -> tupl
         shutil.copy(ROOT / "pyproject.toml", scratch)
         (scratch / "src" / "fashionlab" / mutant.module).write_text(text.replace(mutant.old, mutant.new),
                                                                     encoding="utf-8")
-        tests = [mutant.own_tests] if quick else [mutant.own_tests, "tests"]
-        tests = [t for t in tests if (scratch / t).exists()] or ["tests"]
         env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+        # The module's own tests first (a quick kill), then, if they pass, the whole suite.
+        has_own = mutant is not BASELINE and (scratch / mutant.own_tests).exists()
+        rounds = [[mutant.own_tests]] if has_own else []
+        if not quick or not rounds:
+            rounds.append(["tests"])
         started = time.perf_counter()
-        try:
-            done = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                                  cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return "timeout", time.perf_counter() - started, f"no result after {timeout:.0f} s"
+        for tests in rounds:
+            try:
+                done = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                      cwd=scratch, env=env, capture_output=True, text=True,
+                                      timeout=max(timeout - (time.perf_counter() - started), 1))
+            except subprocess.TimeoutExpired:
+                return "timeout", time.perf_counter() - started, f"no result after {timeout:.0f} s"
+            if done.returncode != 0:
+                break
         seconds = time.perf_counter() - started
     failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     if done.returncode == 0:
@@ -236,12 +270,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only each module's own tests")
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--skip-baseline", action="store_true", help="do not check the unchanged code first")
     args = parser.parse_args()
     mutants = [m for m in MUTANTS if not args.only or m.id in args.only]
     if args.list:
         for m in mutants:
             print(f"{m.id:32} {m.module:16} {m.why}")
         return
+    if not args.skip_baseline:
+        outcome, seconds, detail = run_mutant(BASELINE, sys.executable, quick=False, timeout=args.timeout)
+        print(f"baseline: the unchanged code {'passes' if outcome == 'survived' else 'FAILS'} ({seconds:.0f} s) "
+              f"{detail}", flush=True)
+        if outcome != "survived":
+            sys.exit("fix the suite first: every mutant would count as killed")
     print(f"{len(mutants)} mutants, {args.jobs} at a time, {'own tests only' if args.quick else 'whole suite'}",
           flush=True)
     started = time.perf_counter()

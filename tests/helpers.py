@@ -1,13 +1,66 @@
-"""Readers for produced files: PNG checks and an HTML parser for reports."""
+"""What the tests share: tiny synthetic IDX datasets and configs, and readers for produced
+files (PNG checks, an HTML parser for reports)."""
 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
+import struct
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+from fashionlab import data
+from fashionlab.config import TrainConfig
+
+TINY = TrainConfig(name="tiny", depth=2, width=16, epochs=2, batch_size=32, validation_size=60, seed=7)
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file's bytes for uint8 images (N, 28, 28) or labels (N,)."""
+    if magic is None:
+        magic = data.IMAGE_MAGIC if array.ndim == 3 else data.LABEL_MAGIC
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def synthetic_arrays(n_train: int = 360, n_test: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """Learnable fake garments: each class is a bright bar at its own rows, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        images = rng.integers(0, 40, size=(n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 220
+        return images.astype(np.uint8), labels.astype(np.uint8)
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    return {"train-images-idx3-ubyte": x_train, "train-labels-idx1-ubyte": y_train,
+            "t10k-images-idx3-ubyte": x_test, "t10k-labels-idx1-ubyte": y_test}
+
+
+def write_dataset(directory: Path, arrays: dict[str, np.ndarray] | None = None, compress: bool = True) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in (arrays or synthetic_arrays()).items():
+        content = idx_bytes(array)
+        if compress:
+            (directory / f"{name}.gz").write_bytes(gzip.compress(content))
+        else:
+            (directory / name).write_bytes(content)
+    return directory
+
+
+def replace_file(directory: Path, filename: str, content: bytes) -> None:
+    """Swap one of the four files, .gz or plain, for `filename` holding exactly `content`."""
+    for old in directory.glob(f"{filename.removesuffix('.gz')}*"):
+        old.unlink()
+    (directory / filename).write_bytes(content)
 
 
 def assert_png(source: Path | bytes, min_width: int = 300, min_height: int = 200) -> None:

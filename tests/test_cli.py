@@ -1,11 +1,15 @@
+import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+from helpers import idx_bytes, replace_file, synthetic_arrays
 
-from fashionlab.cli import main
+from fashionlab.cli import _config_from, build_parser, in_cli_terms, main
+from fashionlab.config import TrainConfig
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -13,23 +17,23 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "FASHIONLAB_DATA": ""}, timeout=300)
 
 
-def test_train_evaluate_predict_end_to_end(tmp_path, session_synthetic_dir, capsys):
+def test_train_evaluate_predict_end_to_end(tmp_path, synthetic, capsys):
     run = tmp_path / "run"
+    data = ["--data-dir", str(synthetic.data_dir), "--no-verify"]
     (tmp_path / "run.toml").write_text("depth = 2\nwidth = 8\nepochs = 1\nvalidation_size = 60\n")
     assert main(["train", "--config", str(tmp_path / "run.toml"), "--epochs", "2", "--run-dir", str(run),
-                 "--data-dir", str(session_synthetic_dir), "--no-verify", "--no-scale-inputs"]) == 0
+                 "--no-scale-inputs", *data]) == 0
     out = capsys.readouterr().out
     assert f"run directory: {run}" in out and "test accuracy" in out
     assert "Epoch 2/2" in out  # one line per epoch when not on a terminal
     config = json.loads((run / "config.json").read_text())
     assert (config["depth"], config["epochs"], config["scale_inputs"]) == (2, 2, False)
 
-    assert main(["evaluate", str(run), "--json", "--data-dir", str(session_synthetic_dir), "--no-verify"]) == 0
+    assert main(["evaluate", str(run), "--json", *data]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["test_accuracy"] == json.loads((run / "metrics.json").read_text())["test_accuracy"]
 
-    assert main(["predict", str(run), "--index", "0", "1", "--top-k", "2", "--json",
-                 "--data-dir", str(session_synthetic_dir), "--no-verify"]) == 0
+    assert main(["predict", str(run), "--index", "0", "1", "--top-k", "2", "--json", *data]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["input"] for r in results] == ["test[0]", "test[1]"]
     assert all(len(r["top_k"]) == 2 for r in results)
@@ -42,27 +46,49 @@ def test_summary_prints_the_tutorial_totals(capsys):
     assert "Non-trainable params: 4,000" in out
 
 
+def test_config_options_are_typed_by_the_config_fields():
+    args = build_parser().parse_args(["train", "--learning-rate", "1", "--batch-norm", "before", "--no-scale-inputs",
+                                      "--depth", "3"])
+    config = _config_from(args)
+    assert (config.learning_rate, config.batch_norm, config.scale_inputs, config.depth) == (1.0, "before", False, 3)
+    assert type(config.learning_rate) is float
+    assert _config_from(build_parser().parse_args(["train"])) == TrainConfig()
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--depth", "0"], "depth must be at least 1"),
-    (["train", "--learning-rate", "nan"], "learning_rate must be a positive finite number"),
+    (["train", "--learning-rate", "nan"], "learning_rate must be a finite number"),
     (["train", "--config", "/nonexistent/run.toml"], "does not exist"),
-    (["train", "--data-dir", "/nonexistent"], "lacks train-images-idx3-ubyte"),
+    (["train", "--data-dir", "/nonexistent"], "--data-dir /nonexistent lacks train-images-idx3-ubyte"),
     (["evaluate", "/nonexistent"], "is not a run directory"),
     (["predict", "/nonexistent", "--index", "0"], "is not a run directory"),
     (["data", "info", "--data-dir", "/nonexistent"], "lacks"),
 ])
-def test_user_errors_are_one_line_without_traceback(tmp_path, args, message, capsys):
+def test_user_errors_are_one_line_without_traceback(args, message, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("fashionlab: error: ") and message in err
     assert err.count("\n") == 1
 
 
-def test_bad_option_values_exit_2(capsys):
+def test_library_terms_become_flags_and_commands():
+    assert in_cli_terms("`top_k` must be between 1 and 10, got 11") == "--top-k must be between 1 and 10, got 11"
+    assert in_cli_terms("replace it, or pass `verify=False` for your own IDX data").endswith("pass --no-verify for "
+                                                                                            "your own IDX data")
+    assert in_cli_terms("resume with `resume('runs/my run')`") == "resume with fashionlab train --resume 'runs/my run'"
+    assert in_cli_terms("a path with `backticks` stays") == "a path with `backticks` stays"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--batch-norm", "sideways"], "invalid choice"),
+    (["predict", "run", "--index", "0", "--top-k", "11"], "must be between 1 and 10, got 11"),
+    (["compare", "--jobs", "0"], "must be at least 1, got 0"),
+])
+def test_bad_option_values_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["train", "--batch-norm", "sideways"])
+        main(args)
     assert info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_process_exit_code_and_no_traceback(tmp_path):
@@ -75,27 +101,17 @@ def test_process_exit_code_and_no_traceback(tmp_path):
 
 
 @pytest.mark.realdata
-def test_data_info_on_the_real_files(real_data_dir):
-    result = run_cli("data", "info", "--data-dir", str(real_data_dir))
+def test_data_info_on_the_real_files(real_data):
+    result = run_cli("data", "info", "--data-dir", str(real_data.data_dir))
     assert result.returncode == 0
     assert "train images (55000, 28, 28)" in result.stdout and "pixels 0..255" in result.stdout
 
 
 # --- bad input through the command line: one line, non-zero exit, no traceback, nothing written ---
 
-from conftest import idx_bytes, synthetic_arrays, write_dataset  # noqa: E402
-
-
-def corrupt_dataset(directory, name, content):
-    for old in directory.glob(f"{name}*"):
-        old.unlink()
-    (directory / name).write_bytes(content)
-
-
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 DATASET_CASES = {
-    "truncated gzip": (IMAGES + ".gz", lambda a: __import__("gzip").compress(idx_bytes(a[IMAGES]))[:300],
-                       "damaged gzip"),
+    "truncated gzip": (IMAGES + ".gz", lambda a: gzip.compress(idx_bytes(a[IMAGES]))[:300], "damaged gzip"),
     "wrong magic": (IMAGES, lambda a: idx_bytes(a[IMAGES], magic=2050), "IDX magic 2050"),
     "mismatched counts": (LABELS, lambda a: idx_bytes(a[LABELS][:10]), "360 images but 10 labels"),
     "label out of range": (LABELS, lambda a: idx_bytes(a[LABELS] + 10), "outside 0..9"),
@@ -105,23 +121,19 @@ DATASET_CASES = {
 
 
 @pytest.mark.parametrize("case", DATASET_CASES)
-def test_bad_dataset_files_through_train(tmp_path, case, capsys):
-    name, make, message = DATASET_CASES[case]
-    directory = write_dataset(tmp_path / "data")
-    stem = name.removesuffix(".gz")
-    for old in directory.glob(f"{stem}*"):
-        old.unlink()
-    (directory / name).write_bytes(make(synthetic_arrays()))
-    assert main(["train", "--data-dir", str(directory), "--no-verify", "--run-dir", str(tmp_path / "run")]) == 1
+def test_bad_dataset_files_through_train(tmp_path, synthetic_dir, case, capsys):
+    filename, make, message = DATASET_CASES[case]
+    replace_file(synthetic_dir, filename, make(synthetic_arrays()))
+    assert main(["train", "--data-dir", str(synthetic_dir), "--no-verify", "--run-dir", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
 
-def test_hash_mismatch_through_train(tmp_path, capsys):
-    directory = write_dataset(tmp_path / "data")
-    assert main(["train", "--data-dir", str(directory), "--run-dir", str(tmp_path / "run")]) == 1
-    assert "SHA-256 mismatch" in capsys.readouterr().err
+def test_hash_mismatch_through_train_names_the_flag(tmp_path, synthetic_dir, capsys):
+    assert main(["train", "--data-dir", str(synthetic_dir), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "SHA-256 mismatch" in err and "pass --no-verify for your own IDX data" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -139,11 +151,19 @@ def test_bad_images_through_predict(tiny_run, tmp_path, make, message):
 
 
 def test_hostile_model_in_a_run_directory(tiny_run, tmp_path):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run.path, run)
     (run / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
     result = run_cli("predict", str(run), "--index", "0", "--no-verify")
     assert result.returncode == 1 and "not a valid .keras archive" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unfinished_run_names_the_resume_command_and_the_flag(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run.path, run)
+    status = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    assert main(["evaluate", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"finish it with fashionlab train --resume {run}, or pass --allow-incomplete" in err

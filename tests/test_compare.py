@@ -1,4 +1,5 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY
-from helpers import assert_png, assert_self_contained
+from helpers import TINY, assert_png, assert_self_contained
 
-from fashionlab.compare import CompareError, compare, conclusion, plan, summarize
+from fashionlab.compare import compare, conclusion, plan, summarize
 from fashionlab.config import TrainConfig
+from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
 
 BASE = TINY.replace(epochs=2)
@@ -19,22 +20,23 @@ TWO = ["scaled", "bn-after"]
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory, session_synthetic_dir):
+def comparison(tmp_path_factory, synthetic):
+    """A finished two-variant, two-seed comparison; tests that change it work on a copy."""
     out = tmp_path_factory.mktemp("compare") / "cmp"
     lines = []
-    result = compare(out, TWO, seeds=2, base=BASE, jobs=2, data_dir=session_synthetic_dir, verify=False,
-                     progress=lines.append)
+    result = compare(out, variants=TWO, seeds=2, base=BASE, jobs=2, data=synthetic, progress=lines.append)
     return out, result, lines
 
 
 def test_plan_is_variants_times_seeds(tmp_path):
     tasks = plan(tmp_path, ["raw", "bn-before"], 2, TrainConfig(seed=5))
-    assert [(t.variant, t.seed, t.run_dir.relative_to(tmp_path).as_posix()) for t in tasks] == [
-        ("raw", 5, "raw/seed-5"), ("raw", 6, "raw/seed-6"),
-        ("bn-before", 5, "bn-before/seed-5"), ("bn-before", 6, "bn-before/seed-6")]
+    assert [(t.label, t.config.seed, t.run_dir.relative_to(tmp_path).as_posix()) for t in tasks] == [
+        ("raw seed 5", 5, "raw/seed-5"), ("raw seed 6", 6, "raw/seed-6"),
+        ("bn-before seed 5", 5, "bn-before/seed-5"), ("bn-before seed 6", 6, "bn-before/seed-6")]
     assert tasks[0].config.scale_inputs is False and tasks[0].config.batch_norm == "none"
     assert tasks[2].config.batch_norm == "before" and tasks[2].config.name == "bn-before"
-    with pytest.raises(CompareError, match="unknown variant"):
+    assert dict(tasks[3].tags) == {"variant": "bn-before", "seed": 6}
+    with pytest.raises(ConfigError, match="unknown variant"):
         plan(tmp_path, ["bn-sideways"], 1, TrainConfig())
 
 
@@ -43,6 +45,7 @@ def test_comparison_outputs(comparison):
     assert (result.trained, result.reused) == (4, 0)
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 4 and set(results["variant"]) == set(TWO)
+    assert list(results.columns[:3]) == ["variant", "seed", "test_accuracy"]
     assert results["test_accuracy"].between(0, 1).all()
     summary = (out / "summary.md").read_text()
     assert "| scaled | 2 |" in summary and "| bn-after | 2 |" in summary and "±" in summary
@@ -52,38 +55,42 @@ def test_comparison_outputs(comparison):
     assert len(page.images) == 1 + len(TWO)  # curves + one confusion matrix per variant
     assert page.headings[1] == "Conclusion"
     assert lines[0].startswith("4 runs: 0 finished already, 4 to train with 2 job(s)")
+    assert sum(line.startswith("[") for line in lines) == 4
     for task_dir in results["run_dir"]:
         assert_self_contained(Path(task_dir) / "report.html")
 
 
-def test_a_compared_run_is_an_ordinary_run(comparison, tmp_path, session_synthetic_dir):
+def test_a_compared_run_is_an_ordinary_run(comparison, tmp_path, synthetic):
     out, result, _ = comparison
-    alone = train(BASE.replace(name="bn-after", seed=BASE.seed + 1), tmp_path / "alone", session_synthetic_dir,
-                  verify=False, verbose=0)
+    alone = train(BASE.replace(name="bn-after", seed=BASE.seed + 1), tmp_path / "alone", data=synthetic, verbose=0)
     in_comparison = pd.read_csv(out / "bn-after" / f"seed-{BASE.seed + 1}" / "history.csv")
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(in_comparison[columns], alone.history[columns])
 
 
-def test_resume_reuses_finished_runs_and_redoes_unfinished(comparison, session_synthetic_dir):
-    out, first, _ = comparison
+def test_a_second_call_reuses_finished_runs_and_finishes_the_others(comparison, tmp_path, synthetic):
+    source, first, _ = comparison
+    out = tmp_path / "cmp"
+    shutil.copytree(source, out)
     unfinished = out / "scaled" / f"seed-{BASE.seed}"
     (unfinished / "metrics.json").unlink()  # as if killed mid-run: no metrics, status still "running"
     status = json.loads((unfinished / "run.json").read_text())
     (unfinished / "run.json").write_text(json.dumps({**status, "status": "running"}))
-    again = compare(out, TWO, seeds=2, base=BASE, jobs=1, data_dir=session_synthetic_dir, verify=False)
+    lines = []
+    again = compare(out, variants=TWO, seeds=2, base=BASE, jobs=1, data=synthetic, progress=lines.append)
     assert (again.trained, again.reused) == (1, 3)
-    assert again.results[["variant", "seed", "test_accuracy"]].equals(first.results[["variant", "seed",
-                                                                                     "test_accuracy"]])
-    with pytest.raises(CompareError, match="different settings \\(depth\\)"):
-        compare(out, TWO, seeds=2, base=BASE.replace(depth=3), data_dir=session_synthetic_dir, verify=False)
+    assert any(line.endswith("s, resumed)") for line in lines)
+    columns = ["variant", "seed", "test_accuracy"]
+    pd.testing.assert_frame_equal(again.results[columns], first.results[columns])
+    with pytest.raises(RunError, match="different settings \\(depth\\); use another `out`"):
+        compare(out, variants=TWO, seeds=2, base=BASE.replace(depth=3), data=synthetic)
 
 
-def test_interrupted_comparison_resumes(tmp_path, session_synthetic_dir):
+def test_interrupted_comparison_resumes(tmp_path, synthetic):
     out = tmp_path / "cmp"
     command = [sys.executable, "-m", "fashionlab", "compare", "--out", str(out), "--variants", "scaled",
                "bn-after", "--seeds", "1", "--jobs", "1", "--depth", "2", "--width", "16", "--epochs", "6",
-               "--validation-size", "60", "--data-dir", str(session_synthetic_dir), "--no-verify"]
+               "--validation-size", "60", "--data-dir", str(synthetic.data_dir), "--no-verify"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = out / "scaled" / f"seed-{TrainConfig().seed}" / "metrics.json"
     deadline = time.monotonic() + 240
@@ -108,24 +115,47 @@ def frame(rows):
     return table.assign(first_epoch_val_accuracy=table["best_val_accuracy"] - 0.1)
 
 
+RESULTS = frame([("a", 1, 0.86, 0.87, 9, 2.0, 10), ("a", 2, 0.87, 0.88, 8, 2.0, 10),
+                 ("b", 1, 0.80, 0.81, 9, 1.0, 10), ("b", 2, 0.81, 0.82, 9, 1.0, 10),
+                 ("c", 1, 0.855, 0.86, 9, 1.5, 10), ("c", 2, 0.875, 0.88, 9, 1.5, 10)])
+
+
+def test_summary_reports_mean_sample_std_and_extremes_per_variant():
+    summary = summarize(RESULTS)
+    assert list(summary.index) == ["a", "b", "c"]  # in the order given
+    assert summary.loc["c", "test_accuracy_mean"] == pytest.approx(0.865)
+    assert summary.loc["c", "test_accuracy_std"] == pytest.approx(0.01 * 2 ** 0.5)  # ddof=1: 0.0141, not 0.01
+    assert (summary.loc["c", "test_accuracy_worst"], summary.loc["c", "test_accuracy_best"]) == (0.855, 0.875)
+    assert summary.loc["a", "best_epoch"] == 8.5 and summary.loc["a", "seeds"] == 2
+    assert summarize(RESULTS[RESULTS.seed == 1]).loc["a", "test_accuracy_std"] == 0.0  # one seed: no spread
+
+
 def test_conclusion_states_only_what_the_numbers_show():
-    results = frame([("a", 1, 0.86, 0.87, 9, 2.0, 10), ("a", 2, 0.87, 0.88, 8, 2.0, 10),
-                     ("b", 1, 0.80, 0.81, 9, 1.0, 10), ("b", 2, 0.81, 0.82, 9, 1.0, 10),
-                     ("c", 1, 0.855, 0.86, 9, 1.5, 10), ("c", 2, 0.875, 0.88, 9, 1.5, 10)])
-    text = " ".join(conclusion(summarize(results)))
-    assert text.startswith("a has the highest mean test accuracy: 0.8650")
+    text = " ".join(conclusion(summarize(RESULTS)))
+    assert text.startswith("a has the highest mean test accuracy: 0.8650 ± 0.0071 over 2 seed(s).")
     assert "a beats b on every seed" in text
     assert "within the seed spread" in text and "a and c" in text
     assert "After the first epoch, mean validation accuracy ranged from 0.7150 (b) to 0.7750 (a)" in text
-    single = " ".join(conclusion(summarize(results[results.seed == 1])))
+    assert "Training speed ranged from 1.00 s/epoch (b) to 2.00 s/epoch (a)" in text
+    single = " ".join(conclusion(summarize(RESULTS[RESULTS.seed == 1])))
     assert "one seed per variant" in single
 
 
-def test_bad_comparison_arguments(tmp_path, session_synthetic_dir):
+def test_a_lead_beyond_both_spreads_is_called_a_lead():
+    # b's best seed ties a's worst, but b's mean is further below than the spreads reach
+    results = frame([("a", seed, 0.88, 0.9, 9, 1.0, 10) for seed in (1, 2, 3)]
+                    + [("b", seed, accuracy, 0.9, 9, 1.0, 10) for seed, accuracy in ((1, 0.80), (2, 0.80), (3, 0.88))])
+    text = " ".join(conclusion(summarize(results)))
+    assert "a leads b by 5.33 points, more than the two seed spreads together" in text
+
+
+def test_bad_comparison_arguments(tmp_path, synthetic):
     (tmp_path / "file").write_text("")
-    with pytest.raises(CompareError, match="give --out a folder"):
-        compare(tmp_path / "file", TWO, seeds=1, base=BASE, data_dir=session_synthetic_dir, verify=False)
-    with pytest.raises(CompareError, match="--jobs must be at least 1"):
-        compare(tmp_path / "cmp", TWO, seeds=1, base=BASE, jobs=0)
-    with pytest.raises(CompareError, match="give each variant once"):
+    with pytest.raises(RunError, match="give `out` a folder"):
+        compare(tmp_path / "file", variants=TWO, seeds=1, base=BASE, data=synthetic)
+    with pytest.raises(ConfigError, match="`jobs` must be at least 1"):
+        compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=0)
+    with pytest.raises(ConfigError, match="give each of the `variants` once"):
         plan(tmp_path, ["raw", "raw"], 1, BASE)
+    with pytest.raises(ConfigError, match="`seeds` must be at least 1"):
+        plan(tmp_path, ["raw"], 0, BASE)

@@ -1,8 +1,10 @@
 import json
+from typing import Literal
 
 import pytest
 
-from fashionlab.config import ConfigError, TrainConfig, from_dict, load_config
+from fashionlab.config import FIELDS, TYPES, FieldType, TrainConfig, field_type, from_dict, load_config
+from fashionlab.errors import ConfigError
 
 
 def test_defaults_are_the_tutorial_recipe():
@@ -16,7 +18,14 @@ def test_toml_file_then_overrides(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('epochs = 3\nbatch_norm = "before"\nlearning_rate = 1\n')
     config = load_config(path, {"epochs": 5})
-    assert (config.epochs, config.batch_norm, config.learning_rate) == (5, "before", 1.0)
+    assert (config.epochs, config.batch_norm) == (5, "before")
+    assert config.learning_rate == 1.0 and type(config.learning_rate) is float
+
+
+def test_an_int_for_a_float_field_is_stored_as_a_float():
+    config = TrainConfig(learning_rate=1)
+    assert type(config.learning_rate) is float
+    assert json.loads(json.dumps(config.to_dict()))["learning_rate"] == 1.0
 
 
 def test_train_table_and_run_config_json_are_accepted(tmp_path):
@@ -28,15 +37,23 @@ def test_train_table_and_run_config_json_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"epoch": 3}, "unknown config key(s): epoch"),
-    ({"depth": 0}, "depth must be at least 1"),
+    ({"depth": 0}, "depth must be at least 1, got 0"),
     ({"batch_size": -32}, "batch_size must be at least 1"),
+    ({"seed": -1}, "seed must be at least 0"),
+    ({"train_samples": -1}, "train_samples must be at least 0"),
     ({"epochs": 2.5}, "epochs must be int"),
     ({"depth": True}, "depth must be int"),
-    ({"learning_rate": float("nan")}, "learning_rate must be a positive finite number"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number"),
+    ({"learning_rate": 0}, "learning_rate must be greater than 0"),
     ({"learning_rate": "fast"}, "learning_rate must be float"),
+    ({"learning_rate": True}, "learning_rate must be float"),
     ({"batch_norm": "middle"}, "batch_norm must be one of after, before, none"),
+    ({"batch_norm": 1}, "batch_norm must be str"),
     ({"scale_inputs": "yes"}, "scale_inputs must be bool"),
+    ({"scale_inputs": 1}, "scale_inputs must be bool"),
     ({"name": "../x"}, "cannot be part of a directory name"),
+    ({"name": ""}, "cannot be part of a directory name"),
 ])
 def test_bad_values_are_rejected_with_the_reason(values, message):
     with pytest.raises(ConfigError) as info:
@@ -51,9 +68,29 @@ def test_unreadable_config_files(tmp_path):
     (tmp_path / "bad.toml").write_text("epochs = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a table"):
+        load_config(tmp_path / "list.json")
 
 
 def test_replace_validates_too():
     assert TrainConfig().replace(epochs=1).epochs == 1
     with pytest.raises(ConfigError):
         TrainConfig().replace(epochs=0)
+
+
+def test_field_types_come_from_the_annotations_not_their_spelling():
+    assert field_type(int) == FieldType(int)
+    assert field_type(int | None) == FieldType(int, None, optional=True)
+    assert field_type(Literal["a", "b"] | None) == FieldType(str, ("a", "b"), optional=True)
+    assert field_type(TYPES["batch_norm"]) == FieldType(str, ("after", "before", "none"))
+    assert field_type(TYPES["learning_rate"]) == FieldType(float)
+    with pytest.raises(TypeError, match="unsupported config annotation"):
+        field_type(int | str)
+
+
+def test_every_field_has_help_and_a_supported_type():
+    for name, f in FIELDS.items():
+        assert f.metadata["help"], name
+        kind = field_type(TYPES[name])
+        assert isinstance(f.default, kind.base) and (kind.choices is None or f.default in kind.choices), name

@@ -1,13 +1,15 @@
 import gzip
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import idx_bytes, synthetic_arrays, write_dataset
+from helpers import idx_bytes, replace_file, synthetic_arrays, write_dataset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fashionlab import data
-from fashionlab.data import DataError
+from fashionlab.data import DataSource
+from fashionlab.errors import DataError
 
 
 def test_reads_gzip_and_plain_files_alike(tmp_path):
@@ -19,24 +21,30 @@ def test_reads_gzip_and_plain_files_alike(tmp_path):
         np.testing.assert_array_equal(plain[name], expected)
 
 
-def test_split_holds_out_the_first_images_for_validation(synthetic_dir):
+def test_split_holds_out_the_first_images_for_validation(synthetic):
     arrays = synthetic_arrays()
-    splits = data.load_splits(synthetic_dir, validation_size=50, train_samples=100, verify=False)
+    splits = synthetic.splits(validation_size=50, train_samples=100)
     np.testing.assert_array_equal(splits.x_valid, arrays["train-images-idx3-ubyte"][:50])
+    np.testing.assert_array_equal(splits.y_valid, arrays["train-labels-idx1-ubyte"][:50])
     np.testing.assert_array_equal(splits.x_train, arrays["train-images-idx3-ubyte"][50:150])
+    np.testing.assert_array_equal(splits.y_train, arrays["train-labels-idx1-ubyte"][50:150])
     np.testing.assert_array_equal(splits.y_test, arrays["t10k-labels-idx1-ubyte"])
+    assert len(synthetic.splits(validation_size=50).x_train) == 310  # train_samples 0: all the rest
+
+
+def test_a_data_source_pins_the_folder_it_found(tmp_path, monkeypatch, synthetic_dir):
+    monkeypatch.setenv("FASHIONLAB_DATA", str(synthetic_dir))
+    pinned = DataSource(verify=False).located()
+    monkeypatch.setenv("FASHIONLAB_DATA", str(tmp_path / "elsewhere"))
+    assert pinned.data_dir == synthetic_dir and pinned.verify is False
+    assert len(pinned.test_images()) == 100
+    with pytest.raises(DataError, match="FASHIONLAB_DATA"):
+        DataSource(verify=False).locate()
 
 
 def test_synthetic_files_fail_the_official_hash_check(synthetic_dir):
     with pytest.raises(DataError, match="SHA-256 mismatch"):
         data.load_arrays(synthetic_dir)
-
-
-def corrupt(directory: Path, name: str, content: bytes, compress: bool = True) -> None:
-    for old in directory.glob(f"{name}*"):
-        old.unlink()
-    target = directory / (f"{name}.gz" if compress else name)
-    target.write_bytes(gzip.compress(content) if compress else content)
 
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -53,7 +61,7 @@ IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
     (LABELS, lambda a: b"\0\0", "too short for an IDX labels header"),
 ])
 def test_corrupt_files_are_refused(synthetic_dir, name, make, message):
-    corrupt(synthetic_dir, name, make(synthetic_arrays()))
+    replace_file(synthetic_dir, f"{name}.gz", gzip.compress(make(synthetic_arrays())))
     with pytest.raises(DataError) as info:
         data.load_arrays(synthetic_dir, verify=False)
     assert message in str(info.value)
@@ -68,7 +76,7 @@ def test_truncated_gzip_is_refused(synthetic_dir):
 
 def test_decompression_bomb_is_capped(synthetic_dir, monkeypatch):
     monkeypatch.setattr(data, "MAX_DECOMPRESSED_BYTES", 100_000)
-    corrupt(synthetic_dir, IMAGES, b"\0" * 200_000)
+    replace_file(synthetic_dir, f"{IMAGES}.gz", gzip.compress(b"\0" * 200_000))
     with pytest.raises(DataError, match="decompresses to more than 100000 bytes"):
         data.load_arrays(synthetic_dir, verify=False)
 
@@ -81,7 +89,7 @@ def test_lookup_order_and_explicit_choice(tmp_path, monkeypatch, synthetic_dir):
     monkeypatch.setenv("FASHIONLAB_DATA", str(synthetic_dir))
     assert data.find_data_dir() == synthetic_dir
     assert data.find_data_dir(cache) == cache
-    with pytest.raises(DataError, match="--data-dir .*empty lacks train-images-idx3-ubyte"):
+    with pytest.raises(DataError, match="`data_dir` .*empty lacks train-images-idx3-ubyte"):
         data.find_data_dir(tmp_path / "empty")
 
 
@@ -91,12 +99,12 @@ def test_nothing_found_names_the_ways_to_get_data(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
     with pytest.raises(DataError) as info:
         data.find_data_dir()
-    for way in ("apt-get install dataset-fashion-mnist", "fashionlab data download", "--data-dir"):
+    for way in ("apt-get install dataset-fashion-mnist", "fashionlab data download", "`data_dir`"):
         assert way in str(info.value)
 
 
-def test_download_from_a_mirror_verifies_and_installs(tmp_path, real_data_dir):
-    dest = data.download(tmp_path / "cache", base_url=real_data_dir.as_uri())
+def test_download_from_a_mirror_verifies_and_installs(tmp_path, real_data):
+    dest = data.download(tmp_path / "cache", base_url=real_data.data_dir.as_uri())
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.gz" for n in data.FILE_NAMES)
     assert data.has_dataset(dest)
 
@@ -112,11 +120,11 @@ def test_download_failure_writes_nothing(tmp_path, synthetic_dir):
 
 
 @pytest.mark.realdata
-def test_real_dataset_shapes_hashes_and_split(real_data_dir):
+def test_real_dataset_shapes_hashes_and_split(real_data):
     for name, digest in data.OFFICIAL_SHA256.items():
-        path = next(p for p in (real_data_dir / f"{name}.gz", real_data_dir / name) if p.exists())
+        path = next(p for p in (real_data.data_dir / f"{name}.gz", real_data.data_dir / name) if p.exists())
         assert hashlib.sha256(data.read_bytes(path)).hexdigest() == digest
-    splits = data.load_splits(real_data_dir)
+    splits = real_data.splits()
     assert splits.x_train.shape == (55000, 28, 28) and splits.y_train.shape == (55000,)
     assert splits.x_valid.shape == (5000, 28, 28) and splits.y_valid.shape == (5000,)
     assert splits.x_test.shape == (10000, 28, 28) and splits.y_test.shape == (10000,)
@@ -127,10 +135,6 @@ def test_real_dataset_shapes_hashes_and_split(real_data_dir):
 
 
 # --- fuzzing: whatever the bytes, the parser answers with arrays or a DataError ----------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -1,9 +1,10 @@
+import jax
 import keras
 import numpy as np
 import pytest
-from conftest import TINY, synthetic_arrays
+from helpers import TINY, synthetic_arrays
 
-from fashionlab import data, engine
+from fashionlab import engine
 from fashionlab.config import TrainConfig
 from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
@@ -53,8 +54,8 @@ def test_one_epoch_equals_keras_fit(batch_norm):
 
 
 @pytest.mark.realdata
-def test_one_epoch_of_the_tutorial_network_equals_keras_fit(real_data_dir):
-    splits = data.load_splits(real_data_dir, train_samples=4000)
+def test_one_epoch_of_the_tutorial_network_equals_keras_fit(real_data):
+    splits = real_data.splits(train_samples=4000)
     with_keras, compiled, kh, ch = fit_both(TrainConfig(), splits.x_train, splits.y_train.astype(np.int64),
                                             splits.x_valid, splits.y_valid.astype(np.int64))
     assert_same_state(with_keras, compiled, rtol=1e-4, atol=1e-5)
@@ -69,6 +70,17 @@ def run_compiled(config, seed, epochs=2, callbacks=()):
     history = engine.fit_compiled(model, x_train, y_train, x_valid, y_valid, batch_size=32, epochs=epochs,
                                   seed=seed, shuffle=True, callbacks=callbacks, verbose=0)
     return model, history.history
+
+
+def test_each_epoch_has_its_own_shuffle_drawn_from_seed_and_epoch_alone():
+    key = jax.random.key(5)
+    orders = [np.asarray(engine.epoch_order(key, epoch, 50, True)) for epoch in range(3)]
+    for order in orders:
+        assert sorted(order) == list(range(50))  # a permutation: every image once
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    np.testing.assert_array_equal(orders[2], engine.epoch_order(jax.random.key(5), 2, 50, True))
+    assert not np.array_equal(orders[0], engine.epoch_order(jax.random.key(6), 0, 50, True))
+    np.testing.assert_array_equal(engine.epoch_order(key, 1, 50, False), np.arange(50))
 
 
 def test_device_shuffle_is_repeatable_by_seed():
@@ -93,25 +105,26 @@ def test_chunk_size_changes_nothing_but_granularity(monkeypatch):
     assert seen[:4] == [1, 3, 5, 6]  # 200 images: 6 full batches in chunks of 2, then the tail of 8
 
 
-def test_stop_request_ends_training_without_a_partial_epoch():
-    ends = []
+def test_a_stop_request_takes_effect_after_the_current_chunk_and_skips_the_epoch(monkeypatch):
+    monkeypatch.setattr(engine, "CHUNK_STEPS", 2)  # 200 images: 6 full batches = 3 chunks, then the tail
+    events = []
 
-    class StopSoon(keras.callbacks.Callback):
+    class StopInSecondEpoch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if len(ends) == 1:
+            events.append(("batch", batch))
+            if len([e for e in events if e[0] == "epoch end"]) == 1:
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
-            ends.append(epoch)
+            events.append(("epoch end", epoch))
 
-    _, history = run_compiled(TINY, seed=0, epochs=5, callbacks=[StopSoon()])
-    assert ends == [0]
+    _, history = run_compiled(TINY, seed=0, epochs=5, callbacks=[StopInSecondEpoch()])
+    first_epoch = [("batch", 1), ("batch", 3), ("batch", 5), ("batch", 6), ("epoch end", 0)]
+    assert events == first_epoch + [("batch", 1)]  # one chunk of epoch 2, then nothing: no tail, no epoch end
     assert len(history["loss"]) == 1
 
 
 def test_compilation_cache_setting(monkeypatch, tmp_path):
-    import jax
-
     before = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv("FASHIONLAB_COMPILE_CACHE", "off")
     assert engine.enable_compilation_cache() is None

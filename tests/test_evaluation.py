@@ -1,14 +1,16 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_arrays
+from helpers import synthetic_arrays
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
+from fashionlab.errors import RunError
 from fashionlab.evaluation import confusion_matrix, evaluate, format_report, metrics_from_proba
-from fashionlab.runs import RunError
+from fashionlab.runs import Run
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():
@@ -27,8 +29,8 @@ def test_metrics_from_known_probabilities():
     assert "Ankle boot" in format_report(report)
 
 
-def test_evaluate_round_trip_matches_training(tiny_run, session_synthetic_dir):
-    report = evaluate(tiny_run.run.path, session_synthetic_dir, verify=False)
+def test_evaluate_round_trip_matches_training(tiny_run, synthetic):
+    report = evaluate(tiny_run.run.path, data=synthetic)
     assert report["test_accuracy"] == tiny_run.metrics["test_accuracy"]
     assert report["test_loss"] == pytest.approx(tiny_run.metrics["test_loss"], rel=1e-6)
     json.dumps(report)  # --json prints it as it is
@@ -50,3 +52,14 @@ def test_evaluate_refuses_a_folder_without_a_model(tmp_path):
         evaluate(tmp_path)
     with pytest.raises(RunError, match="is not a run directory"):
         evaluate(tmp_path / "nope")
+
+
+def test_evaluate_refuses_a_run_another_process_is_writing(tiny_run, synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.run.path, run_dir)
+    before = (run_dir / "report.html").read_bytes()
+    with Run.acquire(run_dir):  # as a training still writing there holds it
+        with pytest.raises(RunError, match="in use by another fashionlab process"):
+            evaluate(run_dir, data=synthetic)
+    assert (run_dir / "report.html").read_bytes() == before
+    assert evaluate(run_dir, data=synthetic)["test_accuracy"] == tiny_run.metrics["test_accuracy"]

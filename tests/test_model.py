@@ -32,7 +32,8 @@ def test_compiled_as_the_tutorial_and_summary_totals():
     text = summary_text(model)
     for line in ("Total params: 279,410", "Trainable params: 275,410", "Non-trainable params: 4,000"):
         assert line in text
-    assert build_model(TrainConfig(optimizer="adam", learning_rate=0.001)).optimizer.name == "adam"
+    adam = build_model(TrainConfig(optimizer="adam", learning_rate=0.003)).optimizer
+    assert adam.name == "adam" and float(adam.learning_rate) == pytest.approx(0.003)
 
 
 def test_selu_variant_uses_lecun_normal():

@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
-from conftest import synthetic_arrays
+from helpers import synthetic_arrays
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from fashionlab import FashionlabError
-from fashionlab.prediction import ImageError, load_image, predict, predict_arrays, prepare_image
+from fashionlab.errors import ConfigError, ImageError
+from fashionlab.prediction import load_image, predict, predict_arrays, prepare_image, top_k
 
 
 def garment(mode: str = "L", size=(56, 56), light_background: bool = False) -> Image.Image:
@@ -80,10 +82,17 @@ def test_unreadable_images_are_refused(tmp_path, make, message):
         load_image(tmp_path / "missing.png")
 
 
-def test_reloaded_model_predicts_exactly_what_training_left(tiny_run, session_synthetic_dir):
+def test_top_k_lists_the_most_probable_classes_first():
+    proba = np.array([0.05, 0.4, 0.05, 0.3, 0.2, 0, 0, 0, 0, 0])
+    assert [t["class_id"] for t in top_k(proba, 3)] == [1, 3, 4]
+    assert [t["probability"] for t in top_k(proba, 3)] == [0.4, 0.3, 0.2]
+    assert [t["class_name"] for t in top_k(proba, 2)] == ["Trouser", "Dress"]
+
+
+def test_reloaded_model_predicts_exactly_what_training_left(tiny_run, synthetic):
     x_test = synthetic_arrays()["t10k-images-idx3-ubyte"]
     from_training = predict_arrays(tiny_run.model, x_test[:5], [f"test[{i}]" for i in range(5)], k=3)
-    from_disk = predict(tiny_run.run.path, indices=range(5), data_dir=session_synthetic_dir, verify=False)
+    from_disk = predict(tiny_run.run.path, indices=range(5), data=synthetic)
     assert from_disk == from_training
     first = from_disk[0]
     assert list(first) == ["input", "class_id", "class_name", "probability", "top_k"]
@@ -91,18 +100,18 @@ def test_reloaded_model_predicts_exactly_what_training_left(tiny_run, session_sy
     assert first["top_k"][0]["probability"] >= first["top_k"][1]["probability"]
 
 
-def test_predict_argument_errors(tiny_run, session_synthetic_dir):
-    with pytest.raises(FashionlabError, match="outside the test set"):
-        predict(tiny_run.run.path, indices=[100], data_dir=session_synthetic_dir, verify=False)
-    with pytest.raises(FashionlabError, match="nothing to predict"):
+def test_predict_argument_errors_name_the_python_arguments(tiny_run, synthetic):
+    with pytest.raises(ConfigError, match="`indices` 100 is outside the test set"):
+        predict(tiny_run.run.path, indices=[100], data=synthetic)
+    with pytest.raises(ConfigError, match="nothing to predict"):
         predict(tiny_run.run.path)
-    with pytest.raises(FashionlabError, match="--top-k must be between 1 and 10"):
-        predict(tiny_run.run.path, indices=[0], k=11)
+    with pytest.raises(ConfigError, match="^`top_k` must be between 1 and 10, got 11$"):
+        predict(tiny_run.run.path, indices=[0], top_k=11)
 
 
 @pytest.mark.realdata
-def test_tutorial_check_images(tutorial_run, real_data_dir):
-    results = predict(tutorial_run.run.path, indices=[0, 1, 2], data_dir=real_data_dir)
+def test_tutorial_check_images(tutorial_run, real_data):
+    results = predict(tutorial_run.run.path, indices=[0, 1, 2], data=real_data)
     assert [(r["class_id"], r["class_name"]) for r in results] == [(9, "Ankle boot"), (2, "Pullover"),
                                                                    (1, "Trouser")]
 
@@ -157,9 +166,6 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
 
 # --- fuzzing: any bytes give a 28x28 image or an ImageError -----------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=2048), st.sampled_from([".png", ".jpg", ".gif"]))
@@ -194,11 +200,9 @@ def test_fuzz_truncated_valid_images(tmp_path, width, height, mode, seed, cut):
 
 
 @pytest.mark.realdata
-def test_photos_on_white_are_recognized_like_the_test_images(tutorial_run, real_data_dir, tmp_path):
+def test_photos_on_white_are_recognized_like_the_test_images(tutorial_run, real_data, tmp_path):
     """Test images turned into 'photos': dark garment on white, 8x larger, RGB JPEG, not square."""
-    from fashionlab import data
-
-    x_test = data.load_file(real_data_dir, "t10k-images-idx3-ubyte")
+    x_test = real_data.test_images()
     paths = []
     for index in (0, 1, 2):
         photo = Image.fromarray(255 - x_test[index]).resize((224, 224), Image.Resampling.BICUBIC)
@@ -207,5 +211,5 @@ def test_photos_on_white_are_recognized_like_the_test_images(tutorial_run, real_
         canvas.save(tmp_path / f"photo{index}.jpg", quality=90)
         paths.append(tmp_path / f"photo{index}.jpg")
     from_photos = predict(tutorial_run.run.path, images=paths)
-    from_indices = predict(tutorial_run.run.path, indices=[0, 1, 2], data_dir=real_data_dir)
+    from_indices = predict(tutorial_run.run.path, indices=[0, 1, 2], data=real_data)
     assert [r["class_name"] for r in from_photos] == [r["class_name"] for r in from_indices]

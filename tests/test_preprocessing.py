@@ -1,8 +1,8 @@
+import keras
 import numpy as np
 import pytest
 
-from fashionlab import data
-from fashionlab.preprocessing import Scaler, fit_scaler, scaling_layer
+from fashionlab.preprocessing import Scaler, fit_scaler, scaler_of, scaling_layer
 
 
 def test_scaler_is_one_mean_and_std_over_all_pixels():
@@ -27,9 +27,17 @@ def test_rescaling_layer_matches_the_scaler_without_parameters():
     assert layer.count_params() == 0
 
 
+def test_the_scaler_is_read_back_from_the_model():
+    scaler = Scaler(mean=72.94, std=90.02)
+    model = keras.Sequential([keras.Input((28, 28)), scaling_layer(scaler), keras.layers.Flatten()])
+    found = scaler_of(model)
+    assert found.mean == pytest.approx(scaler.mean) and found.std == pytest.approx(scaler.std)
+    assert scaler_of(keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten()])) is None
+
+
 @pytest.mark.realdata
-def test_tutorial_scaled_range(real_data_dir):
-    splits = data.load_splits(real_data_dir)
+def test_tutorial_scaled_range(real_data):
+    splits = real_data.splits()
     scaled = fit_scaler(splits.x_train).transform(splits.x_train)
     assert float(scaled.max()) == pytest.approx(2.0231433, abs=1e-6)
     assert float(scaled.min()) == pytest.approx(-0.8105136, abs=1e-6)

@@ -1,4 +1,8 @@
-from helpers import assert_png, assert_self_contained
+import numpy as np
+import pandas as pd
+from helpers import Page, assert_png, assert_self_contained
+
+from fashionlab.reports import MISCLASSIFIED_SHOWN, SAMPLES_SHOWN, image_tiles, page, summary_markdown, table_tag
 
 
 def test_run_report_is_self_contained_and_complete(tiny_run):
@@ -6,14 +10,40 @@ def test_run_report_is_self_contained_and_complete(tiny_run):
     for heading in ("Test metrics", "Learning curves", "Per-class precision and recall", "Confusion matrix",
                     "Configuration"):
         assert heading in page.headings
-    assert any(h.startswith("Misclassified test images") for h in page.headings)
-    assert any(h.startswith("Sample predictions") for h in page.headings)
-    tiles = [src for src in page.images[2:]]
-    assert len(page.images) == 2 + len(tiles) and 16 <= len(tiles) <= 16 + 32  # samples + mistakes as tiles
+    mistakes = round((1 - tiny_run.metrics["test_accuracy"]) * 100)  # 100 synthetic test images
+    assert f"Misclassified test images (the {min(mistakes, MISCLASSIFIED_SHOWN)} most confident mistakes of " \
+           f"{mistakes:,})" in page.headings
+    assert "Sample predictions (test images 0..15)" in page.headings
+    tiles = page.images[2:]  # after the learning curves and the confusion matrix
+    assert len(tiles) == min(mistakes, MISCLASSIFIED_SHOWN) + SAMPLES_SHOWN
     metrics = dict((row[0], row[1]) for row in page.tables[0] if len(row) == 2)
     assert float(metrics["test accuracy"]) == round(tiny_run.metrics["test_accuracy"], 4)
+    assert metrics["misclassified"] == str(mistakes)
 
 
 def test_run_pngs_are_valid(tiny_run):
     assert_png(tiny_run.run.path / "learning_curves.png", 600, 400)
     assert_png(tiny_run.run.path / "confusion_matrix.png", 600, 500)
+
+
+def test_pages_show_markup_in_names_and_values_as_text():
+    hostile = "<script>alert(1)</script>"
+    frame = pd.DataFrame({"value": [hostile]}, index=["<b>key</b>"])
+    tiles = image_tiles(np.zeros((1, 28, 28), np.uint8), [hostile], np.array([True]))
+    text = page("<i>run</i>", [("<u>section</u>", table_tag(frame) + tiles)])
+    assert "<script>" not in text and "<i>" not in text and "<b>" not in text and "<u>" not in text
+    parsed = Page(text)
+    assert parsed.headings == ["<i>run</i>", "<u>section</u>"]
+    assert parsed.tables[0][-1] == ["<b>key</b>", hostile]
+
+
+def test_summary_markdown_has_one_row_per_variant():
+    summary = pd.DataFrame({"seeds": [2, 2], "test_accuracy_mean": [0.85, 0.8], "test_accuracy_std": [0.01, 0.02],
+                            "test_accuracy_worst": [0.84, 0.78], "first_epoch_val_accuracy": [0.7, 0.6],
+                            "best_val_accuracy": [0.86, 0.81], "best_epoch": [9.0, 8.5],
+                            "seconds_per_epoch": [1.5, 1.25], "parameters": [279410, 271410]},
+                           index=pd.Index(["bn-after", "raw"], name="variant"))
+    lines = summary_markdown(summary).splitlines()
+    assert lines[0].startswith("| variant | seeds | test accuracy (mean ± std) |")
+    assert lines[2] == "| bn-after | 2 | 0.8500 ± 0.0100 | 0.8400 | 0.7000 | 0.8600 | 9.0 | 1.50 | 279,410 |"
+    assert lines[3].startswith("| raw | 2 | 0.8000 ± 0.0200 |") and len(lines) == 4

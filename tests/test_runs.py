@@ -8,7 +8,8 @@ import zipfile
 import keras
 import pytest
 
-from fashionlab.runs import MAX_MODEL_UNCOMPRESSED_BYTES, Run, RunError, atomic_path, load_model_file
+from fashionlab.errors import RunError
+from fashionlab.runs import MAX_MODEL_UNCOMPRESSED_BYTES, Run, atomic_path, load_model_file
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -20,6 +21,20 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_run_file_that_fails_mid_write_keeps_its_old_content(tmp_path):
+    with Run.create(tmp_path / "run") as run:
+        run.write_text("history.csv", "epoch\n1\n")
+
+        def half_then_crash(tmp):
+            tmp.write_text("epoch\n1\n2")
+            raise OSError(28, "No space left on device")
+
+        with pytest.raises(RunError, match="history.csv: the disk is full; earlier artifacts are intact"):
+            run.write_with("history.csv", half_then_crash)
+    assert (tmp_path / "run" / "history.csv").read_text() == "epoch\n1\n"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "history.csv"]
 
 
 def test_create_locks_and_refuses_a_second_writer(tmp_path):
@@ -48,8 +63,8 @@ def test_incomplete_runs_are_refused_unless_allowed(tmp_path):
         run.write_json("config.json", {})
         run.set_status("interrupted", epochs=5, epochs_done=2)
         (tmp_path / "run" / "checkpoint-epoch2.keras").write_bytes(b"")
-    with pytest.raises(RunError, match="is interrupted after 2 of 5 epochs; resume it with `fashionlab train "
-                                       "--resume"):
+    with pytest.raises(RunError, match="is interrupted after 2 of 5 epochs; finish it with `resume\\(.*`, or pass "
+                                       "`allow_incomplete=True`"):
         Run.open(tmp_path / "run")
     assert Run.open(tmp_path / "run", allow_incomplete=True).model_file().name == "checkpoint-epoch2.keras"
 

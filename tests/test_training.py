@@ -3,11 +3,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from helpers import TINY, synthetic_arrays
 from PIL import Image
 
-from fashionlab import data
-from fashionlab.runs import Run, RunError
+from fashionlab import CLASS_NAMES
+from fashionlab.errors import RunError
+from fashionlab.preprocessing import fit_scaler
+from fashionlab.runs import Run
 from fashionlab.training import train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
@@ -28,11 +30,14 @@ def test_run_directory_holds_every_artifact(tiny_run):
 
     metrics = json.loads((path / "metrics.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
-    assert set(metrics["per_class_accuracy"]) == set(data.CLASS_NAMES)
+    assert set(metrics["per_class_accuracy"]) == set(CLASS_NAMES)
     assert len(metrics["seconds_per_epoch"]) == 2
     assert metrics["versions"]["keras"].startswith("3.")
     assert metrics["parameters"]["total"] == tiny_run.model.count_params()
     assert metrics["data"]["train"] == 300 and metrics["data"]["valid"] == 60
+    assert metrics["best_epoch"] == int(history["val_accuracy"].idxmax()) + 1  # epochs count from 1
+    assert metrics["best_val_accuracy"] == history["val_accuracy"].max()
+    assert metrics["final_val_accuracy"] == history["val_accuracy"].iloc[-1]
 
     with Image.open(path / "learning_curves.png") as image:
         assert image.format == "PNG" and image.size[0] >= 600
@@ -43,42 +48,48 @@ def test_synthetic_data_is_learned(tiny_run):
     assert tiny_run.metrics["best_val_accuracy"] > 0.5
 
 
-def test_same_seed_same_history(tmp_path, session_synthetic_dir, tiny_run):
-    again = train(TINY, tmp_path / "again", session_synthetic_dir, verify=False, verbose=0)
+def test_the_scaler_is_fitted_on_the_training_images_only(tiny_run):
+    x_train = synthetic_arrays()["train-images-idx3-ubyte"][TINY.validation_size:]
+    expected = fit_scaler(x_train)
+    assert tiny_run.metrics["scaler"] == pytest.approx({"mean": expected.mean, "std": expected.std}, rel=1e-6)
+    everything = fit_scaler(synthetic_arrays()["train-images-idx3-ubyte"])
+    assert tiny_run.metrics["scaler"]["mean"] != pytest.approx(everything.mean, rel=1e-6)
+
+
+def test_same_seed_same_history(tmp_path, synthetic, tiny_run):
+    again = train(TINY, tmp_path / "again", data=synthetic, verbose=0)
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(again.history[columns], tiny_run.history[columns])
-    other = train(TINY.replace(seed=8, epochs=1), tmp_path / "other", session_synthetic_dir, verify=False,
-                  verbose=0)
+    other = train(TINY.replace(seed=8, epochs=1), tmp_path / "other", data=synthetic, verbose=0)
     assert other.history["loss"].iloc[0] != tiny_run.history["loss"].iloc[0]
 
 
-def test_existing_run_directory_is_never_overwritten(tiny_run, session_synthetic_dir):
+def test_existing_run_directory_is_never_overwritten(tiny_run, synthetic):
     before = (tiny_run.run.path / "metrics.json").read_bytes()
     with pytest.raises(RunError, match="already exists and is not empty"):
-        train(TINY, tiny_run.run.path, session_synthetic_dir, verify=False, verbose=0)
+        train(TINY, tiny_run.run.path, data=synthetic, verbose=0)
     assert (tiny_run.run.path / "metrics.json").read_bytes() == before
 
 
-def test_raw_pixels_model_has_no_scaling_layer(tmp_path, session_synthetic_dir):
-    result = train(TINY.replace(scale_inputs=False, epochs=1), tmp_path / "raw", session_synthetic_dir,
-                   verify=False, verbose=0)
+def test_raw_pixels_model_has_no_scaling_layer(tmp_path, synthetic):
+    result = train(TINY.replace(scale_inputs=False, epochs=1), tmp_path / "raw", data=synthetic, verbose=0)
     assert "standardize" not in [layer.name for layer in result.model.layers]
     assert result.metrics["scaler"] is None
 
 
 @pytest.mark.realdata
-def test_tutorial_recipe_on_the_real_data(tutorial_run, real_data_dir):
+def test_tutorial_recipe_on_the_real_data(tutorial_run, real_data):
     history, metrics = tutorial_run.history, tutorial_run.metrics
     assert history["val_accuracy"].iloc[0] >= 0.70  # the tutorial's first epoch: 0.7498
     assert metrics["test_accuracy"] >= 0.84  # the tutorial: 0.854
     assert metrics["parameters"] == {"total": 279_410, "trainable": 275_410, "non_trainable": 4_000}
-    x = data.load_splits(real_data_dir).x_test[:3].astype("float32")
+    x = real_data.test_images()[:3].astype("float32")
     reloaded = Run.open(tutorial_run.run.path).load_model()
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), tutorial_run.model.predict(x, verbose=0), atol=1e-6)
 
 
-def test_keras_fit_engine_writes_the_same_kind_of_run(tmp_path, session_synthetic_dir, tiny_run):
-    result = train(TINY.replace(engine="keras"), tmp_path / "fit", session_synthetic_dir, verify=False, verbose=0)
+def test_keras_fit_engine_writes_the_same_kind_of_run(tmp_path, synthetic, tiny_run):
+    result = train(TINY.replace(engine="keras"), tmp_path / "fit", data=synthetic, verbose=0)
     assert result.metrics["engine"] == "keras" and tiny_run.metrics["engine"] == "compiled"
     assert {p.name for p in result.run.path.iterdir()} == ARTIFACTS
     assert list(result.history["epoch"]) == [1, 2]

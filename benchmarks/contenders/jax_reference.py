@@ -20,7 +20,7 @@ from fashionlab import data  # noqa: E402
 EPOCHS = int(os.environ.get("BENCH_EPOCHS", "10"))
 BATCH, LR, DEPTH, WIDTH, MOMENTUM, EPS = 32, 0.01, 20, 100, 0.99, 1e-3  # Keras' BN momentum and epsilon
 
-splits = data.load_splits(data.find_data_dir())
+splits = data.DataSource().splits()
 started = time.perf_counter()
 mean, std = float(splits.x_train.mean()), float(splits.x_train.std())
 

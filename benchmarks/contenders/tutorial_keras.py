@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from fashionlab import data  # noqa: E402  (sets no backend: KERAS_BACKEND is already set)
 
 epochs = int(os.environ.get("BENCH_EPOCHS", "10"))
-splits = data.load_splits(data.find_data_dir())
+splits = data.DataSource().splits()
 x_train, y_train, x_valid, y_valid = splits.x_train, splits.y_train, splits.x_valid, splits.y_valid
 x_test, y_test = splits.x_test, splits.y_test
 

@@ -8,6 +8,8 @@ import os
 # Keras reads its backend once, at first import: default to JAX unless the user chose.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+from fashionlab.errors import FashionlabError  # noqa: E402
+
 __version__ = "0.1.0"
 
 CLASS_NAMES = (
@@ -23,8 +25,4 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 
-
-class FashionlabError(Exception):
-    """A problem the user can fix: the message says what is wrong and what to do."""
-
-    exit_code = 1
+__all__ = ["CLASS_NAMES", "FashionlabError", "__version__"]

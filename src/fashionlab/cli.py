@@ -6,60 +6,82 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
+import shlex
 import sys
-from dataclasses import fields
 from typing import Any
 
-from fashionlab import FashionlabError, __version__, data
+from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, VARIANTS
-from fashionlab.config import (
-    ACTIVATION_CHOICES,
-    BATCH_NORM_CHOICES,
-    ENGINE_CHOICES,
-    INITIALIZER_CHOICES,
-    OPTIMIZER_CHOICES,
-    TrainConfig,
-    load_config,
-)
-from fashionlab.interrupts import Interrupted
+from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, Interrupted
 
-CHOICES = {"activation": ACTIVATION_CHOICES, "batch_norm": BATCH_NORM_CHOICES,
-           "kernel_initializer": INITIALIZER_CHOICES, "optimizer": OPTIMIZER_CHOICES, "engine": ENGINE_CHOICES}
 MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
 # compare sets the name and the series' keys itself, per variant.
 COMPARE_KEYS = ("depth", "width", "optimizer", "learning_rate", "batch_size", "epochs", "seed", "shuffle",
                 "validation_size", "train_samples", "engine")
+# How the library's messages name arguments (in backticks), and how this command line names them.
+FLAGS = {"top_k": "--top-k", "indices": "--index", "run_dir": "--run-dir", "data_dir": "--data-dir",
+         "verify=False": "--no-verify", "allow_incomplete=True": "--allow-incomplete", "jobs": "--jobs",
+         "seeds": "--seeds", "out": "--out", "variants": "--variants", "dest": "--dest"}
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def in_cli_terms(message: str) -> str:
+    """A library message with its argument names as flags, and `resume('RUN')` as the command that does it."""
+    def swap(match: re.Match) -> str:
+        term = match[1]
+        if term in FLAGS:
+            return FLAGS[term]
+        resume = re.fullmatch(r"resume\((.+)\)", term)
+        try:
+            path = ast.literal_eval(resume[1]) if resume else None
+        except (ValueError, SyntaxError):
+            path = None
+        return f"fashionlab train --resume {shlex.quote(path)}" if isinstance(path, str) else match[0]
+
+    return re.sub(r"`([^`]+)`", swap, message)
+
+
+def _int_between(low: int, high: int | None = None):
+    """An argparse type: an int in low..high (no upper bound when high is None)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or high is not None and value > high:
+            allowed = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] | None = None) -> None:
-    """One option per TrainConfig field; unset options stay out of the namespace."""
+    """One option per TrainConfig field, typed by its annotation; unset options stay out of the namespace."""
     group = parser.add_argument_group("recipe (defaults: the tutorial)")
-    for f in fields(TrainConfig):
-        if keys is not None and f.name not in keys:
+    for name, f in FIELDS.items():
+        if keys is not None and name not in keys:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        kind = field_type(TYPES[name])
+        flag = "--" + name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.type == "bool":
+        if kind.base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_text)
         else:
-            group.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
-                               choices=CHOICES.get(f.name), default=argparse.SUPPRESS, help=help_text,
-                               metavar=None if f.name in CHOICES else f.name.upper())
+            group.add_argument(flag, type=kind.base, choices=kind.choices, default=argparse.SUPPRESS,
+                               help=help_text, metavar=None if kind.choices else name.upper())
 
 
 def _config_from(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    overrides = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     return load_config(getattr(args, "config", None), overrides)
+
+
+def _data_from(args: argparse.Namespace) -> DataSource:
+    return DataSource(args.data_dir, verify=args.verify)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -77,19 +99,19 @@ def _print_json(value: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     verbose = 0 if args.quiet else None
     if args.resume:
-        given = [f.name for f in fields(TrainConfig) if hasattr(args, f.name)]
+        given = [name for name in FIELDS if hasattr(args, name)]
         given += [name for name in ("config", "run_dir") if getattr(args, name)]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise FashionlabError(f"--resume continues the run with its own settings; drop {flags}")
+            raise ConfigError(f"--resume continues the run with its own settings; drop {flags}")
         from fashionlab.training import resume
 
-        result = resume(args.resume, args.data_dir, args.verify, verbose)
+        result = resume(args.resume, data=_data_from(args), verbose=verbose)
     else:
         config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
         from fashionlab.training import train
 
-        result = train(config, args.run_dir, args.data_dir, args.verify, verbose)
+        result = train(config, args.run_dir, data=_data_from(args), verbose=verbose)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
@@ -100,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from fashionlab.evaluation import evaluate, format_report
 
-    report = evaluate(args.run, args.data_dir, args.verify, args.allow_incomplete)
+    report = evaluate(args.run, data=_data_from(args), allow_incomplete=args.allow_incomplete)
     if args.json:
         _print_json(report)
     else:
@@ -111,8 +133,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from fashionlab.prediction import predict
 
-    results = predict(args.run, args.index or (), args.images, args.top_k, args.invert, args.data_dir, args.verify,
-                      args.allow_incomplete)
+    results = predict(args.run, indices=args.index or (), images=args.images, top_k=args.top_k, invert=args.invert,
+                      data=_data_from(args), allow_incomplete=args.allow_incomplete)
     if args.json:
         _print_json(results)
         return
@@ -127,8 +149,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     base = _config_from(args)
     try:
-        result = compare(args.out, args.variants, args.seeds, base, args.jobs, args.data_dir, args.verify,
-                         progress=lambda line: print(line, flush=True))
+        result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, jobs=args.jobs,
+                         data=_data_from(args), progress=lambda line: print(line, flush=True))
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished runs are kept in {args.out}: run the same command again "
                           f"to resume") from None
@@ -146,12 +168,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
-    splits = data.load_splits(data.find_data_dir(args.data_dir), args.validation_size, verify=args.verify)
-    print(data.describe(splits))
+    print(data.describe(_data_from(args).splits(args.validation_size)))
 
 
 def cmd_data_path(args: argparse.Namespace) -> None:
-    print(data.find_data_dir(args.data_dir))
+    print(DataSource(args.data_dir).locate())
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
@@ -186,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run", metavar="RUN", help="run directory")
     predict.add_argument("images", metavar="IMAGE", nargs="*", help="PNG/JPEG files to classify")
     predict.add_argument("--index", type=int, nargs="+", metavar="I", help="test-set image indices")
-    predict.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes listed per input")
+    predict.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
+                         help=f"classes listed per input, 1..{len(CLASS_NAMES)} (default: 3)")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                          help="invert images (default: only those with a light background)")
     predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
@@ -197,11 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                          metavar="VARIANT", help=f"from {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})")
-    compare.add_argument("--seeds", type=_positive_int, default=3, metavar="N",
+    compare.add_argument("--seeds", type=_int_between(1), default=3, metavar="N",
                          help="seeds per variant, counting up from --seed (default: 3)")
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="comparison folder; the same command resumes there (default: runs/compare)")
-    compare.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+    compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
     compare.add_argument("--config", metavar="FILE", help="TOML file of shared recipe keys")
     _add_data_options(compare)
@@ -215,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_parser = commands.add_parser("data", help="find, check or download the dataset")
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="shapes, pixel range and class counts")
-    info.add_argument("--validation-size", type=_positive_int, default=5000, metavar="N")
+    info.add_argument("--validation-size", type=_int_between(1), default=5000, metavar="N")
     _add_data_options(info)
     info.set_defaults(handler=cmd_data_info)
     path = data_commands.add_parser("path", help="print the folder the dataset is read from")
@@ -234,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except FashionlabError as exc:
-        print(f"fashionlab: error: {exc}", file=sys.stderr)
+        print(f"fashionlab: error: {in_cli_terms(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fashionlab: interrupted", file=sys.stderr)

@@ -1,25 +1,24 @@
-"""The tutorial series as an experiment: variants x seeds, in parallel, resumable, reported.
+"""The tutorial series as an experiment: variants x seeds, trained by the runner, summarized
+with their spread, and a conclusion that says only what the numbers show.
 
     result = compare("runs/compare", variants=["raw", "scaled", "bn-after", "bn-before"], seeds=3)
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import shutil
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from fashionlab import FashionlabError
+from fashionlab import runner
 from fashionlab.config import TrainConfig
-from fashionlab.interrupts import Interrupted, stop_requests
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, RunError
+from fashionlab.runner import Done, Task
 from fashionlab.runs import Run
 
 # Each variant changes only what the tutorial series changes between its parts.
@@ -31,124 +30,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selu": {"batch_norm": "none", "activation": "selu", "kernel_initializer": "lecun_normal"},
 }
 DEFAULT_VARIANTS = ("raw", "scaled", "bn-after", "bn-before")
-VARIANT_KEYS = ("name", "seed", "scale_inputs", "batch_norm", "activation", "kernel_initializer")
-
-
-class CompareError(FashionlabError):
-    """A comparison cannot be planned or resumed as asked."""
-
-
-@dataclass(frozen=True)
-class Task:
-    variant: str
-    seed: int
-    config: TrainConfig
-    run_dir: Path
 
 
 def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> list[Task]:
-    """One task per variant x seed; seeds count up from the base config's seed."""
+    """One task per variant x seed, in out/<variant>/seed-<seed>; seeds count up from the base config's."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise CompareError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose `variants` from {', '.join(VARIANTS)}")
     if len(set(variants)) != len(variants) or not variants:
-        raise CompareError("give each variant once, and at least one")
+        raise ConfigError("give each of the `variants` once, and at least one")
     if seeds < 1:
-        raise CompareError(f"--seeds must be at least 1, got {seeds}")
-    return [Task(v, base.seed + i, base.replace(name=v, seed=base.seed + i, **VARIANTS[v]),
-                 out / v / f"seed-{base.seed + i}")
-            for v in variants for i in range(seeds)]
+        raise ConfigError(f"`seeds` must be at least 1, got {seeds}")
+    return [Task(f"{v} seed {seed}", base.replace(name=v, seed=seed, **VARIANTS[v]), out / v / f"seed-{seed}",
+                 {"variant": v, "seed": seed})
+            for v in variants for seed in range(base.seed, base.seed + seeds)]
 
 
-def is_finished(task: Task) -> bool:
-    """A finished run is complete; one made with other settings is refused."""
-    run = Run(task.run_dir)
-    if not run.file("config.json").is_file() or run.status()["status"] != "complete":
-        return False
-    done = run.read_json("config.json")
-    if done != task.config.to_dict():
-        changed = sorted(k for k in set(done) | set(task.config.to_dict())
-                         if done.get(k) != task.config.to_dict().get(k))
-        raise CompareError(f"{task.run_dir} was trained with different settings ({', '.join(changed)}); "
-                           f"use another --out, or the original options")
-    return True
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C goes to the whole process group; the parent alone decides what stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _train_task(args: tuple[Task, str | None, bool]) -> tuple[Task, float]:
-    import keras
-
-    from fashionlab.training import train
-
-    task, data_dir, verify = args
-    keras.backend.clear_session()
-    started = time.perf_counter()
-    train(task.config, task.run_dir, data_dir, verify, verbose=0)
-    return task, time.perf_counter() - started
-
-
-def run_tasks(tasks: Sequence[Task], jobs: int, data_dir: str | Path | None, verify: bool,
-              on_done: Callable[[Task, float], None]) -> None:
-    """Train `tasks`, `jobs` at a time in separate processes (in this one when jobs == 1)."""
-    for task in tasks:
-        if task.run_dir.is_dir():
-            Run.acquire(task.run_dir).release()  # refuses while another process trains it
-            shutil.rmtree(task.run_dir)  # an unfinished run is redone from scratch
-    work = [(task, None if data_dir is None else str(data_dir), verify) for task in tasks]
-    if jobs == 1 or len(tasks) <= 1:
-        with stop_requests() as stop:
-            for args in work:
-                on_done(*_train_task(args))
-                if stop.requested:
-                    raise Interrupted("comparison stopped")
-        return
-    # spawn, not fork: JAX's runtime is multithreaded and must not be forked.
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_sigint)
-    try:
-        with stop_requests() as stop:
-            results = pool.imap_unordered(_train_task, work)
-            for _ in tasks:
-                while True:
-                    if stop.requested:
-                        raise Interrupted("comparison stopped")
-                    try:
-                        on_done(*results.next(timeout=0.2))
-                        break
-                    except multiprocessing.TimeoutError:
-                        continue
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-
-
-def collect(tasks: Sequence[Task]) -> pd.DataFrame:
-    """One row per run, read back from the run directories."""
-    rows = []
-    for task in tasks:
-        run = Run(task.run_dir)
-        metrics = run.read_json("metrics.json")
-        first_epoch = pd.read_csv(run.file("history.csv")).iloc[0]
-        rows.append({
-            "variant": task.variant, "seed": task.seed,
-            "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
-            "first_epoch_val_accuracy": float(first_epoch["val_accuracy"]),
-            "best_val_accuracy": metrics["best_val_accuracy"], "best_epoch": metrics["best_epoch"],
-            "final_val_accuracy": metrics["final_val_accuracy"],
-            "seconds_per_epoch": metrics["median_seconds_per_epoch"],
-            "parameters": metrics["parameters"]["total"], "run_dir": str(task.run_dir),
-        })
-    return pd.DataFrame(rows)
-
+# --- statistics and the conclusion -----------------------------------------------------------
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant, in the order given: mean, spread and worst seed."""
+    """One row per variant, in the order given: mean, spread (sample std over seeds) and worst seed."""
     grouped = results.groupby("variant", sort=False)
     return pd.DataFrame({
         "seeds": grouped.size(),
@@ -162,28 +63,6 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         "seconds_per_epoch": grouped["seconds_per_epoch"].mean(),
         "parameters": grouped["parameters"].first(),
     })
-
-
-def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """The per-variant table as people read it, for summary.md and report.html alike."""
-    return pd.DataFrame({
-        "seeds": summary["seeds"].map(str),
-        "test accuracy (mean ± std)": [f"{m:.4f} ± {s:.4f}" for m, s in
-                                       zip(summary["test_accuracy_mean"], summary["test_accuracy_std"])],
-        "worst seed": summary["test_accuracy_worst"].map("{:.4f}".format),
-        "val accuracy after epoch 1": summary["first_epoch_val_accuracy"].map("{:.4f}".format),
-        "best val accuracy": summary["best_val_accuracy"].map("{:.4f}".format),
-        "epoch of best val": summary["best_epoch"].map("{:.1f}".format),
-        "s/epoch": summary["seconds_per_epoch"].map("{:.2f}".format),
-        "parameters": summary["parameters"].map("{:,}".format),
-    }, index=summary.index.rename("variant"))
-
-
-def summary_markdown(summary: pd.DataFrame) -> str:
-    table = summary_display(summary)
-    lines = ["| variant | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
-    lines += [f"| {variant} | " + " | ".join(row) + " |" for variant, row in table.iterrows()]
-    return "\n".join(lines) + "\n"
 
 
 def conclusion(summary: pd.DataFrame) -> list[str]:
@@ -223,23 +102,7 @@ def conclusion(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def comparison_report_html(summary: pd.DataFrame, results: pd.DataFrame, histories: dict[str, list[pd.DataFrame]],
-                           confusions: dict[str, np.ndarray], statements: list[str]) -> str:
-    from fashionlab import plots
-    from fashionlab.reports import figure_tag, page, table_tag
-
-    conclusion_html = '<div class="conclusion">' + "".join(f"<p>{s}</p>" for s in statements) + "</div>"
-    matrices = '<div class="pairs">' + "".join(
-        figure_tag(plots.confusion_figure(m, f"{v}: test set, all seeds summed"), f"confusion matrix {v}")
-        for v, m in confusions.items()) + "</div>"
-    return page("fashionlab comparison", [
-        ("Conclusion", conclusion_html),
-        ("Summary per variant", table_tag(summary_display(summary))),
-        ("Validation curves", figure_tag(plots.comparison_curves_figure(histories), "validation curves")),
-        ("Confusion matrices", matrices),
-        ("Every run", table_tag(results.drop(columns=["run_dir"]), index=False)),
-    ])
-
+# --- the whole comparison ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CompareResult:
@@ -251,52 +114,55 @@ class CompareResult:
     reused: int
 
 
-def compare(out: str | Path, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
-            base: TrainConfig | None = None, jobs: int = 1, data_dir: str | Path | None = None,
-            verify: bool = True, progress: Callable[[str], None] = lambda line: None) -> CompareResult:
-    """Train every variant x seed not yet finished under `out`, then write the comparison files."""
-    from fashionlab import plots
-    from fashionlab.data import find_data_dir
+def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
+            base: TrainConfig | None = None, jobs: int = 1, data: DataSource = DataSource(),
+            progress: Callable[[str], None] = lambda line: None) -> CompareResult:
+    """Train every variant x seed not yet finished under `out`, then write the comparison files:
+    results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
+    reuses finished runs and resumes unfinished ones; runs made with other settings are refused."""
+    from fashionlab.reports import write_comparison_outputs
 
+    base = base or TrainConfig()
     if jobs < 1:
-        raise CompareError(f"--jobs must be at least 1, got {jobs}")
+        raise ConfigError(f"`jobs` must be at least 1, got {jobs}")
     out = Path(out)
-    tasks = plan(out, list(variants), seeds, base or TrainConfig())
-    data_dir = find_data_dir(data_dir)  # fail before any work if the data is missing
-    pending = [task for task in tasks if not is_finished(task)]
-    progress(f"{len(tasks)} runs: {len(tasks) - len(pending)} finished already, {len(pending)} to train "
-             f"with {min(jobs, max(len(pending), 1))} job(s)")
+    tasks = plan(out, list(variants), seeds, base)
+    data = data.located()  # fail before any work if the data is missing; every run reads the same files
+    found = [runner.inspect(task) for task in tasks]
+    conflict = next((f.reason for f in found if f.state == "conflict"), None)
+    if conflict:
+        raise RunError(f"{conflict}; use another `out`, or the original options")
+    todo = [task for task, f in zip(tasks, found) if f.state != "complete"]
+    progress(f"{len(tasks)} runs: {len(tasks) - len(todo)} finished already, {len(todo)} to train "
+             f"with {min(jobs, max(len(todo), 1))} job(s)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CompareError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
-                           f"give --out a folder") from None
-    comparison = Run(out)  # the comparison's own files get the same atomic writes as a run's
-    comparison.write_json("compare.json", {"variants": list(variants), "seeds": seeds, "jobs": jobs,
-                                           "base": (base or TrainConfig()).to_dict()})
-    done = len(tasks) - len(pending)
+        raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
+                       f"give `out` a folder") from None
+    folder = Run(out)  # the comparison's own files get the same atomic writes as a run's
+    folder.write_json("compare.json", {"variants": list(variants), "seeds": seeds, "jobs": jobs,
+                                       "base": base.to_dict()})
+    finished = len(tasks) - len(todo)
 
-    def report(task: Task, seconds: float) -> None:
-        nonlocal done
-        done += 1
-        accuracy = Run(task.run_dir).read_json("metrics.json")["test_accuracy"]
-        progress(f"[{done}/{len(tasks)}] {task.variant} seed {task.seed}: test accuracy {accuracy:.4f} "
-                 f"({seconds:.0f} s)")
+    def report(done: Done) -> None:
+        nonlocal finished
+        finished += 1
+        progress(f"[{finished}/{len(tasks)}] {done.task.label}: test accuracy {done.metrics['test_accuracy']:.4f} "
+                 f"({done.seconds:.0f} s{', resumed' if done.resumed else ''})")
 
     started = time.perf_counter()
-    run_tasks(pending, jobs, data_dir, verify, report)
+    runner.execute(todo, jobs=jobs, data=data, on_done=report)
     wall = time.perf_counter() - started
 
-    results = collect(tasks)
+    results = runner.results(tasks)
     summary = summarize(results)
     statements = conclusion(summary)
-    histories = {v: [pd.read_csv(t.run_dir / "history.csv") for t in tasks if t.variant == v] for v in variants}
+    histories = {v: [pd.read_csv(t.run_dir / "history.csv") for t in tasks if t.tags["variant"] == v]
+                 for v in variants}
     confusions = {v: sum(pd.read_csv(t.run_dir / "confusion_matrix.csv", index_col=0).to_numpy()
-                         for t in tasks if t.variant == v) for v in variants}
-    comparison.write_with("results.csv", lambda tmp: results.to_csv(tmp, index=False))
-    comparison.write_text("summary.md", summary_markdown(summary) + "\n" + "\n\n".join(statements) + "\n")
-    comparison.write_with("curves.png", lambda tmp: plots.save_png(plots.comparison_curves_figure(histories), tmp))
-    comparison.write_text("report.html", comparison_report_html(summary, results, histories, confusions, statements))
-    if pending:
-        progress(f"trained {len(pending)} run(s) in {wall:.0f} s wall time")
-    return CompareResult(out, results, summary, statements, len(pending), len(tasks) - len(pending))
+                         for t in tasks if t.tags["variant"] == v) for v in variants}
+    write_comparison_outputs(folder, results, summary, statements, histories, confusions)
+    if todo:
+        progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
+    return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))

@@ -1,6 +1,10 @@
 """The one training configuration: its defaults are the tutorial's recipe.
 
     config = load_config("run.toml", overrides={"epochs": 3})
+
+Each field's type annotation is its contract: `validate_field` checks a value against it (and
+against the bounds in the field's metadata), and the CLI derives its options from the same
+annotations. A new key is one line here.
 """
 
 from __future__ import annotations
@@ -9,68 +13,62 @@ import dataclasses
 import json
 import math
 import tomllib
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fashionlab import FashionlabError
+from fashionlab.errors import ConfigError
 
-BATCH_NORM_CHOICES = ("after", "before", "none")
-ACTIVATION_CHOICES = ("relu", "selu", "elu", "tanh", "sigmoid", "gelu", "swish")
-OPTIMIZER_CHOICES = ("sgd", "adam", "rmsprop", "nadam", "adamw")
-ENGINE_CHOICES = ("auto", "compiled", "keras")
-INITIALIZER_CHOICES = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal")
+Activation = Literal["relu", "selu", "elu", "tanh", "sigmoid", "gelu", "swish"]
+BatchNorm = Literal["after", "before", "none"]
+Initializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
+Optimizer = Literal["sgd", "adam", "rmsprop", "nadam", "adamw"]
+Engine = Literal["auto", "compiled", "keras"]
 
-
-class ConfigError(FashionlabError):
-    """A configuration key or value is not acceptable."""
+NAME_FORBIDDEN = '/\\:*?"<>|'
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its one-line help, which the CLI shows."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, *, minimum: float | None = None, above: float | None = None,
+        check: Callable[[Any], str | None] | None = None) -> Any:
+    """A config field with its one-line help (the CLI shows it) and its bounds: `minimum`
+    (inclusive), `above` (exclusive) and `check`, which returns what is wrong or None."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "above": above, "check": check})
+
+
+def _check_name(name: str) -> str | None:
+    if not name or name.startswith(".") or any(c in name for c in NAME_FORBIDDEN):
+        return f"name {name!r} cannot be part of a directory name; use letters, digits, - or _"
+    return None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the tutorial."""
 
-    name: str = opt("tutorial", "label used in the run directory name and reports")
-    depth: int = opt(20, "hidden Dense layers")
-    width: int = opt(100, "units per hidden layer")
-    activation: str = opt("relu", "hidden-layer activation")
-    batch_norm: str = opt("after", "after: Dense(act)+BN (tutorial); before: Dense+BN+act; none")
-    kernel_initializer: str = opt("glorot_uniform", "Dense kernel initializer; SELU wants lecun_normal")
+    name: str = opt("tutorial", "label used in the run directory name and reports", check=_check_name)
+    depth: int = opt(20, "hidden Dense layers", minimum=1)
+    width: int = opt(100, "units per hidden layer", minimum=1)
+    activation: Activation = opt("relu", "hidden-layer activation")
+    batch_norm: BatchNorm = opt("after", "after: Dense(act)+BN (tutorial); before: Dense+BN+act; none")
+    kernel_initializer: Initializer = opt("glorot_uniform", "Dense kernel initializer; SELU wants lecun_normal")
     scale_inputs: bool = opt(True, "standardize pixels with the training set's mean and std")
-    optimizer: str = opt("sgd", "the tutorial compiles with optimizer='sgd'")
-    learning_rate: float = opt(0.01, "learning rate (Keras' SGD default)")
-    batch_size: int = opt(32, "images per step (Keras' fit default)")
-    epochs: int = opt(10, "passes over the training set")
-    seed: int = opt(42, "same seed, same machine: same history")
+    optimizer: Optimizer = opt("sgd", "the tutorial compiles with optimizer='sgd'")
+    learning_rate: float = opt(0.01, "learning rate (Keras' SGD default)", above=0)
+    batch_size: int = opt(32, "images per step (Keras' fit default)", minimum=1)
+    epochs: int = opt(10, "passes over the training set", minimum=1)
+    seed: int = opt(42, "same seed, same machine: same history", minimum=0)
     shuffle: bool = opt(True, "reshuffle the training set every epoch, as fit does")
-    validation_size: int = opt(5000, "the first N training images are held out for validation")
-    train_samples: int = opt(0, "use only the first N remaining training images; 0 = all")
-    engine: str = opt("auto", "auto: compiled on JAX, else keras; compiled: on-device loop; keras: model.fit")
+    validation_size: int = opt(5000, "the first N training images are held out for validation", minimum=1)
+    train_samples: int = opt(0, "use only the first N remaining training images; 0 = all", minimum=0)
+    engine: Engine = opt("auto", "auto: compiled on JAX, else keras; compiled: on-device loop; keras: model.fit")
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
-        _check_choice("batch_norm", self.batch_norm, BATCH_NORM_CHOICES)
-        _check_choice("activation", self.activation, ACTIVATION_CHOICES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES)
-        _check_choice("kernel_initializer", self.kernel_initializer, INITIALIZER_CHOICES)
-        _check_choice("engine", self.engine, ENGINE_CHOICES)
-        for key in ("depth", "width", "batch_size", "epochs", "validation_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.train_samples < 0:
-            raise ConfigError(f"train_samples must be 0 (all) or positive, got {self.train_samples}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be 0 or positive, got {self.seed}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"learning_rate must be a positive finite number, got {self.learning_rate}")
-        if not self.name or any(c in self.name for c in '/\\:*?"<>|') or self.name.startswith("."):
-            raise ConfigError(f"name {self.name!r} cannot be part of a directory name; use letters, digits, - or _")
+            # frozen: the validated value (an int given for a float becomes a float) goes in directly
+            object.__setattr__(self, f.name, validate_field(f, getattr(self, f.name)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,28 +77,75 @@ class TrainConfig:
         return from_dict({**self.to_dict(), **changes})
 
 
-def _check_type(key: str, value: Any, type_name: str) -> None:
-    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[type_name]
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+TYPES = typing.get_type_hints(TrainConfig)
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """What a field's annotation allows: a base type, optionally a fixed set of choices, optionally None."""
+
+    base: type
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+
+
+def field_type(annotation: Any) -> FieldType:
+    """bool, int, float, str, a Literal of one of them, or either of those `| None`."""
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(rest) < len(typing.get_args(annotation))
+        if len(rest) != 1:
+            raise TypeError(f"unsupported config annotation {annotation}")
+        annotation = rest[0]
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        return FieldType(type(choices[0]), choices, optional)
+    if annotation not in (bool, int, float, str):
+        raise TypeError(f"unsupported config annotation {annotation}")
+    return FieldType(annotation, None, optional)
+
+
+def validate_field(f: dataclasses.Field, value: Any) -> Any:
+    """The value, checked against the field's type and bounds; an int given for a float becomes a float."""
+    kind = field_type(TYPES[f.name])
+    if value is None and kind.optional:
+        return None
     # bool is a subclass of int in Python: True must not pass as a depth.
-    if isinstance(value, bool) and type_name != "bool" or not isinstance(value, expected):
-        raise ConfigError(f"{key} must be {type_name}, got {type(value).__name__} {value!r}")
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    wrong_type = isinstance(value, bool) and kind.base is not bool
+    if kind.base is float:
+        wrong_type = wrong_type or not isinstance(value, (int, float))
+    else:
+        wrong_type = wrong_type or not isinstance(value, kind.base)
+    if wrong_type:
+        raise ConfigError(f"{f.name} must be {kind.base.__name__}, got {type(value).__name__} {value!r}")
+    if kind.base is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+    if kind.choices is not None and value not in kind.choices:
+        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, kind.choices))}; got {value!r}")
+    meta = f.metadata
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ConfigError(f"{f.name} must be at least {meta['minimum']}, got {value}")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise ConfigError(f"{f.name} must be greater than {meta['above']}, got {value}")
+    problem = meta["check"](value) if meta.get("check") else None
+    if problem:
+        raise ConfigError(problem)
+    return value
 
 
 def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    return list(FIELDS)
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config, rejecting unknown keys and wrong types with one clear message."""
-    unknown = sorted(set(values) - set(field_names()))
+    unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(field_names())}")
-    values = {k: float(v) if k == "learning_rate" and type(v) is int else v for k, v in values.items()}
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
     return TrainConfig(**values)
 
 
@@ -113,7 +158,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             text = path.read_text(encoding="utf-8")
             values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; check the path given to --config") from None
+            raise ConfigError(f"config file {path} does not exist; check the path") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

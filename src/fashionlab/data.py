@@ -1,6 +1,6 @@
 """Fashion-MNIST from the four official IDX files, validated before use, offline.
 
-    splits = load_splits(find_data_dir())
+    splits = DataSource().splits(validation_size=5000)   # or DataSource("my/dir", verify=False)
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES, FashionlabError
+from fashionlab import CLASS_NAMES
+from fashionlab.errors import DataError
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 ROWS = COLS = 28
@@ -40,12 +41,8 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HOW_TO_GET_DATA = (
     "get the data one of three ways: `sudo apt-get install dataset-fashion-mnist` (offline, Debian/Ubuntu), "
     "`fashionlab data download` (needs network), or copy the four *-ubyte(.gz) files into a folder "
-    "and pass --data-dir DIR or set FASHIONLAB_DATA=DIR"
+    "and point `data_dir` or FASHIONLAB_DATA at it"
 )
-
-
-class DataError(FashionlabError):
-    """The dataset is missing, unreadable or not what it claims to be."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +56,36 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     source: Path
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the dataset comes from, and whether its files must be the official ones.
+
+    `data_dir` None looks in $FASHIONLAB_DATA, the Keras cache, then Debian's folder;
+    `verify` False skips only the SHA-256 check, for your own IDX files.
+    """
+
+    data_dir: Path | None = None
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    def locate(self) -> Path:
+        """The folder the files are read from; raises DataError when there is none."""
+        return find_data_dir(self.data_dir)
+
+    def located(self) -> DataSource:
+        """This source pinned to the folder found now, so that every later read uses the same files."""
+        return DataSource(self.locate(), self.verify)
+
+    def splits(self, validation_size: int = 5000, train_samples: int = 0) -> Splits:
+        return load_splits(self.locate(), validation_size, train_samples, verify=self.verify)
+
+    def test_images(self) -> np.ndarray:
+        return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify)
 
 
 def keras_cache_dir() -> Path:
@@ -81,7 +108,7 @@ def candidate_dirs(data_dir: str | Path | None = None) -> list[tuple[str, Path]]
     """Where the files are looked for, in order, each with how it was chosen."""
     found = []
     if data_dir is not None:
-        found.append(("--data-dir", Path(data_dir)))
+        found.append(("`data_dir`", Path(data_dir)))
     if os.environ.get("FASHIONLAB_DATA"):
         found.append(("$FASHIONLAB_DATA", Path(os.environ["FASHIONLAB_DATA"])))
     found.append(("Keras cache", keras_cache_dir()))
@@ -92,7 +119,7 @@ def candidate_dirs(data_dir: str | Path | None = None) -> list[tuple[str, Path]]
 def find_data_dir(data_dir: str | Path | None = None) -> Path:
     """The first folder that holds all four files. An explicit choice is never passed over."""
     candidates = candidate_dirs(data_dir)
-    explicit = [c for c in candidates if c[0] in ("--data-dir", "$FASHIONLAB_DATA")]
+    explicit = [c for c in candidates if c[0] in ("`data_dir`", "$FASHIONLAB_DATA")]
     for origin, directory in explicit[:1] or candidates:
         if has_dataset(directory):
             return directory
@@ -148,7 +175,7 @@ def load_file(directory: Path, name: str, verify: bool = True) -> np.ndarray:
     content = read_bytes(path)
     if verify and hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:
         raise DataError(f"{path} is not the official Fashion-MNIST file (SHA-256 mismatch); "
-                        f"replace it, or pass --no-verify for your own IDX data")
+                        f"replace it, or pass `verify=False` for your own IDX data")
     return parse_idx(content, "images" if "images" in name else "labels", str(path))
 
 
@@ -200,7 +227,7 @@ def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: flo
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     except OSError as exc:
-        raise DataError(f"cannot write to {dest}: {exc.strerror or exc}; choose another folder with --dest") from None
+        raise DataError(f"cannot write to {dest}: {exc.strerror or exc}; choose another `dest`") from None
     try:
         for name in FILE_NAMES:
             url = f"{base_url.rstrip('/')}/{name}.gz"

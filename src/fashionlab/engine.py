@@ -16,11 +16,14 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+
+from fashionlab.errors import ConfigError
 
 # Steps per compiled call. Large enough that Python dispatch vanishes, small enough that
 # the progress bar and a stop request (Ctrl-C) are seen a few times per epoch.
@@ -46,12 +49,48 @@ def enable_compilation_cache() -> str | None:
     return setting
 
 
+class Totals(NamedTuple):
+    """Loss sum, correct predictions and sample count of the epoch so far, kept on the device."""
+
+    loss_sum: jax.Array
+    correct: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def zero(cls) -> Totals:
+        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def logs(self) -> dict[str, float]:
+        loss_sum, correct, count = jax.device_get(tuple(self))
+        count = max(int(count), 1)
+        return {"loss": float(loss_sum) / count, "accuracy": float(correct) / count}
+
+
+class TrainState(NamedTuple):
+    """Everything a training step reads and writes; a NamedTuple is a JAX pytree, so jit takes it as is."""
+
+    trainable: list
+    non_trainable: list
+    optimizer: list
+    totals: Totals
+
+
+class Programs(NamedTuple):
+    """The compiled functions of one fit: the training chunk compiled before the first epoch, the tail
+    batch and validation compiling in a background thread meanwhile (None when not needed)."""
+
+    chunk: Any
+    tail: Future | None
+    evaluate: Future | None
+
+
 class CompiledTrainer:
     """Holds the jitted functions for one compiled Keras model."""
 
     def __init__(self, model: keras.Model, batch_size: int):
         if keras.backend.backend() != "jax":
-            raise RuntimeError("the compiled engine needs the JAX backend")
+            raise ConfigError(f"engine 'compiled' needs the JAX backend, not {keras.backend.backend()}; "
+                              f"use engine 'keras' or KERAS_BACKEND=jax")
         enable_compilation_cache()
         self.model = model
         self.batch_size = batch_size
@@ -61,7 +100,7 @@ class CompiledTrainer:
         self._chunk = jax.jit(self._run_steps)
         self._tail = jax.jit(self._run_tail)
         self._evaluate = jax.jit(self._evaluate_all)
-        self._order = jax.jit(self._epoch_order, static_argnums=(1, 2))
+        self._order = jax.jit(epoch_order, static_argnums=(2, 3))
 
     # --- pure functions, traced once -------------------------------------------------------
 
@@ -69,14 +108,14 @@ class CompiledTrainer:
         y_pred, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=True)
         return jnp.mean(self.loss_fn(y, y_pred)), (y_pred, non_trainable)
 
-    def _step(self, state, x, y):
-        trainable, non_trainable, optimizer_vars, (loss_sum, correct, count) = state
+    def _step(self, state: TrainState, x, y) -> TrainState:
         (loss, (y_pred, non_trainable)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            trainable, non_trainable, x, y)
-        trainable, optimizer_vars = self.model.optimizer.stateless_apply(optimizer_vars, grads, trainable)
+            state.trainable, state.non_trainable, x, y)
+        trainable, optimizer = self.model.optimizer.stateless_apply(state.optimizer, grads, state.trainable)
         n = y.shape[0]
         hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == y)
-        return trainable, non_trainable, optimizer_vars, (loss_sum + loss * n, correct + hits, count + n)
+        totals = Totals(state.totals.loss_sum + loss * n, state.totals.correct + hits, state.totals.count + n)
+        return TrainState(trainable, non_trainable, optimizer, totals)
 
     def _batch(self, x_all, y_all, indices):
         return jnp.take(x_all, indices, axis=0).astype(jnp.float32), jnp.take(y_all, indices, axis=0)
@@ -95,34 +134,27 @@ class CompiledTrainer:
         y_pred, _ = self.model.stateless_call(trainable, non_trainable, x.astype(jnp.float32), training=False)
         return jnp.mean(self.loss_fn(y, y_pred)), jnp.mean(jnp.argmax(y_pred, axis=-1) == y)
 
-    @staticmethod
-    def _epoch_order(key, n, shuffle):
-        return jax.random.permutation(key, n) if shuffle else jnp.arange(n)
-
     # --- state <-> Keras variables ---------------------------------------------------------
 
-    @staticmethod
-    def zero_metrics():
-        """Loss sum, correct predictions and sample count, accumulated on the device."""
-        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-
-    def read_state(self):
+    def read_state(self) -> TrainState:
         m = self.model
-        return ([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables],
-                [v.value for v in m.optimizer.variables], self.zero_metrics())
+        return TrainState([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables],
+                          [v.value for v in m.optimizer.variables], Totals.zero())
 
-    def write_state(self, state) -> None:
+    def write_state(self, state: TrainState) -> None:
         m = self.model
-        for variables, values in zip((m.trainable_variables, m.non_trainable_variables, m.optimizer.variables),
-                                     state[:3]):
+        for variables, values in ((m.trainable_variables, state.trainable),
+                                  (m.non_trainable_variables, state.non_trainable),
+                                  (m.optimizer.variables, state.optimizer)):
             for variable, value in zip(variables, values):
                 variable.assign(value)
 
     # --- the loop --------------------------------------------------------------------------
 
-    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray | None, y_valid: np.ndarray | None,
-            epochs: int, seed: int, shuffle: bool = True, initial_epoch: int = 0,
-            callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> keras.callbacks.History:
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray | None = None,
+            y_valid: np.ndarray | None = None, *, epochs: int, seed: int, shuffle: bool = True,
+            initial_epoch: int = 0, callbacks: Sequence[keras.callbacks.Callback] = (),
+            verbose: int = 1) -> keras.callbacks.History:
         """Train like `model.fit(..., batch_size, epochs, validation_data, shuffle)`; returns its History."""
         n, b = len(x_train), self.batch_size
         full_steps, tail = divmod(n, b)
@@ -132,33 +164,33 @@ class CompiledTrainer:
         key = jax.random.key(seed)
 
         state = self.read_state()
-        compiled = None
+        programs = None
         callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                                      verbose=verbose, epochs=epochs, steps=steps, model=self.model)
         self.model.stop_training = False
         callback_list.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
-            if compiled is None:  # inside the first epoch, whose time includes compilation (as in fit)
-                compiled = self._compile(state, x_all, y_all, n, tail, valid)
-            order = self._order(jax.random.fold_in(key, epoch), n, shuffle)
-            state = (*state[:3], self.zero_metrics())
+            if programs is None:  # inside the first epoch, whose time includes compilation (as in fit)
+                programs = self._compile(state, x_all, y_all, n, tail, valid)
+            order = self._order(key, epoch, n, shuffle)
+            state = state._replace(totals=Totals.zero())
             for start in range(0, full_steps, CHUNK_STEPS):
                 stop = min(start + CHUNK_STEPS, full_steps)
                 callback_list.on_train_batch_begin(start)
-                state = compiled["chunk"].result()(state, x_all, y_all, order, start, stop)
-                callback_list.on_train_batch_end(stop - 1, self._logs(state))
+                state = programs.chunk(state, x_all, y_all, order, start, stop)
+                callback_list.on_train_batch_end(stop - 1, state.totals.logs())
                 if self.model.stop_training:
                     break
             if tail and not self.model.stop_training:
-                state = compiled["tail"].result()(state, x_all, y_all, order[full_steps * b:])
-                callback_list.on_train_batch_end(steps - 1, self._logs(state))
+                state = programs.tail.result()(state, x_all, y_all, order[full_steps * b:])
+                callback_list.on_train_batch_end(steps - 1, state.totals.logs())
             self.write_state(state)
             if self.model.stop_training:  # an unfinished epoch is neither validated nor reported
                 break
-            logs = self._logs(state)
+            logs = state.totals.logs()
             if valid is not None:
-                val_loss, val_accuracy = compiled["evaluate"].result()(state[0], state[1], *valid)
+                val_loss, val_accuracy = programs.evaluate.result()(state.trainable, state.non_trainable, *valid)
                 logs.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
             callback_list.on_epoch_end(epoch, logs)
             if self.model.stop_training:
@@ -166,7 +198,7 @@ class CompiledTrainer:
         callback_list.on_train_end()
         return self.model.history
 
-    def _compile(self, state, x_all, y_all, n: int, tail: int, valid) -> dict[str, Future]:
+    def _compile(self, state: TrainState, x_all, y_all, n: int, tail: int, valid) -> Programs:
         """Compile the training chunk now, and the rest in a thread while the first epoch runs.
 
         One training keeps about one core busy, so the tail-batch and validation functions
@@ -174,28 +206,28 @@ class CompiledTrainer:
         alongside the chunk would slow the chunk's own multithreaded compilation.)
         """
         order = jax.ShapeDtypeStruct((n,), jnp.int32)
-        chunk = Future()
-        chunk.set_result(self._chunk.lower(state, x_all, y_all, order, 0, 1).compile())
-        later = {}
-        if tail:
-            later["tail"] = self._tail.lower(state, x_all, y_all, jax.ShapeDtypeStruct((tail,), jnp.int32))
-        if valid is not None:
-            later["evaluate"] = self._evaluate.lower(state[0], state[1], *valid)
+        chunk = self._chunk.lower(state, x_all, y_all, order, 0, 1).compile()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fashionlab-compile")
-        futures = {"chunk": chunk, **{name: pool.submit(lowered.compile) for name, lowered in later.items()}}
+        tail_program = evaluate = None
+        if tail:
+            indices = jax.ShapeDtypeStruct((tail,), jnp.int32)
+            tail_program = pool.submit(self._tail.lower(state, x_all, y_all, indices).compile)
+        if valid is not None:
+            evaluate = pool.submit(self._evaluate.lower(state.trainable, state.non_trainable, *valid).compile)
         pool.shutdown(wait=False)  # the thread finishes its compiles; nothing waits here
-        return futures
+        return Programs(chunk, tail_program, evaluate)
 
-    @staticmethod
-    def _logs(state) -> dict[str, float]:
-        loss_sum, correct, count = jax.device_get(state[3])
-        count = max(int(count), 1)
-        return {"loss": float(loss_sum) / count, "accuracy": float(correct) / count}
+
+def epoch_order(key: jax.Array, epoch: int, n: int, shuffle: bool) -> jax.Array:
+    """The order in which an epoch visits the n training images: a permutation drawn from the
+    seed's key and the epoch number alone, so a resumed run visits them as an uninterrupted one."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n) if shuffle else jnp.arange(n)
 
 
 def fit_compiled(model: keras.Model, x_train, y_train, x_valid=None, y_valid=None, *, batch_size: int = 32,
                  epochs: int = 1, seed: int = 0, shuffle: bool = True, initial_epoch: int = 0,
                  callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> keras.callbacks.History:
     """`model.fit` for in-memory arrays on the JAX backend, compiled end to end."""
-    return CompiledTrainer(model, batch_size).fit(x_train, y_train, x_valid, y_valid, epochs, seed, shuffle,
-                                                  initial_epoch, callbacks, verbose)
+    return CompiledTrainer(model, batch_size).fit(x_train, y_train, x_valid, y_valid, epochs=epochs, seed=seed,
+                                                  shuffle=shuffle, initial_epoch=initial_epoch, callbacks=callbacks,
+                                                  verbose=verbose)

@@ -1,6 +1,6 @@
 """Test-set evaluation: loss, accuracy, per-class precision/recall, confusion matrix.
 
-    report = evaluate("runs/20260101-120000-tutorial")
+    report = evaluate("runs/20260101-120000-tutorial", data=DataSource())
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fashionlab import CLASS_NAMES, data
+from fashionlab import CLASS_NAMES
+from fashionlab.data import DataSource
 from fashionlab.runs import Run
 
 PREDICT_BATCH = 1000
@@ -57,19 +58,24 @@ def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     }
 
 
-def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True,
+def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
              allow_incomplete: bool = False) -> dict[str, Any]:
-    """Evaluate a run's saved model on the test set; rewrite its confusion matrix files and report."""
+    """Evaluate a run's saved model on the test set; rewrite its confusion matrix files and report.
+
+    The run's lock is held throughout, as training holds it: evaluating a run that is still
+    training is refused rather than interleaved with its writes.
+    """
     from fashionlab.reports import write_test_outputs
 
-    run = Run.open(run_dir, allow_incomplete)
-    config = run.read_json("config.json")
-    model = run.load_model()
-    splits = data.load_splits(data.find_data_dir(data_dir), config["validation_size"], verify=verify)
-    proba = predict_proba(model, splits.x_test)
-    report = metrics_from_proba(splits.y_test, proba)
-    history = pd.read_csv(run.file("history.csv"))
-    write_test_outputs(run, config, history, report, splits.x_test, splits.y_test, proba)
+    Run.open(run_dir, allow_incomplete=allow_incomplete)  # refuses what is not a (finished) run
+    with Run.acquire(run_dir) as run:
+        config = run.read_json("config.json")
+        model = run.load_model()
+        splits = data.splits(config["validation_size"])
+        proba = predict_proba(model, splits.x_test)
+        report = metrics_from_proba(splits.y_test, proba)
+        history = pd.read_csv(run.file("history.csv"))
+        write_test_outputs(run, config, history, report, splits.x_test, splits.y_test, proba)
     return {"run": str(run.path), **report}
 
 

@@ -2,6 +2,9 @@
 
     with stop_requests() as stop:
         while not stop.requested: work()
+
+A process working for another (the runner's training workers) can also be told to stop by an
+event that its parent sets: `stop_when(event)`.
 """
 
 from __future__ import annotations
@@ -10,14 +13,11 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 
-from fashionlab import FashionlabError
 
-
-class Interrupted(FashionlabError):
-    """Work stopped on request (SIGINT or SIGTERM) at a safe point."""
-
-    exit_code = 130  # the shell's code for a Ctrl-C
+class Event(Protocol):
+    def is_set(self) -> bool: ...
 
 
 class StopRequest:
@@ -26,7 +26,7 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None
+        return self.signal is not None or parent_stopped()
 
     def _handle(self, signum, frame) -> None:
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
@@ -35,6 +35,18 @@ class StopRequest:
 
 
 _current: StopRequest | None = None
+_parent_event: Event | None = None
+
+
+def stop_when(event: Event | None) -> None:
+    """From now on, `requested` is also true once `event` is set (e.g. a multiprocessing.Event)."""
+    global _parent_event
+    _parent_event = event
+
+
+def parent_stopped() -> bool:
+    """Whether the event given to `stop_when` is set."""
+    return _parent_event is not None and _parent_event.is_set()
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Prediction with a saved run: test-set images by index, or your own photos.
 
-    results = predict("runs/20260101-120000-tutorial", indices=[0, 1, 2], images=["shoe.jpg"])
+    results = predict("runs/20260101-120000-tutorial", indices=[0, 1, 2], images=["shoe.jpg"], top_k=3)
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashionlab import CLASS_NAMES, FashionlabError, data
+from fashionlab import CLASS_NAMES
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, ImageError
 from fashionlab.runs import Run
 
 # Pillow warns at 89 MP and fails at twice that; a garment photo needs far fewer, and
 # checking the header first stops a decompression bomb before any pixel is decoded.
 MAX_IMAGE_PIXELS = 40_000_000
 TRIM_LEVEL = 40  # of 255: darker pixels count as background when trimming
-
-
-class ImageError(FashionlabError):
-    """An input image cannot be read or used."""
 
 
 def _flatten_to_gray(image: Image.Image) -> Image.Image:
@@ -97,24 +95,27 @@ def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3)
     return results
 
 
-def predict(run_dir: str | Path, indices: Sequence[int] = (), images: Sequence[str | Path] = (), k: int = 3,
-            invert: bool | None = None, data_dir: str | Path | None = None, verify: bool = True,
+def predict(run_dir: str | Path, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (), top_k: int = 3,
+            invert: bool | None = None, data: DataSource = DataSource(),
             allow_incomplete: bool = False) -> list[dict[str, Any]]:
-    """Predict test images (by index) and image files with a run's saved model."""
-    if not 1 <= k <= len(CLASS_NAMES):
-        raise FashionlabError(f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {k}")
-    run = Run.open(run_dir, allow_incomplete)
+    """Predict test images (by index) and image files with a run's saved model.
+
+    `invert` None inverts only images with a light background; `data` is read only for `indices`.
+    """
+    if not 1 <= top_k <= len(CLASS_NAMES):
+        raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}")
+    run = Run.open(run_dir, allow_incomplete=allow_incomplete)
     arrays, labels = [], []
     if indices:
-        x_test = data.load_file(data.find_data_dir(data_dir), "t10k-images-idx3-ubyte", verify)
+        x_test = data.test_images()
         for index in indices:
             if not 0 <= index < len(x_test):
-                raise FashionlabError(f"--index {index} is outside the test set (0..{len(x_test) - 1})")
+                raise ConfigError(f"`indices` {index} is outside the test set (0..{len(x_test) - 1})")
             arrays.append(x_test[index])
             labels.append(f"test[{index}]")
     for path in images:
         arrays.append(load_image(path, invert))
         labels.append(str(path))
     if not arrays:
-        raise FashionlabError("nothing to predict: give --index I and/or image files")
-    return predict_arrays(run.load_model(), np.stack(arrays), labels, k)
+        raise ConfigError("nothing to predict: give `indices` and/or image files")
+    return predict_arrays(run.load_model(), np.stack(arrays), labels, top_k)

@@ -38,8 +38,19 @@ def fit_scaler(x_train: np.ndarray) -> Scaler:
     return Scaler(mean=mean, std=std if std > 0 else 1.0)
 
 
+LAYER_NAME = "standardize"
+
+
 def scaling_layer(scaler: Scaler):
     """A parameter-free Rescaling layer computing (x - mean) / std on raw 0..255 pixels."""
     import keras
 
-    return keras.layers.Rescaling(scale=1.0 / scaler.std, offset=-scaler.mean / scaler.std, name="standardize")
+    return keras.layers.Rescaling(scale=1.0 / scaler.std, offset=-scaler.mean / scaler.std, name=LAYER_NAME)
+
+
+def scaler_of(model) -> Scaler | None:
+    """The scaler built into `model` by `scaling_layer`, or None for a model fed raw pixels."""
+    layer = next((layer for layer in model.layers if layer.name == LAYER_NAME), None)
+    if layer is None:
+        return None
+    return Scaler(mean=-layer.offset / layer.scale, std=1 / layer.scale)

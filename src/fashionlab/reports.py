@@ -1,6 +1,8 @@
-"""Self-contained HTML reports: every image embedded, nothing fetched, readable offline.
+"""Everything a person reads: self-contained HTML pages (every image embedded, nothing fetched,
+readable offline) and Markdown tables, for a run and for a comparison.
 
     write_test_outputs(run, config, history, report, x_test, y_test, proba)
+    write_comparison_outputs(folder, results, summary, conclusion, histories, confusions)
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,3 +121,54 @@ def write_test_outputs(run: Run, config: Mapping[str, Any], history: pd.DataFram
     text = run_report_html(f"fashionlab run: {run.path.name}", config, report, x_test, y_test, proba, curves,
                            confusion)
     run.write_text("report.html", text)
+
+
+# --- a comparison ------------------------------------------------------------------------------
+
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-variant table as people read it, for summary.md and report.html alike."""
+    return pd.DataFrame({
+        "seeds": summary["seeds"].map(str),
+        "test accuracy (mean ± std)": [f"{m:.4f} ± {s:.4f}" for m, s in
+                                       zip(summary["test_accuracy_mean"], summary["test_accuracy_std"])],
+        "worst seed": summary["test_accuracy_worst"].map("{:.4f}".format),
+        "val accuracy after epoch 1": summary["first_epoch_val_accuracy"].map("{:.4f}".format),
+        "best val accuracy": summary["best_val_accuracy"].map("{:.4f}".format),
+        "epoch of best val": summary["best_epoch"].map("{:.1f}".format),
+        "s/epoch": summary["seconds_per_epoch"].map("{:.2f}".format),
+        "parameters": summary["parameters"].map("{:,}".format),
+    }, index=summary.index.rename("variant"))
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    table = summary_display(summary)
+    lines = ["| variant | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    lines += [f"| {variant} | " + " | ".join(row) + " |" for variant, row in table.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_report_html(summary: pd.DataFrame, results: pd.DataFrame, curves_png: bytes,
+                           confusions: Mapping[str, np.ndarray], statements: Sequence[str]) -> str:
+    """Conclusion, per-variant table, validation curves, summed confusion matrices, every run."""
+    conclusion_html = '<div class="conclusion">' + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"
+    matrices = '<div class="pairs">' + "".join(
+        figure_tag(plots.confusion_figure(m, f"{v}: test set, all seeds summed"), f"confusion matrix {v}")
+        for v, m in confusions.items()) + "</div>"
+    return page("fashionlab comparison", [
+        ("Conclusion", conclusion_html),
+        ("Summary per variant", table_tag(summary_display(summary))),
+        ("Validation curves", png_tag(curves_png, "validation curves")),
+        ("Confusion matrices", matrices),
+        ("Every run", table_tag(results.drop(columns=["run_dir"]), index=False)),
+    ])
+
+
+def write_comparison_outputs(folder: Run, results: pd.DataFrame, summary: pd.DataFrame, statements: Sequence[str],
+                             histories: Mapping[str, Sequence[pd.DataFrame]],
+                             confusions: Mapping[str, np.ndarray]) -> None:
+    """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically."""
+    curves = plots.png_bytes(plots.comparison_curves_figure(histories))
+    folder.write_with("results.csv", lambda tmp: results.to_csv(tmp, index=False))
+    folder.write_text("summary.md", summary_markdown(summary) + "\n" + "\n\n".join(statements) + "\n")
+    folder.write_with("curves.png", lambda tmp: tmp.write_bytes(curves))
+    folder.write_text("report.html", comparison_report_html(summary, results, curves, confusions, statements))

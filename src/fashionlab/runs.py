@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fashionlab import FashionlabError
+from fashionlab.errors import RunError
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_PREFIX = "checkpoint-epoch"  # checkpoint-epoch3.keras: the model after epoch 3
@@ -28,10 +28,6 @@ STATUSES = ("running", "complete", "failed", "interrupted")
 MAX_MODEL_UNCOMPRESSED_BYTES = 512 * 1024 * 1024
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class RunError(FashionlabError):
-    """A run directory is missing, incomplete, busy, or holds something it should not."""
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -73,15 +69,15 @@ class Run:
         """A new run directory, locked; an existing non-empty one is refused, never overwritten."""
         path = Path(path)
         if path.exists() and not path.is_dir():
-            raise RunError(f"{path} exists and is not a directory; choose another --run-dir")
+            raise RunError(f"{path} exists and is not a directory; choose another `run_dir`")
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}; choose another --run-dir")
+            raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}; choose another `run_dir`")
         run = cls.acquire(path)
         if any(p.name != LOCK_FILE for p in path.iterdir()):
             run.release()
-            raise RunError(f"run directory {path} already exists and is not empty; choose another --run-dir")
+            raise RunError(f"run directory {path} already exists and is not empty; choose another `run_dir`")
         return run
 
     @classmethod
@@ -91,22 +87,22 @@ class Run:
         try:
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         except OSError as exc:
-            raise RunError(f"cannot write to run directory {path}: {exc.strerror or exc}; choose another --run-dir")
+            raise RunError(f"cannot write to run directory {path}: {exc.strerror or exc}; choose another `run_dir`")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             pid = Run(path).status().get("pid", "?")
-            raise RunError(f"{path} is in use by another fashionlab process (pid {pid}); wait for it to finish "
-                           f"or choose another --run-dir") from None
+            raise RunError(f"{path} is in use by another fashionlab process (pid {pid}); "
+                           f"wait for it to finish") from None
         return cls(path, fd)
 
     @classmethod
-    def open(cls, path: str | Path, allow_incomplete: bool = False) -> Run:
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> Run:
         """An existing run to read. Unless allowed, it must be complete."""
         path = Path(path)
         if not path.is_dir():
-            raise RunError(f"{path} is not a run directory; pass the folder `fashionlab train` printed")
+            raise RunError(f"{path} is not a run directory; pass the folder that training printed")
         run = cls(path)
         if not run.file("config.json").is_file():
             raise RunError(f"{path} has no config.json: it is not a fashionlab run directory")
@@ -116,8 +112,8 @@ class Run:
                            f"train it again")
         if status["status"] != "complete" and not allow_incomplete:
             done = f" after {status['epochs_done']} of {status['epochs']} epochs" if "epochs" in status else ""
-            raise RunError(f"{path} is {status['status']}{done}; resume it with `fashionlab train --resume {path}`, "
-                           f"or pass --allow-incomplete to use its last checkpoint")
+            raise RunError(f"{path} is {status['status']}{done}; finish it with `resume({str(path)!r})`, "
+                           f"or pass `allow_incomplete=True` to use its last checkpoint")
         if run.model_file() is None:
             raise RunError(f"{path} has no {MODEL_FILE}: the run did not finish; train it again")
         return run

@@ -1,18 +1,16 @@
 """Training: turn a config into a finished run directory, or finish an interrupted one.
 
-    result = train(TrainConfig(epochs=10), run_dir="runs/tutorial"); resume("runs/tutorial")
+    result = train(TrainConfig(epochs=10), "runs/tutorial", data=DataSource()); resume("runs/tutorial")
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,16 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fashionlab import FashionlabError, __version__, data
-from fashionlab.config import ConfigError, TrainConfig, from_dict
+from fashionlab.config import TrainConfig, from_dict
+from fashionlab.data import DataSource, Splits
+from fashionlab.errors import ConfigError, Diverged, Interrupted, RunError
 from fashionlab.evaluation import metrics_from_proba, predict_proba
-from fashionlab.interrupts import Interrupted, StopRequest, stop_requests
+from fashionlab.interrupts import StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
-from fashionlab.preprocessing import fit_scaler
+from fashionlab.preprocessing import fit_scaler, scaler_of
+from fashionlab.provenance import library_versions, machine_info
 from fashionlab.reports import write_test_outputs
-from fashionlab.runs import Run, RunError, default_run_dir, load_model_file, now
+from fashionlab.runs import Run, default_run_dir, load_model_file, now
 
 
 @dataclass(frozen=True)
@@ -87,28 +87,13 @@ class RunRecorder(keras.callbacks.Callback):
         return pd.DataFrame(self.rows)
 
 
-class Diverged(FashionlabError):
-    """The loss became NaN or infinite."""
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "fashionlab": __version__,
-                "keras_backend": keras.backend.backend()}
-    for package in ("keras", "jax", "jaxlib", "numpy", "tensorflow", "torch"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def resolve_engine(engine: str) -> str:
     """"auto" is the compiled engine on the JAX backend and Keras' own fit elsewhere."""
     if engine == "auto":
         return "compiled" if keras.backend.backend() == "jax" else "keras"
     if engine == "compiled" and keras.backend.backend() != "jax":
         raise ConfigError(f"engine 'compiled' needs the JAX backend, not {keras.backend.backend()}; "
-                          f"use --engine keras or KERAS_BACKEND=jax")
+                          f"use engine 'keras' or KERAS_BACKEND=jax")
     return engine
 
 
@@ -117,22 +102,24 @@ def progress_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def train(config: TrainConfig, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
-          verify: bool = True, verbose: int | None = None) -> TrainResult:
-    """Train `config` on Fashion-MNIST and write a complete, self-describing run directory."""
-    splits = data.load_splits(data.find_data_dir(data_dir), config.validation_size, config.train_samples, verify)
+def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
+          verbose: int | None = None) -> TrainResult:
+    """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
+
+    `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
+    one line per epoch elsewhere (0: silent).
+    """
+    splits = data.splits(config.validation_size, config.train_samples)
     _use_compilation_cache()
     with Run.create(run_dir if run_dir is not None else default_run_dir(config.name)) as run:
         run.write_json("config.json", config.to_dict())
         run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(config, fit_scaler(splits.x_train))
+        model = _new_model(config, splits)
         run.write_text("summary.txt", summary_text(model) + "\n")
-        return _fit_and_finish(run, config, splits, model, [], verify, verbose)
+        return _fit_and_finish(run, config, splits, model, [], data, verbose)
 
 
-def resume(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool = True,
-           verbose: int | None = None) -> TrainResult:
+def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None) -> TrainResult:
     """Continue an interrupted, failed or killed run from its last finished epoch.
 
     With the compiled engine the result is the run that was never interrupted: weights,
@@ -145,20 +132,21 @@ def resume(run_dir: str | Path, data_dir: str | Path | None = None, verify: bool
             raise RunError(f"{run.path} is already complete; nothing to resume")
         config = from_dict(run.read_json("config.json"))
         rows = pd.read_csv(run.file("history.csv")).to_dict("records") if run.file("history.csv").is_file() else []
-        splits = data.load_splits(data.find_data_dir(data_dir), config.validation_size, config.train_samples,
-                                  verify)
+        splits = data.splits(config.validation_size, config.train_samples)
         epoch, checkpoint = next(reversed(run.checkpoints().items()), (0, None))
         if len(rows) < epoch:
             raise RunError(f"{run.path}: history.csv has {len(rows)} epoch(s) but the checkpoint is of epoch "
                            f"{epoch}; the run directory is damaged, train it again")
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
-        if checkpoint is not None:
-            model = load_model_file(checkpoint)
-        else:
-            keras.utils.set_random_seed(config.seed)
-            model = build_model(config, fit_scaler(splits.x_train))
+        model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
         run.set_status("running", epochs_done=len(rows), resumed=now())
-        return _fit_and_finish(run, config, splits, model, rows, verify, verbose)
+        return _fit_and_finish(run, config, splits, model, rows, data, verbose)
+
+
+def _new_model(config: TrainConfig, splits: Splits) -> keras.Model:
+    """The untrained network, its initial weights drawn from the config's seed."""
+    keras.utils.set_random_seed(config.seed)
+    return build_model(config, fit_scaler(splits.x_train))
 
 
 def _use_compilation_cache() -> None:
@@ -175,8 +163,8 @@ def _existing_dir(run_dir: str | Path) -> Path:
     return path
 
 
-def _fit_and_finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Model,
-                    rows: list[dict[str, float]], verify: bool, verbose: int | None) -> TrainResult:
+def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model,
+                    rows: list[dict[str, float]], data: DataSource, verbose: int | None) -> TrainResult:
     """Fit from epoch len(rows), then write the final artifacts; the run's status says how it ended."""
     try:
         with stop_requests() as stop:
@@ -185,11 +173,11 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: data.Splits, model: k
         if recorder.diverged_at:
             done = len(recorder.rows)
             raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
-                           f"{run.path} keeps the last good epoch ({done}); try a lower --learning-rate")
+                           f"{run.path} keeps the last good epoch ({done}); try a lower learning_rate")
         if stop.requested:
-            raise Interrupted(f"interrupted after {len(recorder.rows)} finished epoch(s); resume with: "
-                              f"fashionlab train --resume {run.path}")
-        result = _finish(run, config, splits, model, recorder.frame(), verify)
+            raise Interrupted(f"interrupted after {len(recorder.rows)} finished epoch(s); resume with "
+                              f"`resume({str(run.path)!r})`")
+        result = _finish(run, config, splits, model, recorder.frame(), data)
     except Interrupted as exc:
         _mark(run, "interrupted", str(exc))
         raise
@@ -204,7 +192,7 @@ def _mark(run: Run, status: str, message: str) -> None:
         run.set_status(status, message=message)
 
 
-def _fit(model: keras.Model, config: TrainConfig, splits: data.Splits, recorder: RunRecorder,
+def _fit(model: keras.Model, config: TrainConfig, splits: Splits, recorder: RunRecorder,
          initial_epoch: int, verbose: int) -> None:
     if resolve_engine(config.engine) == "compiled":
         from fashionlab.engine import fit_compiled
@@ -218,15 +206,15 @@ def _fit(model: keras.Model, config: TrainConfig, splits: data.Splits, recorder:
                   shuffle=config.shuffle, verbose=verbose, callbacks=[recorder], initial_epoch=initial_epoch)
 
 
-def _finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Model, history: pd.DataFrame,
-            verify: bool) -> TrainResult:
+def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, history: pd.DataFrame,
+            data: DataSource) -> TrainResult:
     """The final artifacts of a run whose epochs all finished; metrics.json and status last."""
     run.save_model(model)
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
     write_test_outputs(run, config.to_dict(), history, report, splits.x_test, splits.y_test, proba)
     seconds = history["seconds"].tolist()
-    scaler = next((layer for layer in model.layers if layer.name == "standardize"), None)
+    scaler = scaler_of(model)
     metrics = {
         "test_loss": report["test_loss"],
         "test_accuracy": report["test_accuracy"],
@@ -238,8 +226,8 @@ def _finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Mod
         "median_seconds_per_epoch": float(np.median(seconds)),
         "parameters": parameter_counts(model),
         "engine": resolve_engine(config.engine),
-        "scaler": ({"mean": -scaler.offset / scaler.scale, "std": 1 / scaler.scale} if scaler else None),
-        "data": {"dir": str(splits.source), "verified": verify, "train": len(splits.x_train),
+        "scaler": dataclasses.asdict(scaler) if scaler else None,
+        "data": {"dir": str(splits.source), "verified": data.verify, "train": len(splits.x_train),
                  "valid": len(splits.x_valid), "test": len(splits.x_test)},
         "versions": library_versions(),
         "machine": machine_info(),
@@ -249,19 +237,3 @@ def _finish(run: Run, config: TrainConfig, splits: data.Splits, model: keras.Mod
         checkpoint.unlink()  # model.keras supersedes them
     run.set_status("complete", epochs_done=len(history), finished=now(), message=None)
     return TrainResult(run, history, metrics, model)
-
-
-def machine_info() -> dict[str, Any]:
-    """What the run ran on: CPU model and cores, and the accelerator the backend used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    device = "default"
-    if keras.backend.backend() == "jax":
-        import jax
-
-        device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "device": device}

@@ -1,0 +1,133 @@
+"""The runner: what a run directory holds, parallel work, and stopping it cleanly."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from helpers import TINY, synthetic_arrays, write_dataset
+
+from fashionlab.config import load_config
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, Diverged
+from fashionlab.runner import Task, execute, inspect, results
+from fashionlab.runs import Run
+from fashionlab.training import train
+
+# Big enough that an epoch takes a moment, so a stop lands inside a run.
+SLOW = TINY.replace(depth=20, width=100, epochs=8, validation_size=500)
+COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def bigger_data(tmp_path_factory):
+    directory = write_dataset(tmp_path_factory.mktemp("data"), synthetic_arrays(n_train=6500, n_test=200))
+    return DataSource(directory, verify=False)
+
+
+def task(run_dir, config=TINY, label="t"):
+    return Task(label, config, run_dir, {"name": label})
+
+
+def test_inspect_tells_what_a_run_directory_holds(tiny_run, tmp_path):
+    assert inspect(task(tmp_path / "nothing")).state == "new"
+    (tmp_path / "empty").mkdir()
+    assert inspect(task(tmp_path / "empty")).state == "new"
+    assert inspect(task(tiny_run.run.path)).state == "complete"
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(tiny_run.run.path, unfinished)
+    status = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    assert inspect(task(unfinished)).state == "unfinished"
+
+    other = inspect(task(tiny_run.run.path, TINY.replace(width=17)))
+    assert other.state == "conflict" and "different settings (width)" in other.reason
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "notes.txt").write_text("mine")
+    assert "not a fashionlab run" in inspect(task(tmp_path / "stranger")).reason
+    (tmp_path / "file").write_text("")
+    assert inspect(task(tmp_path / "file")).state == "conflict"
+    (unfinished / "config.json").write_text("{damaged")
+    assert "the run directory is damaged" in inspect(task(unfinished)).reason
+
+
+def test_execute_trains_each_task_once_and_reports_it(tmp_path, synthetic):
+    tasks = [task(tmp_path / name, TINY.replace(seed=seed), name) for name, seed in (("a", 1), ("b", 2), ("c", 3))]
+    done = []
+    execute(tasks, jobs=2, data=synthetic, on_done=done.append)
+    assert sorted(d.task.label for d in done) == ["a", "b", "c"] and not any(d.resumed for d in done)
+    assert all(inspect(t).state == "complete" for t in tasks)
+    table = results(tasks)
+    assert list(table["name"]) == ["a", "b", "c"]
+    for d in done:
+        assert d.metrics == json.loads((d.task.run_dir / "metrics.json").read_text())
+        row = table[table["name"] == d.task.label].iloc[0]
+        assert row["test_accuracy"] == d.metrics["test_accuracy"] and row["run_dir"] == str(d.task.run_dir)
+    with pytest.raises(ConfigError, match="`jobs` must be at least 1, got 0"):
+        execute(tasks, jobs=0, data=synthetic)
+
+
+def test_a_failing_task_stops_the_others_and_raises_its_error(tmp_path, bigger_data):
+    diverging = TINY.replace(scale_inputs=False, batch_norm="none", learning_rate=1e30)
+    tasks = [task(tmp_path / "nan", diverging, "nan"), task(tmp_path / "slow", SLOW, "slow")]
+    with pytest.raises(Diverged, match="NaN or infinite"):
+        execute(tasks, jobs=2, data=bigger_data)
+    assert Run(tmp_path / "nan").status()["status"] == "failed"
+    # stopped at a safe point (or never started), not abandoned mid-run
+    assert Run(tmp_path / "slow").status()["status"] in ("interrupted", "complete", "unknown")
+
+
+def compare_command(out, data, jobs=2):
+    return [sys.executable, "-m", "fashionlab", "compare", "--out", str(out), "--variants", "scaled", "bn-after",
+            "--seeds", "1", "--jobs", str(jobs), "--depth", "20", "--width", "100", "--epochs", "5",
+            "--validation-size", "500", "--data-dir", str(data.data_dir), "--no-verify"]
+
+
+def wait_until_training(out, process, timeout=240):
+    """The run.json of every run once all of them have finished an epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        statuses = [json.loads(p.read_text()) for p in out.glob("*/seed-*/run.json")]
+        if len(statuses) == 2 and all(s.get("epochs_done", 0) >= 1 for s in statuses):
+            return statuses
+        time.sleep(0.05)
+    pytest.fail(f"the runs did not start: {process.communicate()}")
+
+
+def test_a_stopped_parallel_comparison_stops_its_workers_then_resumes_exactly(tmp_path, bigger_data):
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(compare_command(out, bigger_data), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_until_training(out, process)
+    process.send_signal(signal.SIGTERM)  # to the parent alone (as `kill` does): it must stop its workers itself
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted; finished runs are kept" in err
+    statuses = {p.parent.parent.name: json.loads(p.read_text())["status"] for p in out.glob("*/seed-*/run.json")}
+    assert set(statuses.values()) <= {"interrupted", "complete"} and "interrupted" in statuses.values(), statuses
+
+    resumed = subprocess.run(compare_command(out, bigger_data), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed)" in resumed.stdout
+    variant = next(v for v, s in statuses.items() if s == "interrupted")
+    run_dir = next(out.glob(f"{variant}/seed-*"))
+    alone = train(load_config(run_dir / "config.json"), tmp_path / "alone", data=bigger_data, verbose=0)
+    history = pd.read_csv(run_dir / "history.csv")
+    pd.testing.assert_frame_equal(history[COLUMNS], alone.history[COLUMNS], rtol=1e-6)
+
+
+def test_a_worker_killed_outright_is_reported_in_one_line(tmp_path, bigger_data):
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(compare_command(out, bigger_data), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    statuses = wait_until_training(out, process)
+    os.kill(statuses[0]["pid"], signal.SIGKILL)  # run.json names the process writing it
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert "ended abruptly (killed, or out of memory?)" in err and err.count("\n") == 1
