@@ -150,7 +150,7 @@ def test_bad_images_through_predict(tiny_run, tmp_path, make, message):
     assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_hostile_model_in_a_run_directory(tiny_run, tmp_path):
+def test_a_damaged_model_in_a_run_directory_is_refused_in_one_line(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run.path, run)
     (run / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")

@@ -40,7 +40,7 @@ def test_plan_is_variants_times_seeds(tmp_path):
         plan(tmp_path, ["bn-sideways"], 1, TrainConfig())
 
 
-def test_comparison_outputs(comparison):
+def test_a_comparison_writes_results_summary_curves_and_report(comparison):
     out, result, lines = comparison
     assert (result.trained, result.reused) == (4, 0)
     results = pd.read_csv(out / "results.csv")
@@ -149,7 +149,7 @@ def test_a_lead_beyond_both_spreads_is_called_a_lead():
     assert "a leads b by 5.33 points, more than the two seed spreads together" in text
 
 
-def test_bad_comparison_arguments(tmp_path, synthetic):
+def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, synthetic):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunError, match="give `out` a folder"):
         compare(tmp_path / "file", variants=TWO, seeds=1, base=BASE, data=synthetic)

@@ -62,7 +62,7 @@ def test_bad_values_are_rejected_with_the_reason(values, message):
     assert "\n" not in str(info.value)
 
 
-def test_unreadable_config_files(tmp_path):
+def test_unreadable_config_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
     (tmp_path / "bad.toml").write_text("epochs = = 3")

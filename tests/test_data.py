@@ -81,7 +81,7 @@ def test_decompression_bomb_is_capped(synthetic_dir, monkeypatch):
         data.load_arrays(synthetic_dir, verify=False)
 
 
-def test_lookup_order_and_explicit_choice(tmp_path, monkeypatch, synthetic_dir):
+def test_lookup_order_and_an_explicit_choice_is_never_passed_over(tmp_path, monkeypatch, synthetic_dir):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv("FASHIONLAB_DATA", raising=False)
     cache = write_dataset(tmp_path / "keras" / "datasets" / "fashion-mnist")

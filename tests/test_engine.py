@@ -124,7 +124,7 @@ def test_a_stop_request_takes_effect_after_the_current_chunk_and_skips_the_epoch
     assert len(history["loss"]) == 1
 
 
-def test_compilation_cache_setting(monkeypatch, tmp_path):
+def test_the_compilation_cache_follows_its_environment_setting(monkeypatch, tmp_path):
     before = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv("FASHIONLAB_COMPILE_CACHE", "off")
     assert engine.enable_compilation_cache() is None

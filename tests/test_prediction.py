@@ -46,7 +46,7 @@ def test_aspect_ratio_is_kept_by_padding():
     ("L", ".png"), ("RGB", ".png"), ("RGB", ".jpg"), ("P", ".png"), ("I;16", ".png"), ("LA", ".png"),
     ("RGBA", ".png"), ("1", ".png"),
 ])
-def test_image_modes_and_formats(tmp_path, mode, suffix):
+def test_every_image_mode_and_format_gives_a_28x28_garment(tmp_path, mode, suffix):
     image = garment()
     if mode == "I;16":
         image = Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
@@ -110,7 +110,7 @@ def test_predict_argument_errors_name_the_python_arguments(tiny_run, synthetic):
 
 
 @pytest.mark.realdata
-def test_tutorial_check_images(tutorial_run, real_data):
+def test_the_tutorial_predictions_of_test_images_0_1_2(tutorial_run, real_data):
     results = predict(tutorial_run.run.path, indices=[0, 1, 2], data=real_data)
     assert [(r["class_id"], r["class_name"]) for r in results] == [(9, "Ankle boot"), (2, "Pullover"),
                                                                    (1, "Trouser")]
@@ -118,12 +118,12 @@ def test_tutorial_check_images(tutorial_run, real_data):
 
 # --- unusual but valid images are predicted, not refused --------------------------------------
 
-def test_one_pixel_image(tmp_path):
+def test_a_one_pixel_image_is_predicted(tmp_path):
     Image.new("L", (1, 1), 200).save(tmp_path / "dot.png")
     assert load_image(tmp_path / "dot.png").shape == (28, 28)
 
 
-def test_cmyk_jpeg(tmp_path):
+def test_a_cmyk_jpeg_is_predicted(tmp_path):
     garment(mode="RGB").convert("CMYK").save(tmp_path / "cmyk.jpg")
     pixels = load_image(tmp_path / "cmyk.jpg")
     assert pixels[14, 14] > 150 and pixels[1, 1] < 60

@@ -69,7 +69,7 @@ def test_incomplete_runs_are_refused_unless_allowed(tmp_path):
     assert Run.open(tmp_path / "run", allow_incomplete=True).model_file().name == "checkpoint-epoch2.keras"
 
 
-def test_unwritable_run_directory(tmp_path):
+def test_an_unwritable_run_directory_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunError, match="cannot create run directory"):
         Run.create(tmp_path / "file" / "run")
