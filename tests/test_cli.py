@@ -8,8 +8,9 @@ import sys
 import pytest
 from helpers import idx_bytes, replace_file, synthetic_arrays
 
-from fashionlab.cli import _config_from, build_parser, in_cli_terms, main
+from fashionlab.cli import _config_from, build_parser, flags_of, in_cli_terms, main
 from fashionlab.config import TrainConfig
+from fashionlab.errors import ConfigError
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -71,12 +72,20 @@ def test_user_errors_are_one_line_without_traceback(args, message, capsys):
     assert err.count("\n") == 1
 
 
-def test_library_terms_become_flags_and_commands():
-    assert in_cli_terms("`top_k` must be between 1 and 10, got 11") == "--top-k must be between 1 and 10, got 11"
-    assert in_cli_terms("replace it, or pass `verify=False` for your own IDX data").endswith("pass --no-verify for "
-                                                                                            "your own IDX data")
-    assert in_cli_terms("resume with `resume('runs/my run')`") == "resume with fashionlab train --resume 'runs/my run'"
-    assert in_cli_terms("a path with `backticks` stays") == "a path with `backticks` stays"
+def test_library_terms_become_this_commands_flags_and_nothing_else_changes():
+    predict = flags_of(build_parser().parse_args(["predict", "RUN", "--index", "0"]).command_parser)
+    assert (predict["top_k"], predict["indices"], predict["verify=False"]) == ("--top-k", "--index", "--no-verify")
+    assert "run_dir" not in predict  # evaluate and predict have no --run-dir to suggest
+
+    def said(message, *terms, flags=predict):
+        return in_cli_terms(ConfigError(message, terms=terms), flags)
+
+    assert said("`top_k` must be between 1 and 10, got 11", "top_k") == "--top-k must be between 1 and 10, got 11"
+    assert said("/tmp/`top_k`/x: bad; pass `verify=False`", "verify=False") == "/tmp/`top_k`/x: bad; pass --no-verify"
+    assert said("choose another `run_dir`", "run_dir") == "choose another `run_dir`"
+    assert said("resume with `resume('runs/my run')`", "resume('runs/my run')") == \
+        "resume with fashionlab train --resume 'runs/my run'"
+    assert said("odd `resume({[]: 0})`", "resume({[]: 0})") == "odd `resume({[]: 0})`"  # never raises
 
 
 @pytest.mark.parametrize("args, message", [

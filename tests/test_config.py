@@ -46,6 +46,7 @@ def test_train_table_and_run_config_json_are_accepted(tmp_path):
     ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
     ({"learning_rate": float("inf")}, "learning_rate must be a finite number"),
     ({"learning_rate": 0}, "learning_rate must be greater than 0"),
+    ({"learning_rate": 10**400}, "learning_rate must be a finite number"),
     ({"learning_rate": "fast"}, "learning_rate must be float"),
     ({"learning_rate": True}, "learning_rate must be float"),
     ({"batch_norm": "middle"}, "batch_norm must be one of after, before, none"),
@@ -87,6 +88,8 @@ def test_field_types_come_from_the_annotations_not_their_spelling():
     assert field_type(TYPES["learning_rate"]) == FieldType(float)
     with pytest.raises(TypeError, match="unsupported config annotation"):
         field_type(int | str)
+    with pytest.raises(TypeError, match="choices of one type only"):
+        field_type(Literal["auto", 0])
 
 
 def test_every_field_has_help_and_a_supported_type():

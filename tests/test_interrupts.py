@@ -1,6 +1,7 @@
 import multiprocessing
 import os
 import signal
+import threading
 
 import pytest
 
@@ -29,13 +30,13 @@ def test_nested_blocks_share_the_outer_request():
         assert inner is outer
 
 
-def test_a_parents_event_is_a_stop_request_too():
-    event = multiprocessing.get_context("spawn").Event()
-    stop_when(event)
+def test_a_parents_events_are_stop_requests_too():
+    told, gone = multiprocessing.get_context("spawn").Event(), threading.Event()
+    stop_when(told, gone)
     try:
         assert not parent_stopped() and not StopRequest().requested
-        event.set()
+        gone.set()
         assert parent_stopped() and StopRequest().requested
     finally:
-        stop_when(None)
+        stop_when()
     assert not StopRequest().requested

@@ -79,13 +79,13 @@ def test_a_failing_task_stops_the_others_and_raises_its_error(tmp_path, bigger_d
     with pytest.raises(Diverged, match="NaN or infinite"):
         execute(tasks, jobs=2, data=bigger_data)
     assert Run(tmp_path / "nan").status()["status"] == "failed"
-    # stopped at a safe point (or never started), not abandoned mid-run
-    assert Run(tmp_path / "slow").status()["status"] in ("interrupted", "complete", "unknown")
+    # stopped at a safe point, or never started: neither left running nor trained to the end
+    assert Run(tmp_path / "slow").status()["status"] in ("interrupted", "unknown")
 
 
-def compare_command(out, data, jobs=2):
+def compare_command(out, data, epochs=5):
     return [sys.executable, "-m", "fashionlab", "compare", "--out", str(out), "--variants", "scaled", "bn-after",
-            "--seeds", "1", "--jobs", str(jobs), "--depth", "20", "--width", "100", "--epochs", "5",
+            "--seeds", "1", "--jobs", "2", "--depth", "20", "--width", "100", "--epochs", str(epochs),
             "--validation-size", "500", "--data-dir", str(data.data_dir), "--no-verify"]
 
 
@@ -122,12 +122,51 @@ def test_a_stopped_parallel_comparison_stops_its_workers_then_resumes_exactly(tm
     pd.testing.assert_frame_equal(history[COLUMNS], alone.history[COLUMNS], rtol=1e-6)
 
 
-def test_a_worker_killed_outright_is_reported_in_one_line(tmp_path, bigger_data):
+def test_a_worker_killed_outright_is_named_in_one_line_and_the_other_stops_cleanly(tmp_path, bigger_data):
     out = tmp_path / "cmp"
-    process = subprocess.Popen(compare_command(out, bigger_data), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    statuses = wait_until_training(out, process)
-    os.kill(statuses[0]["pid"], signal.SIGKILL)  # run.json names the process writing it
+    process = subprocess.Popen(compare_command(out, bigger_data, epochs=50), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_until_training(out, process)
+    killed, other = sorted(out.glob("*/seed-*"))  # bn-after, scaled
+    os.kill(json.loads((killed / "run.json").read_text())["pid"], signal.SIGKILL)  # run.json names its process
     _, err = process.communicate(timeout=120)
     assert process.returncode == 1 and "Traceback" not in err, err
-    assert "ended abruptly (killed, or out of memory?)" in err and err.count("\n") == 1
+    assert err.startswith(f"fashionlab: error: the process training {killed.parent.name} seed ") and \
+        "ended abruptly (exit code -9: killed, or out of memory?)" in err and err.count("\n") == 1
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"  # it died: never marked
+    assert json.loads((other / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_ctrl_c_while_the_workers_start_is_an_interruption_not_a_crash(tmp_path, bigger_data):
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(compare_command(out, bigger_data), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    assert "to train with 2 job(s)" in process.stdout.readline()  # printed just before the workers start
+    time.sleep(0.3)  # they are importing
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole group
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and err.startswith("fashionlab: error: interrupted"), err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_workers_whose_parent_is_killed_stop_at_a_safe_point_and_exit(tmp_path, bigger_data):
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(compare_command(out, bigger_data, epochs=200), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    workers = [status["pid"] for status in wait_until_training(out, process)]
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "workers outlived their parent"
+    statuses = [json.loads(p.read_text())["status"] for p in out.glob("*/seed-*/run.json")]
+    assert statuses == ["interrupted", "interrupted"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

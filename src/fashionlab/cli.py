@@ -24,26 +24,38 @@ MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer"
 # compare sets the name and the series' keys itself, per variant.
 COMPARE_KEYS = ("depth", "width", "optimizer", "learning_rate", "batch_size", "epochs", "seed", "shuffle",
                 "validation_size", "train_samples", "engine")
-# How the library's messages name arguments (in backticks), and how this command line names them.
-FLAGS = {"top_k": "--top-k", "indices": "--index", "run_dir": "--run-dir", "data_dir": "--data-dir",
-         "verify=False": "--no-verify", "allow_incomplete=True": "--allow-incomplete", "jobs": "--jobs",
-         "seeds": "--seeds", "out": "--out", "variants": "--variants", "dest": "--dest"}
 
 
-def in_cli_terms(message: str) -> str:
-    """A library message with its argument names as flags, and `resume('RUN')` as the command that does it."""
-    def swap(match: re.Match) -> str:
-        term = match[1]
-        if term in FLAGS:
-            return FLAGS[term]
-        resume = re.fullmatch(r"resume\((.+)\)", term)
-        try:
-            path = ast.literal_eval(resume[1]) if resume else None
-        except (ValueError, SyntaxError):
-            path = None
-        return f"fashionlab train --resume {shlex.quote(path)}" if isinstance(path, str) else match[0]
+def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """How a command's options say the library's argument names: top_k -> --top-k, verify=False -> --no-verify."""
+    flags = {}
+    for action in parser._actions:  # argparse offers no public list of a parser's options
+        if not action.option_strings:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            flags[f"{action.dest}=True"], flags[f"{action.dest}=False"] = action.option_strings[:2]
+        elif action.nargs == 0 and isinstance(action.const, bool):  # store_true, store_false
+            flags[f"{action.dest}={action.const}"] = action.option_strings[-1]
+        else:
+            flags[action.dest] = action.option_strings[-1]
+    return flags
 
-    return re.sub(r"`([^`]+)`", swap, message)
+
+def in_cli_terms(error: FashionlabError, flags: dict[str, str]) -> str:
+    """The error's message with the arguments it names said as this command's flags, and
+    `resume('RUN')` as the command that does it; a term the command has no flag for stays as it is."""
+    message = str(error)
+    for term in error.terms:
+        said = flags.get(term)
+        resume = re.fullmatch(r"resume\((.+)\)", term, flags=re.DOTALL)
+        if said is None and resume:
+            try:
+                said = f"fashionlab train --resume {shlex.quote(str(ast.literal_eval(resume[1])))}"
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                pass
+        if said is not None:
+            message = message.replace(f"`{term}`", said)
+    return message
 
 
 def _int_between(low: int, high: int | None = None):
@@ -133,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from fashionlab.prediction import predict
 
-    results = predict(args.run, indices=args.index or (), images=args.images, top_k=args.top_k, invert=args.invert,
+    results = predict(args.run, indices=args.indices or (), images=args.images, top_k=args.top_k, invert=args.invert,
                       data=_data_from(args), allow_incomplete=args.allow_incomplete)
     if args.json:
         _print_json(results)
@@ -194,19 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     _add_data_options(train)
     _add_config_options(train)
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(command_parser=train, handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="test loss, accuracy, per-class scores, confusion matrix")
     evaluate.add_argument("run", metavar="RUN", help="run directory")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(evaluate)
-    evaluate.set_defaults(handler=cmd_evaluate)
+    evaluate.set_defaults(command_parser=evaluate, handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="class names for test images or your own image files")
     predict.add_argument("run", metavar="RUN", help="run directory")
     predict.add_argument("images", metavar="IMAGE", nargs="*", help="PNG/JPEG files to classify")
-    predict.add_argument("--index", type=int, nargs="+", metavar="I", help="test-set image indices")
+    predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
     predict.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
                          help=f"classes listed per input, 1..{len(CLASS_NAMES)} (default: 3)")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
@@ -214,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
     predict.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(predict)
-    predict.set_defaults(handler=cmd_predict)
+    predict.set_defaults(command_parser=predict, handler=cmd_predict)
 
     compare = commands.add_parser("compare", help="train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
@@ -228,26 +240,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--config", metavar="FILE", help="TOML file of shared recipe keys")
     _add_data_options(compare)
     _add_config_options(compare, COMPARE_KEYS)
-    compare.set_defaults(handler=cmd_compare)
+    compare.set_defaults(command_parser=compare, handler=cmd_compare)
 
     summary = commands.add_parser("summary", help="print the network's layers and parameter counts")
     _add_config_options(summary, MODEL_KEYS)
-    summary.set_defaults(handler=cmd_summary)
+    summary.set_defaults(command_parser=summary, handler=cmd_summary)
 
     data_parser = commands.add_parser("data", help="find, check or download the dataset")
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="shapes, pixel range and class counts")
     info.add_argument("--validation-size", type=_int_between(1), default=5000, metavar="N")
     _add_data_options(info)
-    info.set_defaults(handler=cmd_data_info)
+    info.set_defaults(command_parser=info, handler=cmd_data_info)
     path = data_commands.add_parser("path", help="print the folder the dataset is read from")
     path.add_argument("--data-dir", metavar="DIR")
-    path.set_defaults(handler=cmd_data_path)
+    path.set_defaults(command_parser=path, handler=cmd_data_path)
     download = data_commands.add_parser("download", help="fetch and verify the files (needs network)")
     download.add_argument("--dest", metavar="DIR", help="target folder (default: the Keras cache)")
     download.add_argument("--url", default=data.DEFAULT_URL,
                           help="base URL of a mirror holding the four .gz files")
-    download.set_defaults(handler=cmd_data_download)
+    download.set_defaults(command_parser=download, handler=cmd_data_download)
     return parser
 
 
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except FashionlabError as exc:
-        print(f"fashionlab: error: {in_cli_terms(str(exc))}", file=sys.stderr)
+        print(f"fashionlab: error: {in_cli_terms(exc, flags_of(args.command_parser))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fashionlab: interrupted", file=sys.stderr)

@@ -36,11 +36,12 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> l
     """One task per variant x seed, in out/<variant>/seed-<seed>; seeds count up from the base config's."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose `variants` from {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose `variants` from {', '.join(VARIANTS)}",
+                          terms=["variants"])
     if len(set(variants)) != len(variants) or not variants:
-        raise ConfigError("give each of the `variants` once, and at least one")
+        raise ConfigError("give each of the `variants` once, and at least one", terms=["variants"])
     if seeds < 1:
-        raise ConfigError(f"`seeds` must be at least 1, got {seeds}")
+        raise ConfigError(f"`seeds` must be at least 1, got {seeds}", terms=["seeds"])
     return [Task(f"{v} seed {seed}", base.replace(name=v, seed=seed, **VARIANTS[v]), out / v / f"seed-{seed}",
                  {"variant": v, "seed": seed})
             for v in variants for seed in range(base.seed, base.seed + seeds)]
@@ -124,14 +125,14 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
 
     base = base or TrainConfig()
     if jobs < 1:
-        raise ConfigError(f"`jobs` must be at least 1, got {jobs}")
+        raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
     out = Path(out)
     tasks = plan(out, list(variants), seeds, base)
     data = data.located()  # fail before any work if the data is missing; every run reads the same files
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
     if conflict:
-        raise RunError(f"{conflict}; use another `out`, or the original options")
+        raise RunError(f"{conflict}; use another `out`, or the original options", terms=["out"])
     todo = [task for task, f in zip(tasks, found) if f.state != "complete"]
     progress(f"{len(tasks)} runs: {len(tasks) - len(todo)} finished already, {len(todo)} to train "
              f"with {min(jobs, max(len(todo), 1))} job(s)")
@@ -139,7 +140,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
-                       f"give `out` a folder") from None
+                       f"give `out` a folder", terms=["out"]) from None
     folder = Run(out)  # the comparison's own files get the same atomic writes as a run's
     folder.write_json("compare.json", {"variants": list(variants), "seeds": seeds, "jobs": jobs,
                                        "base": base.to_dict()})

@@ -101,6 +101,8 @@ def field_type(annotation: Any) -> FieldType:
         annotation = rest[0]
     if typing.get_origin(annotation) is Literal:
         choices = typing.get_args(annotation)
+        if len({type(c) for c in choices}) != 1:
+            raise TypeError(f"unsupported config annotation {annotation}: choices of one type only")
         return FieldType(type(choices[0]), choices, optional)
     if annotation not in (bool, int, float, str):
         raise TypeError(f"unsupported config annotation {annotation}")
@@ -121,7 +123,10 @@ def validate_field(f: dataclasses.Field, value: Any) -> Any:
     if wrong_type:
         raise ConfigError(f"{f.name} must be {kind.base.__name__}, got {type(value).__name__} {value!r}")
     if kind.base is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for any float
+            value = math.inf
         if not math.isfinite(value):
             raise ConfigError(f"{f.name} must be a finite number, got {value}")
     if kind.choices is not None and value not in kind.choices:

@@ -125,8 +125,10 @@ def find_data_dir(data_dir: str | Path | None = None) -> Path:
             return directory
         if explicit:
             missing = [n for n in FILE_NAMES if not _file_in(directory, n)]
-            raise DataError(f"{origin} {directory} lacks {', '.join(missing)}(.gz); {HOW_TO_GET_DATA}")
-    raise DataError(f"Fashion-MNIST not found in {', '.join(str(d) for _, d in candidates)}; {HOW_TO_GET_DATA}")
+            raise DataError(f"{origin} {directory} lacks {', '.join(missing)}(.gz); {HOW_TO_GET_DATA}",
+                            terms=["data_dir"])
+    raise DataError(f"Fashion-MNIST not found in {', '.join(str(d) for _, d in candidates)}; {HOW_TO_GET_DATA}",
+                    terms=["data_dir"])
 
 
 def read_bytes(path: Path) -> bytes:
@@ -138,7 +140,8 @@ def read_bytes(path: Path) -> bytes:
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
             content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path} is a damaged gzip file ({exc}); replace it: {HOW_TO_GET_DATA}") from None
+        raise DataError(f"{path} is a damaged gzip file ({exc}); replace it: {HOW_TO_GET_DATA}",
+                        terms=["data_dir"]) from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(content) > MAX_DECOMPRESSED_BYTES:
@@ -171,11 +174,11 @@ def parse_idx(content: bytes, kind: str, origin: str = "data") -> np.ndarray:
 def load_file(directory: Path, name: str, verify: bool = True) -> np.ndarray:
     path = _file_in(directory, name)
     if path is None:
-        raise DataError(f"{directory} lacks {name}(.gz); {HOW_TO_GET_DATA}")
+        raise DataError(f"{directory} lacks {name}(.gz); {HOW_TO_GET_DATA}", terms=["data_dir"])
     content = read_bytes(path)
     if verify and hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:
         raise DataError(f"{path} is not the official Fashion-MNIST file (SHA-256 mismatch); "
-                        f"replace it, or pass `verify=False` for your own IDX data")
+                        f"replace it, or pass `verify=False` for your own IDX data", terms=["verify=False"])
     return parse_idx(content, "images" if "images" in name else "labels", str(path))
 
 
@@ -227,7 +230,8 @@ def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: flo
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     except OSError as exc:
-        raise DataError(f"cannot write to {dest}: {exc.strerror or exc}; choose another `dest`") from None
+        raise DataError(f"cannot write to {dest}: {exc.strerror or exc}; choose another `dest`",
+                        terms=["dest"]) from None
     try:
         for name in FILE_NAMES:
             url = f"{base_url.rstrip('/')}/{name}.gz"
@@ -237,8 +241,10 @@ def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: flo
                     shutil.copyfileobj(response, out)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or exc
-                raise DataError(f"cannot download {url} ({reason}); {HOW_TO_GET_DATA}") from None
-            load_file(staging, name, verify=True)
+                raise DataError(f"cannot download {url} ({reason}); {HOW_TO_GET_DATA}", terms=["data_dir"]) from None
+            if hashlib.sha256(read_bytes(staging / f"{name}.gz")).hexdigest() != OFFICIAL_SHA256[name]:
+                raise DataError(f"{url} is not the official {name} (SHA-256 mismatch); download from the "
+                                f"official address or a faithful mirror")
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
     except BaseException:

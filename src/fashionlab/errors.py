@@ -5,15 +5,41 @@ is wrong and what to do.
     except FashionlabError as exc: print(exc)
 
 Messages name arguments the way a Python caller writes them, in backticks (`top_k`,
-`verify=False`), so that a front end can say them its own way: the CLI turns `top_k` into
---top-k (see cli.py). Configuration keys are named plainly: they are the same in a TOML file.
+`verify=False`), and list them in `terms`, so that a front end can say them its own way: the
+CLI turns `top_k` into --top-k (see cli.py). Configuration keys are named plainly: they are the
+same in a TOML file.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
 
 
 class FashionlabError(Exception):
-    """A problem the user can fix: the message says what is wrong and what to do."""
+    """A problem the user can fix: the message says what is wrong and what to do.
+
+    `terms`: the backticked argument names in the message, e.g. ("top_k",) for
+    "`top_k` must be between 1 and 10".
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, terms: Iterable[str] = ()):
+        super().__init__(message)
+        self.terms = tuple(terms)
+
+    def __reduce__(self):  # errors cross process boundaries (the runner's workers): keep the terms
+        return _rebuild, (type(self), str(self), self.terms)
+
+
+def _rebuild(cls: type[FashionlabError], message: str, terms: tuple[str, ...]) -> FashionlabError:
+    return cls(message, terms=terms)
+
+
+def resume_call(run_dir: str | Path) -> str:
+    """The term for "finish this run": `resume('runs/x')` in Python, `fashionlab train --resume runs/x` in a shell."""
+    return f"resume({str(run_dir)!r})"
 
 
 class ConfigError(FashionlabError):

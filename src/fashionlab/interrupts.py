@@ -3,8 +3,8 @@
     with stop_requests() as stop:
         while not stop.requested: work()
 
-A process working for another (the runner's training workers) can also be told to stop by an
-event that its parent sets: `stop_when(event)`.
+A process working for another (the runner's training workers) can also be told to stop by
+events: `stop_when(parent_says_stop, parent_is_gone)`.
 """
 
 from __future__ import annotations
@@ -35,18 +35,19 @@ class StopRequest:
 
 
 _current: StopRequest | None = None
-_parent_event: Event | None = None
+_events: tuple[Event, ...] = ()
 
 
-def stop_when(event: Event | None) -> None:
-    """From now on, `requested` is also true once `event` is set (e.g. a multiprocessing.Event)."""
-    global _parent_event
-    _parent_event = event
+def stop_when(*events: Event) -> None:
+    """From now on, `requested` is also true once any of `events` is set (a multiprocessing or
+    threading Event); with none, only signals count again."""
+    global _events
+    _events = events
 
 
 def parent_stopped() -> bool:
-    """Whether the event given to `stop_when` is set."""
-    return _parent_event is not None and _parent_event.is_set()
+    """Whether any event given to `stop_when` is set."""
+    return any(event.is_set() for event in _events)
 
 
 @contextlib.contextmanager

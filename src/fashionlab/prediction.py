@@ -103,19 +103,20 @@ def predict(run_dir: str | Path, *, indices: Sequence[int] = (), images: Sequenc
     `invert` None inverts only images with a light background; `data` is read only for `indices`.
     """
     if not 1 <= top_k <= len(CLASS_NAMES):
-        raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}")
+        raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}", terms=["top_k"])
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
     arrays, labels = [], []
     if indices:
         x_test = data.test_images()
         for index in indices:
             if not 0 <= index < len(x_test):
-                raise ConfigError(f"`indices` {index} is outside the test set (0..{len(x_test) - 1})")
+                raise ConfigError(f"`indices` {index} is outside the test set (0..{len(x_test) - 1})",
+                                  terms=["indices"])
             arrays.append(x_test[index])
             labels.append(f"test[{index}]")
     for path in images:
         arrays.append(load_image(path, invert))
         labels.append(str(path))
     if not arrays:
-        raise ConfigError("nothing to predict: give `indices` and/or image files")
+        raise ConfigError("nothing to predict: give `indices` and/or image files", terms=["indices"])
     return predict_arrays(run.load_model(), np.stack(arrays), labels, top_k)

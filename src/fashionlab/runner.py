@@ -12,12 +12,16 @@ run from here can be evaluated, predicted with or resumed like any other.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.connection
+import os
+import queue
 import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,8 +30,8 @@ import pandas as pd
 
 from fashionlab.config import TrainConfig
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, Interrupted, RunError
-from fashionlab.interrupts import Event, parent_stopped, stop_requests, stop_when
+from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
+from fashionlab.interrupts import stop_requests, stop_when
 from fashionlab.runs import LOCK_FILE, Run
 
 
@@ -109,7 +113,7 @@ def execute(tasks: Sequence[Task], *, jobs: int, data: DataSource,
     error is raised: Interrupted, or the task's own.
     """
     if jobs < 1:
-        raise ConfigError(f"`jobs` must be at least 1, got {jobs}")
+        raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
     if jobs == 1 or len(tasks) <= 1:
         with stop_requests() as stop:
             for task in tasks:
@@ -117,47 +121,130 @@ def execute(tasks: Sequence[Task], *, jobs: int, data: DataSource,
                 if stop.requested:
                     raise Interrupted("stopped between two runs")
         return
-    # spawn, not fork: JAX's runtime is multithreaded and must not be forked.
-    context = multiprocessing.get_context("spawn")
-    stop_workers = context.Event()
-    pool = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_start_worker,
-                               initargs=(stop_workers,))
-    futures = {pool.submit(_work, task, data): task for task in tasks}
-    try:
-        with stop_requests() as stop:
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    on_done(_result(future, futures[future]))
-                if stop.requested:
+    with WorkerPool(min(jobs, len(tasks)), data) as pool:
+        pool.run(tasks, on_done)
+
+
+class WorkerPool:
+    """Worker processes that train tasks from a queue and report on another.
+
+    Written here rather than taken from concurrent.futures, whose pool can neither stop a task
+    that is running nor say which task a killed worker held, and leaves its workers behind when
+    its parent is killed. Here a stop reaches running trainings (an event they check at every
+    safe point), every message names its task, and a worker whose parent dies stops and exits.
+    """
+
+    def __init__(self, workers: int, data: DataSource):
+        # spawn, not fork: JAX's runtime is multithreaded and must not be forked.
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.tasks, self.reports = context.Event(), context.Queue(), context.Queue()
+        self.tasks.cancel_join_thread()  # tasks never taken must not keep this process from exiting
+        self.workers = [context.Process(target=_worker, args=(self.tasks, self.reports, self.stop, data),
+                                        name=f"fashionlab-worker-{i}", daemon=True) for i in range(workers)]
+        with _ctrl_c_ignored():  # inherited: a Ctrl-C while a worker starts is the parent's to handle
+            for worker in self.workers:
+                worker.start()
+
+    def run(self, tasks: Sequence[Task], on_done: Callable[[Done], None]) -> None:
+        for item in enumerate(tasks):
+            self.tasks.put(item)
+        for _ in self.workers:
+            self.tasks.put(None)  # one "no more work" per worker
+        remaining, running = set(range(len(tasks))), {}  # running: task index -> worker pid
+        with stop_requests() as request:
+            while remaining:
+                if request.requested:
                     raise Interrupted("stopped; unfinished runs are marked interrupted")
-    except BaseException:
-        stop_workers.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+                try:
+                    kind, index, payload = self.reports.get(timeout=0.2)
+                except queue.Empty:
+                    self._check_workers(tasks, running)
+                    continue
+                if kind == "started":
+                    running[index] = payload
+                    continue
+                remaining.discard(index)
+                running.pop(index, None)
+                if kind == "done":
+                    on_done(payload)
+                elif kind == "failed":
+                    raise payload
+                elif kind == "crashed":
+                    raise RuntimeError(f"training {tasks[index].label} failed unexpectedly:\n{payload}")
+
+    def _check_workers(self, tasks: Sequence[Task], running: dict[int, int]) -> None:
+        for worker in self.workers:
+            if worker.exitcode not in (None, 0):
+                held = [tasks[i].label for i, pid in running.items() if pid == worker.pid]
+                what = f"the process training {held[0]}" if held else "a worker process"
+                raise RunError(f"{what} ended abruptly (exit code {worker.exitcode}: killed, or out of memory?); "
+                               f"finished runs are kept, and running the same tasks again resumes the rest")
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Stop what still runs at its next safe point, and wait for every worker to end."""
+        self.stop.set()
+        with stop_requests():  # a second SIGTERM meanwhile changes nothing; a second Ctrl-C ends the wait
+            deadline = time.monotonic() + WORKER_STOP_SECONDS
+            while any(w.is_alive() for w in self.workers) and time.monotonic() < deadline:
+                try:  # drain the reports: a worker cannot exit while its last ones are unread
+                    self.reports.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+            for worker in self.workers:
+                if worker.is_alive():
+                    worker.kill()
+                worker.join()
 
 
-def _result(future, task: Task) -> Done:
+# How long a stopped worker may take to reach a safe point and write its run's status.
+WORKER_STOP_SECONDS = 120
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return future.result()
-    except BrokenProcessPool:
-        raise RunError(f"the process training {task.label} ended abruptly (killed, or out of memory?); "
-                       f"finished runs are kept, and running the same tasks again resumes the rest") from None
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _start_worker(stop: Event) -> None:
-    # Ctrl-C reaches the whole process group: between runs a worker leaves it to the parent, and
-    # during one the training's own handler stops it at a safe point.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stop_when(stop)
+def _worker(tasks, reports, stop, data: DataSource) -> None:
+    """A worker process: take tasks until told there are no more, report each, stop when asked."""
+    orphaned = threading.Event()
+    threading.Thread(target=_watch_parent, args=(orphaned,), daemon=True).start()
+    stop_when(stop, orphaned)  # training checks both at every safe point
+    while not orphaned.is_set():
+        try:
+            item = tasks.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        index, task = item
+        if stop.is_set():  # queued before the stop came: never started
+            reports.put(("skipped", index, None))
+            continue
+        reports.put(("started", index, os.getpid()))
+        try:
+            reports.put(("done", index, run_task(task, data)))
+        except FashionlabError as exc:
+            reports.put(("failed", index, exc))
+        except KeyboardInterrupt:  # a second Ctrl-C
+            reports.put(("failed", index, Interrupted(f"{task.label} stopped at once")))
+        except BaseException:  # a bug: its traceback goes to the parent
+            reports.put(("crashed", index, traceback.format_exc()))
 
 
-def _work(task: Task, data: DataSource) -> Done:
-    if parent_stopped():  # a task already queued when the stop came
-        raise Interrupted(f"{task.label} not started: the work was stopped")
-    return run_task(task, data)
+def _watch_parent(orphaned: threading.Event) -> None:
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    orphaned.set()
 
 
 def results(tasks: Sequence[Task]) -> pd.DataFrame:

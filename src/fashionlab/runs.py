@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fashionlab.errors import RunError
+from fashionlab.errors import RunError, resume_call
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_PREFIX = "checkpoint-epoch"  # checkpoint-epoch3.keras: the model after epoch 3
@@ -69,15 +69,17 @@ class Run:
         """A new run directory, locked; an existing non-empty one is refused, never overwritten."""
         path = Path(path)
         if path.exists() and not path.is_dir():
-            raise RunError(f"{path} exists and is not a directory; choose another `run_dir`")
+            raise RunError(f"{path} exists and is not a directory; choose another `run_dir`", terms=["run_dir"])
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}; choose another `run_dir`")
+            raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}; choose another `run_dir`",
+                           terms=["run_dir"])
         run = cls.acquire(path)
         if any(p.name != LOCK_FILE for p in path.iterdir()):
             run.release()
-            raise RunError(f"run directory {path} already exists and is not empty; choose another `run_dir`")
+            raise RunError(f"run directory {path} already exists and is not empty; choose another `run_dir`",
+                           terms=["run_dir"])
         return run
 
     @classmethod
@@ -87,7 +89,7 @@ class Run:
         try:
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         except OSError as exc:
-            raise RunError(f"cannot write to run directory {path}: {exc.strerror or exc}; choose another `run_dir`")
+            raise RunError(f"cannot write to run directory {path}: {exc.strerror or exc}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,8 +114,9 @@ class Run:
                            f"train it again")
         if status["status"] != "complete" and not allow_incomplete:
             done = f" after {status['epochs_done']} of {status['epochs']} epochs" if "epochs" in status else ""
-            raise RunError(f"{path} is {status['status']}{done}; finish it with `resume({str(path)!r})`, "
-                           f"or pass `allow_incomplete=True` to use its last checkpoint")
+            raise RunError(f"{path} is {status['status']}{done}; finish it with `{resume_call(path)}`, "
+                           f"or pass `allow_incomplete=True` to use its last checkpoint",
+                           terms=[resume_call(path), "allow_incomplete=True"])
         if run.model_file() is None:
             raise RunError(f"{path} has no {MODEL_FILE}: the run did not finish; train it again")
         return run

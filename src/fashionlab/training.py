@@ -20,7 +20,7 @@ import pandas as pd
 
 from fashionlab.config import TrainConfig, from_dict
 from fashionlab.data import DataSource, Splits
-from fashionlab.errors import ConfigError, Diverged, Interrupted, RunError
+from fashionlab.errors import ConfigError, Diverged, Interrupted, RunError, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
@@ -176,10 +176,13 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
                            f"{run.path} keeps the last good epoch ({done}); try a lower learning_rate")
         if stop.requested:
             raise Interrupted(f"interrupted after {len(recorder.rows)} finished epoch(s); resume with "
-                              f"`resume({str(run.path)!r})`")
+                              f"`{resume_call(run.path)}`", terms=[resume_call(run.path)])
         result = _finish(run, config, splits, model, recorder.frame(), data)
     except Interrupted as exc:
         _mark(run, "interrupted", str(exc))
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, still resumable
+        _mark(run, "interrupted", "stopped at once by a second Ctrl-C")
         raise
     except BaseException as exc:
         _mark(run, "failed", str(exc) or type(exc).__name__)
