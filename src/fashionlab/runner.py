@@ -197,6 +197,9 @@ class WorkerPool:
                 if worker.is_alive():
                     worker.kill()
                 worker.join()
+        for channel in (self.tasks, self.reports):
+            channel.close()
+            channel.join_thread()
 
 
 # How long a stopped worker may take to reach a safe point and write its run's status.
