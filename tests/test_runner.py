@@ -1,5 +1,6 @@
 """The runner: what a run directory holds, parallel work, and stopping it cleanly."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -141,12 +143,27 @@ def test_ctrl_c_while_the_workers_start_is_an_interruption_not_a_crash(tmp_path,
     out = tmp_path / "cmp"
     process = subprocess.Popen(compare_command(out, bigger_data), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
-    assert "to train with 2 job(s)" in process.stdout.readline()  # printed just before the workers start
-    time.sleep(0.3)  # they are importing
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole group
+    deadline = time.monotonic() + 60
+    while len(spawned_workers(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(spawned_workers(process.pid)) == 2, process.communicate()
+    os.killpg(process.pid, signal.SIGINT)  # while they import, as a terminal's Ctrl-C reaches the whole group
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and err.startswith("fashionlab: error: interrupted"), err
-    assert "Traceback" not in err and err.count("\n") == 1
+    assert "Traceback" not in err and err.count("\n") == 1, err
+
+
+def spawned_workers(pid: int) -> list[int]:
+    """The worker processes `pid` has started so far (not its resource tracker)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(c) for c in task.read_text().split()]
+    workers = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+    return workers
 
 
 def test_workers_whose_parent_is_killed_stop_at_a_safe_point_and_exit(tmp_path, bigger_data):

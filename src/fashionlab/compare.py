@@ -163,7 +163,8 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
                  for v in variants}
     confusions = {v: sum(pd.read_csv(t.run_dir / "confusion_matrix.csv", index_col=0).to_numpy()
                          for t in tasks if t.tags["variant"] == v) for v in variants}
-    write_comparison_outputs(folder, results, summary, statements, histories, confusions)
+    write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
+                             confusions=confusions)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))

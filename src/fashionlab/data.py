@@ -193,7 +193,7 @@ def load_arrays(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_splits(directory: Path, validation_size: int = 5000, train_samples: int = 0,
+def load_splits(directory: Path, validation_size: int = 5000, train_samples: int = 0, *,
                 verify: bool = True) -> Splits:
     """The tutorial's split: the first `validation_size` training images validate, the rest train."""
     arrays = load_arrays(directory, verify)

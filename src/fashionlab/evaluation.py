@@ -75,7 +75,8 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
         proba = predict_proba(model, splits.x_test)
         report = metrics_from_proba(splits.y_test, proba)
         history = pd.read_csv(run.file("history.csv"))
-        write_test_outputs(run, config, history, report, splits.x_test, splits.y_test, proba)
+        write_test_outputs(run, config=config, history=history, report=report, x_test=splits.x_test,
+                           y_test=splits.y_test, proba=proba)
     return {"run": str(run.path), **report}
 
 

@@ -1,8 +1,8 @@
 """Everything a person reads: self-contained HTML pages (every image embedded, nothing fetched,
 readable offline) and Markdown tables, for a run and for a comparison.
 
-    write_test_outputs(run, config, history, report, x_test, y_test, proba)
-    write_comparison_outputs(folder, results, summary, conclusion, histories, confusions)
+    write_test_outputs(run, config=..., history=..., report=..., x_test=..., y_test=..., proba=...)
+    write_comparison_outputs(folder, results=..., summary=..., statements=..., histories=..., confusions=...)
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _caption(true: int, pred: int, p: float) -> str:
     return f"{CLASS_NAMES[pred]} {p:.2f}" + ("" if true == pred else f" (true: {CLASS_NAMES[true]})")
 
 
-def run_report_html(title: str, config: Mapping[str, Any], report: Mapping[str, Any], x_test: np.ndarray,
+def run_report_html(title: str, *, config: Mapping[str, Any], report: Mapping[str, Any], x_test: np.ndarray,
                     y_test: np.ndarray, proba: np.ndarray, curves_png: bytes, confusion_png: bytes) -> str:
     """One run: config, learning curves, test metrics, confusion matrix, mistakes, sample predictions."""
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
@@ -108,7 +108,7 @@ def run_report_html(title: str, config: Mapping[str, Any], report: Mapping[str, 
     ])
 
 
-def write_test_outputs(run: Run, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
+def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
                        x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray) -> None:
     """learning_curves.png, confusion_matrix.csv/.png and report.html; each figure is rendered once."""
     matrix = np.asarray(report["confusion_matrix"])
@@ -118,8 +118,8 @@ def write_test_outputs(run: Run, config: Mapping[str, Any], history: pd.DataFram
     run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
     run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
     run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))
-    text = run_report_html(f"fashionlab run: {run.path.name}", config, report, x_test, y_test, proba, curves,
-                           confusion)
+    text = run_report_html(f"fashionlab run: {run.path.name}", config=config, report=report, x_test=x_test,
+                           y_test=y_test, proba=proba, curves_png=curves, confusion_png=confusion)
     run.write_text("report.html", text)
 
 
@@ -147,7 +147,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_report_html(summary: pd.DataFrame, results: pd.DataFrame, curves_png: bytes,
+def comparison_report_html(*, summary: pd.DataFrame, results: pd.DataFrame, curves_png: bytes,
                            confusions: Mapping[str, np.ndarray], statements: Sequence[str]) -> str:
     """Conclusion, per-variant table, validation curves, summed confusion matrices, every run."""
     conclusion_html = '<div class="conclusion">' + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"
@@ -163,7 +163,7 @@ def comparison_report_html(summary: pd.DataFrame, results: pd.DataFrame, curves_
     ])
 
 
-def write_comparison_outputs(folder: Run, results: pd.DataFrame, summary: pd.DataFrame, statements: Sequence[str],
+def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.DataFrame, statements: Sequence[str],
                              histories: Mapping[str, Sequence[pd.DataFrame]],
                              confusions: Mapping[str, np.ndarray]) -> None:
     """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically."""
@@ -171,4 +171,5 @@ def write_comparison_outputs(folder: Run, results: pd.DataFrame, summary: pd.Dat
     folder.write_with("results.csv", lambda tmp: results.to_csv(tmp, index=False))
     folder.write_text("summary.md", summary_markdown(summary) + "\n" + "\n\n".join(statements) + "\n")
     folder.write_with("curves.png", lambda tmp: tmp.write_bytes(curves))
-    folder.write_text("report.html", comparison_report_html(summary, results, curves, confusions, statements))
+    folder.write_text("report.html", comparison_report_html(summary=summary, results=results, curves_png=curves,
+                                                            confusions=confusions, statements=statements))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
-import os
+import multiprocessing.resource_tracker
 import queue
 import signal
 import threading
@@ -126,128 +126,168 @@ def execute(tasks: Sequence[Task], *, jobs: int, data: DataSource,
 
 
 class WorkerPool:
-    """Worker processes that train tasks from a queue and report on another.
+    """Worker processes that each train one task at a time, talking to this process over a pipe.
 
     Written here rather than taken from concurrent.futures, whose pool can neither stop a task
     that is running nor say which task a killed worker held, and leaves its workers behind when
-    its parent is killed. Here a stop reaches running trainings (an event they check at every
-    safe point), every message names its task, and a worker whose parent dies stops and exits.
+    its parent is killed. Here a stop reaches running trainings (checked at every safe point),
+    this process knows which task each worker holds, and a worker whose parent is gone (its
+    pipe closes) stops at a safe point and exits. Pipes, unlike queues, need no named
+    semaphores, so nothing is left to clean up after a worker is killed.
     """
 
-    def __init__(self, workers: int, data: DataSource):
-        # spawn, not fork: JAX's runtime is multithreaded and must not be forked.
-        context = multiprocessing.get_context("spawn")
-        self.stop, self.tasks, self.reports = context.Event(), context.Queue(), context.Queue()
-        self.tasks.cancel_join_thread()  # tasks never taken must not keep this process from exiting
-        self.workers = [context.Process(target=_worker, args=(self.tasks, self.reports, self.stop, data),
-                                        name=f"fashionlab-worker-{i}", daemon=True) for i in range(workers)]
-        with _ctrl_c_ignored():  # inherited: a Ctrl-C while a worker starts is the parent's to handle
-            for worker in self.workers:
-                worker.start()
+    def __init__(self, size: int, data: DataSource):
+        self.size, self.data = size, data
+        self.workers: list[_Worker] = []
 
     def run(self, tasks: Sequence[Task], on_done: Callable[[Done], None]) -> None:
-        for item in enumerate(tasks):
-            self.tasks.put(item)
-        for _ in self.workers:
-            self.tasks.put(None)  # one "no more work" per worker
-        remaining, running = set(range(len(tasks))), {}  # running: task index -> worker pid
+        """Start the workers, hand out `tasks`, and report each finished one until all are."""
+        todo = list(enumerate(tasks))[::-1]  # handed out from the end: in order
+        remaining = set(range(len(tasks)))
+        context = multiprocessing.get_context("spawn")  # not fork: JAX's runtime is multithreaded
         with stop_requests() as request:
+            with _ctrl_c_held():  # a Ctrl-C while the workers start is this process's to handle
+                for i in range(self.size):
+                    ours, theirs = context.Pipe()
+                    process = context.Process(target=_work, args=(theirs, self.data), name=f"fashionlab-worker-{i}",
+                                              daemon=True)
+                    process.start()
+                    theirs.close()  # the worker's end lives in the worker: its death closes the pipe
+                    self.workers.append(_Worker(process, ours))
+            for worker in self.workers:
+                worker.hand_out(todo)
             while remaining:
                 if request.requested:
                     raise Interrupted("stopped; unfinished runs are marked interrupted")
-                try:
-                    kind, index, payload = self.reports.get(timeout=0.2)
-                except queue.Empty:
-                    self._check_workers(tasks, running)
-                    continue
-                if kind == "started":
-                    running[index] = payload
-                    continue
-                remaining.discard(index)
-                running.pop(index, None)
-                if kind == "done":
+                busy = [w for w in self.workers if w.holding is not None]
+                multiprocessing.connection.wait([w.pipe for w in busy] + [w.process.sentinel for w in busy],
+                                                timeout=0.2)
+                for worker in busy:
+                    report = worker.report(tasks)
+                    if report is None:
+                        continue
+                    kind, index, payload = report
+                    remaining.discard(index)
+                    if kind == "failed":
+                        raise payload
+                    if kind == "crashed":
+                        raise RuntimeError(f"training {tasks[index].label} failed unexpectedly:\n{payload}")
+                    worker.hand_out(todo)
                     on_done(payload)
-                elif kind == "failed":
-                    raise payload
-                elif kind == "crashed":
-                    raise RuntimeError(f"training {tasks[index].label} failed unexpectedly:\n{payload}")
-
-    def _check_workers(self, tasks: Sequence[Task], running: dict[int, int]) -> None:
-        for worker in self.workers:
-            if worker.exitcode not in (None, 0):
-                held = [tasks[i].label for i, pid in running.items() if pid == worker.pid]
-                what = f"the process training {held[0]}" if held else "a worker process"
-                raise RunError(f"{what} ended abruptly (exit code {worker.exitcode}: killed, or out of memory?); "
-                               f"finished runs are kept, and running the same tasks again resumes the rest")
 
     def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc_info) -> None:
         """Stop what still runs at its next safe point, and wait for every worker to end."""
-        self.stop.set()
+        for worker in self.workers:
+            worker.send("stop")
+            worker.send(None)
         with stop_requests():  # a second SIGTERM meanwhile changes nothing; a second Ctrl-C ends the wait
             deadline = time.monotonic() + WORKER_STOP_SECONDS
-            while any(w.is_alive() for w in self.workers) and time.monotonic() < deadline:
-                try:  # drain the reports: a worker cannot exit while its last ones are unread
-                    self.reports.get(timeout=0.2)
-                except queue.Empty:
-                    pass
             for worker in self.workers:
-                if worker.is_alive():
-                    worker.kill()
-                worker.join()
-        for channel in (self.tasks, self.reports):
-            channel.close()
-            channel.join_thread()
+                while worker.process.is_alive() and time.monotonic() < deadline:
+                    with contextlib.suppress(EOFError, OSError):  # read what it still says, or it cannot exit
+                        if worker.pipe.poll(0.2):
+                            worker.pipe.recv()
+                if worker.process.is_alive():
+                    worker.process.kill()
+                worker.process.join()
+                worker.pipe.close()
 
 
 # How long a stopped worker may take to reach a safe point and write its run's status.
 WORKER_STOP_SECONDS = 120
 
 
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    pipe: multiprocessing.connection.Connection
+    holding: int | None = None  # the index of the task it trains
+
+    def send(self, message: Any) -> None:
+        with contextlib.suppress(OSError):  # a worker that is gone hears nothing
+            self.pipe.send(message)
+
+    def hand_out(self, todo: list[tuple[int, Task]]) -> None:
+        """Its next task, or None: no more work."""
+        item = todo.pop() if todo else None
+        self.holding = item[0] if item else None
+        self.send(item)
+
+    def report(self, tasks: Sequence[Task]) -> tuple[str, int, Any] | None:
+        """What the worker says about its task, if anything yet; raises if it died holding one."""
+        try:
+            if self.pipe.poll():
+                return self.pipe.recv()
+        except (EOFError, OSError):
+            pass
+        else:
+            if self.process.is_alive():
+                return None
+        self.process.join(1.0)
+        raise RunError(f"the process training {tasks[self.holding].label} ended abruptly "
+                       f"(exit code {self.process.exitcode}: killed, or out of memory?); finished runs are kept, "
+                       f"and running the same tasks again resumes the rest")
+
+
 @contextlib.contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
+def _ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C ignored by the processes started in the block (they inherit that through exec, and
+    a worker leaves it so between tasks), and held back here: a Ctrl-C during the block reaches
+    this process's own handler when the block ends."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Starting it resets this thread's signal mask, so it must run before the block, not in it.
+    multiprocessing.resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # while blocked, a Ctrl-C stays pending
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _worker(tasks, reports, stop, data: DataSource) -> None:
-    """A worker process: take tasks until told there are no more, report each, stop when asked."""
-    orphaned = threading.Event()
-    threading.Thread(target=_watch_parent, args=(orphaned,), daemon=True).start()
-    stop_when(stop, orphaned)  # training checks both at every safe point
-    while not orphaned.is_set():
-        try:
-            item = tasks.get(timeout=1.0)
-        except queue.Empty:
-            continue
-        if item is None:
-            return
+def _work(pipe: multiprocessing.connection.Connection, data: DataSource) -> None:
+    """A worker process: train the tasks the parent hands out, one at a time, and report each."""
+    # Ctrl-C reaches the whole process group: between tasks the parent alone handles it (a
+    # training's own handler stops it at a safe point). Started with it ignored, already.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop, inbox = threading.Event(), queue.SimpleQueue()
+    threading.Thread(target=_listen, args=(pipe, inbox, stop), daemon=True).start()
+    stop_when(stop)  # training checks it at every safe point
+    while (item := inbox.get()) is not None:
         index, task = item
-        if stop.is_set():  # queued before the stop came: never started
-            reports.put(("skipped", index, None))
-            continue
-        reports.put(("started", index, os.getpid()))
-        try:
-            reports.put(("done", index, run_task(task, data)))
-        except FashionlabError as exc:
-            reports.put(("failed", index, exc))
-        except KeyboardInterrupt:  # a second Ctrl-C
-            reports.put(("failed", index, Interrupted(f"{task.label} stopped at once")))
-        except BaseException:  # a bug: its traceback goes to the parent
-            reports.put(("crashed", index, traceback.format_exc()))
+        if stop.is_set():  # handed out before the stop came: never started
+            report = ("skipped", index, None)
+        else:
+            try:
+                report = ("done", index, run_task(task, data))
+            except FashionlabError as exc:
+                report = ("failed", index, exc)
+            except KeyboardInterrupt:  # a second Ctrl-C
+                report = ("failed", index, Interrupted(f"{task.label} stopped at once"))
+            except BaseException:  # a bug: its traceback goes to the parent
+                report = ("crashed", index, traceback.format_exc())
+        with contextlib.suppress(OSError):  # the parent may be gone
+            pipe.send(report)
 
 
-def _watch_parent(orphaned: threading.Event) -> None:
-    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
-    orphaned.set()
+def _listen(pipe: multiprocessing.connection.Connection, inbox: queue.SimpleQueue, stop: threading.Event) -> None:
+    """The parent's messages: a task, None (no more), "stop". The pipe closing means the parent is gone."""
+    try:
+        while True:
+            message = pipe.recv()
+            if message == "stop":
+                stop.set()
+            else:
+                inbox.put(message)
+    except (EOFError, OSError):
+        stop.set()
+        inbox.put(None)
 
 
 def results(tasks: Sequence[Task]) -> pd.DataFrame:

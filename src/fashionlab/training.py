@@ -116,7 +116,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
         run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
         model = _new_model(config, splits)
         run.write_text("summary.txt", summary_text(model) + "\n")
-        return _fit_and_finish(run, config, splits, model, [], data, verbose)
+        return _fit_and_finish(run, config, splits, model, rows=[], data=data, verbose=verbose)
 
 
 def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None) -> TrainResult:
@@ -140,7 +140,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
         model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
         run.set_status("running", epochs_done=len(rows), resumed=now())
-        return _fit_and_finish(run, config, splits, model, rows, data, verbose)
+        return _fit_and_finish(run, config, splits, model, rows=rows, data=data, verbose=verbose)
 
 
 def _new_model(config: TrainConfig, splits: Splits) -> keras.Model:
@@ -163,13 +163,14 @@ def _existing_dir(run_dir: str | Path) -> Path:
     return path
 
 
-def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model,
+def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *,
                     rows: list[dict[str, float]], data: DataSource, verbose: int | None) -> TrainResult:
     """Fit from epoch len(rows), then write the final artifacts; the run's status says how it ended."""
     try:
         with stop_requests() as stop:
             recorder = RunRecorder(run, stop, rows)
-            _fit(model, config, splits, recorder, len(rows), progress_verbosity() if verbose is None else verbose)
+            _fit(model, config, splits, recorder=recorder, initial_epoch=len(rows),
+                 verbose=progress_verbosity() if verbose is None else verbose)
         if recorder.diverged_at:
             done = len(recorder.rows)
             raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
@@ -177,7 +178,7 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
         if stop.requested:
             raise Interrupted(f"interrupted after {len(recorder.rows)} finished epoch(s); resume with "
                               f"`{resume_call(run.path)}`", terms=[resume_call(run.path)])
-        result = _finish(run, config, splits, model, recorder.frame(), data)
+        result = _finish(run, config, splits, model, history=recorder.frame(), data=data)
     except Interrupted as exc:
         _mark(run, "interrupted", str(exc))
         raise
@@ -195,7 +196,7 @@ def _mark(run: Run, status: str, message: str) -> None:
         run.set_status(status, message=message)
 
 
-def _fit(model: keras.Model, config: TrainConfig, splits: Splits, recorder: RunRecorder,
+def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: RunRecorder,
          initial_epoch: int, verbose: int) -> None:
     if resolve_engine(config.engine) == "compiled":
         from fashionlab.engine import fit_compiled
@@ -209,13 +210,14 @@ def _fit(model: keras.Model, config: TrainConfig, splits: Splits, recorder: RunR
                   shuffle=config.shuffle, verbose=verbose, callbacks=[recorder], initial_epoch=initial_epoch)
 
 
-def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, history: pd.DataFrame,
-            data: DataSource) -> TrainResult:
+def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *, history: pd.DataFrame,
+             data: DataSource) -> TrainResult:
     """The final artifacts of a run whose epochs all finished; metrics.json and status last."""
     run.save_model(model)
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
-    write_test_outputs(run, config.to_dict(), history, report, splits.x_test, splits.y_test, proba)
+    write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
+                       y_test=splits.y_test, proba=proba)
     seconds = history["seconds"].tolist()
     scaler = scaler_of(model)
     metrics = {
