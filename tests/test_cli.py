@@ -64,6 +64,8 @@ def test_config_options_are_typed_by_the_config_fields():
     (["evaluate", "/nonexistent"], "is not a run directory"),
     (["predict", "/nonexistent", "--index", "0"], "is not a run directory"),
     (["data", "info", "--data-dir", "/nonexistent"], "lacks"),
+    (["data", "download", "--url", "file:///nonexistent", "--dest", "/tmp/fashionlab-nowhere"],
+     "check the network and --url"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, capsys):
     assert main(args) == 1

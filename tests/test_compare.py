@@ -82,7 +82,8 @@ def test_a_second_call_reuses_finished_runs_and_finishes_the_others(comparison, 
     assert any(line.endswith("s, resumed)") for line in lines)
     columns = ["variant", "seed", "test_accuracy"]
     pd.testing.assert_frame_equal(again.results[columns], first.results[columns])
-    with pytest.raises(RunError, match="different settings \\(depth\\); use another `out`"):
+    with pytest.raises(RunError, match="different settings \\(depth\\); the same settings would reuse it; use "
+                                       "another `out`"):
         compare(out, variants=TWO, seeds=2, base=BASE.replace(depth=3), data=synthetic)
 
 
@@ -151,8 +152,14 @@ def test_a_lead_beyond_both_spreads_is_called_a_lead():
 
 def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, synthetic):
     (tmp_path / "file").write_text("")
-    with pytest.raises(RunError, match="give `out` a folder"):
+    with pytest.raises(RunError, match="file is a file where a folder of runs should be; use another `out`"):
         compare(tmp_path / "file", variants=TWO, seeds=1, base=BASE, data=synthetic)
+    with pytest.raises(RunError, match="cannot use /proc/fashionlab-cmp as the comparison folder .*`out`"):
+        compare("/proc/fashionlab-cmp", variants=TWO, seeds=1, base=BASE, data=synthetic)
+    (tmp_path / "cmp2").mkdir()
+    (tmp_path / "cmp2" / "scaled").write_text("")  # where the variant's runs should go
+    with pytest.raises(RunError, match="is a file where a folder of runs should be; use another `out`"):
+        compare(tmp_path / "cmp2", variants=TWO, seeds=1, base=BASE, data=synthetic)
     with pytest.raises(ConfigError, match="`jobs` must be at least 1"):
         compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=0)
     with pytest.raises(ConfigError, match="give each of the `variants` once"):

@@ -104,18 +104,23 @@ def test_nothing_found_names_the_ways_to_get_data(tmp_path, monkeypatch):
 
 
 def test_download_from_a_mirror_verifies_and_installs(tmp_path, real_data):
-    dest = data.download(tmp_path / "cache", base_url=real_data.data_dir.as_uri())
+    dest = data.download(tmp_path / "cache", url=real_data.data_dir.as_uri())
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.gz" for n in data.FILE_NAMES)
     assert data.has_dataset(dest)
 
 
 def test_download_failure_writes_nothing(tmp_path, synthetic_dir):
-    with pytest.raises(DataError, match="cannot download .*apt-get install dataset-fashion-mnist"):
-        data.download(tmp_path / "a", base_url=(tmp_path / "no-such-mirror").as_uri())
+    with pytest.raises(DataError, match="cannot download .*check the network and `url`"):
+        data.download(tmp_path / "a", url=(tmp_path / "no-such-mirror").as_uri())
     assert not (tmp_path / "a").exists()
     (tmp_path / "b").mkdir()
-    with pytest.raises(DataError, match="SHA-256 mismatch"):
-        data.download(tmp_path / "b", base_url=synthetic_dir.as_uri())
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not the official .*SHA-256 mismatch"):
+        data.download(tmp_path / "b", url=synthetic_dir.as_uri())
+    assert list((tmp_path / "b").iterdir()) == []
+    damaged = synthetic_dir / "train-images-idx3-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a mirror serving a truncated file
+    with pytest.raises(DataError, match="SHA-256 mismatch.*faithful mirror"):
+        data.download(tmp_path / "b", url=synthetic_dir.as_uri())
     assert list((tmp_path / "b").iterdir()) == []
 
 

@@ -55,6 +55,8 @@ def test_inspect_tells_what_a_run_directory_holds(tiny_run, tmp_path):
     assert "not a fashionlab run" in inspect(task(tmp_path / "stranger")).reason
     (tmp_path / "file").write_text("")
     assert inspect(task(tmp_path / "file")).state == "conflict"
+    blocked = inspect(task(tmp_path / "file" / "seed-1"))
+    assert blocked.state == "conflict" and "is a file where a folder of runs should be" in blocked.reason
     (unfinished / "config.json").write_text("{damaged")
     assert "the run directory is damaged" in inspect(task(unfinished)).reason
 
@@ -134,7 +136,7 @@ def test_a_worker_killed_outright_is_named_in_one_line_and_the_other_stops_clean
     _, err = process.communicate(timeout=120)
     assert process.returncode == 1 and "Traceback" not in err, err
     assert err.startswith(f"fashionlab: error: the process training {killed.parent.name} seed ") and \
-        "ended abruptly (exit code -9: killed, or out of memory?)" in err and err.count("\n") == 1
+        "was killed by SIGKILL (out of memory?)" in err and err.count("\n") == 1
     assert json.loads((killed / "run.json").read_text())["status"] == "running"  # it died: never marked
     assert json.loads((other / "run.json").read_text())["status"] == "interrupted"
 
@@ -151,6 +153,34 @@ def test_ctrl_c_while_the_workers_start_is_an_interruption_not_a_crash(tmp_path,
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and err.startswith("fashionlab: error: interrupted"), err
     assert "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_ctrl_c_to_one_worker_stops_its_training_at_a_safe_point(tmp_path, bigger_data):
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(compare_command(out, bigger_data, epochs=200), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_until_training(out, process)
+    run_dir = sorted(out.glob("*/seed-*"))[0]
+    os.kill(json.loads((run_dir / "run.json").read_text())["pid"], signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.startswith("fashionlab: error: interrupted; finished runs are kept")
+    assert err.count("\n") == 1, err
+    assert [json.loads(p.read_text())["status"] for p in out.glob("*/seed-*/run.json")] == ["interrupted"] * 2
+
+
+def test_a_second_ctrl_c_ends_everything_at_once(tmp_path, bigger_data):
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(compare_command(out, bigger_data, epochs=200), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = [status["pid"] for status in wait_until_training(out, process)]
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.startswith("fashionlab: error: interrupted"), err
+    assert err.count("\n") == 1, err
+    time.sleep(0.5)
+    assert not any(alive(pid) for pid in workers)
 
 
 def spawned_workers(pid: int) -> list[int]:

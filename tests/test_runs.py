@@ -69,6 +69,16 @@ def test_incomplete_runs_are_refused_unless_allowed(tmp_path):
     assert Run.open(tmp_path / "run", allow_incomplete=True).model_file().name == "checkpoint-epoch2.keras"
 
 
+def test_a_running_run_whose_process_died_says_so(tmp_path):
+    with Run.create(tmp_path / "run") as run:
+        run.write_json("config.json", {})
+        run.set_status("running", epochs=5, epochs_done=1)
+        with pytest.raises(RunError, match="is running after 1 of 5 epochs"):  # its process holds the lock
+            Run.open(tmp_path / "run")
+    with pytest.raises(RunError, match="is unfinished \\(its process died\\) after 1 of 5 epochs"):
+        Run.open(tmp_path / "run")
+
+
 def test_an_unwritable_run_directory_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunError, match="cannot create run directory"):

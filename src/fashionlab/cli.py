@@ -188,7 +188,7 @@ def cmd_data_path(args: argparse.Namespace) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    dest = data.download(args.dest, args.url)
+    dest = data.download(args.dest, url=args.url)
     print(f"verified the four Fashion-MNIST files in {dest}")
 
 

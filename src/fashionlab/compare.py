@@ -132,7 +132,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
     if conflict:
-        raise RunError(f"{conflict}; use another `out`, or the original options", terms=["out"])
+        raise RunError(f"{conflict}; use another `out`", terms=["out"])
     todo = [task for task, f in zip(tasks, found) if f.state != "complete"]
     progress(f"{len(tasks)} runs: {len(tasks) - len(todo)} finished already, {len(todo)} to train "
              f"with {min(jobs, max(len(todo), 1))} job(s)")

@@ -222,8 +222,8 @@ def describe(splits: Splits) -> str:
     return "\n".join(lines)
 
 
-def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
-    """Fetch the four files, verify each, then move them into `dest` (all or nothing)."""
+def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
+    """Fetch the four files from the folder at `url`, verify each, then move them into `dest` (all or nothing)."""
     dest = Path(dest) if dest is not None else keras_cache_dir()
     created = not dest.exists()
     try:
@@ -234,17 +234,22 @@ def download(dest: Path | None = None, base_url: str = DEFAULT_URL, timeout: flo
                         terms=["dest"]) from None
     try:
         for name in FILE_NAMES:
-            url = f"{base_url.rstrip('/')}/{name}.gz"
+            address = f"{url.rstrip('/')}/{name}.gz"
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as response, \
+                with urllib.request.urlopen(address, timeout=timeout) as response, \
                         open(staging / f"{name}.gz", "wb") as out:
                     shutil.copyfileobj(response, out)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or exc
-                raise DataError(f"cannot download {url} ({reason}); {HOW_TO_GET_DATA}", terms=["data_dir"]) from None
-            if hashlib.sha256(read_bytes(staging / f"{name}.gz")).hexdigest() != OFFICIAL_SHA256[name]:
-                raise DataError(f"{url} is not the official {name} (SHA-256 mismatch); download from the "
-                                f"official address or a faithful mirror")
+                raise DataError(f"cannot download {address} ({reason}); check the network and `url`, or install "
+                                f"Debian's dataset-fashion-mnist package", terms=["url"]) from None
+            try:
+                content = read_bytes(staging / f"{name}.gz")
+            except DataError:
+                content = b""  # damaged on the way or at the source: not the official file either
+            if hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:
+                raise DataError(f"{address} is not the official {name}.gz (SHA-256 mismatch); download from the "
+                                f"official address or a faithful mirror (`url`)", terms=["url"])
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
     except BaseException:

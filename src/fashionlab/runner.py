@@ -7,7 +7,9 @@ trained (or resumed) in parallel processes, with progress and a clean stop.
     table = results(tasks)
 
 Each task is an ordinary run directory made by `training.train` (or finished by `resume`), so a
-run from here can be evaluated, predicted with or resumed like any other.
+run from here can be evaluated, predicted with or resumed like any other. Workers are started
+with "spawn": a script that calls `execute` (or `compare`) with jobs > 1 must do so under
+`if __name__ == "__main__":`, as for any multiprocessing code.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def inspect(task: Task) -> Inspection:
     resumed); complete: the finished run of this config; conflict: anything else, never touched."""
     path = task.run_dir
     if not path.exists():
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return Inspection("conflict", f"{blocking} is a file where a folder of runs should be")
         return Inspection("new")
     if not path.is_dir():
         return Inspection("conflict", f"{path} exists and is not a directory")
@@ -84,7 +89,8 @@ def inspect(task: Task) -> Inspection:
     if recorded != expected:
         recorded = recorded if isinstance(recorded, dict) else {}
         changed = sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))
-        return Inspection("conflict", f"{path} was trained with different settings ({', '.join(changed)})")
+        return Inspection("conflict", f"{path} was trained with different settings ({', '.join(changed)}); "
+                                      f"the same settings would reuse it")
     return Inspection("complete" if status == "complete" else "unfinished")
 
 
@@ -121,7 +127,8 @@ def execute(tasks: Sequence[Task], *, jobs: int, data: DataSource,
                 if stop.requested:
                     raise Interrupted("stopped between two runs")
         return
-    with WorkerPool(min(jobs, len(tasks)), data) as pool:
+    # One stop request for the work and for the wait after it: a second Ctrl-C ends the wait.
+    with stop_requests(), WorkerPool(min(jobs, len(tasks)), data) as pool:
         pool.run(tasks, on_done)
 
 
@@ -183,17 +190,20 @@ class WorkerPool:
         for worker in self.workers:
             worker.send("stop")
             worker.send(None)
-        with stop_requests():  # a second SIGTERM meanwhile changes nothing; a second Ctrl-C ends the wait
+        try:  # a second SIGTERM meanwhile changes nothing; a second Ctrl-C ends the wait
             deadline = time.monotonic() + WORKER_STOP_SECONDS
             for worker in self.workers:
                 while worker.process.is_alive() and time.monotonic() < deadline:
                     with contextlib.suppress(EOFError, OSError):  # read what it still says, or it cannot exit
                         if worker.pipe.poll(0.2):
                             worker.pipe.recv()
-                if worker.process.is_alive():
-                    worker.process.kill()
-                worker.process.join()
-                worker.pipe.close()
+        finally:
+            with _ctrl_c_ignored():  # a third Ctrl-C must not leave a worker unkilled
+                for worker in self.workers:
+                    if worker.process.is_alive():
+                        worker.process.kill()
+                    worker.process.join()
+                    worker.pipe.close()
 
 
 # How long a stopped worker may take to reach a safe point and write its run's status.
@@ -227,9 +237,13 @@ class _Worker:
             if self.process.is_alive():
                 return None
         self.process.join(1.0)
-        raise RunError(f"the process training {tasks[self.holding].label} ended abruptly "
-                       f"(exit code {self.process.exitcode}: killed, or out of memory?); finished runs are kept, "
-                       f"and running the same tasks again resumes the rest")
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -9 else "")
+        else:
+            how = f"ended with exit code {code} (its own error is printed above)"
+        raise RunError(f"the process training {tasks[self.holding].label} {how}; finished runs are kept, and running "
+                       f"the same tasks again resumes the rest")
 
 
 @contextlib.contextmanager
@@ -243,19 +257,31 @@ def _ctrl_c_held() -> Iterator[None]:
     # Starting it resets this thread's signal mask, so it must run before the block, not in it.
     multiprocessing.resource_tracker.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # while blocked, a Ctrl-C stays pending
+    try:
+        with _ctrl_c_ignored():  # while blocked, a Ctrl-C stays pending even though ignored
+            yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _work(pipe: multiprocessing.connection.Connection, data: DataSource) -> None:
     """A worker process: train the tasks the parent hands out, one at a time, and report each."""
     # Ctrl-C reaches the whole process group: between tasks the parent alone handles it (a
-    # training's own handler stops it at a safe point). Started with it ignored, already.
+    # training's own handler stops it at a safe point). It arrives ignored and held back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     stop, inbox = threading.Event(), queue.SimpleQueue()
     threading.Thread(target=_listen, args=(pipe, inbox, stop), daemon=True).start()
     stop_when(stop)  # training checks it at every safe point
@@ -272,8 +298,13 @@ def _work(pipe: multiprocessing.connection.Connection, data: DataSource) -> None
                 report = ("failed", index, Interrupted(f"{task.label} stopped at once"))
             except BaseException:  # a bug: its traceback goes to the parent
                 report = ("crashed", index, traceback.format_exc())
-        with contextlib.suppress(OSError):  # the parent may be gone
+        try:
             pipe.send(report)
+        except OSError:  # the parent is gone
+            pass
+        except Exception:  # a report that cannot be pickled
+            with contextlib.suppress(OSError):
+                pipe.send(("crashed", index, traceback.format_exc()))
 
 
 def _listen(pipe: multiprocessing.connection.Connection, inbox: queue.SimpleQueue, stop: threading.Event) -> None:

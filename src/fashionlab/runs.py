@@ -114,12 +114,29 @@ class Run:
                            f"train it again")
         if status["status"] != "complete" and not allow_incomplete:
             done = f" after {status['epochs_done']} of {status['epochs']} epochs" if "epochs" in status else ""
-            raise RunError(f"{path} is {status['status']}{done}; finish it with `{resume_call(path)}`, "
+            state = status["status"]
+            if state == "running" and not run.in_use():
+                state = "unfinished (its process died)"
+            raise RunError(f"{path} is {state}{done}; finish it with `{resume_call(path)}`, "
                            f"or pass `allow_incomplete=True` to use its last checkpoint",
                            terms=[resume_call(path), "allow_incomplete=True"])
         if run.model_file() is None:
             raise RunError(f"{path} has no {MODEL_FILE}: the run did not finish; train it again")
         return run
+
+    def in_use(self) -> bool:
+        """Whether a process holds this run's lock now (is training or evaluating it)."""
+        try:
+            fd = os.open(self.file(LOCK_FILE), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._lock is not None:
