@@ -12,8 +12,9 @@ demo: venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
 	$(BIN)/fashionlab predict $(DEMO_RUN) --index 0 1 2
 
+# Test files run in parallel, a whole file per worker (its module fixtures are built once).
 test: venv dataset
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Side-by-side speed of the tutorial recipe. TensorFlow lives in its own venv: Keras imports
 # it whenever it is installed, which would slow every fashionlab start.

@@ -248,18 +248,15 @@ class _Worker:
 
 @contextlib.contextmanager
 def _ctrl_c_held() -> Iterator[None]:
-    """Ctrl-C ignored by the processes started in the block (they inherit that through exec, and
-    a worker leaves it so between tasks), and held back here: a Ctrl-C during the block reaches
-    this process's own handler when the block ends."""
-    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
-        yield
-        return
+    """Ctrl-C held back from this thread for the block. Processes started meanwhile inherit the
+    hold, so a Ctrl-C cannot interrupt them while they import (a worker drops it and lets go once
+    it ignores Ctrl-C between tasks); this process's own handler still sees it, through another
+    thread or when the block ends."""
     # Starting it resets this thread's signal mask, so it must run before the block, not in it.
     multiprocessing.resource_tracker.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        with _ctrl_c_ignored():  # while blocked, a Ctrl-C stays pending even though ignored
-            yield
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
@@ -279,7 +276,8 @@ def _ctrl_c_ignored() -> Iterator[None]:
 def _work(pipe: multiprocessing.connection.Connection, data: DataSource) -> None:
     """A worker process: train the tasks the parent hands out, one at a time, and report each."""
     # Ctrl-C reaches the whole process group: between tasks the parent alone handles it (a
-    # training's own handler stops it at a safe point). It arrives ignored and held back.
+    # training's own handler stops it at a safe point). Held back since start: ignoring it drops
+    # one that came while this process imported.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     stop, inbox = threading.Event(), queue.SimpleQueue()
