@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from helpers import TINY, write_dataset
 
-from fashionlab.config import TrainConfig
 from fashionlab.data import DataSource
 from fashionlab.errors import DataError
 
@@ -42,11 +41,3 @@ def tiny_run(tmp_path_factory, synthetic):
     from fashionlab.training import train
 
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
-
-
-@pytest.fixture(scope="session")
-def tutorial_run(tmp_path_factory, real_data):
-    """The tutorial's recipe, all 10 epochs, on the official data (about half a minute)."""
-    from fashionlab.training import train
-
-    return train(TrainConfig(), tmp_path_factory.mktemp("runs") / "tutorial", data=real_data, verbose=0)

@@ -109,13 +109,6 @@ def test_predict_argument_errors_name_the_python_arguments(tiny_run, synthetic):
         predict(tiny_run.run.path, indices=[0], top_k=11)
 
 
-@pytest.mark.realdata
-def test_the_tutorial_predictions_of_test_images_0_1_2(tutorial_run, real_data):
-    results = predict(tutorial_run.run.path, indices=[0, 1, 2], data=real_data)
-    assert [(r["class_id"], r["class_name"]) for r in results] == [(9, "Ankle boot"), (2, "Pullover"),
-                                                                   (1, "Trouser")]
-
-
 # --- unusual but valid images are predicted, not refused --------------------------------------
 
 def test_a_one_pixel_image_is_predicted(tmp_path):
@@ -199,17 +192,3 @@ def test_fuzz_truncated_valid_images(tmp_path, width, height, mode, seed, cut):
         assert result.shape == (28, 28)
 
 
-@pytest.mark.realdata
-def test_photos_on_white_are_recognized_like_the_test_images(tutorial_run, real_data, tmp_path):
-    """Test images turned into 'photos': dark garment on white, 8x larger, RGB JPEG, not square."""
-    x_test = real_data.test_images()
-    paths = []
-    for index in (0, 1, 2):
-        photo = Image.fromarray(255 - x_test[index]).resize((224, 224), Image.Resampling.BICUBIC)
-        canvas = Image.new("RGB", (300, 224), "white")
-        canvas.paste(photo.convert("RGB"), (38, 0))
-        canvas.save(tmp_path / f"photo{index}.jpg", quality=90)
-        paths.append(tmp_path / f"photo{index}.jpg")
-    from_photos = predict(tutorial_run.run.path, images=paths)
-    from_indices = predict(tutorial_run.run.path, indices=[0, 1, 2], data=real_data)
-    assert [r["class_name"] for r in from_photos] == [r["class_name"] for r in from_indices]
