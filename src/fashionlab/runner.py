@@ -177,7 +177,7 @@ class WorkerPool:
                     remaining.discard(index)
                     if kind == "failed":
                         raise payload
-                    if kind == "crashed":
+                    if kind != "done":  # "crashed": a bug, with the worker's traceback
                         raise RuntimeError(f"training {tasks[index].label} failed unexpectedly:\n{payload}")
                     worker.hand_out(todo)
                     on_done(payload)
