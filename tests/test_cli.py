@@ -2,8 +2,10 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import idx_bytes, replace_file, synthetic_arrays
@@ -178,3 +180,63 @@ def test_an_unfinished_run_names_the_resume_command_and_the_flag(tiny_run, tmp_p
     assert main(["evaluate", str(run)]) == 1
     err = capsys.readouterr().err
     assert f"finish it with fashionlab train --resume {run}, or pass --allow-incomplete" in err
+
+
+def test_an_unexpected_exception_is_one_line_and_marks_the_run_failed(tmp_path, synthetic, monkeypatch, capsys):
+    """The last line of defence: a bug (here a plot that fails) is an internal error, and the run says so."""
+    import fashionlab.training
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(fashionlab.training, "write_test_outputs", broken)
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--depth", "1", "--width", "4",
+            "--validation-size", "60", "--quiet", "--data-dir", str(synthetic.data_dir), "--no-verify"]
+    assert main(args) == 70
+    err = capsys.readouterr().err
+    assert err == ("fashionlab: internal error: ZeroDivisionError: division by zero second line; rerun with --debug "
+                   "for the traceback\n")
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed"
+    assert status["message"] == "internal error: ZeroDivisionError: division by zero second line"
+
+    args[2] = str(tmp_path / "run2")
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", *args])
+
+
+NOISY = """
+import sys, warnings
+import fashionlab.model
+def noisy(model):
+    warnings.warn("a library's warning", UserWarning)
+    return "the summary"
+fashionlab.model.summary_text = noisy
+from fashionlab.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_library_warnings_reach_the_terminal_only_with_debug(debug):
+    args = ["summary", "--depth", "1"] + (["--debug"] if debug else [])
+    result = subprocess.run([sys.executable, "-c", NOISY, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == "the summary\n"
+    assert ("a library's warning" in result.stderr) is debug, result.stderr
+
+
+def test_control_characters_in_messages_are_shown_escaped(tmp_path, capsys):
+    name = tmp_path / "evil\x1b[2Jname\nnext"
+    assert main(["evaluate", str(name)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "evil\\x1b[2Jname\\nnext" in err
+
+
+def test_sigterm_before_any_run_is_written_ends_quietly(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "fashionlab", "train", "--run-dir", str(tmp_path / "r"),
+                                "--data-dir", str(tmp_path / "no-data")], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing: before any run directory exists
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode in (1, 130, 143) and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()

@@ -152,17 +152,36 @@ def test_a_lead_beyond_both_spreads_is_called_a_lead():
 
 def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, synthetic):
     (tmp_path / "file").write_text("")
-    with pytest.raises(RunError, match="file is a file where a folder of runs should be; use another `out`"):
+    with pytest.raises(RunError, match="file exists and is not a folder; give `out` a new folder"):
         compare(tmp_path / "file", variants=TWO, seeds=1, base=BASE, data=synthetic)
     with pytest.raises(RunError, match="cannot use /proc/fashionlab-cmp as the comparison folder .*`out`"):
         compare("/proc/fashionlab-cmp", variants=TWO, seeds=1, base=BASE, data=synthetic)
     (tmp_path / "cmp2").mkdir()
     (tmp_path / "cmp2" / "scaled").write_text("")  # where the variant's runs should go
     with pytest.raises(RunError, match="is a file where a folder of runs should be; use another `out`"):
-        compare(tmp_path / "cmp2", variants=TWO, seeds=1, base=BASE, data=synthetic)
+        compare(tmp_path / "cmp2", variants=TWO, seeds=1, base=BASE, data=synthetic, force=True)
     with pytest.raises(ConfigError, match="`jobs` must be at least 1"):
         compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=0)
     with pytest.raises(ConfigError, match="give each of the `variants` once"):
         plan(tmp_path, ["raw", "raw"], 1, BASE)
     with pytest.raises(ConfigError, match="`seeds` must be at least 1"):
         plan(tmp_path, ["raw"], 0, BASE)
+
+
+def test_a_folder_compare_did_not_make_is_refused_unless_empty_or_forced(tmp_path, comparison, synthetic):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("my own page")
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(RunError, match=r"mine already holds files that compare did not write \(notes.txt, "
+                                       r"report.html\); .*or pass `force=True`"):
+        compare(mine, variants=TWO, seeds=1, base=BASE, data=synthetic)
+    assert (mine / "report.html").read_text() == "my own page" and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt", "report.html"]
+    run = comparison[0] / "scaled" / "seed-7"
+    with pytest.raises(RunError, match="is a training run's directory; give the comparison its own `out`"):
+        compare(run, variants=TWO, seeds=1, base=BASE, data=synthetic, force=True)
+    (tmp_path / "link").symlink_to(mine)
+    with pytest.raises(RunError, match="link exists and is not a folder"):
+        compare(tmp_path / "link", variants=TWO, seeds=1, base=BASE, data=synthetic)
+

@@ -3,7 +3,18 @@ from typing import Literal
 
 import pytest
 
-from fashionlab.config import FIELDS, TYPES, FieldType, TrainConfig, field_type, from_dict, load_config
+from fashionlab.config import (
+    FIELDS,
+    TYPES,
+    FieldType,
+    TrainConfig,
+    check_runnable,
+    field_type,
+    from_dict,
+    load_config,
+    parameter_estimate,
+    training_bytes,
+)
 from fashionlab.errors import ConfigError
 
 
@@ -53,14 +64,64 @@ def test_train_table_and_run_config_json_are_accepted(tmp_path):
     ({"batch_norm": 1}, "batch_norm must be str"),
     ({"scale_inputs": "yes"}, "scale_inputs must be bool"),
     ({"scale_inputs": 1}, "scale_inputs must be bool"),
-    ({"name": "../x"}, "cannot be part of a directory name"),
-    ({"name": ""}, "cannot be part of a directory name"),
+    ({"name": "../x"}, "name '../x' cannot be used"),
+    ({"name": ""}, "name '' cannot be used"),
+    ({"name": "$x^2$"}, "cannot be used"),  # matplotlib math text
+    ({"name": "a\x00b"}, "cannot be used"),
+    ({"name": "a\nb"}, "cannot be used"),
+    ({"name": "\x1b[31mred"}, "cannot be used"),
+    ({"name": "=cmd"}, "cannot be used"),  # a spreadsheet formula in results.csv
+    ({"name": "x" * 65}, "cannot be used"),
+    ({"name": "-rf"}, "cannot be used"),
+    ({"seed": 2**32}, "seed must be at most 4,294,967,295"),
+    ({"depth": 1001}, "depth must be at most 1,000"),
+    ({"epochs": 10**5000}, "epochs must be at most 100,000, got a number too large to print"),
 ])
 def test_bad_values_are_rejected_with_the_reason(values, message):
     with pytest.raises(ConfigError) as info:
         from_dict(values)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["tutorial", "bn-after.v2", "实验_1", "9"])
+def test_names_of_letters_digits_and_separators_are_kept(name):
+    assert TrainConfig(name=name).name == name
+
+
+@pytest.mark.parametrize("values, train_images, message", [
+    ({"validation_size": 360}, 360, "validation_size 360 leaves no training images out of the 360"),
+    ({"validation_size": 60, "train_samples": 301}, 360, "train_samples 301 is more than the 300 training images"),
+    ({"validation_size": 60, "batch_size": 301}, 360, "batch_size 301 is larger than the 300 training images"),
+    ({"validation_size": 60, "train_samples": 50, "batch_size": 51}, 360, "larger than the 50 training images"),
+])
+def test_configs_the_data_cannot_run_are_refused(values, train_images, message):
+    with pytest.raises(ConfigError, match=message):
+        check_runnable(TrainConfig(**values), train_images=train_images, free_memory=None)
+
+
+def test_the_largest_runnable_batch_and_sample_counts_pass():
+    check_runnable(TrainConfig(validation_size=60, train_samples=300, batch_size=300), train_images=360,
+                   free_memory=None)
+    check_runnable(TrainConfig(validation_size=359, batch_size=1), train_images=360, free_memory=None)
+
+
+def test_networks_larger_than_free_memory_are_refused():
+    config = TrainConfig(width=20000, depth=30)
+    need = training_bytes(config, 55000)
+    with pytest.raises(ConfigError, match=r"depth 30 x width 20000 \(11,\d{3},\d{3},\d{3} weights\) needs about"):
+        check_runnable(config, train_images=60000, free_memory=need)
+    check_runnable(config, train_images=60000, free_memory=2 * need)
+    check_runnable(config, train_images=60000, free_memory=None)  # unknown: not judged
+
+
+@pytest.mark.parametrize("values", [{}, {"batch_norm": "none"}, {"batch_norm": "before", "depth": 3, "width": 7}])
+def test_the_parameter_estimate_is_the_built_networks_count(values):
+    from fashionlab.model import build_model, parameter_counts
+    from fashionlab.preprocessing import Scaler
+
+    config = TrainConfig(**values)
+    assert parameter_estimate(config) == parameter_counts(build_model(config, Scaler(0.0, 1.0)))["total"]
 
 
 def test_unreadable_config_files_are_refused(tmp_path):

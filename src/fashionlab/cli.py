@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
+import logging
 import os
 import re
 import shlex
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
@@ -19,6 +23,7 @@ from fashionlab.compare import DEFAULT_VARIANTS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted
+from fashionlab.interrupts import stop_requests
 
 MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
 # compare sets the name and the series' keys itself, per variant.
@@ -109,6 +114,11 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    with stop_requests():  # from the start: a signal while Keras imports is a stop request too
+        _train(args)
+
+
+def _train(args: argparse.Namespace) -> None:
     verbose = 0 if args.quiet else None
     if args.resume:
         given = [name for name in FIELDS if hasattr(args, name)]
@@ -157,12 +167,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from fashionlab.compare import compare
-
     base = _config_from(args)
     try:
-        result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, jobs=args.jobs,
-                         data=_data_from(args), progress=lambda line: print(line, flush=True))
+        with stop_requests():  # from the start: a signal while Keras imports is a stop request too
+            from fashionlab.compare import compare
+
+            result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, jobs=args.jobs,
+                             data=_data_from(args), force=args.force, progress=lambda line: print(line, flush=True))
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished runs are kept in {args.out}: run the same command again "
                           f"to resume") from None
@@ -196,9 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionlab", description="Fashion-MNIST with a deep batch-normalized "
                                      "MLP, as in the tf.keras tutorial: train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show library warnings, and the traceback of an internal error")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model into a new run directory")
+    train = commands.add_parser("train", parents=[debug], help="train a model into a new run directory")
     train.add_argument("--config", metavar="FILE", help="TOML file (or a run's config.json) of recipe keys")
     train.add_argument("--run-dir", metavar="PATH", help="where to write the run (default: runs/<time>-<name>)")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted or failed run from its last "
@@ -208,14 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(train)
     train.set_defaults(command_parser=train, handler=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="test loss, accuracy, per-class scores, confusion matrix")
+    evaluate = commands.add_parser("evaluate", parents=[debug],
+                                   help="test loss, accuracy, per-class scores, confusion matrix")
     evaluate.add_argument("run", metavar="RUN", help="run directory")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(evaluate)
     evaluate.set_defaults(command_parser=evaluate, handler=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="class names for test images or your own image files")
+    predict = commands.add_parser("predict", parents=[debug],
+                                  help="class names for test images or your own image files")
     predict.add_argument("run", metavar="RUN", help="run directory")
     predict.add_argument("images", metavar="IMAGE", nargs="*", help="PNG/JPEG files to classify")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
@@ -228,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(predict)
     predict.set_defaults(command_parser=predict, handler=cmd_predict)
 
-    compare = commands.add_parser("compare", help="train variants x seeds and report mean and spread")
+    compare = commands.add_parser("compare", parents=[debug], help="train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                          metavar="VARIANT", help=f"from {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})")
     compare.add_argument("--seeds", type=_int_between(1), default=3, metavar="N",
@@ -238,24 +255,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
     compare.add_argument("--config", metavar="FILE", help="TOML file of shared recipe keys")
+    compare.add_argument("--force", action="store_true",
+                         help="write into an --out folder that holds other files (same-named ones are replaced)")
     _add_data_options(compare)
     _add_config_options(compare, COMPARE_KEYS)
     compare.set_defaults(command_parser=compare, handler=cmd_compare)
 
-    summary = commands.add_parser("summary", help="print the network's layers and parameter counts")
+    summary = commands.add_parser("summary", parents=[debug], help="print the network's layers and parameter counts")
     _add_config_options(summary, MODEL_KEYS)
     summary.set_defaults(command_parser=summary, handler=cmd_summary)
 
-    data_parser = commands.add_parser("data", help="find, check or download the dataset")
+    data_parser = commands.add_parser("data", parents=[debug], help="find, check or download the dataset")
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    info = data_commands.add_parser("info", help="shapes, pixel range and class counts")
+    info = data_commands.add_parser("info", parents=[debug], help="shapes, pixel range and class counts")
     info.add_argument("--validation-size", type=_int_between(1), default=5000, metavar="N")
     _add_data_options(info)
     info.set_defaults(command_parser=info, handler=cmd_data_info)
-    path = data_commands.add_parser("path", help="print the folder the dataset is read from")
+    path = data_commands.add_parser("path", parents=[debug], help="print the folder the dataset is read from")
     path.add_argument("--data-dir", metavar="DIR")
     path.set_defaults(command_parser=path, handler=cmd_data_path)
-    download = data_commands.add_parser("download", help="fetch and verify the files (needs network)")
+    download = data_commands.add_parser("download", parents=[debug], help="fetch and verify the files (needs network)")
     download.add_argument("--dest", metavar="DIR", help="target folder (default: the Keras cache)")
     download.add_argument("--url", default=data.DEFAULT_URL,
                           help="base URL of a mirror holding the four .gz files")
@@ -263,12 +282,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escapes, newlines inside a name) shown as escapes."""
+    return CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+INTERNAL_ERROR_CODE = 70  # EX_SOFTWARE: a bug in fashionlab, not a problem with the input
+
+
+@contextlib.contextmanager
+def _command_environment(debug: bool) -> Iterator[None]:
+    """For one command: library warnings and logs off the terminal unless `debug` (worker
+    processes inherit this through the environment)."""
+    for stream in (sys.stdout, sys.stderr):  # names that are not valid text still print
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    saved_environ = {k: os.environ.get(k) for k in ("PYTHONWARNINGS", "TF_CPP_MIN_LOG_LEVEL")}
+    saved_logging = logging.root.manager.disable
+    with warnings.catch_warnings():
+        if not debug:
+            os.environ["PYTHONWARNINGS"] = "ignore"
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(saved_logging)
+            for key, value in saved_environ.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _command_environment(args.debug):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.handler(args)
     except FashionlabError as exc:
-        print(f"fashionlab: error: {in_cli_terms(exc, flags_of(args.command_parser))}", file=sys.stderr)
+        print(f"fashionlab: error: {printable(in_cli_terms(exc, flags_of(args.command_parser)))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fashionlab: interrupted", file=sys.stderr)
@@ -276,4 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:  # the last line of defence: a bug, said in one line
+        if args.debug:
+            raise
+        reason = printable(" ".join(str(exc).split()))[:300]
+        print(f"fashionlab: internal error: {type(exc).__name__}: {reason}; rerun with --debug for the traceback",
+              file=sys.stderr)
+        return INTERNAL_ERROR_CODE
     return 0

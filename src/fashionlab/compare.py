@@ -6,6 +6,7 @@ with their spread, and a conclusion that says only what the numbers show.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from typing import Any
 import pandas as pd
 
 from fashionlab import runner
-from fashionlab.config import TrainConfig
+from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
+from fashionlab.provenance import available_memory
 from fashionlab.runner import Done, Task
 from fashionlab.runs import Run
 
@@ -105,6 +107,32 @@ def conclusion(summary: pd.DataFrame) -> list[str]:
 
 # --- the whole comparison ----------------------------------------------------------------------
 
+MARKER = "compare.json"  # written first into every comparison folder: its settings
+
+
+def check_output_folder(out: Path, *, force: bool) -> None:
+    """Refuse to write into a folder that is not a comparison's, unless it is empty or `force`;
+    never into a training run's directory (its report.html would be overwritten)."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; give `out` a new folder", terms=["out"])
+    if any(os.path.lexists(out / name) for name in ("run.json", "config.json")):
+        raise RunError(f"{out} is a training run's directory; give the comparison its own `out` folder",
+                       terms=["out"])
+    if force or os.path.lexists(out / MARKER):
+        return
+    try:
+        found = sorted(entry.name for entry in os.scandir(out))
+    except OSError as exc:
+        raise RunError(f"cannot read {out} ({exc.strerror or exc}); give `out` another folder", terms=["out"]) \
+            from None
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise RunError(f"{out} already holds files that compare did not write ({shown}); give `out` a new or empty "
+                       f"folder, or pass `force=True` to write into it anyway", terms=["out", "force=True"])
+
+
 @dataclass(frozen=True)
 class CompareResult:
     out: Path
@@ -116,19 +144,24 @@ class CompareResult:
 
 
 def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
-            base: TrainConfig | None = None, jobs: int = 1, data: DataSource = DataSource(),
+            base: TrainConfig | None = None, jobs: int = 1, data: DataSource = DataSource(), force: bool = False,
             progress: Callable[[str], None] = lambda line: None) -> CompareResult:
     """Train every variant x seed not yet finished under `out`, then write the comparison files:
     results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
-    reuses finished runs and resumes unfinished ones; runs made with other settings are refused."""
+    reuses finished runs and resumes unfinished ones; runs made with other settings are refused.
+    A folder that compare did not make is used only if empty, or with `force`."""
     from fashionlab.reports import write_comparison_outputs
 
     base = base or TrainConfig()
     if jobs < 1:
         raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
     out = Path(out)
+    check_output_folder(out, force=force)
     tasks = plan(out, list(variants), seeds, base)
     data = data.located()  # fail before any work if the data is missing; every run reads the same files
+    train_images, free_memory = data.train_count(), available_memory()
+    for task in tasks:
+        check_runnable(task.config, train_images=train_images, free_memory=free_memory)
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
     if conflict:
@@ -142,7 +175,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
         raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
                        f"give `out` a folder", terms=["out"]) from None
     folder = Run(out)  # the comparison's own files get the same atomic writes as a run's
-    folder.write_json("compare.json", {"variants": list(variants), "seeds": seeds, "jobs": jobs,
+    folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs,
                                        "base": base.to_dict()})
     finished = len(tasks) - len(todo)
 
@@ -159,10 +192,8 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     results = runner.results(tasks)
     summary = summarize(results)
     statements = conclusion(summary)
-    histories = {v: [pd.read_csv(t.run_dir / "history.csv") for t in tasks if t.tags["variant"] == v]
-                 for v in variants}
-    confusions = {v: sum(pd.read_csv(t.run_dir / "confusion_matrix.csv", index_col=0).to_numpy()
-                         for t in tasks if t.tags["variant"] == v) for v in variants}
+    histories = {v: [Run(t.run_dir).history() for t in tasks if t.tags["variant"] == v] for v in variants}
+    confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in variants}
     write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
                              confusions=confusions)
     if todo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fashionlab.errors import ConfigError
+from fashionlab.files import read_text
+from fashionlab.records import shown
 
 Activation = Literal["relu", "selu", "elu", "tanh", "sigmoid", "gelu", "swish"]
 BatchNorm = Literal["after", "before", "none"]
@@ -28,19 +31,25 @@ Initializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_unifor
 Optimizer = Literal["sgd", "adam", "rmsprop", "nadam", "adamw"]
 Engine = Literal["auto", "compiled", "keras"]
 
-NAME_FORBIDDEN = '/\\:*?"<>|'
+# A name becomes part of file names, plot titles, CSV cells and terminal lines: letters (any
+# script), digits, "_", "-" and "." only, so that none of them can read it as anything else.
+NAME_PATTERN = re.compile(r"[^\W_][\w.-]{0,63}")
+MAX_CONFIG_BYTES = 1024 * 1024
+SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeding take 32-bit seeds
 
 
-def opt(default: Any, help: str, *, minimum: float | None = None, above: float | None = None,
-        check: Callable[[Any], str | None] | None = None) -> Any:
-    """A config field with its one-line help (the CLI shows it) and its bounds: `minimum`
-    (inclusive), `above` (exclusive) and `check`, which returns what is wrong or None."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "above": above, "check": check})
+def opt(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+        above: float | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A config field with its one-line help (the CLI shows it) and its bounds: `minimum` and
+    `maximum` (inclusive), `above` (exclusive) and `check`, which returns what is wrong or None."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "above": above,
+                                            "check": check})
 
 
 def _check_name(name: str) -> str | None:
-    if not name or name.startswith(".") or any(c in name for c in NAME_FORBIDDEN):
-        return f"name {name!r} cannot be part of a directory name; use letters, digits, - or _"
+    if not NAME_PATTERN.fullmatch(name):
+        return (f"name {shown(name)} cannot be used: it must start with a letter or digit and hold at most 64 "
+                f"letters, digits, '_', '-' or '.'")
     return None
 
 
@@ -49,20 +58,21 @@ class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the tutorial."""
 
     name: str = opt("tutorial", "label used in the run directory name and reports", check=_check_name)
-    depth: int = opt(20, "hidden Dense layers", minimum=1)
-    width: int = opt(100, "units per hidden layer", minimum=1)
+    depth: int = opt(20, "hidden Dense layers", minimum=1, maximum=1000)
+    width: int = opt(100, "units per hidden layer", minimum=1, maximum=65536)
     activation: Activation = opt("relu", "hidden-layer activation")
     batch_norm: BatchNorm = opt("after", "after: Dense(act)+BN (tutorial); before: Dense+BN+act; none")
     kernel_initializer: Initializer = opt("glorot_uniform", "Dense kernel initializer; SELU wants lecun_normal")
     scale_inputs: bool = opt(True, "standardize pixels with the training set's mean and std")
     optimizer: Optimizer = opt("sgd", "the tutorial compiles with optimizer='sgd'")
     learning_rate: float = opt(0.01, "learning rate (Keras' SGD default)", above=0)
-    batch_size: int = opt(32, "images per step (Keras' fit default)", minimum=1)
-    epochs: int = opt(10, "passes over the training set", minimum=1)
-    seed: int = opt(42, "same seed, same machine: same history", minimum=0)
+    batch_size: int = opt(32, "images per step (Keras' fit default)", minimum=1, maximum=10**7)
+    epochs: int = opt(10, "passes over the training set", minimum=1, maximum=100_000)
+    seed: int = opt(42, "same seed, same machine: same history", minimum=0, maximum=SEED_MAX)
     shuffle: bool = opt(True, "reshuffle the training set every epoch, as fit does")
-    validation_size: int = opt(5000, "the first N training images are held out for validation", minimum=1)
-    train_samples: int = opt(0, "use only the first N remaining training images; 0 = all", minimum=0)
+    validation_size: int = opt(5000, "the first N training images are held out for validation", minimum=1,
+                               maximum=10**7)
+    train_samples: int = opt(0, "use only the first N remaining training images; 0 = all", minimum=0, maximum=10**7)
     engine: Engine = opt("auto", "auto: compiled on JAX, else keras; compiled: on-device loop; keras: model.fit")
 
     def __post_init__(self) -> None:
@@ -121,7 +131,7 @@ def validate_field(f: dataclasses.Field, value: Any) -> Any:
     else:
         wrong_type = wrong_type or not isinstance(value, kind.base)
     if wrong_type:
-        raise ConfigError(f"{f.name} must be {kind.base.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{f.name} must be {kind.base.__name__}, got {type(value).__name__} {shown(value)}")
     if kind.base is float:
         try:
             value = float(value)
@@ -130,12 +140,14 @@ def validate_field(f: dataclasses.Field, value: Any) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{f.name} must be a finite number, got {value}")
     if kind.choices is not None and value not in kind.choices:
-        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, kind.choices))}; got {value!r}")
+        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, kind.choices))}; got {shown(value)}")
     meta = f.metadata
     if meta.get("minimum") is not None and value < meta["minimum"]:
-        raise ConfigError(f"{f.name} must be at least {meta['minimum']}, got {value}")
+        raise ConfigError(f"{f.name} must be at least {meta['minimum']}, got {shown(value)}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise ConfigError(f"{f.name} must be at most {meta['maximum']:,}, got {shown(value)}")
     if meta.get("above") is not None and value <= meta["above"]:
-        raise ConfigError(f"{f.name} must be greater than {meta['above']}, got {value}")
+        raise ConfigError(f"{f.name} must be greater than {meta['above']}, got {shown(value)}")
     problem = meta["check"](value) if meta.get("check") else None
     if problem:
         raise ConfigError(problem)
@@ -159,14 +171,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        text = read_text(path, what="config file", error=ConfigError, limit=MAX_CONFIG_BYTES)
         try:
-            text = path.read_text(encoding="utf-8")
             values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; check the path") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from None
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise ConfigError(f"config file {path} nests too deeply; it is not a fashionlab config") from None
+        except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: JSON, or an int too long
             raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
                               f"{exc}") from None
         if not isinstance(values, dict):
@@ -175,3 +185,50 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             values = values["train"]  # a [train] table is accepted too
     values.update(overrides or {})
     return from_dict(values)
+
+
+# --- what a config costs ---------------------------------------------------------------------
+
+# Optimizer state per weight (SGD without momentum keeps none), for the memory estimate.
+OPTIMIZER_SLOTS = {"sgd": 0, "rmsprop": 1, "adam": 2, "nadam": 2, "adamw": 2}
+
+
+def parameter_estimate(config: TrainConfig) -> int:
+    """The network's weight count, from the config alone (build_model gives the same)."""
+    hidden = 28 * 28 * config.width + (config.depth - 1) * config.width**2 + config.depth * config.width
+    batch_norm = 4 * config.width * config.depth if config.batch_norm != "none" else 0
+    return hidden + batch_norm + config.width * 10 + 10
+
+
+def training_bytes(config: TrainConfig, train_images: int) -> int:
+    """About how much memory training `config` on `train_images` images takes: weights, their
+    gradients, optimizer state and a compiled copy, the activations of a batch (kept for the
+    backward pass), and the images on the device. Within a factor of two or so; used to refuse
+    networks that cannot fit before building them."""
+    weights = 4 * parameter_estimate(config) * (3 + OPTIMIZER_SLOTS[config.optimizer])
+    activations = 4 * 4 * max(config.batch_size, 1000) * config.width * config.depth
+    return weights + activations + 2 * 28 * 28 * train_images
+
+
+def check_runnable(config: TrainConfig, *, train_images: int, free_memory: int | None) -> None:
+    """Refuse, before any work, a config that the data or this machine cannot run.
+
+    `train_images`: how many images the training file holds, validation included;
+    `free_memory`: bytes free now (None: unknown, not checked).
+    """
+    left = train_images - config.validation_size
+    if left < 1:
+        raise ConfigError(f"validation_size {config.validation_size:,} leaves no training images out of the "
+                          f"{train_images:,} in the data; lower it")
+    if config.train_samples > left:
+        raise ConfigError(f"train_samples {config.train_samples:,} is more than the {left:,} training images left "
+                          f"after validation_size {config.validation_size:,}; lower it, or use 0 for all of them")
+    used = config.train_samples or left
+    if config.batch_size > used:
+        raise ConfigError(f"batch_size {config.batch_size:,} is larger than the {used:,} training images; "
+                          f"use at most {used:,}")
+    need, free = training_bytes(config, used), free_memory
+    if free is not None and need > 0.8 * free:
+        raise ConfigError(f"a network of depth {config.depth} x width {config.width} "
+                          f"({parameter_estimate(config):,} weights) needs about {need / 2**30:.1f} GiB to train, more "
+                          f"than the {free / 2**30:.1f} GiB of memory free here; make it smaller")

@@ -20,6 +20,7 @@ import numpy as np
 
 from fashionlab import CLASS_NAMES
 from fashionlab.errors import DataError
+from fashionlab.files import open_regular
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 ROWS = COLS = 28
@@ -36,6 +37,7 @@ FILE_NAMES = tuple(OFFICIAL_SHA256)
 # Largest legitimate file (60,000 images) is 47,040,016 bytes; anything that inflates past
 # this cap is refused before it can fill memory (a decompression bomb).
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024  # the largest official .gz is 26,421,880 bytes
 DEFAULT_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HOW_TO_GET_DATA = (
@@ -87,6 +89,12 @@ class DataSource:
     def test_images(self) -> np.ndarray:
         return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify)
 
+    def train_count(self) -> int:
+        """How many training images (validation included) there are, from the training files,
+        read and validated: a config is checked against this before any work."""
+        return len(load_arrays(self.locate(), self.verify, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"))
+                   ["train-images-idx3-ubyte"])
+
 
 def keras_cache_dir() -> Path:
     home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
@@ -134,7 +142,7 @@ def find_data_dir(data_dir: str | Path | None = None) -> Path:
 def read_bytes(path: Path) -> bytes:
     """The decompressed content of an IDX file, gzip-compressed or not, size-capped."""
     try:
-        with open(path, "rb") as raw:
+        with open_regular(path, what="dataset file", error=DataError, limit=MAX_DECOMPRESSED_BYTES) as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -182,10 +190,12 @@ def load_file(directory: Path, name: str, verify: bool = True) -> np.ndarray:
     return parse_idx(content, "images" if "images" in name else "labels", str(path))
 
 
-def load_arrays(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
-    """The four files as arrays, keyed by file name, with the pairs' counts checked."""
-    arrays = {name: load_file(directory, name, verify) for name in FILE_NAMES}
+def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = FILE_NAMES) -> dict[str, np.ndarray]:
+    """The files (all four by default) as arrays, keyed by file name, with the pairs' counts checked."""
+    arrays = {name: load_file(directory, name, verify) for name in names}
     for prefix in ("train", "t10k"):
+        if f"{prefix}-images-idx3-ubyte" not in arrays:
+            continue
         n_images = len(arrays[f"{prefix}-images-idx3-ubyte"])
         n_labels = len(arrays[f"{prefix}-labels-idx1-ubyte"])
         if n_images != n_labels:
@@ -202,6 +212,9 @@ def load_splits(directory: Path, validation_size: int = 5000, train_samples: int
         raise DataError(f"validation_size {validation_size} leaves no training images out of {len(x_all)}; "
                         f"lower it")
     x_train, y_train = x_all[validation_size:], y_all[validation_size:]
+    if train_samples > len(x_train):
+        raise DataError(f"train_samples {train_samples} is more than the {len(x_train)} training images left after "
+                        f"validation_size {validation_size}; lower it")
     if train_samples:
         x_train, y_train = x_train[:train_samples], y_train[:train_samples]
     return Splits(x_train, y_train, x_all[:validation_size], y_all[:validation_size],
@@ -225,7 +238,8 @@ def describe(splits: Splits) -> str:
 def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
     """Fetch the four files from the folder at `url`, verify each, then move them into `dest` (all or nothing)."""
     dest = Path(dest) if dest is not None else keras_cache_dir()
-    created = not dest.exists()
+    # The outermost folder this call creates: removed again if the download fails.
+    created = next((p for p in reversed([dest, *dest.parents]) if not os.path.lexists(p)), None)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
@@ -238,7 +252,11 @@ def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 
             try:
                 with urllib.request.urlopen(address, timeout=timeout) as response, \
                         open(staging / f"{name}.gz", "wb") as out:
-                    shutil.copyfileobj(response, out)
+                    while chunk := response.read(1 << 20):
+                        if out.tell() + len(chunk) > MAX_DOWNLOAD_BYTES:
+                            raise DataError(f"{address} is larger than {MAX_DOWNLOAD_BYTES:,} bytes, far more than "
+                                            f"the official file; check `url`", terms=["url"])
+                        out.write(chunk)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 raise DataError(f"cannot download {address} ({reason}); check the network and `url`, or install "
@@ -253,8 +271,8 @@ def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
     except BaseException:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)  # leave no trace of a failed download
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)  # leave no trace of a failed download
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
@@ -69,13 +68,13 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
 
     Run.open(run_dir, allow_incomplete=allow_incomplete)  # refuses what is not a (finished) run
     with Run.acquire(run_dir) as run:
-        config = run.read_json("config.json")
+        config = run.config()
+        history = run.history()
         model = run.load_model()
-        splits = data.splits(config["validation_size"])
+        splits = data.splits(config.validation_size)
         proba = predict_proba(model, splits.x_test)
         report = metrics_from_proba(splits.y_test, proba)
-        history = pd.read_csv(run.file("history.csv"))
-        write_test_outputs(run, config=config, history=history, report=report, x_test=splits.x_test,
+        write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
                            y_test=splits.y_test, proba=proba)
     return {"run": str(run.path), **report}
 

@@ -15,11 +15,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, ImageError
+from fashionlab.files import open_regular
 from fashionlab.runs import Run
 
 # Pillow warns at 89 MP and fails at twice that; a garment photo needs far fewer, and
 # checking the header first stops a decompression bomb before any pixel is decoded.
 MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 128 * 1024 * 1024
 TRIM_LEVEL = 40  # of 255: darker pixels count as background when trimming
 
 
@@ -58,23 +60,23 @@ def prepare_image(image: Image.Image, invert: bool | None = None) -> np.ndarray:
 def load_image(path: str | Path, invert: bool | None = None) -> np.ndarray:
     """Read a PNG/JPEG/GIF/... file (first frame) and prepare it for the model."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image; pass image files")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageError(f"{path} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel limit; "
-                                 f"downscale it first")
-            image.seek(0)
-            image.load()
-            return prepare_image(image, invert)
-    except FileNotFoundError:
-        raise ImageError(f"{path} does not exist; check the path") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image Pillow can read; pass a PNG or JPEG file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path} cannot be decoded ({exc}); the file is damaged or truncated") from None
+    with open_regular(path, what="image", error=ImageError, limit=MAX_IMAGE_BYTES) as handle:
+        try:
+            with Image.open(handle) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageError(f"{path} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel "
+                                     f"limit; downscale it first")
+                image.seek(0)
+                image.load()
+                return prepare_image(image, invert)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(f"{path} is not an image Pillow can read; pass a PNG or JPEG file") from None
+        except Exception as exc:  # a decoder's failure on a damaged file can be of any type
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise ImageError(f"{path} cannot be decoded ({reason}); the file is damaged or truncated") from None
 
 
 def top_k(proba: np.ndarray, k: int) -> list[dict[str, Any]]:

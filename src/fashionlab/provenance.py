@@ -51,3 +51,15 @@ def machine_info(with_device: bool = True) -> dict[str, Any]:
 
             info["device"] = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
     return info
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new process now (Linux' MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

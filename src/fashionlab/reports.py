@@ -67,6 +67,14 @@ def table_tag(frame: pd.DataFrame, index: bool = True) -> str:
     return frame.to_html(index=index, border=0, escape=True, float_format=lambda v: f"{v:.4f}")
 
 
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (=, +, -, @ first) prefixed with '."""
+    def safe(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+    return frame.apply(lambda column: column.map(safe) if column.dtype == object else column)
+
+
 def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
     body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}" for heading, content in sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -168,7 +176,7 @@ def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.
                              confusions: Mapping[str, np.ndarray]) -> None:
     """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically."""
     curves = plots.png_bytes(plots.comparison_curves_figure(histories))
-    folder.write_with("results.csv", lambda tmp: results.to_csv(tmp, index=False))
+    folder.write_with("results.csv", lambda tmp: csv_safe(results).to_csv(tmp, index=False))
     folder.write_text("summary.md", summary_markdown(summary) + "\n" + "\n\n".join(statements) + "\n")
     folder.write_with("curves.png", lambda tmp: tmp.write_bytes(curves))
     folder.write_text("report.html", comparison_report_html(summary=summary, results=results, curves_png=curves,

@@ -324,8 +324,8 @@ def results(tasks: Sequence[Task]) -> pd.DataFrame:
     rows = []
     for task in tasks:
         run = Run(task.run_dir)
-        metrics = run.read_json("metrics.json")
-        first_epoch = pd.read_csv(run.file("history.csv")).iloc[0]
+        metrics = run.metrics()
+        first_epoch = run.history().iloc[0]
         rows.append({
             **task.tags,
             "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],

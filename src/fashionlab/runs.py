@@ -8,24 +8,41 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
+import re
+import shutil
+import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fashionlab.errors import RunError, resume_call
+import numpy as np
+import pandas as pd
+
+from fashionlab import CLASS_NAMES
+from fashionlab.config import TrainConfig, from_dict
+from fashionlab.errors import ConfigError, RunError, resume_call
+from fashionlab.files import kind_of, open_regular, read_text
+from fashionlab.records import HistoryRow, Metrics, Status, first_problem
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_PREFIX = "checkpoint-epoch"  # checkpoint-epoch3.keras: the model after epoch 3
+CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"([1-9][0-9]{0,8})\.keras")
 STATUS_FILE = "run.json"
 LOCK_FILE = ".lock"
 STATUSES = ("running", "complete", "failed", "interrupted")
 # A .keras archive of this network is ~3.5 MB; refuse archives that would inflate past this.
 MAX_MODEL_UNCOMPRESSED_BYTES = 512 * 1024 * 1024
+MAX_MODEL_CONFIG_BYTES = 16 * 1024 * 1024  # the config.json inside an archive
+# What a model archive may declare before Keras builds it (building allocates every weight).
+MAX_MODEL_PARAMETERS = 100_000_000
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # run.json, config.json, metrics.json, history.csv, ...
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -86,15 +103,24 @@ class Run:
     def acquire(cls, path: str | Path) -> Run:
         """Lock an existing run directory for writing; refused while another process holds it."""
         path = Path(path)
-        try:
-            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:  # never through a link: the lock file is created only inside the run directory
+            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o666 & ~_UMASK)
         except OSError as exc:
-            raise RunError(f"cannot write to run directory {path}: {exc.strerror or exc}")
+            reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+            raise RunError(f"cannot lock run directory {path} ({LOCK_FILE}: {reason}); "
+                           f"remove {path / LOCK_FILE} if it is not a plain file") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise RunError(f"cannot lock run directory {path}: {LOCK_FILE} is {kind_of(mode)}; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = Run(path).status().get("pid", "?")
+            pid = "?"
+            with contextlib.suppress(RunError):
+                pid = Run(path).status().get("pid", "?")
             raise RunError(f"{path} is in use by another fashionlab process (pid {pid}); "
                            f"wait for it to finish") from None
         return cls(path, fd)
@@ -127,7 +153,7 @@ class Run:
     def in_use(self) -> bool:
         """Whether a process holds this run's lock now (is training or evaluating it)."""
         try:
-            fd = os.open(self.file(LOCK_FILE), os.O_RDONLY)
+            fd = os.open(self.file(LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return False
         try:
@@ -171,23 +197,81 @@ class Run:
     def write_json(self, name: str, data: Any) -> Path:
         return self.write_text(name, json.dumps(data, indent=2) + "\n")
 
-    def read_json(self, name: str) -> Any:
+    def read_text(self, name: str) -> str:
+        """One of the run's own files: a regular file inside the directory (never a link), size-capped."""
+        return read_text(self.file(name), what="run file", error=RunError, limit=MAX_TEXT_BYTES, follow_links=False)
+
+    def damaged(self, name: str, problem: str) -> RunError:
+        return RunError(f"{self.file(name)}: {problem}; the run directory is damaged, restore the file or "
+                        f"train the run again")
+
+    def read_json(self, name: str, schema: Any = None) -> Any:
+        """A JSON file of the run, checked against `schema` (see records.py) when one is given."""
         try:
-            return json.loads(self.file(name).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RunError(f"cannot read {self.file(name)}: {exc}; the run directory is damaged") from None
+            value = json.loads(self.read_text(name))
+        except (ValueError, RecursionError) as exc:
+            raise self.damaged(name, f"not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+        problem = first_problem(value, schema) if schema is not None else None
+        if problem:
+            raise self.damaged(name, problem)
+        return value
+
+    def config(self) -> TrainConfig:
+        """config.json as the config it records."""
+        values = self.read_json("config.json")
+        if not isinstance(values, dict):
+            raise self.damaged("config.json", "it must hold a table of keys and values")
+        try:
+            return from_dict(values)
+        except ConfigError as exc:
+            raise self.damaged("config.json", str(exc)) from None
+
+    def metrics(self) -> dict[str, Any]:
+        return self.read_json("metrics.json", Metrics)
+
+    def history(self) -> pd.DataFrame:
+        """history.csv: one row per finished epoch, numbered from 1."""
+        try:
+            frame = pd.read_csv(io.StringIO(self.read_text("history.csv")))
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise self.damaged("history.csv", f"not a readable CSV table ({' '.join(str(exc).split())[:120]})") \
+                from None
+        rows = frame.to_dict("records")
+        problem = next(filter(None, (first_problem(_plain(row), HistoryRow, f"row {i + 1}")
+                                     for i, row in enumerate(rows))), None)
+        if problem is None and not rows:
+            problem = "it holds no epochs"
+        if problem is None and [row["epoch"] for row in rows] != list(range(1, len(rows) + 1)):
+            problem = "its epochs must be numbered 1, 2, 3, ... one row each"
+        if problem:
+            raise self.damaged("history.csv", problem)
+        return frame
+
+    def confusion(self) -> np.ndarray:
+        """confusion_matrix.csv as a 10 x 10 array of counts (rows: true class)."""
+        try:
+            frame = pd.read_csv(io.StringIO(self.read_text("confusion_matrix.csv")), index_col=0)
+            matrix = frame.to_numpy()
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise self.damaged("confusion_matrix.csv", f"not a readable CSV table ({exc})") from None
+        if matrix.shape != (len(CLASS_NAMES),) * 2 or matrix.dtype.kind not in "iu" or (matrix < 0).any():
+            raise self.damaged("confusion_matrix.csv", "it must hold a 10 x 10 table of counts")
+        return matrix
 
     # --- status ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """run.json; without one, a folder with metrics.json counts as complete (older runs)."""
-        if self.file(STATUS_FILE).is_file():
-            return self.read_json(STATUS_FILE)
+        if os.path.lexists(self.file(STATUS_FILE)):
+            return self.read_json(STATUS_FILE, Status)
         return {"status": "complete" if self.file("metrics.json").is_file() else "unknown"}
 
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
-        current = self.status() if self.file(STATUS_FILE).is_file() else {}
+        try:
+            current = self.status() if os.path.lexists(self.file(STATUS_FILE)) else {}
+        except RunError:
+            current = {}  # a damaged run.json is replaced by a correct one
         self.write_json(STATUS_FILE, {**current, **fields, "status": status, "pid": os.getpid(), "updated": now()})
 
     # --- models ---------------------------------------------------------------------------
@@ -196,9 +280,9 @@ class Run:
         """Checkpoints by the epoch they end; normally one, briefly two while the next is saved."""
         found = {}
         for path in self.path.glob(f"{CHECKPOINT_PREFIX}*.keras"):
-            epoch = path.stem.removeprefix(CHECKPOINT_PREFIX)
-            if epoch.isdigit():
-                found[int(epoch)] = path
+            match = CHECKPOINT_NAME.fullmatch(path.name)
+            if match:
+                found[int(match[1])] = path
         return dict(sorted(found.items()))
 
     def save_checkpoint(self, model, epoch: int) -> None:
@@ -225,25 +309,125 @@ class Run:
         return load_model_file(path)
 
 
-def load_model_file(path: Path):
-    """Load a `.keras` model safely: only the native zip format, size-capped, safe_mode=True."""
-    import keras
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """NumPy scalars as the Python numbers they hold."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
+
+def load_model_file(path: str | Path, *, follow_links: bool = False):
+    """Load a fashionlab model from a `.keras` archive, as safely as it can be done.
+
+    Only a regular file in the native zip format; its inflated size and the layer sizes it
+    declares are bounded before Keras builds anything (building allocates every weight);
+    Keras' safe mode is on (no code in the archive runs); whatever Keras unpacks goes to a
+    folder of our own, removed afterwards; and the loaded model must take 28 x 28 images and
+    give 10 class probabilities.
+    """
     path = Path(path)
     if path.suffix != ".keras":
         raise RunError(f"{path}: only .keras model files are loaded (not .h5, pickle or SavedModel)")
+    with open_regular(path, what="model file", error=RunError, limit=MAX_MODEL_UNCOMPRESSED_BYTES,
+                      follow_links=follow_links) as handle:
+        declared = _archive_config(path, handle)
+        problem = _declared_problem(declared)
+        if problem:
+            raise RunError(f"{path} {problem}; it is not a fashionlab model")
+        model = _load_keras(path, handle)
+    inputs, outputs = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None, model.outputs
+    if inputs != (None, 28, 28):
+        raise RunError(f"{path} takes inputs of shape {inputs if inputs else len(model.inputs)}, not 28 x 28 images; "
+                       f"it is not a fashionlab model")
+    if len(outputs) != 1 or tuple(outputs[0].shape) != (None, len(CLASS_NAMES)):
+        shape = tuple(outputs[0].shape) if len(outputs) == 1 else f"{len(outputs)} outputs"
+        raise RunError(f"{path} gives outputs of shape {shape}, not {len(CLASS_NAMES)} class probabilities; "
+                       f"it is not a fashionlab model")
+    return model
+
+
+def _archive_config(path: Path, handle) -> dict[str, Any]:
+    """The model config declared inside the archive, read without building anything."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            inflated = sum(info.file_size for info in archive.infolist())
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise RunError(f"{path} is not a valid .keras archive ({exc}); train the run again") from None
-    if "config.json" not in names:
-        raise RunError(f"{path} is not a Keras model archive (no config.json inside)")
-    if inflated > MAX_MODEL_UNCOMPRESSED_BYTES:
-        raise RunError(f"{path} would inflate to {inflated:,} bytes, more than any fashionlab model; refusing it")
+        with zipfile.ZipFile(handle) as archive:
+            infos = archive.infolist()
+            if sum(info.file_size for info in infos) > MAX_MODEL_UNCOMPRESSED_BYTES:
+                raise RunError(f"{path} would inflate to more than {MAX_MODEL_UNCOMPRESSED_BYTES:,} bytes, more than "
+                               f"any fashionlab model; refusing it")
+            info = next((i for i in infos if i.filename == "config.json"), None)
+            if info is None:
+                raise RunError(f"{path} is not a Keras model archive (no config.json inside)")
+            if info.file_size > MAX_MODEL_CONFIG_BYTES:
+                raise RunError(f"{path} declares a {info.file_size:,}-byte model config; refusing it")
+            text = archive.read(info)[:MAX_MODEL_CONFIG_BYTES + 1]
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise RunError(f"{path} is not a valid .keras archive ({' '.join(str(exc).split())[:120]}); "
+                       f"train the run again") from None
     try:
-        return keras.saving.load_model(path, compile=True, safe_mode=True)
+        config = json.loads(text)
+    except (ValueError, RecursionError):
+        raise RunError(f"{path} holds a damaged model config (config.json inside is not JSON)") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} holds a damaged model config (config.json inside is not a table)")
+    return config
+
+
+def _declared_problem(config: dict[str, Any]) -> str | None:
+    """What is wrong with the sizes a model config declares, estimated layer by layer in order:
+    a Dense layer of `units` after n features holds n x units weights, a convolution
+    in_channels x filters x kernel area. None when the model is a plausible size."""
+    features, parameters, nodes = 28 * 28, 0, 0
+    for layer in _layer_configs(config):
+        nodes += 1
+        if nodes > 100_000:
+            return "declares more than 100,000 layers"
+        units, filters = layer.get("units"), layer.get("filters")
+        if units is not None or filters is not None:
+            size = units if units is not None else filters
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 10**6:
+                return f"declares a layer of {size!r} units"
+            kernel = layer.get("kernel_size", 1)
+            kernel = kernel if isinstance(kernel, list) else [kernel]
+            if not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1024 for k in kernel):
+                return f"declares a kernel of size {layer.get('kernel_size')!r}"
+            area = int(np.prod(kernel)) if filters is not None else 1
+            parameters += features * size * area
+            features = size
+        if parameters > MAX_MODEL_PARAMETERS:
+            return f"declares more than {MAX_MODEL_PARAMETERS:,} weights"
+    return None
+
+
+def _layer_configs(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """Every layer's `config` table in a Keras model config, in document order, nested models included."""
+    if depth > 50:
+        return
+    if isinstance(value, dict):
+        if isinstance(value.get("class_name"), str) and isinstance(value.get("config"), dict):
+            yield value["config"]
+        for item in value.values():
+            yield from _layer_configs(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _layer_configs(item, depth + 1)
+
+
+_UNPACKING = threading.Lock()  # tempfile.tempdir is process-wide
+
+
+def _load_keras(path: Path, handle):
+    """keras.saving.load_model with safe mode, everything it unpacks kept in a folder removed afterwards."""
+    import keras
+
+    scratch = tempfile.mkdtemp(prefix="fashionlab-load-")
+    try:
+        with _UNPACKING:
+            before, tempfile.tempdir = tempfile.tempdir, scratch
+            try:
+                handle.seek(0)
+                return keras.saving.load_model(path, compile=True, safe_mode=True)
+            finally:
+                tempfile.tempdir = before
     except Exception as exc:  # Keras raises many types here; the user only needs the reason.
         reason = " ".join(str(exc).split())[:300]
         raise RunError(f"{path} cannot be loaded safely: {reason}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,14 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fashionlab.config import TrainConfig, from_dict
+from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.data import DataSource, Splits
-from fashionlab.errors import ConfigError, Diverged, Interrupted, RunError, resume_call
+from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
 from fashionlab.preprocessing import fit_scaler, scaler_of
-from fashionlab.provenance import library_versions, machine_info
+from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_test_outputs
 from fashionlab.runs import Run, default_run_dir, load_model_file, now
 
@@ -107,16 +109,23 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
 
     `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
-    one line per epoch elsewhere (0: silent).
+    one line per epoch elsewhere (0: silent). Everything the config asks is checked against the
+    data and the machine before the run directory is made.
     """
+    resolve_engine(config.engine)
+    check_runnable(config, train_images=data.train_count(), free_memory=available_memory())
     splits = data.splits(config.validation_size, config.train_samples)
     _use_compilation_cache()
-    with Run.create(run_dir if run_dir is not None else default_run_dir(config.name)) as run:
-        run.write_json("config.json", config.to_dict())
-        run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
-        model = _new_model(config, splits)
-        run.write_text("summary.txt", summary_text(model) + "\n")
-        return _fit_and_finish(run, config, splits, model, rows=[], data=data, verbose=verbose)
+    with stop_requests() as stop:
+        if stop.requested:  # a signal while this process started: nothing is written yet
+            raise Interrupted("interrupted before training started; nothing was written")
+        run = Run.create(run_dir if run_dir is not None else default_run_dir(config.name))
+        with run, _status_on_exit(run):
+            run.write_json("config.json", config.to_dict())
+            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
+            model = _new_model(config, splits)
+            run.write_text("summary.txt", summary_text(model) + "\n")
+            return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose)
 
 
 def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None) -> TrainResult:
@@ -127,20 +136,22 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
     is derived from the seed and the epoch number.
     """
     _use_compilation_cache()
-    with Run.acquire(_existing_dir(run_dir)) as run:
+    with stop_requests() as stop, Run.acquire(_existing_dir(run_dir)) as run:
         if run.status()["status"] == "complete":
             raise RunError(f"{run.path} is already complete; nothing to resume")
-        config = from_dict(run.read_json("config.json"))
-        rows = pd.read_csv(run.file("history.csv")).to_dict("records") if run.file("history.csv").is_file() else []
-        splits = data.splits(config.validation_size, config.train_samples)
+        config = run.config()
+        rows = run.history().to_dict("records") if os.path.lexists(run.file("history.csv")) else []
         epoch, checkpoint = next(reversed(run.checkpoints().items()), (0, None))
-        if len(rows) < epoch:
-            raise RunError(f"{run.path}: history.csv has {len(rows)} epoch(s) but the checkpoint is of epoch "
-                           f"{epoch}; the run directory is damaged, train it again")
+        if len(rows) < epoch or epoch > config.epochs:
+            raise run.damaged(checkpoint.name, f"a checkpoint of epoch {epoch}, but history.csv has {len(rows)} "
+                                               f"epoch(s) of the {config.epochs} configured")
+        check_runnable(config, train_images=data.train_count(), free_memory=available_memory())
+        splits = data.splits(config.validation_size, config.train_samples)
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
         model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
-        run.set_status("running", epochs_done=len(rows), resumed=now())
-        return _fit_and_finish(run, config, splits, model, rows=rows, data=data, verbose=verbose)
+        with _status_on_exit(run):
+            run.set_status("running", epochs_done=len(rows), resumed=now())
+            return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose)
 
 
 def _new_model(config: TrainConfig, splits: Splits) -> keras.Model:
@@ -164,31 +175,43 @@ def _existing_dir(run_dir: str | Path) -> Path:
 
 
 def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *,
-                    rows: list[dict[str, float]], data: DataSource, verbose: int | None) -> TrainResult:
-    """Fit from epoch len(rows), then write the final artifacts; the run's status says how it ended."""
+                    rows: list[dict[str, float]], data: DataSource, stop: StopRequest,
+                    verbose: int | None) -> TrainResult:
+    """Fit from epoch len(rows), then write the final artifacts."""
+    recorder = RunRecorder(run, stop, rows)
+    _fit(model, config, splits, recorder=recorder, initial_epoch=len(rows),
+         verbose=progress_verbosity() if verbose is None else verbose)
+    if recorder.diverged_at:
+        done = len(recorder.rows)
+        raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
+                       f"{run.path} keeps the last good epoch ({done}); try a lower learning_rate")
+    return _finish(run, config, splits, model, history=recorder.frame(), data=data, stop=stop)
+
+
+def _stop_point(run: Run, stop: StopRequest, epochs_done: int) -> None:
+    """A safe point: stop here if asked to, the run resumable from what is written."""
+    if stop.requested:
+        raise Interrupted(f"interrupted after {epochs_done} finished epoch(s); resume with "
+                          f"`{resume_call(run.path)}`", terms=[resume_call(run.path)])
+
+
+@contextlib.contextmanager
+def _status_on_exit(run: Run) -> Iterator[None]:
+    """Whatever ends the block early, run.json says so: interrupted (resumable) or failed, with the reason."""
     try:
-        with stop_requests() as stop:
-            recorder = RunRecorder(run, stop, rows)
-            _fit(model, config, splits, recorder=recorder, initial_epoch=len(rows),
-                 verbose=progress_verbosity() if verbose is None else verbose)
-        if recorder.diverged_at:
-            done = len(recorder.rows)
-            raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
-                           f"{run.path} keeps the last good epoch ({done}); try a lower learning_rate")
-        if stop.requested:
-            raise Interrupted(f"interrupted after {len(recorder.rows)} finished epoch(s); resume with "
-                              f"`{resume_call(run.path)}`", terms=[resume_call(run.path)])
-        result = _finish(run, config, splits, model, history=recorder.frame(), data=data)
+        yield
     except Interrupted as exc:
         _mark(run, "interrupted", str(exc))
         raise
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, still resumable
         _mark(run, "interrupted", "stopped at once by a second Ctrl-C")
         raise
-    except BaseException as exc:
-        _mark(run, "failed", str(exc) or type(exc).__name__)
+    except FashionlabError as exc:
+        _mark(run, "failed", str(exc))
         raise
-    return result
+    except BaseException as exc:
+        _mark(run, "failed", f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        raise
 
 
 def _mark(run: Run, status: str, message: str) -> None:
@@ -211,9 +234,13 @@ def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: R
 
 
 def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *, history: pd.DataFrame,
-             data: DataSource) -> TrainResult:
-    """The final artifacts of a run whose epochs all finished; metrics.json and status last."""
+            data: DataSource, stop: StopRequest) -> TrainResult:
+    """The final artifacts of a run whose epochs all finished; metrics.json and status last.
+    A stop request before run.json says complete leaves it interrupted: resuming redoes these writes."""
+    epochs_done = len(history)
+    _stop_point(run, stop, epochs_done)
     run.save_model(model)
+    _stop_point(run, stop, epochs_done)
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
     write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
@@ -237,8 +264,10 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "versions": library_versions(),
         "machine": machine_info(),
     }
+    _stop_point(run, stop, epochs_done)
     run.write_json("metrics.json", metrics)
+    _stop_point(run, stop, epochs_done)
+    run.set_status("complete", epochs_done=epochs_done, finished=now(), message=None)
     for checkpoint in run.checkpoints().values():
-        checkpoint.unlink()  # model.keras supersedes them
-    run.set_status("complete", epochs_done=len(history), finished=now(), message=None)
+        checkpoint.unlink(missing_ok=True)  # model.keras supersedes them
     return TrainResult(run, history, metrics, model)

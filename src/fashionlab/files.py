@@ -1,0 +1,88 @@
+"""Reading files given by people or found in run directories: regular files only, size-capped,
+never a hang.
+
+    text = read_text(path, what="config file", error=ConfigError, limit=1 << 20)
+
+Every file fashionlab reads goes through `open_regular`: it opens without blocking (a FIFO
+would otherwise wait for a writer forever), refuses anything but a regular file (a directory, a
+FIFO, a device, a socket) and anything larger than the caller's limit (a sparse or runaway file),
+and, inside a run directory, refuses to follow a symbolic link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from fashionlab.errors import FashionlabError
+
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in KINDS if test(mode)), "not a regular file")
+
+
+@contextlib.contextmanager
+def open_regular(path: str | Path, *, what: str, error: type[FashionlabError], limit: int,
+                 follow_links: bool = True) -> Iterator[io.BufferedReader]:
+    """`path` opened for binary reading, if it is a regular file of at most `limit` bytes;
+    otherwise `error` says what it is instead. `follow_links` False refuses a symbolic link."""
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist; check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:  # the last component is a link
+            raise error(f"{what} {path} is a symbolic link; fashionlab reads only its own files inside a run "
+                        f"directory, replace the link with the file") from None
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all: say what it is
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise error(f"{what} {path} is {kind_of(mode)}, not a regular file; pass a file") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is {kind_of(info.st_mode)}, not a regular file; pass a file")
+        if info.st_size > limit:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {limit:,} a {what} can be; "
+                        f"it is not the right file")
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def read_bytes(path: str | Path, *, what: str, error: type[FashionlabError], limit: int,
+               follow_links: bool = True) -> bytes:
+    """The whole of a regular file of at most `limit` bytes (see `open_regular`)."""
+    with open_regular(path, what=what, error=error, limit=limit, follow_links=follow_links) as handle:
+        try:
+            content = handle.read(limit + 1)
+        except OSError as exc:
+            raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(content) > limit:  # grew while read
+        raise error(f"{what} {path} is more than {limit:,} bytes; it is not the right file")
+    return content
+
+
+def read_text(path: str | Path, *, what: str, error: type[FashionlabError], limit: int,
+              follow_links: bool = True) -> str:
+    """A UTF-8 text file (see `read_bytes`); other encodings and binary content are refused."""
+    content = read_bytes(path, what=what, error=error, limit=limit, follow_links=follow_links)
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}); pass a text file") from None

@@ -1,0 +1,150 @@
+"""What each file of a run directory holds, as typed records checked whenever a file is read.
+
+    problem = first_problem(json.loads(text), Status)   # None, or "`epochs_done` must be ..."
+
+A run directory may be edited or damaged by hand: its files are input like any other. Each
+schema is a TypedDict (keys a reader needs are Required; other keys are allowed, so newer runs
+stay readable) whose annotations say the types and, with `Annotated[..., Range(...)]`, the bounds.
+"""
+
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive bounds for a number; None leaves a side open."""
+
+    low: float | None = None
+    high: float | None = None
+
+
+Count = Annotated[int, Range(0, 10**9)]
+Fraction = Annotated[float, Range(0.0, 1.0)]
+Seconds = Annotated[float, Range(0.0, None)]
+
+
+class Status(TypedDict):
+    """run.json: how the run stands."""
+
+    status: Literal["running", "complete", "failed", "interrupted"]
+    pid: NotRequired[Count]
+    updated: NotRequired[str]
+    epochs: NotRequired[Annotated[int, Range(1, 10**9)]]
+    epochs_done: NotRequired[Count]
+    started: NotRequired[str]
+    resumed: NotRequired[str]
+    finished: NotRequired[str]
+    message: NotRequired[str | None]
+
+
+class Parameters(TypedDict):
+    total: Count
+    trainable: Count
+    non_trainable: Count
+
+
+class Metrics(TypedDict):
+    """metrics.json: the figures of a complete run (the fields fashionlab reads back)."""
+
+    test_loss: Seconds  # any non-negative number
+    test_accuracy: Fraction
+    final_val_accuracy: Fraction
+    best_val_accuracy: Fraction
+    best_epoch: Annotated[int, Range(1, 10**9)]
+    seconds_per_epoch: list[Seconds]
+    median_seconds_per_epoch: Seconds
+    parameters: Parameters
+    per_class_accuracy: NotRequired[dict[str, Fraction]]
+
+
+class HistoryRow(TypedDict):
+    """One row of history.csv: an epoch's figures."""
+
+    epoch: Annotated[int, Range(1, 10**9)]
+    loss: float
+    accuracy: Fraction
+    val_loss: float
+    val_accuracy: Fraction
+    seconds: Seconds
+
+
+def first_problem(value: Any, schema: Any, where: str = "") -> str | None:
+    """What is wrong with `value` as a `schema` (a type, a TypedDict, list[...], dict[str, ...],
+    Literal, a union, Annotated with a Range), naming the field; None when nothing is."""
+    origin, args = typing.get_origin(schema), typing.get_args(schema)
+    name = f"`{where}`" if where else "the file"
+    if origin is Annotated:
+        problem = first_problem(value, args[0], where)
+        bounds = next((a for a in args[1:] if isinstance(a, Range)), None)
+        if problem or bounds is None:
+            return problem
+        if bounds.low is not None and value < bounds.low or bounds.high is not None and value > bounds.high:
+            low = "" if bounds.low is None else f"at least {bounds.low}"
+            high = "" if bounds.high is None else f"at most {bounds.high}"
+            return f"{name} must be {' and '.join(filter(None, (low, high)))}, not {value!r}"
+        return None
+    if origin in (typing.Union, types.UnionType):
+        if any(first_problem(value, option, where) is None for option in args):
+            return None
+        return f"{name} must be {' or '.join(_said(a) for a in args)}, not {shown(value)}"
+    if origin is Literal:
+        return None if value in args and type(value) in {type(a) for a in args} else \
+            f"{name} must be one of {', '.join(map(repr, args))}, not {shown(value)}"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{name} must be a list, not {shown(value)}"
+        return next(filter(None, (first_problem(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))), None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{name} must be a table of keys and values, not {shown(value)}"
+        return next(filter(None, (first_problem(v, args[1], f"{where}.{k}" if where else str(k))
+                                  for k, v in value.items())), None)
+    if typing.is_typeddict(schema):
+        if not isinstance(value, dict):
+            return f"{name} must be a table of keys and values, not {shown(value)}"
+        missing = sorted(schema.__required_keys__ - set(value))
+        if missing:
+            return f"{name} lacks {', '.join(f'`{k}`' for k in missing)}"
+        hints = typing.get_type_hints(schema, include_extras=True)
+        return next(filter(None, (first_problem(value[k], _unwrap(hints[k]), f"{where}.{k}" if where else k)
+                                  for k in hints if k in value)), None)
+    return _scalar_problem(value, schema, name)
+
+
+def _scalar_problem(value: Any, schema: Any, name: str) -> str | None:
+    if schema is type(None):
+        return None if value is None else f"{name} must be null, not {shown(value)}"
+    if schema is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"{name} must be a finite number, not {shown(value)}"
+    if schema is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"{name} must be a whole number, not {shown(value)}"
+    if schema in (str, bool):
+        return None if isinstance(value, schema) else f"{name} must be {_said(schema)}, not {shown(value)}"
+    raise TypeError(f"unsupported schema {schema!r}")
+
+
+def _unwrap(hint: Any) -> Any:
+    """NotRequired[X] / Required[X] -> X (get_type_hints keeps them with include_extras)."""
+    while typing.get_origin(hint) in (typing.NotRequired, typing.Required):
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+def _said(schema: Any) -> str:
+    return {str: "text", bool: "true or false", int: "a whole number", float: "a number",
+            type(None): "null"}.get(schema, str(schema))
+
+
+def shown(value: Any) -> str:
+    """A value as a message quotes it: its repr, cut to 40 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        return "a number too large to print"
+    return text if len(text) <= 40 else text[:37] + "..."
