@@ -68,9 +68,10 @@ def test_a_compared_run_is_an_ordinary_run(comparison, tmp_path, synthetic):
     pd.testing.assert_frame_equal(in_comparison[columns], alone.history[columns])
 
 
-def test_a_second_call_reuses_finished_runs_and_finishes_the_others(comparison, tmp_path, synthetic):
+def test_a_second_call_reuses_finished_runs_and_finishes_the_others(comparison, tmp_path, synthetic, monkeypatch):
     source, first, _ = comparison
-    out = tmp_path / "cmp"
+    monkeypatch.chdir(tmp_path)
+    out = Path("=cmp")  # a folder name a spreadsheet would read as a formula, in results.csv's run_dir cells
     shutil.copytree(source, out)
     unfinished = out / "scaled" / f"seed-{BASE.seed}"
     (unfinished / "metrics.json").unlink()  # as if killed mid-run: no metrics, status still "running"
@@ -82,6 +83,7 @@ def test_a_second_call_reuses_finished_runs_and_finishes_the_others(comparison, 
     assert any(line.endswith("s, resumed)") for line in lines)
     columns = ["variant", "seed", "test_accuracy"]
     pd.testing.assert_frame_equal(again.results[columns], first.results[columns])
+    assert pd.read_csv(out / "results.csv")["run_dir"].str.startswith("'=cmp/").all()
     with pytest.raises(RunError, match="different settings \\(depth\\); the same settings would reuse it; use "
                                        "another `out`"):
         compare(out, variants=TWO, seeds=2, base=BASE.replace(depth=3), data=synthetic)
@@ -164,7 +166,7 @@ def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, syntheti
         compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=0)
     with pytest.raises(ConfigError, match="give each of the `variants` once"):
         plan(tmp_path, ["raw", "raw"], 1, BASE)
-    with pytest.raises(ConfigError, match="`seeds` must be at least 1"):
+    with pytest.raises(ConfigError, match="`seeds` must be between 1 and 100, got 0"):
         plan(tmp_path, ["raw"], 0, BASE)
 
 

@@ -111,8 +111,8 @@ def test_download_from_a_mirror_verifies_and_installs(tmp_path, real_data):
 
 def test_download_failure_writes_nothing(tmp_path, synthetic_dir):
     with pytest.raises(DataError, match="cannot download .*check the network and `url`"):
-        data.download(tmp_path / "a", url=(tmp_path / "no-such-mirror").as_uri())
-    assert not (tmp_path / "a").exists()
+        data.download(tmp_path / "a" / "b" / "c", url=(tmp_path / "no-such-mirror").as_uri())
+    assert not (tmp_path / "a").exists()  # every folder it made is gone again
     (tmp_path / "b").mkdir()
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not the official .*SHA-256 mismatch"):
         data.download(tmp_path / "b", url=synthetic_dir.as_uri())
@@ -122,6 +122,16 @@ def test_download_failure_writes_nothing(tmp_path, synthetic_dir):
     with pytest.raises(DataError, match="SHA-256 mismatch.*faithful mirror"):
         data.download(tmp_path / "b", url=synthetic_dir.as_uri())
     assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_download_stops_at_the_size_cap(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with open(mirror / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.truncate(data.MAX_DOWNLOAD_BYTES + 1)  # endless, as far as a download can tell
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz is larger than 33,554,432 bytes, far more"):
+        data.download(tmp_path / "dest", url=mirror.as_uri())
+    assert not (tmp_path / "dest").exists()
 
 
 @pytest.mark.realdata

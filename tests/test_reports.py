@@ -2,7 +2,15 @@ import numpy as np
 import pandas as pd
 from helpers import Page, assert_png, assert_self_contained
 
-from fashionlab.reports import MISCLASSIFIED_SHOWN, SAMPLES_SHOWN, image_tiles, page, summary_markdown, table_tag
+from fashionlab.reports import (
+    MISCLASSIFIED_SHOWN,
+    SAMPLES_SHOWN,
+    csv_safe,
+    image_tiles,
+    page,
+    summary_markdown,
+    table_tag,
+)
 
 
 def test_run_report_is_self_contained_and_complete(tiny_run):
@@ -47,3 +55,10 @@ def test_summary_markdown_has_one_row_per_variant():
     assert lines[0].startswith("| variant | seeds | test accuracy (mean ± std) |")
     assert lines[2] == "| bn-after | 2 | 0.8500 ± 0.0100 | 0.8400 | 0.7000 | 0.8600 | 9.0 | 1.50 | 279,410 |"
     assert lines[3].startswith("| raw | 2 | 0.8000 ± 0.0200 |") and len(lines) == 4
+
+
+def test_text_cells_a_spreadsheet_would_run_are_defused():
+    frame = pd.DataFrame({"run_dir": ["=1+1", "+x", "-y", "@z", "\tq", "runs/a"], "value": [-1.5, 2, 3, 4, 5, 6]})
+    safe = csv_safe(frame)
+    assert safe["run_dir"].tolist() == ["'=1+1", "'+x", "'-y", "'@z", "'\tq", "runs/a"]
+    assert safe["value"].tolist() == frame["value"].tolist()  # numbers, negative ones too, stay numbers

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
-from fashionlab.compare import DEFAULT_VARIANTS, VARIANTS
+from fashionlab.compare import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", parents=[debug], help="train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                          metavar="VARIANT", help=f"from {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})")
-    compare.add_argument("--seeds", type=_int_between(1), default=3, metavar="N",
+    compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), default=3, metavar="N",
                          help="seeds per variant, counting up from --seed (default: 3)")
     compare.add_argument("--out", default="runs/compare", metavar="DIR",
                          help="comparison folder; the same command resumes there (default: runs/compare)")

@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "selu": {"batch_norm": "none", "activation": "selu", "kernel_initializer": "lecun_normal"},
 }
 DEFAULT_VARIANTS = ("raw", "scaled", "bn-after", "bn-before")
+MAX_SEEDS = 100
 
 
 def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> list[Task]:
@@ -42,8 +43,8 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> l
                           terms=["variants"])
     if len(set(variants)) != len(variants) or not variants:
         raise ConfigError("give each of the `variants` once, and at least one", terms=["variants"])
-    if seeds < 1:
-        raise ConfigError(f"`seeds` must be at least 1, got {seeds}", terms=["seeds"])
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"`seeds` must be between 1 and {MAX_SEEDS}, got {seeds}", terms=["seeds"])
     return [Task(f"{v} seed {seed}", base.replace(name=v, seed=seed, **VARIANTS[v]), out / v / f"seed-{seed}",
                  {"variant": v, "seed": seed})
             for v in variants for seed in range(base.seed, base.seed + seeds)]

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from fashionlab import CLASS_NAMES
-from fashionlab.errors import DataError
+from fashionlab.errors import DataError, Interrupted
 from fashionlab.files import open_regular
+from fashionlab.interrupts import stop_requests
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 ROWS = COLS = 28
@@ -236,7 +237,13 @@ def describe(splits: Splits) -> str:
 
 
 def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
-    """Fetch the four files from the folder at `url`, verify each, then move them into `dest` (all or nothing)."""
+    """Fetch the four files from the folder at `url`, verify each, then move them into `dest` (all or
+    nothing: a failure or a Ctrl-C leaves no file and no folder behind)."""
+    with stop_requests() as stop:
+        return _download(dest, url, timeout, stop)
+
+
+def _download(dest: Path | None, url: str, timeout: float, stop) -> Path:
     dest = Path(dest) if dest is not None else keras_cache_dir()
     # The outermost folder this call creates: removed again if the download fails.
     created = next((p for p in reversed([dest, *dest.parents]) if not os.path.lexists(p)), None)
@@ -253,6 +260,8 @@ def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 
                 with urllib.request.urlopen(address, timeout=timeout) as response, \
                         open(staging / f"{name}.gz", "wb") as out:
                     while chunk := response.read(1 << 20):
+                        if stop.requested:
+                            raise Interrupted("download interrupted; nothing was kept")
                         if out.tell() + len(chunk) > MAX_DOWNLOAD_BYTES:
                             raise DataError(f"{address} is larger than {MAX_DOWNLOAD_BYTES:,} bytes, far more than "
                                             f"the official file; check `url`", terms=["url"])

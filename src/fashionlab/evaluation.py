@@ -12,6 +12,7 @@ import numpy as np
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
+from fashionlab.interrupts import stop_requests
 from fashionlab.runs import Run
 
 PREDICT_BATCH = 1000
@@ -67,7 +68,7 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
     from fashionlab.reports import write_test_outputs
 
     Run.open(run_dir, allow_incomplete=allow_incomplete)  # refuses what is not a (finished) run
-    with Run.acquire(run_dir) as run:
+    with stop_requests(), Run.acquire(run_dir) as run:  # a few seconds: a stop request waits for the writes
         config = run.config()
         history = run.history()
         model = run.load_model()

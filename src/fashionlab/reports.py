@@ -72,7 +72,7 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     def safe(value: Any) -> Any:
         return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
-    return frame.apply(lambda column: column.map(safe) if column.dtype == object else column)
+    return frame.apply(lambda column: column if pd.api.types.is_numeric_dtype(column) else column.map(safe))
 
 
 def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
