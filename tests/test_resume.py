@@ -16,10 +16,10 @@ import pytest
 from helpers import TINY, synthetic_arrays, write_dataset
 
 from fashionlab.data import DataSource
-from fashionlab.errors import Diverged, RunError
+from fashionlab.errors import Diverged, Interrupted, RunError
 from fashionlab.interrupts import StopRequest
 from fashionlab.model import build_model
-from fashionlab.runs import Run
+from fashionlab.runs import MODEL_FILE, Run
 from fashionlab.training import RunRecorder, resume, train
 
 # Big enough that an epoch takes a moment, so a kill lands inside one.
@@ -187,3 +187,28 @@ def test_history_ahead_of_the_checkpoint_is_trained_again(tmp_path, bigger_data,
     result = resume(run_dir, data=bigger_data, verbose=0)
     assert len(result.history) == CONFIG.epochs
     assert list(result.history["epoch"]) == list(range(1, CONFIG.epochs + 1))
+
+
+def test_a_signal_during_the_final_writes_leaves_a_run_that_resume_finishes(tmp_path, synthetic, tiny_run, monkeypatch):
+    """A real SIGTERM, sent just after model.keras is written: the run stops before its test
+    outputs, is marked interrupted, and resuming (no epoch left to train) writes the rest."""
+    save_model = Run.save_model
+
+    def save_then_signal(self, model, name=MODEL_FILE):
+        path = save_model(self, model, name)
+        if name == MODEL_FILE:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return path
+
+    monkeypatch.setattr(Run, "save_model", save_then_signal)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted, match=f"interrupted after {TINY.epochs} finished epoch"):
+        train(TINY, run_dir, data=synthetic, verbose=0)
+    assert Run(run_dir).status()["status"] == "interrupted"
+    assert not (run_dir / "metrics.json").exists() and Run(run_dir).checkpoints()
+    assert not (run_dir / "report.html").exists()  # stopped at once, not after the next writes
+    monkeypatch.undo()
+    result = resume(run_dir, data=synthetic, verbose=0)
+    assert Run(run_dir).status()["status"] == "complete" and not Run(run_dir).checkpoints()
+    pd.testing.assert_frame_equal(result.history[COLUMNS], tiny_run.history[COLUMNS])
+    assert result.metrics["test_accuracy"] == tiny_run.metrics["test_accuracy"]
