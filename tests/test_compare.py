@@ -11,7 +11,7 @@ import pytest
 from helpers import TINY, assert_png, assert_self_contained
 
 from fashionlab.compare import compare, conclusion, plan, summarize
-from fashionlab.config import TrainConfig
+from fashionlab.config import TrainConfig, check_runnable, training_bytes
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
 
@@ -187,3 +187,14 @@ def test_a_folder_compare_did_not_make_is_refused_unless_empty_or_forced(tmp_pat
     with pytest.raises(RunError, match="link exists and is not a folder"):
         compare(tmp_path / "link", variants=TWO, seeds=1, base=BASE, data=synthetic)
 
+
+
+def test_runs_trained_at_once_share_the_free_memory(tmp_path, synthetic, monkeypatch):
+    import fashionlab.compare
+
+    need = training_bytes(BASE, 300)  # the synthetic set: 360 images, 60 of them validate
+    monkeypatch.setattr(fashionlab.compare, "available_memory", lambda: int(need / 0.8 * 1.5))
+    check_runnable(BASE, train_images=360, free_memory=int(need / 0.8 * 1.5))  # one run alone fits
+    with pytest.raises(ConfigError, match="needs about .* GiB to train, more than the .* GiB of memory free"):
+        compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=2, data=synthetic)
+    assert not (tmp_path / "cmp").exists()

@@ -161,6 +161,8 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     tasks = plan(out, list(variants), seeds, base)
     data = data.located()  # fail before any work if the data is missing; every run reads the same files
     train_images, free_memory = data.train_count(), available_memory()
+    if free_memory is not None:  # `jobs` runs train at once: each gets its share
+        free_memory //= min(jobs, len(tasks))
     for task in tasks:
         check_runnable(task.config, train_images=train_images, free_memory=free_memory)
     found = [runner.inspect(task) for task in tasks]
