@@ -138,7 +138,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
           f"{m['median_seconds_per_epoch']:.2f} s/epoch")
-    print(f"run directory: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)")
+    print(printable(f"run directory: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -149,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _print_json(report)
     else:
         print(format_report(report))
-        print(f"confusion matrix: {args.run}/confusion_matrix.png, {args.run}/confusion_matrix.csv")
+        print(printable(f"confusion matrix: {args.run}/confusion_matrix.png, {args.run}/confusion_matrix.csv"))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -162,8 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     for r in results:
         others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
-        print(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f})"
-              + (f"   next: {others}" if others else ""))
+        print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f})"
+                        + (f"   next: {others}" if others else "")))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
