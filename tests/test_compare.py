@@ -184,8 +184,14 @@ def test_a_folder_compare_did_not_make_is_refused_unless_empty_or_forced(tmp_pat
     with pytest.raises(RunError, match="is a training run's directory; give the comparison its own `out`"):
         compare(run, variants=TWO, seeds=1, base=BASE, data=synthetic, force=True)
     (tmp_path / "link").symlink_to(mine)
-    with pytest.raises(RunError, match="link exists and is not a folder"):
+    with pytest.raises(RunError, match="link is a symbolic link; give `out` the folder itself"):
         compare(tmp_path / "link", variants=TWO, seeds=1, base=BASE, data=synthetic)
+    cmp = tmp_path / "cmp"
+    cmp.mkdir()
+    (cmp / "scaled").symlink_to(mine)  # a variant's folder of runs, elsewhere
+    with pytest.raises(RunError, match="cmp/scaled is a symbolic link; remove it"):
+        compare(cmp, variants=TWO, seeds=1, base=BASE, data=synthetic, force=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "report.html"]
 
 
 

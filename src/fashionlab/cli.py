@@ -203,8 +203,15 @@ def cmd_data_download(args: argparse.Namespace) -> None:
     print(f"verified the four Fashion-MNIST files in {dest}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (the usage block is what --help is for)."""
+
+    def error(self, message: str):
+        self.exit(2, printable(f"{self.prog}: error: {message}; see {self.prog} --help") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fashionlab", description="Fashion-MNIST with a deep batch-normalized "
+    parser = Parser(prog="fashionlab", description="Fashion-MNIST with a deep batch-normalized "
                                      "MLP, as in the tf.keras tutorial: train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
     debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command

@@ -116,7 +116,9 @@ def check_output_folder(out: Path, *, force: bool) -> None:
     never into a training run's directory (its report.html would be overwritten)."""
     if not os.path.lexists(out):
         return
-    if out.is_symlink() or not out.is_dir():
+    if out.is_symlink():
+        raise RunError(f"{out} is a symbolic link; give `out` the folder itself, or a new one", terms=["out"])
+    if not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; give `out` a new folder", terms=["out"])
     if any(os.path.lexists(out / name) for name in ("run.json", "config.json")):
         raise RunError(f"{out} is a training run's directory; give the comparison its own `out` folder",
@@ -159,6 +161,9 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     out = Path(out)
     check_output_folder(out, force=force)
     tasks = plan(out, list(variants), seeds, base)
+    linked = next((p for t in tasks for p in (t.run_dir, t.run_dir.parent) if p.is_symlink()), None)
+    if linked is not None:  # runs are written only into compare's own folders, never through a link
+        raise RunError(f"{linked} is a symbolic link; remove it, or give `out` a new folder", terms=["out"])
     data = data.located()  # fail before any work if the data is missing; every run reads the same files
     train_images, free_memory = data.train_count(), available_memory()
     if free_memory is not None:  # `jobs` runs train at once: each gets its share
