@@ -74,7 +74,7 @@ def test_train_table_and_run_config_json_are_accepted(tmp_path):
     ({"name": "x" * 65}, "cannot be used"),
     ({"name": "-rf"}, "cannot be used"),
     ({"seed": 2**32}, "seed must be at most 4,294,967,295"),
-    ({"depth": 1001}, "depth must be at most 1,000"),
+    ({"depth": 251}, "depth must be at most 250"),
     ({"epochs": 10**5000}, "epochs must be at most 100,000, got a number too large to print"),
 ])
 def test_bad_values_are_rejected_with_the_reason(values, message):

@@ -41,3 +41,4 @@ def test_selu_variant_uses_lecun_normal():
     dense = model.layers[1]
     assert dense.activation.__name__ == "selu"
     assert type(dense.kernel_initializer).__name__ == "LecunNormal"
+

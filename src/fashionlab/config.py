@@ -58,7 +58,9 @@ class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the tutorial."""
 
     name: str = opt("tutorial", "label used in the run directory name and reports", check=_check_name)
-    depth: int = opt(20, "hidden Dense layers", minimum=1, maximum=1000)
+    # Keras builds and reloads a network layer by layer recursively: 300 blocks of Dense, BN and
+    # activation pass Python's recursion limit; 250 leaves a margin.
+    depth: int = opt(20, "hidden Dense layers", minimum=1, maximum=250)
     width: int = opt(100, "units per hidden layer", minimum=1, maximum=65536)
     activation: Activation = opt("relu", "hidden-layer activation")
     batch_norm: BatchNorm = opt("after", "after: Dense(act)+BN (tutorial); before: Dense+BN+act; none")
