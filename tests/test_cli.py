@@ -96,6 +96,8 @@ def test_library_terms_become_this_commands_flags_and_nothing_else_changes():
     (["train", "--batch-norm", "sideways"], "invalid choice"),
     (["predict", "run", "--index", "0", "--top-k", "11"], "must be between 1 and 10, got 11"),
     (["compare", "--jobs", "0"], "must be at least 1, got 0"),
+    (["train", "--resume", ""], "argument --resume: an empty path; give a file or folder name; see fashionlab train"),
+    (["evaluate", ""], "argument RUN: an empty path"),
 ])
 def test_bad_option_values_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -240,3 +242,15 @@ def test_sigterm_before_any_run_is_written_ends_quietly(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode in (1, 130, 143) and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_environment_is_named_not_called_a_bug(monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_BACKEND", "bogus")
+    assert main(["summary", "--depth", "1"]) == 1
+    assert capsys.readouterr().err == ("fashionlab: error: KERAS_BACKEND 'bogus' is not a Keras backend; use one of "
+                                       "jax, tensorflow, torch, numpy, openvino (jax is the default)\n")
+    monkeypatch.delenv("KERAS_BACKEND")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "fashionlab", "summary", "--depth", "1"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == "fashionlab: error: No space left on device\n"

@@ -72,6 +72,7 @@ def test_train_table_and_run_config_json_are_accepted(tmp_path):
     ({"name": "\x1b[31mred"}, "cannot be used"),
     ({"name": "=cmd"}, "cannot be used"),  # a spreadsheet formula in results.csv
     ({"name": "x" * 65}, "cannot be used"),
+    ({"name": "\U0001D400" * 17}, "be at most 64 bytes long in UTF-8"),  # 68 bytes: too long a file name
     ({"name": "-rf"}, "cannot be used"),
     ({"seed": 2**32}, "seed must be at most 4,294,967,295"),
     ({"depth": 251}, "depth must be at most 250"),

@@ -1,5 +1,10 @@
 import gzip
 import hashlib
+import os
+import signal
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +14,7 @@ from hypothesis import strategies as st
 
 from fashionlab import data
 from fashionlab.data import DataSource
-from fashionlab.errors import DataError
+from fashionlab.errors import DataError, Interrupted
 
 
 def test_reads_gzip_and_plain_files_alike(tmp_path):
@@ -189,3 +194,61 @@ def test_fuzz_read_bytes_on_damaged_gzip(tmp_path_factory, content):
         data.read_bytes(path)
     except DataError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.fixture
+def trickling_server():
+    """A loopback HTTP server that answers every request with a header, then one byte every 0.2 s."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not done.is_set():
+            try:
+                client, _ = server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=trickle, args=(client,), daemon=True).start()
+
+    def trickle(client):
+        with client:
+            client.recv(4096)
+            client.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+            while not done.is_set():
+                try:
+                    client.sendall(b"x")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    done.set()
+    server.close()
+
+
+def test_a_stalled_download_is_given_up(tmp_path, trickling_server):
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"\(less than 1,024 bytes a second\); check the network and `url`"):
+        data.download(tmp_path / "dest", url=trickling_server, timeout=1.0)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "dest").exists()
+
+
+def test_ctrl_c_stops_a_download_at_once_whatever_the_server_does(tmp_path, trickling_server):
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="download interrupted; nothing was kept"):
+        data.download(tmp_path / "dest", url=trickling_server, timeout=60.0)
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_file_of_no_items_is_refused(tmp_path):
+    arrays = synthetic_arrays()
+    arrays["t10k-images-idx3-ubyte"] = arrays["t10k-images-idx3-ubyte"][:0]
+    arrays["t10k-labels-idx1-ubyte"] = arrays["t10k-labels-idx1-ubyte"][:0]
+    directory = write_dataset(tmp_path / "d", arrays)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte holds no items"):
+        DataSource(directory, verify=False).splits(60)

@@ -272,3 +272,15 @@ def test_run_files_behind_links_are_not_read(tmp_path):
     (tmp_path / "run.json").symlink_to(tmp_path / "elsewhere.json")
     with pytest.raises(RunError, match="run.json is a symbolic link"):
         Run(tmp_path).status()
+
+
+def test_a_refused_run_directory_is_left_as_it_was(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("hi")
+    with pytest.raises(RunError, match="already exists and is not empty"):
+        Run.create(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["precious.txt"]  # no lock file left
+    too_long = tmp_path / "a" / "b" / ("x" * 300)
+    with pytest.raises(RunError, match="cannot create run directory .*File name too long"):
+        Run.create(too_long)
+    assert not (tmp_path / "a").exists()  # nor the folders made on the way

@@ -63,6 +63,13 @@ def in_cli_terms(error: FashionlabError, flags: dict[str, str]) -> str:
     return message
 
 
+def a_path(text: str) -> str:
+    """An argparse type: a path, not empty (which would mean the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return text
+
+
 def _int_between(low: int, high: int | None = None):
     """An argparse type: an int in low..high (no upper bound when high is None)."""
     def parse(text: str) -> int:
@@ -102,7 +109,7 @@ def _data_from(args: argparse.Namespace) -> DataSource:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", metavar="DIR",
+    parser.add_argument("--data-dir", metavar="DIR", type=a_path,
                         help="folder with the four *-ubyte(.gz) files (else $FASHIONLAB_DATA, the Keras cache, "
                              "/usr/share/datasets/fashion-mnist)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
@@ -120,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     verbose = 0 if args.quiet else None
-    if args.resume:
+    if args.resume is not None:
         given = [name for name in FIELDS if hasattr(args, name)]
         given += [name for name in ("config", "run_dir") if getattr(args, name)]
         if given:
@@ -207,7 +214,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a usage error said in one line (the usage block is what --help is for)."""
 
     def error(self, message: str):
-        self.exit(2, printable(f"{self.prog}: error: {message}; see {self.prog} --help") + "\n")
+        self.exit(2, printable(f"fashionlab: error: {message}; see {self.prog} --help") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", parents=[debug], help="train a model into a new run directory")
-    train.add_argument("--config", metavar="FILE", help="TOML file (or a run's config.json) of recipe keys")
-    train.add_argument("--run-dir", metavar="PATH", help="where to write the run (default: runs/<time>-<name>)")
-    train.add_argument("--resume", metavar="RUN", help="continue an interrupted or failed run from its last "
-                       "finished epoch, with its own settings")
+    train.add_argument("--config", metavar="FILE", type=a_path,
+                       help="TOML file (or a run's config.json) of recipe keys")
+    train.add_argument("--run-dir", metavar="PATH", type=a_path,
+                       help="where to write the run (default: runs/<time>-<name>)")
+    train.add_argument("--resume", metavar="RUN", type=a_path,
+                       help="continue an interrupted or failed run from its last finished epoch, with its own settings")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     _add_data_options(train)
     _add_config_options(train)
@@ -232,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", parents=[debug],
                                    help="test loss, accuracy, per-class scores, confusion matrix")
-    evaluate.add_argument("run", metavar="RUN", help="run directory")
+    evaluate.add_argument("run", metavar="RUN", type=a_path, help="run directory")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(evaluate)
@@ -240,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", parents=[debug],
                                   help="class names for test images or your own image files")
-    predict.add_argument("run", metavar="RUN", help="run directory")
-    predict.add_argument("images", metavar="IMAGE", nargs="*", help="PNG/JPEG files to classify")
+    predict.add_argument("run", metavar="RUN", type=a_path, help="run directory")
+    predict.add_argument("images", metavar="IMAGE", type=a_path, nargs="*", help="PNG/JPEG files to classify")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
     predict.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
                          help=f"classes listed per input, 1..{len(CLASS_NAMES)} (default: 3)")
@@ -257,11 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="VARIANT", help=f"from {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})")
     compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), default=3, metavar="N",
                          help="seeds per variant, counting up from --seed (default: 3)")
-    compare.add_argument("--out", default="runs/compare", metavar="DIR",
+    compare.add_argument("--out", default="runs/compare", metavar="DIR", type=a_path,
                          help="comparison folder; the same command resumes there (default: runs/compare)")
     compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
-    compare.add_argument("--config", metavar="FILE", help="TOML file of shared recipe keys")
+    compare.add_argument("--config", metavar="FILE", type=a_path, help="TOML file of shared recipe keys")
     compare.add_argument("--force", action="store_true",
                          help="write into an --out folder that holds other files (same-named ones are replaced)")
     _add_data_options(compare)
@@ -279,10 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(info)
     info.set_defaults(command_parser=info, handler=cmd_data_info)
     path = data_commands.add_parser("path", parents=[debug], help="print the folder the dataset is read from")
-    path.add_argument("--data-dir", metavar="DIR")
+    path.add_argument("--data-dir", metavar="DIR", type=a_path)
     path.set_defaults(command_parser=path, handler=cmd_data_path)
     download = data_commands.add_parser("download", parents=[debug], help="fetch and verify the files (needs network)")
-    download.add_argument("--dest", metavar="DIR", help="target folder (default: the Keras cache)")
+    download.add_argument("--dest", metavar="DIR", type=a_path, help="target folder (default: the Keras cache)")
     download.add_argument("--url", default=data.DEFAULT_URL,
                           help="base URL of a mirror holding the four .gz files")
     download.set_defaults(command_parser=download, handler=cmd_data_download)
@@ -330,8 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+KERAS_BACKENDS = ("jax", "tensorflow", "torch", "numpy", "openvino")
+
+
+def _check_environment() -> None:
+    backend = os.environ.get("KERAS_BACKEND", "jax")
+    if backend not in KERAS_BACKENDS:
+        raise ConfigError(f"KERAS_BACKEND {backend!r} is not a Keras backend; use one of {', '.join(KERAS_BACKENDS)} "
+                          f"(jax is the default)")
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
+        _check_environment()
         args.handler(args)
     except FashionlabError as exc:
         print(f"fashionlab: error: {printable(in_cli_terms(exc, flags_of(args.command_parser)))}", file=sys.stderr)
@@ -342,6 +362,14 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except ImportError as exc:  # the environment: a package missing, or KERAS_BACKEND naming one
+        print(f"fashionlab: error: cannot import {exc.name or 'a package'} ({printable(str(exc))[:200]}); "
+              f"reinstall fashionlab, or check KERAS_BACKEND", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the environment: a full disk, a closed or full standard output, ...
+        where = f" ({printable(str(exc.filename))})" if exc.filename else ""
+        print(f"fashionlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:  # the last line of defence: a bug, said in one line
         if args.debug:
             raise

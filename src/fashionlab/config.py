@@ -47,9 +47,9 @@ def opt(default: Any, help: str, *, minimum: float | None = None, maximum: float
 
 
 def _check_name(name: str) -> str | None:
-    if not NAME_PATTERN.fullmatch(name):
-        return (f"name {shown(name)} cannot be used: it must start with a letter or digit and hold at most 64 "
-                f"letters, digits, '_', '-' or '.'")
+    if not NAME_PATTERN.fullmatch(name) or len(name.encode("utf-8", "surrogatepass")) > 64:
+        return (f"name {shown(name)} cannot be used: it must start with a letter or digit, hold only letters, "
+                f"digits, '_', '-' or '.', and be at most 64 bytes long in UTF-8")
     return None
 
 
@@ -175,7 +175,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         text = read_text(path, what="config file", error=ConfigError, limit=MAX_CONFIG_BYTES)
         try:
-            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+            values = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
         except RecursionError:
             raise ConfigError(f"config file {path} nests too deeply; it is not a fashionlab config") from None
         except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: JSON, or an int too long

@@ -10,6 +10,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -39,6 +41,7 @@ FILE_NAMES = tuple(OFFICIAL_SHA256)
 # this cap is refused before it can fill memory (a decompression bomb).
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024  # the largest official .gz is 26,421,880 bytes
+MIN_DOWNLOAD_RATE = 1024  # bytes a second, averaged over the timeout: slower is a stalled server
 DEFAULT_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HOW_TO_GET_DATA = (
@@ -194,6 +197,9 @@ def load_file(directory: Path, name: str, verify: bool = True) -> np.ndarray:
 def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = FILE_NAMES) -> dict[str, np.ndarray]:
     """The files (all four by default) as arrays, keyed by file name, with the pairs' counts checked."""
     arrays = {name: load_file(directory, name, verify) for name in names}
+    empty = next((name for name, array in arrays.items() if not len(array)), None)
+    if empty is not None:
+        raise DataError(f"{directory}: {empty} holds no items; it is not a usable dataset file, replace it")
     for prefix in ("train", "t10k"):
         if f"{prefix}-images-idx3-ubyte" not in arrays:
             continue
@@ -243,6 +249,45 @@ def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 
         return _download(dest, url, timeout, stop)
 
 
+def _fetch_watched(address: str, target: Path, *, timeout: float, stop) -> None:
+    """`_fetch` in a thread, watched from here: a stop request ends the wait at once, whatever
+    the network does (a read can block for as long as the server likes)."""
+    outcome: list[BaseException | None] = []
+    cancel = threading.Event()
+    worker = threading.Thread(target=lambda: outcome.append(_fetch(address, target, timeout, cancel)), daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+        if stop.requested:
+            cancel.set()  # the thread stops at its next chunk; its file is removed with the staging folder
+            raise Interrupted("download interrupted; nothing was kept")
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
+
+
+def _fetch(address: str, target: Path, timeout: float, cancel: threading.Event) -> BaseException | None:
+    """Download `address` into `target`: capped in size, and given up when fewer than
+    MIN_DOWNLOAD_RATE bytes a second arrive over `timeout` seconds. Returns the error, if any."""
+    try:
+        with urllib.request.urlopen(address, timeout=timeout) as response, open(target, "wb") as out:
+            window_start, window_bytes = time.monotonic(), 0
+            while not cancel.is_set() and (chunk := response.read1(1 << 16)):
+                if out.tell() + len(chunk) > MAX_DOWNLOAD_BYTES:
+                    return DataError(f"{address} is larger than {MAX_DOWNLOAD_BYTES:,} bytes, far more than the "
+                                     f"official file; check `url`", terms=["url"])
+                out.write(chunk)
+                window_bytes += len(chunk)
+                if time.monotonic() - window_start > timeout:
+                    if window_bytes < MIN_DOWNLOAD_RATE * timeout:
+                        raise TimeoutError(f"less than {MIN_DOWNLOAD_RATE:,} bytes a second")
+                    window_start, window_bytes = time.monotonic(), 0
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return DataError(f"cannot download {address} ({reason}); check the network and `url`, or install "
+                         f"Debian's dataset-fashion-mnist package", terms=["url"])
+    return None
+
+
 def _download(dest: Path | None, url: str, timeout: float, stop) -> Path:
     dest = Path(dest) if dest is not None else keras_cache_dir()
     # The outermost folder this call creates: removed again if the download fails.
@@ -256,20 +301,7 @@ def _download(dest: Path | None, url: str, timeout: float, stop) -> Path:
     try:
         for name in FILE_NAMES:
             address = f"{url.rstrip('/')}/{name}.gz"
-            try:
-                with urllib.request.urlopen(address, timeout=timeout) as response, \
-                        open(staging / f"{name}.gz", "wb") as out:
-                    while chunk := response.read(1 << 20):
-                        if stop.requested:
-                            raise Interrupted("download interrupted; nothing was kept")
-                        if out.tell() + len(chunk) > MAX_DOWNLOAD_BYTES:
-                            raise DataError(f"{address} is larger than {MAX_DOWNLOAD_BYTES:,} bytes, far more than "
-                                            f"the official file; check `url`", terms=["url"])
-                        out.write(chunk)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise DataError(f"cannot download {address} ({reason}); check the network and `url`, or install "
-                                f"Debian's dataset-fashion-mnist package", terms=["url"]) from None
+            _fetch_watched(address, staging / f"{name}.gz", timeout=timeout, stop=stop)
             try:
                 content = read_bytes(staging / f"{name}.gz")
             except DataError:

@@ -12,6 +12,7 @@ import numpy as np
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
+from fashionlab.errors import Interrupted
 from fashionlab.interrupts import stop_requests
 from fashionlab.runs import Run
 
@@ -68,13 +69,15 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
     from fashionlab.reports import write_test_outputs
 
     Run.open(run_dir, allow_incomplete=allow_incomplete)  # refuses what is not a (finished) run
-    with stop_requests(), Run.acquire(run_dir) as run:  # a few seconds: a stop request waits for the writes
+    with stop_requests() as stop, Run.acquire(run_dir) as run:
         config = run.config()
         history = run.history()
         model = run.load_model()
         splits = data.splits(config.validation_size)
         proba = predict_proba(model, splits.x_test)
         report = metrics_from_proba(splits.y_test, proba)
+        if stop.requested:  # Ctrl-C while the model ran: stop before the writes, which then finish
+            raise Interrupted("evaluation interrupted; the run's files are unchanged")
         write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
                            y_test=splits.y_test, proba=proba)
     return {"run": str(run.path), **report}

@@ -87,16 +87,31 @@ class Run:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory; choose another `run_dir`", terms=["run_dir"])
+
+        def refuse_if_not_empty() -> None:
+            if any(p.name != LOCK_FILE for p in path.iterdir()):
+                raise RunError(f"run directory {path} already exists and is not empty; choose another `run_dir`",
+                               terms=["run_dir"])
+
+        if path.is_dir():
+            refuse_if_not_empty()  # before the lock file: a refused folder is left as it was
+        # The outermost folder made here: removed again if the run cannot start.
+        made = next((p for p in reversed([path, *path.parents]) if not os.path.lexists(p)), None)
         try:
             path.mkdir(parents=True, exist_ok=True)
+            run = cls.acquire(path)
         except OSError as exc:
+            _remove_made(made)
             raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}; choose another `run_dir`",
-                           terms=["run_dir"])
-        run = cls.acquire(path)
-        if any(p.name != LOCK_FILE for p in path.iterdir()):
+                           terms=["run_dir"]) from None
+        except RunError:
+            _remove_made(made)
+            raise
+        try:
+            refuse_if_not_empty()  # again, holding the lock: another process may have written meanwhile
+        except RunError:
             run.release()
-            raise RunError(f"run directory {path} already exists and is not empty; choose another `run_dir`",
-                           terms=["run_dir"])
+            raise
         return run
 
     @classmethod
@@ -307,6 +322,19 @@ class Run:
         if path is None:
             raise RunError(f"{self.path} has no {MODEL_FILE}; train it again")
         return load_model_file(path)
+
+
+def _remove_made(folder: Path | None) -> None:
+    """Remove a folder tree this process made, if it holds nothing but empty folders and a lock."""
+    if folder is None:
+        return
+    for root, dirs, files in os.walk(folder, topdown=False):
+        if any(name != LOCK_FILE for name in files):
+            return
+        with contextlib.suppress(OSError):
+            for name in files:
+                os.unlink(os.path.join(root, name))
+            os.rmdir(root)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,14 +211,24 @@ def _status_on_exit(run: Run) -> Iterator[None]:
     except FashionlabError as exc:
         _mark(run, "failed", str(exc))
         raise
+    except OSError as exc:  # the environment: a full disk or standard output, a vanished folder
+        _mark(run, "failed", f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
+        raise
     except BaseException as exc:
         _mark(run, "failed", f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
         raise
 
 
 def _mark(run: Run, status: str, message: str) -> None:
-    with contextlib.suppress(Exception):  # the disk may be full: the error itself must still surface
-        run.set_status(status, message=message)
+    """Write how the run ended; a further Ctrl-C waits until it is written (then takes effect)."""
+    on_main = threading.current_thread() is threading.main_thread()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if on_main else None
+    try:
+        with contextlib.suppress(Exception):  # the disk may be full: the error itself must still surface
+            run.set_status(status, message=message)
+    finally:
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: RunRecorder,
