@@ -22,7 +22,7 @@ from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, Interrupted
+from fashionlab.errors import ConfigError, Interrupted, reason
 from fashionlab.interrupts import stop_requests
 
 MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
@@ -373,8 +373,8 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # the last line of defence: a bug, said in one line
         if args.debug:
             raise
-        reason = printable(" ".join(str(exc).split()))[:300]
-        print(f"fashionlab: internal error: {type(exc).__name__}: {reason}; rerun with --debug for the traceback",
+        said = printable(reason(exc, 300))
+        print(f"fashionlab: internal error: {type(exc).__name__}: {said}; rerun with --debug for the traceback",
               file=sys.stderr)
         return INTERNAL_ERROR_CODE
     return 0

@@ -37,6 +37,11 @@ def _rebuild(cls: type[FashionlabError], message: str, terms: tuple[str, ...]) -
     return cls(message, terms=terms)
 
 
+def reason(exc: BaseException, limit: int = 120) -> str:
+    """An exception's text on one line, cut to `limit` characters: for quoting another library's error."""
+    return " ".join(str(exc).split())[:limit]
+
+
 def resume_call(run_dir: str | Path) -> str:
     """The term for "finish this run": `resume('runs/x')` in Python, `fashionlab train --resume runs/x` in a shell."""
     return f"resume({str(run_dir)!r})"

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, ImageError
+from fashionlab.errors import ConfigError, ImageError, reason
 from fashionlab.files import open_regular
 from fashionlab.runs import Run
 
@@ -75,8 +75,8 @@ def load_image(path: str | Path, invert: bool | None = None) -> np.ndarray:
         except UnidentifiedImageError:
             raise ImageError(f"{path} is not an image Pillow can read; pass a PNG or JPEG file") from None
         except Exception as exc:  # a decoder's failure on a damaged file can be of any type
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-            raise ImageError(f"{path} cannot be decoded ({reason}); the file is damaged or truncated") from None
+            said = reason(exc) or type(exc).__name__
+            raise ImageError(f"{path} cannot be decoded ({said}); the file is damaged or truncated") from None
 
 
 def top_k(proba: np.ndarray, k: int) -> list[dict[str, Any]]:

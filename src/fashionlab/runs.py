@@ -27,7 +27,7 @@ import pandas as pd
 
 from fashionlab import CLASS_NAMES
 from fashionlab.config import TrainConfig, from_dict
-from fashionlab.errors import ConfigError, RunError, resume_call
+from fashionlab.errors import ConfigError, RunError, reason, resume_call
 from fashionlab.files import kind_of, open_regular, read_text
 from fashionlab.records import HistoryRow, Metrics, Status, first_problem
 
@@ -122,8 +122,8 @@ class Run:
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          0o666 & ~_UMASK)
         except OSError as exc:
-            reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
-            raise RunError(f"cannot lock run directory {path} ({LOCK_FILE}: {reason}); "
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+            raise RunError(f"cannot lock run directory {path} ({LOCK_FILE}: {why}); "
                            f"remove {path / LOCK_FILE} if it is not a plain file") from None
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -225,7 +225,7 @@ class Run:
         try:
             value = json.loads(self.read_text(name))
         except (ValueError, RecursionError) as exc:
-            raise self.damaged(name, f"not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+            raise self.damaged(name, f"not valid JSON ({reason(exc)})") from None
         problem = first_problem(value, schema) if schema is not None else None
         if problem:
             raise self.damaged(name, problem)
@@ -249,7 +249,7 @@ class Run:
         try:
             frame = pd.read_csv(io.StringIO(self.read_text("history.csv")))
         except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise self.damaged("history.csv", f"not a readable CSV table ({' '.join(str(exc).split())[:120]})") \
+            raise self.damaged("history.csv", f"not a readable CSV table ({reason(exc)})") \
                 from None
         rows = frame.to_dict("records")
         problem = next(filter(None, (first_problem(_plain(row), HistoryRow, f"row {i + 1}")
@@ -387,7 +387,7 @@ def _archive_config(path: Path, handle) -> dict[str, Any]:
                 raise RunError(f"{path} declares a {info.file_size:,}-byte model config; refusing it")
             text = archive.read(info)[:MAX_MODEL_CONFIG_BYTES + 1]
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
-        raise RunError(f"{path} is not a valid .keras archive ({' '.join(str(exc).split())[:120]}); "
+        raise RunError(f"{path} is not a valid .keras archive ({reason(exc)}); "
                        f"train the run again") from None
     try:
         config = json.loads(text)
@@ -455,7 +455,6 @@ def _load_keras(path: Path, handle):
             finally:
                 tempfile.tempdir = before
     except Exception as exc:  # Keras raises many types here; the user only needs the reason.
-        reason = " ".join(str(exc).split())[:300]
-        raise RunError(f"{path} cannot be loaded safely: {reason}") from None
+        raise RunError(f"{path} cannot be loaded safely: {reason(exc, 300)}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.data import DataSource, Splits
-from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, resume_call
+from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import StopRequest, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
@@ -215,7 +215,7 @@ def _status_on_exit(run: Run) -> Iterator[None]:
         _mark(run, "failed", f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
         raise
     except BaseException as exc:
-        _mark(run, "failed", f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        _mark(run, "failed", f"internal error: {type(exc).__name__}: {reason(exc, 300)}")
         raise
 
 
