@@ -22,7 +22,7 @@ import numpy as np
 
 from fashionlab import CLASS_NAMES
 from fashionlab.errors import DataError, Interrupted
-from fashionlab.files import open_regular
+from fashionlab.files import open_regular, outermost_missing
 from fashionlab.interrupts import stop_requests
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
@@ -291,7 +291,7 @@ def _fetch(address: str, target: Path, timeout: float, cancel: threading.Event) 
 def _download(dest: Path | None, url: str, timeout: float, stop) -> Path:
     dest = Path(dest) if dest is not None else keras_cache_dir()
     # The outermost folder this call creates: removed again if the download fails.
-    created = next((p for p in reversed([dest, *dest.parents]) if not os.path.lexists(p)), None)
+    created = outermost_missing(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))

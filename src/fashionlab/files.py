@@ -86,3 +86,10 @@ def read_text(path: str | Path, *, what: str, error: type[FashionlabError], limi
         return content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}); pass a text file") from None
+
+
+def outermost_missing(path: str | Path) -> Path | None:
+    """The outermost folder that making `path` (with its parents) would create, or None if it
+    exists: what to remove again when the work that needed it fails."""
+    path = Path(path)
+    return next((p for p in reversed([path, *path.parents]) if not os.path.lexists(p)), None)

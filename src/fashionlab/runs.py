@@ -28,7 +28,7 @@ import pandas as pd
 from fashionlab import CLASS_NAMES
 from fashionlab.config import TrainConfig, from_dict
 from fashionlab.errors import ConfigError, RunError, reason, resume_call
-from fashionlab.files import kind_of, open_regular, read_text
+from fashionlab.files import kind_of, open_regular, outermost_missing, read_text
 from fashionlab.records import HistoryRow, Metrics, Status, first_problem
 
 MODEL_FILE = "model.keras"
@@ -96,7 +96,7 @@ class Run:
         if path.is_dir():
             refuse_if_not_empty()  # before the lock file: a refused folder is left as it was
         # The outermost folder made here: removed again if the run cannot start.
-        made = next((p for p in reversed([path, *path.parents]) if not os.path.lexists(p)), None)
+        made = outermost_missing(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             run = cls.acquire(path)
