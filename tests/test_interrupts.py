@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from helpers import TINY, synthetic_arrays, write_dataset
 
-from fashionlab.interrupts import StopRequest, parent_stopped, stop_requests, stop_when
+from fashionlab.interrupts import StopRequest, parent_stopped, signals_held, stop_requests, stop_when
 
 
 def test_sigterm_and_ctrl_c_become_a_request_and_the_handlers_are_restored():
@@ -47,6 +47,14 @@ def test_a_parents_events_are_stop_requests_too():
     finally:
         stop_when()
     assert not StopRequest().requested
+
+
+def test_a_held_signal_waits_for_the_block_and_is_not_lost():
+    with stop_requests() as stop:
+        with signals_held(signal.SIGTERM):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert not stop.requested  # held back while the block runs
+        assert stop.requested and stop.signal == signal.SIGTERM  # delivered as it ends
 
 
 # --- a whole `fashionlab train` process, signalled at random moments --------------------------------

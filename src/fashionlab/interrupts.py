@@ -65,3 +65,14 @@ def stop_requests() -> Iterator[StopRequest]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _current = None
+
+
+@contextlib.contextmanager
+def signals_held(*signums: int) -> Iterator[None]:
+    """`signums` held back from this thread for the block (not lost: delivered when it ends), for
+    work that must not be cut short, such as writing how a run ended."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.data import DataSource, Splits
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
-from fashionlab.interrupts import StopRequest, stop_requests
+from fashionlab.interrupts import StopRequest, signals_held, stop_requests
 from fashionlab.model import build_model, parameter_counts, summary_text
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
@@ -221,14 +220,8 @@ def _status_on_exit(run: Run) -> Iterator[None]:
 
 def _mark(run: Run, status: str, message: str) -> None:
     """Write how the run ended; a further Ctrl-C waits until it is written (then takes effect)."""
-    on_main = threading.current_thread() is threading.main_thread()
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if on_main else None
-    try:
-        with contextlib.suppress(Exception):  # the disk may be full: the error itself must still surface
-            run.set_status(status, message=message)
-    finally:
-        if held is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    with signals_held(signal.SIGINT, signal.SIGTERM), contextlib.suppress(Exception):
+        run.set_status(status, message=message)  # the disk may be full: the error itself must still surface
 
 
 def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: RunRecorder,
