@@ -90,6 +90,10 @@ class DataSource:
     def splits(self, validation_size: int = 5000, train_samples: int = 0) -> Splits:
         return load_splits(self.locate(), validation_size, train_samples, verify=self.verify)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four files as arrays, keyed by file name (for `split_arrays`): read once, used twice."""
+        return load_arrays(self.locate(), self.verify)
+
     def test_images(self) -> np.ndarray:
         return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify)
 
@@ -213,7 +217,12 @@ def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = F
 def load_splits(directory: Path, validation_size: int = 5000, train_samples: int = 0, *,
                 verify: bool = True) -> Splits:
     """The tutorial's split: the first `validation_size` training images validate, the rest train."""
-    arrays = load_arrays(directory, verify)
+    return split_arrays(load_arrays(directory, verify), validation_size, train_samples, source=directory)
+
+
+def split_arrays(arrays: dict[str, np.ndarray], validation_size: int, train_samples: int, *,
+                 source: Path) -> Splits:
+    """The tutorial's split of arrays already read (`load_arrays`)."""
     x_all, y_all = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
     if validation_size >= len(x_all):
         raise DataError(f"validation_size {validation_size} leaves no training images out of {len(x_all)}; "
@@ -225,7 +234,7 @@ def load_splits(directory: Path, validation_size: int = 5000, train_samples: int
     if train_samples:
         x_train, y_train = x_train[:train_samples], y_train[:train_samples]
     return Splits(x_train, y_train, x_all[:validation_size], y_all[:validation_size],
-                  arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"], directory)
+                  arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"], source)
 
 
 def describe(splits: Splits) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fashionlab.config import TrainConfig, check_runnable
-from fashionlab.data import DataSource, Splits
+from fashionlab.data import DataSource, Splits, split_arrays
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
@@ -114,8 +114,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     data and the machine before the run directory is made.
     """
     resolve_engine(config.engine)
-    check_runnable(config, train_images=data.train_count(), free_memory=available_memory())
-    splits = data.splits(config.validation_size, config.train_samples)
+    splits = _checked_splits(config, data)
     _use_compilation_cache()
     with stop_requests() as stop:
         if stop.requested:  # a signal while this process started: nothing is written yet
@@ -146,13 +145,20 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         if len(rows) < epoch or epoch > config.epochs:
             raise run.damaged(checkpoint.name, f"a checkpoint of epoch {epoch}, but history.csv has {len(rows)} "
                                                f"epoch(s) of the {config.epochs} configured")
-        check_runnable(config, train_images=data.train_count(), free_memory=available_memory())
-        splits = data.splits(config.validation_size, config.train_samples)
+        splits = _checked_splits(config, data)
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
         model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
             return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose)
+
+
+def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
+    """The data, read once: the config is checked against it (and the free memory), then split."""
+    data = data.located()
+    arrays = data.arrays()
+    check_runnable(config, train_images=len(arrays["train-images-idx3-ubyte"]), free_memory=available_memory())
+    return split_arrays(arrays, config.validation_size, config.train_samples, source=data.data_dir)
 
 
 def _new_model(config: TrainConfig, splits: Splits) -> keras.Model:
