@@ -244,13 +244,16 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         return self.read_json("metrics.json", Metrics)
 
+    def read_table(self, name: str, **options: Any) -> pd.DataFrame:
+        """A CSV file of the run (pandas' read_csv `options`), as a table or a damage report."""
+        try:  # pandas' parser errors are ValueErrors
+            return pd.read_csv(io.StringIO(self.read_text(name)), **options)
+        except ValueError as exc:
+            raise self.damaged(name, f"not a readable CSV table ({reason(exc)})") from None
+
     def history(self) -> pd.DataFrame:
         """history.csv: one row per finished epoch, numbered from 1."""
-        try:
-            frame = pd.read_csv(io.StringIO(self.read_text("history.csv")))
-        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise self.damaged("history.csv", f"not a readable CSV table ({reason(exc)})") \
-                from None
+        frame = self.read_table("history.csv")
         rows = frame.to_dict("records")
         problem = next(filter(None, (first_problem(_plain(row), HistoryRow, f"row {i + 1}")
                                      for i, row in enumerate(rows))), None)
@@ -264,11 +267,7 @@ class Run:
 
     def confusion(self) -> np.ndarray:
         """confusion_matrix.csv as a 10 x 10 array of counts (rows: true class)."""
-        try:
-            frame = pd.read_csv(io.StringIO(self.read_text("confusion_matrix.csv")), index_col=0)
-            matrix = frame.to_numpy()
-        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise self.damaged("confusion_matrix.csv", f"not a readable CSV table ({exc})") from None
+        matrix = self.read_table("confusion_matrix.csv", index_col=0).to_numpy()
         if matrix.shape != (len(CLASS_NAMES),) * 2 or matrix.dtype.kind not in "iu" or (matrix < 0).any():
             raise self.damaged("confusion_matrix.csv", "it must hold a 10 x 10 table of counts")
         return matrix
