@@ -69,10 +69,19 @@ def stop_requests() -> Iterator[StopRequest]:
 
 @contextlib.contextmanager
 def signals_held(*signums: int) -> Iterator[None]:
-    """`signums` held back from this thread for the block (not lost: delivered when it ends), for
-    work that must not be cut short, such as writing how a run ended."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    """`signums` held back for the block and delivered as it ends (not lost), for work that must
+    not be cut short, such as writing how a run ended. Python runs signal handlers in the main
+    thread whichever thread the signal reaches, so the handlers are what is deferred here (a
+    thread's signal mask would not do: JAX's threads would take the signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers belong to the main thread: nothing to defer here
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signums}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in caught:
+            signal.raise_signal(s)

@@ -33,7 +33,7 @@ import pandas as pd
 from fashionlab.config import TrainConfig
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
-from fashionlab.interrupts import signals_held, stop_requests, stop_when
+from fashionlab.interrupts import stop_requests, stop_when
 from fashionlab.runs import LOCK_FILE, Run
 
 
@@ -254,8 +254,11 @@ def _ctrl_c_held() -> Iterator[None]:
     thread or when the block ends."""
     # Starting it resets this thread's signal mask, so it must run before the block, not in it.
     multiprocessing.resource_tracker.ensure_running()
-    with signals_held(signal.SIGINT):
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a mask: the workers inherit it
+    try:
         yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 @contextlib.contextmanager
