@@ -38,6 +38,7 @@ class Status(TypedDict):
     started: NotRequired[str]
     resumed: NotRequired[str]
     finished: NotRequired[str]
+    recipe: NotRequired[str | None]
     message: NotRequired[str | None]
 
 
@@ -59,6 +60,8 @@ class Metrics(TypedDict):
     median_seconds_per_epoch: Seconds
     parameters: Parameters
     per_class_accuracy: NotRequired[dict[str, Fraction]]
+    train_seconds: NotRequired[Seconds]
+    seconds_to_val_accuracy: NotRequired[dict[str, Seconds | None]]
 
 
 class HistoryRow(TypedDict):

@@ -117,8 +117,9 @@ def run_report_html(title: str, *, config: Mapping[str, Any], report: Mapping[st
 
 
 def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
-                       x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray) -> None:
-    """learning_curves.png, confusion_matrix.csv/.png and report.html; each figure is rendered once."""
+                       x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray,
+                       metrics: Mapping[str, Any] | None = None) -> None:
+    """`metrics`: what metrics.json will hold. learning_curves.png, confusion_matrix.csv/.png and report.html; each figure is rendered once."""
     matrix = np.asarray(report["confusion_matrix"])
     curves = plots.png_bytes(plots.learning_curves_figure(history, config.get("name", "")))
     confusion = plots.png_bytes(plots.confusion_figure(matrix))

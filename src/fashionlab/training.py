@@ -244,6 +244,20 @@ def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: R
                   shuffle=config.shuffle, verbose=verbose, callbacks=[recorder], initial_epoch=initial_epoch)
 
 
+ACCURACY_MARKS = (0.85, 0.90, 0.93)
+
+
+def seconds_to_accuracy(history: pd.DataFrame, marks: tuple[float, ...] = ACCURACY_MARKS) -> dict[str, float | None]:
+    """Training seconds (summed epoch times) until validation accuracy first reached each mark,
+    keyed "0.85"; None where it never did."""
+    elapsed = history["seconds"].cumsum()
+    reached = {}
+    for mark in marks:
+        hits = np.flatnonzero(history["val_accuracy"].to_numpy() >= mark)
+        reached[f"{mark:.2f}"] = float(elapsed.iloc[hits[0]]) if len(hits) else None
+    return reached
+
+
 def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *, history: pd.DataFrame,
             data: DataSource, stop: StopRequest) -> TrainResult:
     """The final artifacts of a run whose epochs all finished; metrics.json and status last.
@@ -254,10 +268,9 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     _stop_point(run, stop, epochs_done)
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
-    write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
-                       y_test=splits.y_test, proba=proba)
     seconds = history["seconds"].tolist()
     scaler = scaler_of(model)
+    status = run.status()
     metrics = {
         "test_loss": report["test_loss"],
         "test_accuracy": report["test_accuracy"],
@@ -267,6 +280,8 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "best_epoch": int(history["val_accuracy"].idxmax()) + 1,
         "seconds_per_epoch": seconds,
         "median_seconds_per_epoch": float(np.median(seconds)),
+        "train_seconds": float(sum(seconds)),
+        "seconds_to_val_accuracy": seconds_to_accuracy(history),
         "parameters": parameter_counts(model),
         "engine": resolve_engine(config.engine),
         "scaler": dataclasses.asdict(scaler) if scaler else None,
@@ -274,7 +289,12 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
                  "valid": len(splits.x_valid), "test": len(splits.x_test)},
         "versions": library_versions(),
         "machine": machine_info(),
+        "recipe": status.get("recipe"),
+        "started": status.get("started"),
+        "finished": now(),
     }
+    write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
+                       y_test=splits.y_test, proba=proba, metrics=metrics)
     _stop_point(run, stop, epochs_done)
     run.write_json("metrics.json", metrics)
     _stop_point(run, stop, epochs_done)
