@@ -48,7 +48,14 @@ def test_train_table_and_run_config_json_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"epoch": 3}, "unknown config key(s): epoch"),
-    ({"depth": 0}, "depth must be at least 1, got 0"),
+    ({"depth": -1}, "depth must be at least 0, got -1"),
+    ({"dropout": 0.2, "alpha_dropout": 0.1}, "choose dropout or alpha_dropout, not both"),
+    ({"optimizer": "adam", "momentum": 0.9}, "momentum is for optimizer sgd"),
+    ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs (3) must be fewer than epochs (3)"),
+    ({"depth": 0, "dropout": 0.5}, "depth 0 has no hidden layer"),
+    ({"dropout": 0.95}, "dropout must be at most 0.9"),
+    ({"augment_shift": 9}, "augment_shift must be at most 8"),
+    ({"model": "resnet"}, "model must be one of mlp, cnn"),
     ({"batch_size": -32}, "batch_size must be at least 1"),
     ({"seed": -1}, "seed must be at least 0"),
     ({"train_samples": -1}, "train_samples must be at least 0"),

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
@@ -10,12 +11,12 @@ from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
 
 
-def twin_models(config: TrainConfig, x_train: np.ndarray):
+def twin_models(config: TrainConfig, x_train: np.ndarray, steps_per_epoch: int = 1):
     """Two freshly built models with identical initial weights."""
     models = []
     for _ in range(2):
         keras.utils.set_random_seed(config.seed)
-        models.append(build_model(config, fit_scaler(x_train)))
+        models.append(build_model(config, fit_scaler(x_train), steps_per_epoch=steps_per_epoch))
     return models
 
 
@@ -134,3 +135,67 @@ def test_the_compilation_cache_follows_its_environment_setting(monkeypatch, tmp_
         assert jax.config.jax_compilation_cache_dir == str(tmp_path)
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_augment_shifts_within_bounds_and_flips_exactly():
+    images = jnp.zeros((64, 28, 28)).at[:, 10:18, 5:9].set(1.0)  # an 8 x 4 block, off-centre
+    key = jax.random.key(0)
+    shifted = np.asarray(engine.augment(key, images, engine.Augmentation(shift=3)))
+    assert shifted.shape == images.shape and np.all(shifted.sum(axis=(1, 2)) == 32)  # nothing lost at 3 px
+    rows = [np.flatnonzero(s.any(axis=1))[0] - 10 for s in shifted]
+    cols = [np.flatnonzero(s.any(axis=0))[0] - 5 for s in shifted]
+    assert set(rows) == set(cols) == set(range(-3, 4))  # every offset in -3..3 drawn, none beyond
+    assert np.array_equal(shifted, np.asarray(engine.augment(key, images, engine.Augmentation(shift=3))))
+    other = np.asarray(engine.augment(jax.random.key(1), images, engine.Augmentation(shift=3)))
+    assert not np.array_equal(shifted, other)
+
+    flipped = np.asarray(engine.augment(key, images, engine.Augmentation(flip=True)))
+    mirrored = np.array([np.array_equal(f, np.asarray(images[0])[:, ::-1]) for f in flipped])
+    unchanged = np.array([np.array_equal(f, np.asarray(images[0])) for f in flipped])
+    assert np.all(mirrored ^ unchanged) and 16 < mirrored.sum() < 48
+
+
+@pytest.mark.parametrize("changes", [
+    {"optimizer": "adamw", "weight_decay": 0.01, "schedule": "one_cycle", "learning_rate": 0.003},
+    {"momentum": 0.9, "schedule": "cosine", "warmup_epochs": 0.5, "epochs": 2},
+    {"label_smoothing": 0.1, "batch_norm": "none"},
+    {"model": "cnn", "filters": 4, "conv_blocks": 2, "depth": 1, "width": 8, "batch_norm": "before"},
+])
+def test_training_options_give_what_keras_fit_gives(changes):
+    config = TINY.replace(**changes)
+    x_train, y_train, x_valid, y_valid = synthetic_split(300)
+    with_keras, compiled = twin_models(config, x_train, steps_per_epoch=10)
+    targets = (lambda y: np.eye(10, dtype="float32")[y]) if config.label_smoothing else (lambda y: y)
+    kh = with_keras.fit(x_train.astype("float32"), targets(y_train), batch_size=config.batch_size, epochs=1,
+                        shuffle=False, validation_data=(x_valid.astype("float32"), targets(y_valid)), verbose=0)
+    ch = engine.fit_compiled(compiled, x_train, y_train, x_valid, y_valid, batch_size=config.batch_size, epochs=1,
+                             shuffle=False, verbose=0)
+    assert_same_state(with_keras, compiled, rtol=1e-4, atol=1e-5)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert ch.history[key][0] == pytest.approx(kh.history[key][0], rel=1e-4), key
+    assert ch.history["learning_rate"][0] == pytest.approx(float(with_keras.optimizer.learning_rate), rel=1e-6)
+
+
+def test_augmentation_changes_training_but_not_validation():
+    config = TINY.replace(batch_norm="none")
+    x_train, y_train, x_valid, y_valid = synthetic_split(300)
+    plain, augmented = twin_models(config, x_train)
+    engine.fit_compiled(plain, x_train, y_train, batch_size=32, epochs=1, verbose=0)
+    history = engine.fit_compiled(augmented, x_train, y_train, x_valid, y_valid, batch_size=32, epochs=1, verbose=0,
+                                  augmentation=engine.Augmentation(shift=2, flip=True))
+    assert not np.allclose(np.asarray(plain.weights[0].value), np.asarray(augmented.weights[0].value))
+    proba = np.asarray(augmented.predict(x_valid.astype("float32"), verbose=0))
+    assert history.history["val_accuracy"][0] == pytest.approx(np.mean(proba.argmax(axis=1) == y_valid))
+
+
+def test_dropout_draws_follow_the_seed():
+    """The compiled engine sets dropout's random state from the seed, epoch and step: another
+    seed (same initial weights, no shuffle) drops other units; the same seed the same ones."""
+    config = TINY.replace(batch_norm="none", dropout=0.5)
+    x_train, y_train, _, _ = synthetic_split(300)
+    trained = []
+    for seed in (1, 2, 1):
+        (model, _) = twin_models(config, x_train)
+        engine.fit_compiled(model, x_train, y_train, batch_size=32, epochs=1, seed=seed, shuffle=False, verbose=0)
+        trained.append(np.asarray(model.weights[0].value))
+    assert not np.allclose(trained[0], trained[1]) and np.array_equal(trained[0], trained[2])

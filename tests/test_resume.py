@@ -22,9 +22,12 @@ from fashionlab.model import build_model
 from fashionlab.runs import MODEL_FILE, Run
 from fashionlab.training import RunRecorder, resume, train
 
-# Big enough that an epoch takes a moment, so a kill lands inside one.
-CONFIG = TINY.replace(depth=20, width=100, epochs=8, validation_size=500)
-COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+# Big enough that an epoch takes a moment, so a kill lands inside one; every option that draws
+# random numbers or depends on the step is on, since resuming must reproduce each of them.
+CONFIG = TINY.replace(depth=20, width=100, epochs=8, validation_size=500, augment_shift=2, augment_flip=True,
+                      dropout=0.1, label_smoothing=0.1, optimizer="adamw", weight_decay=1e-4, learning_rate=0.003,
+                      schedule="one_cycle")
+COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 # Where the kill lands is drawn from this seed (printed with any failure), so a failure can be replayed:
 # FASHIONLAB_KILL_SEED=<seed> pytest tests/test_resume.py
 KILL_SEED = int(os.environ.get("FASHIONLAB_KILL_SEED", random.randrange(2**32)))

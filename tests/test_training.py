@@ -1,5 +1,7 @@
 import json
 
+import keras
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import TINY, synthetic_arrays
@@ -7,8 +9,11 @@ from PIL import Image
 
 from fashionlab import CLASS_NAMES
 from fashionlab.errors import RunError
+from fashionlab.interrupts import StopRequest
+from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
-from fashionlab.training import train
+from fashionlab.runs import Run
+from fashionlab.training import RunRecorder, train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
              "confusion_matrix.csv", "confusion_matrix.png", "report.html", "run.json", ".lock"}
@@ -81,3 +86,31 @@ def test_keras_fit_engine_writes_the_same_kind_of_run(tmp_path, synthetic, tiny_
     assert {p.name for p in result.run.path.iterdir()} == ARTIFACTS
     assert list(result.history["epoch"]) == [1, 2]
     assert result.metrics["best_val_accuracy"] > 0.5
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(tmp_path, synthetic):
+    """The synthetic classes are learnt perfectly within a few epochs, after which validation
+    accuracy cannot improve: patience 1 stops one epoch later and keeps the best epoch's
+    weights, which are those of a run trained for just that many epochs."""
+    stopped = train(TINY.replace(epochs=12, early_stopping=1), tmp_path / "stopped", data=synthetic, verbose=0)
+    best = stopped.metrics["best_epoch"]
+    history = stopped.history
+    assert len(history) == best + 1 < 12 and history["val_accuracy"].iloc[-1] <= history["val_accuracy"].max()
+    assert stopped.metrics["weights_from_epoch"] == best and stopped.metrics["stopped_early"]
+    assert Run(stopped.run.path).status()["status"] == "complete" and not Run(stopped.run.path).checkpoints()
+    short = train(TINY.replace(epochs=best), tmp_path / "short", data=synthetic, verbose=0)
+    saved = keras.saving.load_model(stopped.run.path / "model.keras")
+    for mine, theirs in zip(saved.weights, short.model.weights):
+        np.testing.assert_allclose(np.asarray(mine.value), np.asarray(theirs.value), rtol=1e-6, atol=1e-7)
+
+
+def test_recorder_stops_after_patience_epochs_and_keeps_the_best_checkpoint(tmp_path):
+    with Run.create(tmp_path / "run") as run:
+        run.write_json("config.json", TINY.to_dict())
+        recorder = RunRecorder(run, StopRequest(), patience=2)
+        recorder.set_model(build_model(TINY))
+        for epoch, accuracy in enumerate([0.5, 0.7, 0.6, 0.7]):
+            recorder.on_epoch_begin(epoch)
+            recorder.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": accuracy})
+            assert recorder.model.stop_training == (epoch == 3)  # a tie is no improvement
+            assert list(run.checkpoints()) == sorted({2, epoch + 1} if epoch else {1})

@@ -30,6 +30,8 @@ BatchNorm = Literal["after", "before", "none"]
 Initializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
 Optimizer = Literal["sgd", "adam", "rmsprop", "nadam", "adamw"]
 Engine = Literal["auto", "compiled", "keras"]
+Family = Literal["mlp", "cnn"]
+Schedule = Literal["constant", "cosine", "one_cycle"]
 
 # A name becomes part of file names, plot titles, CSV cells and terminal lines: letters (any
 # script), digits, "_", "-" and "." only, so that none of them can read it as anything else.
@@ -58,18 +60,42 @@ class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the tutorial."""
 
     name: str = opt("tutorial", "label used in the run directory name and reports", check=_check_name)
+    model: Family = opt("mlp", "mlp: depth x Dense (the tutorial); cnn: conv blocks, then depth x Dense")
     # Keras builds and reloads a network layer by layer recursively: 300 blocks of Dense, BN and
     # activation pass Python's recursion limit; 250 leaves a margin.
-    depth: int = opt(20, "hidden Dense layers", minimum=1, maximum=250)
-    width: int = opt(100, "units per hidden layer", minimum=1, maximum=65536)
+    depth: int = opt(20, "hidden Dense layers (cnn: after the convolutions; 0 = none)", minimum=0, maximum=250)
+    width: int = opt(100, "units per hidden Dense layer", minimum=1, maximum=65536)
     activation: Activation = opt("relu", "hidden-layer activation")
     batch_norm: BatchNorm = opt("after", "after: Dense(act)+BN (tutorial); before: Dense+BN+act; none")
     kernel_initializer: Initializer = opt("glorot_uniform", "Dense kernel initializer; SELU wants lecun_normal")
+    dropout: float = opt(0.0, "dropout rate after each hidden Dense block (and each cnn block)", minimum=0,
+                         maximum=0.9)
+    alpha_dropout: float = opt(0.0, "AlphaDropout rate after each hidden Dense block, for selu networks",
+                               minimum=0, maximum=0.9)
+    filters: int = opt(32, "cnn: filters of the first conv block, doubled in each next block", minimum=1,
+                       maximum=1024)
+    conv_blocks: int = opt(2, "cnn: conv blocks, each halving the image with 2x2 max pooling", minimum=1,
+                           maximum=4)
+    convs_per_block: int = opt(1, "cnn: 3x3 convolutions (each with BN and activation) per block", minimum=1,
+                               maximum=4)
     scale_inputs: bool = opt(True, "standardize pixels with the training set's mean and std")
     optimizer: Optimizer = opt("sgd", "the tutorial compiles with optimizer='sgd'")
-    learning_rate: float = opt(0.01, "learning rate (Keras' SGD default)", above=0)
+    learning_rate: float = opt(0.01, "learning rate (Keras' SGD default); the peak of a schedule", above=0)
+    momentum: float = opt(0.0, "sgd: momentum (Nesterov)", minimum=0, maximum=0.999)
+    weight_decay: float = opt(0.0, "decoupled weight decay, per step and unit of learning rate", minimum=0,
+                              maximum=1)
+    schedule: Schedule = opt("constant", "learning rate over training: constant, cosine (to 0), one_cycle "
+                                         "(up from lr/25, then cosine to 0)")
+    warmup_epochs: float = opt(0.0, "linear warm-up from 0 (one_cycle: lr/25) over this many epochs; "
+                                    "one_cycle's default is 30% of training", minimum=0, maximum=100_000)
+    label_smoothing: float = opt(0.0, "train on targets (1 - s) one-hot + s/10", minimum=0, maximum=0.5)
+    augment_shift: int = opt(0, "shift each training image by up to N pixels, a new draw every step", minimum=0,
+                             maximum=8)
+    augment_flip: bool = opt(False, "flip half the training images left-right, a new draw every step")
     batch_size: int = opt(32, "images per step (Keras' fit default)", minimum=1, maximum=10**7)
     epochs: int = opt(10, "passes over the training set", minimum=1, maximum=100_000)
+    early_stopping: int = opt(0, "stop after N epochs without a better validation accuracy and keep the best "
+                                 "epoch's weights; 0 = off", minimum=0, maximum=100_000)
     seed: int = opt(42, "same seed, same machine: same history", minimum=0, maximum=SEED_MAX)
     shuffle: bool = opt(True, "reshuffle the training set every epoch, as fit does")
     validation_size: int = opt(5000, "the first N training images are held out for validation", minimum=1,
@@ -81,12 +107,28 @@ class TrainConfig:
         for f in fields(self):
             # frozen: the validated value (an int given for a float becomes a float) goes in directly
             object.__setattr__(self, f.name, validate_field(f, getattr(self, f.name)))
+        problem = combination_problem(self)
+        if problem:
+            raise ConfigError(problem)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return from_dict({**self.to_dict(), **changes})
+
+
+def combination_problem(config: TrainConfig) -> str | None:
+    """What is wrong with the keys together (each alone is valid), or None."""
+    if config.dropout and config.alpha_dropout:
+        return "choose dropout or alpha_dropout, not both"
+    if config.momentum and config.optimizer != "sgd":
+        return f"momentum is for optimizer sgd; {config.optimizer} keeps its own moments (set momentum to 0)"
+    if config.warmup_epochs >= config.epochs:
+        return f"warmup_epochs ({config.warmup_epochs:g}) must be fewer than epochs ({config.epochs})"
+    if config.model == "mlp" and config.depth == 0 and (config.dropout or config.alpha_dropout):
+        return "a network of depth 0 has no hidden layer to apply dropout to"
+    return None
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -195,11 +237,34 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 OPTIMIZER_SLOTS = {"sgd": 0, "rmsprop": 1, "adam": 2, "nadam": 2, "adamw": 2}
 
 
+def conv_channels(config: TrainConfig) -> list[int]:
+    """Output channels of each convolution of a cnn, in order."""
+    return [config.filters * 2**block for block in range(config.conv_blocks) for _ in range(config.convs_per_block)]
+
+
+def _conv_sizes(config: TrainConfig) -> tuple[int, list[int]]:
+    """A cnn's flattened feature count, and each convolution's output size per image (H x W x C)."""
+    sizes, side = [], 28
+    for block in range(config.conv_blocks):
+        sizes += [side * side * config.filters * 2**block] * config.convs_per_block
+        side //= 2
+    return side * side * config.filters * 2 ** (config.conv_blocks - 1), sizes
+
+
 def parameter_estimate(config: TrainConfig) -> int:
     """The network's weight count, from the config alone (build_model gives the same)."""
-    hidden = 28 * 28 * config.width + (config.depth - 1) * config.width**2 + config.depth * config.width
-    batch_norm = 4 * config.width * config.depth if config.batch_norm != "none" else 0
-    return hidden + batch_norm + config.width * 10 + 10
+    norm = 4 if config.batch_norm != "none" else 0  # gamma, beta, moving mean and variance per unit
+    features, total = 28 * 28, 0
+    if config.model == "cnn":
+        before = 1
+        for channels in conv_channels(config):
+            total += 9 * before * channels + channels + norm * channels
+            before = channels
+        features = _conv_sizes(config)[0]
+    for _ in range(config.depth):
+        total += features * config.width + config.width + norm * config.width
+        features = config.width
+    return total + features * 10 + 10
 
 
 def training_bytes(config: TrainConfig, train_images: int) -> int:
@@ -207,9 +272,20 @@ def training_bytes(config: TrainConfig, train_images: int) -> int:
     gradients, optimizer state and a compiled copy, the activations of a batch (kept for the
     backward pass), and the images on the device. Within a factor of two or so; used to refuse
     networks that cannot fit before building them."""
-    weights = 4 * parameter_estimate(config) * (3 + OPTIMIZER_SLOTS[config.optimizer])
-    activations = 4 * 4 * max(config.batch_size, 1000) * config.width * config.depth
+    slots = OPTIMIZER_SLOTS[config.optimizer] + (1 if config.momentum else 0)
+    weights = 4 * parameter_estimate(config) * (3 + slots)
+    units = config.width * config.depth + (sum(_conv_sizes(config)[1]) if config.model == "cnn" else 0)
+    activations = 4 * 4 * max(config.batch_size, 1000) * units
     return weights + activations + 2 * 28 * 28 * train_images
+
+
+def describe_network(config: TrainConfig) -> str:
+    """The network in a few words: "depth 20 x width 100" or "cnn 32-64, depth 1 x width 128"."""
+    dense = f"depth {config.depth} x width {config.width}"
+    if config.model == "mlp":
+        return dense
+    blocks = "-".join(str(config.filters * 2**b) for b in range(config.conv_blocks))
+    return f"cnn {blocks} (x{config.convs_per_block}), {dense}"
 
 
 def check_runnable(config: TrainConfig, *, train_images: int, free_memory: int | None) -> None:
@@ -231,6 +307,6 @@ def check_runnable(config: TrainConfig, *, train_images: int, free_memory: int |
                           f"use at most {used:,}")
     need, free = training_bytes(config, used), free_memory
     if free is not None and need > 0.8 * free:
-        raise ConfigError(f"a network of depth {config.depth} x width {config.width} "
+        raise ConfigError(f"a network of {describe_network(config)} "
                           f"({parameter_estimate(config):,} weights) needs about {need / 2**30:.1f} GiB to train, more "
                           f"than the {free / 2**30:.1f} GiB of memory free here; make it smaller")

@@ -24,10 +24,12 @@ import keras
 import numpy as np
 
 from fashionlab.errors import ConfigError
+from fashionlab.model import one_hot_targets
 
 # Steps per compiled call. Large enough that Python dispatch vanishes, small enough that
 # the progress bar and a stop request (Ctrl-C) are seen a few times per epoch.
 CHUNK_STEPS = 256
+SEED_STATE = "seed_generator_state"  # the name of a keras.random.SeedGenerator's variable
 
 
 def enable_compilation_cache() -> str | None:
@@ -84,10 +86,33 @@ class Programs(NamedTuple):
     evaluate: Future | None
 
 
+class Augmentation(NamedTuple):
+    """Random changes to each training image, drawn anew at every step: a shift by up to `shift`
+    pixels in each direction (the uncovered border black, as the images' background), and with
+    `flip` a left-right mirror of half the images."""
+
+    shift: int = 0
+    flip: bool = False
+
+
+def augment(key: jax.Array, images: jax.Array, augmentation: Augmentation) -> jax.Array:
+    """`images` (batch, 28, 28), each shifted and flipped by its own draw from `key`."""
+    shift_key, flip_key = jax.random.split(key)
+    if augmentation.shift:
+        s = augmentation.shift
+        offsets = jax.random.randint(shift_key, (images.shape[0], 2), 0, 2 * s + 1)
+        padded = jnp.pad(images, ((0, 0), (s, s), (s, s)))
+        images = jax.vmap(lambda image, at: jax.lax.dynamic_slice(image, (at[0], at[1]), (28, 28)))(padded, offsets)
+    if augmentation.flip:
+        flipped = jax.random.bernoulli(flip_key, 0.5, (images.shape[0],))
+        images = jnp.where(flipped[:, None, None], images[:, :, ::-1], images)
+    return images
+
+
 class CompiledTrainer:
     """Holds the jitted functions for one compiled Keras model."""
 
-    def __init__(self, model: keras.Model, batch_size: int):
+    def __init__(self, model: keras.Model, batch_size: int, augmentation: Augmentation = Augmentation()):
         if keras.backend.backend() != "jax":
             raise ConfigError(f"engine 'compiled' needs the JAX backend, not {keras.backend.backend()}; "
                               f"use engine 'keras' or KERAS_BACKEND=jax")
@@ -95,6 +120,11 @@ class CompiledTrainer:
         self.model = model
         self.batch_size = batch_size
         self.loss_fn = keras.losses.get(model.loss)
+        self.one_hot = one_hot_targets(model)
+        self.augmentation = augmentation
+        # Dropout's random state: Keras does not save it with the model, so each step sets it
+        # from the seed, the epoch and the step instead, and a resumed run draws what it would have.
+        self.seed_slots = [i for i, v in enumerate(model.non_trainable_variables) if v.name == SEED_STATE]
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         self._chunk = jax.jit(self._run_steps)
@@ -104,13 +134,22 @@ class CompiledTrainer:
 
     # --- pure functions, traced once -------------------------------------------------------
 
+    def _targets(self, y):
+        return jax.nn.one_hot(y, 10) if self.one_hot else y
+
     def _loss(self, trainable, non_trainable, x, y):
         y_pred, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=True)
-        return jnp.mean(self.loss_fn(y, y_pred)), (y_pred, non_trainable)
+        return jnp.mean(self.loss_fn(self._targets(y), y_pred)), (y_pred, non_trainable)
 
-    def _step(self, state: TrainState, x, y) -> TrainState:
+    def _step(self, state: TrainState, x, y, key) -> TrainState:
+        """One optimizer step on the batch (x, y); `key` draws its augmentation and dropout."""
+        non_trainable = list(state.non_trainable)
+        for slot in self.seed_slots:
+            non_trainable[slot] = jax.random.bits(jax.random.fold_in(key, 1 + slot), (2,), jnp.uint32)
+        if self.augmentation != Augmentation():
+            x = augment(jax.random.fold_in(key, 0), x, self.augmentation)
         (loss, (y_pred, non_trainable)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.trainable, state.non_trainable, x, y)
+            state.trainable, non_trainable, x, y)
         trainable, optimizer = self.model.optimizer.stateless_apply(state.optimizer, grads, state.trainable)
         n = y.shape[0]
         hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == y)
@@ -120,19 +159,19 @@ class CompiledTrainer:
     def _batch(self, x_all, y_all, indices):
         return jnp.take(x_all, indices, axis=0).astype(jnp.float32), jnp.take(y_all, indices, axis=0)
 
-    def _run_steps(self, state, x_all, y_all, order, start, stop):
+    def _run_steps(self, state, x_all, y_all, order, epoch_key, start, stop):
         def body(i, state):
             indices = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
-            return self._step(state, *self._batch(x_all, y_all, indices))
+            return self._step(state, *self._batch(x_all, y_all, indices), jax.random.fold_in(epoch_key, i))
 
         return jax.lax.fori_loop(start, stop, body, state)
 
-    def _run_tail(self, state, x_all, y_all, indices):
-        return self._step(state, *self._batch(x_all, y_all, indices))
+    def _run_tail(self, state, x_all, y_all, indices, epoch_key, step):
+        return self._step(state, *self._batch(x_all, y_all, indices), jax.random.fold_in(epoch_key, step))
 
     def _evaluate_all(self, trainable, non_trainable, x, y):
         y_pred, _ = self.model.stateless_call(trainable, non_trainable, x.astype(jnp.float32), training=False)
-        return jnp.mean(self.loss_fn(y, y_pred)), jnp.mean(jnp.argmax(y_pred, axis=-1) == y)
+        return jnp.mean(self.loss_fn(self._targets(y), y_pred)), jnp.mean(jnp.argmax(y_pred, axis=-1) == y)
 
     # --- state <-> Keras variables ---------------------------------------------------------
 
@@ -162,6 +201,7 @@ class CompiledTrainer:
         x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train, dtype=jnp.int32)
         valid = None if x_valid is None else (jnp.asarray(x_valid), jnp.asarray(y_valid, dtype=jnp.int32))
         key = jax.random.key(seed)
+        step_key = jax.random.split(key)[1]  # augmentation and dropout: a stream apart from the shuffle
 
         state = self.read_state()
         programs = None
@@ -172,23 +212,24 @@ class CompiledTrainer:
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
             if programs is None:  # inside the first epoch, whose time includes compilation (as in fit)
-                programs = self._compile(state, x_all, y_all, n, tail, valid)
+                programs = self._compile(state, x_all, y_all, n, tail, valid, step_key)
             order = self._order(key, epoch, n, shuffle)
+            epoch_key = jax.random.fold_in(step_key, epoch)
             state = state._replace(totals=Totals.zero())
             for start in range(0, full_steps, CHUNK_STEPS):
                 stop = min(start + CHUNK_STEPS, full_steps)
                 callback_list.on_train_batch_begin(start)
-                state = programs.chunk(state, x_all, y_all, order, start, stop)
+                state = programs.chunk(state, x_all, y_all, order, epoch_key, start, stop)
                 callback_list.on_train_batch_end(stop - 1, state.totals.logs())
                 if self.model.stop_training:
                     break
             if tail and not self.model.stop_training:
-                state = programs.tail.result()(state, x_all, y_all, order[full_steps * b:])
+                state = programs.tail.result()(state, x_all, y_all, order[full_steps * b:], epoch_key, full_steps)
                 callback_list.on_train_batch_end(steps - 1, state.totals.logs())
             self.write_state(state)
             if self.model.stop_training:  # an unfinished epoch is neither validated nor reported
                 break
-            logs = state.totals.logs()
+            logs = {**state.totals.logs(), "learning_rate": current_learning_rate(self.model)}
             if valid is not None:
                 val_loss, val_accuracy = programs.evaluate.result()(state.trainable, state.non_trainable, *valid)
                 logs.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
@@ -198,7 +239,7 @@ class CompiledTrainer:
         callback_list.on_train_end()
         return self.model.history
 
-    def _compile(self, state: TrainState, x_all, y_all, n: int, tail: int, valid) -> Programs:
+    def _compile(self, state: TrainState, x_all, y_all, n: int, tail: int, valid, epoch_key) -> Programs:
         """Compile the training chunk now, and the rest in a thread while the first epoch runs.
 
         One training keeps about one core busy, so the tail-batch and validation functions
@@ -206,12 +247,12 @@ class CompiledTrainer:
         alongside the chunk would slow the chunk's own multithreaded compilation.)
         """
         order = jax.ShapeDtypeStruct((n,), jnp.int32)
-        chunk = self._chunk.lower(state, x_all, y_all, order, 0, 1).compile()
+        chunk = self._chunk.lower(state, x_all, y_all, order, epoch_key, 0, 1).compile()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fashionlab-compile")
         tail_program = evaluate = None
         if tail:
             indices = jax.ShapeDtypeStruct((tail,), jnp.int32)
-            tail_program = pool.submit(self._tail.lower(state, x_all, y_all, indices).compile)
+            tail_program = pool.submit(self._tail.lower(state, x_all, y_all, indices, epoch_key, 0).compile)
         if valid is not None:
             evaluate = pool.submit(self._evaluate.lower(state.trainable, state.non_trainable, *valid).compile)
         pool.shutdown(wait=False)  # the thread finishes its compiles; nothing waits here
@@ -224,10 +265,17 @@ def epoch_order(key: jax.Array, epoch: int, n: int, shuffle: bool) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), n) if shuffle else jnp.arange(n)
 
 
+def current_learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate now: its schedule at the steps taken so far."""
+    return float(model.optimizer.learning_rate)
+
+
 def fit_compiled(model: keras.Model, x_train, y_train, x_valid=None, y_valid=None, *, batch_size: int = 32,
                  epochs: int = 1, seed: int = 0, shuffle: bool = True, initial_epoch: int = 0,
-                 callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> keras.callbacks.History:
-    """`model.fit` for in-memory arrays on the JAX backend, compiled end to end."""
-    return CompiledTrainer(model, batch_size).fit(x_train, y_train, x_valid, y_valid, epochs=epochs, seed=seed,
-                                                  shuffle=shuffle, initial_epoch=initial_epoch, callbacks=callbacks,
-                                                  verbose=verbose)
+                 augmentation: Augmentation = Augmentation(), callbacks: Sequence[keras.callbacks.Callback] = (),
+                 verbose: int = 1) -> keras.callbacks.History:
+    """`model.fit` for in-memory arrays on the JAX backend, compiled end to end, with the
+    training images augmented on the device."""
+    trainer = CompiledTrainer(model, batch_size, augmentation)
+    return trainer.fit(x_train, y_train, x_valid, y_valid, epochs=epochs, seed=seed, shuffle=shuffle,
+                       initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)

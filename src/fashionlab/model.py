@@ -1,6 +1,9 @@
-"""The tutorial's network: a deep Dense MLP with optional batch normalization.
+"""The networks: the tutorial's deep MLP and a small CNN, built from one config.
 
-    model = build_mlp(depth=20, width=100, batch_norm="after")
+    model = build_model(TrainConfig(model="cnn", depth=1, width=128), scaler, steps_per_epoch=1719)
+
+Both take raw 28 x 28 pixels (0..255) and hold their own standardization, so a saved model
+is self-contained; both are plain Keras layers, so any backend trains and loads them.
 """
 
 from __future__ import annotations
@@ -9,41 +12,90 @@ import math
 
 import keras
 
-from fashionlab.config import TrainConfig
+from fashionlab.config import TrainConfig, conv_channels
 from fashionlab.preprocessing import Scaler, scaling_layer
 
 
-def build_mlp(depth: int = 20, width: int = 100, activation: str = "relu", batch_norm: str = "after",
-              kernel_initializer: str = "glorot_uniform", scaler: Scaler | None = None,
-              name: str = "fashionlab_mlp") -> keras.Sequential:
-    """Input 28x28 raw pixels -> [standardize] -> Flatten -> depth x hidden block -> Dense(10, softmax).
+def hidden_block(layer_type: type[keras.layers.Layer], size: int, config: TrainConfig,
+                 **options) -> list[keras.layers.Layer]:
+    """A Dense or Conv2D layer with the config's activation and batch norm: "after": layer(act)
+    then BN (the tutorial); "before": layer, BN, act; "none": layer(act)."""
+    options["kernel_initializer"] = config.kernel_initializer
+    if config.batch_norm == "before":
+        return [layer_type(size, **options), keras.layers.BatchNormalization(),
+                keras.layers.Activation(config.activation)]
+    layer = layer_type(size, activation=config.activation, **options)
+    return [layer] + ([keras.layers.BatchNormalization()] if config.batch_norm == "after" else [])
 
-    batch_norm "after": Dense(act), BN (the tutorial); "before": Dense, BN, Activation; "none": Dense(act).
+
+def _dropout(config: TrainConfig) -> list[keras.layers.Layer]:
+    if config.alpha_dropout:
+        return [keras.layers.AlphaDropout(config.alpha_dropout)]
+    return [keras.layers.Dropout(config.dropout)] if config.dropout else []
+
+
+def build_network(config: TrainConfig, scaler: Scaler | None = None) -> keras.Sequential:
+    """Input 28x28 raw pixels -> [standardize] -> [conv blocks] -> depth x Dense block -> Dense(10, softmax).
+
+    A cnn block is convs_per_block x (Conv2D 3x3 'same' + BN + act) then 2x2 max pooling; the
+    filters double from block to block. Dropout follows each conv block and each Dense block.
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=(28, 28), name="pixels")]
-    if scaler is not None:
+    if scaler is not None and config.scale_inputs:
         layers.append(scaling_layer(scaler))
+    if config.model == "cnn":
+        layers.append(keras.layers.Reshape((28, 28, 1)))
+        channels = conv_channels(config)
+        for block in range(config.conv_blocks):
+            for filters in channels[block * config.convs_per_block:(block + 1) * config.convs_per_block]:
+                layers += hidden_block(keras.layers.Conv2D, filters, config, kernel_size=3, padding="same")
+            layers.append(keras.layers.MaxPooling2D(2))
+            layers += _dropout(config)
     layers.append(keras.layers.Flatten())
-    for _ in range(depth):
-        if batch_norm == "before":
-            layers += [keras.layers.Dense(width, kernel_initializer=kernel_initializer),
-                       keras.layers.BatchNormalization(), keras.layers.Activation(activation)]
-        else:
-            layers.append(keras.layers.Dense(width, activation=activation, kernel_initializer=kernel_initializer))
-            if batch_norm == "after":
-                layers.append(keras.layers.BatchNormalization())
+    for _ in range(config.depth):
+        layers += hidden_block(keras.layers.Dense, config.width, config) + _dropout(config)
     layers.append(keras.layers.Dense(10, activation="softmax", name="classes"))
-    return keras.Sequential(layers, name=name)
+    return keras.Sequential(layers, name=f"fashionlab_{config.model}")
 
 
-def build_model(config: TrainConfig, scaler: Scaler | None = None) -> keras.Sequential:
-    """The configured network, compiled as the tutorial compiles it."""
-    model = build_mlp(config.depth, config.width, config.activation, config.batch_norm,
-                      config.kernel_initializer, scaler if config.scale_inputs else None)
-    optimizer = keras.optimizers.get({"class_name": config.optimizer,
-                                      "config": {"learning_rate": config.learning_rate}})
-    model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The config's learning rate over training, as a Keras schedule of the optimizer's step
+    (so it is saved with the optimizer and a resumed run continues it exactly)."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "one_cycle" and not config.warmup_epochs:
+        warmup = round(0.3 * total)
+    if config.schedule == "constant" and not warmup:
+        return config.learning_rate
+    start = config.learning_rate / 25 if config.schedule == "one_cycle" else 0.0
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=start if warmup else config.learning_rate, decay_steps=max(total - warmup, 1),
+        alpha=1.0 if config.schedule == "constant" else 0.0,
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    options = {"learning_rate": learning_rate(config, steps_per_epoch)}
+    if config.weight_decay:
+        options["weight_decay"] = config.weight_decay
+    if config.momentum:
+        options.update(momentum=config.momentum, nesterov=True)
+    return keras.optimizers.get({"class_name": config.optimizer, "config": options})
+
+
+def build_model(config: TrainConfig, scaler: Scaler | None = None, *, steps_per_epoch: int = 1) -> keras.Sequential:
+    """The configured network, compiled: the tutorial's sparse cross-entropy, or with label
+    smoothing a categorical one on one-hot targets. `steps_per_epoch` times the schedule."""
+    model = build_network(config, scaler)
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+            if config.label_smoothing else "sparse_categorical_crossentropy")
+    model.compile(loss=loss, optimizer=build_optimizer(config, steps_per_epoch), metrics=["accuracy"])
     return model
+
+
+def one_hot_targets(model: keras.Model) -> bool:
+    """Whether the model trains on one-hot targets (label smoothing) rather than class indices."""
+    return isinstance(model.loss, keras.losses.CategoricalCrossentropy)
 
 
 def summary_text(model: keras.Model) -> str:

@@ -299,11 +299,12 @@ class Run:
                 found[int(match[1])] = path
         return dict(sorted(found.items()))
 
-    def save_checkpoint(self, model, epoch: int) -> None:
-        """Save the model after `epoch`, then drop older checkpoints: one is always complete."""
+    def save_checkpoint(self, model, epoch: int, keep: int | None = None) -> None:
+        """Save the model after `epoch`, then drop older checkpoints but `keep`'s (the best epoch's,
+        when the run restores it at the end): one is always complete."""
         self.save_model(model, f"{CHECKPOINT_PREFIX}{epoch}.keras")
         for older, path in self.checkpoints().items():
-            if older != epoch:
+            if older not in (epoch, keep):
                 path.unlink(missing_ok=True)
 
     def model_file(self) -> Path | None:

@@ -26,11 +26,11 @@ from fashionlab.data import DataSource, Splits, split_arrays
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
-from fashionlab.model import build_model, parameter_counts, summary_text
+from fashionlab.model import build_model, one_hot_targets, parameter_counts, summary_text
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_test_outputs
-from fashionlab.runs import Run, default_run_dir, load_model_file, now
+from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, load_model_file, now
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,13 @@ class RunRecorder(keras.callbacks.Callback):
     short by either is not recorded.
     """
 
-    def __init__(self, run: Run, stop: StopRequest, rows: list[dict[str, float]] | None = None):
+    def __init__(self, run: Run, stop: StopRequest, rows: list[dict[str, float]] | None = None, *,
+                 patience: int = 0):
         super().__init__()
         self.run = run
         self.stop = stop
         self.rows: list[dict[str, float]] = list(rows or [])
+        self.patience = patience
         self.diverged_at: int | None = None
         self._epoch = 0
         self._started = 0.0
@@ -80,14 +82,28 @@ class RunRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.stop.requested or self.diverged_at:
             return
+        logs.setdefault("learning_rate", float(self.model.optimizer.learning_rate))
         self.rows.append({"epoch": epoch + 1, **logs, "seconds": seconds})
         frame = self.frame()
         self.run.write_with("history.csv", lambda tmp: frame.to_csv(tmp, index=False))
-        self.run.save_checkpoint(self.model, epoch + 1)
+        best = best_epoch(self.rows) if self.patience else None
+        self.run.save_checkpoint(self.model, epoch + 1, keep=best)
         self.run.set_status("running", epochs_done=epoch + 1)
+        if self.patience and early_stop_due(self.rows, self.patience):
+            self.model.stop_training = True
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+
+def best_epoch(rows: list[dict[str, float]]) -> int:
+    """The first epoch (from 1) with the highest validation accuracy."""
+    return int(np.argmax([row["val_accuracy"] for row in rows])) + 1
+
+
+def early_stop_due(rows: list[dict[str, float]], patience: int) -> bool:
+    """Whether `patience` epochs have passed without a better validation accuracy."""
+    return bool(patience and rows) and len(rows) - best_epoch(rows) >= patience
 
 
 def resolve_engine(engine: str) -> str:
@@ -97,6 +113,15 @@ def resolve_engine(engine: str) -> str:
     if engine == "compiled" and keras.backend.backend() != "jax":
         raise ConfigError(f"engine 'compiled' needs the JAX backend, not {keras.backend.backend()}; "
                           f"use engine 'keras' or KERAS_BACKEND=jax")
+    return engine
+
+
+def check_engine(config: TrainConfig) -> str:
+    """The engine that trains `config` here, refusing options that engine cannot honour."""
+    engine = resolve_engine(config.engine)
+    if engine == "keras" and (config.augment_shift or config.augment_flip):
+        raise ConfigError("augment_shift and augment_flip run inside the compiled engine; use engine 'compiled' "
+                          "(or 'auto') on the JAX backend, or turn augmentation off")
     return engine
 
 
@@ -113,7 +138,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     one line per epoch elsewhere (0: silent). Everything the config asks is checked against the
     data and the machine before the run directory is made.
     """
-    resolve_engine(config.engine)
+    check_engine(config)
     splits = _checked_splits(config, data)
     _use_compilation_cache()
     with stop_requests() as stop:
@@ -145,6 +170,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         if len(rows) < epoch or epoch > config.epochs:
             raise run.damaged(checkpoint.name, f"a checkpoint of epoch {epoch}, but history.csv has {len(rows)} "
                                                f"epoch(s) of the {config.epochs} configured")
+        check_engine(config)
         splits = _checked_splits(config, data)
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
         model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
@@ -164,7 +190,8 @@ def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
 def _new_model(config: TrainConfig, splits: Splits) -> keras.Model:
     """The untrained network, its initial weights drawn from the config's seed."""
     keras.utils.set_random_seed(config.seed)
-    return build_model(config, fit_scaler(splits.x_train))
+    return build_model(config, fit_scaler(splits.x_train),
+                       steps_per_epoch=math.ceil(len(splits.x_train) / config.batch_size))
 
 
 def _use_compilation_cache() -> None:
@@ -185,9 +212,10 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
                     rows: list[dict[str, float]], data: DataSource, stop: StopRequest,
                     verbose: int | None) -> TrainResult:
     """Fit from epoch len(rows), then write the final artifacts."""
-    recorder = RunRecorder(run, stop, rows)
-    _fit(model, config, splits, recorder=recorder, initial_epoch=len(rows),
-         verbose=progress_verbosity() if verbose is None else verbose)
+    recorder = RunRecorder(run, stop, rows, patience=config.early_stopping)
+    if not early_stop_due(rows, config.early_stopping):  # a run stopped early, killed before it finished
+        _fit(model, config, splits, recorder=recorder, initial_epoch=len(rows),
+             verbose=progress_verbosity() if verbose is None else verbose)
     if recorder.diverged_at:
         done = len(recorder.rows)
         raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
@@ -233,14 +261,18 @@ def _mark(run: Run, status: str, message: str) -> None:
 def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: RunRecorder,
          initial_epoch: int, verbose: int) -> None:
     if resolve_engine(config.engine) == "compiled":
-        from fashionlab.engine import fit_compiled
+        from fashionlab.engine import Augmentation, fit_compiled
 
         fit_compiled(model, splits.x_train, splits.y_train, splits.x_valid, splits.y_valid,
                      batch_size=config.batch_size, epochs=config.epochs, seed=config.seed, shuffle=config.shuffle,
-                     initial_epoch=initial_epoch, callbacks=[recorder], verbose=verbose)
+                     initial_epoch=initial_epoch, augmentation=Augmentation(config.augment_shift, config.augment_flip),
+                     callbacks=[recorder], verbose=verbose)
     else:
-        model.fit(splits.x_train.astype(np.float32), splits.y_train, batch_size=config.batch_size,
-                  epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), splits.y_valid),
+        def targets(y: np.ndarray) -> np.ndarray:
+            return np.eye(10, dtype=np.float32)[y] if one_hot_targets(model) else y
+
+        model.fit(splits.x_train.astype(np.float32), targets(splits.y_train), batch_size=config.batch_size,
+                  epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), targets(splits.y_valid)),
                   shuffle=config.shuffle, verbose=verbose, callbacks=[recorder], initial_epoch=initial_epoch)
 
 
@@ -263,6 +295,12 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     """The final artifacts of a run whose epochs all finished; metrics.json and status last.
     A stop request before run.json says complete leaves it interrupted: resuming redoes these writes."""
     epochs_done = len(history)
+    kept = best_epoch(history.to_dict("records")) if config.early_stopping else epochs_done
+    if kept != epochs_done:  # early stopping keeps the best epoch's weights
+        best = run.checkpoints().get(kept)
+        if best is None:
+            raise run.damaged(f"{CHECKPOINT_PREFIX}{kept}.keras", "the best epoch's checkpoint is missing")
+        model.set_weights(load_model_file(best).get_weights())
     _stop_point(run, stop, epochs_done)
     run.save_model(model)
     _stop_point(run, stop, epochs_done)
@@ -278,6 +316,8 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "final_val_accuracy": float(history["val_accuracy"].iloc[-1]),
         "best_val_accuracy": float(history["val_accuracy"].max()),
         "best_epoch": int(history["val_accuracy"].idxmax()) + 1,
+        "weights_from_epoch": kept,
+        "stopped_early": epochs_done < config.epochs,
         "seconds_per_epoch": seconds,
         "median_seconds_per_epoch": float(np.median(seconds)),
         "train_seconds": float(sum(seconds)),
