@@ -6,14 +6,14 @@ DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test bench mutants venv dataset clean
+.PHONY: demo test bench mutants venv dataset browser clean
 
 demo: venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
 	$(BIN)/fashionlab predict $(DEMO_RUN) --index 0 1 2
 
 # Test files run in parallel, a whole file per worker (its module fixtures are built once).
-test: venv dataset
+test: venv dataset browser
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Side-by-side speed of the tutorial recipe. TensorFlow lives in its own venv: Keras imports
@@ -41,8 +41,13 @@ $(BIN)/.installed: pyproject.toml
 
 # The official files, offline: Debian's dataset-fashion-mnist package when they are not found.
 dataset: venv
-	@$(BIN)/fashionlab data path >/dev/null 2>&1 || sh scripts/install-dataset.sh
+	@$(BIN)/fashionlab data path >/dev/null 2>&1 || \
+		sh scripts/install-debian.sh dataset-fashion-mnist "the Fashion-MNIST files; or run 'fashionlab data download'"
 	@echo "dataset: $$($(BIN)/fashionlab data path)"
+
+# Debian's chromium, for the pages' browser test (tests/test_pages.py), when it is not installed.
+browser:
+	@command -v chromium >/dev/null 2>&1 || sh scripts/install-debian.sh chromium "the pages' browser test"
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build src/*.egg-info

@@ -1,33 +1,121 @@
 import numpy as np
 import pandas as pd
+import pytest
 from helpers import assert_png
 
-from fashionlab import plots
+from fashionlab import CLASS_NAMES, plots
 
 
-def history(offset: float = 0.0) -> pd.DataFrame:
+def history(offset: float = 0.0, seconds=(3.0, 1.0, 1.0)) -> pd.DataFrame:
     return pd.DataFrame({"epoch": [1, 2, 3], "loss": [1.0, 0.7, 0.5], "accuracy": [0.6, 0.7, 0.8],
-                         "val_loss": [0.9, 0.6 + offset, 0.5], "val_accuracy": [0.6, 0.75 + offset, 0.8]})
+                         "val_loss": [0.9, 0.6 + offset, 0.5], "val_accuracy": [0.6, 0.75 + offset, 0.8],
+                         "seconds": list(seconds)})
 
 
-def test_learning_curves_have_the_tutorial_axes(tmp_path):
+def lines(ax) -> dict:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_loss_and_accuracy_have_their_own_panels_with_training_and_validation(tmp_path):
     fig = plots.learning_curves_figure(history(), "t")
-    ax = fig.axes[0]
-    assert ax.get_ylim() == (0.0, 1.0)
-    assert [line.get_label() for line in ax.get_lines()] == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    loss_ax, accuracy_ax = fig.axes
+    np.testing.assert_allclose(lines(loss_ax)["training"].get_ydata(), [1.0, 0.7, 0.5])
+    np.testing.assert_allclose(lines(loss_ax)["validation"].get_ydata(), [0.9, 0.6, 0.5])
+    np.testing.assert_allclose(lines(accuracy_ax)["validation"].get_ydata(), [0.6, 0.75, 0.8])
+    assert (loss_ax.get_ylabel(), accuracy_ax.get_ylabel()) == ("loss", "accuracy")
+    assert accuracy_ax.get_xlim() == (0.5, 3.5)
     plots.save_png(fig, tmp_path / "c.png")
-    assert_png(tmp_path / "c.png", 700, 450)
+    assert_png(tmp_path / "c.png", 700, 400)
 
 
-def test_comparison_curves_show_mean_and_band():
-    fig = plots.comparison_curves_figure({"a": [history(), history(0.05)], "b": [history(-0.1)]})
-    accuracy_axes = fig.axes[0]
-    mean_a = accuracy_axes.get_lines()[0].get_ydata()
-    np.testing.assert_allclose(mean_a, [0.6, 0.775, 0.8])
-    assert len(accuracy_axes.collections) == 2  # one band per variant
-    assert fig.axes[1].get_yscale() == "log"
-    assert_png(plots.png_bytes(fig), 1000, 400)
+def test_a_one_epoch_loss_above_1_is_on_the_axis():
+    one = pd.DataFrame({"epoch": [1], "loss": [2.3], "accuracy": [0.3], "val_loss": [1.7], "val_accuracy": [0.45],
+                        "seconds": [4.0]})
+    loss_ax, accuracy_ax = plots.learning_curves_figure(one).axes
+    low, high = loss_ax.get_ylim()
+    assert low < 1.7 and high > 2.3 and loss_ax.get_yscale() == "linear"
+    assert accuracy_ax.get_ylim()[0] < 0.3 < 0.45 < accuracy_ax.get_ylim()[1]
+    assert accuracy_ax.get_xlim() == (0.5, 1.5)  # whole epochs, not 0.95..1.05
+    assert [tick for tick in accuracy_ax.get_xticks() if 0.5 <= tick <= 1.5] == [1]
 
 
-def test_confusion_matrix_renders():
-    assert_png(plots.png_bytes(plots.confusion_figure(np.eye(10, dtype=int) * 5)), 600, 500)
+def test_the_best_validation_epoch_is_marked_where_validation_accuracy_peaks():
+    frame = history().assign(val_accuracy=[0.6, 0.82, 0.8])  # peaks at epoch 2, the second row
+    assert plots.best_epoch(frame) == 2
+    assert plots.best_epoch(frame.assign(val_accuracy=[0.7, 0.9, 0.9])) == 2  # a tie: the first
+    for ax in plots.learning_curves_figure(frame).axes:
+        marker = lines(ax)["best validation accuracy: epoch 2"]
+        assert list(marker.get_xdata()) == [2, 2]  # the vertical line
+    star = [line for line in plots.learning_curves_figure(frame).axes[1].get_lines() if line.get_marker() == "*"]
+    assert [(x, y) for x, y in zip(star[0].get_xdata(), star[0].get_ydata())] == [(2, 0.82)]
+
+
+def test_a_loss_over_orders_of_magnitude_gets_a_log_axis_labelled_so():
+    diverging = history().assign(loss=[400.0, 30.0, 2.0], val_loss=[300.0, 20.0, 1.0])
+    loss_ax = plots.learning_curves_figure(diverging).axes[0]
+    assert loss_ax.get_yscale() == "log" and loss_ax.get_ylabel() == "loss (log scale)"
+
+
+def test_a_changing_learning_rate_gets_its_own_panel_and_a_constant_one_none():
+    assert len(plots.learning_curves_figure(history().assign(learning_rate=0.01)).axes) == 2
+    fig = plots.learning_curves_figure(history().assign(learning_rate=[0.1, 0.05, 0.001]))
+    assert len(fig.axes) == 3 and fig.axes[2].get_title() == "learning rate"
+    np.testing.assert_allclose(fig.axes[2].get_lines()[0].get_ydata(), [0.1, 0.05, 0.001])
+    assert fig.axes[2].get_ylabel() == "learning rate (log scale)"
+
+
+def test_accuracy_against_seconds_uses_the_summed_epoch_times():
+    fig = plots.accuracy_vs_seconds_figure(history(seconds=(3.0, 1.0, 1.5)), marks=(0.75, 0.9))
+    ax = fig.axes[0]
+    curve = lines(ax)["validation accuracy"]
+    np.testing.assert_allclose(curve.get_xdata(), [3.0, 4.0, 5.5])
+    np.testing.assert_allclose(curve.get_ydata(), [0.6, 0.75, 0.8])
+    marks = [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert marks == [0.75]  # 0.9 is above every value: not drawn, the axis stays on the data
+    assert "seconds" in ax.get_xlabel() and ax.get_xlim()[0] == 0
+    assert_png(plots.png_bytes(fig), 600, 350)
+
+
+def test_rows_are_normalised_by_the_true_class():
+    matrix = np.zeros((10, 10), dtype=int)
+    matrix[0, 0], matrix[0, 1] = 90, 10  # 100 T-shirts: 90% right
+    matrix[1, 1], matrix[1, 0] = 10, 30  # 40 trousers: 25% right, 75% called T-shirts
+    shares = plots.row_normalised(matrix)
+    np.testing.assert_allclose(shares[0, :2], [0.9, 0.1])
+    np.testing.assert_allclose(shares[1, :2], [0.75, 0.25])  # by column it would read 30/120 and 10/20
+    assert (shares[2:] == 0).all()  # classes without images: zeros, not NaN
+    fig = plots.confusion_figure(matrix)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), shares)
+    assert ax.images[0].get_clim() == (0, 1)
+    cells = {text.get_position(): text.get_text() for text in ax.texts}
+    assert (cells[(0, 1)], cells[(1, 0)], cells[(1, 1)]) == ("75", "10", "25")  # (x=column, y=row)
+    assert (2, 2) not in cells  # empty cells stay blank
+    assert [label.get_text() for label in ax.get_yticklabels()][:2] == [f"{CLASS_NAMES[0]} (100)",
+                                                                         f"{CLASS_NAMES[1]} (40)"]
+    assert_png(plots.png_bytes(fig), 600, 500)
+
+
+def test_comparison_curves_show_mean_and_band_per_epoch_and_accuracy_against_seconds():
+    fig = plots.comparison_curves_figure({"a": [history(), history(0.05, seconds=(5.0, 2.0, 2.0))],
+                                          "b": [history(-0.1)]})
+    accuracy_ax, loss_ax, time_ax = fig.axes
+    np.testing.assert_allclose(lines(accuracy_ax)["a (n=2)"].get_ydata(), [0.6, 0.775, 0.8])
+    assert len(accuracy_ax.collections) == 2  # one band per variant
+    assert loss_ax.get_yscale() == "log" and loss_ax.get_ylabel() == "validation loss (log scale)"
+    mean_a = lines(time_ax)["a (n=2)"]
+    np.testing.assert_allclose(mean_a.get_xdata(), [4.0, 5.5, 7.0])  # the mean of the seeds' summed seconds
+    np.testing.assert_allclose(mean_a.get_ydata(), [0.6, 0.775, 0.8])
+    faint = [line for line in time_ax.get_lines() if line.get_alpha() is not None and line.get_alpha() < 1]
+    assert len(faint) == 3  # one per seed
+    assert_png(plots.png_bytes(fig), 1000, 700)
+
+
+def test_comparison_curves_without_timings_still_draw():
+    fig = plots.comparison_curves_figure({"a": [history().drop(columns=["seconds"])]})
+    assert "no epoch timings" in fig.axes[2].texts[0].get_text()
+
+
+@pytest.mark.parametrize("matrix", [np.eye(10, dtype=int) * 5, np.zeros((10, 10), dtype=int)])
+def test_confusion_matrix_renders(matrix):
+    assert_png(plots.png_bytes(plots.confusion_figure(matrix)), 600, 500)

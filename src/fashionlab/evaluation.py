@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
     with stop_requests() as stop, Run.acquire(run_dir) as run:
         config = run.config()
         history = run.history()
+        metrics = run.metrics() if os.path.lexists(run.file("metrics.json")) else None  # an unfinished run has none
         model = run.load_model()
         splits = data.splits(config.validation_size)
         proba = predict_proba(model, splits.x_test)
@@ -79,7 +81,7 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
         if stop.requested:  # Ctrl-C while the model ran: stop before the writes, which then finish
             raise Interrupted("evaluation interrupted; the run's files are unchanged")
         write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
-                           y_test=splits.y_test, proba=proba)
+                           y_test=splits.y_test, proba=proba, metrics=metrics)
     return {"run": str(run.path), **report}
 
 

@@ -1,4 +1,5 @@
-"""Figures, rendered headless: learning curves, confusion matrices, comparison curves.
+"""Figures, rendered headless, from numbers: a run's learning curves and validation accuracy
+against training time, row-normalised confusion matrices, a comparison's curves.
 
     save_png(learning_curves_figure(history), "learning_curves.png")
 """
@@ -16,15 +17,18 @@ matplotlib.use("Agg")  # no display needed, ever
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from fashionlab import CLASS_NAMES  # noqa: E402
 
 DPI = 100
+TRAIN_COLOR, VALID_COLOR, BEST_COLOR = "tab:blue", "tab:orange", "tab:green"
+LOG_RANGE = 30  # a positive series spanning more than this factor gets a log axis, or its small values flatten
 
 
-def save_png(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path | io.BytesIO) -> None:
     fig.savefig(path, format="png", dpi=DPI)
     plt.close(fig)
 
@@ -35,57 +39,166 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def learning_curves_figure(history: pd.DataFrame, title: str = "") -> Figure:
-    """The tutorial's figure: every metric per epoch, grid on, y from 0 to 1."""
-    frame = history.set_index("epoch") if "epoch" in history else history
-    frame = frame[[c for c in ("loss", "accuracy", "val_loss", "val_accuracy") if c in frame]]
-    ax = frame.plot(figsize=(8, 5), marker="o", markersize=3)
-    ax.grid(True)
-    ax.set_ylim(0, 1)
+def epochs_of(history: pd.DataFrame) -> np.ndarray:
+    """The epoch numbers, from 1: history's own `epoch` column where it has one."""
+    return history["epoch"].to_numpy() if "epoch" in history else np.arange(1, len(history) + 1)
+
+
+def best_epoch(history: pd.DataFrame) -> int:
+    """The epoch of the highest validation accuracy (the first, on a tie), numbered as history numbers it."""
+    return int(epochs_of(history)[int(np.argmax(history["val_accuracy"].to_numpy()))])
+
+
+def row_normalised(matrix: np.ndarray) -> np.ndarray:
+    """Each true class' row as shares of that class (rows sum to 1; a class without images stays 0)."""
+    counts = np.asarray(matrix, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def _fit_y(ax: Axes, values: np.ndarray, label: str) -> None:
+    """A y axis fitted to every value (matplotlib's autoscaling): linear, or log (and labelled so)
+    when the values span orders of magnitude."""
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() > 0 and values.max() / values.min() > LOG_RANGE:
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{label} (log scale)")
+        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            set_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    else:
+        ax.set_ylabel(label)
+
+
+def _epoch_axis(ax: Axes, last: int) -> None:
+    """Epochs 1..last, whole numbers only (a one-epoch run's axis too)."""
+    ax.set_xlim(0.5, last + 0.5)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.grid(True, alpha=0.4)
+
+
+def learning_curves_figure(history: pd.DataFrame, title: str = "") -> Figure:
+    """Loss and accuracy in their own panels, training and validation, the best validation epoch
+    marked; a third, narrow panel for the learning rate when history records one that changes."""
+    epochs, best = epochs_of(history), best_epoch(history)
+    at_best = int(np.flatnonzero(epochs == best)[0])
+    rates = history["learning_rate"].to_numpy(float) if "learning_rate" in history else np.array([])
+    rates = rates[np.isfinite(rates)]
+    panels = 3 if len(rates) and rates.min() != rates.max() else 2  # a constant rate is in the configuration
+    fig, axes = plt.subplots(1, panels, figsize=(13 if panels == 3 else 11, 4.5),
+                             gridspec_kw={"width_ratios": [1, 1, 0.6][:panels]})
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for column, label, color in ((metric, "training", TRAIN_COLOR), (f"val_{metric}", "validation", VALID_COLOR)):
+            if column in history:
+                ax.plot(epochs, history[column], marker="o", markersize=3, color=color, label=label)
+        ax.axvline(best, color=BEST_COLOR, linestyle="--", linewidth=1, label=f"best validation accuracy: epoch {best}")
+        ax.plot([best], [history[f"val_{metric}"].iloc[at_best]], marker="*", markersize=12, color=BEST_COLOR,
+                linestyle="none")
+        shown = history[[c for c in (metric, f"val_{metric}") if c in history]].to_numpy(float).ravel()
+        _fit_y(ax, shown, metric)
+        ax.set_title(metric)
+        _epoch_axis(ax, int(epochs.max()))
+    axes[0].legend(loc="best", fontsize=8)
+    if panels == 3:
+        axes[2].plot(epochs, history["learning_rate"], marker="o", markersize=3, color="tab:purple")
+        _fit_y(axes[2], rates, "learning rate")
+        axes[2].set_title("learning rate")
+        _epoch_axis(axes[2], int(epochs.max()))
     if title:
-        ax.set_title(title)
-    ax.figure.tight_layout()
-    return ax.figure
-
-
-def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test set)") -> Figure:
-    """Counts per true (rows) and predicted (columns) class, annotated."""
-    fig, ax = plt.subplots(figsize=(8, 7))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(10), CLASS_NAMES, rotation=45, ha="right")
-    ax.set_yticks(range(10), CLASS_NAMES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                color="white" if count > threshold else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+def accuracy_vs_seconds_figure(history: pd.DataFrame, marks: Sequence[float] = (0.85, 0.90, 0.93)) -> Figure:
+    """Validation accuracy at the end of each epoch against the training seconds spent so far
+    (summed epoch times, the first epoch's compilation included); the accuracy `marks` the data reaches
+    are drawn as dotted lines."""
+    elapsed, accuracy = history["seconds"].cumsum().to_numpy(float), history["val_accuracy"].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(elapsed, accuracy, marker="o", markersize=3, color=VALID_COLOR, label="validation accuracy")
+    for mark in marks:
+        if mark <= accuracy.max():
+            ax.axhline(mark, color="gray", linestyle=":", linewidth=1)
+            ax.annotate(f"{mark:.2f}", (0, mark), xycoords=("axes fraction", "data"), xytext=(3, 2),
+                        textcoords="offset points", fontsize=8, color="gray")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("training seconds (summed epoch times)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("validation accuracy against training time")
+    ax.grid(True, alpha=0.4)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test set)") -> Figure:
+    """Row-normalised: each cell is the % of its true class (rows) predicted as the column's class,
+    so classes with fewer images read the same; each row's image count is in its label."""
+    counts = np.asarray(matrix)
+    shares = row_normalised(counts)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(len(CLASS_NAMES)), [f"{name} ({n:,})" for name, n in zip(CLASS_NAMES, counts.sum(axis=1))])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (images)")
+    ax.set_title(f"{title}\n% of each true class")
+    for (i, j), share in np.ndenumerate(shares):
+        if counts[i, j]:
+            ax.text(j, i, f"{share * 100:.0f}" if share >= 0.005 else "<1", ha="center", va="center", fontsize=8,
+                    color="white" if share > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, format=FuncFormatter(lambda value, _: f"{value:.0%}"))
+    fig.tight_layout()
+    return fig
+
+
+def _seed_table(frames: Sequence[pd.DataFrame], column: str) -> pd.DataFrame:
+    """One column per seed, one row per epoch."""
+    return pd.concat([pd.Series(f[column].to_numpy(float), index=epochs_of(f)) for f in frames], axis=1)
+
+
 def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
-    """Validation accuracy and loss per epoch: per variant the mean line and the seed range band."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for color, (variant, frames) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], histories.items()):
-        for ax, column in zip(axes, ("val_accuracy", "val_loss")):
-            table = pd.concat([f.set_index("epoch")[column] for f in frames], axis=1)
+    """Per variant: validation accuracy and loss per epoch (the mean over seeds, band = min..max),
+    and validation accuracy against training seconds (each seed faint, the mean bold)."""
+    fig = plt.figure(figsize=(12, 9))
+    grid = fig.add_gridspec(2, 2)
+    accuracy_ax, loss_ax, time_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), \
+        fig.add_subplot(grid[1, :])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    timed = False
+    for k, (variant, frames) in enumerate(histories.items()):
+        color = colors[k % len(colors)]
+        for ax, column in ((accuracy_ax, "val_accuracy"), (loss_ax, "val_loss")):
+            table = _seed_table(frames, column)
             ax.plot(table.index, table.mean(axis=1), color=color, marker="o", markersize=3,
                     label=f"{variant} (n={len(frames)})")
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2)
-    for ax, label in zip(axes, ("validation accuracy", "validation loss")):
-        ax.set_title(f"{label}: mean over seeds, band = min..max")
-        ax.set_xlabel("epoch")
+        if all("seconds" in f for f in frames):
+            timed = True
+            for f in frames:
+                time_ax.plot(f["seconds"].cumsum(), f["val_accuracy"], color=color, alpha=0.3, linewidth=1)
+            elapsed = pd.concat([pd.Series(f["seconds"].cumsum().to_numpy(float), index=epochs_of(f))
+                                 for f in frames], axis=1)
+            time_ax.plot(elapsed.mean(axis=1), _seed_table(frames, "val_accuracy").mean(axis=1), color=color,
+                         marker="o", markersize=3, linewidth=2, label=f"{variant} (n={len(frames)})")
+    for ax, label in ((accuracy_ax, "validation accuracy"), (loss_ax, "validation loss")):
+        ax.set_title(f"{label} per epoch: mean over seeds, band = min..max")
+        _epoch_axis(ax, max((int(epochs_of(f).max()) for frames in histories.values() for f in frames), default=1))
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.4)
-    axes[1].set_yscale("log")  # a diverging variant (raw pixels) would flatten the others' curves
-    for axis in (axes[1].yaxis.set_major_formatter, axes[1].yaxis.set_minor_formatter):
-        axis(FuncFormatter(lambda value, _: f"{value:g}"))
-    axes[0].legend(loc="best")
+    # A diverging variant (raw pixels) would flatten the others' curves: the loss is on a log axis.
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("validation loss (log scale)")
+    for set_formatter in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
+        set_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    time_ax.set_title("validation accuracy against training seconds: each seed faint, mean over seeds bold")
+    time_ax.set_xlabel("training seconds (summed epoch times, compilation included)")
+    time_ax.set_ylabel("validation accuracy")
+    time_ax.grid(True, alpha=0.4)
+    if timed:
+        time_ax.set_xlim(left=0)
+        time_ax.legend(loc="lower right")
+    else:
+        time_ax.text(0.5, 0.5, "no epoch timings recorded", ha="center", va="center", transform=time_ax.transAxes)
+    accuracy_ax.legend(loc="best")
     fig.tight_layout()
     return fig

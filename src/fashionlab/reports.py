@@ -1,7 +1,7 @@
 """Everything a person reads: self-contained HTML pages (every image embedded, nothing fetched,
-readable offline) and Markdown tables, for a run and for a comparison.
+readable offline, at desktop and phone widths) and Markdown tables, for a run and for a comparison.
 
-    write_test_outputs(run, config=..., history=..., report=..., x_test=..., y_test=..., proba=...)
+    write_test_outputs(run, config=..., history=..., report=..., x_test=..., y_test=..., proba=..., metrics=...)
     write_comparison_outputs(folder, results=..., summary=..., statements=..., histories=..., confusions=...)
 """
 
@@ -10,8 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -21,24 +24,47 @@ from PIL import Image
 from fashionlab import CLASS_NAMES, plots
 from fashionlab.runs import Run
 
+# Phones get the page at their own width (the viewport meta tag); wide tables scroll sideways in
+# their own box (.scroll) rather than widening the page; figures shrink to fit.
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1rem; max-width: 1100px; color: #222;
+       line-height: 1.4; }
+h1 { font-size: 1.5rem; }
+h1, h2 { overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; margin: 0.5rem 0 1.5rem; }
+table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+td { white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
-th { background: #f3f3f3; }
-img { max-width: 100%; }
+thead th { background: #f3f3f3; vertical-align: bottom; }
+table.text td, table.text th { text-align: left; }
+table.text td { white-space: normal; overflow-wrap: anywhere; }
+table.runs td:last-child { text-align: left; }
+img { max-width: 100%; height: auto; }
+.note { color: #555; font-size: 0.9rem; }
 .conclusion { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5rem 1rem; }
-.pairs { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.pairs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 420px), 1fr)); gap: 1rem; }
+.pairs > * { min-width: 0; }
 .tiles { display: flex; flex-wrap: wrap; gap: 0.5rem; }
 .tiles figure { margin: 0; width: 112px; text-align: center; font-size: 0.75rem; }
+.tiles figcaption { white-space: pre-line; overflow-wrap: anywhere; }
 .tiles img { image-rendering: pixelated; display: block; }
 .right figcaption { color: #1a7f37; }
 .wrong figcaption { color: #c62828; }
+@media (max-width: 600px) {
+  body { padding: 0.5rem; }
+  table { font-size: 0.85rem; }
+  th, td { padding: 0.2rem 0.35rem; }
+}
 """
 TILE_SCALE = 4  # 28x28 pixels shown as 112x112, sharp
-MISCLASSIFIED_SHOWN = 32
+TOP_LOSSES_SHOWN = 24
 SAMPLES_SHOWN = 16
+CONFUSED_PAIRS_SHOWN = 10
+SECONDS_LABEL = "s/epoch (median after epoch 1)"
+SECONDS_NOTE = ("s/epoch: the median time of each run's epochs after the first, whose time includes compiling "
+                "(a one-epoch run: that epoch), averaged over seeds.")
 
 
 def figure_tag(fig: Figure, alt: str) -> str:
@@ -50,7 +76,7 @@ def png_tag(png: bytes, alt: str) -> str:
 
 
 def image_tiles(images: np.ndarray, captions: list[str], right: np.ndarray) -> str:
-    """28x28 images as embedded PNG tiles with HTML captions, green when right, red when wrong.
+    """28x28 images as embedded PNG tiles with HTML captions (a line each), green when right, red when wrong.
 
     Written as HTML rather than a matplotlib grid: ~100x faster, and the captions stay text.
     """
@@ -63,8 +89,23 @@ def image_tiles(images: np.ndarray, captions: list[str], right: np.ndarray) -> s
     return '<div class="tiles">' + "".join(tiles) + "</div>"
 
 
-def table_tag(frame: pd.DataFrame, index: bool = True) -> str:
-    return frame.to_html(index=index, border=0, escape=True, float_format=lambda v: f"{v:.4f}")
+def table_html(frame: pd.DataFrame, index: bool = True, classes: str | None = None, header: bool = True,
+               digits: int = 4) -> str:
+    return frame.to_html(index=index, border=0, escape=True, classes=classes, header=header,
+                         float_format=lambda v: f"{v:.{digits}f}")
+
+
+def table_tag(frame: pd.DataFrame, index: bool = True, classes: str | None = None, header: bool = True,
+              digits: int = 4) -> str:
+    """A table in a box of its own, which scrolls sideways where the screen is narrower than the table.
+    `classes="text"`: cells left-aligned, long ones wrapped."""
+    return f'<div class="scroll">{table_html(frame, index, classes, header, digits)}</div>'
+
+
+def key_values(rows: Mapping[str, Any]) -> str:
+    """A two-column table of names and values (long values wrap)."""
+    frame = pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
+    return table_tag(frame, classes="text", header=False)
 
 
 def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -77,62 +118,193 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def page(title: str, sections: Iterable[tuple[str, str]]) -> str:
     body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}" for heading, content in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+            f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+# --- a run -------------------------------------------------------------------------------------
+
+def class_scores(matrix: np.ndarray) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class from a confusion matrix (rows: true class), then
+    the macro average (each class counts the same) and the support-weighted average."""
+    counts = np.asarray(matrix, dtype=float)
+    correct, support, predicted = np.diag(counts), counts.sum(axis=1), counts.sum(axis=0)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+    precision, recall = ratio(correct, predicted), ratio(correct, support)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    frame = pd.DataFrame({"precision": precision, "recall": recall, "F1": f1, "support": support},
+                         index=pd.Index(CLASS_NAMES, name="class"))
+    weights = support / support.sum() if support.sum() else np.zeros_like(support)
+    frame.loc["macro average"] = [precision.mean(), recall.mean(), f1.mean(), support.sum()]
+    frame.loc["weighted average"] = [precision @ weights, recall @ weights, f1 @ weights, support.sum()]
+    return frame.astype({"support": int})
+
+
+def confused_pairs(matrix: np.ndarray, shown: int = CONFUSED_PAIRS_SHOWN) -> pd.DataFrame:
+    """The largest off-diagonal cells: which true class was most often predicted as which other."""
+    counts = np.asarray(matrix)
+    shares = plots.row_normalised(counts)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    cells = [np.unravel_index(flat, off.shape) for flat in np.argsort(-off, axis=None, kind="stable")[:shown]]
+    cells = [(i, j) for i, j in cells if off[i, j] > 0]
+    return pd.DataFrame({"true class": [CLASS_NAMES[i] for i, _ in cells],
+                         "predicted as": [CLASS_NAMES[j] for _, j in cells],
+                         "images": [int(off[i, j]) for i, j in cells],
+                         "% of the true class": [f"{shares[i, j]:.1%}" for i, j in cells]})
+
+
+def seconds_text(seconds: float) -> str:
+    """2 decimals, or 2 significant digits below 0.1 s (a tiny run's epochs)."""
+    return f"{seconds:.2f}" if seconds >= 0.1 else f"{seconds:.2g}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{seconds_text(seconds)} s" + (f" ({int(minutes)} min {rest:.0f} s)" if minutes else "")
+
+
+def _when(timestamp: Any) -> str:
+    return str(timestamp).replace("T", " ").replace("+00:00", " UTC") if timestamp else "unknown"
+
+
+def training_rows(config: Mapping[str, Any], history: pd.DataFrame, metrics: Mapping[str, Any]) -> dict[str, str]:
+    """What was trained, how long it took and how far it got: from history, and from metrics.json where given."""
+    best = plots.best_epoch(history)
+    seconds = history["seconds"].to_numpy(float) if "seconds" in history else np.array([])
+    rows = {"name": str(config.get("name", ""))}
+    if "recipe" in metrics:
+        rows["recipe"] = str(metrics["recipe"]) if metrics["recipe"] else "none"
+    if "engine" in metrics:
+        rows["engine"] = str(metrics["engine"])
+    if isinstance(metrics.get("parameters"), Mapping):
+        p = metrics["parameters"]
+        rows["parameters"] = (f"{p.get('total', 0):,} ({p.get('trainable', 0):,} trainable, "
+                              f"{p.get('non_trainable', 0):,} non-trainable)")
+    rows |= {"epochs": str(len(history)),
+             "best validation accuracy": f"{history['val_accuracy'].max():.4f} (epoch {best})",
+             "final validation accuracy": f"{history['val_accuracy'].iloc[-1]:.4f}"}
+    if len(seconds):
+        rows["training time"] = _duration(metrics.get("train_seconds", seconds.sum())) + " (summed epoch times)"
+        rows["first epoch"] = f"{seconds_text(seconds[0])} s (includes compiling)"
+        if len(seconds) > 1:
+            rows["s/epoch after the first (median)"] = f"{seconds_text(float(np.median(seconds[1:])))} s"
+    for mark, reached in (metrics.get("seconds_to_val_accuracy") or {}).items():
+        rows[f"validation accuracy ≥ {mark} after"] = "not reached" if reached is None else _duration(reached)
+    if "started" in metrics or "finished" in metrics:
+        rows["started"], rows["finished"] = _when(metrics.get("started")), _when(metrics.get("finished"))
+    return rows
+
+
+def environment_rows(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """Where the run was made, from metrics.json: data, machine, library versions."""
+    rows: dict[str, str] = {}
+    if isinstance(metrics.get("data"), Mapping):
+        d = metrics["data"]
+        rows["data"] = (f"{d.get('dir', '?')} ({'checksums verified' if d.get('verified') else 'not verified'}): "
+                        f"{d.get('train', '?')} training, {d.get('valid', '?')} validation, "
+                        f"{d.get('test', '?')} test images")
+    for key, value in (metrics.get("machine") or {}).items():
+        rows[f"machine: {key}"] = str(value)
+    if metrics.get("versions"):
+        rows["versions"] = ", ".join(f"{name} {version}" for name, version in metrics["versions"].items())
+    return rows
 
 
 def _caption(true: int, pred: int, p: float) -> str:
     return f"{CLASS_NAMES[pred]} {p:.2f}" + ("" if true == pred else f" (true: {CLASS_NAMES[true]})")
 
 
-def run_report_html(title: str, *, config: Mapping[str, Any], report: Mapping[str, Any], x_test: np.ndarray,
-                    y_test: np.ndarray, proba: np.ndarray, curves_png: bytes, confusion_png: bytes) -> str:
-    """One run: config, learning curves, test metrics, confusion matrix, mistakes, sample predictions."""
+def _loss_caption(true: int, pred: int, p_pred: float, p_true: float, loss: float) -> str:
+    """fast.ai's top-losses caption: the prediction, the true class' probability, the loss."""
+    truth = "right" if true == pred else f"true: {CLASS_NAMES[true]} {p_true:.2f}"
+    return f"{CLASS_NAMES[pred]} {p_pred:.2f}\n{truth}\nloss {loss:.2f}"
+
+
+def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
+                    x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any],
+                    curves_png: bytes, seconds_png: bytes | None, confusion_png: bytes) -> str:
+    """One run: test metrics, learning curves, training times, per-class scores, the confusion
+    matrix and its largest confusions, top losses, sample predictions, configuration, environment."""
+    matrix = np.asarray(report["confusion_matrix"])
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
-    mistakes = np.flatnonzero(pred != y_test)
-    wrong = mistakes[np.argsort(-confidence[mistakes], kind="stable")][:MISCLASSIFIED_SHOWN]  # most confident first
+    p_true = proba[np.arange(len(y_test)), y_test]
+    losses = -np.log(np.clip(p_true, 1e-7, 1.0))  # the clip keeps a 0 probability's loss finite, as Keras does
+    mistakes = int((pred != y_test).sum())
+    top = np.argsort(-losses, kind="stable")[:TOP_LOSSES_SHOWN]
     samples = np.arange(min(SAMPLES_SHOWN, len(y_test)))
-    per_class = pd.DataFrame(report["per_class"]).T.rename_axis("class").astype({"support": int})
-    summary = pd.DataFrame({"value": [f"{report['test_accuracy']:.4f}", f"{report['test_loss']:.4f}",
-                                      f"{len(mistakes):,}", f"{len(y_test):,}"]},
-                           index=["test accuracy", "test loss", "misclassified", "test images"])
-    config_table = pd.DataFrame({"value": [str(v) for v in config.values()]}, index=list(config))
-
-    def grid(indices: np.ndarray) -> str:
-        if not len(indices):
-            return "<p>None.</p>"
-        captions = [_caption(int(y_test[i]), int(pred[i]), float(confidence[i])) for i in indices]
-        return image_tiles(x_test[indices], captions, pred[indices] == y_test[indices])
-
-    return page(title, [
-        ("Test metrics", table_tag(summary)),
-        ("Learning curves", png_tag(curves_png, "learning curves")),
-        ("Per-class precision and recall", table_tag(per_class)),
-        ("Confusion matrix", png_tag(confusion_png, "confusion matrix")),
-        (f"Misclassified test images (the {len(wrong)} most confident mistakes of {len(mistakes):,})",
-         grid(wrong)),
-        (f"Sample predictions (test images 0..{len(samples) - 1})", grid(samples)),
-        ("Configuration", table_tag(config_table)),
-    ])
+    scores = class_scores(matrix)
+    summary = {"test accuracy": f"{report['test_accuracy']:.4f}", "test loss": f"{report['test_loss']:.4f}",
+               "macro F1": f"{scores.loc['macro average', 'F1']:.4f}",
+               "misclassified": f"{mistakes:,}", "test images": f"{len(y_test):,}"}
+    pairs = confused_pairs(matrix)
+    top_captions = [_loss_caption(int(y_test[i]), int(pred[i]), float(confidence[i]), float(p_true[i]),
+                                  float(losses[i])) for i in top]
+    sample_captions = [_caption(int(y_test[i]), int(pred[i]), float(confidence[i])) for i in samples]
+    environment = environment_rows(metrics)
+    sections = [
+        ("Test metrics", key_values(summary)),
+        ("Learning curves", png_tag(curves_png, "loss and accuracy per epoch, training and validation")),
+        ("Training", key_values(training_rows(config, history, metrics))),
+    ]
+    if seconds_png is not None:
+        sections.append(("Validation accuracy against training time",
+                         png_tag(seconds_png, "validation accuracy against training seconds")))
+    sections += [
+        ("Per-class precision, recall and F1", table_tag(scores.reset_index(), index=False, digits=3)),
+        ("Confusion matrix", png_tag(confusion_png, "confusion matrix, % of each true class")),
+        ("Most confused pairs", table_tag(pairs, index=False, classes="text") if len(pairs)
+         else "<p>None: no mistakes.</p>"),
+        (f"Top losses (the {len(top)} test images with the highest loss)",
+         note("Each: the predicted class and its probability, the true class' probability, the loss "
+              "(-log of that probability).") + image_tiles(x_test[top], top_captions, pred[top] == y_test[top])),
+        (f"Sample predictions (test images 0..{len(samples) - 1})",
+         image_tiles(x_test[samples], sample_captions, pred[samples] == y_test[samples])),
+        ("Configuration", key_values(config)),
+    ]
+    if environment:
+        sections.append(("Environment", key_values(environment)))
+    return page(title, sections)
 
 
 def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
                        x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray,
                        metrics: Mapping[str, Any] | None = None) -> None:
-    """`metrics`: what metrics.json will hold. learning_curves.png, confusion_matrix.csv/.png and report.html; each figure is rendered once."""
+    """learning_curves.png, confusion_matrix.csv/.png and report.html; each figure is rendered once.
+    `metrics`: what metrics.json holds (dates, times to accuracy, engine, versions...); the page
+    leaves out what it does not give."""
+    metrics = metrics or {}
     matrix = np.asarray(report["confusion_matrix"])
     curves = plots.png_bytes(plots.learning_curves_figure(history, config.get("name", "")))
+    marks = tuple(float(mark) for mark in metrics.get("seconds_to_val_accuracy") or (0.85, 0.90, 0.93))
+    seconds = plots.png_bytes(plots.accuracy_vs_seconds_figure(history, marks)) if "seconds" in history else None
     confusion = plots.png_bytes(plots.confusion_figure(matrix))
     frame = pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"), columns=CLASS_NAMES)
     run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
     run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
     run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))
-    text = run_report_html(f"fashionlab run: {run.path.name}", config=config, report=report, x_test=x_test,
-                           y_test=y_test, proba=proba, curves_png=curves, confusion_png=confusion)
+    text = run_report_html(f"fashionlab run: {run.path.name}", config=config, history=history, report=report,
+                           x_test=x_test, y_test=y_test, proba=proba, metrics=metrics, curves_png=curves,
+                           seconds_png=seconds, confusion_png=confusion)
     run.write_text("report.html", text)
 
 
 # --- a comparison ------------------------------------------------------------------------------
+
+RESULT_LABELS = {"test_accuracy": "test accuracy", "test_loss": "test loss",
+                 "first_epoch_val_accuracy": "val accuracy after epoch 1", "best_val_accuracy": "best val accuracy",
+                 "best_epoch": "epoch of best val", "final_val_accuracy": "final val accuracy",
+                 "seconds_per_epoch": SECONDS_LABEL}
+
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     """The per-variant table as people read it, for summary.md and report.html alike."""
@@ -144,41 +316,80 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
         "val accuracy after epoch 1": summary["first_epoch_val_accuracy"].map("{:.4f}".format),
         "best val accuracy": summary["best_val_accuracy"].map("{:.4f}".format),
         "epoch of best val": summary["best_epoch"].map("{:.1f}".format),
-        "s/epoch": summary["seconds_per_epoch"].map("{:.2f}".format),
+        SECONDS_LABEL: summary["seconds_per_epoch"].map(seconds_text),
         "parameters": summary["parameters"].map("{:,}".format),
     }, index=summary.index.rename("variant"))
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
+    """The per-variant table, then what its s/epoch means."""
     table = summary_display(summary)
     lines = ["| variant | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
     lines += [f"| {variant} | " + " | ".join(row) + " |" for variant, row in table.iterrows()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + SECONDS_NOTE + "\n"
+
+
+def _shown(column: str, value: Any) -> str:
+    if column == "seconds_per_epoch":
+        return seconds_text(value)
+    if column == "parameters":
+        return f"{value:,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def runs_table(results: pd.DataFrame, pages: Sequence[str] | None = None) -> str:
+    """Every run, a row each, with readable headers and, given `pages` (each run's report.html,
+    relative to this page), a link to the run's own page. Every cell is escaped here."""
+    shown = results.drop(columns=["run_dir"], errors="ignore")
+    header = [RESULT_LABELS.get(c, str(c).replace("_", " ")) for c in shown.columns] + (["run"] if pages else [])
+    rows = []
+    for k, (_, row) in enumerate(shown.iterrows()):
+        cells = [html.escape(_shown(c, row[c])) for c in shown.columns]
+        if pages:
+            cells.append(f'<a href="{html.escape(quote(pages[k]))}">'
+                         f'{html.escape(pages[k].removesuffix("/report.html"))}</a>')
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    return f'<div class="scroll"><table class="runs"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def comparison_report_html(*, summary: pd.DataFrame, results: pd.DataFrame, curves_png: bytes,
-                           confusions: Mapping[str, np.ndarray], statements: Sequence[str]) -> str:
-    """Conclusion, per-variant table, validation curves, summed confusion matrices, every run."""
+                           confusions: Mapping[str, np.ndarray], statements: Sequence[str],
+                           pages: Sequence[str] | None = None) -> str:
+    """Conclusion, per-variant table, validation curves (per epoch and against seconds),
+    row-normalised summed confusion matrices, every run linked to its own page."""
     conclusion_html = '<div class="conclusion">' + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"
     matrices = '<div class="pairs">' + "".join(
-        figure_tag(plots.confusion_figure(m, f"{v}: test set, all seeds summed"), f"confusion matrix {v}")
-        for v, m in confusions.items()) + "</div>"
+        f"<div>{figure_tag(plots.confusion_figure(m, f'{v}: test set, all seeds summed'), f'confusion matrix {v}')}"
+        "</div>" for v, m in confusions.items()) + "</div>"
     return page("fashionlab comparison", [
         ("Conclusion", conclusion_html),
-        ("Summary per variant", table_tag(summary_display(summary))),
-        ("Validation curves", png_tag(curves_png, "validation curves")),
+        ("Summary per variant", table_tag(summary_display(summary).reset_index(), index=False)
+         + note(SECONDS_NOTE)),
+        ("Validation curves", png_tag(curves_png, "validation accuracy and loss per epoch, and accuracy against "
+                                                  "training seconds, per variant")),
         ("Confusion matrices", matrices),
-        ("Every run", table_tag(results.drop(columns=["run_dir"]), index=False)),
+        ("Every run", runs_table(results, pages)),
     ])
+
+
+def run_pages(folder: Path, run_dirs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Each run's report.html as a link from the comparison's own page: relative, so the folder can move."""
+    return [Path(os.path.relpath(Path(d) / "report.html", folder)).as_posix() for d in run_dirs]
 
 
 def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.DataFrame, statements: Sequence[str],
                              histories: Mapping[str, Sequence[pd.DataFrame]],
                              confusions: Mapping[str, np.ndarray]) -> None:
-    """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically."""
+    """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically.
+    `histories` with their `seconds` give the accuracy-against-time curves; `results`' run_dir the links."""
     curves = plots.png_bytes(plots.comparison_curves_figure(histories))
+    pages = run_pages(folder.path, results["run_dir"]) if "run_dir" in results else None
     folder.write_with("results.csv", lambda tmp: csv_safe(results).to_csv(tmp, index=False))
     folder.write_text("summary.md", summary_markdown(summary) + "\n" + "\n\n".join(statements) + "\n")
     folder.write_with("curves.png", lambda tmp: tmp.write_bytes(curves))
     folder.write_text("report.html", comparison_report_html(summary=summary, results=results, curves_png=curves,
-                                                            confusions=confusions, statements=statements))
+                                                            confusions=confusions, statements=statements,
+                                                            pages=pages))

@@ -320,19 +320,22 @@ def _listen(pipe: multiprocessing.connection.Connection, inbox: queue.SimpleQueu
 
 
 def results(tasks: Sequence[Task]) -> pd.DataFrame:
-    """One row per finished task, read back from its run directory: its tags, then its figures."""
+    """One row per finished task, read back from its run directory: its tags, then its figures.
+    `seconds_per_epoch` is the median of the epochs after the first, whose time includes compiling
+    (of the only epoch in a one-epoch run): short runs are not charged for compilation."""
     rows = []
     for task in tasks:
         run = Run(task.run_dir)
         metrics = run.metrics()
-        first_epoch = run.history().iloc[0]
+        history = run.history()
+        first_epoch, seconds = history.iloc[0], history["seconds"]
         rows.append({
             **task.tags,
             "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
             "first_epoch_val_accuracy": float(first_epoch["val_accuracy"]),
             "best_val_accuracy": metrics["best_val_accuracy"], "best_epoch": metrics["best_epoch"],
             "final_val_accuracy": metrics["final_val_accuracy"],
-            "seconds_per_epoch": metrics["median_seconds_per_epoch"],
+            "seconds_per_epoch": float((seconds.iloc[1:] if len(seconds) > 1 else seconds).median()),
             "parameters": metrics["parameters"]["total"], "run_dir": str(task.run_dir),
         })
     return pd.DataFrame(rows)

@@ -1,0 +1,125 @@
+"""The pages as a person sees them: a run's and a comparison's report.html opened from disk in
+headless Chromium (Debian's, installed by `make test`), at desktop and phone widths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+import pytest
+from helpers import TINY, assert_png
+
+from fashionlab.compare import compare
+from fashionlab.reports import seconds_text
+from fashionlab.training import train
+
+WIDTHS = {"desktop": (1280, 800), "phone": (400, 800)}  # a phone also lays pages out by their viewport tag
+
+# Elements whose right or left edge leaves the viewport. Inside a box that scrolls sideways
+# (a wide table's) only the box itself must fit: scrolling there is the design.
+OUTSIDE = """() => {
+  const width = window.innerWidth, found = [];
+  const scrolls = (e) => ["auto", "scroll"].includes(getComputedStyle(e).overflowX);
+  for (const e of document.body.querySelectorAll("*")) {
+    let boxed = false;
+    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) boxed ||= scrolls(p);
+    const r = e.getBoundingClientRect();
+    if (!boxed && r.width > 0 && (r.right > width + 0.5 || r.left < -0.5))
+      found.push(`${e.tagName.toLowerCase()}.${e.className}: ${Math.round(r.left)}..${Math.round(r.right)}`);
+  }
+  return found;
+}"""
+SCROLLING_BOXES = """(selector) => [...document.querySelectorAll(selector)]
+  .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent.slice(0, 60))"""
+NARROW_FIGURES = """() => [...document.querySelectorAll("h2 + img, .pairs img")]
+  .filter((i) => i.getBoundingClientRect().width < 0.8 * Math.min(i.naturalWidth, document.body.clientWidth)).length"""
+BROKEN_IMAGES = "() => [...document.images].filter((i) => !i.complete || i.naturalWidth === 0).length"
+
+
+def chromium() -> str | None:
+    """Debian's Chromium binary; the /usr/bin/chromium wrapper script also works, with more noise."""
+    return next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium")) if p and os.access(p, os.X_OK)),
+                None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        executable = None
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("the browser test needs playwright and Debian's chromium in CI (make test installs them)")
+        pytest.skip("no chromium or playwright: run `make test`, or apt-get install chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory, synthetic) -> dict[str, Path]:
+    """A one-epoch run (its loss is above 1) and a two-variant comparison, on synthetic data."""
+    root = tmp_path_factory.mktemp("pages")
+    one = train(TINY.replace(epochs=1), root / "one-epoch", data=synthetic, verbose=0)
+    compare(root / "cmp", variants=["scaled", "bn-after"], seeds=1, base=TINY.replace(epochs=3), data=synthetic)
+    return {"run": one.run.path / "report.html", "comparison": root / "cmp" / "report.html"}
+
+
+def opened(browser, path: Path, size: tuple[int, int], fetched: list[str] | None = None):
+    """`path` in a new page of the given viewport; the requests that leave the disk go to `fetched`."""
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]}, is_mobile=size[0] < 600,
+                            has_touch=size[0] < 600)
+    if fetched is not None:
+        page.on("request", lambda request: request.url.startswith(("file:", "data:")) or fetched.append(request.url))
+    page.goto(path.as_uri())
+    return page
+
+
+@pytest.mark.parametrize("name", ["run", "comparison"])
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_nothing_overflows_the_page(browser, pages, name, width, tmp_path):
+    size, fetched = WIDTHS[width], []
+    page = opened(browser, pages[name], size, fetched)
+    try:
+        shot = tmp_path / f"{name}-{width}.png"
+        page.screenshot(path=shot, full_page=True)
+        assert page.evaluate("window.innerWidth") == size[0]  # not a desktop page shrunk to fit
+        assert page.evaluate("document.documentElement.scrollWidth") <= size[0]
+        assert page.evaluate(OUTSIDE) == []
+        assert page.evaluate(BROKEN_IMAGES) == 0 and fetched == []
+        if width == "phone":  # each figure gets the whole width: side by side only where two fit
+            assert page.evaluate(NARROW_FIGURES) == 0
+        # At 1280 px every table fits as it is; on a phone only those with many columns scroll.
+        assert page.evaluate(SCROLLING_BOXES, ".scroll" if width == "desktop" else ".scroll:has(table.text)") == []
+    finally:
+        page.close()
+    assert_png(shot, size[0], size[1])
+
+
+def test_each_run_of_the_comparison_links_to_its_own_page(browser, pages):
+    results = pd.read_csv(pages["comparison"].parent / "results.csv")
+    page = opened(browser, pages["comparison"], WIDTHS["phone"])
+    try:
+        hrefs = page.eval_on_selector_all("table.runs a", "links => links.map((a) => a.href)")
+        assert [Path(unquote(urlparse(href).path)) for href in hrefs] == \
+            [Path(d).resolve() / "report.html" for d in results["run_dir"]]
+        page.click("table.runs a >> nth=1")
+        assert page.url == hrefs[1]
+        assert page.text_content("h1") == f"fashionlab run: {Path(results['run_dir'][1]).name}"
+    finally:
+        page.close()
+
+
+def test_the_comparison_s_per_epoch_leaves_out_the_compiling_epoch(pages):
+    """runner.results' s/epoch: the median of the epochs after the first, as the page says."""
+    results = pd.read_csv(pages["comparison"].parent / "results.csv")
+    for run_dir, shown in zip(results["run_dir"], results["seconds_per_epoch"]):
+        seconds = pd.read_csv(Path(run_dir) / "history.csv")["seconds"]
+        assert shown == pytest.approx(seconds[1:].median())
+        assert f"<td>{seconds_text(shown)}</td>" in pages["comparison"].read_text()
