@@ -59,7 +59,9 @@ def test_config_options_are_typed_by_the_config_fields():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--depth", "0"], "depth must be at least 1"),
+    (["train", "--depth", "-1"], "depth must be at least 0"),
+    (["train", "--recipe", "tutorial", "--dropout", "0.2", "--alpha-dropout", "0.2"], "choose dropout or alpha"),
+    (["compare", "--variants", "tutorial:depth=x"], "depth must be int"),
     (["train", "--learning-rate", "nan"], "learning_rate must be a finite number"),
     (["train", "--config", "/nonexistent/run.toml"], "does not exist"),
     (["train", "--data-dir", "/nonexistent"], "--data-dir /nonexistent lacks train-images-idx3-ubyte"),

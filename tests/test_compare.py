@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import TINY, assert_png, assert_self_contained
 
-from fashionlab.compare import compare, conclusion, plan, summarize
+from fashionlab.compare import compare, conclusion, plan, summarize, variant_config
 from fashionlab.config import TrainConfig, check_runnable, training_bytes
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
@@ -204,3 +205,35 @@ def test_runs_trained_at_once_share_the_free_memory(tmp_path, synthetic, monkeyp
     with pytest.raises(ConfigError, match="needs about .* GiB to train, more than the .* GiB of memory free"):
         compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=2, data=synthetic)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_variants_may_be_recipes_and_carry_changes(tmp_path):
+    base = TrainConfig(learning_rate=0.05)
+    assert variant_config("tutorial", base) == TrainConfig()  # a recipe ignores the base config
+    changed = variant_config("bn-before:learning_rate=0.1,augment_flip=true", base, {"epochs": 3, "name": "x"})
+    assert changed == base.replace(name="bn-before-learning_rate-0.1-augment_flip-true", batch_norm="before",
+                                   learning_rate=0.1, augment_flip=True, epochs=3)
+    named = variant_config("tutorial:optimizer=adamw, schedule = one_cycle,name=adamw-1cycle", base)
+    assert (named.name, named.optimizer, named.schedule) == ("adamw-1cycle", "adamw", "one_cycle")
+    tasks = plan(tmp_path, ["tutorial", "tutorial:epochs=2"], 2, base, {"seed": 9})
+    assert [(t.config.name, t.config.seed, t.config.epochs) for t in tasks] == [
+        ("tutorial", 9, 10), ("tutorial", 10, 10), ("tutorial-epochs-2", 9, 2), ("tutorial-epochs-2", 10, 2)]
+    assert tasks[2].run_dir == tmp_path / "tutorial-epochs-2" / "seed-9"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tutorial:depth", "cannot read 'depth' in variant changes"),
+    ("tutorial:depth=2,depth=3", "each key once"),
+    ("tutorial:depth=two", "depth must be int, got str 'two'"),
+    ("tutorial:deep=2", "unknown config key"),
+    ("tutorial:name=../up", "name '../up' cannot be used"),
+    ("tutorials", "unknown variant 'tutorials'; give a series variant (raw, "),
+])
+def test_bad_variant_specs_are_refused(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan(tmp_path, [spec], 1, TrainConfig())
+
+
+def test_two_variants_of_one_name_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="two variants are both named bn-after"):
+        plan(tmp_path, ["bn-after", "tutorial:name=bn-after"], 1, TrainConfig())

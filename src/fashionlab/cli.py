@@ -20,15 +20,16 @@ from typing import Any
 
 from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
-from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config
+from fashionlab.config import FIELDS, TYPES, TrainConfig, derived_name, field_type, load_config
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted, reason
 from fashionlab.interrupts import stop_requests
 
-MODEL_KEYS = ("depth", "width", "activation", "batch_norm", "kernel_initializer", "scale_inputs")
-# compare sets the name and the series' keys itself, per variant.
-COMPARE_KEYS = ("depth", "width", "optimizer", "learning_rate", "batch_size", "epochs", "seed", "shuffle",
-                "validation_size", "train_samples", "engine")
+MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
+              "filters", "conv_blocks", "convs_per_block", "scale_inputs")
+# compare names each variant itself, and the tutorial series' variants set these keys.
+COMPARE_KEYS = tuple(name for name in FIELDS
+                     if name not in ("name", "batch_norm", "scale_inputs", "activation", "kernel_initializer"))
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -99,9 +100,24 @@ def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] |
                                help=help_text, metavar=None if kind.choices else name.upper())
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+
+
+def _base_config(args: argparse.Namespace) -> TrainConfig:
+    """The config before any option: the named recipe, the config file, or the defaults."""
+    if getattr(args, "recipe", None):
+        from fashionlab import recipes
+
+        return recipes.get(args.recipe).config()
+    return load_config(getattr(args, "config", None))
+
+
 def _config_from(args: argparse.Namespace) -> TrainConfig:
-    overrides = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    return load_config(getattr(args, "config", None), overrides)
+    """The base config with the options applied; named after what they changed unless --name says."""
+    base = _base_config(args)
+    config = base.replace(**_overrides(args))
+    return config.replace(name=derived_name(base, config))
 
 
 def _data_from(args: argparse.Namespace) -> DataSource:
@@ -174,13 +190,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    base = _config_from(args)
+    base, overrides = _base_config(args), _overrides(args)
     try:
         with stop_requests():  # from the start: a signal while Keras imports is a stop request too
             from fashionlab.compare import compare
 
-            result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, jobs=args.jobs,
-                             data=_data_from(args), force=args.force, progress=lambda line: print(line, flush=True))
+            result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, overrides=overrides,
+                             jobs=args.jobs, data=_data_from(args), force=args.force,
+                             progress=lambda line: print(line, flush=True))
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished runs are kept in {args.out}: run the same command again "
                           f"to resume") from None
@@ -195,6 +212,16 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
     # The scaler's values do not change the architecture or its parameter counts.
     print(summary_text(build_model(_config_from(args), Scaler(mean=0.0, std=1.0))))
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    from fashionlab import recipes
+
+    if args.name:
+        print(recipes.get(args.name).path.read_text(encoding="utf-8"), end="")
+    else:
+        print(recipes.listing())
+        print("\nfashionlab train --recipe NAME trains one; fashionlab recipes NAME shows its keys")
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
@@ -228,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", parents=[debug], help="train a model into a new run directory")
-    train.add_argument("--config", metavar="FILE", type=a_path,
-                       help="TOML file (or a run's config.json) of recipe keys")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--recipe", metavar="NAME", help="start from a named recipe (`fashionlab recipes` lists them)")
+    source.add_argument("--config", metavar="FILE", type=a_path,
+                        help="start from a TOML file (or a run's config.json) of config keys")
     train.add_argument("--run-dir", metavar="PATH", type=a_path,
                        help="where to write the run (default: runs/<time>-<name>)")
     train.add_argument("--resume", metavar="RUN", type=a_path,
@@ -262,15 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(command_parser=predict, handler=cmd_predict)
 
     compare = commands.add_parser("compare", parents=[debug], help="train variants x seeds and report mean and spread")
-    compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
-                         metavar="VARIANT", help=f"from {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})")
+    compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
+                         help=f"a series variant ({', '.join(VARIANTS)}), applied to the base config, or a recipe; "
+                              f"either with changes as NAME:key=value,key=value (default: "
+                              f"{' '.join(DEFAULT_VARIANTS)})")
     compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), default=3, metavar="N",
                          help="seeds per variant, counting up from --seed (default: 3)")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", type=a_path,
                          help="comparison folder; the same command resumes there (default: runs/compare)")
     compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
-    compare.add_argument("--config", metavar="FILE", type=a_path, help="TOML file of shared recipe keys")
+    source = compare.add_mutually_exclusive_group()
+    source.add_argument("--recipe", metavar="NAME", help="the base config of the series variants: a named recipe")
+    source.add_argument("--config", metavar="FILE", type=a_path,
+                        help="the base config of the series variants: a TOML file")
     compare.add_argument("--force", action="store_true",
                          help="write into an --out folder that holds other files (same-named ones are replaced)")
     _add_data_options(compare)
@@ -278,8 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(command_parser=compare, handler=cmd_compare)
 
     summary = commands.add_parser("summary", parents=[debug], help="print the network's layers and parameter counts")
+    summary.add_argument("--recipe", metavar="NAME", help="the network of a named recipe")
     _add_config_options(summary, MODEL_KEYS)
     summary.set_defaults(command_parser=summary, handler=cmd_summary)
+
+    recipes = commands.add_parser("recipes", parents=[debug],
+                                  help="list the named recipes with their measured accuracy and time")
+    recipes.add_argument("name", metavar="NAME", nargs="?", help="print this recipe's file")
+    recipes.set_defaults(command_parser=recipes, handler=cmd_recipes)
 
     data_parser = commands.add_parser("data", parents=[debug], help="find, check or download the dataset")
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -2,12 +2,14 @@
 with their spread, and a conclusion that says only what the numbers show.
 
     result = compare("runs/compare", variants=["raw", "scaled", "bn-after", "bn-before"], seeds=3)
+    result = compare("runs/ladder", variants=["tutorial", "fast-mlp", "fast-mlp:augment_shift=2"], seeds=3)
 """
 
 from __future__ import annotations
 
 import os
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from fashionlab import runner
-from fashionlab.config import TrainConfig, check_runnable
+from fashionlab.config import TrainConfig, check_runnable, derived_name
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.provenance import available_memory
@@ -35,19 +37,58 @@ DEFAULT_VARIANTS = ("raw", "scaled", "bn-after", "bn-before")
 MAX_SEEDS = 100
 
 
-def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig) -> list[Task]:
-    """One task per variant x seed, in out/<variant>/seed-<seed>; seeds count up from the base config's."""
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose `variants` from {', '.join(VARIANTS)}",
+def variant_config(spec: str, base: TrainConfig, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config a variant spec names: a series variant applied to `base` ("bn-before"), a
+    recipe ("fast-cnn"), either with changes ("fast-cnn:epochs=5,dropout=0.3", its name then
+    says them unless `name` is among them); then `overrides`, which apply to every variant."""
+    from fashionlab import recipes
+
+    head, _, said = spec.partition(":")
+    if head in VARIANTS:
+        start = base.replace(name=head, **VARIANTS[head])
+    elif head in recipes.names():
+        start = recipes.get(head).config()
+    else:
+        raise ConfigError(f"unknown variant {head!r}; give a series variant ({', '.join(VARIANTS)}) or a recipe "
+                          f"({', '.join(recipes.names())}), optionally with changes: NAME:key=value,key=value",
                           terms=["variants"])
-    if len(set(variants)) != len(variants) or not variants:
+    config = start.replace(**parse_changes(said)) if said else start
+    return config.replace(name=derived_name(start, config), **{k: v for k, v in (overrides or {}).items()
+                                                                if k != "name"})
+
+
+def parse_changes(text: str) -> dict[str, Any]:
+    """"key=value,key=value" as config values: TOML values, or a bare word as text."""
+    changes: dict[str, Any] = {}
+    for item in text.split(","):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key or not value or key in changes:
+            raise ConfigError(f"cannot read {item.strip()!r} in variant changes: write key=value pairs separated "
+                              f"by commas, each key once", terms=["variants"])
+        try:
+            changes[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            changes[key] = value
+    return changes
+
+
+def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
+         overrides: dict[str, Any] | None = None) -> list[Task]:
+    """One task per variant x seed, in out/<variant name>/seed-<seed>; seeds count up from the
+    overrides' seed, else the base config's."""
+    if not variants or len(set(variants)) != len(variants):
         raise ConfigError("give each of the `variants` once, and at least one", terms=["variants"])
     if not 1 <= seeds <= MAX_SEEDS:
         raise ConfigError(f"`seeds` must be between 1 and {MAX_SEEDS}, got {seeds}", terms=["seeds"])
-    return [Task(f"{v} seed {seed}", base.replace(name=v, seed=seed, **VARIANTS[v]), out / v / f"seed-{seed}",
-                 {"variant": v, "seed": seed})
-            for v in variants for seed in range(base.seed, base.seed + seeds)]
+    configs = [variant_config(spec, base, overrides) for spec in variants]
+    names = [c.name for c in configs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two variants are both named {twice[0]}; give one a name=... change", terms=["variants"])
+    first = (overrides or {}).get("seed", base.seed)
+    return [Task(f"{c.name} seed {seed}", c.replace(seed=seed), out / c.name / f"seed-{seed}",
+                 {"variant": c.name, "seed": seed})
+            for c in configs for seed in range(first, first + seeds)]
 
 
 # --- statistics and the conclusion -----------------------------------------------------------
@@ -147,7 +188,8 @@ class CompareResult:
 
 
 def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
-            base: TrainConfig | None = None, jobs: int = 1, data: DataSource = DataSource(), force: bool = False,
+            base: TrainConfig | None = None, overrides: dict[str, Any] | None = None, jobs: int = 1,
+            data: DataSource = DataSource(), force: bool = False,
             progress: Callable[[str], None] = lambda line: None) -> CompareResult:
     """Train every variant x seed not yet finished under `out`, then write the comparison files:
     results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
@@ -160,7 +202,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
         raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
     out = Path(out)
     check_output_folder(out, force=force)
-    tasks = plan(out, list(variants), seeds, base)
+    tasks = plan(out, list(variants), seeds, base, overrides)
     linked = next((p for t in tasks for p in (t.run_dir, t.run_dir.parent) if p.is_symlink()), None)
     if linked is not None:  # runs are written only into compare's own folders, never through a link
         raise RunError(f"{linked} is a symbolic link; remove it, or give `out` a new folder", terms=["out"])
@@ -184,7 +226,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
                        f"give `out` a folder", terms=["out"]) from None
     folder = Run(out)  # the comparison's own files get the same atomic writes as a run's
     folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs,
-                                       "base": base.to_dict()})
+                               "base": base.to_dict(), "overrides": overrides or {}})
     finished = len(tasks) - len(todo)
 
     def report(done: Done) -> None:
@@ -200,8 +242,9 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     results = runner.results(tasks)
     summary = summarize(results)
     statements = conclusion(summary)
-    histories = {v: [Run(t.run_dir).history() for t in tasks if t.tags["variant"] == v] for v in variants}
-    confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in variants}
+    labels = list(dict.fromkeys(t.tags["variant"] for t in tasks))
+    histories = {v: [Run(t.run_dir).history() for t in tasks if t.tags["variant"] == v] for v in labels}
+    confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in labels}
     write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
                              confusions=confusions)
     if todo:

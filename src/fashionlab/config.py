@@ -210,25 +210,46 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's table: TOML (plain keys, a [train] table, or a recipe: `description`,
+    [train], [measured]) or a run's config.json."""
+    path = Path(path)
+    text = read_text(path, what="config file", error=ConfigError, limit=MAX_CONFIG_BYTES)
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply; it is not a fashionlab config") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: JSON, or an int too long
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
+                          f"{exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of keys and values")
+    if isinstance(values.get("train"), dict) and set(values) <= {"train", "description", "measured"}:
+        values = values["train"]  # a [train] table, alone or in a recipe
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the file at `path` (TOML, or a run's config.json), then `overrides`."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        text = read_text(path, what="config file", error=ConfigError, limit=MAX_CONFIG_BYTES)
-        try:
-            values = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-        except RecursionError:
-            raise ConfigError(f"config file {path} nests too deeply; it is not a fashionlab config") from None
-        except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: JSON, or an int too long
-            raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
-                              f"{exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a table of keys and values")
-        if isinstance(values.get("train"), dict) and len(values) == 1:
-            values = values["train"]  # a [train] table is accepted too
+    values = read_config_file(path) if path is not None else {}
     values.update(overrides or {})
     return from_dict(values)
+
+
+def derived_name(base: TrainConfig, changed: TrainConfig) -> str:
+    """The name of `changed`, a variation of `base`: base's name and what changed
+    ("tutorial-batch_norm-before"), or "<name>-custom" when that would be too long."""
+    if changed.name != base.name:
+        return changed.name
+    changes = [(k, v) for k, v in changed.to_dict().items() if k != "name" and v != getattr(base, k)]
+    if not changes:
+        return base.name
+    said = "-".join(f"{k}-{str(v).lower()}" for k, v in changes)
+    name = re.sub(r"[^\w.-]", "-", f"{base.name}-{said}")
+    if _check_name(name) is None:
+        return name
+    custom = f"{base.name}-custom"
+    return custom if _check_name(custom) is None else base.name
 
 
 # --- what a config costs ---------------------------------------------------------------------

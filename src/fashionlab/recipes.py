@@ -1,0 +1,102 @@
+"""Named recipes: TOML files shipped with fashionlab, each a config with a one-line description
+and the figures measured for it on the reference machine.
+
+    config = get("fast-mlp").config(overrides={"epochs": 3})
+
+A recipe file is what `train --config` reads too: a `description`, a [train] table of config
+keys and, once measured, a [measured] table written from a `compare` run (see its `command`).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from fashionlab.config import TrainConfig, from_dict
+from fashionlab.errors import ConfigError
+from fashionlab.records import Fraction, Range, Seconds, first_problem
+
+FOLDER = Path(__file__).with_name("recipes")
+
+
+class Measured(TypedDict):  # (no `from __future__ import annotations` here: it hides NotRequired)
+    """A recipe's [measured] table: test accuracy over seeds and the time of the whole train call."""
+
+    test_accuracy_mean: Fraction
+    test_accuracy_std: Fraction
+    test_accuracy_worst: Fraction
+    seconds: Seconds  # mean wall time of one `train` call, compilation included
+    seeds: Annotated[int, Range(1, 1000)]
+    machine: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    values: dict[str, Any]  # the [train] table
+    measured: Measured | None
+    path: Path
+
+    def config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        return from_dict({"name": self.name, **self.values, **(overrides or {})})
+
+
+def names() -> list[str]:
+    return sorted(path.stem for path in FOLDER.glob("*.toml"))
+
+
+def get(name: str) -> Recipe:
+    """The shipped recipe `name`; a ConfigError naming the recipes there are otherwise."""
+    if name not in names():
+        raise ConfigError(f"no recipe named {name!r}; choose from {', '.join(names())} (`fashionlab recipes` "
+                          f"lists them)")
+    return load(FOLDER / f"{name}.toml")
+
+
+def load(path: Path) -> Recipe:
+    """A recipe file, every part checked: its config keys, its description, its measured figures."""
+    import tomllib
+
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc}") from None
+    values, description, measured = table.get("train"), table.get("description"), table.get("measured")
+    if not isinstance(values, dict) or set(table) - {"train", "description", "measured"}:
+        raise ConfigError(f"recipe {path} must hold `description`, a [train] table and optionally [measured]")
+    if not isinstance(description, str) or not description.strip():
+        raise ConfigError(f"recipe {path} needs a one-line `description`")
+    problem = None if measured is None else first_problem(measured, Measured)
+    if problem:
+        raise ConfigError(f"recipe {path}: [measured] {problem}")
+    recipe = Recipe(path.stem, description.strip(), values, measured, path)
+    recipe.config()  # its keys are valid
+    return recipe
+
+
+def all_recipes() -> list[Recipe]:
+    return [get(name) for name in names()]
+
+
+def listing() -> str:
+    """Every recipe, one line each: name, measured test accuracy and time, description."""
+    rows = []
+    for recipe in all_recipes():
+        m = recipe.measured
+        if m is None:
+            accuracy, seconds = "not measured yet", ""
+        else:
+            accuracy = (f"{m['test_accuracy_mean']:.4f} ± {m['test_accuracy_std']:.4f} "
+                        f"(worst {m['test_accuracy_worst']:.4f}, {m['seeds']} seeds)")
+            seconds = f"{m['seconds']:.0f} s"
+        rows.append((recipe.name, accuracy, seconds, recipe.description))
+    header = ("recipe", "test accuracy", "time", "description")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+             for row in [header, *rows]]
+    machines = sorted({r.measured["machine"] for r in all_recipes() if r.measured})
+    if machines:
+        lines += ["", "measured on: " + "; ".join(machines),
+                  "time: the whole train call (data, compilation, training, test report), mean over the seeds"]
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+import re
+
+import pytest
+
+from fashionlab import recipes
+from fashionlab.cli import _config_from, build_parser, main
+from fashionlab.config import TrainConfig
+from fashionlab.errors import ConfigError
+
+
+def test_every_shipped_recipe_loads_and_the_tutorial_is_the_default_config():
+    found = recipes.all_recipes()
+    assert [r.name for r in found] == recipes.names() and "tutorial" in recipes.names()
+    for recipe in found:
+        config = recipe.config()
+        assert config.name == recipe.name and recipe.description and "\n" not in recipe.description
+    assert recipes.get("tutorial").config() == TrainConfig()
+
+
+def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "FOLDER", tmp_path)
+    (tmp_path / "quick.toml").write_text(
+        'description = "a quick one"\n[train]\nepochs = 2\n[measured]\ntest_accuracy_mean = 0.861\n'
+        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseeds = 3\n'
+        'machine = "2-core test CPU"\ncommand = "fashionlab compare --variants quick"\n')
+    (tmp_path / "fresh.toml").write_text('description = "not yet run"\n[train]\ndepth = 3\n')
+    text = recipes.listing()
+    assert re.search(r"\nquick +0.8610 ± 0.0020 \(worst 0.8580, 3 seeds\) +4 s +a quick one\n", text)
+    assert re.search(r"\nfresh +not measured yet +not yet run\n", text)
+    assert "measured on: 2-core test CPU" in text
+    assert recipes.get("quick").config(overrides={"seed": 3}) == TrainConfig(name="quick", epochs=2, seed=3)
+
+    (tmp_path / "bad.toml").write_text('description = "x"\n[train]\n[measured]\ntest_accuracy_mean = 1.5\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: \[measured\] the file lacks"):
+        recipes.get("bad")
+    (tmp_path / "bad.toml").write_text('description = "x"\n[train]\ndepht = 3\n')
+    with pytest.raises(ConfigError, match="unknown config key.*depht"):
+        recipes.get("bad")
+    (tmp_path / "bad.toml").write_text('[train]\ndepth = 3\n')
+    with pytest.raises(ConfigError, match="needs a one-line `description`"):
+        recipes.get("bad")
+    with pytest.raises(ConfigError, match="no recipe named 'nope'; choose from bad, fresh, quick"):
+        recipes.get("nope")
+
+
+def test_train_recipe_options_override_and_rename(capsys):
+    config = _config_from(build_parser().parse_args(["train", "--recipe", "tutorial", "--batch-norm", "before"]))
+    assert config == TrainConfig(name="tutorial-batch_norm-before", batch_norm="before")
+    config = _config_from(build_parser().parse_args(["train", "--recipe", "tutorial", "--epochs", "3",
+                                                     "--learning-rate", "1e-20", "--name", "mine"]))
+    assert (config.name, config.epochs, config.learning_rate) == ("mine", 3, 1e-20)
+    assert _config_from(build_parser().parse_args(["train", "--learning-rate", "1e+20"])).name == \
+        "tutorial-learning_rate-1e-20"  # "+" is no name character
+
+
+def test_recipe_and_config_cannot_both_be_given(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--recipe", "tutorial", "--config", "x.toml"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_recipes_command_lists_and_shows(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in recipes.names()) and "fashionlab train --recipe NAME" in out
+    assert main(["recipes", "tutorial"]) == 0
+    assert capsys.readouterr().out == recipes.get("tutorial").path.read_text()
+    assert main(["recipes", "nope"]) == 1
+    assert "no recipe named 'nope'" in capsys.readouterr().err
