@@ -151,12 +151,12 @@ def _train(args: argparse.Namespace) -> None:
             raise ConfigError(f"--resume continues the run with its own settings; drop {flags}")
         from fashionlab.training import resume
 
-        result = resume(args.resume, data=_data_from(args), verbose=verbose)
+        result = resume(args.resume, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard)
     else:
         config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
         from fashionlab.training import train
 
-        result = train(config, args.run_dir, data=_data_from(args), verbose=verbose)
+        result = train(config, args.run_dir, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", type=a_path,
                        help="continue an interrupted or failed run from its last finished epoch, with its own settings")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    train.add_argument("--tensorboard", metavar="DIR", type=a_path,
+                       help="also write the scalars for `tensorboard --logdir DIR` (needs fashionlab[tensorboard])")
     _add_data_options(train)
     _add_config_options(train)
     train.set_defaults(command_parser=train, handler=cmd_train)

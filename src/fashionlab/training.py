@@ -31,6 +31,7 @@ from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_test_outputs
 from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, load_model_file, now
+from fashionlab.tensorboard import check_folder
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,17 @@ def progress_verbosity() -> int:
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
-          verbose: int | None = None) -> TrainResult:
+          verbose: int | None = None, tensorboard: str | Path | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
 
     `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
-    one line per epoch elsewhere (0: silent). Everything the config asks is checked against the
-    data and the machine before the run directory is made.
+    one line per epoch elsewhere (0: silent); `tensorboard` a folder that gets the run's scalars
+    (in a subfolder named as the run directory). Everything the config asks is checked against
+    the data and the machine before the run directory is made.
     """
     check_engine(config)
+    if tensorboard is not None:
+        tensorboard = check_folder(tensorboard)
     splits = _checked_splits(config, data)
     _use_compilation_cache()
     with stop_requests() as stop:
@@ -150,10 +154,12 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
             run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
             model = _new_model(config, splits)
             run.write_text("summary.txt", summary_text(model) + "\n")
-            return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose)
+            return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
+                                   tensorboard=tensorboard)
 
 
-def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None) -> TrainResult:
+def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None,
+           tensorboard: str | Path | None = None) -> TrainResult:
     """Continue an interrupted, failed or killed run from its last finished epoch.
 
     With the compiled engine the result is the run that was never interrupted: weights,
@@ -161,6 +167,8 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
     is derived from the seed and the epoch number.
     """
     _use_compilation_cache()
+    if tensorboard is not None:
+        tensorboard = check_folder(tensorboard)
     with stop_requests() as stop, Run.acquire(_existing_dir(run_dir)) as run:
         if run.status()["status"] == "complete":
             raise RunError(f"{run.path} is already complete; nothing to resume")
@@ -176,7 +184,8 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
-            return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose)
+            return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,
+                                   tensorboard=tensorboard)
 
 
 def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
@@ -210,11 +219,16 @@ def _existing_dir(run_dir: str | Path) -> Path:
 
 def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *,
                     rows: list[dict[str, float]], data: DataSource, stop: StopRequest,
-                    verbose: int | None) -> TrainResult:
+                    verbose: int | None, tensorboard: str | Path | None) -> TrainResult:
     """Fit from epoch len(rows), then write the final artifacts."""
     recorder = RunRecorder(run, stop, rows, patience=config.early_stopping)
+    callbacks: list[keras.callbacks.Callback] = [recorder]
+    if tensorboard is not None:  # after the recorder, which appends the rows it writes
+        from fashionlab.tensorboard import TensorBoardScalars
+
+        callbacks.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
     if not early_stop_due(rows, config.early_stopping):  # a run stopped early, killed before it finished
-        _fit(model, config, splits, recorder=recorder, initial_epoch=len(rows),
+        _fit(model, config, splits, callbacks=callbacks, initial_epoch=len(rows),
              verbose=progress_verbosity() if verbose is None else verbose)
     if recorder.diverged_at:
         done = len(recorder.rows)
@@ -258,7 +272,7 @@ def _mark(run: Run, status: str, message: str) -> None:
         run.set_status(status, message=message)  # the disk may be full: the error itself must still surface
 
 
-def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: RunRecorder,
+def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, callbacks: list[keras.callbacks.Callback],
          initial_epoch: int, verbose: int) -> None:
     if resolve_engine(config.engine) == "compiled":
         from fashionlab.engine import Augmentation, fit_compiled
@@ -266,14 +280,14 @@ def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, recorder: R
         fit_compiled(model, splits.x_train, splits.y_train, splits.x_valid, splits.y_valid,
                      batch_size=config.batch_size, epochs=config.epochs, seed=config.seed, shuffle=config.shuffle,
                      initial_epoch=initial_epoch, augmentation=Augmentation(config.augment_shift, config.augment_flip),
-                     callbacks=[recorder], verbose=verbose)
+                     callbacks=callbacks, verbose=verbose)
     else:
         def targets(y: np.ndarray) -> np.ndarray:
             return np.eye(10, dtype=np.float32)[y] if one_hot_targets(model) else y
 
         model.fit(splits.x_train.astype(np.float32), targets(splits.y_train), batch_size=config.batch_size,
                   epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), targets(splits.y_valid)),
-                  shuffle=config.shuffle, verbose=verbose, callbacks=[recorder], initial_epoch=initial_epoch)
+                  shuffle=config.shuffle, verbose=verbose, callbacks=callbacks, initial_epoch=initial_epoch)
 
 
 ACCURACY_MARKS = (0.85, 0.90, 0.93)
