@@ -13,7 +13,7 @@ from fashionlab.interrupts import StopRequest
 from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
 from fashionlab.runs import Run
-from fashionlab.training import RunRecorder, train
+from fashionlab.training import RunRecorder, seconds_to_accuracy, train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
              "confusion_matrix.csv", "confusion_matrix.png", "report.html", "run.json", ".lock"}
@@ -114,3 +114,17 @@ def test_recorder_stops_after_patience_epochs_and_keeps_the_best_checkpoint(tmp_
             recorder.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": accuracy})
             assert recorder.model.stop_training == (epoch == 3)  # a tie is no improvement
             assert list(run.checkpoints()) == sorted({2, epoch + 1} if epoch else {1})
+
+
+def test_seconds_to_accuracy_counts_training_time_from_the_start():
+    history = pd.DataFrame({"seconds": [2.0, 1.0, 1.5], "val_accuracy": [0.80, 0.91, 0.95]})
+    assert seconds_to_accuracy(history) == {"0.85": 3.0, "0.90": 3.0, "0.93": 4.5}
+    assert seconds_to_accuracy(history.iloc[:1]) == {"0.85": None, "0.90": None, "0.93": None}
+
+
+def test_metrics_time_the_whole_call_and_its_training(tiny_run):
+    m = tiny_run.metrics
+    assert m["train_seconds"] == pytest.approx(sum(m["seconds_per_epoch"]))
+    assert m["wall_seconds"] > m["train_seconds"] > 0
+    assert m["started"] <= m["finished"] and not m["stopped_early"]
+    assert m["weights_from_epoch"] == len(m["seconds_per_epoch"])

@@ -95,6 +95,8 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant, in the order given: mean, spread (sample std over seeds) and worst seed."""
+    if "wall_seconds" not in results:  # results read before fashionlab recorded it
+        results = results.assign(wall_seconds=float("nan"))
     grouped = results.groupby("variant", sort=False)
     return pd.DataFrame({
         "seeds": grouped.size(),
@@ -106,6 +108,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         "best_val_accuracy": grouped["best_val_accuracy"].mean(),
         "best_epoch": grouped["best_epoch"].mean(),
         "seconds_per_epoch": grouped["seconds_per_epoch"].mean(),
+        "wall_seconds": grouped["wall_seconds"].mean(),
         "parameters": grouped["parameters"].first(),
     })
 

@@ -61,6 +61,7 @@ class Metrics(TypedDict):
     parameters: Parameters
     per_class_accuracy: NotRequired[dict[str, Fraction]]
     train_seconds: NotRequired[Seconds]
+    wall_seconds: NotRequired[Seconds]
     seconds_to_val_accuracy: NotRequired[dict[str, Seconds | None]]
 
 

@@ -63,8 +63,10 @@ TOP_LOSSES_SHOWN = 24
 SAMPLES_SHOWN = 16
 CONFUSED_PAIRS_SHOWN = 10
 SECONDS_LABEL = "s/epoch (median after epoch 1)"
+WALL_LABEL = "s per run"
 SECONDS_NOTE = ("s/epoch: the median time of each run's epochs after the first, whose time includes compiling "
-                "(a one-epoch run: that epoch), averaged over seeds.")
+                "(a one-epoch run: that epoch), averaged over seeds. s per run: the whole train call (data, "
+                "compilation, training, test predictions), averaged over seeds.")
 
 
 def figure_tag(fig: Figure, alt: str) -> str:
@@ -164,7 +166,10 @@ def confused_pairs(matrix: np.ndarray, shown: int = CONFUSED_PAIRS_SHOWN) -> pd.
 
 
 def seconds_text(seconds: float) -> str:
-    """2 decimals, or 2 significant digits below 0.1 s (a tiny run's epochs)."""
+    """2 decimals, or 2 significant digits below 0.1 s (a tiny run's epochs); "n/a" for a run
+    made before fashionlab recorded it."""
+    if not np.isfinite(seconds):
+        return "n/a"
     return f"{seconds:.2f}" if seconds >= 0.1 else f"{seconds:.2g}"
 
 
@@ -303,7 +308,7 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
 RESULT_LABELS = {"test_accuracy": "test accuracy", "test_loss": "test loss",
                  "first_epoch_val_accuracy": "val accuracy after epoch 1", "best_val_accuracy": "best val accuracy",
                  "best_epoch": "epoch of best val", "final_val_accuracy": "final val accuracy",
-                 "seconds_per_epoch": SECONDS_LABEL}
+                 "seconds_per_epoch": SECONDS_LABEL, "wall_seconds": WALL_LABEL}
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -317,6 +322,7 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
         "best val accuracy": summary["best_val_accuracy"].map("{:.4f}".format),
         "epoch of best val": summary["best_epoch"].map("{:.1f}".format),
         SECONDS_LABEL: summary["seconds_per_epoch"].map(seconds_text),
+        WALL_LABEL: summary["wall_seconds"].map(seconds_text),
         "parameters": summary["parameters"].map("{:,}".format),
     }, index=summary.index.rename("variant"))
 
@@ -330,7 +336,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 
 def _shown(column: str, value: Any) -> str:
-    if column == "seconds_per_epoch":
+    if column in ("seconds_per_epoch", "wall_seconds"):
         return seconds_text(value)
     if column == "parameters":
         return f"{value:,}"

@@ -336,6 +336,7 @@ def results(tasks: Sequence[Task]) -> pd.DataFrame:
             "best_val_accuracy": metrics["best_val_accuracy"], "best_epoch": metrics["best_epoch"],
             "final_val_accuracy": metrics["final_val_accuracy"],
             "seconds_per_epoch": float((seconds.iloc[1:] if len(seconds) > 1 else seconds).median()),
+            "wall_seconds": metrics.get("wall_seconds", float("nan")),  # older runs lack it
             "parameters": metrics["parameters"]["total"], "run_dir": str(task.run_dir),
         })
     return pd.DataFrame(rows)

@@ -140,6 +140,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     (in a subfolder named as the run directory). Everything the config asks is checked against
     the data and the machine before the run directory is made.
     """
+    called = time.perf_counter()
     check_engine(config)
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard)
@@ -155,7 +156,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
             model = _new_model(config, splits)
             run.write_text("summary.txt", summary_text(model) + "\n")
             return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
-                                   tensorboard=tensorboard)
+                                   tensorboard=tensorboard, called=called)
 
 
 def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None,
@@ -166,6 +167,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
     optimizer state and BN statistics come from the checkpoint, and each epoch's shuffle
     is derived from the seed and the epoch number.
     """
+    called = time.perf_counter()
     _use_compilation_cache()
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard)
@@ -185,7 +187,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
             return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,
-                                   tensorboard=tensorboard)
+                                   tensorboard=tensorboard, called=called)
 
 
 def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
@@ -219,8 +221,9 @@ def _existing_dir(run_dir: str | Path) -> Path:
 
 def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *,
                     rows: list[dict[str, float]], data: DataSource, stop: StopRequest,
-                    verbose: int | None, tensorboard: str | Path | None) -> TrainResult:
-    """Fit from epoch len(rows), then write the final artifacts."""
+                    verbose: int | None, tensorboard: str | Path | None, called: float) -> TrainResult:
+    """Fit from epoch len(rows), then write the final artifacts; `called`: when the train or
+    resume call began (time.perf_counter)."""
     recorder = RunRecorder(run, stop, rows, patience=config.early_stopping)
     callbacks: list[keras.callbacks.Callback] = [recorder]
     if tensorboard is not None:  # after the recorder, which appends the rows it writes
@@ -234,7 +237,7 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
         done = len(recorder.rows)
         raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
                        f"{run.path} keeps the last good epoch ({done}); try a lower learning_rate")
-    return _finish(run, config, splits, model, history=recorder.frame(), data=data, stop=stop)
+    return _finish(run, config, splits, model, history=recorder.frame(), data=data, stop=stop, called=called)
 
 
 def _stop_point(run: Run, stop: StopRequest, epochs_done: int) -> None:
@@ -305,7 +308,7 @@ def seconds_to_accuracy(history: pd.DataFrame, marks: tuple[float, ...] = ACCURA
 
 
 def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *, history: pd.DataFrame,
-            data: DataSource, stop: StopRequest) -> TrainResult:
+            data: DataSource, stop: StopRequest, called: float) -> TrainResult:
     """The final artifacts of a run whose epochs all finished; metrics.json and status last.
     A stop request before run.json says complete leaves it interrupted: resuming redoes these writes."""
     epochs_done = len(history)
@@ -344,6 +347,8 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "versions": library_versions(),
         "machine": machine_info(),
         "recipe": status.get("recipe"),
+        # this train (or resume) call until now: data, compilation, training, test predictions
+        "wall_seconds": time.perf_counter() - called,
         "started": status.get("started"),
         "finished": now(),
     }
