@@ -16,6 +16,38 @@ from fashionlab.config import TrainConfig, conv_channels
 from fashionlab.preprocessing import Scaler, scaling_layer
 
 
+@keras.saving.register_keras_serializable(package="fashionlab")
+class PatchConv2D(keras.layers.Conv2D):
+    """A 3 x 3 'same' Conv2D computed as one matrix product over the 9 shifted copies of its
+    input (im2col): the same weights, the same results. XLA's CPU convolutions inside a compiled
+    loop are an order of magnitude slower than this product (benchmarks/cpu_conv.md); a saved
+    model.keras holds plain Conv2D layers again (`portable`)."""
+
+    def convolution_op(self, inputs, kernel):
+        height, width, channels = inputs.shape[1:]
+        padded = keras.ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        shifted = [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)]
+        # kernel (3, 3, channels, filters): rows in the order of the shifted copies, channels within
+        return keras.ops.matmul(keras.ops.concatenate(shifted, axis=-1),
+                                keras.ops.reshape(kernel, (9 * channels, self.filters)))
+
+
+def portable(model: keras.Sequential) -> keras.Sequential:
+    """`model` with plain Keras layers only (PatchConv2D -> Conv2D, the same weights), for the
+    model.keras that any Keras loads."""
+    if not any(isinstance(layer, PatchConv2D) for layer in model.layers):
+        return model
+
+    def plain(layer: keras.layers.Layer) -> keras.layers.Layer:
+        kind = keras.layers.Conv2D if isinstance(layer, PatchConv2D) else type(layer)
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=plain)
+    copy.set_weights(model.get_weights())
+    copy.compile(loss=model.loss, optimizer=model.optimizer, metrics=["accuracy"])
+    return copy
+
+
 def hidden_block(layer_type: type[keras.layers.Layer], size: int, config: TrainConfig,
                  **options) -> list[keras.layers.Layer]:
     """A Dense or Conv2D layer with the config's activation and batch norm: "after": layer(act)
@@ -37,7 +69,7 @@ def _dropout(config: TrainConfig) -> list[keras.layers.Layer]:
 def build_network(config: TrainConfig, scaler: Scaler | None = None) -> keras.Sequential:
     """Input 28x28 raw pixels -> [standardize] -> [conv blocks] -> depth x Dense block -> Dense(10, softmax).
 
-    A cnn block is convs_per_block x (Conv2D 3x3 'same' + BN + act) then 2x2 max pooling; the
+    A cnn block is convs_per_block x (3x3 'same' convolution + BN + act) then 2x2 max pooling; the
     filters double from block to block. Dropout follows each conv block and each Dense block.
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=(28, 28), name="pixels")]
@@ -48,7 +80,7 @@ def build_network(config: TrainConfig, scaler: Scaler | None = None) -> keras.Se
         channels = conv_channels(config)
         for block in range(config.conv_blocks):
             for filters in channels[block * config.convs_per_block:(block + 1) * config.convs_per_block]:
-                layers += hidden_block(keras.layers.Conv2D, filters, config, kernel_size=3, padding="same")
+                layers += hidden_block(PatchConv2D, filters, config, kernel_size=3, padding="same")
             layers.append(keras.layers.MaxPooling2D(2))
             layers += _dropout(config)
     layers.append(keras.layers.Flatten())

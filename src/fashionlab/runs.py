@@ -445,6 +445,8 @@ def _load_keras(path: Path, handle):
     """keras.saving.load_model with safe mode, everything it unpacks kept in a folder removed afterwards."""
     import keras
 
+    import fashionlab.model  # noqa: F401  (registers PatchConv2D, which checkpoints hold)
+
     scratch = tempfile.mkdtemp(prefix="fashionlab-load-")
     try:
         with _UNPACKING:

@@ -26,7 +26,7 @@ from fashionlab.data import DataSource, Splits, split_arrays
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
-from fashionlab.model import build_model, one_hot_targets, parameter_counts, summary_text
+from fashionlab.model import build_model, one_hot_targets, parameter_counts, portable, summary_text
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_test_outputs
@@ -319,7 +319,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
             raise run.damaged(f"{CHECKPOINT_PREFIX}{kept}.keras", "the best epoch's checkpoint is missing")
         model.set_weights(load_model_file(best).get_weights())
     _stop_point(run, stop, epochs_done)
-    run.save_model(model)
+    run.save_model(portable(model))
     _stop_point(run, stop, epochs_done)
     proba = predict_proba(model, splits.x_test)
     report = metrics_from_proba(splits.y_test, proba)
