@@ -27,6 +27,7 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
     text = recipes.listing()
     assert re.search(r"\nquick +0.8610 ± 0.0020 \(worst 0.8580, 3 seeds\) +4 s +a quick one\n", text)
     assert re.search(r"\nfresh +not measured yet +not yet run\n", text)
+    assert text.index("\nquick") < text.index("\nfresh")  # measured ones first
     assert "measured on: 2-core test CPU" in text
     assert recipes.get("quick").config(overrides={"seed": 3}) == TrainConfig(name="quick", epochs=2, seed=3)
 

@@ -80,9 +80,12 @@ def all_recipes() -> list[Recipe]:
 
 
 def listing() -> str:
-    """Every recipe, one line each: name, measured test accuracy and time, description."""
+    """Every recipe, one line each: name, measured test accuracy and time, description; the
+    tutorial first, then the fastest first (those not measured yet last)."""
     rows = []
-    for recipe in all_recipes():
+    ordered = sorted(all_recipes(), key=lambda r: (r.name != "tutorial", r.measured is None,
+                                                   r.measured["seconds"] if r.measured else 0, r.name))
+    for recipe in ordered:
         m = recipe.measured
         if m is None:
             accuracy, seconds = "not measured yet", ""
