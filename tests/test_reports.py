@@ -217,9 +217,8 @@ def test_the_comparison_page_has_readable_headers_and_links_to_every_run(tmp_pat
     assert len(page.images) == 1 + 2  # the curves, then a confusion matrix per variant
     summary_table, runs = page.tables
     assert summary_table[0][0] == "variant" and "s/epoch (median after epoch 1)" in summary_table[0]
-    assert runs[0] == ["variant", "seed", "test accuracy", "test loss", "val accuracy after epoch 1",
-                       "best val accuracy", "epoch of best val", "final val accuracy",
-                       "s/epoch (median after epoch 1)", "parameters", "run"]
+    assert runs[0] == ["variant", "seed", "test acc.", "test loss", "val acc. epoch 1", "best val acc.", "best epoch",
+                       "final val acc.", "s/epoch", "parameters", "run"]
     assert runs[1] == ["scaled", "1", "0.8510", "0.4000", "0.7000", "0.8700", "2", "0.8600", "1.25", "13,130",
                        "scaled/seed-1"]
     links = re.findall(r'<a href="([^"]+)">', section(text, "Every run"))

@@ -305,10 +305,11 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
 
 # --- a comparison ------------------------------------------------------------------------------
 
-RESULT_LABELS = {"test_accuracy": "test accuracy", "test_loss": "test loss",
-                 "first_epoch_val_accuracy": "val accuracy after epoch 1", "best_val_accuracy": "best val accuracy",
-                 "best_epoch": "epoch of best val", "final_val_accuracy": "final val accuracy",
-                 "seconds_per_epoch": SECONDS_LABEL, "wall_seconds": WALL_LABEL}
+# Short headers: the every-run table has many columns (the summary's note says what s/epoch is).
+RESULT_LABELS = {"test_accuracy": "test acc.", "test_loss": "test loss",
+                 "first_epoch_val_accuracy": "val acc. epoch 1", "best_val_accuracy": "best val acc.",
+                 "best_epoch": "best epoch", "final_val_accuracy": "final val acc.",
+                 "seconds_per_epoch": "s/epoch", "wall_seconds": WALL_LABEL}
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
