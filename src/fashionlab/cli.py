@@ -245,8 +245,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fashionlab", description="Fashion-MNIST with a deep batch-normalized "
-                                     "MLP, as in the tf.keras tutorial: train, evaluate, predict.")
+    parser = Parser(prog="fashionlab", description="Fashion-MNIST, from the tf.keras tutorial's "
+                                     "MLP to CNN recipes: train, evaluate, predict, compare.")
     parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
     debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
