@@ -199,3 +199,20 @@ def test_dropout_draws_follow_the_seed():
         engine.fit_compiled(model, x_train, y_train, batch_size=32, epochs=1, seed=seed, shuffle=False, verbose=0)
         trained.append(np.asarray(model.weights[0].value))
     assert not np.allclose(trained[0], trained[1]) and np.array_equal(trained[0], trained[2])
+
+
+def test_each_step_draws_its_own_augmentation_from_seed_epoch_and_step():
+    """The engine's draws are exactly augment(key(seed) -> augmentation stream -> epoch -> step):
+    training on those images, pre-augmented, without augmentation gives the same model."""
+    config = TINY.replace(batch_norm="none")
+    x_train, y_train, _, _ = synthetic_split(64)  # two steps of 32
+    augmented, replayed = twin_models(config, x_train)
+    augmentation = engine.Augmentation(shift=2, flip=True)
+    engine.fit_compiled(augmented, x_train, y_train, batch_size=32, epochs=1, seed=3, shuffle=False, verbose=0,
+                        augmentation=augmentation)
+    epoch_key = jax.random.fold_in(jax.random.split(jax.random.key(3))[1], 0)
+    batches = [engine.augment(jax.random.fold_in(jax.random.fold_in(epoch_key, step), 0),
+                              jnp.asarray(x_train[step * 32:(step + 1) * 32], jnp.float32), augmentation)
+               for step in range(2)]
+    engine.fit_compiled(replayed, np.concatenate(batches), y_train, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    assert_same_state(augmented, replayed)

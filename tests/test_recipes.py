@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -69,3 +70,16 @@ def test_recipes_command_lists_and_shows(capsys):
     assert capsys.readouterr().out == recipes.get("tutorial").path.read_text()
     assert main(["recipes", "nope"]) == 1
     assert "no recipe named 'nope'" in capsys.readouterr().err
+
+
+def test_a_run_records_the_recipe_it_came_from(tmp_path, synthetic):
+    data = ["--data-dir", str(synthetic.data_dir), "--no-verify", "--validation-size", "60"]
+    assert main(["train", "--recipe", "fast-mlp", "--epochs", "1", "--quiet", "--run-dir", str(tmp_path / "r"),
+                 *data]) == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert metrics["recipe"] == "fast-mlp" and config["width"] == 256
+    assert config["name"] == "fast-mlp-epochs-1-validation_size-60"
+    assert main(["train", "--epochs", "1", "--quiet", "--run-dir", str(tmp_path / "plain"), "--depth", "1",
+                 "--width", "4", *data]) == 0
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["recipe"] is None

@@ -156,7 +156,8 @@ def _train(args: argparse.Namespace) -> None:
         config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
         from fashionlab.training import train
 
-        result = train(config, args.run_dir, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard)
+        result = train(config, args.run_dir, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard,
+                       recipe=args.recipe)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "

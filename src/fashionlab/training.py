@@ -132,12 +132,14 @@ def progress_verbosity() -> int:
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
-          verbose: int | None = None, tensorboard: str | Path | None = None) -> TrainResult:
+          verbose: int | None = None, tensorboard: str | Path | None = None,
+          recipe: str | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
 
     `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
     one line per epoch elsewhere (0: silent); `tensorboard` a folder that gets the run's scalars
-    (in a subfolder named as the run directory). Everything the config asks is checked against
+    (in a subfolder named as the run directory); `recipe` the named recipe `config` came from,
+    recorded in run.json and metrics.json. Everything the config asks is checked against
     the data and the machine before the run directory is made.
     """
     called = time.perf_counter()
@@ -152,7 +154,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
         run = Run.create(run_dir if run_dir is not None else default_run_dir(config.name))
         with run, _status_on_exit(run):
             run.write_json("config.json", config.to_dict())
-            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now())
+            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe)
             model = _new_model(config, splits)
             run.write_text("summary.txt", summary_text(model) + "\n")
             return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
