@@ -31,7 +31,7 @@ from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_test_outputs
 from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, load_model_file, now
-from fashionlab.tensorboard import check_folder
+from fashionlab.tensorboard import TensorBoardScalars, check_folder
 
 
 @dataclass(frozen=True)
@@ -229,8 +229,6 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
     recorder = RunRecorder(run, stop, rows, patience=config.early_stopping)
     callbacks: list[keras.callbacks.Callback] = [recorder]
     if tensorboard is not None:  # after the recorder, which appends the rows it writes
-        from fashionlab.tensorboard import TensorBoardScalars
-
         callbacks.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
     if not early_stop_due(rows, config.early_stopping):  # a run stopped early, killed before it finished
         _fit(model, config, splits, callbacks=callbacks, initial_epoch=len(rows),
@@ -314,12 +312,13 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     """The final artifacts of a run whose epochs all finished; metrics.json and status last.
     A stop request before run.json says complete leaves it interrupted: resuming redoes these writes."""
     epochs_done = len(history)
-    kept = best_epoch(history.to_dict("records")) if config.early_stopping else epochs_done
+    best = best_epoch(history.to_dict("records"))
+    kept = best if config.early_stopping else epochs_done
     if kept != epochs_done:  # early stopping keeps the best epoch's weights
-        best = run.checkpoints().get(kept)
-        if best is None:
+        checkpoint = run.checkpoints().get(kept)
+        if checkpoint is None:
             raise run.damaged(f"{CHECKPOINT_PREFIX}{kept}.keras", "the best epoch's checkpoint is missing")
-        model.set_weights(load_model_file(best).get_weights())
+        model.set_weights(load_model_file(checkpoint).get_weights())
     _stop_point(run, stop, epochs_done)
     run.save_model(portable(model))
     _stop_point(run, stop, epochs_done)
@@ -334,7 +333,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()},
         "final_val_accuracy": float(history["val_accuracy"].iloc[-1]),
         "best_val_accuracy": float(history["val_accuracy"].max()),
-        "best_epoch": int(history["val_accuracy"].idxmax()) + 1,
+        "best_epoch": best,
         "weights_from_epoch": kept,
         "stopped_early": epochs_done < config.epochs,
         "seconds_per_epoch": seconds,
