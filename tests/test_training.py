@@ -8,12 +8,12 @@ from helpers import TINY, synthetic_arrays
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
-from fashionlab.errors import RunError
-from fashionlab.interrupts import StopRequest
+from fashionlab.errors import Interrupted, RunError
+from fashionlab.interrupts import StopRequest, stop_when
 from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
 from fashionlab.runs import Run
-from fashionlab.training import RunRecorder, seconds_to_accuracy, train
+from fashionlab.training import RunRecorder, resume, seconds_to_accuracy, train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
              "confusion_matrix.csv", "confusion_matrix.png", "report.html", "run.json", ".lock"}
@@ -114,6 +114,30 @@ def test_recorder_stops_after_patience_epochs_and_keeps_the_best_checkpoint(tmp_
             recorder.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": accuracy})
             assert recorder.model.stop_training == (epoch == 3)  # a tie is no improvement
             assert list(run.checkpoints()) == sorted({2, epoch + 1} if epoch else {1})
+
+
+class SetFromTheSecondLook:
+    """An event that is clear when training starts and set as soon as the first epoch asks."""
+
+    def __init__(self):
+        self.looks = 0
+
+    def is_set(self):
+        self.looks += 1
+        return self.looks > 1
+
+
+def test_a_stop_within_the_first_epoch_leaves_an_interrupted_run_that_resumes(tmp_path, synthetic):
+    stop_when(SetFromTheSecondLook())
+    try:
+        with pytest.raises(Interrupted, match="after 0 finished epoch"):
+            train(TINY, tmp_path / "run", data=synthetic, verbose=0)
+    finally:
+        stop_when()
+    run = Run(tmp_path / "run")
+    assert run.status()["status"] == "interrupted" and not run.checkpoints()
+    assert not (tmp_path / "run" / "history.csv").exists()
+    assert list(resume(tmp_path / "run", data=synthetic, verbose=0).history["epoch"]) == [1, 2]
 
 
 def test_seconds_to_accuracy_counts_training_time_from_the_start():

@@ -312,6 +312,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     """The final artifacts of a run whose epochs all finished; metrics.json and status last.
     A stop request before run.json says complete leaves it interrupted: resuming redoes these writes."""
     epochs_done = len(history)
+    _stop_point(run, stop, epochs_done)  # before anything reads the history: it is empty if stopped in epoch 1
     best = best_epoch(history.to_dict("records"))
     kept = best if config.early_stopping else epochs_done
     if kept != epochs_done:  # early stopping keeps the best epoch's weights
@@ -319,7 +320,6 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         if checkpoint is None:
             raise run.damaged(f"{CHECKPOINT_PREFIX}{kept}.keras", "the best epoch's checkpoint is missing")
         model.set_weights(load_model_file(checkpoint).get_weights())
-    _stop_point(run, stop, epochs_done)
     run.save_model(portable(model))
     _stop_point(run, stop, epochs_done)
     proba = predict_proba(model, splits.x_test)
