@@ -1,3 +1,4 @@
+import argparse
 import gzip
 import json
 import os
@@ -18,6 +19,18 @@ from fashionlab.errors import ConfigError
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fashionlab", *args], capture_output=True, text=True,
                           env={**os.environ, "FASHIONLAB_DATA": ""}, timeout=300)
+
+
+def test_every_command_prints_its_help(capsys):
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    data = next(a for a in commands["data"]._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for argv in [[], *([name] for name in commands), *(["data", name] for name in data)]:
+        with pytest.raises(SystemExit) as exit:
+            main([*argv, "--help"])
+        assert exit.value.code == 0, argv
+        assert capsys.readouterr().out.startswith("usage: fashionlab"), argv
+    assert len(commands) >= 7 and data
 
 
 def test_train_evaluate_predict_end_to_end(tmp_path, synthetic, capsys):

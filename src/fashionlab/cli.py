@@ -91,7 +91,7 @@ def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] |
             continue
         kind = field_type(TYPES[name])
         flag = "--" + name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse formats help
         if kind.base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_text)
