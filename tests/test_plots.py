@@ -111,6 +111,15 @@ def test_comparison_curves_show_mean_and_band_per_epoch_and_accuracy_against_sec
     assert_png(plots.png_bytes(fig), 1000, 700)
 
 
+def test_comparison_time_axis_is_log_when_runs_take_seconds_to_minutes():
+    quick, slow = history(seconds=(1.0, 1.0, 1.0)), history(seconds=(300.0, 300.0, 300.0))
+    time_ax = plots.comparison_curves_figure({"quick": [quick], "slow": [slow]}).axes[2]
+    assert time_ax.get_xscale() == "log" and time_ax.get_xlabel().endswith("(log scale)")
+    np.testing.assert_allclose(lines(time_ax)["slow (n=1)"].get_xdata(), [300, 600, 900])
+    time_ax = plots.comparison_curves_figure({"quick": [quick], "slower": [history(seconds=(5.0, 5.0, 5.0))]}).axes[2]
+    assert time_ax.get_xscale() == "linear" and "log" not in time_ax.get_xlabel() and time_ax.get_xlim()[0] == 0
+
+
 def test_comparison_curves_without_timings_still_draw():
     fig = plots.comparison_curves_figure({"a": [history().drop(columns=["seconds"])]})
     assert "no epoch timings" in fig.axes[2].texts[0].get_text()

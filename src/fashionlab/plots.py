@@ -165,7 +165,7 @@ def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) ->
     accuracy_ax, loss_ax, time_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), \
         fig.add_subplot(grid[1, :])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    timed = False
+    timed: list[float] = []  # every epoch's elapsed seconds
     for k, (variant, frames) in enumerate(histories.items()):
         color = colors[k % len(colors)]
         for ax, column in ((accuracy_ax, "val_accuracy"), (loss_ax, "val_loss")):
@@ -174,8 +174,8 @@ def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) ->
                     label=f"{variant} (n={len(frames)})")
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2)
         if all("seconds" in f for f in frames):
-            timed = True
             for f in frames:
+                timed += f["seconds"].cumsum().tolist()
                 time_ax.plot(f["seconds"].cumsum(), f["val_accuracy"], color=color, alpha=0.3, linewidth=1)
             elapsed = pd.concat([pd.Series(f["seconds"].cumsum().to_numpy(float), index=epochs_of(f))
                                  for f in frames], axis=1)
@@ -191,11 +191,18 @@ def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) ->
     for set_formatter in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
         set_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     time_ax.set_title("validation accuracy against training seconds: each seed faint, mean over seeds bold")
-    time_ax.set_xlabel("training seconds (summed epoch times, compilation included)")
+    time_label = "training seconds (summed epoch times, compilation included)"
+    time_ax.set_xlabel(time_label)
     time_ax.set_ylabel("validation accuracy")
     time_ax.grid(True, alpha=0.4)
     if timed:
-        time_ax.set_xlim(left=0)
+        elapsed = np.asarray(timed)
+        if elapsed.min() > 0 and elapsed.max() / elapsed.min() > LOG_RANGE:  # a 2 s recipe beside a 15 min one
+            time_ax.set_xscale("log")
+            time_ax.set_xlabel(f"{time_label} (log scale)")
+            time_ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        else:
+            time_ax.set_xlim(left=0)
         time_ax.legend(loc="lower right")
     else:
         time_ax.text(0.5, 0.5, "no epoch timings recorded", ha="center", va="center", transform=time_ax.transAxes)
