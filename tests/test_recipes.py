@@ -25,11 +25,20 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
         'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseeds = 3\n'
         'machine = "2-core test CPU"\ncommand = "fashionlab compare --variants quick"\n')
     (tmp_path / "fresh.toml").write_text('description = "not yet run"\n[train]\ndepth = 3\n')
+    gpu = ('test_accuracy_mean = 0.95\ntest_accuracy_std = 0.001\ntest_accuracy_worst = 0.949\nseconds = 31\n'
+           'seeds = 3\nmachine = "one test GPU"\ncommand = "benchmarks/gpu.sh"\n')
+    (tmp_path / "big.toml").write_text(f'description = "for a GPU"\n[train]\ndepth = 2\n[measured_gpu]\n{gpu}')
     text = recipes.listing()
     assert re.search(r"\nquick +0.8610 ± 0.0020 \(worst 0.8580, 3 seeds\) +4 s +a quick one\n", text)
     assert re.search(r"\nfresh +not measured yet +not yet run\n", text)
-    assert text.index("\nquick") < text.index("\nfresh")  # measured ones first
-    assert "measured on: 2-core test CPU" in text
+    assert re.search(r"\nbig +not measured on the CPU +0.9500 in 31 s +for a GPU\n", text)
+    assert text.index("\nquick") < text.index("\nbig") < text.index("\nfresh")  # measured ones first
+    assert "measured on: 2-core test CPU\non a GPU: one test GPU\n" in text
+    assert recipes.get("big").measured_gpu["seconds"] == 31 and recipes.get("big").measured is None
+    (tmp_path / "big.toml").write_text(f'description = "x"\n[train]\n[measured_gpu]\n{gpu}'.replace("31", "-1"))
+    with pytest.raises(ConfigError, match=r"big.toml: \[measured_gpu\] .*seconds"):
+        recipes.get("big")
+    (tmp_path / "big.toml").unlink()
     assert recipes.get("quick").config(overrides={"seed": 3}) == TrainConfig(name="quick", epochs=2, seed=3)
 
     (tmp_path / "bad.toml").write_text('description = "x"\n[train]\n[measured]\ntest_accuracy_mean = 1.5\n')
@@ -83,3 +92,16 @@ def test_a_run_records_the_recipe_it_came_from(tmp_path, synthetic):
     assert main(["train", "--epochs", "1", "--quiet", "--run-dir", str(tmp_path / "plain"), "--depth", "1",
                  "--width", "4", *data]) == 0
     assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["recipe"] is None
+
+
+@pytest.mark.parametrize("name", recipes.names())
+def test_every_recipe_trains(name, tmp_path, synthetic):
+    """One epoch of each shipped recipe, as it is, on the small synthetic data."""
+    run = tmp_path / name
+    assert main(["train", "--recipe", name, "--epochs", "1", "--quiet", "--run-dir", str(run),
+                 "--data-dir", str(synthetic.data_dir), "--no-verify", "--validation-size", "60"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    expected = {**recipes.get(name).values, "epochs": 1}
+    assert {key: config[key] for key in expected} == expected
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert json.loads((run / "metrics.json").read_text())["recipe"] == name

@@ -4,7 +4,8 @@ and the figures measured for it on the reference machine.
     config = get("fast-mlp").config(overrides={"epochs": 3})
 
 A recipe file is what `train --config` reads too: a `description`, a [train] table of config
-keys and, once measured, a [measured] table written from a `compare` run (see its `command`).
+keys and, once measured, a [measured] table written from a `compare` run on the reference CPU
+(see its `command`) and a [measured_gpu] table from one on a GPU machine.
 """
 
 from dataclasses import dataclass
@@ -35,11 +36,15 @@ class Recipe:
     name: str
     description: str
     values: dict[str, Any]  # the [train] table
-    measured: Measured | None
+    measured: Measured | None  # on the reference machine, a 2-core CPU
+    measured_gpu: Measured | None
     path: Path
 
     def config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
         return from_dict({"name": self.name, **self.values, **(overrides or {})})
+
+
+MEASURED_TABLES = ("measured", "measured_gpu")
 
 
 def names() -> list[str]:
@@ -62,15 +67,18 @@ def load(path: Path) -> Recipe:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read recipe {path}: {exc}") from None
-    values, description, measured = table.get("train"), table.get("description"), table.get("measured")
-    if not isinstance(values, dict) or set(table) - {"train", "description", "measured"}:
-        raise ConfigError(f"recipe {path} must hold `description`, a [train] table and optionally [measured]")
+    values, description = table.get("train"), table.get("description")
+    if not isinstance(values, dict) or set(table) - {"train", "description", *MEASURED_TABLES}:
+        raise ConfigError(f"recipe {path} must hold `description`, a [train] table and optionally "
+                          f"[measured] and [measured_gpu]")
     if not isinstance(description, str) or not description.strip():
         raise ConfigError(f"recipe {path} needs a one-line `description`")
-    problem = None if measured is None else first_problem(measured, Measured)
-    if problem:
-        raise ConfigError(f"recipe {path}: [measured] {problem}")
-    recipe = Recipe(path.stem, description.strip(), values, measured, path)
+    for key in MEASURED_TABLES:
+        problem = None if key not in table else first_problem(table[key], Measured)
+        if problem:
+            raise ConfigError(f"recipe {path}: [{key}] {problem}")
+    recipe = Recipe(path.stem, description.strip(), values, table.get("measured"), table.get("measured_gpu"),
+                    path)
     recipe.config()  # its keys are valid
     return recipe
 
@@ -80,26 +88,30 @@ def all_recipes() -> list[Recipe]:
 
 
 def listing() -> str:
-    """Every recipe, one line each: name, measured test accuracy and time, description; the
-    tutorial first, then the fastest first (those not measured yet last)."""
+    """Every recipe, one line each: name, measured test accuracy and time, the same on a GPU,
+    description; the tutorial first, then the fastest first (those not measured yet last)."""
     rows = []
     ordered = sorted(all_recipes(), key=lambda r: (r.name != "tutorial", r.measured is None,
                                                    r.measured["seconds"] if r.measured else 0, r.name))
     for recipe in ordered:
         m = recipe.measured
         if m is None:
-            accuracy, seconds = "not measured yet", ""
+            accuracy, seconds = "not measured on the CPU" if recipe.measured_gpu else "not measured yet", ""
         else:
             accuracy = (f"{m['test_accuracy_mean']:.4f} ± {m['test_accuracy_std']:.4f} "
                         f"(worst {m['test_accuracy_worst']:.4f}, {m['seeds']} seeds)")
             seconds = f"{m['seconds']:.0f} s"
-        rows.append((recipe.name, accuracy, seconds, recipe.description))
-    header = ("recipe", "test accuracy", "time", "description")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+        gpu = recipe.measured_gpu
+        on_gpu = f"{gpu['test_accuracy_mean']:.4f} in {gpu['seconds']:.0f} s" if gpu else ""
+        rows.append((recipe.name, accuracy, seconds, on_gpu, recipe.description))
+    header = ("recipe", "test accuracy", "time", "on a GPU", "description")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
              for row in [header, *rows]]
-    machines = sorted({r.measured["machine"] for r in all_recipes() if r.measured})
+    machines = [f"{label}: " + "; ".join(sorted({m["machine"] for m in figures if m}))
+                for label, figures in (("measured on", [r.measured for r in ordered]),
+                                       ("on a GPU", [r.measured_gpu for r in ordered])) if any(figures)]
     if machines:
-        lines += ["", "measured on: " + "; ".join(machines),
+        lines += ["", *machines,
                   "time: the whole train call (data, compilation, training, test report), mean over the seeds"]
     return "\n".join(lines)
