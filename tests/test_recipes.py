@@ -81,6 +81,14 @@ def test_recipes_command_lists_and_shows(capsys):
     assert "no recipe named 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", recipes.names())
+def test_a_recipe_file_printed_by_the_recipes_command_is_a_config_file(name, tmp_path, capsys):
+    assert main(["recipes", name]) == 0
+    (tmp_path / "mine.toml").write_text(capsys.readouterr().out)
+    config = _config_from(build_parser().parse_args(["train", "--config", str(tmp_path / "mine.toml")]))
+    assert config == recipes.get(name).config().replace(name=TrainConfig().name)
+
+
 def test_a_run_records_the_recipe_it_came_from(tmp_path, synthetic):
     data = ["--data-dir", str(synthetic.data_dir), "--no-verify", "--validation-size", "60"]
     assert main(["train", "--recipe", "fast-mlp", "--epochs", "1", "--quiet", "--run-dir", str(tmp_path / "r"),

@@ -210,9 +210,13 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+# What a recipe file holds (recipes.py): its config is the [train] table.
+RECIPE_TABLES = ("train", "description", "measured", "measured_gpu")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config file's table: TOML (plain keys, a [train] table, or a recipe: `description`,
-    [train], [measured]) or a run's config.json."""
+    """A config file's table: TOML (plain keys, a [train] table, or a recipe file) or a run's
+    config.json."""
     path = Path(path)
     text = read_text(path, what="config file", error=ConfigError, limit=MAX_CONFIG_BYTES)
     try:
@@ -224,7 +228,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                           f"{exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of keys and values")
-    if isinstance(values.get("train"), dict) and set(values) <= {"train", "description", "measured"}:
+    if isinstance(values.get("train"), dict) and set(values) <= set(RECIPE_TABLES):
         values = values["train"]  # a [train] table, alone or in a recipe
     return values
 

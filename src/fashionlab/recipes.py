@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-from fashionlab.config import TrainConfig, from_dict
+from fashionlab.config import RECIPE_TABLES, TrainConfig, from_dict
 from fashionlab.errors import ConfigError
 from fashionlab.records import Fraction, Range, Seconds, first_problem
 
@@ -44,7 +44,7 @@ class Recipe:
         return from_dict({"name": self.name, **self.values, **(overrides or {})})
 
 
-MEASURED_TABLES = ("measured", "measured_gpu")
+MEASURED_TABLES = RECIPE_TABLES[2:]  # ("measured", "measured_gpu")
 
 
 def names() -> list[str]:
@@ -68,7 +68,7 @@ def load(path: Path) -> Recipe:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read recipe {path}: {exc}") from None
     values, description = table.get("train"), table.get("description")
-    if not isinstance(values, dict) or set(table) - {"train", "description", *MEASURED_TABLES}:
+    if not isinstance(values, dict) or set(table) - set(RECIPE_TABLES):
         raise ConfigError(f"recipe {path} must hold `description`, a [train] table and optionally "
                           f"[measured] and [measured_gpu]")
     if not isinstance(description, str) or not description.strip():
