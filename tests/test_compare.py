@@ -228,10 +228,27 @@ def test_variants_may_be_recipes_and_carry_changes(tmp_path):
     ("tutorial:deep=2", "unknown config key"),
     ("tutorial:name=../up", "name '../up' cannot be used"),
     ("tutorials", "unknown variant 'tutorials'; give a series variant (raw, "),
+    ("best-cnn:", "cannot read '' in variant changes"),
+    ("best-cnn:seed=7", "sets seed; the seeds come from --seed and --seeds"),
+    ("fast-mlp:name=results.csv", "cannot be named results.csv: the comparison writes a file of that name"),
+    ("raw:name=compare.json", "cannot be named compare.json"),
 ])
 def test_bad_variant_specs_are_refused(tmp_path, spec, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         plan(tmp_path, [spec], 1, TrainConfig())
+
+
+def test_a_variant_keeps_the_name_it_is_given_even_its_starting_name(tmp_path):
+    assert variant_config("fast-mlp:width=64,name=fast-mlp", TrainConfig()).name == "fast-mlp"
+    assert variant_config("fast-mlp:width=64", TrainConfig()).name == "fast-mlp-width-64"
+
+
+def test_the_comparison_folder_holds_its_files_and_one_folder_per_variant(comparison):
+    from fashionlab.compare import COMPARISON_FILES, MARKER
+
+    out, _, _ = comparison
+    assert {p.name for p in out.iterdir() if p.is_file()} - {".lock"} == {MARKER, *COMPARISON_FILES}
+    assert {p.name for p in out.iterdir() if p.is_dir()} == set(TWO)
 
 
 def test_two_variants_of_one_name_are_refused(tmp_path):

@@ -47,6 +47,9 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
     (tmp_path / "bad.toml").write_text('description = "x"\n[train]\ndepht = 3\n')
     with pytest.raises(ConfigError, match="unknown config key.*depht"):
         recipes.get("bad")
+    (tmp_path / "bad.toml").write_text('description = "x"\n[train]\nname = "other"\n')
+    with pytest.raises(ConfigError, match="its \\[train\\] name must be 'bad'"):
+        recipes.get("bad")
     (tmp_path / "bad.toml").write_text('[train]\ndepth = 3\n')
     with pytest.raises(ConfigError, match="needs a one-line `description`"):
         recipes.get("bad")
@@ -62,6 +65,20 @@ def test_train_recipe_options_override_and_rename(capsys):
     assert (config.name, config.epochs, config.learning_rate) == ("mine", 3, 1e-20)
     assert _config_from(build_parser().parse_args(["train", "--learning-rate", "1e+20"])).name == \
         "tutorial-learning_rate-1e-20"  # "+" is no name character
+
+
+def test_a_name_given_is_kept_even_the_recipes_own():
+    config = _config_from(build_parser().parse_args(["train", "--recipe", "fast-mlp", "--width", "64",
+                                                     "--name", "fast-mlp"]))
+    assert (config.name, config.width) == ("fast-mlp", 64)
+
+
+@pytest.mark.parametrize("argv", [["train", "--recipe", ""], ["compare", "--recipe", " "], ["summary", "--recipe", ""],
+                                  ["recipes", ""]])
+def test_an_empty_recipe_name_is_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2 and "an empty recipe name" in capsys.readouterr().err
 
 
 def test_recipe_and_config_cannot_both_be_given(capsys):
@@ -86,7 +103,7 @@ def test_a_recipe_file_printed_by_the_recipes_command_is_a_config_file(name, tmp
     assert main(["recipes", name]) == 0
     (tmp_path / "mine.toml").write_text(capsys.readouterr().out)
     config = _config_from(build_parser().parse_args(["train", "--config", str(tmp_path / "mine.toml")]))
-    assert config == recipes.get(name).config().replace(name=TrainConfig().name)
+    assert config == recipes.get(name).config() and config.name == name
 
 
 def test_a_run_records_the_recipe_it_came_from(tmp_path, synthetic):
@@ -109,7 +126,7 @@ def test_every_recipe_trains(name, tmp_path, synthetic):
     assert main(["train", "--recipe", name, "--epochs", "1", "--quiet", "--run-dir", str(run),
                  "--data-dir", str(synthetic.data_dir), "--no-verify", "--validation-size", "60"]) == 0
     config = json.loads((run / "config.json").read_text())
-    expected = {**recipes.get(name).values, "epochs": 1}
+    expected = {**recipes.get(name).values, "epochs": 1, "name": f"{name}-epochs-1-validation_size-60"}
     assert {key: config[key] for key in expected} == expected
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert json.loads((run / "metrics.json").read_text())["recipe"] == name

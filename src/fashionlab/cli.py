@@ -71,6 +71,13 @@ def a_path(text: str) -> str:
     return text
 
 
+def a_recipe_name(text: str) -> str:
+    """An argparse type: a recipe's name, not empty (get() checks that it exists)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty recipe name; `fashionlab recipes` lists them")
+    return text
+
+
 def _int_between(low: int, high: int | None = None):
     """An argparse type: an int in low..high (no upper bound when high is None)."""
     def parse(text: str) -> int:
@@ -106,7 +113,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _base_config(args: argparse.Namespace) -> TrainConfig:
     """The config before any option: the named recipe, the config file, or the defaults."""
-    if getattr(args, "recipe", None):
+    if getattr(args, "recipe", None) is not None:
         from fashionlab import recipes
 
         return recipes.get(args.recipe).config()
@@ -116,8 +123,9 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
 def _config_from(args: argparse.Namespace) -> TrainConfig:
     """The base config with the options applied; named after what they changed unless --name says."""
     base = _base_config(args)
-    config = base.replace(**_overrides(args))
-    return config.replace(name=derived_name(base, config))
+    overrides = _overrides(args)
+    config = base.replace(**overrides)
+    return config if "name" in overrides else config.replace(name=derived_name(base, config))
 
 
 def _data_from(args: argparse.Namespace) -> DataSource:
@@ -218,7 +226,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def cmd_recipes(args: argparse.Namespace) -> None:
     from fashionlab import recipes
 
-    if args.name:
+    if args.name is not None:
         print(recipes.get(args.name).path.read_text(encoding="utf-8"), end="")
     else:
         print(recipes.listing())
@@ -257,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", parents=[debug], help="train a model into a new run directory")
     source = train.add_mutually_exclusive_group()
-    source.add_argument("--recipe", metavar="NAME", help="start from a named recipe (`fashionlab recipes` lists them)")
+    source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
+                        help="start from a named recipe (`fashionlab recipes` lists them)")
     source.add_argument("--config", metavar="FILE", type=a_path,
                         help="start from a TOML file (or a run's config.json) of config keys")
     train.add_argument("--run-dir", metavar="PATH", type=a_path,
@@ -305,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
     source = compare.add_mutually_exclusive_group()
-    source.add_argument("--recipe", metavar="NAME", help="the base config of the series variants: a named recipe")
+    source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
+                        help="the base config of the series variants: a named recipe")
     source.add_argument("--config", metavar="FILE", type=a_path,
                         help="the base config of the series variants: a TOML file")
     compare.add_argument("--force", action="store_true",
@@ -315,13 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(command_parser=compare, handler=cmd_compare)
 
     summary = commands.add_parser("summary", parents=[debug], help="print the network's layers and parameter counts")
-    summary.add_argument("--recipe", metavar="NAME", help="the network of a named recipe")
+    summary.add_argument("--recipe", metavar="NAME", type=a_recipe_name, help="the network of a named recipe")
     _add_config_options(summary, MODEL_KEYS)
     summary.set_defaults(command_parser=summary, handler=cmd_summary)
 
     recipes = commands.add_parser("recipes", parents=[debug],
                                   help="list the named recipes with their measured accuracy and time")
-    recipes.add_argument("name", metavar="NAME", nargs="?", help="print this recipe's file")
+    recipes.add_argument("name", metavar="NAME", nargs="?", type=a_recipe_name, help="print this recipe's file")
     recipes.set_defaults(command_parser=recipes, handler=cmd_recipes)
 
     data_parser = commands.add_parser("data", parents=[debug], help="find, check or download the dataset")

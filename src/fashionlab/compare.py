@@ -43,7 +43,7 @@ def variant_config(spec: str, base: TrainConfig, overrides: dict[str, Any] | Non
     says them unless `name` is among them); then `overrides`, which apply to every variant."""
     from fashionlab import recipes
 
-    head, _, said = spec.partition(":")
+    head, colon, said = spec.partition(":")
     if head in VARIANTS:
         start = base.replace(name=head, **VARIANTS[head])
     elif head in recipes.names():
@@ -52,9 +52,13 @@ def variant_config(spec: str, base: TrainConfig, overrides: dict[str, Any] | Non
         raise ConfigError(f"unknown variant {head!r}; give a series variant ({', '.join(VARIANTS)}) or a recipe "
                           f"({', '.join(recipes.names())}), optionally with changes: NAME:key=value,key=value",
                           terms=["variants"])
-    config = start.replace(**parse_changes(said)) if said else start
-    return config.replace(name=derived_name(start, config), **{k: v for k, v in (overrides or {}).items()
-                                                                if k != "name"})
+    changes = parse_changes(said) if colon else {}
+    if "seed" in changes:
+        raise ConfigError(f"variant {spec!r} sets seed; the seeds come from --seed and --seeds, the same for "
+                          f"every variant", terms=["variants"])
+    config = start.replace(**changes)
+    name = config.name if "name" in changes else derived_name(start, config)
+    return config.replace(name=name, **{k: v for k, v in (overrides or {}).items() if k != "name"})
 
 
 def parse_changes(text: str) -> dict[str, Any]:
@@ -85,6 +89,10 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"two variants are both named {twice[0]}; give one a name=... change", terms=["variants"])
+    taken = sorted(set(names) & {MARKER, *COMPARISON_FILES})
+    if taken:
+        raise ConfigError(f"a variant cannot be named {taken[0]}: the comparison writes a file of that name; "
+                          f"give it another name=...", terms=["variants"])
     first = (overrides or {}).get("seed", base.seed)
     return [Task(f"{c.name} seed {seed}", c.replace(seed=seed), out / c.name / f"seed-{seed}",
                  {"variant": c.name, "seed": seed})
@@ -153,6 +161,7 @@ def conclusion(summary: pd.DataFrame) -> list[str]:
 # --- the whole comparison ----------------------------------------------------------------------
 
 MARKER = "compare.json"  # written first into every comparison folder: its settings
+COMPARISON_FILES = ("results.csv", "summary.md", "curves.png", "report.html")  # written last, by reports.py
 
 
 def check_output_folder(out: Path, *, force: bool) -> None:

@@ -73,6 +73,8 @@ def load(path: Path) -> Recipe:
                           f"[measured] and [measured_gpu]")
     if not isinstance(description, str) or not description.strip():
         raise ConfigError(f"recipe {path} needs a one-line `description`")
+    if values.get("name", path.stem) != path.stem:  # the name a copy trained with --config keeps
+        raise ConfigError(f"recipe {path}: its [train] name must be {path.stem!r}, the file's name")
     for key in MEASURED_TABLES:
         problem = None if key not in table else first_problem(table[key], Measured)
         if problem:
