@@ -20,7 +20,7 @@ from typing import Any
 
 from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
-from fashionlab.config import FIELDS, TYPES, TrainConfig, derived_name, field_type, load_config
+from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted, reason
 from fashionlab.interrupts import stop_requests
@@ -122,10 +122,7 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
 
 def _config_from(args: argparse.Namespace) -> TrainConfig:
     """The base config with the options applied; named after what they changed unless --name says."""
-    base = _base_config(args)
-    overrides = _overrides(args)
-    config = base.replace(**overrides)
-    return config if "name" in overrides else config.replace(name=derived_name(base, config))
+    return with_changes(_base_config(args), _overrides(args))
 
 
 def _data_from(args: argparse.Namespace) -> DataSource:

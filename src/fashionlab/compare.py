@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from fashionlab import runner
-from fashionlab.config import TrainConfig, check_runnable, derived_name
+from fashionlab.config import TrainConfig, check_runnable, with_changes
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.provenance import available_memory
@@ -56,9 +56,7 @@ def variant_config(spec: str, base: TrainConfig, overrides: dict[str, Any] | Non
     if "seed" in changes:
         raise ConfigError(f"variant {spec!r} sets seed; the seeds come from --seed and --seeds, the same for "
                           f"every variant", terms=["variants"])
-    config = start.replace(**changes)
-    name = config.name if "name" in changes else derived_name(start, config)
-    return config.replace(name=name, **{k: v for k, v in (overrides or {}).items() if k != "name"})
+    return with_changes(start, changes).replace(**{k: v for k, v in (overrides or {}).items() if k != "name"})
 
 
 def parse_changes(text: str) -> dict[str, Any]:

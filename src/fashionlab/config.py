@@ -240,20 +240,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return from_dict(values)
 
 
-def derived_name(base: TrainConfig, changed: TrainConfig) -> str:
-    """The name of `changed`, a variation of `base`: base's name and what changed
-    ("tutorial-batch_norm-before"), or "<name>-custom" when that would be too long."""
-    if changed.name != base.name:
-        return changed.name
-    changes = [(k, v) for k, v in changed.to_dict().items() if k != "name" and v != getattr(base, k)]
-    if not changes:
-        return base.name
-    said = "-".join(f"{k}-{str(v).lower()}" for k, v in changes)
-    name = re.sub(r"[^\w.-]", "-", f"{base.name}-{said}")
-    if _check_name(name) is None:
-        return name
-    custom = f"{base.name}-custom"
-    return custom if _check_name(custom) is None else base.name
+def with_changes(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """`base` with `changes`, named by the `name` among them if any, else by base's name and what
+    changed ("tutorial-batch_norm-before"), or "<name>-custom" when that would be too long."""
+    changed = base.replace(**changes)
+    differences = [(k, v) for k, v in changed.to_dict().items() if k != "name" and v != getattr(base, k)]
+    if "name" in changes or not differences:
+        return changed
+    said = "-".join(f"{k}-{str(v).lower()}" for k, v in differences)
+    for name in (re.sub(r"[^\w.-]", "-", f"{base.name}-{said}"), f"{base.name}-custom"):
+        if _check_name(name) is None:
+            return changed.replace(name=name)
+    return changed
 
 
 # --- what a config costs ---------------------------------------------------------------------
