@@ -110,17 +110,22 @@ def custom_layers() -> SimpleNamespace:
     import keras
     from keras import ops
 
-    class Conv3x3(keras.layers.Layer):
-        """3x3 'same' convolution, no bias, as im2col: the 9 shifted views side by side, one matmul.
-        Same kernel shape (3, 3, in, out) and initializer as Conv2D, so it computes the same function."""
+    class SquareKernel(keras.layers.Layer):
+        """A bias-free layer with a Conv2D kernel (size, size, in, filters) and Conv2D's initializer."""
+
+        size = 3
 
         def __init__(self, filters: int, **kwargs):
             super().__init__(**kwargs)
             self.filters = filters
 
         def build(self, input_shape):
-            self.kernel = self.add_weight(shape=(3, 3, input_shape[-1], self.filters), initializer="glorot_uniform",
-                                          name="kernel")
+            self.kernel = self.add_weight(shape=(self.size, self.size, input_shape[-1], self.filters),
+                                          initializer="glorot_uniform", name="kernel")
+
+    class Conv3x3(SquareKernel):
+        """3x3 'same' convolution, no bias, as im2col: the 9 shifted views side by side, one matmul.
+        Same kernel shape (3, 3, in, out) and initializer as Conv2D, so it computes the same function."""
 
         def call(self, x):
             h, w, c = x.shape[1], x.shape[2], x.shape[3]
@@ -140,16 +145,10 @@ def custom_layers() -> SimpleNamespace:
             # patches are channel-major (c, kh, kw)
             return ops.matmul(patches, ops.reshape(ops.transpose(self.kernel, (2, 0, 1, 3)), (c * 9, self.filters)))
 
-    class Patchify2(keras.layers.Layer):
+    class Patchify2(SquareKernel):
         """2x2 stride-2 convolution (a 'patchify' stem) as reshape + transpose + one matmul."""
 
-        def __init__(self, filters: int, **kwargs):
-            super().__init__(**kwargs)
-            self.filters = filters
-
-        def build(self, input_shape):
-            self.kernel = self.add_weight(shape=(2, 2, input_shape[-1], self.filters), initializer="glorot_uniform",
-                                          name="kernel")
+        size = 2
 
         def call(self, x):
             h, w, c = x.shape[1] // 2, x.shape[2] // 2, x.shape[3]
