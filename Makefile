@@ -6,14 +6,14 @@ DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test bench mutants venv dataset browser clean
+.PHONY: demo test bench mutants venv dataset browser database clean
 
 demo: venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
 	$(BIN)/fashionlab predict $(DEMO_RUN) --index 0 1 2
 
 # Test files run in parallel, a whole file per worker (its module fixtures are built once).
-test: venv dataset browser
+test: venv dataset browser database
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Side-by-side speed of the tutorial recipe. TensorFlow lives in its own venv: Keras imports
@@ -48,6 +48,12 @@ dataset: venv
 # Debian's chromium, for the pages' browser test (tests/test_pages.py), when it is not installed.
 browser:
 	@command -v chromium >/dev/null 2>&1 || sh scripts/install-debian.sh chromium "the pages' browser test"
+
+# Debian's PostgreSQL, for the sweep's two-worker test (tests/test_sweep.py starts its own server
+# in a temporary folder), when its server programs are not installed.
+database:
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		sh scripts/install-debian.sh postgresql "the sweep's PostgreSQL test"
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build src/*.egg-info

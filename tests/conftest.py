@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +47,47 @@ def tiny_run(tmp_path_factory, synthetic):
     from fashionlab.training import train
 
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian keeps them out of PATH)."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server of the session's own: initdb and pg_ctl in a temporary folder,
+    on 127.0.0.1 and a free port, run as an unprivileged user (the server refuses root);
+    `make test` installs Debian's postgresql package. Yields its URL."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI (make test installs Debian's postgresql package)")
+        pytest.skip("PostgreSQL is not installed (make test installs it)")
+    as_user = {}
+    root = Path(tempfile.mkdtemp(prefix="fashionlab-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root: Debian's postgres user runs it
+        account = pwd.getpwnam("postgres")
+        os.chown(root, account.pw_uid, account.pw_gid)
+        as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+
+    def run(*command: str) -> None:
+        subprocess.run(command, check=True, capture_output=True, cwd=root, timeout=120, **as_user)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "fashionlab", "--auth=trust", "-E", "UTF8", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50", "start")
+    try:
+        yield f"postgresql://fashionlab@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+                       cwd=root, timeout=60, **as_user)
+        shutil.rmtree(root, ignore_errors=True)

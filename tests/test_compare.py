@@ -176,8 +176,8 @@ def test_a_folder_compare_did_not_make_is_refused_unless_empty_or_forced(tmp_pat
     mine.mkdir()
     (mine / "report.html").write_text("my own page")
     (mine / "notes.txt").write_text("keep")
-    with pytest.raises(RunError, match=r"mine already holds files that compare did not write \(notes.txt, "
-                                       r"report.html\); .*or pass `force=True`"):
+    with pytest.raises(RunError, match=r"mine already holds files that fashionlab.s comparison did not write "
+                                       r"\(notes.txt, report.html\); .*or pass `force=True`"):
         compare(mine, variants=TWO, seeds=1, base=BASE, data=synthetic)
     assert (mine / "report.html").read_text() == "my own page" and sorted(p.name for p in mine.iterdir()) == [
         "notes.txt", "report.html"]

@@ -24,6 +24,7 @@ from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_confi
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted, reason
 from fashionlab.interrupts import stop_requests
+from fashionlab.sweep import MAX_TRIALS, PRUNERS, SAMPLERS
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
               "filters", "conv_blocks", "convs_per_block", "scale_inputs")
@@ -212,6 +213,25 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    try:
+        with stop_requests():  # from the start: a signal while Optuna and Keras import is a stop request too
+            from fashionlab.sweep import sweep
+
+            out = args.out or os.path.join("runs", f"sweep-{os.path.splitext(os.path.basename(args.space))[0]}")
+            result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,
+                           study=args.study, sampler=args.sampler, sampler_seed=args.sampler_seed,
+                           pruner=args.pruner, data=_data_from(args), force=args.force,
+                           progress=lambda line: print(line, flush=True))
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted("interrupted; finished trials are kept in the study, and running the same command "
+                          "again resumes the stopped ones") from None
+    print()
+    print(result.summary, end="")
+    print(f"\nsweep: {result.out}/report.html, {result.out}/trials.csv" +
+          (f", {result.out}/best.toml" if result.best is not None else ""))
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from fashionlab.model import build_model, summary_text
     from fashionlab.preprocessing import Scaler
@@ -320,6 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(compare)
     _add_config_options(compare, COMPARE_KEYS)
     compare.set_defaults(command_parser=compare, handler=cmd_compare)
+
+    sweep = commands.add_parser("sweep", parents=[debug],
+                                help="search a recipe's hyper-parameters with Optuna, judged on validation accuracy")
+    sweep.add_argument("space", metavar="SPACE.toml", type=a_path,
+                       help="the search space: a recipe and/or [train] keys to start from, [search] ranges "
+                            "(see examples/sweep-best-mlp.toml)")
+    sweep.add_argument("--trials", type=_int_between(1, MAX_TRIALS), default=20, metavar="N",
+                       help="trials in the whole study, over every worker and every run of the command (default: 20)")
+    sweep.add_argument("--jobs", type=_int_between(1), default=1, metavar="N",
+                       help="trials trained at once here, each in its own process (default: 1)")
+    sweep.add_argument("--out", metavar="DIR", type=a_path,
+                       help="sweep folder: trial runs, tables, report; the same command resumes there "
+                            "(default: runs/sweep-<space name>)")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="a database shared by workers on several machines, e.g. postgresql://user@host/db "
+                            "(default: a journal file in --out)")
+    sweep.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the space's)")
+    sweep.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                       help="tpe: Optuna's TPE after 10 random trials; random (default: tpe)")
+    sweep.add_argument("--sampler-seed", type=_int_between(0, 2**31 - 1), default=0, metavar="N",
+                       help="the sampler's seed: with one job, the same seed gives the same trials (default: 0)")
+    sweep.add_argument("--pruner", choices=PRUNERS, default="median",
+                       help="median: stop a trial below the median of earlier ones at the same epoch; halving: "
+                            "successive halving; none (default: median)")
+    sweep.add_argument("--force", action="store_true",
+                       help="write into an --out folder that holds other files (same-named ones are replaced)")
+    _add_data_options(sweep)
+    sweep.set_defaults(command_parser=sweep, handler=cmd_sweep)
 
     summary = commands.add_parser("summary", parents=[debug], help="print the network's layers and parameter counts")
     summary.add_argument("--recipe", metavar="NAME", type=a_recipe_name, help="the network of a named recipe")

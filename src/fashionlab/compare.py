@@ -162,9 +162,9 @@ MARKER = "compare.json"  # written first into every comparison folder: its setti
 COMPARISON_FILES = ("results.csv", "summary.md", "curves.png", "report.html")  # written last, by reports.py
 
 
-def check_output_folder(out: Path, *, force: bool) -> None:
-    """Refuse to write into a folder that is not a comparison's, unless it is empty or `force`;
-    never into a training run's directory (its report.html would be overwritten)."""
+def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: str = "comparison") -> None:
+    """Refuse to write into a folder that is not a comparison's (one with `marker`), unless it is
+    empty or `force`; never into a training run's directory (its report.html would be overwritten)."""
     if not os.path.lexists(out):
         return
     if out.is_symlink():
@@ -172,9 +172,9 @@ def check_output_folder(out: Path, *, force: bool) -> None:
     if not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; give `out` a new folder", terms=["out"])
     if any(os.path.lexists(out / name) for name in ("run.json", "config.json")):
-        raise RunError(f"{out} is a training run's directory; give the comparison its own `out` folder",
+        raise RunError(f"{out} is a training run's directory; give the {what} its own `out` folder",
                        terms=["out"])
-    if force or os.path.lexists(out / MARKER):
+    if force or os.path.lexists(out / marker):
         return
     try:
         found = sorted(entry.name for entry in os.scandir(out))
@@ -183,8 +183,9 @@ def check_output_folder(out: Path, *, force: bool) -> None:
             from None
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise RunError(f"{out} already holds files that compare did not write ({shown}); give `out` a new or empty "
-                       f"folder, or pass `force=True` to write into it anyway", terms=["out", "force=True"])
+        raise RunError(f"{out} already holds files that fashionlab's {what} did not write ({shown}); give `out` a "
+                       f"new or empty folder, or pass `force=True` to write into it anyway",
+                       terms=["out", "force=True"])
 
 
 @dataclass(frozen=True)

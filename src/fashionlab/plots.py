@@ -209,3 +209,84 @@ def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) ->
     accuracy_ax.legend(loc="best")
     fig.tight_layout()
     return fig
+
+
+# --- a sweep -------------------------------------------------------------------------------------
+
+STATE_MARKERS = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:gray")}
+
+
+def _accuracy_of(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's validation accuracy as plotted: a complete trial's score, a pruned one's best epoch."""
+    return trials["val_accuracy"].astype(float).fillna(trials["best_val_accuracy"].astype(float))
+
+
+def sweep_history_figure(trials: pd.DataFrame) -> Figure:
+    """Validation accuracy per trial in trial order (pruned trials at their best epoch so far),
+    and the best complete trial so far as a line."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    accuracy = _accuracy_of(trials)
+    for state, (marker, color) in STATE_MARKERS.items():
+        chosen = trials["state"] == state
+        if chosen.any():
+            ax.scatter(trials.loc[chosen, "trial"], accuracy[chosen], marker=marker, color=color,
+                       label=f"{state} ({int(chosen.sum())})")
+    scores = trials["val_accuracy"].astype(float)
+    if scores.notna().any():
+        ax.step(trials["trial"], scores.cummax(), where="post", color=BEST_COLOR, label="best complete so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("optimization history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.4)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_slices_figure(trials: pd.DataFrame, scales: Mapping[str, str]) -> Figure:
+    """One panel per searched key: each trial's validation accuracy against its value (`scales`:
+    key -> "log", "linear" or "choice"), coloured by trial number."""
+    keys = list(scales)
+    columns = min(3, len(keys))
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharey=True)
+    accuracy = _accuracy_of(trials)
+    for ax, key in zip(axes.flat, keys):
+        values = trials[key]
+        if scales[key] == "choice":
+            labels = list(dict.fromkeys(str(v) for v in values))
+            x = [labels.index(str(v)) for v in values]
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            x = values.astype(float)
+            if scales[key] == "log":
+                ax.set_xscale("log")
+        pruned = (trials["state"] == "pruned").to_numpy()
+        dots = ax.scatter(np.asarray(x)[~pruned], accuracy[~pruned], c=trials["trial"][~pruned], cmap="viridis",
+                          marker="o")
+        ax.scatter(np.asarray(x)[pruned], accuracy[pruned], c=trials["trial"][pruned], cmap="viridis", marker="x",
+                   norm=dots.norm)
+        ax.set_xlabel(key + (" (log scale)" if scales[key] == "log" else ""))
+        ax.grid(True, alpha=0.4)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle("each searched value against validation accuracy (o complete, x pruned; colour: trial number)")
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(importances: Mapping[str, float]) -> Figure:
+    """Optuna's parameter importances as horizontal bars, the most important on top."""
+    ordered = sorted(importances.items(), key=lambda item: item[1])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(ordered) + 1.4))
+    ax.barh([k for k, _ in ordered], [v for _, v in ordered], color="tab:blue")
+    for y, (_, value) in enumerate(ordered):
+        ax.text(value, y, f" {value:.2f}", va="center")
+    ax.set_xlim(0, max(1.0, max(v for _, v in ordered) * 1.15))
+    ax.set_xlabel("importance (share of the variation in validation accuracy)")
+    ax.set_title("which searched keys mattered")
+    fig.tight_layout()
+    return fig

@@ -39,6 +39,7 @@ class Status(TypedDict):
     resumed: NotRequired[str]
     finished: NotRequired[str]
     recipe: NotRequired[str | None]
+    test: NotRequired[bool]  # False: the run is kept away from the test set (a sweep's trial)
     message: NotRequired[str | None]
 
 
@@ -49,10 +50,11 @@ class Parameters(TypedDict):
 
 
 class Metrics(TypedDict):
-    """metrics.json: the figures of a complete run (the fields fashionlab reads back)."""
+    """metrics.json: the figures of a complete run (the fields fashionlab reads back); a run
+    trained with test=False (a sweep's trial) has no test figures."""
 
-    test_loss: Seconds  # any non-negative number
-    test_accuracy: Fraction
+    test_loss: NotRequired[Seconds]  # any non-negative number
+    test_accuracy: NotRequired[Fraction]
     final_val_accuracy: Fraction
     best_val_accuracy: Fraction
     best_epoch: Annotated[int, Range(1, 10**9)]

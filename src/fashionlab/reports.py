@@ -303,6 +303,12 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
     run.write_text("report.html", text)
 
 
+def write_learning_curves(run: Run, history: pd.DataFrame, title: str) -> None:
+    """learning_curves.png alone: the figure of a run kept away from the test set."""
+    curves = plots.png_bytes(plots.learning_curves_figure(history, title))
+    run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
+
+
 # --- a comparison ------------------------------------------------------------------------------
 
 # Short headers: the every-run table has many columns (the summary's note says what s/epoch is).
@@ -400,3 +406,120 @@ def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.
     folder.write_text("report.html", comparison_report_html(summary=summary, results=results, curves_png=curves,
                                                             confusions=confusions, statements=statements,
                                                             pages=pages))
+
+
+# --- a sweep -------------------------------------------------------------------------------------
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_, str)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.4g}"
+
+
+def sweep_display(table: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
+    """The trials table as people read it, for summary.md and report.html alike."""
+    def epochs(row: pd.Series) -> str:
+        return "" if pd.isna(row["epochs"]) else f"{int(row['epochs'])}/{int(row['epochs_planned'])}"
+
+    return pd.DataFrame({
+        "trial": table["trial"].map(str), "state": table["state"],
+        **{key: table[key].map(_number) for key in searched},
+        "val acc.": table["val_accuracy"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}"),
+        "best val acc.": table["best_val_accuracy"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}"),
+        "epochs": table.apply(epochs, axis=1) if len(table) else pd.Series(dtype=str),
+        "train s": table["seconds"].map(lambda v: "" if pd.isna(v) else seconds_text(v)),
+        "saved s": table["seconds_saved"].map(lambda v: "" if pd.isna(v) or not v else seconds_text(v)),
+        "note": table["reason"].fillna(""),
+    })
+
+
+def sweep_statements(*, table: pd.DataFrame, searched: Mapping[str, str], settings: str, trials: int,
+                     best: Mapping[str, Any] | None, tests: Sequence[Mapping[str, Any]], note_text: str,
+                     wall: float, jobs: int, ran: int, best_path: str) -> list[str]:
+    """What the sweep did and found, in plain sentences that say how far each figure can be trusted."""
+    counts = table["state"].value_counts()
+    states = ", ".join(f"{int(counts[s])} {s}" for s in ("complete", "pruned", "failed", "running", "waiting")
+                       if s in counts)
+    lines = [f"{len(table)} of {trials} trials: {states or 'none yet'}.",
+             "Searched: " + "; ".join(f"{k} {v}" for k, v in searched.items()) + f". {settings}."]
+    if best is None:
+        lines.append("No trial has completed yet: there is nothing to choose.")
+    else:
+        values = ", ".join(f"{k} {_number(best[k])}" for k in searched)
+        scored = int((table["state"] == "complete").sum())
+        lines.append(f"Chosen on validation accuracy alone: trial {best['trial']} ({values}), validation accuracy "
+                     f"{best['val_accuracy']:.4f}. That is the maximum over {scored} complete trial(s), so it "
+                     f"flatters the configuration: expect a little less on new data.")
+    chosen = [t for t in tests if best is not None and t["trial"] == best["trial"]]
+    if chosen:
+        t = chosen[0]
+        lines.append(f"Test set, evaluated once, for trial {t['trial']} only: test accuracy {t['test_accuracy']:.4f} "
+                     f"(loss {t['test_loss']:.4f}).")
+    if len(tests) > 1:
+        lines.append(f"This study has looked at the test set {len(tests)} times, once per chosen trial as trials "
+                     f"were added: " + "; ".join(f"trial {t['trial']} ({t['test_accuracy']:.4f}, chosen among "
+                                                 f"{t['trials']})" for t in tests) + ".")
+    if note_text:
+        lines.append(note_text[0].upper() + note_text[1:] + ".")
+    pruned = table[table["state"] == "pruned"]
+    if len(pruned):
+        skipped = int((pruned["epochs_planned"] - pruned["epochs"]).sum())
+        planned = int(table["epochs_planned"].dropna().sum())
+        lines.append(f"Pruning stopped {len(pruned)} trial(s) early: {skipped} of the {planned} planned epochs "
+                     f"({skipped / max(planned, 1):.0%}) were not trained, about "
+                     f"{seconds_text(float(pruned['seconds_saved'].sum()))} of training saved.")
+    lines.append(f"Training time over all trials: {seconds_text(float(table['seconds'].fillna(0).sum()))}; this "
+                 f"command trained {ran} trial(s) with {jobs} job(s) in {seconds_text(wall)} of wall time.")
+    if best is not None:
+        lines.append(f"Train the chosen configuration again: fashionlab train --config {best_path}")
+    return lines
+
+
+def sweep_markdown(title: str, statements: Sequence[str], display: pd.DataFrame) -> str:
+    lines = [f"# {title}", "", *(f"{s}\n" for s in statements),
+             "| " + " | ".join(display.columns) + " |", "|---" * len(display.columns) + "|"]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in display.itertuples(False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_outputs(folder: Run, *, title: str, table: pd.DataFrame, searched: Mapping[str, str],
+                        scales: Mapping[str, str], statements: Sequence[str], best_text: str | None,
+                        importances: Mapping[str, float] | None) -> str:
+    """trials.csv, summary.md, report.html (history, slices, importances, the best config) and
+    best.toml, each written atomically; returns summary.md's text."""
+    display = sweep_display(table, list(searched))
+    summary = sweep_markdown(title, statements, display)
+    figures = []
+    if len(table):
+        figures.append(("Optimization history", figure_tag(plots.sweep_history_figure(table),
+                                                           "validation accuracy per trial")))
+        figures.append(("Each searched value", figure_tag(plots.sweep_slices_figure(table, scales),
+                                                          "validation accuracy against each searched value")))
+    if importances:
+        figures.append(("Importance", figure_tag(plots.importance_figure(importances), "parameter importances")
+                        + note("Optuna's importance (PED-ANOVA) over the complete trials: how much of the "
+                               "variation in validation accuracy each key explains; with few trials, a rough guide.")))
+    links = [Path(run, "learning_curves.png").as_posix() if run else "" for run in table["run"]]
+    linked = display.assign(trial=[f'<a href="{html.escape(quote(link))}">{html.escape(t)}</a>' if link else
+                                   html.escape(t) for t, link in zip(display["trial"], links)])
+    rows = linked.assign(**{c: linked[c].map(lambda v: html.escape(str(v))) for c in linked.columns if c != "trial"})
+    trials_html = ('<div class="scroll"><table class="text"><thead><tr>'
+                   + "".join(f"<th>{html.escape(c)}</th>" for c in rows.columns) + "</tr></thead><tbody>"
+                   + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+                             for row in rows.itertuples(False)) + "</tbody></table></div>")
+    sections = [("What the sweep found", '<div class="conclusion">'
+                 + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"), *figures]
+    if best_text is not None:
+        sections.append(("The chosen configuration (best.toml)", f"<pre>{html.escape(best_text)}</pre>"))
+    sections.append(("Every trial", trials_html + note("Each trial's name links to its learning curves; the chosen "
+                                                       "trial's run also has a report.html with its test result.")))
+    folder.write_with("trials.csv", lambda tmp: csv_safe(table).to_csv(tmp, index=False))
+    folder.write_text("summary.md", summary)
+    if best_text is not None:
+        folder.write_text("best.toml", best_text)
+    folder.write_text("report.html", page(title, sections))
+    return summary

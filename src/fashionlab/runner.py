@@ -23,10 +23,10 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pandas as pd
 
@@ -35,6 +35,9 @@ from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
 from fashionlab.interrupts import stop_requests, stop_when
 from fashionlab.runs import LOCK_FILE, Run
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,17 @@ class Task:
     config: TrainConfig
     run_dir: Path
     tags: Mapping[str, Any] = field(default_factory=dict)  # the leading columns of its results row
+    test: bool = True  # False: trained and judged on validation alone (train's `test`)
+    watcher: Watcher | None = None  # what watches the training's epochs in the process that trains it
+
+
+class Watcher(Protocol):
+    """Picklable: made where the task is planned, it gives the training a callback in the process
+    that trains it (a sweep's pruning), and says afterwards what that callback saw."""
+
+    def callback(self) -> keras.callbacks.Callback: ...
+
+    def outcome(self, callback: keras.callbacks.Callback) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class Done:
     metrics: dict[str, Any]
     seconds: float
     resumed: bool
+    outcome: Mapping[str, Any] = field(default_factory=dict)  # what the task's watcher saw
 
 
 def inspect(task: Task) -> Inspection:
@@ -102,34 +117,50 @@ def run_task(task: Task, data: DataSource) -> Done:
 
     keras.backend.clear_session()  # a worker trains many models: each starts from a clean slate
     resumed = inspect(task).state == "unfinished"
+    callbacks = [task.watcher.callback()] if task.watcher else []
     started = time.perf_counter()
     if resumed:
-        result = resume(task.run_dir, data=data, verbose=0)
+        result = resume(task.run_dir, data=data, verbose=0, callbacks=callbacks)
     else:
-        result = train(task.config, task.run_dir, data=data, verbose=0)
-    return Done(task, result.metrics, time.perf_counter() - started, resumed)
+        result = train(task.config, task.run_dir, data=data, verbose=0, test=task.test, callbacks=callbacks)
+    outcome = task.watcher.outcome(callbacks[0]) if task.watcher else {}
+    return Done(task, result.metrics, time.perf_counter() - started, resumed, outcome)
 
 
-def execute(tasks: Sequence[Task], *, jobs: int, data: DataSource,
-            on_done: Callable[[Done], None] = lambda done: None) -> None:
+def execute(tasks: Iterable[Task], *, jobs: int, data: DataSource,
+            on_done: Callable[[Done], None] = lambda done: None,
+            on_failed: Callable[[Task, FashionlabError], None] | None = None) -> None:
     """Run `tasks`, `jobs` at a time, each in a worker process (in this process when jobs is 1).
+    `tasks` may be a generator: the next task is taken when a worker is free for it.
 
     Ctrl-C, SIGTERM or a failing task stops the others at their next safe point: their runs are
     marked interrupted, and calling again with the same tasks resumes them exactly. Then the
-    error is raised: Interrupted, or the task's own.
+    error is raised: Interrupted, or the task's own; with `on_failed`, a task's own error
+    (a diverged loss, a config the data cannot hold) goes there instead and the others go on.
     """
     if jobs < 1:
         raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
-    if jobs == 1 or len(tasks) <= 1:
+    if isinstance(tasks, Sequence):
+        jobs = min(jobs, max(len(tasks), 1))
+    if jobs == 1:
         with stop_requests() as stop:
             for task in tasks:
-                on_done(run_task(task, data))
+                try:
+                    done = run_task(task, data)
+                except Interrupted:
+                    raise
+                except FashionlabError as exc:
+                    if on_failed is None:
+                        raise
+                    on_failed(task, exc)
+                else:
+                    on_done(done)
                 if stop.requested:
                     raise Interrupted("stopped between two runs")
         return
     # One stop request for the work and for the wait after it: a second Ctrl-C ends the wait.
-    with stop_requests(), WorkerPool(min(jobs, len(tasks)), data) as pool:
-        pool.run(tasks, on_done)
+    with stop_requests(), WorkerPool(jobs, data) as pool:
+        pool.run(tasks, on_done, on_failed)
 
 
 class WorkerPool:
@@ -147,10 +178,11 @@ class WorkerPool:
         self.size, self.data = size, data
         self.workers: list[_Worker] = []
 
-    def run(self, tasks: Sequence[Task], on_done: Callable[[Done], None]) -> None:
-        """Start the workers, hand out `tasks`, and report each finished one until all are."""
-        todo = list(enumerate(tasks))[::-1]  # handed out from the end: in order
-        remaining = set(range(len(tasks)))
+    def run(self, tasks: Iterable[Task], on_done: Callable[[Done], None],
+            on_failed: Callable[[Task, FashionlabError], None] | None = None) -> None:
+        """Start the workers, hand out `tasks` (taking each when a worker is free for it), and
+        report each finished one until all are."""
+        todo = _Handout(tasks)
         context = multiprocessing.get_context("spawn")  # not fork: JAX's runtime is multithreaded
         with stop_requests() as request:
             with _ctrl_c_held():  # a Ctrl-C while the workers start is this process's to handle
@@ -163,24 +195,28 @@ class WorkerPool:
                     self.workers.append(_Worker(process, ours))
             for worker in self.workers:
                 worker.hand_out(todo)
-            while remaining:
+            while any(w.holding is not None for w in self.workers):
                 if request.requested:
                     raise Interrupted("stopped; unfinished runs are marked interrupted")
                 busy = [w for w in self.workers if w.holding is not None]
                 multiprocessing.connection.wait([w.pipe for w in busy] + [w.process.sentinel for w in busy],
                                                 timeout=0.2)
                 for worker in busy:
-                    report = worker.report(tasks)
+                    report = worker.report(todo)
                     if report is None:
                         continue
                     kind, index, payload = report
-                    remaining.discard(index)
-                    if kind == "failed":
+                    task = todo.given[index]
+                    if kind == "failed" and (on_failed is None or isinstance(payload, Interrupted)):
                         raise payload
-                    if kind != "done":  # "crashed": a bug, with the worker's traceback
-                        raise RuntimeError(f"training {tasks[index].label} failed unexpectedly:\n{payload}")
+                    if kind not in ("done", "failed"):  # "crashed": a bug, with the worker's traceback
+                        raise RuntimeError(f"training {task.label} failed unexpectedly:\n{payload}")
+                    worker.holding = None
+                    if kind == "failed":
+                        on_failed(task, payload)
+                    else:
+                        on_done(payload)
                     worker.hand_out(todo)
-                    on_done(payload)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -220,13 +256,13 @@ class _Worker:
         with contextlib.suppress(OSError):  # a worker that is gone hears nothing
             self.pipe.send(message)
 
-    def hand_out(self, todo: list[tuple[int, Task]]) -> None:
+    def hand_out(self, todo: _Handout) -> None:
         """Its next task, or None: no more work."""
-        item = todo.pop() if todo else None
+        item = todo.next()
         self.holding = item[0] if item else None
         self.send(item)
 
-    def report(self, tasks: Sequence[Task]) -> tuple[str, int, Any] | None:
+    def report(self, tasks: _Handout) -> tuple[str, int, Any] | None:
         """What the worker says about its task, if anything yet; raises if it died holding one."""
         try:
             if self.pipe.poll():
@@ -242,8 +278,24 @@ class _Worker:
             how = f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -9 else "")
         else:
             how = f"ended with exit code {code} (its own error is printed above)"
-        raise RunError(f"the process training {tasks[self.holding].label} {how}; finished runs are kept, and running "
-                       f"the same tasks again resumes the rest")
+        label = tasks.given[self.holding].label
+        raise RunError(f"the process training {label} {how}; finished runs are kept, and running the same tasks "
+                       f"again resumes the rest")
+
+
+class _Handout:
+    """The tasks, numbered as they are taken; each taken only when a worker is free for it."""
+
+    def __init__(self, tasks: Iterable[Task]):
+        self.tasks = iter(tasks)
+        self.given: list[Task] = []
+
+    def next(self) -> tuple[int, Task] | None:
+        task = next(self.tasks, None)
+        if task is None:
+            return None
+        self.given.append(task)
+        return len(self.given) - 1, task
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from fashionlab.interrupts import StopRequest, signals_held, stop_requests
 from fashionlab.model import build_model, one_hot_targets, parameter_counts, portable, summary_text
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
-from fashionlab.reports import write_test_outputs
+from fashionlab.reports import write_learning_curves, write_test_outputs
 from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, load_model_file, now
 from fashionlab.tensorboard import TensorBoardScalars, check_folder
 
@@ -133,14 +133,18 @@ def progress_verbosity() -> int:
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
           verbose: int | None = None, tensorboard: str | Path | None = None,
-          recipe: str | None = None) -> TrainResult:
+          recipe: str | None = None, test: bool = True,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
 
     `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
     one line per epoch elsewhere (0: silent); `tensorboard` a folder that gets the run's scalars
     (in a subfolder named as the run directory); `recipe` the named recipe `config` came from,
-    recorded in run.json and metrics.json. Everything the config asks is checked against
-    the data and the machine before the run directory is made.
+    recorded in run.json and metrics.json; `test=False` keeps the test set out of the run (a
+    sweep's trial is judged on validation alone: metrics.json then has no test figures, and
+    `evaluate` can add them later); `callbacks` see each recorded epoch after the run has
+    written it. Everything the config asks is checked against the data and the machine before
+    the run directory is made.
     """
     called = time.perf_counter()
     check_engine(config)
@@ -154,15 +158,16 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
         run = Run.create(run_dir if run_dir is not None else default_run_dir(config.name))
         with run, _status_on_exit(run):
             run.write_json("config.json", config.to_dict())
-            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe)
+            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe,
+                           **({} if test else {"test": False}))
             model = _new_model(config, splits)
             run.write_text("summary.txt", summary_text(model) + "\n")
             return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
-                                   tensorboard=tensorboard, called=called)
+                                   tensorboard=tensorboard, called=called, callbacks=callbacks)
 
 
 def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None,
-           tensorboard: str | Path | None = None) -> TrainResult:
+           tensorboard: str | Path | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Continue an interrupted, failed or killed run from its last finished epoch.
 
     With the compiled engine the result is the run that was never interrupted: weights,
@@ -189,7 +194,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
             return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,
-                                   tensorboard=tensorboard, called=called)
+                                   tensorboard=tensorboard, called=called, callbacks=callbacks)
 
 
 def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
@@ -223,15 +228,17 @@ def _existing_dir(run_dir: str | Path) -> Path:
 
 def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *,
                     rows: list[dict[str, float]], data: DataSource, stop: StopRequest,
-                    verbose: int | None, tensorboard: str | Path | None, called: float) -> TrainResult:
+                    verbose: int | None, tensorboard: str | Path | None, called: float,
+                    callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fit from epoch len(rows), then write the final artifacts; `called`: when the train or
     resume call began (time.perf_counter)."""
     recorder = RunRecorder(run, stop, rows, patience=config.early_stopping)
-    callbacks: list[keras.callbacks.Callback] = [recorder]
-    if tensorboard is not None:  # after the recorder, which appends the rows it writes
-        callbacks.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
+    everyone: list[keras.callbacks.Callback] = [recorder]  # the recorder first: the others see written epochs
+    if tensorboard is not None:
+        everyone.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
+    everyone += callbacks
     if not early_stop_due(rows, config.early_stopping):  # a run stopped early, killed before it finished
-        _fit(model, config, splits, callbacks=callbacks, initial_epoch=len(rows),
+        _fit(model, config, splits, callbacks=everyone, initial_epoch=len(rows),
              verbose=progress_verbosity() if verbose is None else verbose)
     if recorder.diverged_at:
         done = len(recorder.rows)
@@ -322,15 +329,17 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         model.set_weights(load_model_file(checkpoint).get_weights())
     run.save_model(portable(model))
     _stop_point(run, stop, epochs_done)
-    proba = predict_proba(model, splits.x_test)
-    report = metrics_from_proba(splits.y_test, proba)
+    status = run.status()
+    test = status.get("test", True)
     seconds = history["seconds"].tolist()
     scaler = scaler_of(model)
-    status = run.status()
-    metrics = {
-        "test_loss": report["test_loss"],
-        "test_accuracy": report["test_accuracy"],
-        "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()},
+    metrics: dict[str, Any] = {}
+    if test:
+        proba = predict_proba(model, splits.x_test)
+        report = metrics_from_proba(splits.y_test, proba)
+        metrics = {"test_loss": report["test_loss"], "test_accuracy": report["test_accuracy"],
+                   "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()}}
+    metrics |= {
         "final_val_accuracy": float(history["val_accuracy"].iloc[-1]),
         "best_val_accuracy": float(history["val_accuracy"].max()),
         "best_epoch": best,
@@ -344,7 +353,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "engine": resolve_engine(config.engine),
         "scaler": dataclasses.asdict(scaler) if scaler else None,
         "data": {"dir": str(splits.source), "verified": data.verify, "train": len(splits.x_train),
-                 "valid": len(splits.x_valid), "test": len(splits.x_test)},
+                 "valid": len(splits.x_valid), "test": len(splits.x_test) if test else 0},
         "versions": library_versions(),
         "machine": machine_info(),
         "recipe": status.get("recipe"),
@@ -353,8 +362,11 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "started": status.get("started"),
         "finished": now(),
     }
-    write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
-                       y_test=splits.y_test, proba=proba, metrics=metrics)
+    if test:
+        write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
+                           y_test=splits.y_test, proba=proba, metrics=metrics)
+    else:  # the test set stays unseen: only the learning curves
+        write_learning_curves(run, history, config.name)
     _stop_point(run, stop, epochs_done)
     run.write_json("metrics.json", metrics)
     _stop_point(run, stop, epochs_done)

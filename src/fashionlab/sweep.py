@@ -1,0 +1,761 @@
+"""Hyper-parameter sweeps: a search space over a recipe, searched by Optuna; each trial an
+ordinary run directory trained by the runner and judged on validation accuracy alone; the test
+set evaluated once, for the chosen configuration, when the sweep is done.
+
+    result = sweep("examples/sweep-best-mlp.toml", "runs/sweep", trials=30, jobs=2)
+    # workers on several machines share one study:
+    result = sweep(space, "runs/sweep", trials=30, storage="postgresql://sweeper@db-host/fashionlab")
+
+The study (Optuna's record of every trial) lives in a journal file in the sweep's folder, or in
+the database `storage` names. Calling again with the same space continues it: finished trials
+are kept; a trial whose process was stopped or killed is taken over, and its run directory
+resumed from its last finished epoch. The space file:
+
+    description = "best-mlp's learning rate, width and dropout"
+    recipe = "best-mlp"                                           # optional: the starting point
+    [train]                                                       # optional: fixed changes to it
+    epochs = 20
+    [search]
+    learning_rate = { min = 0.0005, max = 0.01, log = true }
+    width = { min = 256, max = 1536, step = 256 }                 # integers: an int field
+    dropout = [0.0, 0.5]                                          # [min, max]
+    optimizer = { choices = ["adamw", "nadam"] }
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+import tomllib
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from fashionlab import recipes, runner
+from fashionlab.config import FIELDS, TYPES, TrainConfig, check_runnable, field_type, validate_field
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, FashionlabError, RunError
+from fashionlab.files import read_text
+from fashionlab.provenance import available_memory
+from fashionlab.records import shown
+from fashionlab.runner import Done, Task
+from fashionlab.runs import Run
+
+if TYPE_CHECKING:
+    import keras
+    import optuna
+
+MARKER = "sweep.json"  # written first into every sweep folder: how it was started
+JOURNAL = "study.journal"  # the study, when no `storage` is given
+SWEEP_FILES = ("trials.csv", "summary.md", "report.html", "best.toml")  # written at the end
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "halving", "none")
+MAX_TRIALS = 10_000
+MAX_SPACE_BYTES = 64 * 1024
+SPACE_KEYS = ("description", "recipe", "train", "search")
+RANGE_KEYS = ("min", "max", "log", "step")
+HEARTBEAT_SECONDS = 30.0  # a worker says every so often that its trials still run...
+STALE_SECONDS = 300.0  # ...and a trial not heard of for this long is taken as stopped
+STORAGE_ATTEMPTS = 3  # connecting to a database
+CLAIM_SECONDS = 2.0  # workers taking over the same stopped trial all write their claim; the last one wins
+
+
+# --- the search space ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Space:
+    """A space file read and checked: the config trials start from, and what they search."""
+
+    name: str
+    description: str
+    base: TrainConfig
+    search: dict[str, optuna.distributions.BaseDistribution]
+    path: Path
+
+    def settings(self) -> dict[str, Any]:
+        """What defines the trials, as JSON: a study refuses to go on with anything else."""
+        from optuna.distributions import distribution_to_json
+
+        return {"base": self.base.to_dict(), "search": {k: json.loads(distribution_to_json(d))
+                                                        for k, d in self.search.items()}}
+
+    def config(self, params: dict[str, Any], name: str) -> TrainConfig:
+        """A trial's config: the base with the trial's values (a ConfigError if they do not go together)."""
+        return self.base.replace(**params, name=name)
+
+
+def load_space(path: str | Path) -> Space:
+    """A space file, every part checked before any training."""
+    path = Path(path)
+    text = read_text(path, what="sweep space", error=ConfigError, limit=MAX_SPACE_BYTES)
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep space {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(table) - set(SPACE_KEYS))
+    if unknown:
+        raise ConfigError(f"sweep space {path}: unknown key(s) {', '.join(unknown)}; a space holds "
+                          f"{', '.join(SPACE_KEYS[:-1])} and a [search] table")
+    description, recipe = table.get("description", ""), table.get("recipe")
+    fixed, search = table.get("train", {}), table.get("search")
+    if not isinstance(description, str):
+        raise ConfigError(f"sweep space {path}: description must be text")
+    if recipe is not None and not isinstance(recipe, str):
+        raise ConfigError(f"sweep space {path}: recipe must be a recipe's name (`fashionlab recipes` lists them)")
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"sweep space {path}: [train] must be a table of config keys")
+    if not isinstance(search, dict) or not search:
+        raise ConfigError(f"sweep space {path} needs a [search] table with at least one key, e.g. "
+                          f"dropout = [0.0, 0.5]")
+    start = recipes.get(recipe).config() if recipe is not None else TrainConfig()
+    try:
+        base = start.replace(**fixed)
+    except ConfigError as exc:
+        raise ConfigError(f"sweep space {path} [train]: {exc}") from None
+    distributions = {key: _distribution(key, spec, f"sweep space {path} [search]") for key, spec in search.items()}
+    both = sorted(set(fixed) & set(search))
+    if both:
+        raise ConfigError(f"sweep space {path}: {both[0]} is both fixed in [train] and searched in [search]; "
+                          f"keep one")
+    return Space(path.stem, description.strip(), base, distributions, path)
+
+
+def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseDistribution:
+    """[min, max], {min, max, log, step} or {choices = [...]}, checked against the config key."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if key not in FIELDS:
+        raise ConfigError(f"{where}: unknown config key {shown(key)}; `fashionlab train --help` lists them")
+    if key in ("name", "seed"):
+        raise ConfigError(f"{where}: {key} cannot be searched; trials are named by the sweep and share the "
+                          f"base config's seed (compare the winner over seeds afterwards)")
+    kind = field_type(TYPES[key])
+    if isinstance(spec, list) and len(spec) == 2:
+        spec = {"min": spec[0], "max": spec[1]}
+    if not isinstance(spec, dict) or not spec or not (set(spec) <= set(RANGE_KEYS) or set(spec) == {"choices"}):
+        raise ConfigError(f"{where}: {key} must be [min, max], {{min = ..., max = ..., log = true, step = ...}} "
+                          f"or {{choices = [...]}}")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices or len({json.dumps(c) for c in choices}) != len(choices):
+            raise ConfigError(f"{where}: {key}'s choices must be a list of different values")
+        try:
+            choices = [validate_field(FIELDS[key], c) for c in choices]
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return CategoricalDistribution(choices)
+    if kind.choices is not None or kind.base not in (int, float):
+        raise ConfigError(f"{where}: {key} takes one of a set of values; write {key} = {{choices = [...]}}")
+    if "min" not in spec or "max" not in spec:
+        raise ConfigError(f"{where}: {key} needs both min and max")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: {key}'s log must be true or false")
+    try:
+        low, high = (validate_field(FIELDS[key], spec[end]) for end in ("min", "max"))
+        if step is not None:
+            step = validate_field(FIELDS[key], step)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not low < high:
+        raise ConfigError(f"{where}: {key}'s min ({low}) must be below its max ({high})")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: {key} on a log scale needs a min above 0, got {low}")
+    if log and step is not None:
+        raise ConfigError(f"{where}: {key}: choose log or step, not both")
+    if step is not None and not 0 < step <= high - low:
+        raise ConfigError(f"{where}: {key}'s step must be above 0 and at most max - min")
+    if kind.base is int:
+        return IntDistribution(low, high, log=log, step=step or 1)
+    return FloatDistribution(low, high, log=log, step=step)
+
+
+# --- where the study lives ---------------------------------------------------------------------
+
+def storage_label(storage: str) -> str:
+    """The storage as printed: a database URL without its password."""
+    if "://" not in storage:
+        return storage
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:
+        return storage.split("://", 1)[0] + "://..."
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """A journal file (a path) or a database (an SQLAlchemy URL: postgresql://user@host/db)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if "://" not in storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(storage))
+        except OSError as exc:
+            raise RunError(f"cannot open the study journal {storage} ({exc.strerror or exc}); give `out` a "
+                           f"folder you can write", terms=["out"]) from None
+    url = storage
+    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver is psycopg2; ours psycopg 3
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    problem: Exception | None = None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except ImportError as exc:  # no driver: trying again will not help
+            problem = exc
+            break
+        except Exception as exc:  # workers starting together race to create the tables: the loser tries again
+            problem = exc
+            time.sleep(0.5 * (attempt + 1))
+    # a driver missing, a server unreachable, a wrong password: all one line
+    first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+    hint = ("install the driver: pip install 'fashionlab[postgres]'" if isinstance(problem, ImportError)
+            or "No module named" in first else "check the URL, and that the server runs and lets you in")
+    raise RunError(f"cannot use the study storage {storage_label(storage)} ({first[:300]}); {hint}",
+                   terms=["storage"]) from None
+
+
+def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # constant_liar is "experimental"
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
+    """median: stop a trial whose validation accuracy is below the median of earlier trials at the
+    same epoch, after 5 trials and a quarter of the epochs; halving: successive halving (keep the
+    top third at each rung); none."""
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 8), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+# --- trials in the study ------------------------------------------------------------------------
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a study's trial is one of the sweep's: not one asked for past the end (two workers
+    asking for the last trial at once), which is never trained."""
+    return not trial.user_attrs.get("surplus")
+
+
+def _boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Which process runs a trial: on this machine it can be asked whether it lives."""
+
+    host: str = field(default_factory=socket.gethostname)
+    boot: str = field(default_factory=_boot_id)
+    pid: int = field(default_factory=os.getpid)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this process, wherever it runs
+
+    def record(self) -> dict[str, Any]:
+        return {"host": self.host, "boot": self.boot, "pid": self.pid, "token": self.token}
+
+    def stopped(self, trial: optuna.trial.FrozenTrial, now: float) -> bool:
+        """Whether a running trial's process is gone: dead here, or silent for STALE_SECONDS."""
+        owner = trial.user_attrs.get("owner") or {}
+        if owner.get("token") == self.token:
+            return False  # this process's own
+        heard = trial.user_attrs.get("heartbeat")
+        if heard is None and trial.datetime_start is not None:
+            heard = trial.datetime_start.timestamp()
+        if owner.get("host") == self.host and owner.get("boot") == self.boot and owner.get("pid") != self.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError, TypeError, OverflowError):
+                os.kill(owner.get("pid"), 0)
+                return now - (heard or 0) > STALE_SECONDS
+            return True
+        return now - (heard or 0) > STALE_SECONDS
+
+
+@dataclass(frozen=True)
+class TrialWatch:
+    """Picklable, for the worker training a trial: reports each epoch's validation accuracy to the
+    study and stops the training when the pruner says so."""
+
+    storage: str
+    study: str
+    trial_id: int
+    pruner: str
+    pruner_epochs: int
+    epochs: int
+
+    def callback(self) -> keras.callbacks.Callback:
+        return _Reporter(self)
+
+    def outcome(self, callback: keras.callbacks.Callback) -> dict[str, Any]:
+        return {"pruned_at": callback.pruned_at}
+
+
+def _reporter_class():
+    import keras
+    import optuna
+
+    class Reporter(keras.callbacks.Callback):
+        def __init__(self, watch: TrialWatch):
+            super().__init__()
+            self.watch = watch
+            study = optuna.load_study(study_name=watch.study, storage=open_storage(watch.storage),
+                                      pruner=make_pruner(watch.pruner, watch.pruner_epochs))
+            self.trial = optuna.Trial(study, watch.trial_id)
+            self.pruned_at: int | None = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = float((logs or {}).get("val_accuracy", math.nan))
+            if not math.isfinite(value) or self.model.stop_training:  # not recorded: stopped or diverged
+                return
+            self.trial.report(value, epoch + 1)
+            if epoch + 1 < self.watch.epochs and self.trial.should_prune():
+                self.pruned_at = epoch + 1
+                self.model.stop_training = True
+
+    return Reporter
+
+
+def _Reporter(watch: TrialWatch) -> keras.callbacks.Callback:
+    return _reporter_class()(watch)
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepResult:
+    out: Path
+    trials: pd.DataFrame  # one row per trial of the sweep
+    best: dict[str, Any] | None  # the chosen trial's row
+    tests: list[dict[str, Any]]  # each test-set evaluation this study made (one per chosen trial)
+    summary: str  # summary.md
+
+
+def settings_differences(recorded: dict[str, Any], wanted: dict[str, Any], prefix: str = "",
+                         depth: int = 3) -> list[str]:
+    """The keys (dotted, at most `depth` deep: space.search.width) whose values differ between two
+    settings tables."""
+    keys = sorted(set(recorded) | set(wanted))
+    found = []
+    for key in keys:
+        a, b = recorded.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and depth > 1:
+            found += settings_differences(a, b, f"{prefix}{key}.", depth - 1)
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any],
+               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """The study `name`, made if new; refused if it was started with other settings."""
+    import optuna
+
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                                    sampler=sampler, pruner=pruner)
+    except ValueError as exc:  # a study of that name that maximizes something else, or several things
+        raise ConfigError(f"study {name} in this storage is not a fashionlab sweep ({exc}); give `study` another "
+                          f"name", terms=["study"]) from None
+    recorded = study.user_attrs.get("fashionlab")
+    if recorded is None:
+        if study.get_trials(deepcopy=False):
+            raise ConfigError(f"study {name} in this storage already has trials that fashionlab did not make; give "
+                              f"`study` another name", terms=["study"])
+        study.set_user_attr("fashionlab", settings)
+    elif recorded != settings:
+        changed = settings_differences(recorded, settings)
+        raise ConfigError(f"this sweep was started with other settings; changed since: {', '.join(changed)}. Run "
+                          f"it with the space and options it was started with, or give `out` a new folder for a "
+                          f"new sweep", terms=["out"])
+    return study
+
+
+def trial_dir_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+class _Sweep:
+    """One worker process of a sweep (it may run `jobs` trainings): asks the study for trials while
+    the sweep has fewer than `trials`, hands them to the runner, and tells the study each outcome."""
+
+    def __init__(self, study: optuna.Study, space: Space, out: Path, *, trials: int, storage: str, sampler: str,
+                 sampler_seed: int, pruner: str, progress: Callable[[str], None]):
+        self.study, self.space, self.out, self.trials = study, space, out, trials
+        self.storage, self.sampler, self.sampler_seed, self.pruner = storage, sampler, sampler_seed, pruner
+        self.progress = progress
+        self.owner = Owner()
+        self.held: dict[int, optuna.Trial] = {}  # trial number -> the trial this process runs
+        self.lock = threading.Lock()  # the heartbeat thread reads `held`
+        self.finished = 0
+
+    # the study's state
+    def sweep_trials(self) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False) if counted(t)]
+
+    def stopped_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Running trials whose process is gone (Ctrl-C, a kill, a lost machine)."""
+        from optuna.trial import TrialState
+
+        now = time.time()
+        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if counted(t) and t.number not in self.held and self.owner.stopped(t, now)]
+
+    def take_over(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Claim a stopped trial: every worker that wants it writes its claim, waits, and reads
+        back whose claim was written last; that one trains it, the others leave it."""
+        storage = self.study._storage
+        storage.set_trial_user_attr(trial._trial_id, "owner", self.owner.record())
+        storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+        time.sleep(CLAIM_SECONDS)
+        claimed = (storage.get_trial(trial._trial_id).user_attrs.get("owner") or {}).get("token")
+        return claimed == self.owner.token
+
+    # asking
+    def tasks(self) -> Iterator[Task]:
+        """The next trial to train, taken when a worker is free for it: a stopped one to resume,
+        else a new one while the sweep has fewer than `trials`."""
+        import optuna
+
+        while True:
+            stopped = next((t for t in self.stopped_trials() if self.take_over(t)), None)
+            if stopped is not None:
+                task = self._task(optuna.Trial(self.study, stopped._trial_id), stopped)
+                if task is not None:
+                    yield task
+                continue
+            mine = self.sweep_trials()
+            if len(mine) >= self.trials:
+                return
+            # The sampler is seeded per trial: a sweep with one job is the same sweep every time.
+            self.study.sampler = make_sampler(self.sampler, self.sampler_seed * 100_003 + len(mine))
+            trial = self.study.ask(self.space.search)
+            if self._surplus(trial.number):
+                continue
+            task = self._task(trial, self.study._storage.get_trial(trial._trial_id))
+            if task is not None:
+                yield task
+
+    def _surplus(self, number: int) -> bool:
+        """Another worker asked for the sweep's last trial at the same moment: this one is not run."""
+        earlier = [t for t in self.sweep_trials() if t.number < number]
+        if len(earlier) < self.trials:
+            return False
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        storage.set_trial_user_attr(trial_id, "surplus", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        return True
+
+    def _task(self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial) -> Task | None:
+        run = trial_dir_name(trial.number)
+        for key, value in {"run": run, "owner": self.owner.record(), "heartbeat": time.time()}.items():
+            trial.set_user_attr(key, value)
+        try:
+            config = self.space.config(dict(trial.params), f"{self.space.name}-{trial.number}")
+            trial.set_user_attr("epochs_planned", config.epochs)
+            check_runnable(config, train_images=self.train_images, free_memory=self.free_memory)
+        except ConfigError as exc:  # values that do not go together, or do not fit the data
+            self._fail(trial, str(exc))
+            return None
+        with self.lock:
+            self.held[trial.number] = trial
+        watch = TrialWatch(self.storage, self.study.study_name, trial._trial_id, self.pruner,
+                           self.space.base.epochs, config.epochs)
+        return Task(f"trial {trial.number}", config, self.out / run, {"trial": trial.number}, test=False,
+                    watcher=watch)
+
+    # telling
+    def done(self, done: Done) -> None:
+        from optuna.trial import TrialState
+
+        trial = self._release(done.task)
+        metrics = done.metrics
+        epochs = len(metrics["seconds_per_epoch"])
+        seconds = metrics["seconds_per_epoch"]
+        value = _kept_accuracy(done.task.run_dir, metrics)
+        pruned_at = done.outcome.get("pruned_at")
+        saved = (done.task.config.epochs - epochs) * float(pd.Series(seconds).median()) if pruned_at else 0.0
+        for key, v in {"epochs": epochs, "train_seconds": metrics["train_seconds"], "seconds_saved": saved,
+                       "best_val_accuracy": metrics["best_val_accuracy"], "host": self.owner.host}.items():
+            trial.set_user_attr(key, v)
+        if pruned_at:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            said = f"pruned after epoch {pruned_at} of {done.task.config.epochs}"
+        else:
+            self.study.tell(trial, value)
+            said = f"{epochs} epochs"
+        self.finished += 1
+        self.progress(f"[{self._count()}] {done.task.label}: val accuracy {value:.4f} ({said}, "
+                      f"{metrics['train_seconds']:.0f} s{', resumed' if done.resumed else ''})")
+
+    def failed(self, task: Task, error: FashionlabError) -> None:
+        self._fail(self._release(task), str(error))
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("host", self.owner.host)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.finished += 1
+        self.progress(f"[{self._count()}] trial {trial.number}: failed: {reason}")
+
+    def _release(self, task: Task) -> optuna.Trial:
+        with self.lock:
+            return self.held.pop(task.tags["trial"])
+
+    def _count(self) -> str:
+        return f"{sum(t.state.is_finished() for t in self.sweep_trials())}/{self.trials}"
+
+    # the stopped
+    def let_go(self) -> None:
+        """This process stops: its trials are marked as not heard of, for any worker to take over."""
+        with self.lock:
+            held, self.held = list(self.held.values()), {}
+        for trial in held:
+            with contextlib.suppress(Exception):  # the storage itself may be what failed
+                self.study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", 0)
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """While the block runs, each held trial is said to be alive every HEARTBEAT_SECONDS."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_SECONDS):
+                with self.lock:
+                    ids = [t._trial_id for t in self.held.values()]
+                for trial_id in ids:
+                    with contextlib.suppress(Exception):  # finished meanwhile, or the database hiccups
+                        self.study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+
+        thread = threading.Thread(target=beat, name="fashionlab-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _kept_accuracy(run_dir: Path, metrics: dict[str, Any]) -> float:
+    """The validation accuracy of the weights the run keeps (its last epoch, or its best one with
+    early stopping): the model the sweep would hand on is the one it scores."""
+    history = Run(run_dir).history()
+    kept = int(metrics.get("weights_from_epoch", len(history)))
+    return float(history["val_accuracy"].iloc[kept - 1])
+
+
+def check_sweep_folder(out: Path, *, force: bool) -> None:
+    from fashionlab.compare import check_output_folder
+
+    check_output_folder(out, force=force, marker=MARKER, what="sweep")
+
+
+def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
+          study: str | None = None, sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median",
+          data: DataSource = DataSource(), force: bool = False,
+          progress: Callable[[str], None] = lambda line: None) -> SweepResult:
+    """Run the sweep `space` into `out` until its study has `trials` trials, `jobs` trainings at a
+    time, then write trials.csv, summary.md, report.html and best.toml, evaluating the best trial
+    once on the test set when every trial has ended. Calling again continues the same study."""
+    if not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"`trials` must be between 1 and {MAX_TRIALS}, got {trials}", terms=["trials"])
+    if jobs < 1:
+        raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
+    if sampler not in SAMPLERS or pruner not in PRUNERS:
+        raise ConfigError(f"`sampler` must be one of {', '.join(SAMPLERS)} and `pruner` one of "
+                          f"{', '.join(PRUNERS)}", terms=["sampler", "pruner"])
+    space = load_space(space)
+    out = Path(out)
+    study_name = study or space.name
+    from fashionlab.config import _check_name
+
+    problem = _check_name(study_name)
+    if problem:
+        raise ConfigError(f"study {problem}", terms=["study"])
+    check_sweep_folder(out, force=force)
+    data = data.located()
+    train_images, free_memory = data.train_count(), available_memory()
+    if free_memory is not None:
+        free_memory //= jobs
+    check_runnable(space.base, train_images=train_images, free_memory=free_memory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot use {out} as the sweep folder ({exc.strerror or exc}); give `out` a folder",
+                       terms=["out"]) from None
+    where = storage or str((out / JOURNAL).resolve())
+    settings = {"space": space.settings(), "sampler": sampler, "sampler_seed": sampler_seed, "pruner": pruner}
+    the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
+                           make_pruner(pruner, space.base.epochs))
+    folder = Run(out)
+    folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_label(where),
+                               **settings})
+    worker = _Sweep(the_study, space, out, trials=trials, storage=where, sampler=sampler, sampler_seed=sampler_seed,
+                    pruner=pruner, progress=progress)
+    worker.train_images, worker.free_memory = train_images, free_memory
+    stopped, have = len(worker.stopped_trials()), worker.sweep_trials()
+    progress(f"study {study_name} ({storage_label(where)}): {sum(t.state.is_finished() for t in have)} of "
+             f"{trials} trials ended already" + (f", {stopped} stopped one(s) to resume" if stopped else "")
+             + f"; {jobs} job(s) here")
+    started = time.perf_counter()
+    try:
+        with worker.heartbeat():
+            runner.execute(worker.tasks(), jobs=jobs, data=data, on_done=worker.done, on_failed=worker.failed)
+    except BaseException:  # Ctrl-C, a killed worker, a lost database: what ran here is resumed next time
+        worker.let_go()
+        raise
+    wall = time.perf_counter() - started
+    return finish(the_study, space, out, trials=trials, data=data, wall=wall, jobs=jobs, ran=worker.finished,
+                  progress=progress)
+
+
+# --- the results ---------------------------------------------------------------------------------
+
+STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+               "WAITING": "waiting"}
+
+
+def trials_table(study: optuna.Study, space: Space) -> pd.DataFrame:
+    """One row per trial of the sweep, by trial number: its values, how it ended, what it cost.
+    `val_accuracy` (a complete trial's score) is that of the weights its run keeps."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if not counted(t):
+            continue
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number, "state": STATE_NAMES[t.state.name],
+            **{key: t.params.get(key) for key in space.search},
+            "val_accuracy": t.value if t.state == TrialState.COMPLETE else None,
+            "best_val_accuracy": a.get("best_val_accuracy"),
+            "epochs": a.get("epochs"), "epochs_planned": a.get("epochs_planned"),
+            "seconds": a.get("train_seconds"), "seconds_saved": a.get("seconds_saved"),
+            "host": a.get("host", ""), "run": a.get("run", ""), "reason": a.get("reason", ""),
+        })
+    columns = ["trial", "state", *space.search, "val_accuracy", "best_val_accuracy", "epochs", "epochs_planned",
+               "seconds", "seconds_saved", "host", "run", "reason"]
+    return pd.DataFrame(rows, columns=columns).sort_values("trial", kind="stable").reset_index(drop=True)
+
+
+def best_row(table: pd.DataFrame) -> dict[str, Any] | None:
+    """The complete trial with the highest validation accuracy (the first such, on a tie)."""
+    complete = table[table["state"] == "complete"]
+    if complete.empty:
+        return None
+    return complete.loc[complete["val_accuracy"].astype(float).idxmax()].to_dict()
+
+
+def best_toml(space: Space, best: dict[str, Any], study_name: str, trials: int) -> str:
+    """The chosen trial's full config as a recipe-style file: `fashionlab train --config best.toml`."""
+    config = space.config({key: _plain(best[key]) for key in space.search}, f"{study_name}-{best['trial']}")
+    lines = [f"# The best of {trials} trials of the sweep {study_name} ({space.path.name}), by validation accuracy",
+             f"# ({best['val_accuracy']:.4f}, a maximum over the trials: expect a little less on new data).",
+             "# Train it again: fashionlab train --config best.toml",
+             "description = " + json.dumps(f"trial {best['trial']} of sweep {study_name}"), "", "[train]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in config.to_dict().items()]
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """A pandas cell as the Python value a config takes (NumPy integers and floats)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: DataSource, wall: float, jobs: int,
+           ran: int, progress: Callable[[str], None]) -> SweepResult:
+    """The sweep's files; when every trial has ended, the chosen trial's test result (evaluated once)."""
+    from fashionlab.reports import sweep_statements, write_sweep_outputs
+
+    table = trials_table(study, space)
+    best = best_row(table)
+    tests = list(study.user_attrs.get("fashionlab_tests", []))
+    ended = len(table) >= trials and table["state"].isin(["complete", "pruned", "failed"]).all()
+    note = ""
+    if best is not None and not ended:
+        note = "trials are still running or waiting (another worker's, or to resume): the test set waits for them"
+    elif best is not None and not any(t["trial"] == best["trial"] for t in tests):
+        run_dir = out / best["run"]
+        if (run_dir / "model.keras").is_file():
+            from fashionlab.evaluation import evaluate
+
+            progress(f"evaluating trial {best['trial']}, the best by validation, on the test set")
+            report = evaluate(run_dir, data=data)
+            tests.append({"trial": int(best["trial"]), "run": best["run"], "test_accuracy": report["test_accuracy"],
+                          "test_loss": report["test_loss"], "val_accuracy": float(best["val_accuracy"]),
+                          "trials": int(len(table))})
+            study.set_user_attr("fashionlab_tests", tests)
+        else:
+            note = (f"trial {best['trial']} ran on {best['host'] or 'another machine'}: its run {best['run']} is "
+                    f"not in {out}; run this command where it is to evaluate it on the test set")
+    name = study.study_name
+    settings = study.user_attrs["fashionlab"]
+    searched = {key: describe(d)[0] for key, d in space.search.items()}
+    statements = sweep_statements(
+        table=table, searched=searched, trials=trials, best=best, tests=tests, note_text=note, wall=wall,
+        jobs=jobs, ran=ran, best_path=str(out / "best.toml"),
+        settings=f"Sampler {settings['sampler']} (seed {settings['sampler_seed']}), pruner {settings['pruner']}, "
+                 f"from {space.base.name}")
+    best_text = best_toml(space, best, name, len(table)) if best is not None else None
+    summary = write_sweep_outputs(Run(out), title=f"fashionlab sweep: {name}", table=table, searched=searched,
+                                  scales={key: describe(d)[1] for key, d in space.search.items()},
+                                  statements=statements, best_text=best_text, importances=importances(study, space))
+    return SweepResult(out, table, best, tests, summary)
+
+
+def describe(distribution: optuna.distributions.BaseDistribution) -> tuple[str, str]:
+    """A searched range in words ("0.0005 to 0.01, log scale"), and its scale: log, linear or choice."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return "one of " + ", ".join(map(str, distribution.choices)), "choice"
+    d: Any = distribution
+    text = f"{d.low:g} to {d.high:g}"
+    if d.log:
+        return text + ", log scale", "log"
+    if d.step is not None and d.step != 1:
+        text += f", step {d.step:g}"
+    return text, "linear"
+
+
+def importances(study: optuna.Study, space: Space) -> dict[str, float] | None:
+    """Optuna's parameter importances over the complete trials, or None when there are too few."""
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if counted(t)]
+    if len(space.search) < 2 or len(complete) < 4:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None

@@ -1,0 +1,351 @@
+"""Sweeps: the space file, a tiny sweep judged on validation alone, pruning, failures, resuming
+after a kill, reproducibility, and two workers sharing one study in a real PostgreSQL server."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from helpers import assert_png, assert_self_contained
+
+from fashionlab.config import load_config
+from fashionlab.errors import ConfigError, RunError
+from fashionlab.runs import Run
+from fashionlab.sweep import load_space, settings_differences, storage_label, sweep
+from fashionlab.training import train
+
+TINY_TRAIN = """[train]
+name = "tiny"
+depth = 2
+epochs = {epochs}
+validation_size = 60
+seed = 7
+"""
+
+
+def space_file(folder: Path, search: str, epochs: int = 3, name: str = "space") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_TRAIN.format(epochs=epochs) + "[search]\n" + search)
+    return path
+
+
+SEARCH = """learning_rate = { min = 0.001, max = 0.3, log = true }
+width = { min = 8, max = 32, step = 8 }
+dropout = [0.0, 0.4]
+"""
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fashionlab", "sweep", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --- the space file ------------------------------------------------------------------------------
+
+def test_a_space_reads_ranges_log_scales_steps_and_choices(tmp_path):
+    space = load_space(space_file(tmp_path, SEARCH + 'optimizer = { choices = ["sgd", "adam"] }\n'
+                                                     "augment_flip = { choices = [true, false] }\n"))
+    lr, width, dropout = (space.search[k] for k in ("learning_rate", "width", "dropout"))
+    assert (lr.low, lr.high, lr.log) == (0.001, 0.3, True)
+    assert isinstance(width, optuna.distributions.IntDistribution) and (width.low, width.high, width.step) == (8, 32, 8)
+    assert isinstance(dropout, optuna.distributions.FloatDistribution) and (dropout.low, dropout.high) == (0.0, 0.4)
+    assert space.search["optimizer"].choices == ("sgd", "adam")
+    assert space.search["augment_flip"].choices == (True, False)
+    assert space.base.depth == 2 and space.base.epochs == 3 and space.name == "space"
+    assert space.config({"width": 24, "dropout": 0.1}, "space-3").width == 24
+
+
+def test_a_space_starts_from_a_recipe(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('recipe = "fast-mlp"\n[train]\nepochs = 5\n[search]\ndropout = [0.0, 0.5]\n')
+    space = load_space(path)
+    assert (space.base.name, space.base.width, space.base.epochs) == ("fast-mlp", 256, 5)
+
+
+@pytest.mark.parametrize("search, message", [
+    ("widht = [8, 32]\n", "unknown config key 'widht'"),
+    ("seed = [1, 9]\n", "seed cannot be searched"),
+    ("width = [32, 8]\n", "width's min \\(32\\) must be below its max \\(8\\)"),
+    ("width = [8.5, 32]\n", "width must be int, got float 8.5"),
+    ("dropout = [0.0, 2.0]\n", "dropout must be at most 0.9"),
+    ("learning_rate = { min = 0, max = 0.1, log = true }\n", "greater than 0|log scale needs a min above 0"),
+    ("learning_rate = { min = 0.001, max = 0.1, log = true, step = 0.01 }\n", "choose log or step"),
+    ("width = { min = 8, max = 32, step = 64 }\n", "step must be above 0 and at most max - min"),
+    ("optimizer = [\"sgd\", \"adam\"]\n", "optimizer must be one of|takes one of a set of values"),
+    ("optimizer = { choices = [\"sgd\", \"lion\"] }\n", "optimizer must be one of"),
+    ("width = { choices = [] }\n", "choices must be a list of different values"),
+    ("width = { choices = [8, 8] }\n", "choices must be a list of different values"),
+    ("width = { min = 8 }\n", "needs both min and max"),
+    ("width = { min = 8, max = 16, scale = 2 }\n", "width must be \\[min, max\\]"),
+    ("width = 16\n", "width must be \\[min, max\\]"),
+    ("epochs = [1, 4]\n", "epochs is both fixed in \\[train\\] and searched"),
+    ("", "needs a \\[search\\] table"),
+])
+def test_a_wrong_space_is_refused_with_what_is_wrong(tmp_path, search, message):
+    with pytest.raises(ConfigError, match=message):
+        load_space(space_file(tmp_path, search))
+
+
+def test_a_space_file_that_is_not_a_space_is_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    for text, message in [("[search\n", "not valid TOML"), ("colour = 1\n[search]\nwidth = [8, 16]\n",
+                                                             "unknown key\\(s\\) colour"),
+                          ('recipe = "nope"\n[search]\nwidth = [8, 16]\n', "no recipe named 'nope'"),
+                          ("[train]\ndepth = -1\n[search]\nwidth = [8, 16]\n",
+                           "\\[train\\]: depth must be at least 0")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_space(bad)
+    with pytest.raises(ConfigError, match="cannot read|not found|no such|does not exist"):
+        load_space(tmp_path / "missing.toml")
+
+
+def test_settings_differences_name_the_changed_keys():
+    assert settings_differences({"a": 1, "s": {"x": 1, "y": 2}}, {"a": 1, "s": {"x": 3, "y": 2}, "b": 0}) == \
+        ["b", "s.x"]
+    assert settings_differences({"s": {"t": {"u": {"v": 1}}}}, {"s": {"t": {"u": {"v": 2}}}}) == ["s.t.u"]
+
+
+def test_a_database_password_is_never_printed():
+    assert storage_label("postgresql://me:secret@db/fl") == "postgresql://me:***@db/fl"
+    assert "secret" not in storage_label("postgresql+psycopg://me:secret@db:5432/fl")
+
+
+# --- a sweep ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory, synthetic):
+    folder = tmp_path_factory.mktemp("sweep")
+    lines = []
+    result = sweep(space_file(folder, SEARCH, epochs=4), folder / "out", trials=8, sampler="random", pruner="median",
+                   data=synthetic, progress=lines.append)
+    return folder / "out", result, lines
+
+
+def test_a_sweep_writes_a_table_of_trials_each_an_ordinary_run(tiny_sweep):
+    out, result, lines = tiny_sweep
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["trial"]) == list(range(8))
+    assert set(table["state"]) <= {"complete", "pruned"}
+    assert list(table.columns[:5]) == ["trial", "state", "learning_rate", "width", "dropout"]
+    for row in table.itertuples():
+        run = Run(out / row.run)
+        history, config = run.history(), run.config()
+        assert (config.learning_rate, config.width, config.dropout) == pytest.approx(
+            (row.learning_rate, row.width, row.dropout))
+        assert config.name == f"space-{row.trial}" and run.status()["status"] == "complete"
+        assert len(history) == row.epochs and row.epochs_planned == 4
+        assert row.best_val_accuracy == pytest.approx(history["val_accuracy"].max())
+        if row.state == "complete":  # scored by the weights the run keeps: its last epoch's
+            assert row.val_accuracy == pytest.approx(history["val_accuracy"].iloc[-1])
+    assert sum(line.startswith("[") for line in lines) == 8
+
+
+def test_only_the_chosen_trial_ever_sees_the_test_set(tiny_sweep):
+    out, result, _ = tiny_sweep
+    table = pd.read_csv(out / "trials.csv")
+    complete = table[table["state"] == "complete"]
+    best = complete.loc[complete["val_accuracy"].idxmax()]
+    assert result.best["trial"] == best["trial"]
+    for row in table.itertuples():
+        metrics = Run(out / row.run).metrics()
+        assert Run(out / row.run).status()["test"] is False
+        assert "test_accuracy" not in metrics and metrics["data"]["test"] == 0
+        chosen = row.trial == best["trial"]
+        assert (out / row.run / "confusion_matrix.csv").exists() == chosen  # written by evaluating on the test set
+        assert (out / row.run / "report.html").exists() == chosen
+    assert [t["trial"] for t in result.tests] == [best["trial"]]
+    summary = (out / "summary.md").read_text()
+    assert f"Chosen on validation accuracy alone: trial {best['trial']} " in summary
+    assert f"maximum over {len(complete)} complete trial(s)" in summary
+    assert f"Test set, evaluated once, for trial {best['trial']} only: test accuracy " \
+           f"{result.tests[0]['test_accuracy']:.4f}" in summary
+
+
+def test_pruned_trials_stop_early_and_say_what_they_saved(tiny_sweep):
+    out, result, lines = tiny_sweep
+    table = pd.read_csv(out / "trials.csv")
+    pruned = table[table["state"] == "pruned"]
+    assert len(pruned) >= 1  # the median pruner after 5 trials, at epoch 2 or 3 of 4
+    assert (pruned["epochs"] < 4).all() and (pruned["seconds_saved"] > 0).all()
+    assert (table.loc[table["state"] == "complete", "epochs"] == 4).all()
+    assert pruned["val_accuracy"].isna().all()  # a pruned trial is never chosen
+    assert f"Pruning stopped {len(pruned)} trial(s) early: {int((4 - pruned['epochs']).sum())} of the 32 " \
+           f"planned epochs" in (out / "summary.md").read_text()
+    assert any("pruned after epoch" in line for line in lines)
+
+
+def test_the_report_is_one_self_contained_page_and_best_toml_trains_the_chosen_trial_again(tiny_sweep, synthetic,
+                                                                                        tmp_path):
+    out, result, _ = tiny_sweep
+    page = assert_self_contained(out / "report.html")
+    assert page.headings[1] == "What the sweep found" and len(page.images) >= 2
+    assert "[train]" in (out / "report.html").read_text()
+    best = result.best
+    config = load_config(out / "best.toml")
+    again = train(config, tmp_path / "again", data=synthetic, verbose=0)
+    trial = Run(out / best["run"]).history()
+    pd.testing.assert_series_equal(again.history["val_accuracy"], trial["val_accuracy"])
+    assert again.history["val_accuracy"].iloc[-1] == pytest.approx(best["val_accuracy"])
+
+
+def test_running_the_finished_sweep_again_trains_nothing_and_evaluates_nothing_again(tiny_sweep, synthetic):
+    out, first, _ = tiny_sweep
+    lines = []
+    mtime = (out / first.best["run"] / "confusion_matrix.csv").stat().st_mtime_ns
+    again = sweep(out.parent / "space.toml", out, trials=8, sampler="random", data=synthetic, progress=lines.append)
+    assert lines[0].endswith("8 of 8 trials ended already; 1 job(s) here")
+    assert not any(line.startswith("[") or "evaluating" in line for line in lines)
+    assert again.tests == first.tests
+    assert (out / first.best["run"] / "confusion_matrix.csv").stat().st_mtime_ns == mtime
+
+
+def test_a_changed_space_or_sampler_is_refused_with_the_keys_that_differ(tiny_sweep, synthetic):
+    out, _, _ = tiny_sweep
+    changed = space_file(out.parent, SEARCH.replace("max = 32", "max = 64"), epochs=4, name="space")
+    try:
+        with pytest.raises(ConfigError, match="changed since: space.search.width. "):
+            sweep(changed, out, trials=8, sampler="random", data=synthetic)
+    finally:
+        space_file(out.parent, SEARCH, epochs=4, name="space")
+    with pytest.raises(ConfigError, match="changed since: sampler, sampler_seed"):
+        sweep(out.parent / "space.toml", out, trials=8, sampler="tpe", sampler_seed=1, data=synthetic)
+
+
+def test_failed_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(tmp_path, synthetic):
+    search = ('learning_rate = { choices = [0.01, 1e30] }\noptimizer = { choices = ["sgd", "adam"] }\n'
+              "momentum = { choices = [0.0, 0.9] }\n")
+    result = sweep(space_file(tmp_path, search), tmp_path / "out", trials=8, sampler="random", pruner="none",
+                   data=synthetic)
+    table = result.trials
+    assert len(table) == 8
+    clash = (table["optimizer"] == "adam") & (table["momentum"] == 0.9)
+    diverges = ~clash & (table["learning_rate"] == 1e30)
+    assert clash.any() and diverges.any() and (~clash & ~diverges).any()
+    assert (table.loc[clash, "state"] == "failed").all()
+    assert table.loc[clash, "reason"].str.startswith("momentum is for optimizer sgd").all()
+    assert (table.loc[diverges, "state"] == "failed").all()
+    assert table.loc[diverges, "reason"].str.contains("the loss became NaN or infinite").all()
+    assert (table.loc[~clash & ~diverges, "state"] == "complete").all()
+    assert result.best["learning_rate"] == 0.01 and result.best["optimizer"] == "sgd"
+
+
+def test_one_job_or_two_the_same_seed_gives_the_same_trials_and_results(tmp_path, synthetic):
+    space = space_file(tmp_path, SEARCH)
+    one = sweep(space, tmp_path / "one", trials=4, jobs=1, sampler="tpe", pruner="none", data=synthetic)
+    two = sweep(space, tmp_path / "two", trials=4, jobs=2, sampler="tpe", pruner="none", data=synthetic)
+    columns = ["trial", "learning_rate", "width", "dropout", "val_accuracy"]
+    pd.testing.assert_frame_equal(one.trials[columns], two.trials[columns])
+    other = sweep(space, tmp_path / "other", trials=4, sampler="tpe", sampler_seed=1, pruner="none", data=synthetic)
+    assert not other.trials["learning_rate"].equals(one.trials["learning_rate"])
+
+
+def wait_for(condition, process, seconds=240):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert condition(), process.communicate()
+
+
+def test_a_sweep_killed_mid_trial_resumes_it_and_retrains_nothing_finished(tmp_path, synthetic):
+    space = space_file(tmp_path, SEARCH, epochs=60)
+    out = tmp_path / "out"
+    args = [str(space), "--trials", "3", "--out", str(out), "--pruner", "none", "--data-dir",
+            str(synthetic.data_dir), "--no-verify"]
+    process = subprocess.Popen([sys.executable, "-m", "fashionlab", "sweep", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    second = out / "trial-0001" / "history.csv"
+    wait_for(lambda: second.exists() and len(pd.read_csv(second)) >= 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    first_model = (out / "trial-0000" / "model.keras").stat().st_mtime_ns
+    killed_at = len(pd.read_csv(second))
+    assert killed_at < 60 and Run(out / "trial-0001").status()["status"] == "running"  # as the kill left it
+
+    resumed = cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 of 3 trials ended already" not in resumed.stdout and "1 stopped one(s) to resume" in resumed.stdout
+    assert "trial 1: val accuracy" in resumed.stdout and "resumed)" in resumed.stdout
+    assert "trial 0: val accuracy" not in resumed.stdout  # finished before the kill: not trained again
+    assert (out / "trial-0000" / "model.keras").stat().st_mtime_ns == first_model
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["trial"]) == [0, 1, 2] and set(table["state"]) == {"complete"}
+    history = Run(out / "trial-0001").history()
+    assert list(history["epoch"]) == list(range(1, 61))  # resumed from its checkpoint, not restarted
+    assert len(optuna.load_study(study_name="space", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))).trials) == 3
+
+
+def test_the_command_refuses_bad_input_in_one_line(tmp_path, synthetic):
+    space = space_file(tmp_path, "width = [32, 8]\n")
+    result = cli(str(space), "--out", str(tmp_path / "out"), "--data-dir", str(synthetic.data_dir), "--no-verify")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"fashionlab: error: sweep space {space} [search]: width's min (32) must be below its max (8)"]
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    result = cli(str(space_file(tmp_path, SEARCH)), "--out", str(tmp_path / "taken"), "--data-dir",
+                 str(synthetic.data_dir), "--no-verify")
+    assert result.returncode != 0 and "already holds files that fashionlab's sweep did not write" in result.stderr
+    result = cli(str(space_file(tmp_path, SEARCH)), "--trials", "0")
+    assert result.returncode == 2 and "--trials: must be between 1 and" in result.stderr
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, synthetic):
+    with pytest.raises(RunError, match="cannot use the study storage postgresql://me:\\*\\*\\*@127.0.0.1:9/x") as e:
+        sweep(space_file(tmp_path, SEARCH), tmp_path / "out", trials=2, storage="postgresql://me:pw@127.0.0.1:9/x",
+              data=synthetic)
+    assert "pw" not in str(e.value).replace("psycopg", "")
+
+
+# --- many machines: a real PostgreSQL server ---------------------------------------------------------
+
+def test_two_workers_on_postgresql_share_one_study_and_never_run_a_trial_twice(tmp_path, synthetic, postgres):
+    space = space_file(tmp_path, SEARCH, epochs=8)
+    outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    command = [sys.executable, "-m", "fashionlab", "sweep", str(space), "--trials", "6", "--storage", postgres,
+               "--study", "shared", "--sampler", "random", "--pruner", "none", "--data-dir", str(synthetic.data_dir),
+               "--no-verify"]
+    workers = [subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for out in outs]
+    for worker in workers:
+        _, err = worker.communicate(timeout=400)
+        assert worker.returncode == 0, err
+    ran = [sorted(p.name for p in out.glob("trial-*")) for out in outs]
+    assert all(ran), ran  # both workers contributed
+    assert not set(ran[0]) & set(ran[1])  # no trial trained twice
+    assert sorted(ran[0] + ran[1]) == [f"trial-{n:04d}" for n in range(6)]
+    study = optuna.load_study(study_name="shared", storage=postgres.replace("postgresql://", "postgresql+psycopg://"))
+    assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert {t.user_attrs["run"] for t in study.trials} == set(ran[0] + ran[1])
+    last = max(outs, key=lambda out: (out / "trials.csv").stat().st_mtime)
+    assert len(pd.read_csv(last / "trials.csv")) == 6
+
+
+def test_a_study_made_by_something_else_is_not_touched(tmp_path, synthetic, postgres):
+    url = postgres.replace("postgresql://", "postgresql+psycopg://")
+    foreign = optuna.create_study(study_name="someone-elses", storage=url)
+    foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(ConfigError, match="already has trials that fashionlab did not make"):
+        sweep(space_file(tmp_path, SEARCH), tmp_path / "out", trials=2, storage=postgres, study="someone-elses",
+              data=synthetic)
+    assert len(optuna.load_study(study_name="someone-elses", storage=url).trials) == 1
+
+
+def test_reading_a_pruned_trials_record_back(tiny_sweep):
+    out, _, _ = tiny_sweep
+    study = optuna.load_study(study_name="space", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    for trial in study.trials:
+        history = Run(out / trial.user_attrs["run"]).history()
+        assert trial.intermediate_values == pytest.approx(dict(zip(history["epoch"], history["val_accuracy"])))
+        assert json.loads(json.dumps(trial.user_attrs))["owner"]["pid"] > 0
+    assert os.path.exists(out / "sweep.json")
+    assert_png((out / "trial-0000" / "learning_curves.png"))
