@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs a Debian package when apt-get is usable: install-debian.sh PACKAGE WHAT-FOR.
-# make uses it for dataset-fashion-mnist (the official files, offline) and chromium (the
-# pages' browser test, driven headless through Playwright, whose own downloads are never used).
+# make uses it for dataset-fashion-mnist (the official files, offline), chromium (the pages'
+# browser test, driven headless through Playwright, whose own downloads are never used) and
+# postgresql (the sweep's test starts its own server from its programs, in a temporary folder).
 set -eu
 package="$1"
 purpose="$2"

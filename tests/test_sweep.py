@@ -160,7 +160,7 @@ def test_only_the_chosen_trial_ever_sees_the_test_set(tiny_sweep):
         chosen = row.trial == best["trial"]
         assert (out / row.run / "confusion_matrix.csv").exists() == chosen  # written by evaluating on the test set
         assert (out / row.run / "report.html").exists() == chosen
-    assert [t["trial"] for t in result.tests] == [best["trial"]]
+    assert [t["trial"] for t in result.tests] == [best["trial"]] and result.tests[0]["trials"] == 8
     summary = (out / "summary.md").read_text()
     assert f"Chosen on validation accuracy alone: trial {best['trial']} " in summary
     assert f"maximum over {len(complete)} complete trial(s)" in summary
@@ -308,25 +308,29 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, synt
 # --- many machines: a real PostgreSQL server ---------------------------------------------------------
 
 def test_two_workers_on_postgresql_share_one_study_and_never_run_a_trial_twice(tmp_path, synthetic, postgres):
+    """Two machines sharing a folder (NFS, say) and the database, each running the same command."""
     space = space_file(tmp_path, SEARCH, epochs=8)
-    outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    out = tmp_path / "shared-folder"
     command = [sys.executable, "-m", "fashionlab", "sweep", str(space), "--trials", "6", "--storage", postgres,
-               "--study", "shared", "--sampler", "random", "--pruner", "none", "--data-dir", str(synthetic.data_dir),
-               "--no-verify"]
-    workers = [subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for out in outs]
+               "--study", "shared", "--sampler", "random", "--pruner", "none", "--out", str(out), "--data-dir",
+               str(synthetic.data_dir), "--no-verify"]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
     for worker in workers:
         _, err = worker.communicate(timeout=400)
         assert worker.returncode == 0, err
-    ran = [sorted(p.name for p in out.glob("trial-*")) for out in outs]
-    assert all(ran), ran  # both workers contributed
-    assert not set(ran[0]) & set(ran[1])  # no trial trained twice
-    assert sorted(ran[0] + ran[1]) == [f"trial-{n:04d}" for n in range(6)]
     study = optuna.load_study(study_name="shared", storage=postgres.replace("postgresql://", "postgresql+psycopg://"))
     assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert {t.user_attrs["run"] for t in study.trials} == set(ran[0] + ran[1])
-    last = max(outs, key=lambda out: (out / "trials.csv").stat().st_mtime)
-    assert len(pd.read_csv(last / "trials.csv")) == 6
+    workers_seen = {t.user_attrs["owner"]["pid"] for t in study.trials}
+    assert workers_seen == {w.pid for w in workers}  # both contributed
+    assert sorted(t.user_attrs["run"] for t in study.trials) == [f"trial-{n:04d}" for n in range(6)]
+    for trial in study.trials:  # each trained once, start to end, by the worker that holds it
+        run = Run(out / trial.user_attrs["run"])
+        assert "resumed" not in run.status() and list(run.history()["epoch"]) == list(range(1, 9))
+        assert run.status()["pid"] == trial.user_attrs["owner"]["pid"]
+    assert len(pd.read_csv(out / "trials.csv")) == 6
+    tests = [key for key in study.user_attrs if key.startswith("test:")]
+    assert tests == [f"test:{study.best_trial.number}"]  # the test set seen once, for the best trial
 
 
 def test_a_study_made_by_something_else_is_not_touched(tmp_path, synthetic, postgres):
@@ -349,3 +353,25 @@ def test_reading_a_pruned_trials_record_back(tiny_sweep):
         assert json.loads(json.dumps(trial.user_attrs))["owner"]["pid"] > 0
     assert os.path.exists(out / "sweep.json")
     assert_png((out / "trial-0000" / "learning_curves.png"))
+
+
+def test_ctrl_c_stops_every_job_cleanly_and_the_same_command_finishes_the_sweep(tmp_path, synthetic):
+    space = space_file(tmp_path, SEARCH, epochs=40)
+    out = tmp_path / "out"
+    args = [str(space), "--trials", "3", "--jobs", "2", "--out", str(out), "--pruner", "none", "--data-dir",
+            str(synthetic.data_dir), "--no-verify"]
+    process = subprocess.Popen([sys.executable, "-m", "fashionlab", "sweep", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    histories = [out / "trial-0000" / "history.csv", out / "trial-0001" / "history.csv"]
+    wait_for(lambda: all(h.exists() for h in histories), process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("fashionlab: error: interrupted; finished trials are kept in the study, "
+                                            "and running the same command again resumes the stopped ones")
+    assert {Run(out / f"trial-000{n}").status()["status"] for n in (0, 1)} == {"interrupted"}
+    assert not (out / "trials.csv").exists()
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "2 stopped one(s) to resume" in again.stdout
+    assert list(pd.read_csv(out / "trials.csv")["state"]) == ["complete"] * 3

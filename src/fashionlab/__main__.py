@@ -2,7 +2,7 @@
 
 Ctrl-C or SIGTERM while nothing is being written ends the process at once, quietly: Python's own
 KeyboardInterrupt, raised wherever the interpreter happens to be, can land inside a library's
-callback and be printed there. Commands that write (train, compare, evaluate, download) turn
+callback and be printed there. Commands that write (train, compare, sweep, evaluate, download) turn
 the signals into a stop request at safe points while they write (interrupts.stop_requests).
 Once the command is done, a signal while the process exits changes nothing.
 """

@@ -272,7 +272,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fashionlab", description="Fashion-MNIST, from the tf.keras tutorial's "
-                                     "MLP to CNN recipes: train, evaluate, predict, compare.")
+                                     "MLP to CNN recipes: train, evaluate, predict, compare, sweep.")
     parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
     debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -44,7 +44,7 @@ import pandas as pd
 from fashionlab import recipes, runner
 from fashionlab.config import FIELDS, TYPES, TrainConfig, check_runnable, field_type, validate_field
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, FashionlabError, RunError
+from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
 from fashionlab.files import read_text
 from fashionlab.provenance import available_memory
 from fashionlab.records import shown
@@ -207,6 +207,9 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         except OSError as exc:
             raise RunError(f"cannot open the study journal {storage} ({exc.strerror or exc}); give `out` a "
                            f"folder you can write", terms=["out"]) from None
+        except Exception as exc:  # replaying it failed
+            raise RunError(f"the study journal {storage} is damaged ({reason(exc, 200)}); move it away to start "
+                           f"the sweep over", terms=["out"]) from None
     url = storage
     if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver is psycopg2; ours psycopg 3
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -368,17 +371,17 @@ def settings_differences(recorded: dict[str, Any], wanted: dict[str, Any], prefi
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any],
-               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, label: str) -> optuna.Study:
     """The study `name`, made if new; refused if it was started with other settings."""
     import optuna
 
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                                     sampler=sampler, pruner=pruner)
-    except ValueError as exc:  # a study of that name that maximizes something else, or several things
-        raise ConfigError(f"study {name} in this storage is not a fashionlab sweep ({exc}); give `study` another "
-                          f"name", terms=["study"]) from None
-    recorded = study.user_attrs.get("fashionlab")
+        recorded = study.user_attrs.get("fashionlab")
+    except Exception as exc:  # a damaged journal, a study that minimizes, a database gone meanwhile
+        raise RunError(f"cannot open study {name} in {label} ({reason(exc, 200)}); a damaged journal file can be "
+                       f"moved away to start over, or give `study` another name", terms=["study"]) from None
     if recorded is None:
         if study.get_trials(deepcopy=False):
             raise ConfigError(f"study {name} in this storage already has trials that fashionlab did not make; give "
@@ -609,10 +612,10 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
     except OSError as exc:
         raise RunError(f"cannot use {out} as the sweep folder ({exc.strerror or exc}); give `out` a folder",
                        terms=["out"]) from None
-    where = storage or str((out / JOURNAL).resolve())
+    where = storage if storage and "://" in storage else str(Path(storage or out / JOURNAL).resolve())
     settings = {"space": space.settings(), "sampler": sampler, "sampler_seed": sampler_seed, "pruner": pruner}
     the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
-                           make_pruner(pruner, space.base.epochs))
+                           make_pruner(pruner, space.base.epochs), storage_label(where))
     folder = Run(out)
     folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_label(where),
                                **settings})
@@ -696,25 +699,13 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
 
     table = trials_table(study, space)
     best = best_row(table)
-    tests = list(study.user_attrs.get("fashionlab_tests", []))
     ended = len(table) >= trials and table["state"].isin(["complete", "pruned", "failed"]).all()
     note = ""
     if best is not None and not ended:
         note = "trials are still running or waiting (another worker's, or to resume): the test set waits for them"
-    elif best is not None and not any(t["trial"] == best["trial"] for t in tests):
-        run_dir = out / best["run"]
-        if (run_dir / "model.keras").is_file():
-            from fashionlab.evaluation import evaluate
-
-            progress(f"evaluating trial {best['trial']}, the best by validation, on the test set")
-            report = evaluate(run_dir, data=data)
-            tests.append({"trial": int(best["trial"]), "run": best["run"], "test_accuracy": report["test_accuracy"],
-                          "test_loss": report["test_loss"], "val_accuracy": float(best["val_accuracy"]),
-                          "trials": int(len(table))})
-            study.set_user_attr("fashionlab_tests", tests)
-        else:
-            note = (f"trial {best['trial']} ran on {best['host'] or 'another machine'}: its run {best['run']} is "
-                    f"not in {out}; run this command where it is to evaluate it on the test set")
+    elif best is not None and f"{TEST_KEY}{best['trial']}" not in study.user_attrs:
+        note = _evaluate_chosen(study, best, out, data, len(table), progress)
+    tests = sorted((v for k, v in study.user_attrs.items() if k.startswith(TEST_KEY)), key=lambda t: t["when"])
     name = study.study_name
     settings = study.user_attrs["fashionlab"]
     searched = {key: describe(d)[0] for key, d in space.search.items()}
@@ -728,6 +719,31 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
                                   scales={key: describe(d)[1] for key, d in space.search.items()},
                                   statements=statements, best_text=best_text, importances=importances(study, space))
     return SweepResult(out, table, best, tests, summary)
+
+
+TEST_KEY = "test:"  # a study attribute per trial evaluated on the test set: test:12
+
+
+def _evaluate_chosen(study: optuna.Study, best: dict[str, Any], out: Path, data: DataSource, trials: int,
+                     progress: Callable[[str], None]) -> str:
+    """Evaluate the chosen trial on the test set and record it in the study (once: the record is
+    keyed by the trial); what stopped it, if anything."""
+    from fashionlab.evaluation import evaluate
+
+    run_dir = out / best["run"]
+    if not (run_dir / "model.keras").is_file():
+        return (f"trial {best['trial']} ran on {best['host'] or 'another machine'}: its run {best['run']} is not in "
+                f"{out}; run this command where it is to evaluate it on the test set")
+    progress(f"evaluating trial {best['trial']}, the best by validation, on the test set")
+    try:
+        report = evaluate(run_dir, data=data)
+    except RunError as exc:  # another worker evaluating it right now holds the run's lock
+        return f"trial {best['trial']} could not be evaluated here ({exc})"
+    study.set_user_attr(f"{TEST_KEY}{best['trial']}", {
+        "trial": int(best["trial"]), "run": best["run"], "test_accuracy": report["test_accuracy"],
+        "test_loss": report["test_loss"], "val_accuracy": float(best["val_accuracy"]), "trials": trials,
+        "when": time.time()})
+    return ""
 
 
 def describe(distribution: optuna.distributions.BaseDistribution) -> tuple[str, str]:
