@@ -303,6 +303,17 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, synt
         sweep(space_file(tmp_path, SEARCH), tmp_path / "out", trials=2, storage="postgresql://me:pw@127.0.0.1:9/x",
               data=synthetic)
     assert "pw" not in str(e.value).replace("psycopg", "")
+    assert not (tmp_path / "out").exists()  # refused: the folder made for it is gone
+
+
+def test_a_damaged_journal_is_named_in_one_line(tmp_path, synthetic):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text("{}")
+    (out / "study.journal").write_text('{"op_code": 0, "worker_id": "x", "study_name": "space", "directions": [1]}\n'
+                                       '{"op_code": 4, "worker_id": "x"\n')
+    with pytest.raises(RunError, match=r"the study journal .*study.journal is damaged \(.*\); move it away"):
+        sweep(space_file(tmp_path, SEARCH), out, trials=2, data=synthetic)
 
 
 # --- many machines: a real PostgreSQL server ---------------------------------------------------------

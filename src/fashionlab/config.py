@@ -48,7 +48,7 @@ def opt(default: Any, help: str, *, minimum: float | None = None, maximum: float
                                             "check": check})
 
 
-def _check_name(name: str) -> str | None:
+def name_problem(name: str) -> str | None:
     if not NAME_PATTERN.fullmatch(name) or len(name.encode("utf-8", "surrogatepass")) > 64:
         return (f"name {shown(name)} cannot be used: it must start with a letter or digit, hold only letters, "
                 f"digits, '_', '-' or '.', and be at most 64 bytes long in UTF-8")
@@ -59,7 +59,7 @@ def _check_name(name: str) -> str | None:
 class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the tutorial."""
 
-    name: str = opt("tutorial", "label used in the run directory name and reports", check=_check_name)
+    name: str = opt("tutorial", "label used in the run directory name and reports", check=name_problem)
     model: Family = opt("mlp", "mlp: depth x Dense (the tutorial); cnn: conv blocks, then depth x Dense")
     # Keras builds and reloads a network layer by layer recursively: 300 blocks of Dense, BN and
     # activation pass Python's recursion limit; 250 leaves a margin.
@@ -249,7 +249,7 @@ def with_changes(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
         return changed
     said = "-".join(f"{k}-{str(v).lower()}" for k, v in differences)
     for name in (re.sub(r"[^\w.-]", "-", f"{base.name}-{said}"), f"{base.name}-custom"):
-        if _check_name(name) is None:
+        if name_problem(name) is None:
             return changed.replace(name=name)
     return changed
 

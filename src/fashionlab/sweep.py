@@ -25,9 +25,11 @@ resumed from its last finished epoch. The space file:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from fashionlab import recipes, runner
-from fashionlab.config import FIELDS, TYPES, TrainConfig, check_runnable, field_type, validate_field
+from fashionlab.config import FIELDS, TYPES, TrainConfig, check_runnable, field_type, name_problem, validate_field
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
 from fashionlab.files import read_text
@@ -309,13 +311,21 @@ class TrialWatch:
     epochs: int
 
     def callback(self) -> keras.callbacks.Callback:
-        return _Reporter(self)
+        return _reporter_class()(self)
 
     def outcome(self, callback: keras.callbacks.Callback) -> dict[str, Any]:
         return {"pruned_at": callback.pruned_at}
 
 
-def _reporter_class():
+@functools.cache
+def _worker_storage(storage: str) -> optuna.storages.BaseStorage:
+    """One connection to the study per worker process, whatever number of trials it trains."""
+    return open_storage(storage)
+
+
+@functools.cache
+def _reporter_class() -> type:
+    """The Keras callback class, made when first needed: importing this module must not import Keras."""
     import keras
     import optuna
 
@@ -323,7 +333,7 @@ def _reporter_class():
         def __init__(self, watch: TrialWatch):
             super().__init__()
             self.watch = watch
-            study = optuna.load_study(study_name=watch.study, storage=open_storage(watch.storage),
+            study = optuna.load_study(study_name=watch.study, storage=_worker_storage(watch.storage),
                                       pruner=make_pruner(watch.pruner, watch.pruner_epochs))
             self.trial = optuna.Trial(study, watch.trial_id)
             self.pruned_at: int | None = None
@@ -338,10 +348,6 @@ def _reporter_class():
                 self.model.stop_training = True
 
     return Reporter
-
-
-def _Reporter(watch: TrialWatch) -> keras.callbacks.Callback:
-    return _reporter_class()(watch)
 
 
 # --- the sweep ------------------------------------------------------------------------------------
@@ -404,9 +410,11 @@ class _Sweep:
     the sweep has fewer than `trials`, hands them to the runner, and tells the study each outcome."""
 
     def __init__(self, study: optuna.Study, space: Space, out: Path, *, trials: int, storage: str, sampler: str,
-                 sampler_seed: int, pruner: str, progress: Callable[[str], None]):
+                 sampler_seed: int, pruner: str, train_images: int, free_memory: int | None,
+                 progress: Callable[[str], None]):
         self.study, self.space, self.out, self.trials = study, space, out, trials
         self.storage, self.sampler, self.sampler_seed, self.pruner = storage, sampler, sampler_seed, pruner
+        self.train_images, self.free_memory = train_images, free_memory  # what each trial's config must fit
         self.progress = progress
         self.owner = Owner()
         self.held: dict[int, optuna.Trial] = {}  # trial number -> the trial this process runs
@@ -444,7 +452,7 @@ class _Sweep:
         while True:
             stopped = next((t for t in self.stopped_trials() if self.take_over(t)), None)
             if stopped is not None:
-                task = self._task(optuna.Trial(self.study, stopped._trial_id), stopped)
+                task = self._task(optuna.Trial(self.study, stopped._trial_id))
                 if task is not None:
                     yield task
                 continue
@@ -456,7 +464,7 @@ class _Sweep:
             trial = self.study.ask(self.space.search)
             if self._surplus(trial.number):
                 continue
-            task = self._task(trial, self.study._storage.get_trial(trial._trial_id))
+            task = self._task(trial)
             if task is not None:
                 yield task
 
@@ -473,7 +481,7 @@ class _Sweep:
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         return True
 
-    def _task(self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial) -> Task | None:
+    def _task(self, trial: optuna.Trial) -> Task | None:
         run = trial_dir_name(trial.number)
         for key, value in {"run": run, "owner": self.owner.record(), "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
@@ -596,9 +604,7 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
     space = load_space(space)
     out = Path(out)
     study_name = study or space.name
-    from fashionlab.config import _check_name
-
-    problem = _check_name(study_name)
+    problem = name_problem(study_name)
     if problem:
         raise ConfigError(f"study {problem}", terms=["study"])
     check_sweep_folder(out, force=force)
@@ -607,6 +613,7 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
     if free_memory is not None:
         free_memory //= jobs
     check_runnable(space.base, train_images=train_images, free_memory=free_memory)
+    made = not os.path.lexists(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -614,14 +621,18 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
                        terms=["out"]) from None
     where = storage if storage and "://" in storage else str(Path(storage or out / JOURNAL).resolve())
     settings = {"space": space.settings(), "sampler": sampler, "sampler_seed": sampler_seed, "pruner": pruner}
-    the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
-                           make_pruner(pruner, space.base.epochs), storage_label(where))
+    try:
+        the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
+                               make_pruner(pruner, space.base.epochs), storage_label(where))
+    except BaseException:  # refused: a folder made for it is not left behind
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     folder = Run(out)
     folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_label(where),
                                **settings})
     worker = _Sweep(the_study, space, out, trials=trials, storage=where, sampler=sampler, sampler_seed=sampler_seed,
-                    pruner=pruner, progress=progress)
-    worker.train_images, worker.free_memory = train_images, free_memory
+                    pruner=pruner, train_images=train_images, free_memory=free_memory, progress=progress)
     stopped, have = len(worker.stopped_trials()), worker.sweep_trials()
     progress(f"study {study_name} ({storage_label(where)}): {sum(t.state.is_finished() for t in have)} of "
              f"{trials} trials ended already" + (f", {stopped} stopped one(s) to resume" if stopped else "")
