@@ -14,6 +14,7 @@ from helpers import TINY, assert_png
 
 from fashionlab.compare import compare
 from fashionlab.reports import seconds_text
+from fashionlab.sweep import sweep
 from fashionlab.training import train
 
 WIDTHS = {"desktop": (1280, 800), "phone": (400, 800)}  # a phone also lays pages out by their viewport tag
@@ -64,11 +65,18 @@ def browser():
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory, synthetic) -> dict[str, Path]:
-    """A one-epoch run (its loss is above 1) and a two-variant comparison, on synthetic data."""
+    """A one-epoch run (its loss is above 1), a two-variant comparison and a six-trial sweep (one
+    trial failing with a long reason), on synthetic data."""
     root = tmp_path_factory.mktemp("pages")
     one = train(TINY.replace(epochs=1), root / "one-epoch", data=synthetic, verbose=0)
     compare(root / "cmp", variants=["scaled", "bn-after"], seeds=1, base=TINY.replace(epochs=3), data=synthetic)
-    return {"run": one.run.path / "report.html", "comparison": root / "cmp" / "report.html"}
+    space = root / "space.toml"
+    space.write_text('[train]\ndepth = 2\nepochs = 4\nvalidation_size = 60\noptimizer = "adam"\n[search]\n'
+                     "learning_rate = { min = 0.0001, max = 0.1, log = true }\nwidth = [8, 32]\n"
+                     "dropout = [0.0, 0.4]\nmomentum = { choices = [0.0, 0.5] }\n")
+    sweep(space, root / "sweep", trials=6, sampler="random", data=synthetic)
+    return {"run": one.run.path / "report.html", "comparison": root / "cmp" / "report.html",
+            "sweep": root / "sweep" / "report.html"}
 
 
 def opened(browser, path: Path, size: tuple[int, int], fetched: list[str] | None = None):
@@ -81,7 +89,7 @@ def opened(browser, path: Path, size: tuple[int, int], fetched: list[str] | None
     return page
 
 
-@pytest.mark.parametrize("name", ["run", "comparison"])
+@pytest.mark.parametrize("name", ["run", "comparison", "sweep"])
 @pytest.mark.parametrize("width", list(WIDTHS))
 def test_nothing_overflows_the_page(browser, pages, name, width, tmp_path):
     size, fetched = WIDTHS[width], []
@@ -112,6 +120,20 @@ def test_each_run_of_the_comparison_links_to_its_own_page(browser, pages):
         page.click("table.runs a >> nth=1")
         assert page.url == hrefs[1]
         assert page.text_content("h1") == f"fashionlab run: {Path(results['run_dir'][1]).name}"
+    finally:
+        page.close()
+
+
+def test_each_trial_of_the_sweep_links_to_its_learning_curves(browser, pages):
+    trials = pd.read_csv(pages["sweep"].parent / "trials.csv")
+    assert "failed" in set(trials["state"])  # adam with momentum: the long reason is on the page too
+    page = opened(browser, pages["sweep"], WIDTHS["phone"])
+    try:
+        hrefs = page.eval_on_selector_all("table a", "links => links.map((a) => a.href)")
+        trained = trials[trials["state"].isin(["complete", "pruned"])]
+        assert [Path(unquote(urlparse(href).path)) for href in hrefs] == \
+            [(pages["sweep"].parent / run / "learning_curves.png").resolve() for run in trained["run"]]
+        assert all(Path(unquote(urlparse(href).path)).is_file() for href in hrefs)
     finally:
         page.close()
 

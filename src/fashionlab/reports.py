@@ -41,7 +41,10 @@ thead th { background: #f3f3f3; vertical-align: bottom; }
 table.text td, table.text th { text-align: left; }
 table.text td { white-space: normal; overflow-wrap: anywhere; }
 table.runs td:last-child { text-align: left; }
+table.trials th, table.trials td { padding: 0.25rem 0.4rem; }
+table.trials td:last-child { text-align: left; white-space: normal; overflow-wrap: anywhere; min-width: 10rem; }
 img { max-width: 100%; height: auto; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f6f8fa; padding: 0.5rem; }
 .note { color: #555; font-size: 0.9rem; }
 .conclusion { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5rem 1rem; }
 .pairs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 420px), 1fr)); gap: 1rem; }
@@ -503,12 +506,14 @@ def write_sweep_outputs(folder: Run, *, title: str, table: pd.DataFrame, searche
         figures.append(("Importance", figure_tag(plots.importance_figure(importances), "parameter importances")
                         + note("Optuna's importance (PED-ANOVA) over the complete trials: how much of the "
                                "variation in validation accuracy each key explains; with few trials, a rough guide.")))
-    links = [Path(run, "learning_curves.png").as_posix() if run else "" for run in table["run"]]
+    links = [Path(run, "learning_curves.png").as_posix() if state in ("complete", "pruned") else ""
+             for run, state in zip(table["run"], table["state"])]  # a failed trial may have no curves
     linked = display.assign(trial=[f'<a href="{html.escape(quote(link))}">{html.escape(t)}</a>' if link else
                                    html.escape(t) for t, link in zip(display["trial"], links)])
     rows = linked.assign(**{c: linked[c].map(lambda v: html.escape(str(v))) for c in linked.columns if c != "trial"})
-    trials_html = ('<div class="scroll"><table class="text"><thead><tr>'
-                   + "".join(f"<th>{html.escape(c)}</th>" for c in rows.columns) + "</tr></thead><tbody>"
+    trials_html = ('<div class="scroll"><table class="trials"><thead><tr>'
+                   + "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in rows.columns)
+                   + "</tr></thead><tbody>"
                    + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
                              for row in rows.itertuples(False)) + "</tbody></table></div>")
     sections = [("What the sweep found", '<div class="conclusion">'

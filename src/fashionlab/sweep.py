@@ -482,16 +482,17 @@ class _Sweep:
         return True
 
     def _task(self, trial: optuna.Trial) -> Task | None:
-        run = trial_dir_name(trial.number)
-        for key, value in {"run": run, "owner": self.owner.record(), "heartbeat": time.time()}.items():
+        for key, value in {"owner": self.owner.record(), "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
         try:
             config = self.space.config(dict(trial.params), f"{self.space.name}-{trial.number}")
-            trial.set_user_attr("epochs_planned", config.epochs)
             check_runnable(config, train_images=self.train_images, free_memory=self.free_memory)
-        except ConfigError as exc:  # values that do not go together, or do not fit the data
+        except ConfigError as exc:  # values that do not go together, or do not fit the data: never trained
             self._fail(trial, str(exc))
             return None
+        run = trial_dir_name(trial.number)
+        trial.set_user_attr("run", run)
+        trial.set_user_attr("epochs_planned", config.epochs)
         with self.lock:
             self.held[trial.number] = trial
         watch = TrialWatch(self.storage, self.study.study_name, trial._trial_id, self.pruner,
