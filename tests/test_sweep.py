@@ -12,9 +12,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from helpers import assert_png, assert_self_contained
+from helpers import assert_png, assert_self_contained, synthetic_arrays, write_dataset
 
 from fashionlab.config import load_config
+from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.runs import Run
 from fashionlab.sweep import load_space, settings_differences, storage_label, sweep
@@ -79,8 +80,14 @@ def test_a_space_starts_from_a_recipe(tmp_path):
     ("width = { min = 8, max = 32, step = 64 }\n", "step must be above 0 and at most max - min"),
     ("optimizer = [\"sgd\", \"adam\"]\n", "optimizer must be one of|takes one of a set of values"),
     ("optimizer = { choices = [\"sgd\", \"lion\"] }\n", "optimizer must be one of"),
-    ("width = { choices = [] }\n", "choices must be a list of different values"),
-    ("width = { choices = [8, 8] }\n", "choices must be a list of different values"),
+    ("width = { choices = [] }\n", "choices must be at least two different values"),
+    ("width = { choices = [8, 8] }\n", "choices must be at least two different values"),
+    ("dropout = { choices = [0, 0.0] }\n", "choices must be at least two different values"),
+    ("width = { choices = [8] }\n", "a single value belongs in \\[train\\]"),
+    ("dropout = { choices = [1979-05-27, 0.1] }\n", "dropout must be float, got date"),
+    ("dropout = { min = 0.0, max = 0.5, step = 0.3 }\n", "step \\(0.3\\) must divide max - min"),
+    ("validation_size = [100, 200]\n", "validation_size cannot be searched; every trial must be judged on the same"),
+    ("engine = { choices = [\"keras\", \"compiled\"] }\n", "engine cannot be searched"),
     ("width = { min = 8 }\n", "needs both min and max"),
     ("width = { min = 8, max = 16, scale = 2 }\n", "width must be \\[min, max\\]"),
     ("width = 16\n", "width must be \\[min, max\\]"),
@@ -106,15 +113,27 @@ def test_a_space_file_that_is_not_a_space_is_refused(tmp_path):
         load_space(tmp_path / "missing.toml")
 
 
+def test_a_space_file_may_start_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[search]\ndropout = [0.0, 0.5]\n".encode())
+    assert list(load_space(path).search) == ["dropout"]
+
+
 def test_settings_differences_name_the_changed_keys():
     assert settings_differences({"a": 1, "s": {"x": 1, "y": 2}}, {"a": 1, "s": {"x": 3, "y": 2}, "b": 0}) == \
         ["b", "s.x"]
     assert settings_differences({"s": {"t": {"u": {"v": 1}}}}, {"s": {"t": {"u": {"v": 2}}}}) == ["s.t.u"]
 
 
-def test_a_database_password_is_never_printed():
+def test_a_database_password_is_never_printed(tmp_path, synthetic):
     assert storage_label("postgresql://me:secret@db/fl") == "postgresql://me:***@db/fl"
     assert "secret" not in storage_label("postgresql+psycopg://me:secret@db:5432/fl")
+    assert storage_label("postgresql://me@db/fl?password=secret") == "postgresql://me@db/fl?..."
+    for mistyped in ("postgresql:/me:secret@db/fl", "secret.journal", "/dev/null", "me:secret@db"):
+        with pytest.raises(ConfigError, match="must be a database URL") as e:
+            sweep(space_file(tmp_path, SEARCH), tmp_path / "out", storage=mistyped, data=synthetic)
+        assert "secret" not in str(e.value) and "null" not in str(e.value)
+    assert not (tmp_path / "out").exists()
 
 
 # --- a sweep ---------------------------------------------------------------------------------------
@@ -296,6 +315,14 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, synthetic):
     assert result.returncode != 0 and "already holds files that fashionlab's sweep did not write" in result.stderr
     result = cli(str(space_file(tmp_path, SEARCH)), "--trials", "0")
     assert result.returncode == 2 and "--trials: must be between 1 and" in result.stderr
+    for option, value, said in [("--study", "", "--study: an empty name"), ("--trials", "abc", "invalid int value"),
+                                ("--jobs", "999999", "--jobs: must be between 1 and 256")]:
+        result = cli(str(space_file(tmp_path, SEARCH)), option, value)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+    long_name = tmp_path / ("s" * 60 + ".toml")
+    long_name.write_text(space_file(tmp_path, SEARCH).read_text())
+    result = cli(str(long_name), "--out", str(tmp_path / "long"))
+    assert result.returncode == 1 and "(from the space file's name; pass --study NAME)" in result.stderr
 
 
 def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, synthetic):
@@ -306,10 +333,63 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, synt
     assert not (tmp_path / "out").exists()  # refused: the folder made for it is gone
 
 
+def test_a_journal_line_cut_short_by_a_crash_is_dropped_and_the_sweep_goes_on(tmp_path, synthetic):
+    space = space_file(tmp_path, SEARCH)
+    out = tmp_path / "out"
+    sweep(space, out, trials=2, sampler="random", pruner="none", data=synthetic)
+    journal = out / "study.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "user_at')  # a write cut short
+    again = sweep(space, out, trials=3, sampler="random", pruner="none", data=synthetic)
+    assert list(again.trials["state"]) == ["complete"] * 3
+    assert journal.read_bytes().startswith(whole) and journal.read_bytes().endswith(b"\n")
+
+
+def test_a_sweep_folder_holds_one_study_and_one_dataset(tmp_path, synthetic, synthetic_dir):
+    space = space_file(tmp_path, SEARCH)
+    out = tmp_path / "out"
+    sweep(space, out, trials=2, sampler="random", pruner="none", data=synthetic)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ConfigError, match="out holds the sweep 'space' \\(.*study.journal\\), not 'other'"):
+        sweep(space, out, trials=2, study="other", sampler="random", pruner="none", data=synthetic)
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(space.read_text())
+    with pytest.raises(ConfigError, match="holds the sweep 'space'"):
+        sweep(renamed, out, trials=2, sampler="random", pruner="none", data=synthetic)
+    other_data = DataSource(synthetic_dir, verify=False)
+    (synthetic_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_dataset(synthetic_dir, synthetic_arrays(seed=5))
+    with pytest.raises(ConfigError, match="trained on other data"):
+        sweep(space, out, trials=3, sampler="random", pruner="none", data=other_data)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+
+
+def test_a_trial_folder_that_is_a_link_is_never_trained_through(tmp_path, synthetic):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"study": "space", "storage": str((out / "study.journal").resolve())}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "trial-0001").symlink_to(elsewhere)
+    result = sweep(space_file(tmp_path, SEARCH), out, trials=3, sampler="random", pruner="none", data=synthetic)
+    assert list(result.trials["state"]) == ["complete", "failed", "complete"]
+    assert "is a symbolic link" in result.trials["reason"][1] and not any(elsewhere.iterdir())
+
+
+def test_a_sweep_where_no_trial_completes_exits_non_zero(tmp_path, synthetic):
+    space = space_file(tmp_path, "dropout = [0.1, 0.3]\nalpha_dropout = [0.1, 0.3]\n")
+    result = cli(str(space), "--trials", "2", "--out", str(tmp_path / "out"), "--data-dir", str(synthetic.data_dir),
+                 "--no-verify")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"fashionlab: error: no trial completed; {tmp_path / 'out'}/trials.csv says why " \
+                                    f"each failed"
+    assert pd.read_csv(tmp_path / "out" / "trials.csv")["reason"].str.startswith("choose dropout or alpha").all()
+
+
 def test_a_damaged_journal_is_named_in_one_line(tmp_path, synthetic):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "sweep.json").write_text("{}")
+    (out / "sweep.json").write_text(json.dumps({"study": "space", "storage": str((out / "study.journal").resolve())}))
     (out / "study.journal").write_text('{"op_code": 0, "worker_id": "x", "study_name": "space", "directions": [1]}\n'
                                        '{"op_code": 4, "worker_id": "x"\n')
     with pytest.raises(RunError, match=r"study.journal.*damaged.*move.* away"):
@@ -346,12 +426,17 @@ def test_two_workers_on_postgresql_share_one_study_and_never_run_a_trial_twice(t
 
 def test_a_study_made_by_something_else_is_not_touched(tmp_path, synthetic, postgres):
     url = postgres.replace("postgresql://", "postgresql+psycopg://")
-    foreign = optuna.create_study(study_name="someone-elses", storage=url)
+    foreign = optuna.create_study(study_name="someone-elses", storage=url, direction="maximize")
     foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     with pytest.raises(ConfigError, match="already has trials that fashionlab did not make"):
         sweep(space_file(tmp_path, SEARCH), tmp_path / "out", trials=2, storage=postgres, study="someone-elses",
               data=synthetic)
     assert len(optuna.load_study(study_name="someone-elses", storage=url).trials) == 1
+    optuna.create_study(study_name="a-minimizer", storage=url)
+    with pytest.raises(RunError, match="cannot open study a-minimizer in postgresql://.* \\(it minimizes\\)"):
+        sweep(space_file(tmp_path, SEARCH), tmp_path / "out", trials=2, storage=postgres, study="a-minimizer",
+              data=synthetic)
+    assert not (tmp_path / "out").exists()
 
 
 def test_reading_a_pruned_trials_record_back(tiny_sweep):

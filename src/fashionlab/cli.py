@@ -22,7 +22,7 @@ from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.compare import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, Interrupted, reason
+from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
 from fashionlab.sweep import MAX_TRIALS, PRUNERS, SAMPLERS
 
@@ -72,6 +72,13 @@ def a_path(text: str) -> str:
     return text
 
 
+def a_name(text: str) -> str:
+    """An argparse type: a name, not empty (which would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name")
+    return text
+
+
 def a_recipe_name(text: str) -> str:
     """An argparse type: a recipe's name, not empty (get() checks that it exists)."""
     if not text.strip():
@@ -88,6 +95,7 @@ def _int_between(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
         return value
 
+    parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: 'abc'"
     return parse
 
 
@@ -230,6 +238,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(result.summary, end="")
     print(f"\nsweep: {result.out}/report.html, {result.out}/trials.csv" +
           (f", {result.out}/best.toml" if result.best is not None else ""))
+    if result.best is None and result.ended:
+        raise RunError(f"no trial completed; {result.out}/trials.csv says why each failed")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -348,15 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "(see examples/sweep-best-mlp.toml)")
     sweep.add_argument("--trials", type=_int_between(1, MAX_TRIALS), default=20, metavar="N",
                        help="trials in the whole study, over every worker and every run of the command (default: 20)")
-    sweep.add_argument("--jobs", type=_int_between(1), default=1, metavar="N",
+    sweep.add_argument("--jobs", type=_int_between(1, 256), default=1, metavar="N",
                        help="trials trained at once here, each in its own process (default: 1)")
     sweep.add_argument("--out", metavar="DIR", type=a_path,
                        help="sweep folder: trial runs, tables, report; the same command resumes there "
                             "(default: runs/sweep-<space name>)")
-    sweep.add_argument("--storage", metavar="URL",
+    sweep.add_argument("--storage", metavar="URL", type=a_name,
                        help="a database shared by workers on several machines, e.g. postgresql://user@host/db "
                             "(default: a journal file in --out)")
-    sweep.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the space's)")
+    sweep.add_argument("--study", metavar="NAME", type=a_name,
+                       help="the study's name in the storage, and its trials' (default: the space file's name)")
     sweep.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                        help="tpe: Optuna's TPE after 10 random trials; random (default: tpe)")
     sweep.add_argument("--sampler-seed", type=_int_between(0, 2**31 - 1), default=0, metavar="N",

@@ -442,12 +442,14 @@ def sweep_display(table: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
 
 def sweep_statements(*, table: pd.DataFrame, searched: Mapping[str, str], settings: str, trials: int,
                      best: Mapping[str, Any] | None, tests: Sequence[Mapping[str, Any]], note_text: str,
-                     wall: float, jobs: int, ran: int, best_path: str) -> list[str]:
+                     wall: float, jobs: int, ran: int, best_path: str, description: str = "") -> list[str]:
     """What the sweep did and found, in plain sentences that say how far each figure can be trusted."""
     counts = table["state"].value_counts()
     states = ", ".join(f"{int(counts[s])} {s}" for s in ("complete", "pruned", "failed", "running", "waiting")
                        if s in counts)
-    lines = [f"{len(table)} of {trials} trials: {states or 'none yet'}.",
+    count = f"{len(table)} of {trials} trials" if len(table) <= trials else \
+        f"{len(table)} trials (this command asked for {trials})"
+    lines = [*([description.rstrip(".") + "."] if description else []), f"{count}: {states or 'none yet'}.",
              "Searched: " + "; ".join(f"{k} {v}" for k, v in searched.items()) + f". {settings}."]
     if best is None:
         lines.append("No trial has completed yet: there is nothing to choose.")
@@ -474,9 +476,9 @@ def sweep_statements(*, table: pd.DataFrame, searched: Mapping[str, str], settin
         planned = int(table["epochs_planned"].dropna().sum())
         lines.append(f"Pruning stopped {len(pruned)} trial(s) early: {skipped} of the {planned} planned epochs "
                      f"({skipped / max(planned, 1):.0%}) were not trained, about "
-                     f"{seconds_text(float(pruned['seconds_saved'].sum()))} of training saved.")
-    lines.append(f"Training time over all trials: {seconds_text(float(table['seconds'].fillna(0).sum()))}; this "
-                 f"command trained {ran} trial(s) with {jobs} job(s) in {seconds_text(wall)} of wall time.")
+                     f"{_duration(float(pruned['seconds_saved'].sum()))} of training saved.")
+    lines.append(f"Training time over all trials: {_duration(float(table['seconds'].fillna(0).sum()))}; this "
+                 f"command trained {ran} trial(s) with {jobs} job(s) in {_duration(wall)} of wall time.")
     if best is not None:
         lines.append(f"Train the chosen configuration again: fashionlab train --config {best_path}")
     return lines

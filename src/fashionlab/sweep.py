@@ -25,10 +25,13 @@ resumed from its last finished epoch. The space file:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import threading
@@ -65,6 +68,14 @@ PRUNERS = ("median", "halving", "none")
 MAX_TRIALS = 10_000
 MAX_SPACE_BYTES = 64 * 1024
 SPACE_KEYS = ("description", "recipe", "train", "search")
+# Keys a sweep must not search, and why.
+UNSEARCHABLE = {
+    "name": "the sweep names its trials",
+    "seed": "trials share the base config's seed (compare the winner over seeds afterwards)",
+    "validation_size": "every trial must be judged on the same validation images",
+    "train_samples": "every trial must be judged on the same data",
+    "engine": "it changes only the speed, not the result",
+}
 RANGE_KEYS = ("min", "max", "log", "step")
 HEARTBEAT_SECONDS = 30.0  # a worker says every so often that its trials still run...
 STALE_SECONDS = 300.0  # ...and a trial not heard of for this long is taken as stopped
@@ -99,7 +110,7 @@ class Space:
 def load_space(path: str | Path) -> Space:
     """A space file, every part checked before any training."""
     path = Path(path)
-    text = read_text(path, what="sweep space", error=ConfigError, limit=MAX_SPACE_BYTES)
+    text = read_text(path, what="sweep space", error=ConfigError, limit=MAX_SPACE_BYTES).removeprefix("\ufeff")
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -138,9 +149,8 @@ def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseD
 
     if key not in FIELDS:
         raise ConfigError(f"{where}: unknown config key {shown(key)}; `fashionlab train --help` lists them")
-    if key in ("name", "seed"):
-        raise ConfigError(f"{where}: {key} cannot be searched; trials are named by the sweep and share the "
-                          f"base config's seed (compare the winner over seeds afterwards)")
+    if key in UNSEARCHABLE:
+        raise ConfigError(f"{where}: {key} cannot be searched; {UNSEARCHABLE[key]}")
     kind = field_type(TYPES[key])
     if isinstance(spec, list) and len(spec) == 2:
         spec = {"min": spec[0], "max": spec[1]}
@@ -149,12 +159,15 @@ def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseD
                           f"or {{choices = [...]}}")
     if "choices" in spec:
         choices = spec["choices"]
-        if not isinstance(choices, list) or not choices or len({json.dumps(c) for c in choices}) != len(choices):
-            raise ConfigError(f"{where}: {key}'s choices must be a list of different values")
+        if not isinstance(choices, list):
+            raise ConfigError(f"{where}: {key}'s choices must be a list of values")
         try:
             choices = [validate_field(FIELDS[key], c) for c in choices]
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        if len(choices) < 2 or len(set(choices)) != len(choices):
+            raise ConfigError(f"{where}: {key}'s choices must be at least two different values (a single value "
+                              f"belongs in [train])")
         return CategoricalDistribution(choices)
     if kind.choices is not None or kind.base not in (int, float):
         raise ConfigError(f"{where}: {key} takes one of a set of values; write {key} = {{choices = [...]}}")
@@ -177,6 +190,8 @@ def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseD
         raise ConfigError(f"{where}: {key}: choose log or step, not both")
     if step is not None and not 0 < step <= high - low:
         raise ConfigError(f"{where}: {key}'s step must be above 0 and at most max - min")
+    if step is not None and not math.isclose(round((high - low) / step) * step, high - low, abs_tol=1e-9 * high):
+        raise ConfigError(f"{where}: {key}'s step ({step}) must divide max - min ({high} - {low}) into whole steps")
     if kind.base is int:
         return IntDistribution(low, high, log=log, step=step or 1)
     return FloatDistribution(low, high, log=log, step=step)
@@ -185,15 +200,32 @@ def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseD
 # --- where the study lives ---------------------------------------------------------------------
 
 def storage_label(storage: str) -> str:
-    """The storage as printed: a database URL without its password."""
+    """The storage as printed: a database URL without its password or query (which may hold one)."""
     if "://" not in storage:
         return storage
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(storage).render_as_string(hide_password=True)
+        url = make_url(storage)
+        return url._replace(query={}).render_as_string(hide_password=True) + ("?..." if url.query else "")
     except Exception:
         return storage.split("://", 1)[0] + "://..."
+
+
+def _password(storage: str) -> str | None:
+    with contextlib.suppress(Exception):
+        from sqlalchemy.engine import make_url
+
+        return make_url(storage).password
+    return None
+
+
+def check_storage_url(storage: str) -> None:
+    """--storage takes a database URL; anything else (a mistyped one too) is refused unprinted."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", storage):
+        raise ConfigError("`storage` must be a database URL such as postgresql://user@host/db (it is not shown "
+                          "here, in case it holds a password); without it the study lives in the sweep folder's "
+                          "study.journal", terms=["storage"])
 
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
@@ -227,10 +259,20 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             time.sleep(0.5 * (attempt + 1))
     # a driver missing, a server unreachable, a wrong password: all one line
     first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
-    hint = ("install the driver: pip install 'fashionlab[postgres]'" if isinstance(problem, ImportError)
-            or "No module named" in first else "check the URL, and that the server runs and lets you in")
+    password = _password(storage)
+    if password:
+        first = first.replace(password, "***")
+    hint = ("install the database's driver (PostgreSQL's: pip install 'fashionlab[postgres]')"
+            if isinstance(problem, ImportError) or "No module named" in first or "Can't load plugin" in first
+            else "check the URL, and that the server runs and lets you in")
     raise RunError(f"cannot use the study storage {storage_label(storage)} ({first[:300]}); {hint}",
                    terms=["storage"]) from None
+
+
+def trial_seed(seed: int, index: int) -> int:
+    """The sampler's seed for the sweep's `index`-th trial: hashed, since consecutive seeds give
+    NumPy generators whose first draws are alike."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
 
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -359,6 +401,7 @@ class SweepResult:
     best: dict[str, Any] | None  # the chosen trial's row
     tests: list[dict[str, Any]]  # each test-set evaluation this study made (one per chosen trial)
     summary: str  # summary.md
+    ended: bool  # every trial of the sweep has ended (none running or waiting)
 
 
 def settings_differences(recorded: dict[str, Any], wanted: dict[str, Any], prefix: str = "",
@@ -382,8 +425,13 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
     import optuna
 
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-                                    sampler=sampler, pruner=pruner)
+        try:  # reading first: creating writes to the storage even when the study is there
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                        load_if_exists=True, sampler=sampler, pruner=pruner)
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise ValueError("it minimizes")
         recorded = study.user_attrs.get("fashionlab")
     except Exception as exc:  # a damaged journal, a study that minimizes, a database gone meanwhile
         raise RunError(f"cannot open study {name} in {label} ({reason(exc, 200)}); a damaged journal file can be "
@@ -460,7 +508,7 @@ class _Sweep:
             if len(mine) >= self.trials:
                 return
             # The sampler is seeded per trial: a sweep with one job is the same sweep every time.
-            self.study.sampler = make_sampler(self.sampler, self.sampler_seed * 100_003 + len(mine))
+            self.study.sampler = make_sampler(self.sampler, trial_seed(self.sampler_seed, len(mine)))
             trial = self.study.ask(self.space.search)
             if self._surplus(trial.number):
                 continue
@@ -485,20 +533,25 @@ class _Sweep:
         for key, value in {"owner": self.owner.record(), "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
         try:
-            config = self.space.config(dict(trial.params), f"{self.space.name}-{trial.number}")
+            config = self.space.config(dict(trial.params), f"{self.study.study_name}-{trial.number}")
             check_runnable(config, train_images=self.train_images, free_memory=self.free_memory)
         except ConfigError as exc:  # values that do not go together, or do not fit the data: never trained
             self._fail(trial, str(exc))
             return None
         run = trial_dir_name(trial.number)
+        task = Task(f"trial {trial.number}", config, self.out / run, {"trial": trial.number}, test=False)
+        found = runner.inspect(task)
+        if (self.out / run).is_symlink() or found.state == "conflict":
+            self._fail(trial, f"{self.out / run} is a symbolic link" if (self.out / run).is_symlink() else
+                       found.reason.split(";")[0] + "; a trial is trained only into a folder of its own")
+            return None
         trial.set_user_attr("run", run)
         trial.set_user_attr("epochs_planned", config.epochs)
         with self.lock:
             self.held[trial.number] = trial
         watch = TrialWatch(self.storage, self.study.study_name, trial._trial_id, self.pruner,
                            self.space.base.epochs, config.epochs)
-        return Task(f"trial {trial.number}", config, self.out / run, {"trial": trial.number}, test=False,
-                    watcher=watch)
+        return dataclasses.replace(task, watcher=watch)
 
     # telling
     def done(self, done: Done) -> None:
@@ -588,6 +641,64 @@ def check_sweep_folder(out: Path, *, force: bool) -> None:
     check_output_folder(out, force=force, marker=MARKER, what="sweep")
 
 
+def check_same_sweep(out: Path, study: str, storage: str) -> None:
+    """A sweep folder holds one study: another one is refused before it writes anything there."""
+    marker = out / MARKER
+    if not marker.is_file() or marker.is_symlink():
+        return
+    try:
+        recorded = json.loads(read_text(marker, what="sweep marker", error=RunError, limit=MAX_SPACE_BYTES))
+        held = (recorded["study"], recorded["storage"])
+    except (RunError, ValueError, KeyError, TypeError):
+        raise RunError(f"{marker} is damaged; remove it, or give `out` a new folder", terms=["out"]) from None
+    if held != (study, storage):
+        raise ConfigError(f"{out} holds the sweep {shown(held[0])} ({held[1]}), not {shown(study)} ({storage}); "
+                          f"give `out` a new folder, or run that sweep with its own `study` and `storage`",
+                          terms=["out", "study", "storage"])
+
+
+def repair_journal(path: Path) -> None:
+    """A journal whose last line a crash cut short: the line goes (no worker ever read it), so that
+    the next write starts on a line of its own. Done under the journal's own lock."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+    from optuna.storages.journal._file import get_lock_file
+
+    if not path.is_file() or path.is_symlink() or path.stat().st_size == 0:
+        return
+    with get_lock_file(JournalFileSymlinkLock(str(path))), path.open("rb+") as journal:
+        size = journal.seek(0, os.SEEK_END)
+        journal.seek(max(0, size - 1))
+        if journal.read(1) == b"\n":
+            return
+        start = max(0, size - 4 * 1024 * 1024)  # one operation is far shorter than this
+        journal.seek(start)
+        tail = journal.read()
+        cut = tail.rfind(b"\n")
+        journal.truncate(start + cut + 1 if cut >= 0 else 0)
+
+
+def data_fingerprint(data: DataSource) -> str:
+    """A digest of the images and labels the trials train and are judged on, wherever they live."""
+    from fashionlab.data import FILE_NAMES
+
+    arrays = data.arrays()
+    digest = hashlib.sha256()
+    for name in FILE_NAMES:
+        digest.update(name.encode() + arrays[name].tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_same_data(study: optuna.Study, data: DataSource) -> None:
+    """Every trial of a study trains on the same data: another dataset is refused."""
+    fingerprint = data_fingerprint(data)
+    recorded = study.user_attrs.get("fashionlab_data")
+    if recorded is None:
+        study.set_user_attr("fashionlab_data", fingerprint)
+    elif recorded != fingerprint:
+        raise ConfigError(f"this sweep's trials were trained on other data (digest {recorded}, here {fingerprint}); "
+                          f"give `data_dir` the files it was started with, or `out` a new folder for a new sweep",
+                          terms=["data_dir", "out"])
+
 def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
           study: str | None = None, sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median",
           data: DataSource = DataSource(), force: bool = False,
@@ -602,13 +713,20 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
     if sampler not in SAMPLERS or pruner not in PRUNERS:
         raise ConfigError(f"`sampler` must be one of {', '.join(SAMPLERS)} and `pruner` one of "
                           f"{', '.join(PRUNERS)}", terms=["sampler", "pruner"])
+    if storage is not None:
+        check_storage_url(storage)
     space = load_space(space)
     out = Path(out)
-    study_name = study or space.name
-    problem = name_problem(study_name)
+    study_name = study if study is not None else space.name
+    problem = name_problem(f"{study_name}-{10 * MAX_TRIALS}")  # the name of its trials' runs: <study>-<number>
     if problem:
-        raise ConfigError(f"study {problem}", terms=["study"])
+        said = "" if study is not None else " (from the space file's name; pass `study` NAME)"
+        raise ConfigError(f"study name {shown(study_name)} cannot be used{said}: it must start with a letter or "
+                          f"digit, hold only letters, digits, '_', '-' or '.', and be at most "
+                          f"{64 - len(str(10 * MAX_TRIALS)) - 1} bytes long", terms=["study"])
     check_sweep_folder(out, force=force)
+    where = storage or str((out / JOURNAL).resolve())
+    check_same_sweep(out, study_name, storage_label(where))
     data = data.located()
     train_images, free_memory = data.train_count(), available_memory()
     if free_memory is not None:
@@ -620,11 +738,13 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
     except OSError as exc:
         raise RunError(f"cannot use {out} as the sweep folder ({exc.strerror or exc}); give `out` a folder",
                        terms=["out"]) from None
-    where = storage if storage and "://" in storage else str(Path(storage or out / JOURNAL).resolve())
     settings = {"space": space.settings(), "sampler": sampler, "sampler_seed": sampler_seed, "pruner": pruner}
     try:
+        if storage is None:
+            repair_journal(Path(where))
         the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
                                make_pruner(pruner, space.base.epochs), storage_label(where))
+        check_same_data(the_study, data)
     except BaseException:  # refused: a folder made for it is not left behind
         if made:
             shutil.rmtree(out, ignore_errors=True)
@@ -723,6 +843,7 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
     searched = {key: describe(d)[0] for key, d in space.search.items()}
     statements = sweep_statements(
         table=table, searched=searched, trials=trials, best=best, tests=tests, note_text=note, wall=wall,
+        description=space.description,
         jobs=jobs, ran=ran, best_path=str(out / "best.toml"),
         settings=f"Sampler {settings['sampler']} (seed {settings['sampler_seed']}), pruner {settings['pruner']}, "
                  f"from {space.base.name}")
@@ -730,7 +851,7 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
     summary = write_sweep_outputs(Run(out), title=f"fashionlab sweep: {name}", table=table, searched=searched,
                                   scales={key: describe(d)[1] for key, d in space.search.items()},
                                   statements=statements, best_text=best_text, importances=importances(study, space))
-    return SweepResult(out, table, best, tests, summary)
+    return SweepResult(out, table, best, tests, summary, bool(ended))
 
 
 TEST_KEY = "test:"  # a study attribute per trial evaluated on the test set: test:12
