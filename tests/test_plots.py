@@ -128,3 +128,39 @@ def test_comparison_curves_without_timings_still_draw():
 @pytest.mark.parametrize("matrix", [np.eye(10, dtype=int) * 5, np.zeros((10, 10), dtype=int)])
 def test_confusion_matrix_renders(matrix):
     assert_png(plots.png_bytes(plots.confusion_figure(matrix)), 600, 500)
+
+
+TRIALS = pd.DataFrame({
+    "trial": [0, 1, 2, 3, 4], "state": ["complete", "pruned", "complete", "failed", "complete"],
+    "learning_rate": [0.001, 0.01, 0.003, 0.1, 0.002], "optimizer": ["adam", "sgd", "adam", "sgd", "nadam"],
+    "val_accuracy": [0.80, None, 0.85, None, 0.83], "best_val_accuracy": [0.81, 0.70, 0.86, None, 0.84]})
+
+
+def test_the_sweep_history_shows_each_trial_and_the_best_so_far_without_gaps(tmp_path):
+    fig = plots.sweep_history_figure(TRIALS)
+    ax = fig.axes[0]
+    best = lines(ax)["best complete so far"]
+    np.testing.assert_allclose(best.get_ydata(), [0.80, 0.80, 0.85, 0.85, 0.85])  # through pruned and failed
+    dots = {c.get_label(): c.get_offsets() for c in ax.collections}
+    np.testing.assert_allclose(dots["complete (3)"], [[0, 0.80], [2, 0.85], [4, 0.83]])
+    np.testing.assert_allclose(dots["pruned (1)"], [[1, 0.70]])  # at its best epoch before it stopped
+    plots.save_png(fig, tmp_path / "h.png")
+    assert_png(tmp_path / "h.png", 800, 400)
+
+
+def test_the_sweep_slices_put_log_keys_on_a_log_axis_and_choices_as_categories(tmp_path):
+    fig = plots.sweep_slices_figure(TRIALS, {"learning_rate": "log", "optimizer": "choice"})
+    rate_ax, choice_ax = [ax for ax in fig.axes if ax.get_visible()][:2]
+    assert rate_ax.get_xscale() == "log" and rate_ax.get_xlabel() == "learning_rate (log scale)"
+    assert [t.get_text() for t in choice_ax.get_xticklabels()] == ["adam", "sgd", "nadam"]
+    complete = choice_ax.collections[0].get_offsets()
+    np.testing.assert_allclose(complete[:, 0], [0, 0, 1, 2])  # adam, adam, sgd (failed: no accuracy), nadam
+    plots.save_png(fig, tmp_path / "s.png")
+    assert_png(tmp_path / "s.png", 600, 250)
+
+
+def test_the_importances_are_bars_most_important_on_top():
+    fig = plots.importance_figure({"width": 0.2, "learning_rate": 0.7, "dropout": 0.1})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dropout", "width", "learning_rate"]
+    assert [round(p.get_width(), 2) for p in ax.patches] == [0.1, 0.2, 0.7]

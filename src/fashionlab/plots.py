@@ -233,7 +233,8 @@ def sweep_history_figure(trials: pd.DataFrame) -> Figure:
                        label=f"{state} ({int(chosen.sum())})")
     scores = trials["val_accuracy"].astype(float)
     if scores.notna().any():
-        ax.step(trials["trial"], scores.cummax(), where="post", color=BEST_COLOR, label="best complete so far")
+        ax.step(trials["trial"], scores.cummax().ffill(), where="post", color=BEST_COLOR,
+                label="best complete so far")  # a pruned or failed trial between two complete ones keeps the line
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy")
     ax.set_title("optimization history")

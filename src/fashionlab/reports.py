@@ -42,7 +42,8 @@ table.text td, table.text th { text-align: left; }
 table.text td { white-space: normal; overflow-wrap: anywhere; }
 table.runs td:last-child { text-align: left; }
 table.trials th, table.trials td { padding: 0.25rem 0.4rem; }
-table.trials td:last-child { text-align: left; white-space: normal; overflow-wrap: anywhere; min-width: 10rem; }
+table.trials th:last-child, table.trials td:last-child { text-align: left; }
+table.trials td:last-child { white-space: normal; overflow-wrap: anywhere; min-width: 10rem; }
 img { max-width: 100%; height: auto; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f6f8fa; padding: 0.5rem; }
 .note { color: #555; font-size: 0.9rem; }
