@@ -87,6 +87,42 @@ def test_a_failing_task_stops_the_others_and_raises_its_error(tmp_path, bigger_d
     assert Run(tmp_path / "slow").status()["status"] in ("interrupted", "unknown")
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_tasks_from_a_generator_each_taken_when_a_worker_is_free_and_failures_handed_on(tmp_path, synthetic, jobs):
+    diverging = TINY.replace(scale_inputs=False, batch_norm="none", learning_rate=1e30)
+    planned = [task(tmp_path / "a", TINY, "a"), task(tmp_path / "nan", diverging, "nan"),
+               task(tmp_path / "b", TINY.replace(seed=3), "b"), task(tmp_path / "c", TINY.replace(seed=4), "c")]
+    taken, done, failed = [], [], []
+
+    def tasks():
+        for t in planned:
+            taken.append((t.label, sorted(d.task.label for d in done)))
+            yield t
+
+    execute(tasks(), jobs=jobs, data=synthetic, on_done=done.append,
+            on_failed=lambda t, error: failed.append((t.label, type(error).__name__)))
+    assert sorted(d.task.label for d in done) == ["a", "b", "c"] and failed == [("nan", "Diverged")]
+    assert [label for label, _ in taken] == ["a", "nan", "b", "c"]
+    assert taken[-1][1]  # the last task was made after an earlier one had finished, not all up front
+    assert Run(tmp_path / "nan").status()["status"] == "failed"
+    assert has_test_outputs(tmp_path / "a")
+
+
+def has_test_outputs(run_dir: Path) -> bool:
+    return (run_dir / "confusion_matrix.csv").exists() and "test_accuracy" in Run(run_dir).metrics()
+
+
+def test_a_task_kept_from_the_test_set_never_reads_it(tmp_path, synthetic):
+    from dataclasses import replace
+
+    kept = replace(task(tmp_path / "kept"), test=False)
+    execute([kept], jobs=1, data=synthetic)
+    metrics = Run(tmp_path / "kept").metrics()
+    assert "test_accuracy" not in metrics and metrics["data"]["test"] == 0
+    assert not has_test_outputs(tmp_path / "kept") and (tmp_path / "kept" / "learning_curves.png").exists()
+    assert Run(tmp_path / "kept").status()["test"] is False
+
+
 def compare_command(out, data, epochs=5):
     return [sys.executable, "-m", "fashionlab", "compare", "--out", str(out), "--variants", "scaled", "bn-after",
             "--seeds", "1", "--jobs", "2", "--depth", "20", "--width", "100", "--epochs", str(epochs),
