@@ -17,8 +17,9 @@ from helpers import assert_png, assert_self_contained, synthetic_arrays, write_d
 from fashionlab.config import load_config
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
+from fashionlab.runner import run_task
 from fashionlab.runs import Run
-from fashionlab.sweep import load_space, settings_differences, storage_label, sweep
+from fashionlab.sweep import _Sweep, load_space, open_storage, settings_differences, storage_label, sweep
 from fashionlab.training import train
 
 TINY_TRAIN = """[train]
@@ -235,6 +236,21 @@ def test_a_changed_space_or_sampler_is_refused_with_the_keys_that_differ(tiny_sw
         space_file(out.parent, SEARCH, epochs=4, name="space")
     with pytest.raises(ConfigError, match="changed since: sampler, sampler_seed"):
         sweep(out.parent / "space.toml", out, trials=8, sampler="tpe", sampler_seed=1, data=synthetic)
+
+
+def test_a_trial_is_scored_by_the_weights_its_run_keeps_not_by_its_best_epoch(tmp_path, synthetic):
+    journal = str(tmp_path / "study.journal")
+    space = load_space(space_file(tmp_path, SEARCH))
+    study = optuna.create_study(study_name="space", direction="maximize", storage=open_storage(journal))
+    worker = _Sweep(study, space, tmp_path, trials=1, storage=journal, sampler="random", sampler_seed=0,
+                    pruner="none", train_images=300, free_memory=None, progress=lambda line: None)
+    task = next(worker.tasks())
+    done = run_task(task, synthetic)
+    history = pd.read_csv(task.run_dir / "history.csv")
+    history["val_accuracy"] = [0.5, 0.9, 0.123]  # the last epoch, whose weights the run keeps, is not the best
+    history.to_csv(task.run_dir / "history.csv", index=False)
+    worker.done(done)
+    assert study.trials[0].value == pytest.approx(0.123)
 
 
 def test_failed_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(tmp_path, synthetic):
