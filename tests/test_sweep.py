@@ -19,7 +19,7 @@ from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.runner import run_task
 from fashionlab.runs import Run
-from fashionlab.sweep import _Sweep, load_space, open_storage, settings_differences, storage_label, sweep
+from fashionlab.sweep import Owner, _Sweep, load_space, open_storage, settings_differences, storage_label, sweep
 from fashionlab.training import train
 
 TINY_TRAIN = """[train]
@@ -251,6 +251,24 @@ def test_a_trial_is_scored_by_the_weights_its_run_keeps_not_by_its_best_epoch(tm
     history.to_csv(task.run_dir / "history.csv", index=False)
     worker.done(done)
     assert study.trials[0].value == pytest.approx(0.123)
+
+
+def test_the_test_set_waits_while_another_worker_still_runs_a_trial(tmp_path, synthetic):
+    space_path, out = space_file(tmp_path, SEARCH), tmp_path / "out"
+    out.mkdir()
+    journal = str((out / "study.journal").resolve())
+    (out / "sweep.json").write_text(json.dumps({"study": "space", "storage": journal}))
+    space = load_space(space_path)
+    study = optuna.create_study(study_name="space", direction="maximize", storage=open_storage(journal))
+    study.set_user_attr("fashionlab", {"space": space.settings(), "sampler": "random", "sampler_seed": 0,
+                                       "pruner": "none"})
+    elsewhere = study.ask(space.search)  # a trial another live worker is training
+    elsewhere.set_user_attr("owner", {**Owner().record(), "token": "another worker"})
+    elsewhere.set_user_attr("heartbeat", time.time())
+    result = sweep(space_path, out, trials=3, sampler="random", pruner="none", data=synthetic)
+    assert list(result.trials["state"]) == ["running", "complete", "complete"]
+    assert result.tests == [] and not list(out.glob("trial-*/confusion_matrix.csv"))
+    assert "the test set waits for them" in result.summary and result.best is not None and not result.ended
 
 
 def test_failed_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(tmp_path, synthetic):
