@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 
 MARKER = "sweep.json"  # written first into every sweep folder: how it was started
 JOURNAL = "study.journal"  # the study, when no `storage` is given
-SWEEP_FILES = ("trials.csv", "summary.md", "report.html", "best.toml")  # written at the end
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "none")
 MAX_TRIALS = 10_000
