@@ -152,3 +152,19 @@ def test_a_signal_during_the_final_writes_leaves_a_complete_or_resumable_run(sig
     process.send_signal(signum)
     _, err = process.communicate(timeout=300)
     assert_ended_cleanly(root, run_dir, process, err, whole, f"{signal.Signals(signum).name} after the last epoch")
+
+
+def test_a_second_ctrl_c_that_lands_in_a_finalizer_is_raised_again_and_nothing_is_printed(capfd):
+    class Finalized:
+        def __del__(self):
+            raise KeyboardInterrupt  # as a second Ctrl-C's handler would, inside a finalizer
+
+    with stop_requests() as stop:
+        signal.raise_signal(signal.SIGINT)  # the first: a stop request
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            Finalized()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the signal comes back within moments
+                pass
+    assert "Exception ignored" not in capfd.readouterr().err

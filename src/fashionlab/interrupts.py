@@ -9,9 +9,13 @@ events: `stop_when(parent_says_stop, parent_is_gone)`.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -59,12 +63,35 @@ def stop_requests() -> Iterator[StopRequest]:
         return
     _current = StopRequest()
     previous = {s: signal.signal(s, _current._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
+    sys.unraisablehook = _second_ctrl_c_again(hook)
     try:
         yield _current
     finally:
+        sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler)
         _current = None
+
+
+def _interrupt_soon() -> None:
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _second_ctrl_c_again(hook):
+    """A second Ctrl-C's KeyboardInterrupt can land in a finalizer (a weakref callback, a __del__),
+    where Python prints it as "Exception ignored" and goes on: it is raised again instead, where
+    the program runs, and nothing is printed."""
+    def handle(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # Sent again from a thread, a moment later: the hook must return first (threading's
+            # Thread.start would wait here, where the signal could land once more).
+            _thread.start_new_thread(_interrupt_soon, ())
+        else:
+            hook(unraisable)
+
+    return handle
 
 
 @contextlib.contextmanager
