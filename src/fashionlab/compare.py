@@ -13,9 +13,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from fashionlab import runner
 from fashionlab.config import TrainConfig, check_runnable, with_changes
@@ -24,6 +22,9 @@ from fashionlab.errors import ConfigError, RunError
 from fashionlab.provenance import available_memory
 from fashionlab.runner import Done, Task
 from fashionlab.runs import Run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Each variant changes only what the tutorial series changes between its parts.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -104,6 +105,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     if "wall_seconds" not in results:  # results read before fashionlab recorded it
         results = results.assign(wall_seconds=float("nan"))
     grouped = results.groupby("variant", sort=False)
+    import pandas as pd
+
     return pd.DataFrame({
         "seeds": grouped.size(),
         "test_accuracy_mean": grouped["test_accuracy"].mean(),

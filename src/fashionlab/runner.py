@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import pandas as pd
-
 from fashionlab.config import TrainConfig
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
@@ -38,6 +36,7 @@ from fashionlab.runs import LOCK_FILE, Run
 
 if TYPE_CHECKING:
     import keras
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -391,4 +390,6 @@ def results(tasks: Sequence[Task]) -> pd.DataFrame:
             "wall_seconds": metrics.get("wall_seconds", float("nan")),  # older runs lack it
             "parameters": metrics["parameters"]["total"], "run_dir": str(task.run_dir),
         })
+    import pandas as pd
+
     return pd.DataFrame(rows)

@@ -20,16 +20,18 @@ import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fashionlab import CLASS_NAMES
 from fashionlab.config import TrainConfig, from_dict
 from fashionlab.errors import ConfigError, RunError, reason, resume_call
 from fashionlab.files import kind_of, open_regular, outermost_missing, read_text
 from fashionlab.records import HistoryRow, Metrics, Status, first_problem
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_PREFIX = "checkpoint-epoch"  # checkpoint-epoch3.keras: the model after epoch 3
@@ -246,6 +248,8 @@ class Run:
 
     def read_table(self, name: str, **options: Any) -> pd.DataFrame:
         """A CSV file of the run (pandas' read_csv `options`), as a table or a damage report."""
+        import pandas as pd
+
         try:  # pandas' parser errors are ValueErrors
             return pd.read_csv(io.StringIO(self.read_text(name)), **options)
         except ValueError as exc:
@@ -317,7 +321,7 @@ class Run:
         return self.write_with(name, lambda tmp: model.save(tmp))
 
     def load_model(self):
-        """The run's model, loaded from its .keras archive with Keras' safe mode on."""
+        """The run's model for inference (not compiled), loaded from its .keras archive with Keras' safe mode on."""
         path = self.model_file()
         if path is None:
             raise RunError(f"{self.path} has no {MODEL_FILE}; train it again")
@@ -453,7 +457,7 @@ def _load_keras(path: Path, handle):
             before, tempfile.tempdir = tempfile.tempdir, scratch
             try:
                 handle.seek(0)
-                return keras.saving.load_model(path, compile=True, safe_mode=True)
+                return keras.saving.load_model(path, compile=False, safe_mode=True)
             finally:
                 tempfile.tempdir = before
     except Exception as exc:  # Keras raises many types here; the user only needs the reason.

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import threading
 import time
 import tomllib
@@ -43,8 +44,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from fashionlab import recipes, runner
 from fashionlab.config import FIELDS, TYPES, TrainConfig, check_runnable, field_type, name_problem, validate_field
@@ -59,6 +58,7 @@ from fashionlab.runs import Run
 if TYPE_CHECKING:
     import keras
     import optuna
+    import pandas as pd
 
 MARKER = "sweep.json"  # written first into every sweep folder: how it was started
 JOURNAL = "study.journal"  # the study, when no `storage` is given
@@ -562,7 +562,7 @@ class _Sweep:
         seconds = metrics["seconds_per_epoch"]
         value = _kept_accuracy(done.task.run_dir, metrics)
         pruned_at = done.outcome.get("pruned_at")
-        saved = (done.task.config.epochs - epochs) * float(pd.Series(seconds).median()) if pruned_at else 0.0
+        saved = (done.task.config.epochs - epochs) * statistics.median(seconds) if pruned_at else 0.0
         for key, v in {"epochs": epochs, "train_seconds": metrics["train_seconds"], "seconds_saved": saved,
                        "best_val_accuracy": metrics["best_val_accuracy"], "host": self.owner.host}.items():
             trial.set_user_attr(key, v)
@@ -796,6 +796,8 @@ def trials_table(study: optuna.Study, space: Space) -> pd.DataFrame:
         })
     columns = ["trial", "state", *space.search, "val_accuracy", "best_val_accuracy", "epochs", "epochs_planned",
                "seconds", "seconds_saved", "host", "run", "reason"]
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=columns).sort_values("trial", kind="stable").reset_index(drop=True)
 
 
