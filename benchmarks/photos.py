@@ -5,8 +5,9 @@
 
 Each of the first COUNT test images (or COUNT picked at random with --random) is drawn once per kind
 below as an image file, the way a user might photograph or download a garment; every file then goes
-through fashionlab.prediction.load_image (the real preparation of a user's file: grayscale, invert
-a light background, trim, pad to 28x28) and the run's model, loaded once. The "direct" row is the
+through fashionlab.prediction.read_image_file and predict_arrays, as `fashionlab predict FILE...`
+does (the garment told from its background, trimmed, padded to 28x28; tried mirrored too), with the
+run's model, loaded once. The "direct" row is the
 same test images given to the model as the raw uint8 arrays, for reference. The garment's
 Fashion-MNIST intensity is used as its alpha (shading): pixel = background*(1-a) + colour*a.
 
@@ -43,7 +44,7 @@ from PIL import Image
 import fashionlab  # noqa: F401  (before keras: it picks the JAX backend)
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource, load_file
-from fashionlab.prediction import load_image, predict_arrays
+from fashionlab.prediction import predict_arrays, read_image_file
 from fashionlab.runs import Run
 
 JPEG_QUALITY = 85
@@ -142,7 +143,7 @@ def texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
         surface += rng.uniform(15, 30) * np.sign(np.sin(2 * np.pi * along / period))[..., None]
     elif pattern == 2:  # wood: bands bent by the blotches, along one axis
         period = rng.uniform(8, 20)
-        bands = np.sin(2 * np.pi * (y / period + 1.5 * blotches))
+        bands = np.sin(2 * np.pi * (y / period + 0.6 * blotches))
         surface *= (1 + 0.15 * bands)[..., None]
     surface += rng.normal(0, 6, surface.shape)  # grain
     return np.clip(surface, 0, 255)
@@ -252,8 +253,9 @@ def main() -> None:
             paths = write_kind(kind, images, indices, labels, args.seed, out / kind)
             drawing += time.perf_counter() - mark
             mark = time.perf_counter()
-            pixels = np.stack([load_image(path) for path in paths])
-            figures[kind] = score(predict_arrays(model, pixels, [str(p) for p in paths], 1), labels)
+            prepared = [read_image_file(path) for path in paths]  # what `fashionlab predict FILE...` does
+            pixels, mirror = np.stack([p.pixels for p in prepared]), [not p.as_is for p in prepared]
+            figures[kind] = score(predict_arrays(model, pixels, [str(p) for p in paths], 1, mirror), labels)
             classifying += time.perf_counter() - mark
     finally:
         if temporary is not None and not args.keep:
@@ -273,11 +275,11 @@ def main() -> None:
                                           for row in figures.values()))
     wall = time.perf_counter() - started
     print(f"\n{wall:.1f} s ({drawing:.1f} s drawing files, {classifying:.1f} s loading and classifying them)")
-    if args.json:
-        args.json.write_text(json.dumps({"command": shlex.join(sys.argv), "run": str(args.run), "count": args.count,
-                                         "seed": args.seed, "random": args.random, "indices": indices.tolist(),
-                                         "labels": labels.tolist(),
-                                         "seconds": wall, "kinds": figures}, indent=2) + "\n")
+    if args.json:  # with each image's predicted class, to compare two runs of this script image by image
+        report = {"command": shlex.join(sys.argv), "run": str(args.run), "count": args.count, "seed": args.seed,
+                  "random": args.random, "seconds": wall, "indices": indices.tolist(), "labels": labels.tolist(),
+                  "kinds": figures}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,17 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fashionlab.errors import ConfigError, ImageError
-from fashionlab.prediction import load_image, predict, predict_arrays, prepare_image, top_k
+from fashionlab.prediction import (
+    LOW_CONFIDENCE_HINT,
+    facing_right,
+    load_image,
+    predict,
+    predict_arrays,
+    prepare_image,
+    read_probabilities,
+    results_of,
+    top_k,
+)
 
 
 def garment(mode: str = "L", size=(56, 56), light_background: bool = False) -> Image.Image:
@@ -192,3 +202,78 @@ def test_fuzz_truncated_valid_images(tmp_path, width, height, mode, seed, cut):
         assert result.shape == (28, 28)
 
 
+
+
+# --- photos: garment told from background by colour, data-set images as they are, mirrored shoes ----
+
+
+def test_a_28x28_gray_image_on_black_is_used_unchanged(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    pixels[:, 0] = pixels[:, -1] = pixels[0] = pixels[-1] = 0  # a dark border, like the data set's
+    Image.fromarray(pixels).save(tmp_path / "exact.png")
+    Image.fromarray(pixels).convert("RGB").save(tmp_path / "exact-rgb.png")
+    for name in ("exact.png", "exact-rgb.png"):
+        np.testing.assert_array_equal(load_image(tmp_path / name), pixels)
+    assert not np.array_equal(load_image(tmp_path / "exact.png", invert=False), pixels)  # chosen: trimmed, scaled
+
+
+def test_a_28x28_image_that_is_not_in_the_data_sets_format_is_prepared():
+    light = np.full((28, 28), 255, np.uint8)
+    light[8:20, 10:18] = 30  # dark garment on white: inverted, trimmed
+    assert prepare_image(Image.fromarray(light))[14, 14] > 200
+    colour = np.zeros((28, 28, 3), np.uint8)
+    colour[4:24, 10:18] = (250, 30, 30)  # a red garment on black is not gray: prepared, trimmed
+    assert prepare_image(Image.fromarray(colour))[:, 14].min() > 150
+
+
+def test_a_garment_is_told_from_a_background_of_the_same_gray_level_by_colour():
+    photo = np.zeros((120, 90, 3), np.uint8)
+    photo[:] = (0, 128, 0)  # green wall, gray level ~75
+    photo[30:90, 35:55] = (250, 0, 0)  # red garment, gray level ~75: flat for a gray-level threshold
+    gray = np.asarray(Image.fromarray(photo).convert("L"))
+    assert abs(int(gray[5, 5]) - int(gray[60, 45])) < 5
+    pixels = prepare_image(Image.fromarray(photo))
+    assert pixels[:, 14].min() > 200  # the garment, trimmed to its height, full strength
+    assert pixels[:, :5].max() < 30 and pixels[:, -5:].max() < 30  # the wall is black padding
+
+
+def test_a_background_that_darkens_towards_a_side_is_background():
+    ramp = np.linspace(255, 100, 200, dtype=np.float32)[None, :].repeat(160, axis=0)  # a lit backdrop
+    ramp[40:120, 80:120] -= 60  # a garment a little darker than the backdrop behind it
+    pixels = prepare_image(Image.fromarray(ramp.astype(np.uint8)))
+    assert pixels[14, 14] > 200  # the garment, trimmed: taller than wide, so padded at the sides
+    assert pixels[:, :6].max() < 40 and pixels[:, -6:].max() < 40
+
+
+def test_facing_right_flags_images_whose_left_half_holds_most_of_the_garment():
+    shoe = np.zeros((28, 28), np.uint8)
+    shoe[18:24, 2:26] = 200  # a sole...
+    shoe[8:18, 16:26] = 200  # ...and a shaft on the right: pointing left, as the data set's shoes
+    even = np.zeros((28, 28), np.uint8)
+    even[4:24, 8:20] = 200
+    assert facing_right(np.stack([shoe, shoe[:, ::-1], even])).tolist() == [False, True, False]
+
+
+def test_low_confidence_results_carry_a_hint_and_confident_ones_do_not():
+    proba = np.array([[0.3, 0.25, 0.2, 0.25, 0, 0, 0, 0, 0, 0], [0.05, 0.9, 0.05, 0, 0, 0, 0, 0, 0, 0]])
+    unsure, sure = results_of(proba, ["a", "b"], 2)
+    assert unsure["hint"] == LOW_CONFIDENCE_HINT and "hint" not in sure
+    assert sure["class_name"] == "Trouser" and "mirrored" not in sure
+
+
+def test_a_photo_is_read_mirrored_only_when_it_looks_turned_and_the_mirror_reads_better():
+    """A real Keras model that says class 0 for the garment's left half and, more strongly, class 1
+    for its right half: a flipped reading of a left-heavy image is always more confident."""
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
+    weights = np.zeros((28, 28, 10), np.float32)
+    weights[:, :14, 0], weights[:, 14:, 1] = 0.0001, 0.0003
+    model.layers[-1].set_weights([weights.reshape(784, 10), np.zeros(10, np.float32)])
+    turned, leaning, upright = (np.zeros((28, 28), np.uint8) for _ in range(3))
+    turned[10:20, 2:12] = 200  # all on the left: looks turned
+    leaning[10:20, 4:14], leaning[10:20, 14:22] = 200, 200  # 44 % on the right: not turned enough
+    pixels = np.stack([turned, leaning, upright, turned])
+    proba, mirrored = read_probabilities(model, pixels, mirror=[True, True, True, False])
+    assert mirrored.tolist() == [True, False, False, False]  # the last one is not a photo
+    assert proba[0].argmax() == 1 and proba[1].argmax() == 1 and proba[3].argmax() == 0

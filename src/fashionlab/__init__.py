@@ -9,29 +9,22 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 
-def _cache_compiled_code() -> None:
-    """Keep what XLA compiles in a folder shared by every fashionlab process, so a start does not
-    compile again what an earlier one did: loading a model draws its initial weights with kernels
-    that take ~1 s to compile on a CPU, which the cache turns into ~0.1 s. Set
-    JAX_COMPILATION_CACHE_DIR to choose the folder; FASHIONLAB_NO_CACHE=1 turns it off."""
-    if os.environ.get("FASHIONLAB_NO_CACHE") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(root, "fashionlab", "jax")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return  # no writable cache: compile every time, as without one
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+def compile_cache_folder() -> str | None:
+    """Where XLA's compiled programs are kept for every fashionlab process: FASHIONLAB_COMPILE_CACHE,
+    or ~/.cache/fashionlab/xla; None when that variable says "off"."""
+    setting = os.environ.get("FASHIONLAB_COMPILE_CACHE")
+    if setting is None:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(root, "fashionlab", "xla")
+    return None if setting.lower() in ("", "0", "off", "false", "no") else setting
+
+
+# Set before JAX is imported, so that every program is read from the cache, the first included:
+# a model's initial weights are drawn by kernels that take ~1 s to compile on a CPU, ~0.1 s to
+# read back (engine.enable_compilation_cache sets it again when JAX came first).
+if compile_cache_folder() and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = compile_cache_folder()
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    # A size makes JAX evict the least recently used entries, and lock the folder while it
-    # reads or writes one, so concurrent processes never read a half-written entry.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
-
-
-_cache_compiled_code()
 
 from fashionlab.errors import FashionlabError  # noqa: E402
 

@@ -12,10 +12,8 @@ every epoch, so callbacks, `model.save` and evaluation see the trained model.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from fashionlab import compile_cache_folder
 from fashionlab.errors import ConfigError
 from fashionlab.model import one_hot_targets
 
@@ -40,10 +39,8 @@ def enable_compilation_cache() -> str | None:
     model runs ~60 tiny initializer kernels whose compilation costs ~2 s in all, ~0.3 s read
     back. FASHIONLAB_COMPILE_CACHE picks the folder; "off" disables it.
     """
-    setting = os.environ.get("FASHIONLAB_COMPILE_CACHE")
+    setting = compile_cache_folder()
     if setting is None:
-        setting = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashionlab" / "xla")
-    if setting.lower() in ("", "0", "off", "false", "no"):
         return None
     if jax.config.jax_compilation_cache_dir != setting:
         jax.config.update("jax_compilation_cache_dir", setting)
