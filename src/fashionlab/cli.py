@@ -190,18 +190,63 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(printable(f"confusion matrix: {args.run}/confusion_matrix.png, {args.run}/confusion_matrix.csv"))
 
 
+def _model_source(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The run directory and the image files of `predict RUN IMAGE...` / `predict --onnx FILE IMAGE...`."""
+    given = ([args.run] if args.run is not None else []) + list(getattr(args, "images", []))
+    if args.onnx is not None:
+        return None, given
+    if not given:
+        raise ConfigError("give a run directory (or --onnx FILE)")
+    if given[0].endswith(".onnx") and os.path.isfile(given[0]):
+        raise ConfigError(f"{given[0]} is an ONNX file: pass it as --onnx {given[0]}")
+    return given[0], given[1:]
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from fashionlab.prediction import predict
 
-    results = predict(args.run, indices=args.indices or (), images=args.images, top_k=args.top_k, invert=args.invert,
-                      data=_data_from(args), allow_incomplete=args.allow_incomplete)
+    run, images = _model_source(args)
+    results = predict(run, indices=args.indices or (), images=images, top_k=args.top_k, invert=args.invert,
+                      data=_data_from(args), allow_incomplete=args.allow_incomplete, onnx=args.onnx)
     if args.json:
         _print_json(results)
         return
     for r in results:
         others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
         print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f})"
-                        + (f"   next: {others}" if others else "")))
+                        + (" mirrored" if r.get("mirrored") else "") + (f"   next: {others}" if others else "")))
+        if r.get("hint"):
+            print(printable(f"  {r['hint']}"))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from fashionlab.export import export, format_export
+
+    result = export(args.run, format=args.format, out=args.out, data=_data_from(args),
+                    allow_incomplete=args.allow_incomplete)
+    if args.json:
+        _print_json(result)
+    else:
+        for line in format_export(result).splitlines():
+            print(printable(line))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from fashionlab.server import is_loopback, serve, warn
+
+    if args.run is not None and args.onnx is not None:
+        raise ConfigError("give a run directory or --onnx FILE, not both")
+    if args.run is None and args.onnx is None:
+        raise ConfigError("give a run directory (or --onnx FILE)")
+    if not is_loopback(args.host):
+        warn(f"serving on {args.host}: anyone who can reach this machine can use the model (there is no "
+             f"authentication); use --host 127.0.0.1 to keep it local")
+
+    def ready(url: str) -> None:
+        print(printable(f"serving {args.onnx or args.run} at {url}   (Ctrl-C stops)"), flush=True)
+
+    serve(args.run, onnx=args.onnx, host=args.host, port=args.port, top_k=args.top_k, data=_data_from(args),
+          allow_incomplete=args.allow_incomplete, ready=ready)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -282,7 +327,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fashionlab", description="Fashion-MNIST, from the tf.keras tutorial's "
-                                     "MLP to CNN recipes: train, evaluate, predict, compare, sweep.")
+                                     "MLP to CNN recipes: train, evaluate, predict, compare, sweep, export, serve.")
     parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
     debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -317,17 +362,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", parents=[debug],
                                   help="class names for test images or your own image files")
-    predict.add_argument("run", metavar="RUN", type=a_path, help="run directory")
+    predict.add_argument("run", metavar="RUN", type=a_path, nargs="?", help="run directory (none with --onnx)")
     predict.add_argument("images", metavar="IMAGE", type=a_path, nargs="*", help="PNG/JPEG files to classify")
+    predict.add_argument("--onnx", metavar="FILE", type=a_path,
+                         help="use this exported model (fashionlab export) with onnxruntime, not a run's")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
     predict.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
                          help=f"classes listed per input, 1..{len(CLASS_NAMES)} (default: 3)")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
-                         help="invert images (default: only those with a light background)")
+                         help="invert images by gray level, or not (default: the garment is told from its "
+                              "background by colour)")
     predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
     predict.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(predict)
     predict.set_defaults(command_parser=predict, handler=cmd_predict)
+
+    export = commands.add_parser("export", parents=[debug],
+                                 help="write a run's model as an ONNX file, checked against Keras")
+    export.add_argument("run", metavar="RUN", type=a_path, help="run directory")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
+    export.add_argument("--out", metavar="FILE", type=a_path, help="where to write it (default: RUN/model.onnx)")
+    export.add_argument("--json", action="store_true", help="print JSON")
+    export.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
+    _add_data_options(export)
+    export.set_defaults(command_parser=export, handler=cmd_export)
+
+    serve = commands.add_parser("serve", parents=[debug],
+                                help="a prediction page and JSON API for a model, on http://127.0.0.1:8000/")
+    serve.add_argument("run", metavar="RUN", type=a_path, nargs="?", help="run directory (none with --onnx)")
+    serve.add_argument("--onnx", metavar="FILE", type=a_path, help="serve this exported model with onnxruntime")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_int_between(0, 65535), default=8000, metavar="PORT",
+                       help="port (default: 8000; 0: any free port)")
+    serve.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
+                       help=f"classes shown per image, 1..{len(CLASS_NAMES)} (default: 3)")
+    serve.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
+    _add_data_options(serve)
+    serve.set_defaults(command_parser=serve, handler=cmd_serve)
 
     compare = commands.add_parser("compare", parents=[debug], help="train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",

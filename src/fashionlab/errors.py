@@ -63,6 +63,10 @@ class ImageError(FashionlabError):
     """An input image cannot be read or used."""
 
 
+class ExportError(FashionlabError):
+    """A model cannot be exported, or its export does not give the model's results."""
+
+
 class Diverged(FashionlabError):
     """Training stopped because the loss became NaN or infinite."""
 

@@ -1,0 +1,191 @@
+"""A run's model outside fashionlab: an ONNX file that onnxruntime runs alone.
+
+    result = export("runs/20260101-120000-tutorial")  # -> runs/.../model.onnx, checked
+    model = OnnxModel("model.onnx")                     # predict(pixels) like a Keras model
+
+The file takes raw pixels, float32 (N, 28, 28) in 0..255, light garment on black as in the data
+set, and gives the 10 class probabilities: the standardization is inside, as in model.keras. It
+also carries what it is (run, config, test accuracy, class names) as ONNX metadata. Before the
+file is written, onnxruntime runs it on the first 1,000 test images and it must agree with the
+Keras model within 1e-5 and on every top-1 class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionlab import CLASS_NAMES, __version__
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, ExportError, RunError, reason
+from fashionlab.files import open_regular
+from fashionlab.runs import Run, atomic_path
+
+FORMATS = ("onnx",)
+CHECK_IMAGES = 1000
+TOLERANCE = 1e-5  # the largest difference of any probability allowed between Keras and onnxruntime
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+METADATA_KEY = "fashionlab"
+MAX_ONNX_BYTES = 512 * 1024 * 1024
+MAX_METADATA_BYTES = 256 * 1024
+PREDICT_BATCH = 1024
+INSTALL_HINT = "pip install 'fashionlab[onnx]'"
+
+
+def _require(module: str, purpose: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"{purpose} needs the {module} package: {INSTALL_HINT}") from None
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime: `predict(x)` gives class probabilities as a Keras
+    model's `predict` does; `metadata` is what the file says it is (empty when it says nothing)."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        self.path = Path(path)
+        with open_regular(self.path, what="ONNX model", error=RunError, limit=MAX_ONNX_BYTES) as handle:
+            content = handle.read()
+        ort = _require("onnxruntime", "running an ONNX model")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: they become one line below
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for a damaged or foreign file
+            raise RunError(f"{self.path} is not an ONNX model onnxruntime can run ({reason(exc)})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or list(inputs[0].shape[1:]) != [28, 28]:
+            said = [(i.name, i.shape, i.type) for i in inputs]
+            raise RunError(f"{self.path} takes {said}, not float 28 x 28 images; it is not a fashionlab model")
+        if len(outputs) != 1 or list(outputs[0].shape[1:]) != [len(CLASS_NAMES)]:
+            raise RunError(f"{self.path} gives {[(o.name, o.shape) for o in outputs]}, not {len(CLASS_NAMES)} "
+                           f"class probabilities; it is not a fashionlab model")
+        self.input, self.output = inputs[0].name, outputs[0].name
+        self.metadata = _metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        step = batch_size or PREDICT_BATCH
+        parts = [self.session.run([self.output], {self.input: x[i:i + step]})[0] for i in range(0, len(x), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def _metadata(text: str | None) -> dict[str, Any]:
+    """The file's fashionlab metadata, or {} when it has none or it is not a JSON table."""
+    if not text or len(text) > MAX_METADATA_BYTES:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def onnx_ready(model):
+    """`model` with MaxPooling2D as BlockMaxPool2D (the same results): jax2onnx turns a pooling over
+    channels-last images into an ONNX MaxPool that onnxruntime refuses ("Unsupported pooling size")."""
+    import keras
+
+    from fashionlab.model import BlockMaxPool2D
+
+    if not any(type(layer) is keras.layers.MaxPooling2D for layer in model.layers):
+        return model
+
+    def traced(layer):
+        kind = BlockMaxPool2D if type(layer) is keras.layers.MaxPooling2D else type(layer)
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=traced)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def write_onnx(model, path: Path, metadata: dict[str, Any]) -> None:
+    """The model as an ONNX file at `path`: input `pixels`, output `probabilities`, the metadata."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise ConfigError(f"export runs on the JAX backend, not {keras.backend.backend()}; use KERAS_BACKEND=jax")
+    _require("jax2onnx", "exporting to ONNX")
+    onnx = _require("onnx", "exporting to ONNX")
+    signature = [keras.InputSpec(shape=(None, 28, 28), dtype="float32", name=INPUT_NAME)]
+    try:
+        onnx_ready(model).export(str(path), format="onnx", input_signature=signature, verbose=False)
+    except Exception as exc:  # jax2onnx fails with many types on a layer it cannot convert
+        raise ExportError(f"the model cannot be converted to ONNX ({reason(exc, 300)})") from None
+    graph = onnx.load(str(path))
+    produced = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [OUTPUT_NAME if name == produced else name for name in node.output]
+    graph.graph.output[0].name = OUTPUT_NAME
+    graph.doc_string = ("fashionlab model: float32 pixels (N, 28, 28), 0..255, light garment on black -> "
+                        f"probabilities (N, 10) of {', '.join(CLASS_NAMES)}")
+    graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def agreement(model, onnx_model: OnnxModel, x: np.ndarray) -> dict[str, Any]:
+    """How the two models' probabilities differ on `x`: the largest difference, the top-1 classes that differ."""
+    from fashionlab.evaluation import predict_proba
+
+    expected, got = predict_proba(model, x), onnx_model.predict(x)
+    return {"images": len(x), "max_abs_difference": float(np.abs(expected - got).max()) if len(x) else 0.0,
+            "top1_differences": int((expected.argmax(axis=1) != got.argmax(axis=1)).sum())}
+
+
+def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None = None,
+           data: DataSource = DataSource(), allow_incomplete: bool = False) -> dict[str, Any]:
+    """Write the run's model as an ONNX file (`out`, default RUN/model.onnx), once onnxruntime has
+    been checked to agree with Keras on the first 1,000 test images; nothing is written otherwise."""
+    if format not in FORMATS:
+        raise ConfigError(f"`format` must be one of {', '.join(FORMATS)}, got {format!r}", terms=["format"])
+    run = Run.open(run_dir, allow_incomplete=allow_incomplete)
+    target = Path(out) if out is not None else run.file("model.onnx")
+    if target.suffix != ".onnx":
+        raise ConfigError(f"`out` {target} must end in .onnx", terms=["out"])
+    if target.is_dir() or not target.parent.is_dir():
+        raise ConfigError(f"`out` {target} must be a file in an existing folder", terms=["out"])
+    started = time.perf_counter()
+    x = data.test_images()[:CHECK_IMAGES]
+    model = run.load_model()
+    metadata = _describe(run)
+    with atomic_path(target) as scratch:
+        write_onnx(model, scratch, metadata)
+        checked = agreement(model, OnnxModel(scratch), x)
+        if checked["max_abs_difference"] > TOLERANCE or checked["top1_differences"]:
+            raise ExportError(f"onnxruntime disagrees with Keras on {checked['images']} test images (largest "
+                              f"difference {checked['max_abs_difference']:.2e}, {checked['top1_differences']} "
+                              f"top-1 classes differ); nothing written")
+    return {"run": str(run.path), "format": format, "out": str(target), "bytes": target.stat().st_size,
+            "seconds": time.perf_counter() - started, "check": checked, "tolerance": TOLERANCE}
+
+
+def _describe(run: Run) -> dict[str, Any]:
+    """What an exported file says it is: the run, its config and test accuracy, the classes, the source's digest."""
+    config = run.config()
+    metrics = run.metrics() if run.file("metrics.json").exists() else {}
+    digest = hashlib.sha256()
+    with open_regular(run.model_file(), what="model file", error=RunError, limit=MAX_ONNX_BYTES) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"run": run.path.name, "name": config.name, "config": config.to_dict(),
+            "test_accuracy": metrics.get("test_accuracy"), "class_names": list(CLASS_NAMES),
+            "model_keras_sha256": digest.hexdigest(), "fashionlab": __version__,
+            "input": "float32 pixels (N, 28, 28), 0..255, light garment on black, as in Fashion-MNIST",
+            "output": "float32 class probabilities (N, 10), in the order of class_names"}
+
+
+def format_export(result: dict[str, Any]) -> str:
+    check = result["check"]
+    return (f"wrote {result['out']} ({result['bytes'] / 1e6:.1f} MB) in {result['seconds']:.1f} s\n"
+            f"checked with onnxruntime on {check['images']:,} test images: largest difference "
+            f"{check['max_abs_difference']:.1e} (at most {result['tolerance']:.0e}), "
+            f"{check['top1_differences']} top-1 classes differ")
