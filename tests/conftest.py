@@ -49,6 +49,29 @@ def tiny_run(tmp_path_factory, synthetic):
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
 
 
+def chromium() -> str | None:
+    """Debian's Chromium binary; the /usr/bin/chromium wrapper script also works, with more noise."""
+    return next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium")) if p and os.access(p, os.X_OK)),
+                None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        executable = None
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("the browser test needs playwright and Debian's chromium in CI (make test installs them)")
+        pytest.skip("no chromium or playwright: run `make test`, or apt-get install chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable)
+        yield browser
+        browser.close()
+
+
 def _postgres_bin() -> Path | None:
     """The folder of PostgreSQL's server programs (Debian keeps them out of PATH)."""
     found = shutil.which("pg_ctl")

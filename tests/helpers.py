@@ -130,3 +130,20 @@ def assert_self_contained(path: Path) -> Page:
         assert len(body) >= 2, "a table without data rows"
         assert all(any(cell for cell in row) for row in body)
     return page
+
+
+# Elements whose right or left edge leaves the viewport. Inside a box that scrolls sideways
+# (a wide table's) only the box itself must fit: scrolling there is the design.
+OUTSIDE = """() => {
+  const width = window.innerWidth, found = [];
+  const scrolls = (e) => ["auto", "scroll"].includes(getComputedStyle(e).overflowX);
+  for (const e of document.body.querySelectorAll("*")) {
+    let boxed = false;
+    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) boxed ||= scrolls(p);
+    const r = e.getBoundingClientRect();
+    if (!boxed && r.width > 0 && (r.right > width + 0.5 || r.left < -0.5))
+      found.push(`${e.tagName.toLowerCase()}.${e.className}: ${Math.round(r.left)}..${Math.round(r.right)}`);
+  }
+  return found;
+}"""
+BROKEN_IMAGES = "() => [...document.images].filter((i) => !i.complete || i.naturalWidth === 0).length"

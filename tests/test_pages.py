@@ -3,14 +3,12 @@ headless Chromium (Debian's, installed by `make test`), at desktop and phone wid
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import pytest
-from helpers import TINY, assert_png
+from helpers import BROKEN_IMAGES, OUTSIDE, TINY, assert_png
 
 from fashionlab.compare import compare
 from fashionlab.reports import seconds_text
@@ -19,48 +17,10 @@ from fashionlab.training import train
 
 WIDTHS = {"desktop": (1280, 800), "phone": (400, 800)}  # a phone also lays pages out by their viewport tag
 
-# Elements whose right or left edge leaves the viewport. Inside a box that scrolls sideways
-# (a wide table's) only the box itself must fit: scrolling there is the design.
-OUTSIDE = """() => {
-  const width = window.innerWidth, found = [];
-  const scrolls = (e) => ["auto", "scroll"].includes(getComputedStyle(e).overflowX);
-  for (const e of document.body.querySelectorAll("*")) {
-    let boxed = false;
-    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) boxed ||= scrolls(p);
-    const r = e.getBoundingClientRect();
-    if (!boxed && r.width > 0 && (r.right > width + 0.5 || r.left < -0.5))
-      found.push(`${e.tagName.toLowerCase()}.${e.className}: ${Math.round(r.left)}..${Math.round(r.right)}`);
-  }
-  return found;
-}"""
 SCROLLING_BOXES = """(selector) => [...document.querySelectorAll(selector)]
   .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent.slice(0, 60))"""
 NARROW_FIGURES = """() => [...document.querySelectorAll("h2 + img, .pairs img")]
   .filter((i) => i.getBoundingClientRect().width < 0.8 * Math.min(i.naturalWidth, document.body.clientWidth)).length"""
-BROKEN_IMAGES = "() => [...document.images].filter((i) => !i.complete || i.naturalWidth === 0).length"
-
-
-def chromium() -> str | None:
-    """Debian's Chromium binary; the /usr/bin/chromium wrapper script also works, with more noise."""
-    return next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium")) if p and os.access(p, os.X_OK)),
-                None)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        executable = None
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("the browser test needs playwright and Debian's chromium in CI (make test installs them)")
-        pytest.skip("no chromium or playwright: run `make test`, or apt-get install chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

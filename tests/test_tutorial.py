@@ -47,3 +47,36 @@ def test_photos_on_white_are_recognized_like_the_test_images(tutorial_run, real_
     from_photos = predict(tutorial_run.run.path, images=paths)
     from_indices = predict(tutorial_run.run.path, indices=[0, 1, 2], data=real_data)
     assert [r["class_name"] for r in from_photos] == [r["class_name"] for r in from_indices]
+
+
+def test_1000_test_images_saved_as_png_are_predicted_exactly_as_by_index(tutorial_run, real_data, tmp_path):
+    x_test = real_data.test_images()
+    paths = []
+    for index in range(1000):
+        Image.fromarray(x_test[index]).save(tmp_path / f"test-{index}.png")
+        paths.append(tmp_path / f"test-{index}.png")
+    by_file = predict(tutorial_run.run.path, images=paths)
+    by_index = predict(tutorial_run.run.path, indices=range(1000), data=real_data)
+    assert [(r["class_id"], r["probability"]) for r in by_file] == [(r["class_id"], r["probability"])
+                                                                    for r in by_index]
+    assert not any(r.get("mirrored") for r in by_file)
+
+
+def test_a_mirrored_shoe_photo_is_read_as_the_shoe_it_is(tutorial_run, real_data, tmp_path):
+    """Test image 0, an ankle boot, pointing right as a photo on white: read mirrored."""
+    boot = real_data.test_images()[0][:, ::-1]
+    Image.fromarray(255 - boot).resize((200, 200), Image.Resampling.BICUBIC).convert("RGB").save(tmp_path / "r.jpg")
+    result = predict(tutorial_run.run.path, images=[tmp_path / "r.jpg"])[0]
+    assert result["class_name"] == "Ankle boot" and result["mirrored"] is True
+
+
+def test_the_onnx_export_agrees_on_all_10000_test_images(tutorial_run, real_data, tmp_path):
+    from fashionlab.evaluation import predict_proba
+    from fashionlab.export import OnnxModel, export
+
+    result = export(tutorial_run.run.path, out=tmp_path / "tutorial.onnx", data=real_data)
+    assert result["check"]["images"] == 1000
+    x_test = real_data.test_images()
+    by_onnx, by_keras = OnnxModel(tmp_path / "tutorial.onnx").predict(x_test), predict_proba(tutorial_run.model, x_test)
+    assert np.abs(by_onnx - by_keras).max() <= 1e-5
+    assert (by_onnx.argmax(axis=1) == by_keras.argmax(axis=1)).all()

@@ -152,6 +152,8 @@ def read_image(source: IO[bytes], name: str, invert: bool | None = None) -> Prep
             return prepare(image, invert)
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own check, at twice its limit, comes before ours
+        raise ImageError(f"{name} is over the {MAX_IMAGE_PIXELS:,} pixel limit; downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image Pillow can read; pass a PNG or JPEG file") from None
     except Exception as exc:  # a decoder's failure on a damaged file can be of any type

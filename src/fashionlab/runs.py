@@ -346,14 +346,14 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
-def load_model_file(path: str | Path, *, follow_links: bool = False):
+def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bool = False):
     """Load a fashionlab model from a `.keras` archive, as safely as it can be done.
 
     Only a regular file in the native zip format; its inflated size and the layer sizes it
     declares are bounded before Keras builds anything (building allocates every weight);
     Keras' safe mode is on (no code in the archive runs); whatever Keras unpacks goes to a
     folder of our own, removed afterwards; and the loaded model must take 28 x 28 images and
-    give 10 class probabilities.
+    give 10 class probabilities. `compile` True restores the optimizer too (to train on).
     """
     path = Path(path)
     if path.suffix != ".keras":
@@ -364,7 +364,7 @@ def load_model_file(path: str | Path, *, follow_links: bool = False):
         problem = _declared_problem(declared)
         if problem:
             raise RunError(f"{path} {problem}; it is not a fashionlab model")
-        model = _load_keras(path, handle)
+        model = _load_keras(path, handle, compile)
     inputs, outputs = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None, model.outputs
     if inputs != (None, 28, 28):
         raise RunError(f"{path} takes inputs of shape {inputs if inputs else len(model.inputs)}, not 28 x 28 images; "
@@ -445,7 +445,7 @@ def _layer_configs(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
 _UNPACKING = threading.Lock()  # tempfile.tempdir is process-wide
 
 
-def _load_keras(path: Path, handle):
+def _load_keras(path: Path, handle, compile: bool):
     """keras.saving.load_model with safe mode, everything it unpacks kept in a folder removed afterwards."""
     import keras
 
@@ -457,7 +457,7 @@ def _load_keras(path: Path, handle):
             before, tempfile.tempdir = tempfile.tempdir, scratch
             try:
                 handle.seek(0)
-                return keras.saving.load_model(path, compile=False, safe_mode=True)
+                return keras.saving.load_model(path, compile=compile, safe_mode=True)
             finally:
                 tempfile.tempdir = before
     except Exception as exc:  # Keras raises many types here; the user only needs the reason.

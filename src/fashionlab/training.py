@@ -190,7 +190,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
         check_engine(config)
         splits = _checked_splits(config, data)
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
-        model = load_model_file(checkpoint) if checkpoint is not None else _new_model(config, splits)
+        model = load_model_file(checkpoint, compile=True) if checkpoint is not None else _new_model(config, splits)
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
             return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,

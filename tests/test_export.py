@@ -1,0 +1,112 @@
+"""fashionlab export: an ONNX file that onnxruntime runs alone and that agrees with the run's model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from helpers import TINY
+
+from fashionlab import CLASS_NAMES, export
+from fashionlab.errors import ConfigError, ExportError, RunError
+from fashionlab.evaluation import predict_proba
+from fashionlab.export import OnnxModel
+from fashionlab.prediction import predict
+from fashionlab.training import train
+
+TINY_CNN = TINY.replace(name="tiny-cnn", model="cnn", filters=4, conv_blocks=2, convs_per_block=1, width=8,
+                        batch_norm="after", dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    return export.export(tiny_run.run.path, out=out, data=synthetic), out
+
+
+def test_the_file_agrees_with_the_keras_model_and_says_what_it_is(exported, tiny_run, synthetic):
+    result, out = exported
+    assert result["out"] == str(out) and result["bytes"] == out.stat().st_size
+    assert result["check"]["images"] == len(synthetic.test_images())  # all of them: fewer than 1,000
+    assert result["check"]["max_abs_difference"] <= 1e-5 and result["check"]["top1_differences"] == 0
+    model = OnnxModel(out)
+    x = synthetic.test_images()
+    np.testing.assert_allclose(model.predict(x), predict_proba(tiny_run.model, x), atol=1e-5)
+    assert model.metadata["name"] == "tiny" and model.metadata["class_names"] == list(CLASS_NAMES)
+    assert model.metadata["test_accuracy"] == pytest.approx(tiny_run.metrics["test_accuracy"])
+    assert model.metadata["config"]["width"] == TINY.width
+    graph = onnx.load(out)
+    assert [i.name for i in graph.graph.input] == ["pixels"] and [o.name for o in graph.graph.output] == [
+        "probabilities"]
+
+
+def test_predict_with_the_onnx_file_gives_the_runs_answers(exported, tiny_run, synthetic):
+    _, out = exported
+    by_onnx = predict(onnx=out, indices=[0, 1, 2], data=synthetic)
+    by_keras = predict(tiny_run.run.path, indices=[0, 1, 2], data=synthetic)
+    assert [r["class_id"] for r in by_onnx] == [r["class_id"] for r in by_keras]
+    for a, b in zip(by_onnx, by_keras):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def test_a_cnn_with_pooling_and_batch_norm_exports(tmp_path, synthetic):
+    run = train(TINY_CNN, tmp_path / "cnn", data=synthetic, verbose=0)
+    result = export.export(run.run.path, data=synthetic)  # default: into the run
+    assert result["out"] == str(run.run.path / "model.onnx") and result["check"]["top1_differences"] == 0
+    x = synthetic.test_images()
+    np.testing.assert_allclose(OnnxModel(result["out"]).predict(x), predict_proba(run.model, x), atol=1e-5)
+
+
+def test_a_disagreeing_export_writes_nothing(tiny_run, synthetic, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all, even none, is too much
+    with pytest.raises(ExportError, match="onnxruntime disagrees with Keras on 100 test images.*nothing written"):
+        export.export(tiny_run.run.path, out=tmp_path / "m.onnx", data=synthetic)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out, message", [
+    ("m.txt", "must end in .onnx"), ("missing/m.onnx", "must be a file in an existing folder"),
+])
+def test_a_bad_output_path_is_refused_before_any_work(tiny_run, synthetic, tmp_path, out, message):
+    with pytest.raises(ConfigError, match=message):
+        export.export(tiny_run.run.path, out=tmp_path / out, data=synthetic)
+    with pytest.raises(ConfigError, match="`format` must be one of onnx"):
+        export.export(tiny_run.run.path, format="tflite", data=synthetic)
+
+
+def test_files_that_are_not_fashionlab_onnx_models_are_refused(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk" * 100)
+    with pytest.raises(RunError, match="is not an ONNX model onnxruntime can run"):
+        OnnxModel(tmp_path / "junk.onnx")
+    other = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "other",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 5])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 5])]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(other, tmp_path / "other.onnx")
+    with pytest.raises(RunError, match="not float 28 x 28 images; it is not a fashionlab model"):
+        OnnxModel(tmp_path / "other.onnx")
+    with pytest.raises(RunError, match="does not exist"):
+        OnnxModel(tmp_path / "missing.onnx")
+
+
+def test_the_command_prints_the_check_and_predict_takes_the_file(exported, tiny_run, synthetic, tmp_path):
+    _, out = exported
+    data = ["--data-dir", str(synthetic.data_dir), "--no-verify"]
+    made = subprocess.run([sys.executable, "-m", "fashionlab", "export", str(tiny_run.run.path), "--out",
+                           str(tmp_path / "cli.onnx"), *data], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert "checked with onnxruntime on 100 test images" in made.stdout and "0 top-1 classes differ" in made.stdout
+    shown = subprocess.run([sys.executable, "-m", "fashionlab", "predict", "--onnx", str(out), "--index", "0", "1",
+                            "--json", *data], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert [r["class_id"] for r in json.loads(shown.stdout)] == [
+        r["class_id"] for r in predict(tiny_run.run.path, indices=[0, 1], data=synthetic)]
+    wrong = subprocess.run([sys.executable, "-m", "fashionlab", "predict", str(out), "--index", "0", *data],
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 1 and wrong.stderr.strip() == f"fashionlab: error: {out} is an ONNX file: pass it " \
+                                                             f"as --onnx {out}"

@@ -1,0 +1,364 @@
+"""fashionlab serve: a real uvicorn server started by the command, on 127.0.0.1 on a free port,
+asked over HTTP; its page in headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from helpers import BROKEN_IMAGES, OUTSIDE, assert_png
+from PIL import Image
+
+from fashionlab import CLASS_NAMES
+from fashionlab.export import export
+from fashionlab.prediction import predict
+from fashionlab.server import MAX_FILES, MAX_REQUEST_BYTES
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str):
+        self.process, self.url = process, url
+        parsed = urlparse(url)
+        self.host, self.port = parsed.hostname, parsed.port
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+        """(status, headers, parsed JSON or text) of one request on a new connection."""
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            answer = connection.getresponse()
+            content = answer.read()
+        finally:
+            connection.close()
+        kind = answer.getheader("content-type", "")
+        return answer.status, answer, json.loads(content) if "json" in kind else content.decode("utf-8", "replace")
+
+    def post_files(self, files: list[tuple[str, bytes]], query: str = ""):
+        body, kind = multipart(files)
+        return self.request("POST", f"/api/predict{query}", body, {"Content-Type": kind})
+
+
+def multipart(files: list[tuple[str, bytes]], boundary: str = "fashionlab-test-boundary") -> tuple[bytes, str]:
+    head = "--{}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{}\"\r\nContent-Type: {}\r\n\r\n"
+    parts = [head.format(boundary, name, "application/octet-stream").encode() + content + b"\r\n"
+             for name, content in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def start(*args: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """`fashionlab serve ARGS --port 0`, and the URL it says it serves at once it answers."""
+    process = subprocess.Popen([sys.executable, "-m", "fashionlab", "serve", *args, "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            line = process.stdout.readline()
+            if "http://" in line:
+                return process, line.split(" at ")[1].split()[0]
+        if process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError(f"the server did not start: {process.stderr.read()}")
+
+
+def stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("the server did not stop on Ctrl-C") from None
+
+
+def data_options(source) -> list[str]:
+    return ["--data-dir", str(source.data_dir), "--no-verify"]
+
+
+@pytest.fixture(scope="module")
+def keras_server(tiny_run, synthetic):
+    process, url = start(str(tiny_run.run.path), *data_options(synthetic))
+    yield Server(process, url)
+    assert stop(process) in (0, 130)
+
+
+@pytest.fixture(scope="module")
+def onnx_server(tiny_run, synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("served") / "tiny.onnx"
+    export(tiny_run.run.path, out=out, data=synthetic)
+    process, url = start("--onnx", str(out), *data_options(synthetic))
+    yield Server(process, url)
+    assert stop(process) in (0, 130)
+
+
+@pytest.fixture(scope="module")
+def test_pngs(synthetic) -> list[bytes]:
+    return [png(image) for image in synthetic.test_images()[:20]]
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+def test_health_and_model_describe_the_served_run(keras_server, tiny_run):
+    status, _, health = keras_server.request("GET", "/api/health")
+    assert status == 200 and health["status"] == "ok" and health["engine"] == "keras" and health["model"] == "tiny"
+    status, _, model = keras_server.request("GET", "/api/model")
+    assert status == 200 and model["class_names"] == list(CLASS_NAMES) and model["config"]["width"] == 16
+    assert model["test_accuracy"] == pytest.approx(tiny_run.metrics["test_accuracy"])
+    assert model["limits"]["request_bytes"] == MAX_REQUEST_BYTES
+
+
+def test_several_images_in_one_request_get_the_results_of_fashionlab_predict(keras_server, tiny_run, synthetic,
+                                                                             test_pngs, tmp_path):
+    photo = Image.fromarray(255 - synthetic.test_images()[3]).resize((90, 90)).convert("RGB")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG")
+    (tmp_path / "photo.jpg").write_bytes(buffer.getvalue())
+    files = [("a.png", test_pngs[0]), ("b.png", test_pngs[1]), ("photo.jpg", buffer.getvalue())]
+    status, _, results = keras_server.post_files(files, "?top_k=4")
+    assert status == 200 and [r["input"] for r in results] == ["a.png", "b.png", "photo.jpg"]
+    expected = predict(tiny_run.run.path, indices=[0, 1], images=[tmp_path / "photo.jpg"], top_k=4, data=synthetic)
+    for got, want in zip(results, expected):
+        assert got["class_id"] == want["class_id"] and len(got["top_k"]) == 4
+        assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)
+        assert [t["class_id"] for t in got["top_k"]] == [t["class_id"] for t in want["top_k"]]
+        assert got.get("mirrored") == want.get("mirrored") and got.get("hint") == want.get("hint")
+
+
+def test_the_prepared_image_is_the_one_the_model_saw(keras_server, synthetic, test_pngs):
+    status, _, results = keras_server.post_files([("a.png", test_pngs[5])], "?prepared=true")
+    assert status == 200
+    prepared = results[0]["prepared"]
+    assert prepared.startswith("data:image/png;base64,")
+    import base64
+
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(prepared.split(",", 1)[1]))))
+    np.testing.assert_array_equal(seen, synthetic.test_images()[5])  # data-set format: passed unchanged
+
+
+def test_concurrent_requests_are_all_answered_as_if_alone(keras_server, test_pngs):
+    alone = [keras_server.post_files([(f"{i}.png", content)])[2][0] for i, content in enumerate(test_pngs)]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda i: keras_server.post_files([(f"{i}.png", test_pngs[i])]),
+                                 [i for _ in range(4) for i in range(len(test_pngs))]))
+    for k, (status, _, results) in enumerate(together):
+        assert status == 200
+        want = alone[k % len(test_pngs)]
+        assert results[0]["class_id"] == want["class_id"]
+        assert results[0]["probability"] == pytest.approx(want["probability"], abs=1e-6)
+    _, _, health = keras_server.request("GET", "/api/health")
+    assert health["images"] >= 4 * len(test_pngs) and health["batches"] <= health["images"]
+
+
+def _truncated(content: bytes) -> bytes:
+    return content[: len(content) // 2]
+
+
+def _bomb() -> bytes:
+    """A 20,000 x 20,000 PNG of a few kilobytes: 400 MP once decoded."""
+    out = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(out, format="PNG")
+    return out.getvalue()
+
+
+BAD_UPLOADS = {  # kind: (the files, made from test PNGs; the status; what the message says)
+    "text": (lambda pngs: [("notes.txt", b"not an image at all\n")], 400, "is not an image Pillow can read"),
+    "truncated": (lambda pngs: [("cut.png", _truncated(pngs[0]))], 400, "cannot be decoded"),
+    "bomb": (lambda pngs: [("bomb.png", _bomb())], 400, "over the 40,000,000 pixel limit"),
+    "empty": (lambda pngs: [("empty.png", b"")], 400, "is not an image Pillow can read"),
+    "too many": (lambda pngs: [(f"{i}.png", pngs[0]) for i in range(MAX_FILES + 1)], 400,
+                 f"Too many files. Maximum number of files is {MAX_FILES}"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_UPLOADS)
+def test_every_bad_upload_gets_a_4xx_json_answer_of_one_line(keras_server, test_pngs, kind):
+    files, status, message = BAD_UPLOADS[kind]
+    got, answer, body = keras_server.post_files(files(test_pngs))
+    assert got == status and answer.getheader("content-type") == "application/json"
+    assert message in body["error"] and "\n" not in body["error"]
+
+
+def test_requests_that_are_not_image_uploads_are_refused(keras_server, test_pngs):
+    status, _, body = keras_server.request("POST", "/api/predict", b"x=1",
+                                           {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415 and "multipart/form-data" in body["error"]
+    body_bytes, kind = multipart([])
+    status, _, body = keras_server.request("POST", "/api/predict", body_bytes, {"Content-Type": kind})
+    assert status == 400 and body["error"].startswith("no image files in the request")
+    for query, expected in (("?top_k=11", "top_k must be between 1 and 10, got 11"),
+                            ("?top_k=two", "top_k: Input should be a valid integer")):
+        status, _, body = keras_server.post_files([("a.png", test_pngs[0])], query)
+        assert status == 422 and body["error"].startswith(expected)
+    status, _, body = keras_server.request("GET", "/api/predict")
+    assert status == 405 and "\n" not in body["error"]
+
+
+def test_an_oversized_request_is_refused_before_it_is_read(keras_server):
+    declared = {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(MAX_REQUEST_BYTES + 1)}
+    connection = http.client.HTTPConnection(keras_server.host, keras_server.port, timeout=30)
+    connection.putrequest("POST", "/api/predict")
+    for key, value in declared.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    connection.send(b"--x\r\n")  # the rest is never sent: the answer comes from the header alone
+    answer = connection.getresponse()
+    assert answer.status == 413 and "over 32 MB" in json.loads(answer.read())["error"]
+    connection.close()
+    # Streamed without a length: refused once the bytes received pass the limit, the connection closed.
+    body, kind = multipart([("big.png", b"\0" * (MAX_REQUEST_BYTES + 1024))])
+    with socket.create_connection((keras_server.host, keras_server.port), timeout=60) as raw:
+        raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+                    f"Transfer-Encoding: chunked\r\n\r\n".encode())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server stops reading
+            for start in range(0, len(body), 1 << 20):
+                chunk = body[start:start + (1 << 20)]
+                raw.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            raw.sendall(b"0\r\n\r\n")
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"over 32 MB" in answer
+
+
+def test_the_server_keeps_serving_after_100_bad_requests(keras_server, test_pngs):
+    bad = [[("t.txt", b"text")], [("cut.png", _truncated(test_pngs[1]))], [("bomb.png", _bomb())]]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda i: keras_server.post_files(bad[i % 3])[0], range(100)))
+    assert statuses == [400] * 100
+    status, _, results = keras_server.post_files([("a.png", test_pngs[0])])
+    assert status == 200 and results[0]["class_name"] in CLASS_NAMES
+    assert keras_server.request("GET", "/api/health")[2]["status"] == "ok"
+    assert keras_server.process.poll() is None
+
+
+def test_the_openapi_description_is_served_and_no_page_needs_the_internet(keras_server):
+    status, _, schema = keras_server.request("GET", "/openapi.json")
+    assert status == 200 and "/api/predict" in schema["paths"]
+    assert keras_server.request("GET", "/docs")[0] == 404  # Swagger UI would fetch its scripts from a CDN
+    status, answer, page = keras_server.request("GET", "/")
+    assert status == 200 and "script-src 'sha256-" in answer.getheader("content-security-policy")
+    assert "http://" not in page.replace("http://HOST", "") and "https://" not in page
+
+
+def test_the_onnx_server_answers_like_the_keras_one(keras_server, onnx_server, test_pngs):
+    files = [(f"{i}.png", content) for i, content in enumerate(test_pngs[:8])]
+    _, _, by_keras = keras_server.post_files(files)
+    status, _, by_onnx = onnx_server.post_files(files)
+    assert status == 200
+    assert onnx_server.request("GET", "/api/health")[2]["engine"] == "onnx"
+    for a, b in zip(by_keras, by_onnx):
+        assert a["class_id"] == b["class_id"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+    assert onnx_server.request("GET", "/api/model")[2]["name"] == "tiny"
+
+
+# --- starting and stopping ------------------------------------------------------------------------
+
+
+def test_another_host_is_served_with_a_warning(tiny_run, synthetic):
+    process, url = start(str(tiny_run.run.path), "--host", "0.0.0.0", *data_options(synthetic))
+    try:
+        assert url.startswith("http://0.0.0.0:")
+    finally:
+        stop(process)
+    warning = process.stderr.read()
+    assert "fashionlab: warning: serving on 0.0.0.0: anyone who can reach this machine can use the model" in warning
+
+
+def test_a_port_in_use_or_a_missing_model_is_one_line_and_exit_1(keras_server, tmp_path):
+    used = subprocess.run([sys.executable, "-m", "fashionlab", "serve", "--onnx", "x.onnx", "--port",
+                           str(keras_server.port)], capture_output=True, text=True, timeout=120)
+    assert used.returncode == 1
+    assert used.stderr.startswith(f"fashionlab: error: cannot listen on 127.0.0.1:{keras_server.port} (")
+    assert used.stderr.strip().endswith("choose another --port") and used.stderr.count("\n") == 1
+    missing = subprocess.run([sys.executable, "-m", "fashionlab", "serve", str(tmp_path / "nothing"), "--port", "0"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
+    both = subprocess.run([sys.executable, "-m", "fashionlab", "serve", "run", "--onnx", "x.onnx"],
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 1 and "not both" in both.stderr
+
+
+# --- the page, in Chromium ------------------------------------------------------------------------
+
+
+def test_the_page_shows_an_uploaded_images_class_and_bars(keras_server, browser, test_pngs, tmp_path):
+    (tmp_path / "garment.png").write_bytes(test_pngs[2])
+    _, _, expected = keras_server.post_files([("garment.png", test_pngs[2])])
+    for width, height in ((1280, 900), (400, 800)):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        elsewhere = []
+        page.on("request", lambda r: elsewhere.append(r.url) if not r.url.startswith(
+            (keras_server.url, "data:", "blob:")) else None)
+        page.goto(keras_server.url)
+        page.set_input_files("#files", str(tmp_path / "garment.png"))
+        result = page.locator(".result").first
+        result.locator(".bar-row").first.wait_for(timeout=15_000)
+        assert result.locator(".class-name").inner_text() == expected[0]["class_name"]
+        labels = result.locator(".bar-label").all_inner_texts()
+        assert labels == [t["class_name"] for t in expected[0]["top_k"]]
+        values = [float(v) for v in result.locator(".bar").evaluate_all(
+            "(bars) => bars.map((b) => b.getAttribute('aria-valuenow'))")]
+        assert values == pytest.approx([t["probability"] for t in expected[0]["top_k"]], abs=1e-4)
+        fills = result.locator(".bar span").evaluate_all("(s) => s.map((e) => e.getBoundingClientRect().width)")
+        assert fills == sorted(fills, reverse=True) and fills[0] > 0
+        assert page.evaluate(BROKEN_IMAGES) == 0 and page.evaluate(OUTSIDE) == []
+        assert elsewhere == []
+        page.locator("#gallery button").first.click()  # a test image from the gallery, with its true label
+        page.locator(".result").nth(1).wait_for()
+        page.locator(".result").first.locator(".bar-row").first.wait_for(timeout=15_000)
+        assert page.locator(".result").first.locator(".truth").inner_text().startswith("true: ")
+        shot = tmp_path / f"page-{width}.png"
+        page.screenshot(path=shot, full_page=True)
+        assert_png(shot, min_width=width - 20, min_height=300)
+        page.close()
+
+
+def test_a_bad_file_on_the_page_shows_the_servers_message(keras_server, browser, tmp_path):
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    page = browser.new_page()
+    page.goto(keras_server.url)
+    page.set_input_files("#files", str(tmp_path / "notes.png"))
+    message = page.locator(".result .error").first
+    message.wait_for(timeout=15_000)
+    assert "is not an image Pillow can read" in message.inner_text()
+    page.close()
+
+
+def test_the_gallery_is_empty_with_a_note_without_the_data_set(tiny_run, browser, tmp_path):
+    process, url = start(str(tiny_run.run.path), "--data-dir", str(tmp_path), "--no-verify")
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        assert "not on this machine" in page.locator("#gallery-title").inner_text()
+        assert page.locator("#gallery button").count() == 0
+        page.close()
+    finally:
+        stop(process)
+
+
+def test_ctrl_c_stops_the_server_at_once(tiny_run, synthetic):
+    process, url = start(str(tiny_run.run.path), *data_options(synthetic))
+    began = time.monotonic()
+    code = stop(process)
+    assert code in (0, 130) and time.monotonic() - began < 10
+    assert "Traceback" not in process.stderr.read()
+    assert not os.path.exists(Path("/proc") / str(process.pid))
