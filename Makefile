@@ -11,6 +11,8 @@ BENCH_VENV ?= .venv-bench
 demo: venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
 	$(BIN)/fashionlab predict $(DEMO_RUN) --index 0 1 2
+	$(BIN)/fashionlab export $(DEMO_RUN)
+	@echo "next: $(BIN)/fashionlab serve $(DEMO_RUN)   (a prediction page on http://127.0.0.1:8000/)"
 
 # Test files run in parallel, a whole file per worker (its module fixtures are built once).
 test: venv dataset browser database

@@ -444,8 +444,8 @@ def measure(path: str, arguments: list[str], requests: list[bytes], labels: np.n
     }
     print(f"{path}: {tally.ok} right answers of {tally.answered} in {wall:.1f} s; server exited with {code}",
           flush=True)
-    said = server.tail(5)
-    if said.strip():  # what the server wrote on stderr: warnings, tracebacks
+    said = "\n".join(line for line in server.tail(5).splitlines() if line != "fashionlab: interrupted")
+    if said.strip():  # what the server wrote on stderr besides its answer to SIGINT: warnings, tracebacks
         figures["server_stderr_tail"] = said
         print(f"{path}: the server's stderr ends with:\n  " + said.replace("\n", "\n  "), flush=True)
     return figures

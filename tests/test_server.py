@@ -120,6 +120,7 @@ def test_pngs(synthetic) -> list[bytes]:
 
 
 def test_health_and_model_describe_the_served_run(keras_server, tiny_run):
+    assert keras_server.url.startswith("http://127.0.0.1:")  # this machine only, unless --host says otherwise
     status, _, health = keras_server.request("GET", "/api/health")
     assert status == 200 and health["status"] == "ok" and health["engine"] == "keras" and health["model"] == "tiny"
     status, _, model = keras_server.request("GET", "/api/model")

@@ -31,6 +31,7 @@ from fashionlab.runs import Run
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 128 * 1024 * 1024
 TRIM_LEVEL = 40  # of 255: fainter pixels count as background when trimming
+WORKING_SIZE = 448  # a larger photo is first reduced to this many pixels on its longest side
 # Below this top-1 probability a result carries a hint on what photos the model reads well.
 LOW_CONFIDENCE = 0.5
 MIRRORED_SHARE = 0.42  # a photo whose right half holds less of the garment than this may be mirrored
@@ -76,28 +77,34 @@ def _background(pixels: np.ndarray) -> np.ndarray:
     plane per channel (a lit backdrop darkens towards a side or a corner), fitted robustly, by
     least squares on the border pixels nearest the median fit."""
     height, width, channels = pixels.shape
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    terms = np.stack([np.ones_like(rows), rows / max(height - 1, 1), cols / max(width - 1, 1)], axis=-1)
-    border_terms, border_pixels = _border(terms), _border(pixels)
+    rows, cols = np.linspace(0, 1, height, dtype=np.float32), np.linspace(0, 1, width, dtype=np.float32)
+    # each border pixel's (1, row, column), in _border's order: top, bottom, left, right
+    border_rows = np.concatenate([np.zeros(width), np.ones(width), rows, rows])
+    border_cols = np.concatenate([cols, cols, np.zeros(height), np.ones(height)])
+    border_terms = np.stack([np.ones_like(border_rows), border_rows, border_cols], axis=1).astype(np.float32)
+    border_pixels = _border(pixels)
     plane = np.zeros((3, channels), dtype=np.float32)
     plane[0] = np.median(border_pixels, axis=0)
     for _ in range(2):  # refit on the border pixels the last fit explains best (not the garment's)
         residual = np.abs(border_pixels - border_terms @ plane).max(axis=1)
         near = residual <= np.percentile(residual, 60)
         plane = np.linalg.lstsq(border_terms[near], border_pixels[near], rcond=None)[0]
-    return terms @ plane
+    return (plane[0] + rows[:, None] * plane[1])[:, None, :] + (cols[:, None] * plane[2])[None, :, :]
 
 
 def _garment_map(image: Image.Image) -> np.ndarray:
-    """How far each pixel is from the background colour (the border's median), 0..255 as float:
-    the garment light on black. Gray photos give what inverting a light background gave (255 -
+    """How far each pixel is from the background colour (`_background`), 0..255 as float: the
+    garment light on black. Gray photos give what inverting a light background gave (255 -
     gray on white, gray itself on black); colour keeps a red shirt on a green wall apart even
     where both have the same gray level. The border's own spread (texture, noise) counts as
     background, and a faint garment is stretched to the full range, as the data set's are."""
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
-    distance = np.abs(pixels - _background(pixels)).max(axis=2)
+    difference = np.abs(pixels - _background(pixels))
+    distance = difference[..., 0]
+    for channel in range(1, difference.shape[2]):  # the largest difference of any channel
+        np.maximum(distance, difference[..., channel], out=distance)
     floor = float(np.percentile(_border(distance), 95))
     garment = np.clip(distance - floor, 0, None)
     top = float(garment.max())
@@ -124,6 +131,9 @@ def prepare(image: Image.Image, invert: bool | None = None) -> Prepared:
         gray = np.asarray(flat.convert("L"))
         if _border(gray).mean() <= 127:
             return Prepared(gray.copy(), as_is=True)
+    if max(flat.size) > WORKING_SIZE:  # a phone's 12 MP photo becomes 28 x 28: the detail is not needed
+        flat = flat.copy()
+        flat.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
     garment_map = _garment_map(flat) if invert is None else None
     if garment_map is not None and garment_map.max() > TRIM_LEVEL:
         garment = Image.fromarray(np.clip(garment_map + 0.5, 0, 255).astype(np.uint8), mode="L")
