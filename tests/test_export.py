@@ -16,6 +16,7 @@ from fashionlab.errors import ConfigError, ExportError, RunError
 from fashionlab.evaluation import predict_proba
 from fashionlab.export import OnnxModel
 from fashionlab.prediction import predict
+from fashionlab.runs import Run
 from fashionlab.training import train
 
 TINY_CNN = TINY.replace(name="tiny-cnn", model="cnn", filters=4, conv_blocks=2, convs_per_block=1, width=8,
@@ -30,6 +31,7 @@ def exported(tiny_run, synthetic, tmp_path_factory):
 
 def test_the_file_agrees_with_the_keras_model_and_says_what_it_is(exported, tiny_run, synthetic):
     result, out = exported
+    assert list(out.parent.iterdir()) == [out]  # no scratch file, no weights file beside it
     assert result["out"] == str(out) and result["bytes"] == out.stat().st_size
     assert result["check"]["images"] == len(synthetic.test_images())  # all of them: fewer than 1,000
     assert result["check"]["max_abs_difference"] <= 1e-5 and result["check"]["top1_differences"] == 0
@@ -55,8 +57,12 @@ def test_predict_with_the_onnx_file_gives_the_runs_answers(exported, tiny_run, s
 
 def test_a_cnn_with_pooling_and_batch_norm_exports(tmp_path, synthetic):
     run = train(TINY_CNN, tmp_path / "cnn", data=synthetic, verbose=0)
+    with Run.acquire(run.run.path), pytest.raises(RunError, match="is in use by another fashionlab process"):
+        export.export(run.run.path, data=synthetic)  # into the run: not while another process writes it
     result = export.export(run.run.path, data=synthetic)  # default: into the run
     assert result["out"] == str(run.run.path / "model.onnx") and result["check"]["top1_differences"] == 0
+    assert not [p.name for p in run.run.path.iterdir() if p.name.startswith((".", "fashionlab-export"))
+                and p.name != ".lock"]
     x = synthetic.test_images()
     np.testing.assert_allclose(OnnxModel(result["out"]).predict(x), predict_proba(run.model, x), atol=1e-5)
 
@@ -78,7 +84,14 @@ def test_a_bad_output_path_is_refused_before_any_work(tiny_run, synthetic, tmp_p
         export.export(tiny_run.run.path, format="tflite", data=synthetic)
 
 
-def test_files_that_are_not_fashionlab_onnx_models_are_refused(tmp_path):
+def exported_path(folder):
+    return folder / "for-damage.onnx"
+
+
+def test_files_that_are_not_fashionlab_onnx_models_are_refused(tmp_path, exported):
+    import shutil
+
+    shutil.copy(exported[1], exported_path(tmp_path))
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk" * 100)
     with pytest.raises(RunError, match="is not an ONNX model onnxruntime can run"):
         OnnxModel(tmp_path / "junk.onnx")
@@ -92,6 +105,12 @@ def test_files_that_are_not_fashionlab_onnx_models_are_refused(tmp_path):
         OnnxModel(tmp_path / "other.onnx")
     with pytest.raises(RunError, match="does not exist"):
         OnnxModel(tmp_path / "missing.onnx")
+    fixed = onnx.load(out := exported_path(tmp_path))
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, tmp_path / "batch1.onnx")
+    with pytest.raises(RunError, match="takes batches of exactly 1 images; export it with a batch size left open"):
+        OnnxModel(tmp_path / "batch1.onnx")
+    assert out.exists()
 
 
 def test_the_command_prints_the_check_and_predict_takes_the_file(exported, tiny_run, synthetic, tmp_path):

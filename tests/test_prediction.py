@@ -5,8 +5,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fashionlab.errors import ConfigError, ImageError
+from fashionlab.errors import ConfigError, ImageError, RunError
 from fashionlab.prediction import (
+    BLANK_HINT,
     LOW_CONFIDENCE_HINT,
     facing_right,
     load_image,
@@ -277,3 +278,30 @@ def test_a_photo_is_read_mirrored_only_when_it_looks_turned_and_the_mirror_reads
     proba, mirrored = read_probabilities(model, pixels, mirror=[True, True, True, False])
     assert mirrored.tolist() == [True, False, False, False]  # the last one is not a photo
     assert proba[0].argmax() == 1 and proba[1].argmax() == 1 and proba[3].argmax() == 0
+
+
+def test_a_model_giving_nan_is_refused_not_reported(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
+    model.layers[-1].set_weights([np.full((784, 10), np.nan, np.float32), np.zeros(10, np.float32)])
+    with pytest.raises(RunError, match="not numbers \\(NaN or infinite\\); it is damaged"):
+        predict_arrays(model, np.ones((2, 28, 28), np.uint8), ["a", "b"])
+
+
+def test_an_image_with_nothing_in_it_says_so(tmp_path):
+    Image.new("RGB", (60, 40), (255, 255, 255)).save(tmp_path / "white.png")
+    pixels = load_image(tmp_path / "white.png")
+    assert pixels.max() == 0
+    proba = np.full((1, 10), 0.1)
+    proba[0, 5] = 0.9
+    assert results_of(proba, ["white.png"], 3, pixels=pixels[None])[0]["hint"] == BLANK_HINT
+    assert "hint" not in results_of(proba, ["x"], 3, pixels=np.full((1, 28, 28), 200, np.uint8))[0]
+
+
+def test_a_large_16_bit_image_is_reduced_before_it_is_converted(tmp_path):
+    ramp = (np.linspace(0, 65535, 3000 * 2000) % 65536).astype(np.uint16).reshape(2000, 3000)
+    ramp[500:1500, 1000:2000] = 65535
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    pixels = load_image(tmp_path / "wide.png")
+    assert pixels.shape == (28, 28) and pixels.max() > 200

@@ -26,7 +26,7 @@ from PIL import Image
 from fashionlab import CLASS_NAMES
 from fashionlab.export import export
 from fashionlab.prediction import predict
-from fashionlab.server import MAX_FILES, MAX_REQUEST_BYTES
+from fashionlab.server import HEADER_SECONDS, MAX_FILES, MAX_HEADER_BYTES, MAX_REQUEST_BYTES
 
 
 class Server:
@@ -45,7 +45,9 @@ class Server:
         finally:
             connection.close()
         kind = answer.getheader("content-type", "")
-        return answer.status, answer, json.loads(content) if "json" in kind else content.decode("utf-8", "replace")
+        if "json" in kind and content:
+            return answer.status, answer, json.loads(content)
+        return answer.status, answer, content.decode("utf-8", "replace")
 
     def post_files(self, files: list[tuple[str, bytes]], query: str = ""):
         body, kind = multipart(files)
@@ -100,6 +102,7 @@ def keras_server(tiny_run, synthetic):
     process, url = start(str(tiny_run.run.path), *data_options(synthetic))
     yield Server(process, url)
     assert stop(process) in (0, 130)
+    assert "Traceback" not in process.stderr.read()  # whatever the tests sent, the log has no traceback
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +210,42 @@ def test_requests_that_are_not_image_uploads_are_refused(keras_server, test_pngs
     body_bytes, kind = multipart([])
     status, _, body = keras_server.request("POST", "/api/predict", body_bytes, {"Content-Type": kind})
     assert status == 400 and body["error"].startswith("no image files in the request")
+    status, _, body = keras_server.request("POST", "/api/predict", body_bytes, {"Content-Type": "multipart/form-data"})
+    assert status == 400 and body["error"].startswith("the upload cannot be read (Missing boundary in multipart)")
     for query, expected in (("?top_k=11", "top_k must be between 1 and 10, got 11"),
                             ("?top_k=two", "top_k: Input should be a valid integer")):
         status, _, body = keras_server.post_files([("a.png", test_pngs[0])], query)
         assert status == 422 and body["error"].startswith(expected)
     status, _, body = keras_server.request("GET", "/api/predict")
     assert status == 405 and "\n" not in body["error"]
+
+
+def test_slow_or_bloated_requests_are_cut_off(keras_server):
+    """A connection that says nothing, or sends its headers a line at a time, is answered 408 after
+    HEADER_SECONDS; headers over MAX_HEADER_BYTES get 431; a client gone mid-upload is no error."""
+    def answer(first: bytes, then: bytes = b"") -> bytes:
+        with socket.create_connection((keras_server.host, keras_server.port), timeout=30) as raw:
+            raw.sendall(first)
+            if then:
+                time.sleep(1)
+                raw.sendall(then)
+            return b"".join(iter(lambda: raw.recv(65536), b""))
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:
+        silent = pool.submit(answer, b"")
+        trickle = pool.submit(answer, b"POST /api/predict HTTP/1.1\r\n", b"Host: x\r\n")
+        bloated = pool.submit(answer, b"GET /api/health HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 10)
+                              + b"\r\n\r\n")
+        assert bloated.result().startswith(b"HTTP/1.1 431 ") and b"over 64 KB" in bloated.result()
+        for slow in (silent, trickle):
+            assert slow.result().startswith(b"HTTP/1.1 408 ") and b"came too slowly" in slow.result()
+    assert time.monotonic() - began < HEADER_SECONDS + 5
+    body, kind = multipart([("a.png", b"\x89PNG" + b"\0" * 100_000)])
+    with socket.create_connection((keras_server.host, keras_server.port), timeout=30) as raw:
+        raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:50_000])
+    assert keras_server.request("HEAD", "/api/health")[0] == 200
 
 
 def test_an_oversized_request_is_refused_before_it_is_read(keras_server):
@@ -282,6 +315,14 @@ def test_another_host_is_served_with_a_warning(tiny_run, synthetic):
         stop(process)
     warning = process.stderr.read()
     assert "fashionlab: warning: serving on 0.0.0.0: anyone who can reach this machine can use the model" in warning
+
+
+def test_a_host_that_is_not_this_machines_is_one_line_without_the_warning():
+    other = subprocess.run([sys.executable, "-m", "fashionlab", "serve", "--onnx", "x.onnx", "--host", "192.0.2.1",
+                            "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and other.stderr == (
+        "fashionlab: error: --host 192.0.2.1 is not an address of this machine; use 127.0.0.1 (this machine only) "
+        "or 0.0.0.0 (every address)\n")
 
 
 def test_a_port_in_use_or_a_missing_model_is_one_line_and_exit_1(keras_server, tmp_path):

@@ -232,15 +232,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from fashionlab.server import is_loopback, serve, warn
+    from fashionlab.server import serve
 
     if args.run is not None and args.onnx is not None:
         raise ConfigError("give a run directory or --onnx FILE, not both")
     if args.run is None and args.onnx is None:
         raise ConfigError("give a run directory (or --onnx FILE)")
-    if not is_loopback(args.host):
-        warn(f"serving on {args.host}: anyone who can reach this machine can use the model (there is no "
-             f"authentication); use --host 127.0.0.1 to keep it local")
 
     def ready(url: str) -> None:
         print(printable(f"serving {args.onnx or args.run} at {url}   (Ctrl-C stops)"), flush=True)

@@ -12,8 +12,10 @@ Keras model within 1e-5 and on every top-1 class.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,9 @@ import numpy as np
 
 from fashionlab import CLASS_NAMES, __version__
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, ExportError, RunError, reason
+from fashionlab.errors import ConfigError, ExportError, Interrupted, RunError, reason
 from fashionlab.files import open_regular
+from fashionlab.interrupts import stop_requests
 from fashionlab.runs import Run, atomic_path
 
 FORMATS = ("onnx",)
@@ -67,6 +70,9 @@ class OnnxModel:
         if len(outputs) != 1 or list(outputs[0].shape[1:]) != [len(CLASS_NAMES)]:
             raise RunError(f"{self.path} gives {[(o.name, o.shape) for o in outputs]}, not {len(CLASS_NAMES)} "
                            f"class probabilities; it is not a fashionlab model")
+        if isinstance(inputs[0].shape[0], int):
+            raise RunError(f"{self.path} takes batches of exactly {inputs[0].shape[0]} images; export it with a "
+                           f"batch size left open (fashionlab export does)")
         self.input, self.output = inputs[0].name, outputs[0].name
         self.metadata = _metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
 
@@ -116,11 +122,14 @@ def write_onnx(model, path: Path, metadata: dict[str, Any]) -> None:
     _require("jax2onnx", "exporting to ONNX")
     onnx = _require("onnx", "exporting to ONNX")
     signature = [keras.InputSpec(shape=(None, 28, 28), dtype="float32", name=INPUT_NAME)]
-    try:
-        onnx_ready(model).export(str(path), format="onnx", input_signature=signature, verbose=False)
-    except Exception as exc:  # jax2onnx fails with many types on a layer it cannot convert
-        raise ExportError(f"the model cannot be converted to ONNX ({reason(exc, 300)})") from None
-    graph = onnx.load(str(path))
+    # jax2onnx writes the weights beside its file (model.onnx.data): both go to a folder of our own
+    with tempfile.TemporaryDirectory(prefix="fashionlab-export-", dir=path.parent) as scratch:
+        converted = Path(scratch) / "model.onnx"
+        try:
+            onnx_ready(model).export(str(converted), format="onnx", input_signature=signature, verbose=False)
+        except Exception as exc:  # jax2onnx fails with many types on a layer it cannot convert
+            raise ExportError(f"the model cannot be converted to ONNX ({reason(exc, 300)})") from None
+        graph = onnx.load(str(converted))  # the weights read back in: one self-contained file
     produced = graph.graph.output[0].name
     for node in graph.graph.node:
         node.output[:] = [OUTPUT_NAME if name == produced else name for name in node.output]
@@ -154,18 +163,29 @@ def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None 
     if target.is_dir() or not target.parent.is_dir():
         raise ConfigError(f"`out` {target} must be a file in an existing folder", terms=["out"])
     started = time.perf_counter()
-    x = data.test_images()[:CHECK_IMAGES]
-    model = run.load_model()
-    metadata = _describe(run)
-    with atomic_path(target) as scratch:
-        write_onnx(model, scratch, metadata)
-        checked = agreement(model, OnnxModel(scratch), x)
-        if checked["max_abs_difference"] > TOLERANCE or checked["top1_differences"]:
-            raise ExportError(f"onnxruntime disagrees with Keras on {checked['images']} test images (largest "
-                              f"difference {checked['max_abs_difference']:.2e}, {checked['top1_differences']} "
-                              f"top-1 classes differ); nothing written")
+    inside = target.resolve().parent == run.path.resolve()
+    # Writing into the run takes its lock, as training and evaluate do; Ctrl-C is a stop request,
+    # answered between the steps, with every scratch file removed.
+    with stop_requests() as stop, Run.acquire(run.path) if inside else contextlib.nullcontext():
+        x = data.test_images()[:CHECK_IMAGES]
+        model = run.load_model()
+        metadata = _describe(run)
+        with atomic_path(target) as scratch:
+            write_onnx(model, scratch, metadata)
+            _stop_if_asked(stop)
+            checked = agreement(model, OnnxModel(scratch), x)
+            if checked["max_abs_difference"] > TOLERANCE or checked["top1_differences"]:
+                raise ExportError(f"onnxruntime disagrees with Keras on {checked['images']} test images (largest "
+                                  f"difference {checked['max_abs_difference']:.2e}, {checked['top1_differences']} "
+                                  f"top-1 classes differ); nothing written")
+            _stop_if_asked(stop)
     return {"run": str(run.path), "format": format, "out": str(target), "bytes": target.stat().st_size,
             "seconds": time.perf_counter() - started, "check": checked, "tolerance": TOLERANCE}
+
+
+def _stop_if_asked(stop) -> None:
+    if stop.requested:
+        raise Interrupted("export interrupted; nothing written")
 
 
 def _describe(run: Run) -> dict[str, Any]:

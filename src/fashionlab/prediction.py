@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, ImageError, reason
+from fashionlab.errors import ConfigError, ImageError, RunError, reason
 from fashionlab.files import open_regular
 from fashionlab.runs import Run
 
@@ -32,8 +32,10 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 128 * 1024 * 1024
 TRIM_LEVEL = 40  # of 255: fainter pixels count as background when trimming
 WORKING_SIZE = 448  # a larger photo is first reduced to this many pixels on its longest side
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
 # Below this top-1 probability a result carries a hint on what photos the model reads well.
 LOW_CONFIDENCE = 0.5
+BLANK_HINT = "no garment found: the image is blank or of one colour"
 MIRRORED_SHARE = 0.42  # a photo whose right half holds less of the garment than this may be mirrored
 LOW_CONFIDENCE_HINT = ("low confidence: the model knows one garment, upright, centred on a plain background, "
                        "shoes pointing left; crop to the garment and try again")
@@ -49,9 +51,11 @@ class Prepared:
 
 def _flatten(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB or grayscale; transparency is composited onto white, like a page."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    if image.mode.startswith("I;16"):  # the high byte: exact for 8-bit values stored as 16 (v * 257)
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), mode="L")
+    if image.mode in WIDE_MODES:
+        array = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if array.max() > 255 else 255.0
         return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
@@ -126,14 +130,16 @@ def prepare_image(image: Image.Image, invert: bool | None = None) -> np.ndarray:
 
 def prepare(image: Image.Image, invert: bool | None = None) -> Prepared:
     """`prepare_image`, saying whether the image was already in the data set's format."""
-    flat = _flatten(ImageOps.exif_transpose(image) or image)
+    image = ImageOps.exif_transpose(image) or image
+    flat = _flatten(image) if image.mode in WIDE_MODES else image  # Pillow scales 8-bit modes only
+    if max(flat.size) > WORKING_SIZE:  # a phone's 12 MP photo becomes 28 x 28: the detail is not needed
+        flat = flat.copy()
+        flat.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    flat = _flatten(flat)
     if invert is None and flat.size == (28, 28) and _is_gray(flat):
         gray = np.asarray(flat.convert("L"))
         if _border(gray).mean() <= 127:
             return Prepared(gray.copy(), as_is=True)
-    if max(flat.size) > WORKING_SIZE:  # a phone's 12 MP photo becomes 28 x 28: the detail is not needed
-        flat = flat.copy()
-        flat.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
     garment_map = _garment_map(flat) if invert is None else None
     if garment_map is not None and garment_map.max() > TRIM_LEVEL:
         garment = Image.fromarray(np.clip(garment_map + 0.5, 0, 255).astype(np.uint8), mode="L")
@@ -213,6 +219,9 @@ def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = ()) -
     flags &= facing_right(pixels)
     batch = np.concatenate([pixels, pixels[flags][:, :, ::-1]])
     proba = predict_proba(model, batch)
+    if not np.isfinite(proba).all():
+        raise RunError("the model gives probabilities that are not numbers (NaN or infinite); it is damaged, "
+                       "train or export it again")
     proba, flipped = proba[:len(pixels)].copy(), proba[len(pixels):]
     mirrored = np.zeros(len(pixels), dtype=bool)
     where = np.flatnonzero(flags)
@@ -222,9 +231,10 @@ def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = ()) -
     return proba, mirrored
 
 
-def results_of(proba: np.ndarray, labels: Sequence[str], k: int,
-               mirrored: Sequence[bool] = ()) -> list[dict[str, Any]]:
-    """One result per image: the best class, its probability, the top k, and notes."""
+def results_of(proba: np.ndarray, labels: Sequence[str], k: int, mirrored: Sequence[bool] = (),
+               pixels: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One result per image: the best class, its probability, the top k, and notes: read
+    mirrored; a hint when the model is unsure, or when `pixels` (what it saw) hold no garment."""
     results = []
     for i, (label, row) in enumerate(zip(labels, proba)):
         best = top_k(row, k)
@@ -232,7 +242,9 @@ def results_of(proba: np.ndarray, labels: Sequence[str], k: int,
                   "probability": best[0]["probability"], "top_k": best}
         if i < len(mirrored) and mirrored[i]:
             result["mirrored"] = True
-        if best[0]["probability"] < LOW_CONFIDENCE:
+        if pixels is not None and pixels[i].max() <= TRIM_LEVEL:
+            result["hint"] = BLANK_HINT
+        elif best[0]["probability"] < LOW_CONFIDENCE:
             result["hint"] = LOW_CONFIDENCE_HINT
         results.append(result)
     return results
@@ -242,7 +254,7 @@ def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3,
                    mirror: Sequence[bool] = ()) -> list[dict[str, Any]]:
     """One result per image: the best class, its probability, and the top k (`read_probabilities`)."""
     proba, mirrored = read_probabilities(model, pixels, mirror)
-    return results_of(proba, labels, k, mirrored)
+    return results_of(proba, labels, k, mirrored, pixels)
 
 
 def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (),

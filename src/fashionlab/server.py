@@ -14,6 +14,7 @@ a 4xx JSON answer {"error": "one line"}, and the server goes on.
 
 import asyncio
 import base64
+import errno
 import hashlib
 import html
 import io
@@ -45,7 +46,7 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # a batch is padded to the next of these
 MAX_CONNECTIONS = 256  # more at once are answered 503 by uvicorn
 DECODE_THREADS = 2
 INLINE_BYTES, INLINE_PIXELS = 64 * 1024, 256 * 256  # uploads decoded on the event loop, not in a thread
-GALLERY_SIZE = 24
+GALLERY_PER_CLASS = 2
 INSTALL_HINT = "pip install 'fashionlab[serve]'"
 
 
@@ -104,8 +105,11 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
 
         model = OnnxModel(onnx, threads=1)  # batches are small: more threads only spin, and take the CPU
         meta = model.metadata
-        info = {"name": meta.get("name") or Path(onnx).stem, "run": meta.get("run"), "source": str(onnx),
-                "config": meta.get("config") or {}, "test_accuracy": meta.get("test_accuracy")}
+        accuracy = meta.get("test_accuracy")
+        accuracy = accuracy if isinstance(accuracy, float) and 0 <= accuracy <= 1 else None
+        info = {"name": _text(meta.get("name")) or Path(onnx).stem, "run": _text(meta.get("run")),
+                "source": str(onnx), "config": meta.get("config") if isinstance(meta.get("config"), dict) else {},
+                "test_accuracy": accuracy}
         return Predictor(model, "onnx", info)
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
     config = run.config()
@@ -178,8 +182,8 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def gallery(data: DataSource, count: int = GALLERY_SIZE, seed: int = 0) -> list[dict[str, Any]]:
-    """Test images to try, two of each class, with their true labels; [] without the data set."""
+def gallery(data: DataSource, per_class: int = GALLERY_PER_CLASS, seed: int = 0) -> list[dict[str, Any]]:
+    """Test images to try, `per_class` of each class, with their true labels; [] without the data set."""
     from fashionlab.data import load_file
 
     try:
@@ -189,7 +193,6 @@ def gallery(data: DataSource, count: int = GALLERY_SIZE, seed: int = 0) -> list[
     except FashionlabError:
         return []
     order = np.random.default_rng(seed).permutation(len(images))
-    per_class = max(1, count // len(CLASS_NAMES))
     chosen: list[int] = []
     for label in range(len(CLASS_NAMES)):
         chosen += [int(i) for i in order[labels[order] == label][:per_class]]
@@ -258,6 +261,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
     batcher = Batcher(predictor)
@@ -291,11 +295,11 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
         return error(422, f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> Response:
         return HTMLResponse(page, headers=security)
 
-    @app.get("/api/health")
+    @app.api_route("/api/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
         return {"status": "ok", "engine": predictor.engine, "model": predictor.info["name"],
                 "uptime_seconds": round(time.time() - started, 1), "batches": batcher.batches,
@@ -317,7 +321,13 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             return error(415, "send the images as multipart/form-data files (curl -F image=@shoe.png)")
-        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=64 * 1024)
+        try:
+            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=64 * 1024)
+        except ClientDisconnect:  # the client went away: nobody to answer
+            return Response(status_code=400)
+        except HTTPException as exc:  # the multipart parser's refusal
+            return error(400, f"the upload cannot be read ({str(exc.detail).rstrip('.')}); send up to {MAX_FILES} "
+                              f"images as multipart/form-data files (curl -F image=@shoe.png)")
         try:
             uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
             if not uploads:
@@ -326,6 +336,8 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
             for number, upload in enumerate(uploads, 1):
                 names.append(_printable(upload.filename or f"image {number}"))
                 contents.append(await upload.read())
+        except ClientDisconnect:
+            return Response(status_code=400)
         finally:
             await form.close()
         try:
@@ -341,7 +353,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
             proba, mirrored = await batcher.read(pixels, [not image.as_is for image in images])
         except Exception as exc:  # the model failed on this batch: say so, keep serving
             return error(500, f"the model failed: {reason(exc)}")
-        results = results_of(proba, names, top_k, mirrored)
+        results = results_of(proba, names, top_k, mirrored, pixels)
         if prepared:
             for result, image in zip(results, images):
                 result["prepared"] = data_url(png_bytes(image.pixels))
@@ -367,12 +379,88 @@ def _decode_all(contents: Sequence[bytes], names: Sequence[str]):
     return [read_image(io.BytesIO(content), name) for content, name in zip(contents, names)]
 
 
+def _text(value: Any) -> str | None:
+    """A piece of an ONNX file's metadata shown on the page: a short string, or nothing."""
+    return _printable(value) if isinstance(value, str) else None
+
+
 def _printable(name: str) -> str:
     """A client's file name, cut to 200 characters, control characters dropped."""
     return "".join(ch for ch in name[:200] if ch.isprintable())
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEADER_SECONDS = 5.0  # a request's line and headers must arrive within this, from its first byte (or the connection)
+BODY_SECONDS = 30.0  # and its body within this, from the end of its headers
+MAX_HEADER_BYTES = 64 * 1024
+SLOW_HEADERS = "the request's line and headers came too slowly"
+
+
+def guarded_protocol():
+    """uvicorn's HTTP protocol (httptools) with what it lacks against slow or bloated requests:
+    a connection that sends no complete request line and headers within HEADER_SECONDS, or no
+    complete body within BODY_SECONDS of them, is answered 408 and closed; headers over
+    MAX_HEADER_BYTES are answered 431. Without this, a few hundred connections sending a byte
+    now and then would hold every connection the server allows."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttp(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.header_bytes, self.in_headers = 0, True
+            self.deadline = self.loop.call_later(HEADER_SECONDS, self.refuse, 408, SLOW_HEADERS)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self.in_headers:  # the next request on a kept-alive connection
+                self.header_bytes, self.in_headers = 0, True
+                self.rearm(HEADER_SECONDS, SLOW_HEADERS)
+
+        def on_url(self, url: bytes) -> None:
+            self.count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.count(len(name) + len(value))
+            if not self.transport.is_closing():
+                super().on_header(name, value)
+
+        def count(self, size: int) -> None:
+            self.header_bytes += size
+            if self.header_bytes > MAX_HEADER_BYTES:
+                self.refuse(431, f"the request's line and headers are over {MAX_HEADER_BYTES // 1024} KB")
+
+        def on_headers_complete(self) -> None:
+            self.in_headers = False
+            if self.transport.is_closing():  # refused: no application call for it
+                return
+            self.rearm(BODY_SECONDS, "the request's body came too slowly")
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self.deadline.cancel()
+            super().on_message_complete()
+
+        def connection_lost(self, exc) -> None:
+            self.deadline.cancel()
+            super().connection_lost(exc)
+
+        def rearm(self, seconds: float, message: str) -> None:
+            self.deadline.cancel()
+            self.deadline = self.loop.call_later(seconds, self.refuse, 408, message)
+
+        def refuse(self, status: int, message: str) -> None:
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                body = json.dumps({"error": message}).encode()
+                reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+                self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                     b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+            self.transport.close()
+
+    return GuardedHttp
+
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -390,6 +478,9 @@ def open_socket(host: str, port: int) -> socket.socket:
         sock.listen(1024)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"`host` {host} is not an address of this machine; use 127.0.0.1 (this machine "
+                              f"only) or 0.0.0.0 (every address)", terms=["host"]) from None
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another `port`",
                           terms=["port"]) from None
     sock.set_inheritable(True)
@@ -407,11 +498,14 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
     if not 1 <= top_k <= len(CLASS_NAMES):
         raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}", terms=["top_k"])
     sock = open_socket(host, port)  # first: a port in use fails before the model loads
+    if not is_loopback(host):
+        warn(f"serving on {host}: anyone who can reach this machine can use the model (there is no "
+             f"authentication); use --host 127.0.0.1 to keep it local")
     try:
         predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete)
         app = build_app(predictor, data=data, top_k=top_k)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=MAX_CONNECTIONS,
-                                timeout_graceful_shutdown=2, lifespan="on")
+        config = uvicorn.Config(app, http=guarded_protocol(), log_level="warning", access_log=False,
+                                limit_concurrency=MAX_CONNECTIONS, timeout_graceful_shutdown=10, lifespan="on")
         server = uvicorn.Server(config)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}/"

@@ -26,7 +26,7 @@ function card(file, original, truth) {
   const node = el("article", { className: "result" }, [
     el("figure", {}, [shown, el("figcaption", { textContent: "original" })]),
     el("figure", {}, [seen, el("figcaption", { textContent: "what the model saw" })]),
-    el("div", {}, [el("div", { className: "file", textContent: file }),
+    el("div", {}, [el("div", { className: "file", textContent: file.replace(/\p{Cc}|\p{Cf}/gu, "") }),
                    truth ? el("div", { className: "truth", textContent: `true: ${truth}` }) : ""]),
     verdict,
   ]);
