@@ -57,6 +57,7 @@ from PIL import Image
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource, load_file
+from fashionlab.provenance import cpu_model
 
 BOUNDARY = "fashionlab-load-7d1c9e"
 WARMUP = 50
@@ -487,14 +488,6 @@ def report(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         lines.append(f"{target + ' ' + comparison + ' ' + format(bound, 'g') + (' ' + unit if unit else ''):<22}"
                      f"{cells}")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def load_average() -> str:

@@ -71,16 +71,15 @@ class Predictor:
         import jax
 
         model = self.model
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
+        weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
 
         @jax.jit
-        def forward(x):
-            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+        def forward(weights, x):  # the weights are arguments, not constants compiled into the program
+            return model.stateless_call(*weights, x, training=False)[0]
 
-        self._compiled = forward
+        self._compiled = lambda x: forward(weights, x)
         for size in BATCH_SIZES:  # compile every batch size now, not during a request
-            np.asarray(forward(np.zeros((size, 28, 28), np.float32)))
+            np.asarray(self._compiled(np.zeros((size, 28, 28), np.float32)))
 
     def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -135,6 +134,7 @@ class Batcher:
         self.queue: asyncio.Queue[_Job] | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="fashionlab-model")
         self.task: asyncio.Task | None = None
+        self.carried: _Job | None = None  # taken from the queue, but over the last batch's size
         self.batches = self.images = 0
 
     async def read(self, pixels: np.ndarray, mirror: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +148,13 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self.queue.get()]
-            count = len(jobs[0].pixels)
-            while not self.queue.empty() and count + len(self.queue._queue[0].pixels) <= MAX_BATCH:
+            jobs = [self.carried or await self.queue.get()]
+            self.carried, count = None, len(jobs[0].pixels)
+            while not self.queue.empty():
                 job = self.queue.get_nowait()
+                if count + len(job.pixels) > MAX_BATCH:
+                    self.carried = job
+                    break
                 jobs.append(job)
                 count += len(job.pixels)
             pixels = np.concatenate([job.pixels for job in jobs])
