@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 
-from fashionlab.compare import compare
+from fashionlab.comparison import compare
 from fashionlab.config import TrainConfig
 from fashionlab.provenance import machine_info
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import Page, assert_png, assert_self_contained
 
 from fashionlab import CLASS_NAMES
-from fashionlab.compare import summarize
+from fashionlab.comparison import summarize
 from fashionlab.evaluation import metrics_from_proba
 from fashionlab.reports import (
     SAMPLES_SHOWN,

@@ -43,4 +43,16 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 
-__all__ = ["CLASS_NAMES", "FashionlabError", "__version__"]
+# The notebook API (fashionlab.notebook), imported when first used: `import fashionlab` stays quick.
+NOTEBOOK_NAMES = ("train", "compare", "Run", "Comparison")
+
+
+def __getattr__(name: str):
+    if name in NOTEBOOK_NAMES:
+        from fashionlab import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'fashionlab' has no attribute {name!r}")
+
+
+__all__ = ["CLASS_NAMES", "FashionlabError", "__version__", *NOTEBOOK_NAMES]

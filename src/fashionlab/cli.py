@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
-from fashionlab.compare import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
+from fashionlab.comparison import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
-from fashionlab.sweep import MAX_TRIALS, PRUNERS, SAMPLERS
+from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
               "filters", "conv_blocks", "convs_per_block", "scale_inputs")
@@ -250,7 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     base, overrides = _base_config(args), _overrides(args)
     try:
         with stop_requests():  # from the start: a signal while Keras imports is a stop request too
-            from fashionlab.compare import compare
+            from fashionlab.comparison import compare
 
             result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, overrides=overrides,
                              jobs=args.jobs, data=_data_from(args), force=args.force,
@@ -266,7 +266,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     try:
         with stop_requests():  # from the start: a signal while Optuna and Keras import is a stop request too
-            from fashionlab.sweep import sweep
+            from fashionlab.sweeps import sweep
 
             out = args.out or os.path.join("runs", f"sweep-{os.path.splitext(os.path.basename(args.space))[0]}")
             result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,

@@ -127,8 +127,16 @@ def check_engine(config: TrainConfig) -> str:
 
 
 def progress_verbosity() -> int:
-    """Keras' progress bar on a terminal, one line per epoch in logs and pipes."""
-    return 1 if sys.stdout.isatty() else 2
+    """Keras' progress bar on a terminal and in a notebook (one bar per epoch, redrawn in place),
+    one line per epoch in logs and pipes."""
+    return 1 if sys.stdout.isatty() or in_notebook() else 2
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),

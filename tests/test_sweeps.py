@@ -19,7 +19,7 @@ from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.runner import run_task
 from fashionlab.runs import Run
-from fashionlab.sweep import Owner, _Sweep, load_space, open_storage, settings_differences, storage_label, sweep
+from fashionlab.sweeps import Owner, _Sweep, load_space, open_storage, settings_differences, storage_label, sweep
 from fashionlab.training import train
 
 TINY_TRAIN = """[train]

@@ -635,7 +635,7 @@ def _kept_accuracy(run_dir: Path, metrics: dict[str, Any]) -> float:
 
 
 def check_sweep_folder(out: Path, *, force: bool) -> None:
-    from fashionlab.compare import check_output_folder
+    from fashionlab.comparison import check_output_folder
 
     check_output_folder(out, force=force, marker=MARKER, what="sweep")
 

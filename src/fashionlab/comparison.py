@@ -122,6 +122,16 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def load_comparison(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """A finished comparison read back from its folder: results.csv, its summary and conclusion."""
+    folder = Run(out)
+    if not folder.file("results.csv").is_file():
+        raise RunError(f"{out} holds no finished comparison (no results.csv); run compare into it")
+    results = folder.read_table("results.csv", dtype={"variant": str})
+    summary = summarize(results)
+    return results, summary, conclusion(summary)
+
+
 def conclusion(summary: pd.DataFrame) -> list[str]:
     """Plain statements that follow from the numbers, and no more."""
     ranked = summary.sort_values("test_accuracy_mean", ascending=False)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import TINY, assert_png, assert_self_contained
 
-from fashionlab.compare import compare, conclusion, plan, summarize, variant_config
+from fashionlab.comparison import compare, conclusion, plan, summarize, variant_config
 from fashionlab.config import TrainConfig, check_runnable, training_bytes
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
@@ -197,10 +197,10 @@ def test_a_folder_compare_did_not_make_is_refused_unless_empty_or_forced(tmp_pat
 
 
 def test_runs_trained_at_once_share_the_free_memory(tmp_path, synthetic, monkeypatch):
-    import fashionlab.compare
+    import fashionlab.comparison
 
     need = training_bytes(BASE, 300)  # the synthetic set: 360 images, 60 of them validate
-    monkeypatch.setattr(fashionlab.compare, "available_memory", lambda: int(need / 0.8 * 1.5))
+    monkeypatch.setattr(fashionlab.comparison, "available_memory", lambda: int(need / 0.8 * 1.5))
     check_runnable(BASE, train_images=360, free_memory=int(need / 0.8 * 1.5))  # one run alone fits
     with pytest.raises(ConfigError, match="needs about .* GiB to train, more than the .* GiB of memory free"):
         compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=2, data=synthetic)
@@ -244,7 +244,7 @@ def test_a_variant_keeps_the_name_it_is_given_even_its_starting_name(tmp_path):
 
 
 def test_the_comparison_folder_holds_its_files_and_one_folder_per_variant(comparison):
-    from fashionlab.compare import COMPARISON_FILES, MARKER
+    from fashionlab.comparison import COMPARISON_FILES, MARKER
 
     out, _, _ = comparison
     assert {p.name for p in out.iterdir() if p.is_file()} - {".lock"} == {MARKER, *COMPARISON_FILES}

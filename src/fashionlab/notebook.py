@@ -1,0 +1,231 @@
+"""fashionlab in a notebook: the library's calls, returning objects that show themselves.
+
+    import fashionlab as fl
+    run = fl.train(epochs=1)                 # a live progress bar, then a card with the curves
+    run.history, run.metrics, run.plot(), run.confusion(), run.mistakes(12), run.predict([0, 1, 2])
+    run = fl.Run.open("runs/20260101-120000-tutorial")
+    cmp = fl.compare(["bn-after", "bn-before"], seeds=2, epochs=3)
+    cmp.table, cmp.plot()
+
+In Jupyter each object is a card (`_repr_html_`: the key figures and the curves); elsewhere its
+repr is one line. These are thin: `train` is `training.train`, `compare` is `comparison.compare`,
+`sweep` is `sweeps.sweep`, and every figure comes from `plots.py`, as the CLI's do.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fashionlab import CLASS_NAMES
+from fashionlab.config import TrainConfig, with_changes
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError
+from fashionlab.runs import Run as RunDirectory
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+CARD_STYLE = ("font-family: system-ui, sans-serif; border: 1px solid #d9dde4; border-radius: 8px; padding: 10px 14px; "
+              "max-width: 760px; background: #fff; color: #1d2330")
+
+
+def _card(title: str, facts: dict[str, str], figure: Figure | None = None, extra: str = "") -> str:
+    """A notebook card: a title, a line of key figures, a figure as an inline PNG, anything else."""
+    from fashionlab.plots import png_bytes
+    from fashionlab.reports import png_tag
+
+    line = " · ".join(f"{html.escape(key)} <b>{html.escape(value)}</b>" for key, value in facts.items())
+    picture = png_tag(png_bytes(figure), title) if figure is not None else ""
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    return (f'<div style="{CARD_STYLE}"><div style="font-size: 15px; font-weight: 600">{html.escape(title)}</div>'
+            f'<div style="font-size: 13px; margin: 4px 0 8px">{line}</div>'
+            f'<div style="max-width: 100%; overflow-x: auto">{picture}</div>{extra}</div>')
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else "–"
+
+
+class Run:
+    """A run directory, read: its config, history, metrics, curves, mistakes and predictions."""
+
+    def __init__(self, path: str | Path, *, allow_incomplete: bool = True):
+        self._run = RunDirectory.open(path, allow_incomplete=allow_incomplete)
+        self.path = self._run.path
+
+    @classmethod
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> Run:
+        """A finished run directory (or, with `allow_incomplete`, one still running or stopped)."""
+        return cls(path, allow_incomplete=allow_incomplete)
+
+    @property
+    def config(self) -> TrainConfig:
+        return self._run.config()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def status(self) -> str:
+        return self._run.status()["status"]
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds, ..."""
+        return self._run.history()
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json: test accuracy and loss, the best epoch, times, parameters, versions ({} until finished)."""
+        return self._run.metrics() if self._run.file("metrics.json").is_file() else {}
+
+    def plot(self) -> Figure:
+        """The learning curves: loss and accuracy per epoch, training and validation."""
+        from fashionlab.plots import learning_curves_figure
+
+        return learning_curves_figure(self.history, title=f"{self.name}: learning curves")
+
+    def confusion(self, normalize: bool = False) -> pd.DataFrame:
+        """The test set's confusion matrix (rows: true class, columns: predicted), counts or row fractions."""
+        import pandas as pd
+
+        matrix = self._run.confusion().astype(float if normalize else int)
+        if normalize:
+            matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        return pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"),
+                            columns=pd.Index(CLASS_NAMES, name="predicted"))
+
+    def mistakes(self, n: int = 12, data: DataSource = DataSource()) -> Figure:
+        """The `n` test images the model gets wrong most confidently, with what it said and the truth."""
+        import matplotlib.pyplot as plt
+
+        from fashionlab.evaluation import predict_proba
+
+        if not 1 <= n <= 100:
+            raise ConfigError(f"`n` must be between 1 and 100, got {n}", terms=["n"])
+        splits = data.splits(self.config.validation_size)
+        proba = predict_proba(self._run.load_model(), splits.x_test)
+        predicted = proba.argmax(axis=1)
+        wrong = np.flatnonzero(predicted != splits.y_test)
+        worst = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:n]
+        columns = min(6, max(1, len(worst)))
+        rows = max(1, -(-len(worst) // columns))
+        figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, index in zip(axes.flat, worst):
+            ax.imshow(splits.x_test[index], cmap="gray")
+            ax.set_title(f"{CLASS_NAMES[predicted[index]]} {proba[index, predicted[index]]:.0%}\n"
+                         f"true: {CLASS_NAMES[splits.y_test[index]]}", fontsize=8)
+        figure.suptitle(f"{self.name}: the {len(worst)} most confident mistakes of {len(wrong)}", fontsize=10)
+        figure.tight_layout()
+        return figure
+
+    def predict(self, inputs: Sequence[int | str | Path], top_k: int = 3,
+                data: DataSource = DataSource()) -> pd.DataFrame:
+        """Test images (indices) and image files, one row each: the class, its probability, the next ones."""
+        import pandas as pd
+
+        from fashionlab.prediction import predict
+
+        indices = [i for i in inputs if isinstance(i, (int, np.integer))]
+        files = [p for p in inputs if not isinstance(p, (int, np.integer))]
+        results = predict(self.path, indices=indices, images=files, top_k=top_k, data=data,
+                          allow_incomplete=self.status != "complete")
+        return pd.DataFrame([{"input": r["input"], "class": r["class_name"], "probability": r["probability"],
+                              "next": ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:]),
+                              "note": r.get("hint", "mirrored" if r.get("mirrored") else "")}
+                             for r in results]).set_index("input")
+
+    def _facts(self) -> dict[str, str]:
+        metrics, history = self.metrics, self.history
+        facts = {"status": self.status, "epochs": str(len(history))}
+        if metrics:
+            facts["test accuracy"] = _percent(metrics.get("test_accuracy"))
+            facts["best val accuracy"] = _percent(metrics.get("best_val_accuracy"))
+            facts["training"] = f"{metrics['train_seconds']:.1f} s"
+            facts["parameters"] = f"{metrics['parameters']['total']:,}"
+        elif len(history):
+            facts["val accuracy"] = _percent(float(history["val_accuracy"].iloc[-1]))
+        return facts
+
+    def _repr_html_(self) -> str:
+        figure = self.plot() if len(self.history) else None
+        return _card(f"{self.name} — {self.path}", self._facts(), figure)
+
+    def __repr__(self) -> str:
+        facts = self._facts()
+        said = f", test accuracy {facts['test accuracy']}" if "test accuracy" in facts else ""
+        return f"Run({str(self.path)!r}, {self.name}, {facts['status']}, {facts['epochs']} epochs{said})"
+
+
+def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data: DataSource = DataSource(),
+          verbose: int | None = None, **changes: Any) -> Run:
+    """Train a recipe (default: the tutorial's), changed by any config keys, into a new run
+    directory: `fl.train("fast-cnn", epochs=3)`. In a notebook the progress is a live bar."""
+    from fashionlab import recipes, training
+
+    base = recipes.get(recipe).config if recipe is not None else TrainConfig()
+    config = with_changes(base, changes)
+    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe)
+    return Run(result.run.path)
+
+
+class Comparison:
+    """A comparison's folder, read: the table of variants over seeds, the conclusion, the curves."""
+
+    def __init__(self, out: str | Path):
+        from fashionlab.comparison import load_comparison
+
+        self.out = Path(out)
+        self.results, self.table, self.conclusion = load_comparison(self.out)
+
+    def runs(self) -> list[Run]:
+        """Each run of the comparison, in the order of `results` (variant, seed)."""
+        return [Run(self.out / variant / f"seed-{seed}") for variant, seed in zip(self.results["variant"],
+                                                                                  self.results["seed"])]
+
+    def plot(self) -> Figure:
+        """Validation accuracy and loss per epoch for each variant (mean over seeds, band = min..max)."""
+        from fashionlab.plots import comparison_curves_figure
+
+        histories: dict[str, list[pd.DataFrame]] = {}
+        for variant, run in zip(self.results["variant"], self.runs()):
+            histories.setdefault(variant, []).append(run.history)
+        return comparison_curves_figure(histories)
+
+    def _repr_html_(self) -> str:
+        from fashionlab.reports import summary_display
+
+        table = summary_display(self.table).to_html(index=False, border=0)
+        notes = "".join(f"<li>{html.escape(line)}</li>" for line in self.conclusion)
+        facts = {"variants": str(self.table.shape[0]), "runs": str(len(self.results))}
+        return _card(f"comparison — {self.out}", facts, self.plot(), f"{table}<ul style='font-size: 13px'>{notes}</ul>")
+
+    def __repr__(self) -> str:
+        best = self.table["test_accuracy_mean"].idxmax()
+        return (f"Comparison({str(self.out)!r}, {len(self.table)} variants, {len(self.results)} runs, best {best} "
+                f"{_percent(self.table.loc[best, 'test_accuracy_mean'])})")
+
+
+def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
+            data: DataSource = DataSource(), **changes: Any) -> Comparison:
+    """Train each variant (a series variant such as "bn-before", a recipe, or "recipe:key=value")
+    over `seeds` seeds, every one changed by `changes`, and compare them on the test set."""
+    from fashionlab.comparison import DEFAULT_VARIANTS
+    from fashionlab.comparison import compare as run_comparison
+
+    variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS)
+    out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
+    run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data)
+    return Comparison(out)
