@@ -92,3 +92,22 @@ def test_importing_fashionlab_imports_neither_keras_nor_the_notebook_module():
     assert fl.train is notebook.train and fl.Run is notebook.Run
     with pytest.raises(AttributeError, match="has no attribute 'trian'"):
         fl.trian  # noqa: B018
+
+
+def test_train_starts_from_a_recipe_and_records_it(tmp_path, synthetic):
+    from fashionlab import recipes
+
+    run = fl.train("fast-mlp", run_dir=tmp_path / "r", data=synthetic, verbose=0, **TINY_KEYS)
+    recipe = recipes.get("fast-mlp").config()
+    assert run.config.optimizer == recipe.optimizer and run.config.width == 16 and run.name.startswith("fast-mlp-")
+    assert run._run.status()["recipe"] == "fast-mlp"
+
+
+def test_sweep_returns_its_trials_and_shows_them(tmp_path, synthetic):
+    space = tmp_path / "space.toml"
+    space.write_text('[train]\ndepth = 2\nepochs = 2\nvalidation_size = 60\n[search]\nwidth = [8, 16]\n')
+    result = fl.sweep(space, trials=2, out=tmp_path / "sweep", data=synthetic, sampler="random")
+    assert isinstance(result, fl.Sweep) and len(result.trials) == 2 and result.ended
+    assert result.best is not None and result.best["trial"] in (0, 1)
+    assert isinstance(result.plot(), Figure) and result._repr_html_().count("<img") == 1
+    assert repr(result).startswith(f"Sweep({str(tmp_path / 'sweep')!r}, trials 2, ended yes, best trial ")

@@ -44,7 +44,7 @@ CLASS_NAMES = (
 )
 
 # The notebook API (fashionlab.notebook), imported when first used: `import fashionlab` stays quick.
-NOTEBOOK_NAMES = ("train", "compare", "Run", "Comparison")
+NOTEBOOK_NAMES = ("train", "compare", "sweep", "Run", "Comparison", "Sweep")
 
 
 def __getattr__(name: str):

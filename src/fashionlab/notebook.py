@@ -175,7 +175,7 @@ def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data:
     directory: `fl.train("fast-cnn", epochs=3)`. In a notebook the progress is a live bar."""
     from fashionlab import recipes, training
 
-    base = recipes.get(recipe).config if recipe is not None else TrainConfig()
+    base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
     config = with_changes(base, changes)
     result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe)
     return Run(result.run.path)
@@ -229,3 +229,42 @@ def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str |
     out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
     run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data)
     return Comparison(out)
+
+
+class Sweep:
+    """A sweep's outcome: every trial (`trials`), the chosen one (`best`), the history of the search."""
+
+    def __init__(self, result):
+        self.out, self.trials, self.best, self.ended = result.out, result.trials, result.best, result.ended
+        self.summary = result.summary
+
+    def plot(self) -> Figure:
+        """Validation accuracy of each trial in order, and the best so far."""
+        from fashionlab.plots import sweep_history_figure
+
+        return sweep_history_figure(self.trials)
+
+    def _facts(self) -> dict[str, str]:
+        facts = {"trials": str(len(self.trials)), "ended": "yes" if self.ended else "no"}
+        if self.best is not None:
+            facts["best trial"] = str(self.best["trial"])
+            facts["its val accuracy"] = _percent(self.best.get("val_accuracy"))
+        return facts
+
+    def _repr_html_(self) -> str:
+        summary = f"<pre style='font-size: 12px; white-space: pre-wrap'>{html.escape(self.summary)}</pre>"
+        return _card(f"sweep — {self.out}", self._facts(), self.plot() if len(self.trials) else None, summary)
+
+    def __repr__(self) -> str:
+        return f"Sweep({str(self.out)!r}, " + ", ".join(f"{k} {v}" for k, v in self._facts().items()) + ")"
+
+
+def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None, jobs: int = 1,
+          data: DataSource = DataSource(), **options: Any) -> Sweep:
+    """Run (or continue) the sweep of a search-space file until its study has `trials` trials:
+    `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`; `options` as `sweeps.sweep` takes them
+    (sampler, pruner, storage, ...)."""
+    from fashionlab.sweeps import sweep as run_sweep
+
+    out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
+    return Sweep(run_sweep(space, out, trials=trials, jobs=jobs, data=data, **options))

@@ -1,0 +1,42 @@
+"""The example notebooks, run top to bottom in a real Jupyter kernel, in their quick setting
+(FASHIONLAB_QUICK=1: one epoch on 2,000 training images per run); a failing cell fails the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.realdata
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def execute(path: Path, cwd: Path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return notebook
+
+
+def text_of(cell) -> str:
+    """What a code cell printed or showed as text."""
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def test_the_tutorial_notebook_runs_and_prints_the_tutorials_figures(tmp_path, monkeypatch, real_data):
+    monkeypatch.setenv("FASHIONLAB_QUICK", "1")
+    notebook = execute(EXAMPLES / "tutorial.ipynb", tmp_path)
+    shown = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
+    for printed in ("(5000, 28, 28) (5000,)", "(55000, 28, 28) (55000,)", "(10000, 28, 28) (10000,)",
+                    "2.0231433 -0.8105136", "279,410", "275,410", "4,000", "backend: jax"):
+        assert printed in shown
+    cards = [cell for cell in notebook.cells if any("text/html" in o.get("data", {}) for o in cell.get("outputs", []))]
+    assert len(cards) >= 3  # the run, the CNN run and the comparison show themselves
+    assert (tmp_path / "runs" / "notebook-bn" / "results.csv").is_file()
