@@ -1,4 +1,4 @@
-"""Write examples/tutorial.ipynb from the cells below (then run it: scripts/run_notebooks.py).
+"""Write examples/tutorial.ipynb from the cells below, without outputs (scripts/run_notebooks.py runs it).
 
     .venv/bin/python scripts/make_notebooks.py
 """

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/mutants.py [--jobs 2] [--only ID ...] [--quick]
 
 Each mutant is one exact text replacement in one module of src/fashionlab, a bug a developer
-could plausibly write. For each, the script copies src/ and tests/ to a scratch folder, applies
+could plausibly write. For each, the script copies src/, tests/ and examples/ to a scratch folder, applies
 the replacement, and runs pytest there (the copy comes first on PYTHONPATH, so subprocesses
 that the tests start see the mutant too). A mutant is killed when a test fails, or the run
 hangs past the timeout; it survives when the suite passes. The module's own tests run first,
@@ -461,6 +461,14 @@ MUTANTS = [
            "    serve.add_argument(\"--host\", default=\"127.0.0.1\",",
            "    serve.add_argument(\"--host\", default=\"0.0.0.0\",",
            "the server listens on every network interface unless told otherwise"),
+    Mutant("notebook-least-confident-mistakes", "notebook.py",
+           "        worst = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind=\"stable\")][:n]",
+           "        worst = wrong[np.argsort(proba[wrong, predicted[wrong]], kind=\"stable\")][:n]",
+           "run.mistakes shows the least confident mistakes, not the most"),
+    Mutant("notebook-confusion-by-column", "notebook.py",
+           "            matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)",
+           "            matrix = matrix / np.maximum(matrix.sum(axis=0, keepdims=True), 1)",
+           "the normalized confusion matrix divides by predictions, not by the true class"),
 ]
 
 
@@ -478,6 +486,7 @@ def run_mutant(mutant: Mutant, python: str, quick: bool, timeout: float) -> tupl
         scratch = Path(scratch)
         shutil.copytree(ROOT / "src", scratch / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
         shutil.copytree(ROOT / "tests", scratch / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "examples", scratch / "examples")  # the notebooks tests/test_notebooks.py runs
         shutil.copy(ROOT / "pyproject.toml", scratch)
         (scratch / "src" / "fashionlab" / mutant.module).write_text(text.replace(mutant.old, mutant.new),
                                                                     encoding="utf-8")

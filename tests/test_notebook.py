@@ -40,6 +40,10 @@ def test_the_figures_and_tables(run, synthetic):
     wrong = run.mistakes(4, data=synthetic)
     titles = [ax.get_title() for ax in wrong.axes if ax.get_title()]
     assert 1 <= len(titles) <= 4 and all("true: " in t for t in titles)
+    said = [(t.split("\n")[0].rsplit(" ", 1), t.split("true: ")[1]) for t in titles]
+    assert all(predicted != true for (predicted, _), true in said)  # mistakes only
+    confidence = [int(p.rstrip("%")) for (_, p), _ in said]
+    assert confidence == sorted(confidence, reverse=True)  # the most confident first
 
 
 def test_predict_gives_a_table_of_what_fashionlab_predict_says(run, synthetic):

@@ -37,6 +37,8 @@ def test_the_tutorial_notebook_runs_and_prints_the_tutorials_figures(tmp_path, m
     for printed in ("(5000, 28, 28) (5000,)", "(55000, 28, 28) (55000,)", "(10000, 28, 28) (10000,)",
                     "2.0231433 -0.8105136", "279,410", "275,410", "4,000", "backend: jax"):
         assert printed in shown
+    training = next(cell for cell in notebook.cells if cell.source.startswith("run = fl.train("))
+    assert "━" in text_of(training) and "val_accuracy" in text_of(training)  # Keras' live bar, not one line per epoch
     cards = [cell for cell in notebook.cells if any("text/html" in o.get("data", {}) for o in cell.get("outputs", []))]
     assert len(cards) >= 3  # the run, the CNN run and the comparison show themselves
     assert (tmp_path / "runs" / "notebook-bn" / "results.csv").is_file()

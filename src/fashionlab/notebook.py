@@ -41,14 +41,15 @@ def _card(title: str, facts: dict[str, str], figure: Figure | None = None, extra
     from fashionlab.reports import png_tag
 
     line = " · ".join(f"{html.escape(key)} <b>{html.escape(value)}</b>" for key, value in facts.items())
-    picture = png_tag(png_bytes(figure), title) if figure is not None else ""
+    picture = png_tag(png_bytes(figure), title).replace("<img ", '<img style="max-width: 100%; height: auto" ', 1) \
+        if figure is not None else ""
     if figure is not None:
         import matplotlib.pyplot as plt
 
         plt.close(figure)
     return (f'<div style="{CARD_STYLE}"><div style="font-size: 15px; font-weight: 600">{html.escape(title)}</div>'
             f'<div style="font-size: 13px; margin: 4px 0 8px">{line}</div>'
-            f'<div style="max-width: 100%; overflow-x: auto">{picture}</div>{extra}</div>')
+            f'<div>{picture}</div><div style="max-width: 100%; overflow-x: auto">{extra}</div></div>')
 
 
 def _percent(value: Any) -> str:
