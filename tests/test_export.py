@@ -125,6 +125,9 @@ def test_the_command_prints_the_check_and_predict_takes_the_file(exported, tiny_
     assert shown.returncode == 0, shown.stderr
     assert [r["class_id"] for r in json.loads(shown.stdout)] == [
         r["class_id"] for r in predict(tiny_run.run.path, indices=[0, 1], data=synthetic)]
+    both = subprocess.run([sys.executable, "-m", "fashionlab", "predict", str(tiny_run.run.path), "--onnx", str(out),
+                           "--index", "0", *data], capture_output=True, text=True, timeout=300)
+    assert both.returncode == 1 and both.stderr == "fashionlab: error: give a run directory or --onnx FILE, not both\n"
     wrong = subprocess.run([sys.executable, "-m", "fashionlab", "predict", str(out), "--index", "0", *data],
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 1 and wrong.stderr.strip() == f"fashionlab: error: {out} is an ONNX file: pass it " \

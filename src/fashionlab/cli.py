@@ -194,6 +194,8 @@ def _model_source(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """The run directory and the image files of `predict RUN IMAGE...` / `predict --onnx FILE IMAGE...`."""
     given = ([args.run] if args.run is not None else []) + list(getattr(args, "images", []))
     if args.onnx is not None:
+        if given and os.path.isdir(given[0]):
+            raise ConfigError("give a run directory or --onnx FILE, not both")
         return None, given
     if not given:
         raise ConfigError("give a run directory (or --onnx FILE)")
