@@ -48,7 +48,7 @@ def test_garment_is_trimmed_then_centred():
 
 
 def test_aspect_ratio_is_kept_by_padding():
-    wide = prepare_image(Image.new("L", (100, 50), 100))
+    wide = prepare_image(Image.new("L", (100, 50), 100), invert=False)  # by gray level: the whole image is kept
     assert wide[14].min() > 90  # the middle row is the image
     assert wide[0].max() == 0 and wide[-1].max() == 0  # top and bottom are padding
 
@@ -116,6 +116,9 @@ def test_predict_argument_errors_name_the_python_arguments(tiny_run, synthetic):
         predict(tiny_run.run.path, indices=[100], data=synthetic)
     with pytest.raises(ConfigError, match="nothing to predict"):
         predict(tiny_run.run.path)
+    for bad in (True, 1.0, "3"):
+        with pytest.raises(ConfigError, match="test images are numbered by whole numbers"):
+            predict(tiny_run.run.path, indices=[0, bad], data=synthetic)
     with pytest.raises(ConfigError, match="^`top_k` must be between 1 and 10, got 11$"):
         predict(tiny_run.run.path, indices=[0], top_k=11)
 
@@ -293,6 +296,8 @@ def test_an_image_with_nothing_in_it_says_so(tmp_path):
     Image.new("RGB", (60, 40), (255, 255, 255)).save(tmp_path / "white.png")
     pixels = load_image(tmp_path / "white.png")
     assert pixels.max() == 0
+    for colour in ((255, 0, 0), (128, 128, 128), (40, 200, 40)):  # one colour all over: nothing either
+        assert prepare_image(Image.new("RGB", (50, 70), colour)).max() == 0
     proba = np.full((1, 10), 0.1)
     proba[0, 5] = 0.9
     assert results_of(proba, ["white.png"], 3, pixels=pixels[None])[0]["hint"] == BLANK_HINT

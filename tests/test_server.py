@@ -404,3 +404,36 @@ def test_ctrl_c_stops_the_server_at_once(tiny_run, synthetic):
     assert code in (0, 130) and time.monotonic() - began < 10
     assert "Traceback" not in process.stderr.read()
     assert not os.path.exists(Path("/proc") / str(process.pid))
+
+
+# --- in process --------------------------------------------------------------------------------
+
+
+def test_the_predictor_and_batcher_work_across_event_loops_and_after_keras_predicts(tiny_run, synthetic):
+    import asyncio
+
+    from fashionlab.evaluation import predict_proba
+    from fashionlab.server import Batcher, load_predictor
+
+    predictor = load_predictor(tiny_run.run.path)
+    x = synthetic.test_images()[:5]
+    expected = predict_proba(tiny_run.model, x)
+    predictor.model.predict(x.astype("float32"), verbose=0)  # Keras may hand its weight arrays to XLA
+    np.testing.assert_allclose(predictor.predict(x), expected, atol=1e-6)
+    batcher = Batcher(predictor)
+    for _ in range(2):  # a second event loop, as a test client or a restarted app has
+        proba, mirrored = asyncio.run(asyncio.wait_for(batcher.read(x, [False] * 5), timeout=30))
+        np.testing.assert_allclose(proba, expected, atol=1e-6)
+    batcher.close()
+
+
+def test_the_page_state_survives_names_that_look_like_placeholders():
+    import json as json_module
+    import re
+
+    from fashionlab.server import serve_page
+
+    page, _ = serve_page({"model": {"name": "shirt__SCRIPT____STATE__"}, "gallery": [], "top_k": 3})
+    state = re.search(r'<script type="application/json" id="state">(.*?)</script>', page, re.S)[1]
+    assert json_module.loads(state)["model"]["name"] == "shirt__SCRIPT____STATE__"
+    assert page.count('"use strict";') == 1

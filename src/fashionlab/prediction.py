@@ -32,6 +32,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 128 * 1024 * 1024
 TRIM_LEVEL = 40  # of 255: fainter pixels count as background when trimming
 WORKING_SIZE = 448  # a larger photo is first reduced to this many pixels on its longest side
+UNIFORM_SPREAD = 8  # an image whose values span no more than this is of one colour: no garment
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
 # Below this top-1 probability a result carries a hint on what photos the model reads well.
 LOW_CONFIDENCE = 0.5
@@ -74,6 +75,12 @@ def _is_gray(image: Image.Image) -> bool:
         return True
     rgb = np.asarray(image)
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _spread(image: Image.Image) -> int:
+    """The largest range of values any channel takes: 0 for an image of one colour."""
+    values = np.asarray(image).reshape(-1, len(image.getbands()))
+    return int(np.ptp(values, axis=0).max()) if values.size else 0
 
 
 def _background(pixels: np.ndarray) -> np.ndarray:
@@ -141,6 +148,8 @@ def prepare(image: Image.Image, invert: bool | None = None) -> Prepared:
         if _border(gray).mean() <= 127:
             return Prepared(gray.copy(), as_is=True)
     garment_map = _garment_map(flat) if invert is None else None
+    if garment_map is not None and garment_map.max() <= TRIM_LEVEL and _spread(flat) <= UNIFORM_SPREAD:
+        return Prepared(np.zeros((28, 28), np.uint8), as_is=False)  # one colour all over: nothing to see
     if garment_map is not None and garment_map.max() > TRIM_LEVEL:
         garment = Image.fromarray(np.clip(garment_map + 0.5, 0, 255).astype(np.uint8), mode="L")
     else:  # chosen, or nothing stands out from the border (a garment filling the frame): by gray level
@@ -279,6 +288,9 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
     if indices:
         x_test = data.test_images()
         for index in indices:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                raise ConfigError(f"`indices` holds {index!r}; test images are numbered by whole numbers",
+                                  terms=["indices"])
             if not 0 <= index < len(x_test):
                 raise ConfigError(f"`indices` {index} is outside the test set (0..{len(x_test) - 1})",
                                   terms=["indices"])

@@ -19,6 +19,7 @@ import hashlib
 import html
 import io
 import json
+import re
 import socket
 import sys
 import threading
@@ -71,13 +72,16 @@ class Predictor:
         import jax
 
         model = self.model
-        weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
 
         @jax.jit
         def forward(weights, x):  # the weights are arguments, not constants compiled into the program
             return model.stateless_call(*weights, x, training=False)[0]
 
-        self._compiled = lambda x: forward(weights, x)
+        def current(x):  # the variables' arrays read at each call: Keras may replace them (model.predict donates)
+            return forward(([v.value for v in model.trainable_variables],
+                            [v.value for v in model.non_trainable_variables]), x)
+
+        self._compiled = current
         for size in BATCH_SIZES:  # compile every batch size now, not during a request
             np.asarray(self._compiled(np.zeros((size, 28, 28), np.float32)))
 
@@ -132,26 +136,28 @@ class Batcher:
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.queue: asyncio.Queue[_Job] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="fashionlab-model")
         self.task: asyncio.Task | None = None
         self.carried: _Job | None = None  # taken from the queue, but over the last batch's size
         self.batches = self.images = 0
 
     async def read(self, pixels: np.ndarray, mirror: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
-        if self.queue is None:
-            self.queue = asyncio.Queue()
-            self.task = asyncio.get_running_loop().create_task(self._loop())
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # the first request, or the app now runs in another event loop
+            self.queue, self.loop, self.carried = asyncio.Queue(), loop, None
+            self.task = loop.create_task(self._loop(self.queue))
+        future = loop.create_future()
         await self.queue.put(_Job(pixels, list(mirror), future))
         return await future
 
-    async def _loop(self) -> None:
+    async def _loop(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [self.carried or await self.queue.get()]
+            jobs = [self.carried or await queue.get()]
             self.carried, count = None, len(jobs[0].pixels)
-            while not self.queue.empty():
-                job = self.queue.get_nowait()
+            while not queue.empty():
+                job = queue.get_nowait()
                 if count + len(job.pixels) > MAX_BATCH:
                     self.carried = job
                     break
@@ -541,7 +547,8 @@ def serve_page(state: dict[str, Any]) -> tuple[str, str]:
     script = (pages / "serve.js").read_text(encoding="utf-8")
     data = json.dumps(state).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     title = html.escape(str(state["model"]["name"]))
-    page = template.replace("__TITLE__", title).replace("__STATE__", data).replace("__SCRIPT__", script)
+    values = {"TITLE": title, "STATE": data, "SCRIPT": script}  # in one pass: a value may hold "__SCRIPT__"
+    page = re.sub(r"__(TITLE|STATE|SCRIPT)__", lambda found: values[found[1]], template)
     return page, "sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
 
 
