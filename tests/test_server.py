@@ -421,8 +421,9 @@ def test_the_predictor_and_batcher_work_across_event_loops_and_after_keras_predi
     predictor.model.predict(x.astype("float32"), verbose=0)  # Keras may hand its weight arrays to XLA
     np.testing.assert_allclose(predictor.predict(x), expected, atol=1e-6)
     batcher = Batcher(predictor)
-    for _ in range(2):  # a second event loop, as a test client or a restarted app has
-        proba, mirrored = asyncio.run(asyncio.wait_for(batcher.read(x, [False] * 5), timeout=30))
+    for _ in range(2):  # a second event loop, as a test client or a restarted app has; each in its own thread,
+        with ThreadPoolExecutor(1) as thread:  # since this one may run a loop already (Playwright's)
+            proba, mirrored = thread.submit(asyncio.run, asyncio.wait_for(batcher.read(x, [False] * 5), 30)).result()
         np.testing.assert_allclose(proba, expected, atol=1e-6)
     batcher.close()
 
