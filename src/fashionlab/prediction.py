@@ -62,7 +62,7 @@ def _flatten(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB")
+    return image.convert("L" if image.mode in ("L", "1") else "RGB")
 
 
 def _border(pixels: np.ndarray) -> np.ndarray:
