@@ -147,3 +147,65 @@ OUTSIDE = """() => {
   return found;
 }"""
 BROKEN_IMAGES = "() => [...document.images].filter((i) => !i.complete || i.naturalWidth === 0).length"
+
+
+# --- ONNX files an attacker could write: each a graph taking `pixels` and giving `probabilities` --
+
+def onnx_model(nodes: list, initializers: list = (), *, output_shape: tuple = ("batch", 10), opsets: dict | None = None,
+               **model_fields):
+    """A model of `nodes` from `pixels` float32 (batch, 28, 28) to `probabilities` float32 (`output_shape`)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "hostile", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                                                               ["batch", 28, 28])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, list(output_shape))],
+                              list(initializers))
+    imports = [helper.make_opsetid(domain, version) for domain, version in (opsets or {"": 17}).items()]
+    return helper.make_model(graph, opset_imports=imports, **model_fields)
+
+
+def onnx_probabilities(extra: str | None = None) -> tuple[list, list]:
+    """Nodes and initializers that turn `pixels` into valid probabilities (batch, 10), adding the
+    scalar `extra` (a value computed elsewhere in the graph) so that its computation must run."""
+    from onnx import helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([10], np.int64), "ten"),
+              numpy_helper.from_array(np.array([1], np.int64), "one"),
+              numpy_helper.from_array(np.array(0.001, np.float32), "small")]
+    nodes = [helper.make_node("Flatten", ["pixels"], ["flat"]),
+             helper.make_node("Slice", ["flat", "zero", "ten", "one"], ["ten_pixels"]),
+             helper.make_node("Mul", ["ten_pixels", "small"], ["logits"])]
+    if extra is not None:
+        nodes.append(helper.make_node("Add", ["logits", extra], ["mixed"]))
+    nodes.append(helper.make_node("Softmax", ["mixed" if extra is not None else "logits"], ["probabilities"]))
+    return nodes, consts
+
+
+def slow_onnx(layers: int = 400, side: int = 1024, rows: int = 256):
+    """A model that runs `layers` matrix products of (rows, side) x (side, side) per call: seconds
+    in all, each product a few milliseconds (onnxruntime can stop it between two)."""
+    from onnx import helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.eye(side, dtype=np.float32) * 0.5, "w")
+    shape = numpy_helper.from_array(np.array([rows, side], np.int64), "block")
+    nodes = [helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+             helper.make_node("Expand", ["mean", "block"], ["m0"])]
+    nodes += [helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]) for i in range(layers)]
+    nodes.append(helper.make_node("ReduceMean", [f"m{layers}"], ["total"], keepdims=0))
+    tail, consts = onnx_probabilities("total")
+    return onnx_model(nodes + tail, [weights, shape, *consts])
+
+
+def stuck_onnx(side: int = 4096):
+    """A model whose one operator, a (side, side) x (side, side) matrix product, takes seconds:
+    onnxruntime cannot stop it in the middle."""
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([side, side], np.int64), "square")
+    nodes = [helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+             helper.make_node("Expand", ["mean", "square"], ["big"]),
+             helper.make_node("MatMul", ["big", "big"], ["product"]),
+             helper.make_node("ReduceMean", ["product"], ["total"], keepdims=0)]
+    tail, consts = onnx_probabilities("total")
+    return onnx_model(nodes + tail, [shape, *consts])

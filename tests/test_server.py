@@ -20,13 +20,22 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from helpers import BROKEN_IMAGES, OUTSIDE, assert_png
+import onnx
+from helpers import BROKEN_IMAGES, OUTSIDE, assert_png, slow_onnx, stuck_onnx
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
 from fashionlab.export import export
 from fashionlab.prediction import predict
-from fashionlab.server import HEADER_SECONDS, MAX_FILES, MAX_HEADER_BYTES, MAX_REQUEST_BYTES
+from fashionlab.server import (
+    HEADER_SECONDS,
+    MAX_BATCH,
+    MAX_CONNECTIONS,
+    MAX_FILES,
+    MAX_HEADER_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_PIXELS,
+)
 
 
 class Server:
@@ -112,6 +121,7 @@ def onnx_server(tiny_run, synthetic, tmp_path_factory):
     process, url = start("--onnx", str(out), *data_options(synthetic))
     yield Server(process, url)
     assert stop(process) in (0, 130)
+    assert "Traceback" not in process.stderr.read()
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +196,10 @@ def _bomb() -> bytes:
 
 
 BAD_UPLOADS = {  # kind: (the files, made from test PNGs; the status; what the message says)
-    "text": (lambda pngs: [("notes.txt", b"not an image at all\n")], 400, "is not an image Pillow can read"),
+    "text": (lambda pngs: [("notes.txt", b"not an image at all\n")], 400, "is not an image fashionlab reads"),
     "truncated": (lambda pngs: [("cut.png", _truncated(pngs[0]))], 400, "cannot be decoded"),
     "bomb": (lambda pngs: [("bomb.png", _bomb())], 400, "over the 40,000,000 pixel limit"),
-    "empty": (lambda pngs: [("empty.png", b"")], 400, "is not an image Pillow can read"),
+    "empty": (lambda pngs: [("empty.png", b"")], 400, "is not an image fashionlab reads"),
     "too many": (lambda pngs: [(f"{i}.png", pngs[0]) for i in range(MAX_FILES + 1)], 400,
                  f"Too many files. Maximum number of files is {MAX_FILES}"),
 }
@@ -234,7 +244,7 @@ def test_slow_or_bloated_requests_are_cut_off(keras_server):
     began = time.monotonic()
     with ThreadPoolExecutor(3) as pool:
         silent = pool.submit(answer, b"")
-        trickle = pool.submit(answer, b"POST /api/predict HTTP/1.1\r\n", b"Host: x\r\n")
+        trickle = pool.submit(answer, b"POST /api/predict HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n")
         bloated = pool.submit(answer, b"GET /api/health HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 10)
                               + b"\r\n\r\n")
         assert bloated.result().startswith(b"HTTP/1.1 431 ") and b"over 64 KB" in bloated.result()
@@ -243,7 +253,7 @@ def test_slow_or_bloated_requests_are_cut_off(keras_server):
     assert time.monotonic() - began < HEADER_SECONDS + 5
     body, kind = multipart([("a.png", b"\x89PNG" + b"\0" * 100_000)])
     with socket.create_connection((keras_server.host, keras_server.port), timeout=30) as raw:
-        raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+        raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:50_000])
     assert keras_server.request("HEAD", "/api/health")[0] == 200
 
@@ -262,7 +272,7 @@ def test_an_oversized_request_is_refused_before_it_is_read(keras_server):
     # Streamed without a length: refused once the bytes received pass the limit, the connection closed.
     body, kind = multipart([("big.png", b"\0" * (MAX_REQUEST_BYTES + 1024))])
     with socket.create_connection((keras_server.host, keras_server.port), timeout=60) as raw:
-        raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+        raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
                     f"Transfer-Encoding: chunked\r\n\r\n".encode())
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server stops reading
             for start in range(0, len(body), 1 << 20):
@@ -302,6 +312,196 @@ def test_the_onnx_server_answers_like_the_keras_one(keras_server, onnx_server, t
     for a, b in zip(by_keras, by_onnx):
         assert a["class_id"] == b["class_id"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
     assert onnx_server.request("GET", "/api/model")[2]["name"] == "tiny"
+
+
+def raw_exchange(server: Server, request: bytes, timeout: float = 30) -> bytes:
+    """The bytes a request (sent as it is, on its own connection) gets back until the server closes."""
+    with socket.create_connection((server.host, server.port), timeout=timeout) as raw:
+        raw.sendall(request)
+        return b"".join(iter(lambda: raw.recv(65536), b""))
+
+
+def status_and_json(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1", True), ("localhost:8000", True), ("LOCALHOST.", True), ("[::1]:80", True), ("127.8.9.10", True),
+    ("evil.example", False), ("evil.example:{port}", False), ("10.1.2.3", False), ("localhost.evil.example", False),
+    ("", False), (None, True)])
+def test_a_request_naming_another_host_is_refused_against_dns_rebinding(keras_server, host, allowed):
+    header = "" if host is None else f"Host: {host.format(port=keras_server.port)}\r\n"
+    version = "1.0" if host is None else "1.1"
+    answer = raw_exchange(keras_server, f"GET /api/health HTTP/{version}\r\n{header}Connection: close\r\n\r\n".encode())
+    status, body = status_and_json(answer)
+    if allowed:
+        assert status == 200 and body["status"] == "ok"
+    else:
+        assert status == 400 and "does not name this server" in body["error"]
+        assert f"http://127.0.0.1:{keras_server.port}/" in body["error"] and "--allow-host" in body["error"]
+
+
+def test_two_host_headers_are_refused(keras_server):
+    answer = raw_exchange(keras_server, b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+                                        b"Connection: close\r\n\r\n")
+    assert status_and_json(answer)[0] == 400
+
+
+@pytest.mark.parametrize("path", ["/", "/api/health", "/api/model", "/api/gallery", "/openapi.json", "/nowhere"])
+def test_head_answers_wherever_get_does_with_no_body(keras_server, path):
+    get_status, get_answer, _ = keras_server.request("GET", path)
+    connection = http.client.HTTPConnection(keras_server.host, keras_server.port, timeout=30)
+    connection.request("HEAD", path)
+    head = connection.getresponse()
+    assert head.status == get_status and head.read() == b""
+    assert head.getheader("content-type") == get_answer.getheader("content-type")
+    assert head.getheader("content-length") == get_answer.getheader("content-length")
+    connection.close()
+
+
+def test_protocol_errors_and_unknown_routes_are_answered_in_json(keras_server):
+    status, body = status_and_json(raw_exchange(keras_server, b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n"))
+    assert status == 400 and body["error"] == "the request is not valid HTTP/1.1"
+    status, _, body = keras_server.request("GET", "/nowhere")
+    assert status == 404 and isinstance(body, dict) and body["error"]
+    status, _, body = keras_server.request("DELETE", "/api/model")
+    assert status == 405 and isinstance(body, dict) and body["error"]
+
+
+def test_clients_that_reconnect_cannot_hold_every_connection(keras_server):
+    """Over MAX_CONNECTIONS, each new connection closes the one that has waited longest on its
+    client: the oldest half-sent requests get a JSON 503, the newest are still open, and a real
+    request is answered at once rather than after the HEADER_SECONDS a slow client may take."""
+    extra = 40
+    holders = []
+    try:
+        for _ in range(MAX_CONNECTIONS + extra):
+            holder = socket.create_connection((keras_server.host, keras_server.port), timeout=30)
+            holder.sendall(b"POST /api/predict HTTP/1.1\r\n")  # and never the rest
+            holders.append(holder)
+            time.sleep(0.002)  # in order: the server sees them arrive one after another
+        began = time.monotonic()
+        status, _, health = keras_server.request("GET", "/api/health")
+        assert status == 200 and health["status"] == "ok" and time.monotonic() - began < HEADER_SECONDS - 1
+        for holder in holders[:extra]:
+            holder.settimeout(HEADER_SECONDS - 1)
+            code, body = status_and_json(b"".join(iter(lambda: holder.recv(65536), b"")))
+            assert code == 503 and "waited longest on its client" in body["error"]
+        newest = holders[-1]
+        newest.settimeout(0.2)
+        with pytest.raises(TimeoutError):  # still open, still waiting for the rest of its request
+            newest.recv(1)
+    finally:
+        for holder in holders:
+            holder.close()
+
+
+def test_a_request_whose_images_hold_too_many_pixels_is_refused_from_their_headers(keras_server):
+    side = int((MAX_REQUEST_PIXELS // 2 + 1_000_000) ** 0.5)
+    out = io.BytesIO()
+    Image.new("1", (side, side)).save(out, format="PNG")
+    cut = out.getvalue()[:200]  # the header says side x side; no pixel could be decoded from the rest
+    assert side * side < 40_000_000  # each alone is within the limit of one image
+    status, _, body = keras_server.post_files([("a.png", cut), ("b.png", cut)])
+    assert status == 413 and f"over the {MAX_REQUEST_PIXELS:,} one request may hold" in body["error"]
+    status, _, body = keras_server.post_files([("a.png", cut)])
+    assert status == 400 and "cannot be decoded" in body["error"]  # alone it passes the header check
+
+
+def test_a_small_request_does_not_wait_for_a_large_ones_images_to_be_decoded(keras_server, test_pngs):
+    rng = np.random.default_rng(0)
+    noise = [png(rng.integers(0, 256, (900, 900), dtype=np.uint8)) for _ in range(3)]
+    large = [(f"noise{i}.png", noise[i % 3]) for i in range(int(MAX_REQUEST_BYTES * 0.9) // len(noise[0]))]
+
+    def timed(files):
+        began = time.monotonic()
+        status = keras_server.post_files(files)[0]
+        return status, time.monotonic() - began
+
+    with ThreadPoolExecutor(2) as pool:
+        big = pool.submit(timed, large)
+        time.sleep(0.3)  # the large request is being decoded
+        small_status, small_seconds = pool.submit(timed, [("small.png", test_pngs[0])]).result()
+        big_status, big_seconds = big.result()
+    assert big_status == small_status == 200
+    assert small_seconds < 0.4 * (big_seconds - 0.3), (small_seconds, big_seconds)
+
+
+def test_a_batch_never_holds_more_than_max_batch_images_and_each_request_gets_its_own(tiny_run, synthetic):
+    import asyncio
+
+    from fashionlab.prediction import read_probabilities
+    from fashionlab.server import Batcher, load_predictor
+
+    predictor = load_predictor(tiny_run.run.path)
+    sizes, predict = [], predictor.predict
+
+    def counted(x, *args, **kwargs):
+        sizes.append(len(x))
+        return predict(x, *args, **kwargs)
+
+    predictor.predict = counted
+    images = np.concatenate([synthetic.test_images()] * 2)
+    requests = [images[start:start + n] for start, n in zip((0, 40, 70, 134, 135), (40, 30, 64, 1, 63))]
+    batcher = Batcher(predictor)
+
+    async def together():  # a request left behind in the queue would hang: bounded
+        return await asyncio.wait_for(asyncio.gather(*(batcher.read(x, [True] * len(x)) for x in requests)), 60)
+
+    with ThreadPoolExecutor(1) as thread:
+        answers = thread.submit(asyncio.run, together()).result()
+    batcher.close()
+    assert max(sizes) <= 2 * MAX_BATCH  # a batch of 64 images and their mirrored readings
+    assert batcher.images == sum(len(x) for x in requests) and batcher.batches >= 4
+    for x, (proba, mirrored) in zip(requests, answers):
+        want_proba, want_mirrored = read_probabilities(predictor, x, [True] * len(x))
+        np.testing.assert_allclose(proba, want_proba, atol=1e-6)
+        np.testing.assert_array_equal(mirrored, want_mirrored)
+
+
+# --- a model that hangs -------------------------------------------------------------------------
+
+
+def test_a_slow_model_is_answered_504_and_the_server_stays_healthy(tmp_path, synthetic, test_pngs):
+    onnx.save(slow_onnx(), tmp_path / "slow.onnx")
+    process, url = start("--onnx", str(tmp_path / "slow.onnx"), "--model-timeout", "0.5", *data_options(synthetic))
+    server = Server(process, url)
+    try:
+        for _ in range(2):
+            status, _, body = server.post_files([("a.png", test_pngs[0])])
+            assert status == 504 and "took over 0.5 s on 1 images and was stopped" in body["error"]
+        status, _, health = server.request("GET", "/api/health")
+        assert status == 200 and health["status"] == "ok" and health["model_timeouts"] == 2
+    finally:
+        stop(process)
+    # onnxruntime's own log stays off the terminal: only the server's own word on Ctrl-C
+    assert process.stderr.read() in ("", "fashionlab: interrupted\n")
+
+
+def test_a_model_stuck_in_one_operator_makes_the_server_say_so_until_it_ends(tmp_path, synthetic, test_pngs):
+    onnx.save(stuck_onnx(), tmp_path / "stuck.onnx")
+    process, url = start("--onnx", str(tmp_path / "stuck.onnx"), "--model-timeout", "0.3",
+                         *data_options(synthetic))
+    server = Server(process, url)
+    try:
+        status, _, body = server.post_files([("a.png", test_pngs[0])])
+        assert status == 504, body
+        status, _, body = server.post_files([("a.png", test_pngs[0])])
+        assert status == 503 and "still busy with a call that ran over 0.3 s" in body["error"]
+        status, _, health = server.request("GET", "/api/health")
+        assert status == 503 and health["status"] == "unavailable" and "stuck" in health["reason"]
+        assert server.request("HEAD", "/api/health")[0] == 503
+        assert server.request("GET", "/api/model")[0] == 200  # the rest of the server answers meanwhile
+        deadline = time.monotonic() + 120
+        while server.request("GET", "/api/health")[0] == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status, _, health = server.request("GET", "/api/health")
+        assert status == 200 and health["status"] == "ok" and health["model_timeouts"] == 1
+    finally:
+        stop(process)
+    assert "Traceback" not in process.stderr.read()
 
 
 # --- starting and stopping ------------------------------------------------------------------------
@@ -381,7 +581,7 @@ def test_a_bad_file_on_the_page_shows_the_servers_message(keras_server, browser,
     page.set_input_files("#files", str(tmp_path / "notes.png"))
     message = page.locator(".result .error").first
     message.wait_for(timeout=15_000)
-    assert "is not an image Pillow can read" in message.inner_text()
+    assert "is not an image fashionlab reads" in message.inner_text()
     page.close()
 
 

@@ -22,6 +22,7 @@ from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.comparison import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
+from fashionlab.deadlines import MODEL_TIMEOUT
 from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
 from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
@@ -97,6 +98,17 @@ def _int_between(low: int, high: int | None = None):
 
     parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: 'abc'"
     return parse
+
+
+def a_timeout(text: str) -> float:
+    """An argparse type: seconds, above 0 and at most an hour."""
+    value = float(text)
+    if not 0 < value <= 3600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be seconds above 0 and at most 3600, got {text}")
+    return value
+
+
+a_timeout.__name__ = "seconds"
 
 
 def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] | None = None) -> None:
@@ -209,7 +221,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     run, images = _model_source(args)
     results = predict(run, indices=args.indices or (), images=images, top_k=args.top_k, invert=args.invert,
-                      data=_data_from(args), allow_incomplete=args.allow_incomplete, onnx=args.onnx)
+                      data=_data_from(args), allow_incomplete=args.allow_incomplete, onnx=args.onnx,
+                      model_timeout=args.model_timeout)
     if args.json:
         _print_json(results)
         return
@@ -245,7 +258,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(printable(f"serving {args.onnx or args.run} at {url}   (Ctrl-C stops)"), flush=True)
 
     serve(args.run, onnx=args.onnx, host=args.host, port=args.port, top_k=args.top_k, data=_data_from(args),
-          allow_incomplete=args.allow_incomplete, ready=ready)
+          allow_incomplete=args.allow_incomplete, model_timeout=args.model_timeout, allowed_hosts=args.allow_host,
+          ready=ready)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -372,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="invert images by gray level, or not (default: the garment is told from its "
                               "background by colour)")
     predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
+    predict.add_argument("--model-timeout", type=a_timeout, default=MODEL_TIMEOUT, metavar="SECONDS",
+                         help=f"stop an ONNX model's call on a batch after this long (default: {MODEL_TIMEOUT:g})")
     predict.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(predict)
     predict.set_defaults(command_parser=predict, handler=cmd_predict)
@@ -396,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="port (default: 8000; 0: any free port)")
     serve.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
                        help=f"classes shown per image, 1..{len(CLASS_NAMES)} (default: 3)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME", type=a_name,
+                       help="also answer requests whose Host header names NAME (behind a proxy); by default only "
+                            "localhost, IP addresses and this machine's names (against DNS rebinding)")
+    serve.add_argument("--model-timeout", type=a_timeout, default=MODEL_TIMEOUT, metavar="SECONDS",
+                       help=f"answer 504 when the model takes longer than this on a batch (default: "
+                            f"{MODEL_TIMEOUT:g})")
     serve.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
     _add_data_options(serve)
     serve.set_defaults(command_parser=serve, handler=cmd_serve)

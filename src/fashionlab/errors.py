@@ -75,3 +75,11 @@ class Interrupted(FashionlabError):
     """Work stopped on request (Ctrl-C or SIGTERM) at a safe point; what finished is kept."""
 
     exit_code = 130  # the shell's code for a Ctrl-C
+
+
+class ModelTimeout(RunError):
+    """A model's call ran over its time limit and was stopped."""
+
+
+class ModelBusy(RunError):
+    """A model is still busy with a call that ran over its time limit: nothing more is sent to it until it ends."""

@@ -11,8 +11,9 @@ left), and the more confident reading is kept.
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
+from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError, ImageError, RunError, reason
 from fashionlab.files import open_regular
 from fashionlab.runs import Run
@@ -30,6 +32,11 @@ from fashionlab.runs import Run
 # checking the header first stops a decompression bomb before any pixel is decoded.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 128 * 1024 * 1024
+# The formats read, by Pillow's names: their plugins read only the header when a file is opened,
+# so the pixel count is known before any pixel is decoded; a multi-image file gives its first image
+# (JPEG includes the multi-picture JPEGs of many phones, MPO).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMAT_NAMES = ("PNG", "JPEG", "GIF", "BMP", "WebP", "TIFF")
 TRIM_LEVEL = 40  # of 255: fainter pixels count as background when trimming
 WORKING_SIZE = 448  # a larger photo is first reduced to this many pixels on its longest side
 UNIFORM_SPREAD = 8  # an image whose values span no more than this is of one colour: no garment
@@ -163,27 +170,43 @@ def prepare(image: Image.Image, invert: bool | None = None) -> Prepared:
     return Prepared(np.asarray(boxed, dtype=np.uint8), as_is=False)
 
 
-def read_image(source: IO[bytes], name: str, invert: bool | None = None) -> Prepared:
-    """Decode an image file's bytes (PNG, JPEG, GIF, ...: its first frame) and prepare it; the
-    pixel count is checked from the header, before anything is decoded."""
+@contextlib.contextmanager
+def opened_image(source: IO[bytes], name: str) -> Iterator[Image.Image]:
+    """An image file opened with its header read and checked, nothing decoded yet: one of
+    IMAGE_FORMATS (whose plugins read only the header on opening) and at most MAX_IMAGE_PIXELS
+    pixels. Pillow's and the decoders' errors, inside the block too, become one-line ImageErrors."""
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel "
                                  f"limit; downscale it first")
-            image.seek(0)
-            image.load()
-            return prepare(image, invert)
+            yield image
     except ImageError:
         raise
     except Image.DecompressionBombError:  # Pillow's own check, at twice its limit, comes before ours
         raise ImageError(f"{name} is over the {MAX_IMAGE_PIXELS:,} pixel limit; downscale it first") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image Pillow can read; pass a PNG or JPEG file") from None
+        raise ImageError(f"{name} is not an image fashionlab reads ({', '.join(FORMAT_NAMES[:-1])} or "
+                         f"{FORMAT_NAMES[-1]}); convert it to PNG or JPEG") from None
     except Exception as exc:  # a decoder's failure on a damaged file can be of any type
         said = reason(exc) or type(exc).__name__
         raise ImageError(f"{name} cannot be decoded ({said}); the file is damaged or truncated") from None
+
+
+def image_pixels(content: bytes, name: str) -> int:
+    """How many pixels an image file's header declares (checked as `opened_image` does), decoding none."""
+    with opened_image(io.BytesIO(content), name) as image:
+        return image.size[0] * image.size[1]
+
+
+def read_image(source: IO[bytes], name: str, invert: bool | None = None) -> Prepared:
+    """Decode an image file's bytes (its first frame) and prepare it; the format and the pixel
+    count are checked from the header, before anything is decoded (`opened_image`)."""
+    with opened_image(source, name) as image:
+        image.seek(0)
+        image.load()
+        return prepare(image, invert)
 
 
 def read_image_file(path: str | Path, invert: bool | None = None) -> Prepared:
@@ -268,9 +291,11 @@ def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3,
 
 def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (),
             top_k: int = 3, invert: bool | None = None, data: DataSource = DataSource(),
-            allow_incomplete: bool = False, onnx: str | Path | None = None) -> list[dict[str, Any]]:
+            allow_incomplete: bool = False, onnx: str | Path | None = None,
+            model_timeout: float = MODEL_TIMEOUT) -> list[dict[str, Any]]:
     """Predict test images (by index) and image files with a run's saved model, or with an
-    exported ONNX file (`onnx`, run by onnxruntime alone; then no `run_dir`).
+    exported ONNX file (`onnx`, run by onnxruntime alone; then no `run_dir`; each of its calls is
+    stopped after `model_timeout` seconds).
 
     `invert` None tells garment from background by colour; `data` is read only for `indices`.
     """
@@ -278,10 +303,11 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}", terms=["top_k"])
     if (run_dir is None) == (onnx is None):
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
+    check_timeout(model_timeout)
     if onnx is not None:
         from fashionlab.export import OnnxModel
 
-        model = OnnxModel(onnx)
+        model = OnnxModel(onnx, timeout=model_timeout)
     else:
         run = Run.open(run_dir, allow_incomplete=allow_incomplete)
     arrays, labels, mirror = [], [], []

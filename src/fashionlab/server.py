@@ -8,8 +8,9 @@ POST /api/predict  multipart images -> the JSON objects of `fashionlab predict -
 GET /api/model   config, metrics, class names;  GET /api/health;  GET /api/gallery
 
 Requests are answered from one model compiled at start for every batch size it will run
-(`Predictor`); images that arrive together are read in one batch (`Batcher`). Bad input gets
-a 4xx JSON answer {"error": "one line"}, and the server goes on.
+(`Predictor`), each call bounded in time; uploads are decoded in worker threads, fairly between
+requests (`Decoder`); images that arrive together are read in one batch (`Batcher`). Every
+refusal is a JSON answer {"error": "one line"}, and the server goes on.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ import errno
 import hashlib
 import html
 import io
+import ipaddress
 import json
 import re
 import socket
@@ -32,21 +34,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from fashionlab import CLASS_NAMES, __version__
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
-from fashionlab.prediction import MAX_IMAGE_PIXELS, png_bytes, read_image, read_probabilities, results_of
+from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls, check_timeout
+from fashionlab.errors import ConfigError, FashionlabError, ModelBusy, ModelTimeout, reason
+from fashionlab.prediction import (
+    MAX_IMAGE_PIXELS,
+    Prepared,
+    image_pixels,
+    png_bytes,
+    read_image,
+    read_probabilities,
+    results_of,
+)
 from fashionlab.runs import Run
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # one request's body, all its images together
 MAX_FILES = 64  # images in one request
 MAX_BATCH = 64  # images the model reads at once; requests that arrive together share a batch
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # a batch is padded to the next of these: one compiled program each
-MAX_CONNECTIONS = 256  # more at once are answered 503 by uvicorn
+MAX_REQUEST_PIXELS = 64_000_000  # the pixels one request's images may declare together (one image: MAX_IMAGE_PIXELS)
+MAX_CONNECTIONS = 256  # open at once; a new one closes the one that has waited longest on its client
 DECODE_THREADS = 2
-INLINE_BYTES, INLINE_PIXELS = 64 * 1024, 256 * 256  # uploads decoded on the event loop, not in a thread
 GALLERY_PER_CLASS = 2
 INSTALL_HINT = "pip install 'fashionlab[serve]'"
 
@@ -59,9 +69,11 @@ class Predictor:
     An ONNX model runs in onnxruntime; other backends run `model.predict`.
     """
 
-    def __init__(self, model, engine: str, info: dict[str, Any]):
+    def __init__(self, model, engine: str, info: dict[str, Any], timeout: float = MODEL_TIMEOUT):
         self.model, self.engine, self.info = model, engine, info
         self._compiled = None
+        # every call of the model is bounded in time; an ONNX model bounds its own (and stops the call)
+        self.calls = model.calls if engine == "onnx" else BoundedCalls(timeout, "the model")
         if engine == "keras":
             import keras
 
@@ -87,26 +99,33 @@ class Predictor:
 
     def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
+        if self.engine == "onnx":
+            return self.model.predict(x, batch_size=MAX_BATCH)
         if self._compiled is None:
-            return np.asarray(self.model.predict(x, batch_size=MAX_BATCH, verbose=0))
+            return self.calls.run(lambda: np.asarray(self.model.predict(x, batch_size=MAX_BATCH, verbose=0)),
+                                  images=len(x))
         parts = []
         for start in range(0, len(x), MAX_BATCH):
             chunk = x[start:start + MAX_BATCH]
             size = next(s for s in BATCH_SIZES if s >= len(chunk))
             padded = np.concatenate([chunk, np.zeros((size - len(chunk), 28, 28), np.float32)])
-            parts.append(np.asarray(self._compiled(padded))[:len(chunk)])
+            # np.asarray waits for the result: JAX returns before the computation ends
+            parts.append(self.calls.run(lambda: np.asarray(self._compiled(padded)), images=len(chunk))[:len(chunk)])
         return np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 
 def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None = None,
-                   allow_incomplete: bool = False) -> Predictor:
-    """The model of a run directory (Keras), or of an exported ONNX file (onnxruntime alone)."""
+                   allow_incomplete: bool = False, model_timeout: float = MODEL_TIMEOUT) -> Predictor:
+    """The model of a run directory (Keras), or of an exported ONNX file (onnxruntime alone);
+    each call on a batch is stopped after `model_timeout` seconds."""
     if (run_dir is None) == (onnx is None):
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
+    check_timeout(model_timeout)
     if onnx is not None:
         from fashionlab.export import OnnxModel
 
-        model = OnnxModel(onnx, threads=1)  # batches are small: more threads only spin, and take the CPU
+        # batches are small: more threads only spin, and take the CPU
+        model = OnnxModel(onnx, threads=1, timeout=model_timeout)
         meta = model.metadata
         accuracy = meta.get("test_accuracy")
         accuracy = accuracy if isinstance(accuracy, float) and 0 <= accuracy <= 1 else None
@@ -119,7 +138,7 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
     metrics = run.metrics() if run.file("metrics.json").is_file() else {}
     info = {"name": config.name, "run": run.path.name, "source": str(run.path), "config": config.to_dict(),
             "test_accuracy": metrics.get("test_accuracy")}
-    return Predictor(run.load_model(), "keras", info)
+    return Predictor(run.load_model(), "keras", info, timeout=model_timeout)
 
 
 @dataclass
@@ -185,6 +204,44 @@ class Batcher:
         if self.task is not None:
             self.task.cancel()
         self.model_thread.shutdown(wait=False, cancel_futures=True)
+
+
+class RequestTooLarge(FashionlabError):
+    """A request's images declare more pixels together than one request may hold."""
+
+
+class Decoder:
+    """Decodes uploads in DECODE_THREADS worker threads, never on the event loop, and fairly: a
+    request has at most DECODE_THREADS images queued or decoding at a time, so the images of
+    concurrent requests take turns and a small request waits behind a few images of a large
+    one, not all of them. A request's images must declare at most MAX_REQUEST_PIXELS together,
+    read from their headers before any is decoded."""
+
+    def __init__(self, threads: int = DECODE_THREADS, request_pixels: int = MAX_REQUEST_PIXELS):
+        self.threads, self.request_pixels = threads, request_pixels
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fashionlab-decode")
+
+    async def decode(self, contents: Sequence[bytes], names: Sequence[str]) -> list[Prepared]:
+        loop = asyncio.get_running_loop()
+        turns = asyncio.Semaphore(self.threads)
+
+        async def in_turn(work, *args):
+            async with turns:
+                return await loop.run_in_executor(self.pool, work, *args)
+
+        pixels = await in_turn(lambda: [image_pixels(c, n) for c, n in zip(contents, names)])
+        if sum(pixels) > self.request_pixels:
+            raise RequestTooLarge(f"the request's images hold {sum(pixels):,} pixels together, over the "
+                                  f"{self.request_pixels:,} one request may hold; send fewer or smaller images")
+        try:  # the first failure cancels the images still waiting for their turn
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(in_turn(read_image, io.BytesIO(c), n)) for c, n in zip(contents, names)]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def data_url(png: bytes) -> str:
@@ -261,25 +318,113 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class HostCheck:
+    """ASGI middleware: a request whose Host header names another server is refused (400). A web
+    page from anywhere can make a browser send requests to 127.0.0.1 under its own domain name
+    (DNS rebinding); those name that domain. Allowed: IP addresses (only loopback ones when the
+    server listens on loopback), localhost, this machine's names, and `allowed` names."""
+
+    def __init__(self, app, host: str, allowed: Sequence[str] = ()):
+        self.app, self.loopback_only = app, is_loopback(host)
+        self.names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.names |= {name.lower().rstrip(".") for name in allowed}
+
+    def allows(self, value: bytes | None) -> bool:
+        if value is None:  # HTTP/1.0 without a Host header: no browser sends that
+            return True
+        name = host_name(value.decode("latin-1"))
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return name in self.names
+        return address.is_loopback or not self.loopback_only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            hosts = [value for key, value in scope["headers"] if key == b"host"]
+            if len(hosts) > 1 or not self.allows(hosts[0] if hosts else None):
+                said = _printable(hosts[0].decode("latin-1"))[:80] if hosts else ""
+                address, port = (scope.get("server") or ("127.0.0.1", "PORT"))[:2]
+                return await _send_error(send, 400, f"the Host header {said!r} does not name this server; open it "
+                                                    f"as http://{_url_host(address)}:{port}/, or start serve with "
+                                                    f"--allow-host NAME")
+        return await self.app(scope, receive, send)
+
+
+def host_name(value: str) -> str:
+    """The name in a Host header, without its port, IPv6 brackets or trailing dot."""
+    text = value.strip().lower()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else text
+    if text.count(":") == 1:
+        text = text.split(":")[0]
+    return text.rstrip(".")
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered wherever GET is, with GET's status and headers and no body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def without_body(message):
+            await send({**message, "body": b""} if message["type"] == "http.response.body" else message)
+
+        return await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
+class Shield:
+    """ASGI middleware, the outermost: an exception from below becomes one line on stderr (a JSON
+    500 when no answer has started), never a traceback from uvicorn."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        started = False
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as exc:
+            if scope["type"] != "http":  # the lifespan's own failure: uvicorn reports it
+                raise
+            warn(f"a request to {_printable(scope.get('path', ''))[:80]} failed: {type(exc).__name__}: {reason(exc)}")
+            if not started:
+                await _send_error(send, 500, "the server failed on this request; it goes on serving others")
+
+
 def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: int = 3):
-    """The FastAPI application serving `predictor`: the page and the API."""
+    """The FastAPI application serving `predictor`: the page and the API. `serve` wraps it in
+    `guarded` (Host check, HEAD, no tracebacks) before it meets a client."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse, Response
-        from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException
         from starlette.requests import ClientDisconnect
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
-    batcher = Batcher(predictor)
-    decoding = asyncio.Semaphore(DECODE_THREADS * 2)
+    batcher, decoder = Batcher(predictor), Decoder()
     started = time.time()
     model_info = {**predictor.info, "engine": predictor.engine, "class_names": list(CLASS_NAMES),
                   "fashionlab": __version__,
                   "limits": {"request_bytes": MAX_REQUEST_BYTES, "images_per_request": MAX_FILES,
-                             "image_pixels": MAX_IMAGE_PIXELS, "top_k": [1, len(CLASS_NAMES)]}}
+                             "image_pixels": MAX_IMAGE_PIXELS, "request_pixels": MAX_REQUEST_PIXELS,
+                             "model_seconds": predictor.calls.seconds, "top_k": [1, len(CLASS_NAMES)]}}
     pictures = gallery(data)
     page, script_hash = serve_page({"model": model_info, "gallery": pictures, "top_k": top_k})
     policy = (f"default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src '{script_hash}'; "
@@ -304,15 +449,25 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
         return error(422, f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request")
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
+    @app.exception_handler(Exception)  # a bug: the answer is JSON too; `Shield` says it on stderr in one line
+    async def failed(request: Request, exc: Exception):
+        return error(500, "the server failed on this request; it goes on serving others")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> Response:
         return HTMLResponse(page, headers=security)
 
-    @app.api_route("/api/health", methods=["GET", "HEAD"])
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "engine": predictor.engine, "model": predictor.info["name"],
-                "uptime_seconds": round(time.time() - started, 1), "batches": batcher.batches,
-                "images": batcher.images}
+    @app.get("/api/health")
+    async def health() -> Response:
+        """200 while the model answers; 503 while it is stuck in a call that ran over its time limit."""
+        stuck = predictor.calls.stuck_for()
+        said = {"status": "ok" if stuck is None else "unavailable", "engine": predictor.engine,
+                "model": predictor.info["name"], "uptime_seconds": round(time.time() - started, 1),
+                "batches": batcher.batches, "images": batcher.images, "model_timeouts": predictor.calls.timeouts}
+        if stuck is not None:
+            said["reason"] = (f"the model has been stuck for {stuck:.0f} s in a call that ran over "
+                              f"{predictor.calls.seconds:g} s")
+        return JSONResponse(said, status_code=200 if stuck is None else 503)
 
     @app.get("/api/model")
     async def model() -> dict[str, Any]:
@@ -350,16 +505,18 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         finally:
             await form.close()
         try:
-            if all(_small(content) for content in contents):  # ~0.1 ms each: a thread's hand-off costs more
-                images = _decode_all(contents, names)
-            else:
-                async with decoding:
-                    images = await run_in_threadpool(_decode_all, contents, names)
+            images = await decoder.decode(contents, names)
+        except RequestTooLarge as exc:
+            return error(413, str(exc))
         except FashionlabError as exc:
-            return error(400 if not isinstance(exc, RunError) else 500, str(exc))
+            return error(400, str(exc))
         pixels = np.stack([image.pixels for image in images])
         try:
             proba, mirrored = await batcher.read(pixels, [not image.as_is for image in images])
+        except ModelTimeout as exc:
+            return error(504, str(exc))
+        except ModelBusy as exc:
+            return error(503, str(exc))
         except Exception as exc:  # the model failed on this batch: say so, keep serving
             return error(500, f"the model failed: {reason(exc)}")
         results = results_of(proba, names, top_k, mirrored, pixels)
@@ -368,24 +525,15 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
                 result["prepared"] = data_url(png_bytes(image.pixels))
         return Response(json.dumps(results), media_type="application/json")
 
-    app.state.batcher = batcher  # closed by whoever runs the app (serve)
+    app.state.batcher, app.state.decoder = batcher, decoder  # closed by whoever runs the app (serve)
     return app
 
 
-def _small(content: bytes) -> bool:
-    """Whether an upload is small enough to decode on the event loop: a short file whose header
-    declares few pixels (a short file can still declare millions)."""
-    if len(content) > INLINE_BYTES:
-        return False
-    try:
-        with Image.open(io.BytesIO(content)) as image:
-            return image.size[0] * image.size[1] <= INLINE_PIXELS
-    except Exception:  # not an image: read_image says why, at once
-        return True
-
-
-def _decode_all(contents: Sequence[bytes], names: Sequence[str]):
-    return [read_image(io.BytesIO(content), name) for content, name in zip(contents, names)]
+def guarded(app, *, host: str, allowed_hosts: Sequence[str] = ()):
+    """`app` as it meets clients: a request naming another host is refused (`HostCheck`), HEAD
+    answers as GET does without the body (`HeadAsGet`), and nothing below can print a traceback
+    or answer in anything but JSON (`Shield`)."""
+    return Shield(HostCheck(HeadAsGet(app), host, allowed_hosts))
 
 
 def _text(value: Any) -> str | None:
@@ -406,18 +554,34 @@ SLOW_HEADERS = "the request's line and headers came too slowly"
 
 
 def guarded_protocol():
-    """uvicorn's HTTP protocol (httptools) with what it lacks against slow or bloated requests:
-    a connection that sends no complete request line and headers within HEADER_SECONDS, or no
-    complete body within BODY_SECONDS of them, is answered 408 and closed; headers over
-    MAX_HEADER_BYTES are answered 431. Without this, a few hundred connections sending a byte
-    now and then would hold every connection the server allows."""
+    """uvicorn's HTTP protocol (httptools) with what it lacks against slow, bloated or many
+    connections:
+    - a connection that sends no complete request line and headers within HEADER_SECONDS, or no
+      complete body within BODY_SECONDS of them, is answered 408 and closed; headers over
+      MAX_HEADER_BYTES are answered 431;
+    - at most MAX_CONNECTIONS are open: a new one closes the connection that has waited longest
+      on its client (idle, or still sending its request), so clients that reconnect again and
+      again cannot hold every slot; when all are busy computing answers, the new one gets 503;
+    - its own refusals (a malformed request included) are JSON, as the application's are."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class GuardedHttp(HttpToolsProtocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.header_bytes, self.in_headers = 0, True
+            self.header_bytes, self.in_headers, self.working = 0, True, False
+            self.waiting_since = self.loop.time()  # on its client: since it opened, or its last answer
             self.deadline = self.loop.call_later(HEADER_SECONDS, self.refuse, 408, SLOW_HEADERS)
+            if len(self.connections) > MAX_CONNECTIONS:
+                self.make_room()
+
+        def make_room(self) -> None:
+            waiting = [c for c in self.connections if c is not self and not getattr(c, "working", True)
+                       and not c.transport.is_closing()]
+            if waiting:
+                min(waiting, key=lambda c: c.waiting_since).refuse(
+                    503, "the server is full and this connection had waited longest on its client; send again")
+            else:
+                self.refuse(503, f"the server is busy answering {MAX_CONNECTIONS} requests; try again in a moment")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -448,7 +612,12 @@ def guarded_protocol():
 
         def on_message_complete(self) -> None:
             self.deadline.cancel()
+            self.working = True
             super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            self.working, self.waiting_since = False, self.loop.time()
+            super().on_response_complete()
 
         def connection_lost(self, exc) -> None:
             self.deadline.cancel()
@@ -458,18 +627,23 @@ def guarded_protocol():
             self.deadline.cancel()
             self.deadline = self.loop.call_later(seconds, self.refuse, 408, message)
 
+        def send_400_response(self, msg: str) -> None:  # uvicorn's answer to a malformed request
+            self.refuse(400, "the request is not valid HTTP/1.1")
+
         def refuse(self, status: int, message: str) -> None:
             if self.transport.is_closing():
                 return
             if self.cycle is None or not self.cycle.response_started:
                 body = json.dumps({"error": message}).encode()
-                reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
                 self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                                     b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+                                     b"connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body))
             self.transport.close()
 
     return GuardedHttp
 
+
+REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+           503: b"Service Unavailable"}
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -498,32 +672,38 @@ def open_socket(host: str, port: int) -> socket.socket:
 
 def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, top_k: int = 3, data: DataSource = DataSource(), allow_incomplete: bool = False,
-          ready=None) -> None:
-    """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers."""
+          model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (), ready=None) -> None:
+    """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers.
+    `allowed_hosts`: names the Host header may give besides localhost, IP addresses and this
+    machine's names (a proxy's); `model_timeout`: seconds a call of the model may take."""
     try:
         import uvicorn
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
     if not 1 <= top_k <= len(CLASS_NAMES):
         raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}", terms=["top_k"])
+    check_timeout(model_timeout)
     sock = open_socket(host, port)  # first: a port in use fails before the model loads
     if not is_loopback(host):
         warn(f"serving on {host}: anyone who can reach this machine can use the model (there is no "
              f"authentication); use --host 127.0.0.1 to keep it local")
     try:
-        predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete)
+        predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete, model_timeout=model_timeout)
         app = build_app(predictor, data=data, top_k=top_k)
-        config = uvicorn.Config(app, http=guarded_protocol(), log_level="warning", access_log=False,
-                                limit_concurrency=MAX_CONNECTIONS, timeout_graceful_shutdown=10, lifespan="on")
+        # connections are limited by the protocol (guarded_protocol), not by uvicorn's plain-text 503
+        config = uvicorn.Config(guarded(app, host=host, allowed_hosts=allowed_hosts), http=guarded_protocol(),
+                                ws="none", log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+                                lifespan="on")
         server = uvicorn.Server(config)
         bound_host, bound_port = sock.getsockname()[:2]
-        url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}/"
+        url = f"http://{_url_host(bound_host)}:{bound_port}/"
         if ready is not None:
             threading.Thread(target=_announce, args=(server, url, ready), daemon=True).start()
         try:
             server.run(sockets=[sock])
         finally:
             app.state.batcher.close()
+            app.state.decoder.close()
     finally:
         sock.close()
 

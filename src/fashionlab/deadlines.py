@@ -1,0 +1,65 @@
+"""Model calls bounded in time: a model from a file is an untrusted program, and a server must
+answer even when its model hangs.
+
+    calls = BoundedCalls(30.0, "the ONNX model model.onnx")
+    probabilities = calls.run(lambda: session.run(..., options), stop=stop_session, images=64)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from fashionlab.errors import ConfigError, ModelBusy, ModelTimeout
+
+MODEL_TIMEOUT = 30.0  # seconds one call of a model (a batch) may take; fashionlab's models take milliseconds
+STOP_GRACE_SECONDS = 1.0  # how long a call asked to stop has to end before the model counts as stuck
+
+
+class BoundedCalls:
+    """Calls that may not run longer than `seconds`: each runs in a thread of its own; one that
+    overruns is asked to stop (`stop`) and its caller gets a ModelTimeout. Until an overrunning
+    call has ended, every new call is refused at once with a ModelBusy (`busy_since` says since when)."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds, self.what = seconds, what
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="fashionlab-bounded")
+        self.overrun: Future | None = None
+        self.busy_since: float | None = None
+        self.timeouts = 0
+
+    def run(self, call: Callable[[], Any], stop: Callable[[], None] = lambda: None, images: int = 0) -> Any:
+        if self.overrun is not None and not self.overrun.done():
+            raise ModelBusy(f"{self.what} is still busy with a call that ran over {self.seconds:g} s "
+                            f"(for {time.monotonic() - self.busy_since:.0f} s now); try again later")
+        self.overrun = self.busy_since = None
+        future = self.executor.submit(call)
+        try:
+            return future.result(timeout=self.seconds)
+        except FutureTimeout:
+            stop()
+            self.timeouts += 1
+            with contextlib.suppress(Exception):
+                future.result(timeout=STOP_GRACE_SECONDS)  # stopped between two operators, as asked
+            if not future.done():
+                self.overrun, self.busy_since = future, time.monotonic()
+            raise ModelTimeout(f"{self.what} took over {self.seconds:g} s on {images or 'a batch of'} images and "
+                               f"was stopped; fashionlab's models take milliseconds: this one is broken, or "
+                               f"the machine is overloaded") from None
+
+    def stuck_for(self) -> float | None:
+        """For how many seconds a call that overran has still been running, or None when none is."""
+        if self.overrun is None or self.overrun.done():
+            return None
+        return time.monotonic() - self.busy_since
+
+
+def check_timeout(seconds: float) -> None:
+    """A model_timeout argument: seconds above 0, at most an hour."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
+        raise ConfigError(f"`model_timeout` must be seconds above 0 and at most 3600, got {seconds!r}",
+                          terms=["model_timeout"])
