@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def test_the_file_agrees_with_the_keras_model_and_says_what_it_is(exported, tiny
     np.testing.assert_allclose(model.predict(x), predict_proba(tiny_run.model, x), atol=1e-5)
     assert model.metadata["name"] == "tiny" and model.metadata["class_names"] == list(CLASS_NAMES)
     assert model.metadata["test_accuracy"] == pytest.approx(tiny_run.metrics["test_accuracy"])
-    assert model.metadata["config"]["width"] == TINY.width
+    assert model.metadata["config"] == tiny_run.run.config().to_dict()
+    assert model.metadata["run"] == tiny_run.run.path.name
+    assert model.metadata["model_keras_sha256"] == hashlib.sha256(tiny_run.run.model_file().read_bytes()).hexdigest()
     graph = onnx.load(out)
     assert [i.name for i in graph.graph.input] == ["pixels"] and [o.name for o in graph.graph.output] == [
         "probabilities"]

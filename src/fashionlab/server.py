@@ -690,9 +690,10 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
     try:
         predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete, model_timeout=model_timeout)
         app = build_app(predictor, data=data, top_k=top_k)
-        # connections are limited by the protocol (guarded_protocol), not by uvicorn's plain-text 503
+        # connections are limited by the protocol (guarded_protocol), not by uvicorn's plain-text 503;
+        # uvicorn's warnings (one per malformed request) would let any client write to the terminal
         config = uvicorn.Config(guarded(app, host=host, allowed_hosts=allowed_hosts), http=guarded_protocol(),
-                                ws="none", log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+                                ws="none", log_level="error", access_log=False, timeout_graceful_shutdown=10,
                                 lifespan="on")
         server = uvicorn.Server(config)
         bound_host, bound_port = sock.getsockname()[:2]
