@@ -1,12 +1,14 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from fashionlab.errors import ConfigError
-from fashionlab.files import read_bytes, read_text
+from fashionlab.files import check_writable, read_bytes, read_text
 
 
 def read(path, **options):
@@ -80,3 +82,69 @@ def test_read_bytes_returns_exactly_the_content(tmp_path):
     assert read_bytes(tmp_path / "b", what="file", error=ConfigError, limit=768) == bytes(range(256)) * 3
     with pytest.raises(ConfigError, match="768 bytes, more than the 767"):
         read_bytes(tmp_path / "b", what="file", error=ConfigError, limit=767)
+
+
+def writable(path):
+    check_writable(path, what="the run", term="run_dir")
+
+
+def contents(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_folder_to_be_made_under_a_writable_one_passes_and_nothing_is_left(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    for path in (tmp_path / "runs", tmp_path / "runs" / "a" / "b", tmp_path / "link" / "c", tmp_path / "new"):
+        writable(path)
+    assert contents(tmp_path) == ["link", "runs"]  # the trial folder was removed, nothing was made
+
+
+@pytest.mark.parametrize("make, where, said", [
+    (lambda t: (t / "f").write_text(""), "f", "f is a file, not a folder"),
+    (lambda t: (t / "f").write_text(""), "f/a/b", "f is a file, not a folder"),  # under a file
+    (lambda t: (t / "l").symlink_to(t / "missing"), "l/a", "l is a symbolic link to nothing"),
+    (lambda t: os.mkfifo(t / "p"), "p", "p is a FIFO (named pipe), not a folder"),
+    (lambda t: None, "/proc/fashionlab-out/a", "nothing can be made in /proc ("),  # root too: tried for real
+])
+def test_what_cannot_be_written_is_refused_in_one_line_and_nothing_is_made(tmp_path, make, where, said):
+    make(tmp_path)
+    before = contents(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        writable(tmp_path / where)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write the run in {tmp_path / where}: ") and said in message
+    assert message.endswith("; give `run_dir` another folder") and "\n" not in message
+    assert caught.value.terms == ("run_dir",)
+    assert contents(tmp_path) == before and not os.path.lexists("/proc/fashionlab-out")
+
+
+def read_only(folder, *command):
+    """`command` run where `folder` is a read-only mount, in a mount namespace of its own (nothing
+    outside changes); a skip where this machine allows no such namespace."""
+    mount = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder)]
+    try:
+        probe = subprocess.run([*mount, "true"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only mount here: {probe.stderr.strip()}")
+    return subprocess.run([*mount, *command], capture_output=True, text=True, timeout=300)
+
+
+def test_an_existing_read_only_folder_is_refused(tmp_path):
+    code = "from fashionlab.files import check_writable as c; c(__import__('sys').argv[1], what='x', term='out')"
+    done = read_only(tmp_path, sys.executable, "-c", code, str(tmp_path / "a"))
+    assert done.returncode == 1 and f"ConfigError: cannot write x in {tmp_path / 'a'}: nothing can be made in " \
+        f"{tmp_path} (Read-only file system); give `out` another folder" in done.stderr
+
+
+def test_evaluate_refuses_a_read_only_run_before_its_first_write(tiny_run, synthetic):
+    path = tiny_run.run.path
+    report = (path / "report.html").stat().st_mtime_ns
+    done = read_only(path, sys.executable, "-m", "fashionlab", "evaluate", str(path), "--data-dir",
+                     str(synthetic.data_dir), "--no-verify")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"fashionlab: error: cannot write the evaluation in {path}: nothing can be made in {path} "
+                           f"(Read-only file system); give `run_dir` another folder\n")
+    assert (path / "report.html").stat().st_mtime_ns == report

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 import fashionlab as fl
 from fashionlab import CLASS_NAMES, notebook
-from fashionlab.errors import RunError
+from fashionlab.errors import ConfigError, RunError
 from fashionlab.prediction import predict
 
 TINY_KEYS = {"depth": 2, "width": 16, "epochs": 2, "batch_size": 32, "validation_size": 60, "seed": 7}
@@ -115,3 +115,78 @@ def test_sweep_returns_its_trials_and_shows_them(tmp_path, synthetic):
     assert result.best is not None and result.best["trial"] in (0, 1)
     assert isinstance(result.plot(), Figure) and result._repr_html_().count("<img") == 1
     assert repr(result).startswith(f"Sweep({str(tmp_path / 'sweep')!r}, trials 2, ended yes, best trial ")
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# Each public call with one wrong argument: a str where a list goes, a float or True where an int
+# goes, None where nothing is optional, an int or '' as a path, a wrong keyword-only argument.
+WRONG_CALLS = [
+    (lambda t, d: fl.train(3, run_dir=t / "r", data=d), "recipe", "must be str or None, got int 3"),
+    (lambda t, d: fl.train(run_dir=42, data=d), "run_dir", "must be a path (str or Path), or None, got int 42"),
+    (lambda t, d: fl.train(run_dir="", data=d), "run_dir", "must be a path, got an empty string"),
+    (lambda t, d: fl.train(run_dir=t / "r", data=str(d.data_dir)), "data", "must be DataSource, got str"),
+    (lambda t, d: fl.train(run_dir=t / "r", data=d, verbose=True), "verbose", "must be int or None, got bool True"),
+    (lambda t, d: fl.train(run_dir=t / "r", data=d, verbose=1.0), "verbose", "got float 1.0"),
+    (lambda t, d: fl.compare("bn-after", out=t / "cmp", data=d), "variants", "got str 'bn-after'"),
+    (lambda t, d: fl.compare(["bn-after", 2], out=t / "cmp", data=d), "variants", "item 1 must be str, got int 2"),
+    (lambda t, d: fl.compare(["bn-after"], seeds=2.0, out=t / "cmp", data=d), "seeds", "must be int, got float"),
+    (lambda t, d: fl.compare(["bn-after"], seeds=True, out=t / "cmp", data=d), "seeds", "got bool True"),
+    (lambda t, d: fl.compare(["bn-after"], seeds=None, out=t / "cmp", data=d), "seeds", "must be int, got None"),
+    (lambda t, d: fl.compare(["bn-after"], seeds=0, out=t / "cmp", data=d), "seeds", "between 1 and 100, got 0"),
+    (lambda t, d: fl.compare(["bn-after"], jobs=None, out=t / "cmp", data=d), "jobs", "must be int, got None"),
+    (lambda t, d: fl.compare(["bn-after"], out=42, data=d), "out", "got int 42"),
+    (lambda t, d: fl.compare(["bn-after"], out="", data=d), "out", "empty string"),
+    (lambda t, d: fl.sweep(42, out=t / "sweep", data=d), "space", "must be a path (str or Path), got int 42"),
+    (lambda t, d: fl.sweep("", out=t / "sweep", data=d), "space", "empty string"),
+    (lambda t, d: fl.sweep(t / "space.toml", trials="3", out=t / "sweep", data=d), "trials", "got str '3'"),
+    (lambda t, d: fl.sweep(t / "space.toml", jobs=2.5, out=t / "sweep", data=d), "jobs", "got float 2.5"),
+    (lambda t, d: fl.sweep(t / "space.toml", out=42, data=d), "out", "got int 42"),
+    (lambda t, d: fl.Run(42), "path", "got int 42"),
+    (lambda t, d: fl.Run.open(42), "path", "got int 42"),
+    (lambda t, d: fl.Run.open(""), "path", "empty string"),
+    (lambda t, d: fl.Run.open(None), "path", "got None"),
+    (lambda t, d: fl.Comparison(42), "out", "got int 42"),
+    (lambda t, d: fl.Comparison(""), "out", "empty string"),
+]
+
+
+@pytest.mark.parametrize("call, name, said", WRONG_CALLS)
+def test_a_wrong_argument_is_refused_by_name_before_anything_is_written(tmp_path, synthetic, monkeypatch, call,
+                                                                         name, said):
+    monkeypatch.chdir(tmp_path)  # where a default run directory or comparison folder would go
+    with pytest.raises(ConfigError) as caught:
+        call(tmp_path, synthetic)
+    message = str(caught.value)
+    assert message.startswith(f"`{name}` ") and said in message and "\n" not in message
+    assert caught.value.terms == (name,)
+    assert listing(tmp_path) == []  # no run directory, no comparison or sweep folder
+
+
+def test_a_runs_methods_refuse_wrong_arguments_by_name(run, synthetic):
+    before = {p.name: p.stat().st_mtime_ns for p in run.path.iterdir()}
+    for call, name, said in [
+        (lambda: fl.Run.open(run.path, allow_incomplete="yes"), "allow_incomplete", "must be bool, got str"),
+        (lambda: run.mistakes("5"), "n", "must be int, got str '5'"),
+        (lambda: run.mistakes(5.0), "n", "must be int, got float 5.0"),
+        (lambda: run.mistakes(True), "n", "must be int, got bool True"),
+        (lambda: run.mistakes(0), "n", "must be between 1 and 100, got 0"),
+        (lambda: run.mistakes(101), "n", "must be between 1 and 100, got 101"),
+        (lambda: run.mistakes(3, data=None), "data", "must be DataSource, got None"),
+        (lambda: run.predict(3), "inputs", "got int 3"),
+        (lambda: run.predict("0"), "inputs", "got str '0'"),
+        (lambda: run.predict([0, 1.5]), "inputs", "item 1 must be int, or a path (str or Path), got float 1.5"),
+        (lambda: run.predict([True]), "inputs", "item 0 must be int, or a path"),
+        (lambda: run.predict([""]), "inputs", "item 0 must be a path, got an empty string"),
+        (lambda: run.predict([0], top_k=None), "top_k", "must be int, got None"),
+        (lambda: run.predict([0], top_k=11), "top_k", "between 1 and 10, got 11"),
+        (lambda: run.confusion(normalize=1), "normalize", "must be bool, got int 1"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value).startswith(f"`{name}` ") and said in str(caught.value), str(caught.value)
+        assert caught.value.terms == (name,)
+    assert {p.name: p.stat().st_mtime_ns for p in run.path.iterdir()} == before
+    assert list(run.predict([np.int64(0)], data=synthetic).index) == ["test[0]"]  # a NumPy integer is an index

@@ -1,4 +1,7 @@
 import json
+import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -8,7 +11,8 @@ from helpers import TINY, synthetic_arrays
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
-from fashionlab.errors import Interrupted, RunError
+from fashionlab.data import DataSource
+from fashionlab.errors import ConfigError, DataError, Interrupted, RunError
 from fashionlab.interrupts import StopRequest, stop_when
 from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
@@ -152,3 +156,75 @@ def test_metrics_time_the_whole_call_and_its_training(tiny_run):
     assert m["wall_seconds"] > m["train_seconds"] > 0
     assert m["started"] <= m["finished"] and not m["stopped_early"]
     assert m["weights_from_epoch"] == len(m["seconds_per_epoch"])
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("run_dir, tensorboard, said", [
+    ("run", "file", "cannot write TensorBoard files in {t}/file/run: {t}/file is a file, not a folder; "
+                    "give `tensorboard` another folder"),
+    ("run", "tb", "cannot write TensorBoard files in {t}/tb/run: {t}/tb/run is a file"),  # the run's own subfolder
+    ("file/run", None, "cannot write the run in {t}/file/run: {t}/file is a file, not a folder; give `run_dir`"),
+    ("/proc/fashionlab-run", None, "cannot write the run in /proc/fashionlab-run: nothing can be made in /proc"),
+])
+def test_every_folder_a_run_writes_is_checked_before_its_run_directory(tmp_path, synthetic, run_dir, tensorboard,
+                                                                        said):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "run").write_text("")
+    before = listing(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        train(TINY, tmp_path / run_dir, data=synthetic, verbose=0,
+              tensorboard=tmp_path / tensorboard if tensorboard else None)
+    assert said.format(t=tmp_path) in str(caught.value) and "\n" not in str(caught.value)
+    assert listing(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_leaves_no_tensorboard_folder_either(tmp_path):
+    with pytest.raises(DataError):
+        train(TINY, tmp_path / "run", data=DataSource(tmp_path / "no-data"), verbose=0, tensorboard=tmp_path / "tb")
+    assert listing(tmp_path) == []
+
+
+def test_resume_checks_its_folders_before_its_lock(tiny_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run.run.path, copy)
+    (copy / ".lock").unlink()
+    (copy / "file").write_text("")
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(ConfigError, match=f"cannot write TensorBoard files in {copy}/file/copy: {copy}/file is a "
+                                          f"file, not a folder; give `tensorboard` another folder"):
+        resume(copy, tensorboard=copy / "file")
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before  # not even the lock file
+
+
+def test_the_cli_refuses_an_unwritable_tensorboard_folder_in_one_line_before_any_run(tmp_path, synthetic_dir):
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([sys.executable, "-m", "fashionlab", "train", "--epochs", "1", "--depth", "1", "--width",
+                           "4", "--validation-size", "60", "--tensorboard", str(tmp_path / "file" / "tb"),
+                           "--data-dir", str(synthetic_dir), "--no-verify"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"fashionlab: error: cannot write TensorBoard files in {tmp_path}/file/tb/")
+    assert done.stderr.endswith(f": {tmp_path}/file is a file, not a folder; give --tensorboard another folder\n")
+    assert done.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "synthetic"]  # no runs/ folder
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda t, d: train("tiny", t / "r", data=d), "config"),
+    (lambda t, d: train(TINY, t / "r", data=str(d.data_dir)), "data"),
+    (lambda t, d: train(TINY, t / "r", data=d, verbose=3), "verbose"),
+    (lambda t, d: train(TINY, t / "r", data=d, test="no"), "test"),
+    (lambda t, d: train(TINY, t / "r", data=d, callbacks=keras.callbacks.Callback()), "callbacks"),
+    (lambda t, d: train(TINY, "", data=d), "run_dir"),
+    (lambda t, d: resume(t / "r", data=d, tensorboard=""), "tensorboard"),
+    (lambda t, d: resume(7), "run_dir"),
+])
+def test_train_and_resume_check_their_arguments_before_anything(tmp_path, synthetic, call, name):
+    with pytest.raises(ConfigError) as caught:
+        call(tmp_path, synthetic)
+    assert str(caught.value).startswith(f"`{name}` must be ") and caught.value.terms == (name,)
+    assert listing(tmp_path) == []

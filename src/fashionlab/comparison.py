@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fashionlab import runner
+from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, check_runnable, with_changes
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, RunError
+from fashionlab.files import check_writable
 from fashionlab.provenance import available_memory
 from fashionlab.runner import Done, Task
 from fashionlab.runs import Run
@@ -75,14 +77,13 @@ def parse_changes(text: str) -> dict[str, Any]:
     return changes
 
 
+@checked(seeds=(1, MAX_SEEDS))
 def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
          overrides: dict[str, Any] | None = None) -> list[Task]:
     """One task per variant x seed, in out/<variant name>/seed-<seed>; seeds count up from the
     overrides' seed, else the base config's."""
     if not variants or len(set(variants)) != len(variants):
         raise ConfigError("give each of the `variants` once, and at least one", terms=["variants"])
-    if not 1 <= seeds <= MAX_SEEDS:
-        raise ConfigError(f"`seeds` must be between 1 and {MAX_SEEDS}, got {seeds}", terms=["seeds"])
     configs = [variant_config(spec, base, overrides) for spec in variants]
     names = [c.name for c in configs]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -211,6 +212,7 @@ class CompareResult:
     reused: int
 
 
+@checked(seeds=(1, MAX_SEEDS), jobs=(1, None))
 def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
             base: TrainConfig | None = None, overrides: dict[str, Any] | None = None, jobs: int = 1,
             data: DataSource = DataSource(), force: bool = False,
@@ -222,10 +224,9 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     from fashionlab.reports import write_comparison_outputs
 
     base = base or TrainConfig()
-    if jobs < 1:
-        raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
     out = Path(out)
     check_output_folder(out, force=force)
+    check_writable(out, what="the comparison", term="out")
     tasks = plan(out, list(variants), seeds, base, overrides)
     linked = next((p for t in tasks for p in (t.run_dir, t.run_dir.parent) if p.is_symlink()), None)
     if linked is not None:  # runs are written only into compare's own folders, never through a link

@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from fashionlab import CLASS_NAMES
+from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.errors import Interrupted
+from fashionlab.files import check_writable
 from fashionlab.interrupts import stop_requests
 from fashionlab.runs import Run
 
@@ -60,6 +62,7 @@ def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     }
 
 
+@checked
 def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
              allow_incomplete: bool = False) -> dict[str, Any]:
     """Evaluate a run's saved model on the test set; rewrite its confusion matrix files and report.
@@ -70,6 +73,7 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
     from fashionlab.reports import write_test_outputs
 
     Run.open(run_dir, allow_incomplete=allow_incomplete)  # refuses what is not a (finished) run
+    check_writable(run_dir, what="the evaluation", term="run_dir")  # before the lock file, the first write
     with stop_requests() as stop, Run.acquire(run_dir) as run:
         config = run.config()
         history = run.history()

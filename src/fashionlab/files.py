@@ -7,6 +7,9 @@ Every file fashionlab reads goes through `open_regular`: it opens without blocki
 would otherwise wait for a writer forever), refuses anything but a regular file (a directory, a
 FIFO, a device, a socket) and anything larger than the caller's limit (a sparse or runaway file),
 and, inside a run directory, refuses to follow a symbolic link.
+
+Every folder a command writes into is first checked by `check_writable`, before the command's
+first write: a refused output leaves nothing behind (no run directory, no comparison folder).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import errno
 import io
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fashionlab.errors import FashionlabError
+from fashionlab.errors import ConfigError, FashionlabError
 
 KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
@@ -93,3 +97,25 @@ def outermost_missing(path: str | Path) -> Path | None:
     exists: what to remove again when the work that needed it fails."""
     path = Path(path)
     return next((p for p in reversed([path, *path.parents]) if not os.path.lexists(p)), None)
+
+
+def check_writable(path: str | Path, *, what: str, term: str, error: type[FashionlabError] = ConfigError) -> None:
+    """Refuse, before anything is written, a folder that cannot be written: `path`, or the nearest
+    folder above it that exists (where the missing ones would be made), must be a folder in which
+    a file can be made. Tried for real, then removed: to root, os.access says yes everywhere, yet
+    /proc or a read-only mount still refuse. `what` is what would be written ("the run"),
+    `term` the argument that gave `path`. Symbolic links are followed, as the write would."""
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if os.path.lexists(p))  # "." or "/" at worst
+    problem = None
+    if not os.path.isdir(existing):
+        kind = "a file" if os.path.isfile(existing) else \
+            "a symbolic link to nothing" if os.path.islink(existing) else kind_of(os.stat(existing).st_mode)
+        problem = f"{existing} is {kind}, not a folder"
+    else:
+        try:  # a file without a name where the kernel allows it (O_TMPFILE): no one else ever sees it
+            tempfile.TemporaryFile(prefix=".fashionlab-check-", dir=existing).close()
+        except OSError as exc:
+            problem = f"nothing can be made in {existing} ({exc.strerror or exc})"
+    if problem:
+        raise error(f"cannot write {what} in {path}: {problem}; give `{term}` another folder", terms=[term])

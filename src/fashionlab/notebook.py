@@ -9,7 +9,8 @@
 
 In Jupyter each object is a card (`_repr_html_`: the key figures and the curves); elsewhere its
 repr is one line. These are thin: `train` is `training.train`, `compare` is `comparison.compare`,
-`sweep` is `sweeps.sweep`, and every figure comes from `plots.py`, as the CLI's do.
+`sweep` is `sweeps.sweep`, and every figure comes from `plots.py`, as the CLI's do. Every public call
+checks its arguments at entry (`arguments.checked`): a wrong one is a ConfigError naming it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fashionlab import CLASS_NAMES
+from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, with_changes
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError
 from fashionlab.runs import Run as RunDirectory
 
 if TYPE_CHECKING:
@@ -59,11 +60,13 @@ def _percent(value: Any) -> str:
 class Run:
     """A run directory, read: its config, history, metrics, curves, mistakes and predictions."""
 
+    @checked
     def __init__(self, path: str | Path, *, allow_incomplete: bool = True):
         self._run = RunDirectory.open(path, allow_incomplete=allow_incomplete)
         self.path = self._run.path
 
     @classmethod
+    @checked
     def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> Run:
         """A finished run directory (or, with `allow_incomplete`, one still running or stopped)."""
         return cls(path, allow_incomplete=allow_incomplete)
@@ -96,6 +99,7 @@ class Run:
 
         return learning_curves_figure(self.history, title=f"{self.name}: learning curves")
 
+    @checked
     def confusion(self, normalize: bool = False) -> pd.DataFrame:
         """The test set's confusion matrix (rows: true class, columns: predicted), counts or row fractions."""
         import pandas as pd
@@ -106,14 +110,13 @@ class Run:
         return pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"),
                             columns=pd.Index(CLASS_NAMES, name="predicted"))
 
+    @checked(n=(1, 100))
     def mistakes(self, n: int = 12, data: DataSource = DataSource()) -> Figure:
         """The `n` test images the model gets wrong most confidently, with what it said and the truth."""
         import matplotlib.pyplot as plt
 
         from fashionlab.evaluation import predict_proba
 
-        if not 1 <= n <= 100:
-            raise ConfigError(f"`n` must be between 1 and 100, got {n}", terms=["n"])
         splits = data.splits(self.config.validation_size)
         proba = predict_proba(self._run.load_model(), splits.x_test)
         predicted = proba.argmax(axis=1)
@@ -132,6 +135,7 @@ class Run:
         figure.tight_layout()
         return figure
 
+    @checked(top_k=(1, len(CLASS_NAMES)))
     def predict(self, inputs: Sequence[int | str | Path], top_k: int = 3,
                 data: DataSource = DataSource()) -> pd.DataFrame:
         """Test images (indices) and image files, one row each: the class, its probability, the next ones."""
@@ -170,6 +174,7 @@ class Run:
         return f"Run({str(self.path)!r}, {self.name}, {facts['status']}, {facts['epochs']} epochs{said})"
 
 
+@checked(verbose=(0, 2))
 def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data: DataSource = DataSource(),
           verbose: int | None = None, **changes: Any) -> Run:
     """Train a recipe (default: the tutorial's), changed by any config keys, into a new run
@@ -185,6 +190,7 @@ def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data:
 class Comparison:
     """A comparison's folder, read: the table of variants over seeds, the conclusion, the curves."""
 
+    @checked
     def __init__(self, out: str | Path):
         from fashionlab.comparison import load_comparison
 
@@ -219,6 +225,7 @@ class Comparison:
                 f"{_percent(self.table.loc[best, 'test_accuracy_mean'])})")
 
 
+@checked
 def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
             data: DataSource = DataSource(), **changes: Any) -> Comparison:
     """Train each variant (a series variant such as "bn-before", a recipe, or "recipe:key=value")
@@ -260,6 +267,7 @@ class Sweep:
         return f"Sweep({str(self.out)!r}, " + ", ".join(f"{k} {v}" for k, v in self._facts().items()) + ")"
 
 
+@checked
 def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None, jobs: int = 1,
           data: DataSource = DataSource(), **options: Any) -> Sweep:
     """Run (or continue) the sweep of a search-space file until its study has `trials` trials:

@@ -14,22 +14,19 @@ from pathlib import Path
 import keras
 
 from fashionlab.errors import ConfigError
+from fashionlab.files import check_writable
 
 
-def check_folder(folder: str | Path) -> Path:
-    """`folder`, made if missing, once tensorboardX is known to be installed: refused before a
-    run starts rather than after."""
+def check_folder(folder: str | Path, run_name: str) -> Path:
+    """`folder`, once tensorboardX is known to be installed and the run's subfolder (`run_name`)
+    can be written there: refused before a run starts rather than after. Nothing is made yet."""
     try:
         import tensorboardX  # noqa: F401
     except ImportError:
         raise ConfigError("`tensorboard` needs the tensorboardX package: pip install 'fashionlab[tensorboard]'",
                           terms=["tensorboard"]) from None
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write TensorBoard files in {folder} ({exc.strerror or exc}); give `tensorboard` "
-                          f"another folder", terms=["tensorboard"]) from None
+    check_writable(folder / run_name, what="TensorBoard files", term="tensorboard")
     return folder
 
 

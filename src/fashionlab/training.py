@@ -21,10 +21,12 @@ import keras
 import numpy as np
 import pandas as pd
 
+from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.data import DataSource, Splits, split_arrays
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
+from fashionlab.files import check_writable
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
 from fashionlab.model import build_model, one_hot_targets, parameter_counts, portable, summary_text
 from fashionlab.preprocessing import fit_scaler, scaler_of
@@ -139,6 +141,7 @@ def in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
+@checked(verbose=(0, 2))
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
           verbose: int | None = None, tensorboard: str | Path | None = None,
           recipe: str | None = None, test: bool = True,
@@ -151,19 +154,21 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     recorded in run.json and metrics.json; `test=False` keeps the test set out of the run (a
     sweep's trial is judged on validation alone: metrics.json then has no test figures, and
     `evaluate` can add them later); `callbacks` see each recorded epoch after the run has
-    written it. Everything the config asks is checked against the data and the machine before
-    the run directory is made.
+    written it. Everything the config asks is checked against the data and the machine, and
+    every folder the run writes in, before the run directory is made.
     """
     called = time.perf_counter()
     check_engine(config)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.name)
+    check_writable(run_dir, what="the run", term="run_dir")
     if tensorboard is not None:
-        tensorboard = check_folder(tensorboard)
+        tensorboard = check_folder(tensorboard, run_dir.name)
     splits = _checked_splits(config, data)
     _use_compilation_cache()
     with stop_requests() as stop:
         if stop.requested:  # a signal while this process started: nothing is written yet
             raise Interrupted("interrupted before training started; nothing was written")
-        run = Run.create(run_dir if run_dir is not None else default_run_dir(config.name))
+        run = Run.create(run_dir)
         with run, _status_on_exit(run):
             run.write_json("config.json", config.to_dict())
             run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe,
@@ -174,6 +179,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
                                    tensorboard=tensorboard, called=called, callbacks=callbacks)
 
 
+@checked(verbose=(0, 2))
 def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None,
            tensorboard: str | Path | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Continue an interrupted, failed or killed run from its last finished epoch.
@@ -183,10 +189,12 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
     is derived from the seed and the epoch number.
     """
     called = time.perf_counter()
-    _use_compilation_cache()
+    run_dir = _existing_dir(run_dir)
+    check_writable(run_dir, what="the run", term="run_dir")  # before its lock file, the first write
     if tensorboard is not None:
-        tensorboard = check_folder(tensorboard)
-    with stop_requests() as stop, Run.acquire(_existing_dir(run_dir)) as run:
+        tensorboard = check_folder(tensorboard, run_dir.name)
+    _use_compilation_cache()
+    with stop_requests() as stop, Run.acquire(run_dir) as run:
         if run.status()["status"] == "complete":
             raise RunError(f"{run.path} is already complete; nothing to resume")
         config = run.config()
