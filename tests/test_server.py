@@ -19,8 +19,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 from helpers import BROKEN_IMAGES, OUTSIDE, assert_png, slow_onnx, stuck_onnx
 from PIL import Image
 

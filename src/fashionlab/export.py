@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from fashionlab import CLASS_NAMES, __version__
+from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls
 from fashionlab.errors import ConfigError, ExportError, Interrupted, RunError, reason
-from fashionlab.files import open_regular
+from fashionlab.files import check_writable, open_regular
 from fashionlab.interrupts import stop_requests
 from fashionlab.records import shown
 from fashionlab.runs import Run, atomic_path
@@ -69,6 +70,7 @@ class OnnxModel:
     one probability distribution per image.
     """
 
+    @checked(threads=(0, 1024), timeout=(0.001, 3600))
     def __init__(self, path: str | Path, threads: int = 0, timeout: float = MODEL_TIMEOUT):
         self.path = Path(path)
         with open_regular(self.path, what="ONNX model", error=RunError, limit=MAX_ONNX_BYTES) as handle:
@@ -297,6 +299,7 @@ def agreement(model, onnx_model: OnnxModel, x: np.ndarray) -> dict[str, Any]:
             "top1_differences": int((expected.argmax(axis=1) != got.argmax(axis=1)).sum())}
 
 
+@checked
 def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None = None,
            data: DataSource = DataSource(), allow_incomplete: bool = False) -> dict[str, Any]:
     """Write the run's model as an ONNX file (`out`, default RUN/model.onnx), once onnxruntime has
@@ -309,6 +312,7 @@ def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None 
         raise ConfigError(f"`out` {target} must end in .onnx", terms=["out"])
     if target.is_dir() or not target.parent.is_dir():
         raise ConfigError(f"`out` {target} must be a file in an existing folder", terms=["out"])
+    check_writable(target.parent, what="the ONNX file", term="out")
     started = time.perf_counter()
     inside = target.resolve().parent == run.path.resolve()
     # Writing into the run takes its lock, as training and evaluate do; Ctrl-C is a stop request,

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashionlab import CLASS_NAMES
+from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError, ImageError, RunError, reason
@@ -289,6 +290,7 @@ def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3,
     return results_of(proba, labels, k, mirrored, pixels)
 
 
+@checked(top_k=(1, len(CLASS_NAMES)))
 def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (),
             top_k: int = 3, invert: bool | None = None, data: DataSource = DataSource(),
             allow_incomplete: bool = False, onnx: str | Path | None = None,
@@ -299,8 +301,6 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
 
     `invert` None tells garment from background by colour; `data` is read only for `indices`.
     """
-    if not 1 <= top_k <= len(CLASS_NAMES):
-        raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}", terms=["top_k"])
     if (run_dir is None) == (onnx is None):
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
     check_timeout(model_timeout)
@@ -314,9 +314,6 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
     if indices:
         x_test = data.test_images()
         for index in indices:
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-                raise ConfigError(f"`indices` holds {index!r}; test images are numbered by whole numbers",
-                                  terms=["indices"])
             if not 0 <= index < len(x_test):
                 raise ConfigError(f"`indices` {index} is outside the test set (0..{len(x_test) - 1})",
                                   terms=["indices"])

@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fashionlab import CLASS_NAMES, __version__
+from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls, check_timeout
 from fashionlab.errors import ConfigError, FashionlabError, ModelBusy, ModelTimeout, reason
@@ -114,6 +115,7 @@ class Predictor:
         return np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 
+@checked
 def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None = None,
                    allow_incomplete: bool = False, model_timeout: float = MODEL_TIMEOUT) -> Predictor:
     """The model of a run directory (Keras), or of an exported ONNX file (onnxruntime alone);
@@ -670,9 +672,11 @@ def open_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+@checked(port=(0, 65535), top_k=(1, len(CLASS_NAMES)))
 def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, top_k: int = 3, data: DataSource = DataSource(), allow_incomplete: bool = False,
-          model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (), ready=None) -> None:
+          model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (),
+          ready: Callable[[str], None] | None = None) -> None:
     """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers.
     `allowed_hosts`: names the Host header may give besides localhost, IP addresses and this
     machine's names (a proxy's); `model_timeout`: seconds a call of the model may take."""
@@ -680,8 +684,6 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
         import uvicorn
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
-    if not 1 <= top_k <= len(CLASS_NAMES):
-        raise ConfigError(f"`top_k` must be between 1 and {len(CLASS_NAMES)}, got {top_k}", terms=["top_k"])
     check_timeout(model_timeout)
     sock = open_socket(host, port)  # first: a port in use fails before the model loads
     if not is_loopback(host):
