@@ -2,24 +2,34 @@
 after a kill, reproducibility, and two workers sharing one study in a real PostgreSQL server."""
 
 import json
+import multiprocessing.context
 import os
+import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import optuna
 import pandas as pd
 import pytest
 from helpers import assert_png, assert_self_contained, synthetic_arrays, write_dataset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fashionlab.config import load_config
+from fashionlab import sweeps
+from fashionlab.config import TrainConfig, load_config
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError, RunError
+from fashionlab.errors import ConfigError, FashionlabError, RunError
 from fashionlab.runner import run_task
 from fashionlab.runs import Run
-from fashionlab.sweeps import Owner, _Sweep, load_space, open_storage, settings_differences, storage_label, sweep
+from fashionlab.sweeps import (Owner, _Sweep, check_storage_url, load_space, masked, open_storage,
+                               settings_differences, storage_label, sweep, trial_dir_name, trials_table, was_pruned)
 from fashionlab.training import train
 
 TINY_TRAIN = """[train]
@@ -127,9 +137,10 @@ def test_settings_differences_name_the_changed_keys():
 
 
 def test_a_database_password_is_never_printed(tmp_path, synthetic):
-    assert storage_label("postgresql://me:secret@db/fl") == "postgresql://me:***@db/fl"
-    assert "secret" not in storage_label("postgresql+psycopg://me:secret@db:5432/fl")
-    assert storage_label("postgresql://me@db/fl?password=secret") == "postgresql://me@db/fl?..."
+    assert storage_label("postgresql://me:secret@db/fl") == "postgresql://***@db/fl"
+    assert storage_label("postgresql+psycopg://me:secret@db:5432/fl") == "postgresql+psycopg://***@db:5432/fl"
+    assert storage_label("postgresql://me@db/fl?password=secret") == "postgresql://***@db/fl?..."
+    assert storage_label("postgresql://me:p@ss/w?rd#@db/fl") == "postgresql://***@db/fl"  # not what a parser sees
     for mistyped in ("postgresql:/me:secret@db/fl", "secret.journal", "/dev/null", "me:secret@db"):
         with pytest.raises(ConfigError, match="must be a database URL") as e:
             sweep(space_file(tmp_path, SEARCH), tmp_path / "out", storage=mistyped, data=synthetic)
@@ -215,12 +226,27 @@ def test_the_report_is_one_self_contained_page_and_best_toml_trains_the_chosen_t
     assert again.history["val_accuracy"].iloc[-1] == pytest.approx(best["val_accuracy"])
 
 
-def test_running_the_finished_sweep_again_trains_nothing_and_evaluates_nothing_again(tiny_sweep, synthetic):
+def spawned(monkeypatch) -> list[str]:
+    """The names of the worker processes started from here on (the runner starts them with spawn)."""
+    names, start = [], multiprocessing.context.SpawnProcess.start
+
+    def counted(process):
+        names.append(process.name)
+        start(process)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", counted)
+    return names
+
+
+def test_running_the_finished_sweep_again_trains_nothing_and_evaluates_nothing_again(tiny_sweep, synthetic,
+                                                                                     monkeypatch):
     out, first, _ = tiny_sweep
-    lines = []
+    lines, workers = [], spawned(monkeypatch)
     mtime = (out / first.best["run"] / "confusion_matrix.csv").stat().st_mtime_ns
-    again = sweep(out.parent / "space.toml", out, trials=8, sampler="random", data=synthetic, progress=lines.append)
-    assert lines[0].endswith("8 of 8 trials ended already; 1 job(s) here")
+    again = sweep(out.parent / "space.toml", out, trials=8, jobs=4, sampler="random", data=synthetic,
+                  progress=lines.append)
+    assert lines[0].endswith("8 of 8 trials ended already; 0 job(s) here")
+    assert workers == []  # nothing left: no worker process is started
     assert not any(line.startswith("[") or "evaluating" in line for line in lines)
     assert again.tests == first.tests
     assert (out / first.best["run"] / "confusion_matrix.csv").stat().st_mtime_ns == mtime
@@ -360,7 +386,7 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, synthetic):
 
 
 def test_an_unreachable_database_is_one_line_without_the_password(tmp_path, synthetic):
-    with pytest.raises(RunError, match="cannot use the study storage postgresql://me:\\*\\*\\*@127.0.0.1:9/x") as e:
+    with pytest.raises(RunError, match="cannot use the study storage postgresql://\\*\\*\\*@127.0.0.1:9/x") as e:
         sweep(space_file(tmp_path, SEARCH), tmp_path / "out", trials=2, storage="postgresql://me:pw@127.0.0.1:9/x",
               data=synthetic)
     assert "pw" not in str(e.value).replace("psycopg", "")
@@ -505,3 +531,363 @@ def test_ctrl_c_stops_every_job_cleanly_and_the_same_command_finishes_the_sweep(
     assert again.returncode == 0, again.stderr
     assert "2 stopped one(s) to resume" in again.stdout
     assert list(pd.read_csv(out / "trials.csv")["state"]) == ["complete"] * 3
+
+
+# --- nothing lost, nothing trusted that the sweep did not write ----------------------------------------
+
+def started_sweep(tmp_path: Path, search: str = SEARCH, epochs: int = 3):
+    """A sweep folder and its study as `sweep` starts them, for tests that act as its workers."""
+    space_path, out = space_file(tmp_path, search, epochs), tmp_path / "out"
+    out.mkdir()
+    journal = str(out / "study.journal")
+    (out / "sweep.json").write_text(json.dumps({"study": "space", "storage": "study.journal"}))
+    space = load_space(space_path)
+    study = optuna.create_study(study_name="space", direction="maximize", storage=open_storage(journal))
+    study.set_user_attr("fashionlab", {"space": space.settings(), "sampler": "random", "sampler_seed": 0,
+                                       "pruner": "none"})
+    return space_path, out, space, study, journal
+
+
+def worker_of(study: optuna.Study, space, out: Path, journal: str, trials: int) -> _Sweep:
+    return _Sweep(study, space, out, trials=trials, storage=journal, sampler="random", sampler_seed=0,
+                  pruner="none", train_images=300, free_memory=None, progress=lambda line: None)
+
+
+def killed_owner() -> dict:
+    """The owner record of a worker killed with SIGKILL, on this machine."""
+    process = subprocess.Popen(["sleep", "60"])
+    process.kill()
+    process.wait()
+    return {**Owner().record(), "pid": process.pid, "token": "killed"}
+
+
+class PruneAt(optuna.pruners.BasePruner):
+    """Prunes trial N from epoch `at[N]` on, whenever it is asked; never the other trials."""
+
+    def __init__(self, at: dict[int, int]):
+        self.at = at
+
+    def prune(self, study, trial) -> bool:
+        return trial.last_step is not None and trial.last_step >= self.at.get(trial.number, 10**9)
+
+
+def untouched(paths: list[Path]) -> list[tuple[int, bytes]]:
+    return [(path.stat().st_mtime_ns, path.read_bytes()) for path in paths]
+
+
+def test_a_trial_whose_run_completed_but_was_never_told_is_recorded_from_its_files(tmp_path, synthetic,
+                                                                                   monkeypatch):
+    """Its worker was killed between the run's last write and telling the study: the next start records
+    the run as it is (a pruned one as pruned), never trains it again, never fails it."""
+    monkeypatch.setattr(sweeps, "make_pruner", lambda kind, epochs: PruneAt({1: 2}))
+    monkeypatch.setattr(sweeps, "CLAIM_SECONDS", 0.05)
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    tasks = worker_of(study, space, out, journal, trials=2).tasks()
+    for task in (next(tasks), next(tasks)):
+        run_task(task, synthetic)  # complete on disk, never told
+    for trial in study.get_trials():
+        study._storage.set_trial_user_attr(trial._trial_id, "owner", killed_owner())
+    models = [out / trial_dir_name(n) / "model.keras" for n in (0, 1)]
+    before = untouched(models)
+    lines = []
+    result = sweep(space_path, out, trials=2, sampler="random", pruner="none", data=synthetic, progress=lines.append)
+    assert untouched(models) == before
+    assert "2 stopped one(s) to resume" in lines[0]
+    assert sum(line.endswith(", recorded from its complete run)") for line in lines) == 2
+    assert not any("failed" in line for line in lines)
+    complete, pruned = (result.trials.iloc[n] for n in (0, 1))
+    runs = [Run(out / trial_dir_name(n)) for n in (0, 1)]
+    history, metrics = runs[0].history(), runs[0].metrics()
+    assert complete.state == "complete" and complete.val_accuracy == pytest.approx(history["val_accuracy"].iloc[-1])
+    assert (complete.epochs, complete.epochs_planned, complete.seconds_saved) == (3, 3, 0)
+    assert (complete.seconds, complete.best_val_accuracy) == pytest.approx((metrics["train_seconds"],
+                                                                           metrics["best_val_accuracy"]))
+    history = runs[1].history()
+    assert pruned.state == "pruned" and pd.isna(pruned.val_accuracy)
+    assert (pruned.epochs, pruned.epochs_planned) == (2, 3) and len(history) == 2
+    assert pruned.seconds_saved == pytest.approx(statistics.median(history["seconds"]))
+    assert complete.host == pruned.host == Owner().host
+    assert [t["trial"] for t in result.tests] == [0] and result.ended
+
+
+def test_a_damaged_journal_is_refused_with_the_way_out_and_rebuilt_from_the_trial_folders(tmp_path, synthetic):
+    space = space_file(tmp_path, SEARCH)
+    out = tmp_path / "out"
+    first = sweep(space, out, trials=3, sampler="random", pruner="none", data=synthetic).trials.set_index("trial")
+    shutil.rmtree(out / "trial-0000")  # a number whose run is gone: skipped, its folder never used again
+    unfinished = Run(out / "trial-0002")  # as a kill leaves a run (its checkpoints gone: resumed from the start)
+    unfinished.set_status("running")
+    for name in ("metrics.json", "model.keras"):
+        unfinished.file(name).unlink()
+    kept = [out / "trial-0001" / name for name in ("model.keras", "history.csv", "run.json")]
+    before = untouched(kept)
+    journal = out / "study.journal"
+    operations = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(operations[:5] + [b"{not an operation\n"] + operations[5:]))
+
+    with pytest.raises(RunError) as refused:
+        sweep(space, out, trials=3, sampler="random", pruner="none", data=synthetic)
+    said = str(refused.value)
+    assert "\n" not in said and f"the study journal {journal} is damaged" in said
+    assert "the trials whose runs are in the sweep folder are recorded again from their files" in said
+    subprocess.run(re.search(r"\((mv [^)]+)\)", said)[1], shell=True, check=True)  # the way out, as said
+    assert not journal.exists() and (out / "study.journal.damaged").is_file()
+
+    lines = []
+    again = sweep(space, out, trials=3, sampler="random", pruner="none", data=synthetic, progress=lines.append)
+    table = again.trials.set_index("trial")
+    assert list(table.index) == [1, 2, 3] and set(table["state"]) == {"complete"}
+    assert list(table["run"]) == ["trial-0001", "trial-0002", "trial-0003"]  # each trial in its own folder
+    assert untouched(kept) == before  # the complete trial: recorded again, never retrained
+    columns = ["learning_rate", "width", "dropout", "val_accuracy", "epochs", "seconds", "best_val_accuracy"]
+    pd.testing.assert_series_equal(table.loc[1, columns], first.loc[1, columns])
+    assert table.loc[2, "val_accuracy"] == pytest.approx(first.loc[2, "val_accuracy"])  # resumed: the same run
+    assert lines[1].endswith("1 of 3 trials ended already, 1 stopped one(s) to resume; 1 job(s) here")
+    assert [line.split(": val")[0] for line in lines if line.startswith("[")] == \
+        ["[1/3] trial 1", "[2/3] trial 2", "[3/3] trial 3"]
+    assert lines[0].endswith("recorded again from trial-0001)") and lines[2].endswith("resumed)")
+    assert not (out / "trial-0000").exists()
+
+
+def test_the_test_set_is_seen_only_through_the_folder_the_sweep_made_for_the_chosen_trial(tmp_path, synthetic,
+                                                                                          monkeypatch):
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    elsewhere = study.ask(space.search)  # trial 0, run by another live worker: the test set waits for it
+    elsewhere.set_user_attr("owner", {**Owner().record(), "token": "another worker"})
+    elsewhere.set_user_attr("heartbeat", time.time())
+    done = _Sweep.done
+
+    def misrecorded(worker, finished):  # the study's record of each trial's run, changed by whoever can
+        worker.held[finished.task.tags["trial"]].set_user_attr("run", "../elsewhere")
+        done(worker, finished)
+
+    monkeypatch.setattr(_Sweep, "done", misrecorded)
+    best = sweep(space_path, out, trials=3, sampler="random", pruner="none", data=synthetic).best["trial"]
+    other = 3 - best
+    chosen, decoy, aside = out / trial_dir_name(best), tmp_path / "elsewhere", tmp_path / "aside"
+    shutil.copytree(chosen, decoy)  # the chosen trial's run, where the study's record points
+    assert study.trials[best].user_attrs["run"] == "../elsewhere"
+    study.tell(elsewhere, state=optuna.trial.TrialState.FAIL)  # every trial has ended: the test set's turn
+
+    def finished() -> sweeps.SweepResult:
+        return sweep(space_path, out, trials=3, sampler="random", pruner="none", data=synthetic)
+
+    def evaluated() -> list[Path]:
+        return sorted(p.parent for p in tmp_path.rglob("confusion_matrix.csv"))
+
+    chosen.rename(aside)  # the chosen trial's folder, a link to a copy of itself
+    chosen.symlink_to(aside)
+    result = finished()
+    assert result.tests == [] and f"{chosen} is a symbolic link" in result.summary and evaluated() == []
+    chosen.unlink()
+    (out / trial_dir_name(other)).rename(chosen)  # another trial's run in the chosen trial's folder
+    result = finished()
+    assert result.tests == [] and "was trained with different settings" in result.summary and evaluated() == []
+    chosen.rename(out / trial_dir_name(other))
+    aside.rename(chosen)
+    (chosen / "model.keras").rename(aside)  # its model a link to the model itself
+    (chosen / "model.keras").symlink_to(aside)
+    result = finished()
+    assert result.tests == [] and "model.keras is a symbolic link" in result.summary and evaluated() == []
+    (chosen / "model.keras").unlink()
+    aside.rename(chosen / "model.keras")
+
+    result = finished()
+    assert evaluated() == [chosen]  # never the folder the study's record names
+    assert [(t["trial"], t["run"]) for t in result.tests] == [(best, trial_dir_name(best))]
+    assert result.trials.loc[result.trials["trial"] == best, "run"].item() == trial_dir_name(best)
+
+
+def test_a_moved_or_copied_sweep_folder_goes_on_where_it_is(tmp_path, synthetic, monkeypatch):
+    space = space_file(tmp_path, SEARCH)
+    sweep(space, tmp_path / "here" / "out", trials=2, sampler="random", pruner="none", data=synthetic)
+    moved = tmp_path / "there" / "sweep"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "here" / "out", moved)
+    models = [moved / trial_dir_name(n) / "model.keras" for n in (0, 1)]
+    before = untouched(models)
+    lines, workers = [], spawned(monkeypatch)
+    result = sweep(space, moved, trials=3, jobs=4, sampler="random", pruner="none", data=synthetic,
+                   progress=lines.append)
+    assert lines[0].endswith("2 of 3 trials ended already; 1 job(s) here")
+    assert [line.split(":")[0] for line in lines if line.startswith("[")] == ["[3/3] trial 2"]
+    assert untouched(models) == before and list(result.trials["state"]) == ["complete"] * 3
+    assert workers == []  # one trial left: trained here, not by four workers
+    copied = shutil.copytree(moved, tmp_path / "copy")
+    lines = []
+    again = sweep(space, copied, trials=3, jobs=4, sampler="random", pruner="none", data=synthetic,
+                  progress=lines.append)
+    assert lines[0].endswith("3 of 3 trials ended already; 0 job(s) here") and workers == []
+    pd.testing.assert_frame_equal(again.trials, result.trials)
+
+
+def test_the_sweep_asks_for_exactly_its_trials_and_never_trains_a_surplus_one(tmp_path, monkeypatch):
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    first = worker_of(study, space, out, journal, trials=2)
+    second = worker_of(optuna.load_study(study_name="space", storage=open_storage(journal)), space, out, journal,
+                       trials=2)
+    mine = first.tasks()
+    assert next(mine).tags["trial"] == 0
+    asked = []
+
+    def counted(worker: _Sweep, race: bool = False) -> None:
+        ask = worker.study.ask
+
+        def asking(*args, **kwargs):
+            asked.append(worker)
+            assert len(asked) <= 2, "a worker goes on asking for trials past the last one"
+            if race:  # the first worker asks for the last trial between the second's count and its ask
+                assert next(mine).tags["trial"] == 1
+            return ask(*args, **kwargs)
+
+        monkeypatch.setattr(worker.study, "ask", asking)
+
+    counted(first)
+    counted(second, race=True)
+    assert list(second.tasks()) == []  # what it asked for is trial 2, one too many: never trained
+    assert list(mine) == []  # the first has its two
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["RUNNING", "RUNNING", "FAIL"] and trials[2].user_attrs["surplus"]
+    assert [t.number for t in first.sweep_trials()] == [0, 1] and not first._surplus(1)
+    assert list(trials_table(study, space)["trial"]) == [0, 1]
+
+
+def test_two_workers_taking_over_one_stopped_trial_leave_it_to_one(tmp_path, monkeypatch):
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    stopped = study.ask(space.search)
+    stopped.set_user_attr("owner", killed_owner())
+    stopped.set_user_attr("heartbeat", time.time())
+    a = worker_of(study, space, out, journal, trials=2)
+    b = worker_of(optuna.load_study(study_name="space", storage=open_storage(journal)), space, out, journal, trials=2)
+    [seen_by_a], [seen_by_b] = a.stopped_trials(), b.stopped_trials()
+    monkeypatch.setattr(sweeps, "CLAIM_SECONDS", 0.01)
+    won = {}
+
+    def meanwhile(seconds):  # while one waits after writing its claim, the other claims the trial too
+        if "b" not in won:
+            won["b"] = None
+            won["b"] = b.take_over(seen_by_b)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(sweeps, "time", types.SimpleNamespace(time=time.time, sleep=meanwhile))
+    won["a"] = a.take_over(seen_by_a)
+    if "b" not in won:  # a take-over that never waited for the others' claims
+        won["b"] = b.take_over(seen_by_b)
+    assert sorted(won.values()) == [False, True]
+    winner, loser = (a, b) if won["a"] else (b, a)
+    assert study.trials[0].user_attrs["owner"]["token"] == winner.owner.token
+    assert loser.stopped_trials() == []  # the winner's now: the loser leaves it
+
+
+def test_a_trial_is_never_pruned_at_its_last_epoch_and_a_pruned_one_says_what_it_saved(tmp_path, synthetic,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(sweeps, "make_pruner", lambda kind, epochs: PruneAt({0: 2, 1: 3}))
+    out = tmp_path / "out"
+    table = sweep(space_file(tmp_path, SEARCH), out, trials=2, sampler="random", pruner="none",
+                  data=synthetic).trials
+    pruned, last = table.iloc[0], table.iloc[1]
+    history = Run(out / "trial-0000").history()
+    assert pruned.state == "pruned" and (pruned.epochs, pruned.epochs_planned) == (2, 3) and len(history) == 2
+    assert pruned.seconds_saved == pytest.approx(statistics.median(history["seconds"]))  # one epoch at its pace
+    history = Run(out / "trial-0001").history()
+    assert last.state == "complete" and (last.epochs, last.epochs_planned, last.seconds_saved) == (3, 3, 0)
+    assert last.val_accuracy == pytest.approx(history["val_accuracy"].iloc[-1])
+
+
+def test_whether_a_run_was_pruned_is_told_from_its_files():
+    def ran(epochs: int, best: int) -> dict:
+        return {"seconds_per_epoch": [1.0] * epochs, "best_epoch": best}
+
+    plain, patient = TrainConfig(epochs=5), TrainConfig(epochs=5, early_stopping=2)
+    assert not was_pruned(plain, ran(5, 2)) and not was_pruned(patient, ran(5, 5))  # every planned epoch
+    assert was_pruned(plain, ran(3, 3))
+    assert not was_pruned(patient, ran(4, 2))  # two epochs without a better one: early stopping's
+    assert was_pruned(patient, ran(3, 2))  # its patience had not run out: the pruner's
+
+
+# Passwords a URL parser misreads (the last one's end becomes the host the driver names), the first one's
+# every four characters holding one that no report or base64 image does.
+NASTY = ["a@b/c?d#e:f%g h€i", "x:y@z%40w#v?u/t s", "ü@ß/€?é#ñ:ø%2Få@", "qx7@zv9kq2"]
+
+
+def pieces(secret: str) -> set[str]:
+    """The password and every piece of it four characters long (longer pieces hold one)."""
+    return {secret[i:i + 4] for i in range(len(secret) - 3)} | {secret}
+
+
+def assert_unsaid(text: str, password: str) -> None:
+    shown = [p for secret in {password, unquote(password)} for p in pieces(secret) if p in text]
+    assert not shown, (shown, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(password=st.text(st.sampled_from("@/?#:%&=+; ") | st.characters(exclude_characters="*",
+                                                                         exclude_categories=["Cs"]),
+                        min_size=4, max_size=30),
+       encoded=st.booleans(), query=st.booleans())
+def test_no_piece_of_a_password_is_ever_shown_whatever_it_holds(password, encoded, query):
+    written = quote(password, safe="") if encoded else password
+    url = (f"postgresql+psycopg://me:{written}@db-host:5432/fl" if not query else
+           f"postgresql://me@db-host/fl?sslmode=require&password={written}")
+    message = f"connection to {url} failed: password {written} for {password} ({password[1:-1]}) was refused"
+    for said in (storage_label(url), masked(message, url)):
+        assert_unsaid(said, password)
+        assert_unsaid(said, written)
+
+
+def test_an_error_leaving_the_sweep_says_nothing_of_the_password():
+    url = "postgresql://me:qx7@zv9kq2@db/fl"
+    with pytest.raises(RuntimeError) as e, sweeps.secrets_kept(url):  # a bug, or a driver's error, quoting it
+        raise ValueError(f"could not use {url} (host 'zv9kq2@db')")
+    assert str(e.value) == "ValueError: could not use postgresql://me:***@db/fl (host '***@db')"
+    with pytest.raises(RunError) as e, sweeps.secrets_kept(url):
+        raise RunError("`storage` qx7@zv9kq2 failed", terms=["storage"])
+    assert str(e.value) == "`storage` *** failed" and e.value.terms == ("storage",)
+    with pytest.raises(ValueError, match="nothing secret"), sweeps.secrets_kept(url):
+        raise ValueError("nothing secret")
+
+
+def test_a_password_is_never_shown_nor_written_whatever_it_holds(tmp_path, synthetic, postgres, monkeypatch):
+    monkeypatch.setattr(sweeps, "STORAGE_ATTEMPTS", 1)
+    space = space_file(tmp_path, SEARCH, epochs=2)
+    for password in NASTY:  # a server that is not there: what the driver says, of the URL as it read it
+        for written in (password, quote(password, safe="")):
+            url = f"postgresql://me:{written}@127.0.0.1:9/x"
+            with pytest.raises(FashionlabError) as refused:
+                sweep(space, tmp_path / "refused", trials=1, storage=url, data=synthetic)
+            assert_unsaid(str(refused.value), password)
+            assert not (tmp_path / "refused").exists()
+            with pytest.raises(RunError) as refused:  # as a worker opens it
+                open_storage(url)
+            assert_unsaid(str(refused.value), password)
+    password, lines = NASTY[0], []  # a server that lets anyone in: every line and file of a whole sweep
+    url = postgres.replace("postgresql://fashionlab@", f"postgresql://fashionlab:{quote(password, safe='')}@")
+    result = sweep(space, tmp_path / "out", trials=1, storage=url, study="nasty", sampler="random", pruner="none",
+                   data=synthetic, progress=lines.append)
+    assert result.best is not None and result.tests
+    assert_unsaid("\n".join(lines) + result.summary, password)
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix not in (".keras", ".png")]
+    assert {"sweep.json", "trials.csv", "summary.md", "report.html", "run.json", "metrics.json"} <= \
+        {p.name for p in written}
+    for path in written:
+        assert_unsaid(path.read_bytes().decode("utf-8", "replace"), password)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?cache=shared",
+                                 "sqlite:///study.db?mode=memory&cache=shared", "sqlite://host/study.db",
+                                 "mongodb://me:secret@host/db", "redis://host:6379/0"])
+def test_a_storage_the_workers_cannot_share_is_refused_before_anything_is_written(tmp_path, url):
+    result = cli(str(space_file(tmp_path, SEARCH)), "--storage", url, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("fashionlab: error: --storage ") and "secret" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_database_every_worker_can_open_is_accepted(tmp_path, synthetic):
+    for url in ("postgresql://me@db/fl", "postgres://db/fl", "postgresql+psycopg://me:pw@db:5432/fl",
+                "mysql://me@db/fl", "mysql+pymysql://me:pw@db/fl", "sqlite:///study.db", "sqlite:////srv/study.db"):
+        check_storage_url(url)
+    result = sweep(space_file(tmp_path, SEARCH, epochs=2), tmp_path / "out", trials=1, sampler="random",
+                   pruner="none", storage=f"sqlite:///{tmp_path / 'study.db'}", data=synthetic)
+    assert list(result.trials["state"]) == ["complete"] and (tmp_path / "study.db").is_file()

@@ -9,7 +9,9 @@ set evaluated once, for the chosen configuration, when the sweep is done.
 The study (Optuna's record of every trial) lives in a journal file in the sweep's folder, or in
 the database `storage` names. Calling again with the same space continues it: finished trials
 are kept; a trial whose process was stopped or killed is taken over, and its run directory
-resumed from its last finished epoch. The space file:
+resumed from its last finished epoch (or, complete already, recorded from its files). A journal
+that is damaged is refused; moved away, the study starts again from the runs in the trial folders.
+The space file:
 
     description = "best-mlp's learning rate, width and dropout"
     recipe = "best-mlp"                                           # optional: the starting point
@@ -199,32 +201,105 @@ def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseD
 # --- where the study lives ---------------------------------------------------------------------
 
 def storage_label(storage: str) -> str:
-    """The storage as printed: a database URL without its password or query (which may hold one)."""
+    """The storage as shown and recorded: a journal's path as it is; a database URL as its scheme and
+    what follows its last '@' up to any query (postgresql://***@db-host/fashionlab?...), never its user
+    information or query. Cut by hand, not parsed: a URL parser is fooled by a password holding '@',
+    '/', ':', '?' or '#', and then shows a piece of it as the host. Masked again, in case even that cut
+    was fooled (a query holding an '@')."""
     if "://" not in storage:
         return storage
+    scheme, rest = storage.split("://", 1)
+    _, at, place = rest.rpartition("@")
+    host = re.split(r"[?#]", place, maxsplit=1)[0]
+    return masked(f"{scheme}://{'***@' if at else ''}{host}{'?...' if host != place else ''}", storage)
+
+
+def storage_secrets(storage: str) -> list[str]:
+    """What a storage URL may hold that is never shown, read every way the URL could be meant: its
+    password (the user information, all before the last '@', after its first ':') and the values of
+    its query (after the first '?' anywhere; a value may hold a raw '&', so all after the query's first
+    '=' too), each as written and percent-decoded."""
+    from urllib.parse import unquote, unquote_plus
+
+    if "://" not in storage:
+        return []
+    rest = storage.split("://", 1)[1]
+    found = [rest.rpartition("@")[0].partition(":")[2]]
+    for query in re.split(r"[?#]", rest, maxsplit=1)[1:]:
+        found += [pair.partition("=")[2] for pair in re.split(r"[&;]", query)] + [query.partition("=")[2]]
+    found += [decode(s) for s in found for decode in (unquote, unquote_plus)]
+    return sorted({s for s in found if len(s) >= 2}, key=len, reverse=True)
+
+
+def masked(text: str, storage: str | None) -> str:
+    """`text` with every piece of the storage's secrets (four characters or more, or a shorter secret
+    whole) replaced by ***: a driver's message may quote the URL, or the host it misread from it."""
+    secrets = storage_secrets(storage) if storage else []
+    if not secrets:
+        return text
+    said, i = [], 0
+    while i < len(text):
+        end = i
+        for secret in secrets:  # the longest piece of a secret that starts here
+            j = i + min(4, len(secret))
+            if j <= len(text) and text[i:j] in secret:
+                while j < len(text) and text[i:j + 1] in secret:
+                    j += 1
+                end = max(end, j)
+        said.append("***" if end > i else text[i])
+        i = max(end, i + 1)
+    return "".join(said)
+
+
+@contextlib.contextmanager
+def secrets_kept(storage: str | None) -> Iterator[None]:
+    """Whatever error leaves the block says nothing of the storage's secrets: a database's error, and
+    any error carrying one (a worker's traceback), may quote its URL."""
     try:
-        from sqlalchemy.engine import make_url
+        yield
+    except FashionlabError as exc:
+        said = masked(str(exc), storage)
+        if said == str(exc):
+            raise
+        raise type(exc)(said, terms=exc.terms) from None
+    except Exception as exc:
+        said = masked(f"{type(exc).__name__}: {exc}", storage)
+        if said == f"{type(exc).__name__}: {exc}":
+            raise
+        raise RuntimeError(said) from None  # still a bug, said as one (the CLI's internal error)
 
-        url = make_url(storage)
-        return url._replace(query={}).render_as_string(hide_password=True) + ("?..." if url.query else "")
-    except Exception:
-        return storage.split("://", 1)[0] + "://..."
 
-
-def _password(storage: str) -> str | None:
-    with contextlib.suppress(Exception):
-        from sqlalchemy.engine import make_url
-
-        return make_url(storage).password
-    return None
+SHARED_SCHEMES = re.compile(r"(postgresql|postgres|mysql)(\+[a-z0-9_]+)?")
 
 
 def check_storage_url(storage: str) -> None:
-    """--storage takes a database URL; anything else (a mistyped one too) is refused unprinted."""
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", storage):
+    """--storage takes the URL of a database that every worker of the sweep can open: PostgreSQL or
+    MySQL (with or without a +driver), or an SQLite file. Anything else is refused before anything is
+    written, showing no more than its scheme: a mistyped URL, another kind of storage, and an
+    in-memory database, which lives and dies with one process."""
+    found = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://(\S*)", storage)
+    if not found or not found[2] and found[1].lower() != "sqlite":
         raise ConfigError("`storage` must be a database URL such as postgresql://user@host/db (it is not shown "
                           "here, in case it holds a password); without it the study lives in the sweep folder's "
                           "study.journal", terms=["storage"])
+    scheme, rest = found[1].lower(), found[2]
+    if scheme == "sqlite":
+        path = rest.removeprefix("/") if rest.startswith("/") else ""
+        if not path or path == ":memory:" or path.startswith("file:") or re.search(r"[?#]", path):
+            raise ConfigError("`storage` sqlite:// must name a file every worker opens, sqlite:///FILE, without "
+                              "options: an in-memory database lives and dies with one process", terms=["storage"])
+    elif not SHARED_SCHEMES.fullmatch(scheme):
+        raise ConfigError(f"`storage` {scheme}://... cannot hold a sweep's study; give a database every worker "
+                          f"opens: postgresql://user@host/db, mysql+pymysql://user@host/db or sqlite:///FILE",
+                          terms=["storage"])
+
+
+def journal_remedy(path: str | Path) -> str:
+    """What to do with a damaged journal: move it away, and the next start rebuilds the study."""
+    import shlex
+
+    return (f"move it away (mv {shlex.quote(str(path))} {shlex.quote(f'{path}.damaged')}) and run the same command "
+            f"again: the trials whose runs are in the sweep folder are recorded again from their files")
 
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
@@ -241,11 +316,14 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             raise RunError(f"cannot open the study journal {storage} ({exc.strerror or exc}); give `out` a "
                            f"folder you can write", terms=["out"]) from None
         except Exception as exc:  # replaying it failed
-            raise RunError(f"the study journal {storage} is damaged ({reason(exc, 200)}); move it away to start "
-                           f"the sweep over", terms=["out"]) from None
-    url = storage
-    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver is psycopg2; ours psycopg 3
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            raise RunError(f"the study journal {storage} is damaged ({reason(exc, 200)}); {journal_remedy(storage)}",
+                           terms=["out"]) from None
+    scheme, rest = storage.split("://", 1)
+    dialect, _, driver = scheme.lower().partition("+")
+    # SQLAlchemy knows the dialect as postgresql alone, and its default driver is psycopg2 (ours: psycopg 3)
+    if dialect in ("postgresql", "postgres"):
+        scheme = f"postgresql+{driver or 'psycopg'}"
+    url = f"{scheme}://{rest}"
     problem: Exception | None = None
     for attempt in range(STORAGE_ATTEMPTS):
         try:
@@ -258,9 +336,7 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             time.sleep(0.5 * (attempt + 1))
     # a driver missing, a server unreachable, a wrong password: all one line
     first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
-    password = _password(storage)
-    if password:
-        first = first.replace(password, "***")
+    first = masked(first, storage)
     hint = ("install the database's driver (PostgreSQL's: pip install 'fashionlab[postgres]')"
             if isinstance(problem, ImportError) or "No module named" in first or "Can't load plugin" in first
             else "check the URL, and that the server runs and lets you in")
@@ -300,9 +376,10 @@ def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
 # --- trials in the study ------------------------------------------------------------------------
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a study's trial is one of the sweep's: not one asked for past the end (two workers
-    asking for the last trial at once), which is never trained."""
-    return not trial.user_attrs.get("surplus")
+    """Whether a study's trial is one of the sweep's, not a number it never trains: one asked for past
+    the end (two workers asking for the last trial at once), or one skipped when the study was given
+    back its lost trials (see `_Sweep.recover`)."""
+    return not (trial.user_attrs.get("surplus") or trial.user_attrs.get("skipped"))
 
 
 def _boot_id() -> str:
@@ -358,9 +435,20 @@ class TrialWatch:
         return {"pruned_at": callback.pruned_at}
 
 
-@functools.cache
 def _worker_storage(storage: str) -> optuna.storages.BaseStorage:
-    """One connection to the study per worker process, whatever number of trials it trains."""
+    """One connection to the study per worker process, whatever number of trials it trains; a new
+    one for a journal file that is not the one opened before under its name (the damaged one moved
+    away and the study started again: the old one's reader would read the new file where it stopped)."""
+    identity = None
+    if "://" not in storage:
+        with contextlib.suppress(OSError):
+            found = os.stat(storage)
+            identity = (found.st_dev, found.st_ino)
+    return _opened_storage(storage, identity)
+
+
+@functools.cache
+def _opened_storage(storage: str, identity: tuple[int, int] | None) -> optuna.storages.BaseStorage:
     return open_storage(storage)
 
 
@@ -374,17 +462,20 @@ def _reporter_class() -> type:
         def __init__(self, watch: TrialWatch):
             super().__init__()
             self.watch = watch
-            study = optuna.load_study(study_name=watch.study, storage=_worker_storage(watch.storage),
-                                      pruner=make_pruner(watch.pruner, watch.pruner_epochs))
-            self.trial = optuna.Trial(study, watch.trial_id)
+            with secrets_kept(watch.storage):  # this process's errors end in the run's files and the parent's
+                study = optuna.load_study(study_name=watch.study, storage=_worker_storage(watch.storage),
+                                          pruner=make_pruner(watch.pruner, watch.pruner_epochs))
+                self.trial = optuna.Trial(study, watch.trial_id)
             self.pruned_at: int | None = None
 
         def on_epoch_end(self, epoch, logs=None):
             value = float((logs or {}).get("val_accuracy", math.nan))
             if not math.isfinite(value) or self.model.stop_training:  # not recorded: stopped or diverged
                 return
-            self.trial.report(value, epoch + 1)
-            if epoch + 1 < self.watch.epochs and self.trial.should_prune():
+            with secrets_kept(self.watch.storage):
+                self.trial.report(value, epoch + 1)
+                prune = epoch + 1 < self.watch.epochs and self.trial.should_prune()
+            if prune:
                 self.pruned_at = epoch + 1
                 self.model.stop_training = True
 
@@ -419,8 +510,10 @@ def settings_differences(recorded: dict[str, Any], wanted: dict[str, Any], prefi
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any],
-               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, label: str) -> optuna.Study:
-    """The study `name`, made if new; refused if it was started with other settings."""
+               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, label: str,
+               remedy: str = "give `study` another name") -> optuna.Study:
+    """The study `name`, made if new; refused if it was started with other settings, or cannot be
+    read (`remedy` says what to do then)."""
     import optuna
 
     try:
@@ -433,8 +526,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
             raise ValueError("it minimizes")
         recorded = study.user_attrs.get("fashionlab")
     except Exception as exc:  # a damaged journal, a study that minimizes, a database gone meanwhile
-        raise RunError(f"cannot open study {name} in {label} ({reason(exc, 200)}); a damaged journal file can be "
-                       f"moved away to start over, or give `study` another name", terms=["study"]) from None
+        raise RunError(f"cannot open study {name} in {label} ({reason(exc, 200)}); {remedy}",
+                       terms=["study"]) from None
     if recorded is None:
         if study.get_trials(deepcopy=False):
             raise ConfigError(f"study {name} in this storage already has trials that fashionlab did not make; give "
@@ -449,7 +542,57 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
 
 
 def trial_dir_name(number: int) -> str:
+    """The folder of trial `number` in the sweep folder: always derived from the number, never read
+    from the study (which anyone who can write to the database can change)."""
     return f"trial-{number:04d}"
+
+
+TRIAL_DIR = re.compile(r"trial-(\d{4,9})")
+
+
+def inspect_trial(run_dir: Path, config: TrainConfig) -> runner.Inspection:
+    """What a trial's folder holds for the trial of `config`, as `runner.inspect` says, but trusting
+    only a run the sweep made: not through a symbolic link, and never one that saw the test set."""
+    if run_dir.is_symlink():
+        return runner.Inspection("conflict", f"{run_dir} is a symbolic link")
+    found = runner.inspect(Task(run_dir.name, config, run_dir))
+    if found.state == "complete":
+        try:
+            test = Run(run_dir).status().get("test")
+        except RunError as exc:
+            return runner.Inspection("conflict", str(exc))
+        if test is not False:
+            return runner.Inspection("conflict", f"{run_dir} was trained with the test set: it is not a trial's run")
+    return found
+
+
+def was_pruned(config: TrainConfig, metrics: dict[str, Any]) -> bool:
+    """Whether a complete run stopped before its planned epochs because the pruner said so. Told from
+    its files alone: only early stopping and the pruner end a run early and complete (a diverged,
+    stopped or killed run is not complete), and early stopping stops it exactly when its patience ran
+    out (the pruner is not asked then)."""
+    epochs, patience = len(metrics["seconds_per_epoch"]), config.early_stopping
+    return epochs < config.epochs and not (patience and epochs - metrics["best_epoch"] >= patience)
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    """The sweep folder's lock file (never through a link), held while one worker at a time gives the
+    study back its lost trials."""
+    import fcntl
+
+    from fashionlab.runs import LOCK_FILE
+
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise RunError(f"cannot lock the sweep folder {out} ({LOCK_FILE}: {exc.strerror or exc}); remove "
+                       f"{out / LOCK_FILE} if it is not a plain file", terms=["out"]) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class _Sweep:
@@ -539,13 +682,15 @@ class _Sweep:
             return None
         run = trial_dir_name(trial.number)
         task = Task(f"trial {trial.number}", config, self.out / run, {"trial": trial.number}, test=False)
-        found = runner.inspect(task)
-        if (self.out / run).is_symlink() or found.state == "conflict":
-            self._fail(trial, f"{self.out / run} is a symbolic link" if (self.out / run).is_symlink() else
-                       found.reason.split(";")[0] + "; a trial is trained only into a folder of its own")
+        found = inspect_trial(task.run_dir, config)
+        if found.state == "conflict":
+            self._fail(trial, found.reason.split(";")[0] + "; a trial is trained only into a folder of its own")
             return None
         trial.set_user_attr("run", run)
         trial.set_user_attr("epochs_planned", config.epochs)
+        if found.state == "complete":  # its worker was stopped after the run completed, before it told the study
+            self._tell(trial, task.run_dir, config, how="recorded from its complete run")
+            return None
         with self.lock:
             self.held[trial.number] = trial
         watch = TrialWatch(self.storage, self.study.study_name, trial._trial_id, self.pruner,
@@ -554,39 +699,115 @@ class _Sweep:
 
     # telling
     def done(self, done: Done) -> None:
+        self.finished += 1
+        self._tell(self._release(done.task), done.task.run_dir, done.task.config,
+                   how="resumed" if done.resumed else "")
+
+    def _tell(self, trial: optuna.Trial, run_dir: Path, config: TrainConfig, how: str) -> None:
+        """Tell the study how a trial whose run is complete ended, from the run's files alone: the same
+        value, state and record whether this process trained it or found it complete."""
         from optuna.trial import TrialState
 
-        trial = self._release(done.task)
-        metrics = done.metrics
-        epochs = len(metrics["seconds_per_epoch"])
+        metrics = Run(run_dir).metrics()
         seconds = metrics["seconds_per_epoch"]
-        value = _kept_accuracy(done.task.run_dir, metrics)
-        pruned_at = done.outcome.get("pruned_at")
-        saved = (done.task.config.epochs - epochs) * statistics.median(seconds) if pruned_at else 0.0
+        epochs, pruned = len(seconds), was_pruned(config, metrics)
+        value = _kept_accuracy(run_dir, metrics)
+        saved = (config.epochs - epochs) * statistics.median(seconds) if pruned else 0.0
         for key, v in {"epochs": epochs, "train_seconds": metrics["train_seconds"], "seconds_saved": saved,
                        "best_val_accuracy": metrics["best_val_accuracy"], "host": self.owner.host}.items():
             trial.set_user_attr(key, v)
-        if pruned_at:
+        if pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
-            said = f"pruned after epoch {pruned_at} of {done.task.config.epochs}"
+            said = f"pruned after epoch {epochs} of {config.epochs}"
         else:
             self.study.tell(trial, value)
             said = f"{epochs} epochs"
-        self.finished += 1
-        self.progress(f"[{self._count()}] {done.task.label}: val accuracy {value:.4f} ({said}, "
-                      f"{metrics['train_seconds']:.0f} s{', resumed' if done.resumed else ''})")
+        self.progress(f"[{self._count()}] trial {trial.number}: val accuracy {value:.4f} ({said}, "
+                      f"{metrics['train_seconds']:.0f} s{', ' + how if how else ''})")
 
     def failed(self, task: Task, error: FashionlabError) -> None:
         self._fail(self._release(task), str(error))
 
-    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+    def _fail(self, trial: optuna.Trial, reason: str, ran: bool = True) -> None:
         from optuna.trial import TrialState
 
         trial.set_user_attr("reason", reason)
         trial.set_user_attr("host", self.owner.host)
         self.study.tell(trial, state=TrialState.FAIL)
-        self.finished += 1
+        self.finished += ran
         self.progress(f"[{self._count()}] trial {trial.number}: failed: {reason}")
+
+    # what the study lost
+    def recover(self) -> None:
+        """Give the study back the trials whose runs are in the sweep folder but which it does not
+        record (its journal was damaged and moved away, say). A trial is in the study before its
+        folder is made, and trial numbers run 0, 1, 2, ... without gaps: a folder numbered past the
+        study's last trial is one it lost. The lost numbers are taken again in order, so that each
+        trial keeps its folder's number and no new trial is ever given a folder that holds a run: a
+        complete run is recorded as `done` records it, a failed one as failed, an unfinished one is
+        left stopped (the next free worker resumes it), and a number whose folder holds no run of
+        this sweep is skipped (never trained)."""
+        import optuna
+
+        if not self._lost_runs():
+            return
+        storage, study_id = self.study._storage, self.study._study_id
+        with _folder_lock(self.out):
+            lost = self._lost_runs()  # again, holding the lock: another worker may have recorded them
+            for number in range(len(self.study.get_trials(deepcopy=False)), max(lost, default=-1) + 1):
+                trial_id = storage.create_new_trial(study_id)
+                mine = storage.get_trial_number_from_id(trial_id) == number  # not if a trial was asked meanwhile
+                params, config, status = lost.get(number) if mine and number in lost else ({}, None, "")
+                for key, value in params.items():
+                    distribution = self.space.search[key]
+                    storage.set_trial_param(trial_id, key, distribution.to_internal_repr(value), distribution)
+                trial = optuna.Trial(self.study, trial_id)
+                if config is None:
+                    trial.set_user_attr("skipped", True)
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    if not mine:
+                        return
+                    continue
+                run_dir = self.out / trial_dir_name(number)
+                trial.set_user_attr("run", run_dir.name)
+                trial.set_user_attr("epochs_planned", config.epochs)
+                if status["status"] == "complete":
+                    self._tell(trial, run_dir, config, how=f"recorded again from {run_dir.name}")
+                elif status["status"] == "failed":
+                    self._fail(trial, status.get("message") or "failed", ran=False)
+                else:  # unfinished: a stopped trial for any worker to take over
+                    kept = max(Run(run_dir).checkpoints(), default=0)  # resuming trains and reports the rest
+                    for step, value in enumerate(Run(run_dir).history()["val_accuracy"][:kept] if kept else []):
+                        trial.report(float(value), step + 1)
+                    trial.set_user_attr("heartbeat", 0)
+
+    def _lost_runs(self) -> dict[int, tuple[dict[str, Any], TrainConfig, dict[str, Any]]]:
+        """The trial folders numbered past the study's last trial that hold a run this sweep made for
+        that number, by number: the run's searched values, config and run.json."""
+        numbers = []  # listed before the study is read: a trial is in the study before its folder exists
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.out):
+                found = TRIAL_DIR.fullmatch(entry.name)
+                if found and entry.name == trial_dir_name(int(found[1])):
+                    numbers.append(int(found[1]))
+        have = len(self.study.get_trials(deepcopy=False))
+        lost = {}
+        for number in sorted(n for n in numbers if n >= have):
+            run_dir = self.out / trial_dir_name(number)
+            try:
+                recorded = Run(run_dir).config()
+                params = {key: getattr(recorded, key) for key in self.space.search}
+                if not all(d._contains(d.to_internal_repr(params[k])) for k, d in self.space.search.items()):
+                    continue
+                config = self.space.config(params, f"{self.study.study_name}-{number}")
+                if inspect_trial(run_dir, config).state not in ("complete", "unfinished"):
+                    continue
+                status = Run(run_dir).status()
+            except (FashionlabError, ValueError, TypeError):  # not a run of this sweep
+                continue
+            if status.get("test") is False:
+                lost[number] = (params, config, status)
+        return lost
 
     def _release(self, task: Task) -> optuna.Trial:
         with self.lock:
@@ -640,25 +861,35 @@ def check_sweep_folder(out: Path, *, force: bool) -> None:
     check_output_folder(out, force=force, marker=MARKER, what="sweep")
 
 
-def check_same_sweep(out: Path, study: str, storage: str) -> None:
+def storage_record(storage: str | None) -> str:
+    """The storage as sweep.json records it: the journal in the sweep folder, wherever the folder is now
+    (it may be moved or copied), or the database's URL as shown. Also reads an older record (the
+    journal's absolute path, or a label that showed the user's name)."""
+    return JOURNAL if storage is None or "://" not in storage else storage_label(storage)
+
+
+def check_same_sweep(out: Path, study: str, storage: str | None) -> None:
     """A sweep folder holds one study: another one is refused before it writes anything there."""
     marker = out / MARKER
     if not marker.is_file() or marker.is_symlink():
         return
     try:
         recorded = json.loads(read_text(marker, what="sweep marker", error=RunError, limit=MAX_SPACE_BYTES))
-        held = (recorded["study"], recorded["storage"])
-    except (RunError, ValueError, KeyError, TypeError):
+        held = (recorded["study"], storage_record(recorded["storage"]))
+    except (RunError, ValueError, KeyError, TypeError, AttributeError):
         raise RunError(f"{marker} is damaged; remove it, or give `out` a new folder", terms=["out"]) from None
-    if held != (study, storage):
-        raise ConfigError(f"{out} holds the sweep {shown(held[0])} ({held[1]}), not {shown(study)} ({storage}); "
+    if held != (study, storage_record(storage)):
+        raise ConfigError(f"{out} holds the sweep {shown(held[0])} ({held[1]}), not {shown(study)} "
+                          f"({storage_record(storage)}); "
                           f"give `out` a new folder, or run that sweep with its own `study` and `storage`",
                           terms=["out", "study", "storage"])
 
 
 def repair_journal(path: Path) -> None:
     """A journal whose last line a crash cut short: the line goes (no worker ever read it), so that
-    the next write starts on a line of its own. Done under the journal's own lock."""
+    the next write starts on a line of its own. Done under the journal's own lock. A whole last line
+    that is not an operation is damage, refused here: Optuna skips it when reading, then fails on the
+    next read once a line follows it."""
     from optuna.storages.journal import JournalFileSymlinkLock
     from optuna.storages.journal._file import get_lock_file
 
@@ -666,14 +897,20 @@ def repair_journal(path: Path) -> None:
         return
     with get_lock_file(JournalFileSymlinkLock(str(path))), path.open("rb+") as journal:
         size = journal.seek(0, os.SEEK_END)
-        journal.seek(max(0, size - 1))
-        if journal.read(1) == b"\n":
-            return
         start = max(0, size - 4 * 1024 * 1024)  # one operation is far shorter than this
         journal.seek(start)
         tail = journal.read()
-        cut = tail.rfind(b"\n")
-        journal.truncate(start + cut + 1 if cut >= 0 else 0)
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            journal.truncate(start + cut + 1 if cut >= 0 else 0)
+            tail = tail[:cut + 1]
+        last = tail[:-1].rpartition(b"\n")[2]
+        try:
+            if last and not isinstance(json.loads(last), dict):
+                raise ValueError("not an operation")
+        except ValueError as exc:
+            raise RunError(f"the study journal {path} is damaged (its last line: {reason(exc, 100)}); "
+                           f"{journal_remedy(path)}", terms=["out"]) from None
 
 
 def data_fingerprint(data: DataSource) -> str:
@@ -714,8 +951,15 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
                           f"{', '.join(PRUNERS)}", terms=["sampler", "pruner"])
     if storage is not None:
         check_storage_url(storage)
+    with secrets_kept(storage):
+        return _sweep(space, Path(out), trials=trials, jobs=jobs, storage=storage, study=study, sampler=sampler,
+                      sampler_seed=sampler_seed, pruner=pruner, data=data, force=force, progress=progress)
+
+
+def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str | None, study: str | None,
+           sampler: str, sampler_seed: int, pruner: str, data: DataSource, force: bool,
+           progress: Callable[[str], None]) -> SweepResult:
     space = load_space(space)
-    out = Path(out)
     study_name = study if study is not None else space.name
     problem = name_problem(f"{study_name}-{10 * MAX_TRIALS}")  # the name of its trials' runs: <study>-<number>
     if problem:
@@ -724,8 +968,8 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
                           f"digit, hold only letters, digits, '_', '-' or '.', and be at most "
                           f"{64 - len(str(10 * MAX_TRIALS)) - 1} bytes long", terms=["study"])
     check_sweep_folder(out, force=force)
-    where = storage or str((out / JOURNAL).resolve())
-    check_same_sweep(out, study_name, storage_label(where))
+    where = storage or str(out.absolute() / JOURNAL)  # where it is today: the folder may be moved or copied
+    check_same_sweep(out, study_name, storage)
     data = data.located()
     train_images, free_memory = data.train_count(), available_memory()
     if free_memory is not None:
@@ -742,25 +986,29 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
         if storage is None:
             repair_journal(Path(where))
         the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
-                               make_pruner(pruner, space.base.epochs), storage_label(where))
+                               make_pruner(pruner, space.base.epochs), storage_label(where),
+                               journal_remedy(where) if storage is None else "give `study` another name")
         check_same_data(the_study, data)
     except BaseException:  # refused: a folder made for it is not left behind
         if made:
             shutil.rmtree(out, ignore_errors=True)
         raise
     folder = Run(out)
-    folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_label(where),
+    folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_record(storage),
                                **settings})
     worker = _Sweep(the_study, space, out, trials=trials, storage=where, sampler=sampler, sampler_seed=sampler_seed,
                     pruner=pruner, train_images=train_images, free_memory=free_memory, progress=progress)
+    worker.recover()
     stopped, have = len(worker.stopped_trials()), worker.sweep_trials()
-    progress(f"study {study_name} ({storage_label(where)}): {sum(t.state.is_finished() for t in have)} of "
-             f"{trials} trials ended already" + (f", {stopped} stopped one(s) to resume" if stopped else "")
-             + f"; {jobs} job(s) here")
+    ended = sum(t.state.is_finished() for t in have)
+    jobs = min(jobs, max(trials - ended, 0))  # no more workers than trials left (stopped ones included)
+    progress(f"study {study_name} ({storage_label(where)}): {ended} of {trials} trials ended already"
+             + (f", {stopped} stopped one(s) to resume" if stopped else "") + f"; {jobs} job(s) here")
     started = time.perf_counter()
     try:
         with worker.heartbeat():
-            runner.execute(worker.tasks(), jobs=jobs, data=data, on_done=worker.done, on_failed=worker.failed)
+            if jobs:
+                runner.execute(worker.tasks(), jobs=jobs, data=data, on_done=worker.done, on_failed=worker.failed)
     except BaseException:  # Ctrl-C, a killed worker, a lost database: what ran here is resumed next time
         worker.let_go()
         raise
@@ -792,7 +1040,8 @@ def trials_table(study: optuna.Study, space: Space) -> pd.DataFrame:
             "best_val_accuracy": a.get("best_val_accuracy"),
             "epochs": a.get("epochs"), "epochs_planned": a.get("epochs_planned"),
             "seconds": a.get("train_seconds"), "seconds_saved": a.get("seconds_saved"),
-            "host": a.get("host", ""), "run": a.get("run", ""), "reason": a.get("reason", ""),
+            "host": a.get("host", ""), "run": trial_dir_name(t.number) if a.get("run") else "",
+            "reason": a.get("reason", ""),
         })
     columns = ["trial", "state", *space.search, "val_accuracy", "best_val_accuracy", "epochs", "epochs_planned",
                "seconds", "seconds_saved", "host", "run", "reason"]
@@ -837,7 +1086,7 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
     if best is not None and not ended:
         note = "trials are still running or waiting (another worker's, or to resume): the test set waits for them"
     elif best is not None and f"{TEST_KEY}{best['trial']}" not in study.user_attrs:
-        note = _evaluate_chosen(study, best, out, data, len(table), progress)
+        note = _evaluate_chosen(study, space, best, out, data, len(table), progress)
     tests = sorted((v for k, v in study.user_attrs.items() if k.startswith(TEST_KEY)), key=lambda t: t["when"])
     name = study.study_name
     settings = study.user_attrs["fashionlab"]
@@ -858,23 +1107,33 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
 TEST_KEY = "test:"  # a study attribute per trial evaluated on the test set: test:12
 
 
-def _evaluate_chosen(study: optuna.Study, best: dict[str, Any], out: Path, data: DataSource, trials: int,
-                     progress: Callable[[str], None]) -> str:
+def _evaluate_chosen(study: optuna.Study, space: Space, best: dict[str, Any], out: Path, data: DataSource,
+                     trials: int, progress: Callable[[str], None]) -> str:
     """Evaluate the chosen trial on the test set and record it in the study (once: the record is
-    keyed by the trial); what stopped it, if anything."""
+    keyed by the trial); what stopped it, if anything. Only the run the sweep made for the trial is
+    opened: its folder named by the trial's number, not a link, holding the trial's config."""
     from fashionlab.evaluation import evaluate
+    from fashionlab.runs import MODEL_FILE
 
-    run_dir = out / best["run"]
-    if not (run_dir / "model.keras").is_file():
-        return (f"trial {best['trial']} ran on {best['host'] or 'another machine'}: its run {best['run']} is not in "
+    number = int(best["trial"])
+    run_dir = out / trial_dir_name(number)
+    if not os.path.lexists(run_dir):
+        return (f"trial {number} ran on {best['host'] or 'another machine'}: its run {run_dir.name} is not in "
                 f"{out}; run this command where it is to evaluate it on the test set")
-    progress(f"evaluating trial {best['trial']}, the best by validation, on the test set")
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    found = inspect_trial(run_dir, space.config(trial.params, f"{study.study_name}-{number}"))
+    why = (found.reason.split(";")[0] if found.state == "conflict" else f"{run_dir} is not complete"
+           if found.state != "complete" else f"{run_dir / MODEL_FILE} is a symbolic link"
+           if (run_dir / MODEL_FILE).is_symlink() else "")
+    if why:
+        return f"trial {number} was not evaluated on the test set: {why}"
+    progress(f"evaluating trial {number}, the best by validation, on the test set")
     try:
         report = evaluate(run_dir, data=data)
     except RunError as exc:  # another worker evaluating it right now holds the run's lock
-        return f"trial {best['trial']} could not be evaluated here ({exc})"
-    study.set_user_attr(f"{TEST_KEY}{best['trial']}", {
-        "trial": int(best["trial"]), "run": best["run"], "test_accuracy": report["test_accuracy"],
+        return f"trial {number} could not be evaluated here ({exc})"
+    study.set_user_attr(f"{TEST_KEY}{number}", {
+        "trial": number, "run": run_dir.name, "test_accuracy": report["test_accuracy"],
         "test_loss": report["test_loss"], "val_accuracy": float(best["val_accuracy"]), "trials": trials,
         "when": time.time()})
     return ""
