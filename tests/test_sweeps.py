@@ -28,8 +28,20 @@ from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, RunError
 from fashionlab.runner import run_task
 from fashionlab.runs import Run
-from fashionlab.sweeps import (Owner, _Sweep, check_storage_url, load_space, masked, open_storage,
-                               settings_differences, storage_label, sweep, trial_dir_name, trials_table, was_pruned)
+from fashionlab.sweeps import (
+    Owner,
+    _Sweep,
+    check_storage_url,
+    load_space,
+    masked,
+    open_storage,
+    settings_differences,
+    storage_label,
+    sweep,
+    trial_dir_name,
+    trials_table,
+    was_pruned,
+)
 from fashionlab.training import train
 
 TINY_TRAIN = """[train]
