@@ -182,24 +182,23 @@ def onnx_probabilities(extra: str | None = None) -> tuple[list, list]:
     return nodes, consts
 
 
-def slow_onnx(layers: int = 400, side: int = 1024, rows: int = 256):
-    """A model that runs `layers` matrix products of (rows, side) x (side, side) per call: seconds
-    in all, each product a few milliseconds (onnxruntime can stop it between two)."""
+def slow_onnx(layers: int = 700):
+    """A model of `layers` products of its (N, 784) pixels with a 784 x 784 matrix: within the
+    bounds of what fashionlab runs (430 M multiply-adds per image), yet a tenth of a second or more
+    for a few images, each product a small part of it (onnxruntime can stop between two)."""
     from onnx import helper, numpy_helper
 
-    weights = numpy_helper.from_array(np.eye(side, dtype=np.float32) * 0.5, "w")
-    shape = numpy_helper.from_array(np.array([rows, side], np.int64), "block")
-    nodes = [helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
-             helper.make_node("Expand", ["mean", "block"], ["m0"])]
+    weights = numpy_helper.from_array(np.eye(784, dtype=np.float32), "w")
+    nodes = [helper.make_node("Flatten", ["pixels"], ["m0"])]
     nodes += [helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]) for i in range(layers)]
     nodes.append(helper.make_node("ReduceMean", [f"m{layers}"], ["total"], keepdims=0))
     tail, consts = onnx_probabilities("total")
-    return onnx_model(nodes + tail, [weights, shape, *consts])
+    return onnx_model(nodes + tail, [weights, *consts])
 
 
-def stuck_onnx(side: int = 4096):
-    """A model whose one operator, a (side, side) x (side, side) matrix product, takes seconds:
-    onnxruntime cannot stop it in the middle."""
+def huge_product_onnx(side: int = 4096):
+    """A model whose one operator, a (side, side) x (side, side) matrix product, would take seconds
+    and cannot be stopped in the middle: 68 billion multiply-adds for side 4096."""
     from onnx import helper, numpy_helper
 
     shape = numpy_helper.from_array(np.array([side, side], np.int64), "square")

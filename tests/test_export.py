@@ -11,13 +11,13 @@ import time
 import numpy as np
 import onnx
 import pytest
-from helpers import TINY, onnx_model, onnx_probabilities, slow_onnx
+from helpers import TINY, huge_product_onnx, onnx_model, onnx_probabilities, slow_onnx
 from onnx import helper
 
 from fashionlab import CLASS_NAMES, export
 from fashionlab.errors import ConfigError, ExportError, ModelTimeout, RunError
 from fashionlab.evaluation import predict_proba
-from fashionlab.export import OnnxModel
+from fashionlab.onnxrun import OnnxModel
 from fashionlab.prediction import predict
 from fashionlab.runs import Run
 from fashionlab.training import train
@@ -137,25 +137,59 @@ def _loop(model):
     return model
 
 
-def _constant_of_shape(dims):
+def _subgraph_on_an_allowed_operator(model):
+    body = helper.make_graph([], "hidden", [], [])
+    model.graph.node.append(helper.make_node("Identity", ["pixels"], ["same"], body=body))
+    return model
+
+
+def _operator(op_type, *inputs, **attributes):
+    def build(model):
+        model.graph.node.append(helper.make_node(op_type, list(inputs), ["out"], **attributes))
+        return model
+    return build
+
+
+def _expand_to(dims):
     def build(model):
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(dims, np.int64), "huge_shape"))
-        model.graph.node.append(helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]))
+        model.graph.node.extend([helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                                 helper.make_node("Expand", ["mean", "huge_shape"], ["huge"])])
         return model
     return build
 
 
 def _batch_squared(model):
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "first"))
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0], np.int64), "first"),
+                                    onnx.numpy_helper.from_array(np.array([100_000], np.int64), "wide")])
     model.graph.node.extend([helper.make_node("Shape", ["pixels"], ["shape"]),
                              helper.make_node("Gather", ["shape", "first"], ["n"]),
                              helper.make_node("Mul", ["n", "n"], ["n_squared"]),
-                             helper.make_node("ConstantOfShape", ["n_squared"], ["square"])])
+                             helper.make_node("Concat", ["n_squared", "wide"], ["square_shape"], axis=0),
+                             helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                             helper.make_node("Expand", ["mean", "square_shape"], ["square"])])
     return model
 
 
-def _data_dependent(model):
-    model.graph.node.append(helper.make_node("NonZero", ["pixels"], ["where"]))
+def _sized_by_the_data(declared):
+    """A tensor as long as the brightest pixel times a million, declared (by its value_info) as `declared`."""
+    def build(model):
+        model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.0, np.float32), "start"),
+                                        onnx.numpy_helper.from_array(np.array(1e6, np.float32), "million"),
+                                        onnx.numpy_helper.from_array(np.array(1.0, np.float32), "step")])
+        model.graph.node.extend([helper.make_node("ReduceMax", ["pixels"], ["brightest"], keepdims=0),
+                                 helper.make_node("Mul", ["brightest", "million"], ["limit"]),
+                                 helper.make_node("Range", ["start", "limit", "step"], ["counted"])])
+        if declared is not None:
+            model.graph.value_info.append(helper.make_tensor_value_info("counted", onnx.TensorProto.FLOAT, declared))
+        return model
+    return build
+
+
+def _sparse(model):
+    values = onnx.numpy_helper.from_array(np.ones(1, np.float32), "values")
+    indices = onnx.numpy_helper.from_array(np.zeros(1, np.int64), "indices")
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [16384, 32768]))
     return model
 
 
@@ -199,14 +233,24 @@ HOSTILE = {  # how a crafted file is made from a real export -> what the refusal
     "external data in a constant": (_constant_external, "refers to tensor data in other files"),
     "a foreign operator": (_foreign_operator, "outside the default ONNX domain \\('com.microsoft'\\)"),
     "a local function": (_function, "holds functions"),
-    "a loop": (_loop, "holds subgraphs"),
-    "a huge constant": (_constant_of_shape([2**30]), "more than the"),
-    "a shape growing as the batch squared": (_batch_squared, "does not follow from the batch size alone"),
-    "a shape known only from the data": (_data_dependent, "does not follow from the batch size alone"),
-    "text tensors": (_strings, "whose kind or shape cannot be known"),
+    "a loop": (_loop, "the operator 'Loop', which fashionlab's exports never do"),
+    "an operator sized by its input": (_operator("ConstantOfShape", "pixels"), "the operator 'ConstantOfShape'"),
+    "einsum": (_operator("Einsum", "pixels", "pixels", equation="abc,abc->"), "the operator 'Einsum'"),
+    "a subgraph on an allowed operator": (_subgraph_on_an_allowed_operator, "holds subgraphs"),
+    "a sparse initializer": (_sparse, "holds sparse tensors"),
+    "a huge constant": (_expand_to([2**30]), "holds 4,29\\d,\\d{3},\\d{3} bytes of tensors and does [\\d,]+ "
+                                             "multiply-adds for one image, more than the 1,073,741,824"),
+    "a product of 68 billion multiply-adds": (lambda model: huge_product_onnx(), "does 68,7[\\d,]+ multiply-adds "
+                                                                                 "for one image, more than"),
+    "a shape known only from the data": (_sized_by_the_data(None), "does not follow from the batch size alone"),
+    "a shape from the data, declared small": (_sized_by_the_data([1]), "does not follow from the batch size alone"),
+    "a shape from the data, declared as the batch": (_sized_by_the_data(["batch"]),
+                                                      "does not follow from the batch size alone"),
+    "text tensors": (_strings, "holds tensors of text or of another kind than numbers"),
     "20,001 more operators": (_too_many_operators, "more than 20,000"),
     "a fixed batch": (_fixed_batch, "takes batches of exactly 1 images; export it with a batch size left open"),
-    "another signature": (_other_signature, "not one input `pixels` of float32 \\(N, 28, 28\\) images"),
+    "another signature": (_other_signature, "takes 'x' float32 \\('n', 5\\), not one input `pixels` of float32 "
+                                            "\\(N, 28, 28\\) images"),
     "12 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, 10\\)"),
     "a declared shape it does not compute": (_declared_but_not_computed, "is not a valid ONNX graph"),
 }
@@ -222,6 +266,18 @@ def test_a_crafted_onnx_file_is_refused_before_onnxruntime_reads_it(kind, export
     with pytest.raises(RunError, match=message) as refused:
         OnnxModel(path)
     assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_model_that_grows_faster_than_its_batch_is_given_only_the_batches_that_fit(exported, tmp_path):
+    path = tmp_path / "squared.onnx"
+    path.write_bytes(_batch_squared(onnx.load(exported[1])).SerializeToString())  # a tensor of 10^5 x batch^2
+    model = OnnxModel(path)
+    assert model.batch_limit == 32 and model.costs[64].bytes > 2**30 >= model.costs[32].bytes
+    assert all(model.costs[size].bytes >= 4 * 10**5 * size * size for size in model.costs)
+    fine = OnnxModel(exported[1])
+    assert fine.batch_limit == 1024 and fine.costs[1024].fits()
+    x = np.zeros((70, 28, 28), np.float32)
+    np.testing.assert_allclose(model.predict(x), fine.predict(x), atol=1e-6)  # in calls of 32, 32 and 8 (padded)
 
 
 def test_files_that_are_not_onnx_models_are_refused_in_one_line(tmp_path):
@@ -249,23 +305,26 @@ def test_a_model_that_gives_something_else_than_probabilities_is_refused_at_its_
 
 def test_a_slow_model_is_stopped_after_its_time_limit_and_can_be_asked_again(tmp_path):
     onnx.save(slow_onnx(), tmp_path / "slow.onnx")
-    model = OnnxModel(tmp_path / "slow.onnx", timeout=0.3)
+    model = OnnxModel(tmp_path / "slow.onnx", timeout=0.05)
+    x = np.zeros((16, 28, 28), np.float32)
     started = time.monotonic()
     for _ in range(2):  # stopped between two operators: free for the next call at once
-        with pytest.raises(ModelTimeout, match="took over 0.3 s on 2 images and was stopped"):
-            model.predict(np.zeros((2, 28, 28), np.float32))
+        with pytest.raises(ModelTimeout, match="took over 0.05 s on 16 images \\(stopped\\)"):
+            model.predict(x)
         assert model.calls.stuck_for() is None
-    assert time.monotonic() - started < 3  # the whole graph takes seconds more
+    assert time.monotonic() - started < 2.5
+    model.calls.seconds = 300
+    np.testing.assert_allclose(model.predict(x).sum(axis=1), 1.0, atol=1e-6)  # it does answer, given the time
 
 
 def test_predict_with_a_slow_onnx_file_ends_with_one_line_and_onnxruntime_says_nothing(tmp_path, synthetic):
     onnx.save(slow_onnx(), tmp_path / "slow.onnx")
     done = subprocess.run([sys.executable, "-m", "fashionlab", "predict", "--onnx", str(tmp_path / "slow.onnx"),
-                           "--index", "0", "--model-timeout", "0.5", "--data-dir", str(synthetic.data_dir),
-                           "--no-verify"], capture_output=True, text=True, timeout=300)
+                           "--index", *map(str, range(16)), "--model-timeout", "0.05", "--data-dir",
+                           str(synthetic.data_dir), "--no-verify"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("fashionlab: error: the ONNX model slow.onnx "
-                                                                     "took over 0.5 s on 1 images")
+                                                                     "took over 0.05 s on 16 images (stopped)")
 
 
 def test_the_command_prints_the_check_and_predict_takes_the_file(exported, tiny_run, synthetic, tmp_path):
@@ -282,7 +341,9 @@ def test_the_command_prints_the_check_and_predict_takes_the_file(exported, tiny_
         r["class_id"] for r in predict(tiny_run.run.path, indices=[0, 1], data=synthetic)]
     both = subprocess.run([sys.executable, "-m", "fashionlab", "predict", str(tiny_run.run.path), "--onnx", str(out),
                            "--index", "0", *data], capture_output=True, text=True, timeout=300)
-    assert both.returncode == 1 and both.stderr == "fashionlab: error: give a run directory or --onnx FILE, not both\n"
+    assert both.returncode == 1 and both.stderr == (f"fashionlab: error: {tiny_run.run.path} is a run directory: with "
+                                                    f"--onnx FILE, give image files only (a run directory goes "
+                                                    f"without --onnx)\n")
     wrong = subprocess.run([sys.executable, "-m", "fashionlab", "predict", str(out), "--index", "0", *data],
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 1 and wrong.stderr.strip() == f"fashionlab: error: {out} is an ONNX file: pass it " \

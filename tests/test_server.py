@@ -21,13 +21,14 @@ from urllib.parse import urlparse
 import numpy as np
 import onnx
 import pytest
-from helpers import BROKEN_IMAGES, OUTSIDE, assert_png, slow_onnx, stuck_onnx
+from helpers import BROKEN_IMAGES, OUTSIDE, assert_png, slow_onnx
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
 from fashionlab.export import export
 from fashionlab.prediction import predict
 from fashionlab.server import (
+    BODY_SECONDS,
     HEADER_SECONDS,
     MAX_BATCH,
     MAX_CONNECTIONS,
@@ -35,6 +36,7 @@ from fashionlab.server import (
     MAX_HEADER_BYTES,
     MAX_REQUEST_BYTES,
     MAX_REQUEST_PIXELS,
+    MIN_BODY_RATE,
 )
 
 
@@ -201,7 +203,7 @@ BAD_UPLOADS = {  # kind: (the files, made from test PNGs; the status; what the m
     "bomb": (lambda pngs: [("bomb.png", _bomb())], 400, "over the 40,000,000 pixel limit"),
     "empty": (lambda pngs: [("empty.png", b"")], 400, "is not an image fashionlab reads"),
     "too many": (lambda pngs: [(f"{i}.png", pngs[0]) for i in range(MAX_FILES + 1)], 400,
-                 f"Too many files. Maximum number of files is {MAX_FILES}"),
+                 f"the upload holds more than {MAX_FILES} files"),
 }
 
 
@@ -221,7 +223,7 @@ def test_requests_that_are_not_image_uploads_are_refused(keras_server, test_pngs
     status, _, body = keras_server.request("POST", "/api/predict", body_bytes, {"Content-Type": kind})
     assert status == 400 and body["error"].startswith("no image files in the request")
     status, _, body = keras_server.request("POST", "/api/predict", body_bytes, {"Content-Type": "multipart/form-data"})
-    assert status == 400 and body["error"].startswith("the upload cannot be read (Missing boundary in multipart)")
+    assert status == 400 and body["error"].startswith("the upload has no usable boundary in its Content-Type")
     for query, expected in (("?top_k=11", "top_k must be between 1 and 10, got 11"),
                             ("?top_k=two", "top_k: Input should be a valid integer")):
         status, _, body = keras_server.post_files([("a.png", test_pngs[0])], query)
@@ -256,6 +258,32 @@ def test_slow_or_bloated_requests_are_cut_off(keras_server):
         raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:50_000])
     assert keras_server.request("HEAD", "/api/health")[0] == 200
+
+
+def test_a_body_may_come_slowly_but_not_slower_than_the_least_rate(keras_server, test_pngs):
+    """A photo sent at a few times MIN_BODY_RATE over a longer time than BODY_SECONDS is answered;
+    a body that stalls is answered 408 once BODY_SECONDS and its bytes' allowance have passed."""
+    noise = png(np.random.default_rng(2).integers(0, 256, (400, 400), dtype=np.uint8))  # ~160 KB
+    steady, kind = multipart([("noise.png", noise)])
+
+    def send(body: bytes, rate: float, upto: int) -> tuple[bytes, float]:
+        began = time.monotonic()
+        with socket.create_connection((keras_server.host, keras_server.port), timeout=60) as raw:
+            raw.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode())
+            for start in range(0, upto, 4096):
+                raw.sendall(body[start:min(start + 4096, upto)])
+                time.sleep(4096 / rate)
+            return b"".join(iter(lambda: raw.recv(65536), b"")), time.monotonic() - began
+
+    with ThreadPoolExecutor(2) as pool:
+        slow_but_steady = pool.submit(send, steady, 1.5 * MIN_BODY_RATE, len(steady))  # ~7 s
+        stalled = pool.submit(send, steady, 1e9, 1000)
+        answer, seconds = slow_but_steady.result()
+        assert answer.startswith(b"HTTP/1.1 200 ") and seconds > len(steady) / (2 * MIN_BODY_RATE)
+        answer, seconds = stalled.result()
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"slower than 16 KB/s" in answer
+        assert BODY_SECONDS <= seconds < BODY_SECONDS + 5
 
 
 def test_an_oversized_request_is_refused_before_it_is_read(keras_server):
@@ -466,12 +494,13 @@ def test_a_batch_never_holds_more_than_max_batch_images_and_each_request_gets_it
 
 def test_a_slow_model_is_answered_504_and_the_server_stays_healthy(tmp_path, synthetic, test_pngs):
     onnx.save(slow_onnx(), tmp_path / "slow.onnx")
-    process, url = start("--onnx", str(tmp_path / "slow.onnx"), "--model-timeout", "0.5", *data_options(synthetic))
+    process, url = start("--onnx", str(tmp_path / "slow.onnx"), "--model-timeout", "0.05", *data_options(synthetic))
     server = Server(process, url)
+    files = [(f"{i}.png", test_pngs[i]) for i in range(16)]
     try:
         for _ in range(2):
-            status, _, body = server.post_files([("a.png", test_pngs[0])])
-            assert status == 504 and "took over 0.5 s on 1 images and was stopped" in body["error"]
+            status, _, body = server.post_files(files)
+            assert status == 504 and "took over 0.05 s on 16 images (stopped)" in body["error"]
         status, _, health = server.request("GET", "/api/health")
         assert status == 200 and health["status"] == "ok" and health["model_timeouts"] == 2
     finally:
@@ -480,28 +509,67 @@ def test_a_slow_model_is_answered_504_and_the_server_stays_healthy(tmp_path, syn
     assert process.stderr.read() in ("", "fashionlab: interrupted\n")
 
 
-def test_a_model_stuck_in_one_operator_makes_the_server_say_so_until_it_ends(tmp_path, synthetic, test_pngs):
-    onnx.save(stuck_onnx(), tmp_path / "stuck.onnx")
-    process, url = start("--onnx", str(tmp_path / "stuck.onnx"), "--model-timeout", "0.3",
-                         *data_options(synthetic))
-    server = Server(process, url)
+def asgi(app, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict]:
+    """One request handed to an ASGI application in this process: (status, JSON answer)."""
+    import asyncio
+
+    answer = {"status": None, "body": b""}
+    raw = [(k.lower().encode(), v.encode()) for k, v in {"host": "127.0.0.1", **(headers or {})}.items()]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+             "raw_path": path.encode(), "query_string": b"", "headers": raw, "scheme": "http",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "root_path": ""}
+    sent = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():  # the body, then a client that waits for its answer
+        if sent:
+            return sent.pop()
+        await asyncio.Event().wait()
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        else:
+            answer["body"] += message.get("body", b"")
+
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own: this thread may run one already (Playwright's)
+        thread.submit(asyncio.run, app(scope, receive, send)).result(timeout=60)
+    return answer["status"], json.loads(answer["body"]) if answer["body"] else None
+
+
+def test_a_model_stuck_in_a_call_makes_the_server_say_so_until_it_ends(tiny_run, synthetic, test_pngs):
+    """A call that cannot be stopped (a JAX call, one long operator) leaves the model busy: requests
+    are answered 503 at once and /api/health says why, until it ends; the rest of the API answers."""
+    import threading
+
+    from fashionlab.errors import ModelTimeout
+    from fashionlab.server import build_app, guarded, load_predictor
+
+    predictor = load_predictor(tiny_run.run.path, model_timeout=0.2)
+    inner = build_app(predictor, data=synthetic)
+    app = guarded(inner, host="127.0.0.1")
+    release = threading.Event()
+    with pytest.raises(ModelTimeout):
+        predictor.calls.run(lambda: release.wait(60))  # stands for a call that runs on
+    body, kind = multipart([("a.png", test_pngs[0])])
     try:
-        status, _, body = server.post_files([("a.png", test_pngs[0])])
-        assert status == 504, body
-        status, _, body = server.post_files([("a.png", test_pngs[0])])
-        assert status == 503 and "still busy with a call that ran over 0.3 s" in body["error"]
-        status, _, health = server.request("GET", "/api/health")
+        status, said = asgi(app, "POST", "/api/predict", body, {"content-type": kind})
+        assert status == 503 and "still busy with a call that ran over 0.2 s" in said["error"]
+        status, health = asgi(app, "GET", "/api/health")
         assert status == 503 and health["status"] == "unavailable" and "stuck" in health["reason"]
-        assert server.request("HEAD", "/api/health")[0] == 503
-        assert server.request("GET", "/api/model")[0] == 200  # the rest of the server answers meanwhile
-        deadline = time.monotonic() + 120
-        while server.request("GET", "/api/health")[0] == 503 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        status, _, health = server.request("GET", "/api/health")
-        assert status == 200 and health["status"] == "ok" and health["model_timeouts"] == 1
+        assert health["model_timeouts"] == 1
+        assert asgi(app, "HEAD", "/api/health")[0] == 503
+        assert asgi(app, "GET", "/api/model")[0] == 200
     finally:
-        stop(process)
-    assert "Traceback" not in process.stderr.read()
+        release.set()
+    deadline = time.monotonic() + 30
+    while predictor.calls.stuck_for() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status, health = asgi(app, "GET", "/api/health")
+    assert status == 200 and health["status"] == "ok"
+    status, results = asgi(app, "POST", "/api/predict", body, {"content-type": kind})
+    assert status == 200 and results[0]["class_name"] in CLASS_NAMES
+    inner.state.batcher.close()
+    inner.state.workers.close()
 
 
 # --- starting and stopping ------------------------------------------------------------------------

@@ -72,7 +72,8 @@ def test_a_mirrored_shoe_photo_is_read_as_the_shoe_it_is(tutorial_run, real_data
 
 def test_the_onnx_export_agrees_on_all_10000_test_images(tutorial_run, real_data, tmp_path):
     from fashionlab.evaluation import predict_proba
-    from fashionlab.export import OnnxModel, export
+    from fashionlab.export import export
+    from fashionlab.onnxrun import OnnxModel
 
     result = export(tutorial_run.run.path, out=tmp_path / "tutorial.onnx", data=real_data)
     assert result["check"]["images"] == 1000

@@ -22,7 +22,7 @@ from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.comparison import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
-from fashionlab.deadlines import MODEL_TIMEOUT
+from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
 from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
@@ -101,10 +101,11 @@ def _int_between(low: int, high: int | None = None):
 
 
 def a_timeout(text: str) -> float:
-    """An argparse type: seconds, above 0 and at most an hour."""
+    """An argparse type: a model timeout in seconds (deadlines.TIMEOUT_RANGE)."""
     value = float(text)
-    if not 0 < value <= 3600:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be seconds above 0 and at most 3600, got {text}")
+    problem = timeout_problem(value)  # NaN fails too
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -207,7 +208,9 @@ def _model_source(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     given = ([args.run] if args.run is not None else []) + list(getattr(args, "images", []))
     if args.onnx is not None:
         if given and os.path.isdir(given[0]):
-            raise ConfigError("give a run directory or --onnx FILE, not both")
+            what = "a run directory" if os.path.isfile(os.path.join(given[0], "run.json")) else "a folder"
+            raise ConfigError(f"{given[0]} is {what}: with --onnx FILE, give image files only (a run directory "
+                              f"goes without --onnx)")
         return None, given
     if not given:
         raise ConfigError("give a run directory (or --onnx FILE)")
@@ -258,7 +261,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(printable(f"serving {args.onnx or args.run} at {url}   (Ctrl-C stops)"), flush=True)
 
     serve(args.run, onnx=args.onnx, host=args.host, port=args.port, top_k=args.top_k, data=_data_from(args),
-          allow_incomplete=args.allow_incomplete, model_timeout=args.model_timeout, allowed_hosts=args.allow_host,
+          allow_incomplete=args.allow_incomplete, model_timeout=args.model_timeout, allowed_hosts=args.allowed_hosts,
           ready=ready)
 
 
@@ -412,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="port (default: 8000; 0: any free port)")
     serve.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
                        help=f"classes shown per image, 1..{len(CLASS_NAMES)} (default: 3)")
-    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME", type=a_name,
+    serve.add_argument("--allow-host", dest="allowed_hosts", action="append", default=[], metavar="NAME", type=a_name,
                        help="also answer requests whose Host header names NAME (behind a proxy); by default only "
                             "localhost, IP addresses and this machine's names (against DNS rebinding)")
     serve.add_argument("--model-timeout", type=a_timeout, default=MODEL_TIMEOUT, metavar="SECONDS",
@@ -571,6 +574,9 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the environment: a full disk, a closed or full standard output, ...
         where = f" ({printable(str(exc.filename))})" if exc.filename else ""
         print(f"fashionlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except MemoryError:  # the environment too: what was asked needs more memory than is free
+        print("fashionlab: error: out of memory; free some, or give smaller inputs", file=sys.stderr)
         return 1
     except Exception as exc:  # the last line of defence: a bug, said in one line
         if args.debug:

@@ -17,6 +17,7 @@ from typing import Any
 from fashionlab.errors import ConfigError, ModelBusy, ModelTimeout
 
 MODEL_TIMEOUT = 30.0  # seconds one call of a model (a batch) may take; fashionlab's models take milliseconds
+TIMEOUT_RANGE = (0.01, 3600.0)  # what a model_timeout may be, wherever it is given
 STOP_GRACE_SECONDS = 1.0  # how long a call asked to stop has to end before the model counts as stuck
 
 
@@ -45,11 +46,13 @@ class BoundedCalls:
             self.timeouts += 1
             with contextlib.suppress(Exception):
                 future.result(timeout=STOP_GRACE_SECONDS)  # stopped between two operators, as asked
-            if not future.done():
+            ended = future.done()
+            if not ended:  # it cannot be stopped (a JAX call, one long operator): nothing more goes to it
                 self.overrun, self.busy_since = future, time.monotonic()
-            raise ModelTimeout(f"{self.what} took over {self.seconds:g} s on {images or 'a batch of'} images and "
-                               f"was stopped; fashionlab's models take milliseconds: this one is broken, or "
-                               f"the machine is overloaded") from None
+            raise ModelTimeout(f"{self.what} took over {self.seconds:g} s on {images or 'a batch of'} images "
+                               f"({'stopped' if ended else 'still running: the model answers again once it ends'}); "
+                               f"fashionlab's models take milliseconds: this one is too large or broken, or the "
+                               f"machine is overloaded") from None
 
     def stuck_for(self) -> float | None:
         """For how many seconds a call that overran has still been running, or None when none is."""
@@ -58,8 +61,16 @@ class BoundedCalls:
         return time.monotonic() - self.busy_since
 
 
+def timeout_problem(seconds: float) -> str | None:
+    """What is wrong with a model timeout, or None: seconds within TIMEOUT_RANGE."""
+    low, high = TIMEOUT_RANGE
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not low <= seconds <= high:
+        return f"must be seconds from {low:g} to {high:g}, got {seconds!r}"
+    return None
+
+
 def check_timeout(seconds: float) -> None:
-    """A model_timeout argument: seconds above 0, at most an hour."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
-        raise ConfigError(f"`model_timeout` must be seconds above 0 and at most 3600, got {seconds!r}",
-                          terms=["model_timeout"])
+    """A model_timeout argument (see `timeout_problem`)."""
+    problem = timeout_problem(seconds)
+    if problem:
+        raise ConfigError(f"`model_timeout` {problem}", terms=["model_timeout"])

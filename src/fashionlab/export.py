@@ -1,7 +1,7 @@
 """A run's model outside fashionlab: an ONNX file that onnxruntime runs alone.
 
     result = export("runs/20260101-120000-tutorial")  # -> runs/.../model.onnx, checked
-    model = OnnxModel("model.onnx")                     # predict(pixels) like a Keras model
+    model = OnnxModel("model.onnx")                     # (fashionlab.onnxrun) predict(pixels) like a Keras model
 
 The file takes raw pixels, float32 (N, 28, 28) in 0..255, light garment on black as in the data
 set, and gives the 10 class probabilities: the standardization is inside, as in model.keras. It
@@ -15,11 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,219 +25,15 @@ import numpy as np
 from fashionlab import CLASS_NAMES, __version__
 from fashionlab.arguments import checked
 from fashionlab.data import DataSource
-from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls
 from fashionlab.errors import ConfigError, ExportError, Interrupted, RunError, reason
 from fashionlab.files import check_writable, open_regular
 from fashionlab.interrupts import stop_requests
-from fashionlab.records import shown
+from fashionlab.onnxrun import INPUT_NAME, MAX_ONNX_BYTES, METADATA_KEY, OUTPUT_NAME, OnnxModel, require_module
 from fashionlab.runs import Run, atomic_path
 
 FORMATS = ("onnx",)
 CHECK_IMAGES = 1000
 TOLERANCE = 1e-5  # the largest difference of any probability allowed between Keras and onnxruntime
-INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
-METADATA_KEY = "fashionlab"
-MAX_ONNX_BYTES = 512 * 1024 * 1024
-MAX_METADATA_BYTES = 256 * 1024
-PREDICT_BATCH = 1024
-# What an ONNX file may be (check_graph) and do (OnnxModel): fashionlab's own exports hold at most
-# ~900 operators, 3.5 M values per image (wide-cnn) and 1.9 M weights (best-mlp).
-DEFAULT_DOMAINS = ("", "ai.onnx")
-MAX_NODES = 20_000
-MAX_IMAGE_ELEMENTS = 16 * 2**20  # values of the tensors that grow with the batch, per image
-MAX_FIXED_ELEMENTS = 256 * 2**20  # values of the others: weights, constants
-RUN_ELEMENTS = 256 * 2**20  # a call's batch is cut so that its tensors hold at most this many values (1 GiB)
-PROBABILITY_SLACK, SUM_SLACK = 1e-5, 1e-3  # float32 rounding in a softmax
-INSTALL_HINT = "pip install 'fashionlab[onnx]'"
-
-
-def _require(module: str, purpose: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ConfigError(f"{purpose} needs the {module} package: {INSTALL_HINT}") from None
-
-
-class OnnxModel:
-    """An exported model run by onnxruntime: `predict(x)` gives class probabilities as a Keras
-    model's `predict` does; `metadata` is what the file says it is (empty when it says nothing).
-
-    The file is an untrusted program: `check_graph` refuses anything `export` does not write
-    before onnxruntime sees it, each call is stopped after `timeout` seconds, and every answer must be
-    one probability distribution per image.
-    """
-
-    @checked(threads=(0, 1024), timeout=(0.001, 3600))
-    def __init__(self, path: str | Path, threads: int = 0, timeout: float = MODEL_TIMEOUT):
-        self.path = Path(path)
-        with open_regular(self.path, what="ONNX model", error=RunError, limit=MAX_ONNX_BYTES) as handle:
-            content = handle.read()
-        ort = _require("onnxruntime", "running an ONNX model")
-        ort.set_default_logger_severity(4)  # onnxruntime's own log stays off the terminal: errors become one line
-        checked = check_graph(content, self.path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        options.intra_op_num_threads = threads
-        try:  # the graph as checked, not the file's bytes: onnxruntime reads exactly what was checked
-            self.session = ort.InferenceSession(checked.graph.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
-            raise RunError(f"{self.path} is not an ONNX model onnxruntime can run ({reason(exc)})") from None
-        self.classes, self.image_elements = checked.classes, checked.image_elements
-        # a call's batch holds at most RUN_ELEMENTS values in all its tensors together
-        self.batch_limit = max(1, min(PREDICT_BATCH, RUN_ELEMENTS // max(checked.image_elements, 1)))
-        self.calls = BoundedCalls(timeout, f"the ONNX model {self.path.name}")
-        self.metadata = _metadata(checked.graph.metadata_props)
-        self._run_options = ort.RunOptions
-
-    def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        step = min(batch_size or PREDICT_BATCH, self.batch_limit)
-        parts = [self._call(x[i:i + step]) for i in range(0, len(x), step)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.classes), np.float32)
-
-    def _call(self, x: np.ndarray) -> np.ndarray:
-        options = self._run_options()
-
-        def run() -> Any:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: x}, options)[0]
-
-        def stop() -> None:  # onnxruntime checks the flag between two operators
-            options.terminate = True
-
-        return self._probabilities(self.calls.run(run, stop, len(x)), len(x))
-
-    def _probabilities(self, out: Any, images: int) -> np.ndarray:
-        """The call's output, if it is float32 (images, classes) and each row a probability distribution."""
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (images, self.classes):
-            said = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise RunError(f"the ONNX model {self.path.name} gave {said} for {images} images, not float32 "
-                           f"({images}, {self.classes}); it is not a model fashionlab exported")
-        if not (np.isfinite(out).all() and (out >= -PROBABILITY_SLACK).all() and (out <= 1 + PROBABILITY_SLACK).all()
-                and np.allclose(out.sum(axis=1), 1.0, rtol=0, atol=SUM_SLACK)):
-            raise RunError(f"the ONNX model {self.path.name} gives values that are not probabilities (each row "
-                           f"must be numbers from 0 to 1 that add up to 1); it is damaged or not a model "
-                           f"fashionlab exported")
-        return out
-
-
-@dataclass(frozen=True)
-class CheckedGraph:
-    graph: Any  # onnx.ModelProto
-    classes: int
-    image_elements: int  # values held by the tensors that grow with the batch, per image
-
-
-def check_graph(content: bytes, path: Path) -> CheckedGraph:
-    """An ONNX file's graph, if it is one that `export` could have written: operators of the
-    default ONNX domain only, no functions, subgraphs or external data, the signature `pixels`
-    float32 (N, 28, 28) -> `probabilities` float32 (N, classes), and every tensor's shape known
-    from the batch size alone and within the size bounds. A RunError says what it is instead."""
-    onnx = _require("onnx", "checking an ONNX model")
-    from google.protobuf.message import DecodeError
-
-    def refuse(what: str) -> RunError:
-        return RunError(f"{path} {what}; fashionlab runs only the models it exports")
-
-    try:
-        graph = onnx.load_model_from_string(content)
-    except (DecodeError, ValueError, RecursionError, RuntimeError):
-        raise RunError(f"{path} is not an ONNX model (its bytes do not parse as one); pass a file that "
-                       f"fashionlab export wrote") from None
-    body = graph.graph
-    if graph.functions or graph.training_info:
-        raise refuse("holds functions or training steps")
-    foreign = sorted({o.domain for o in graph.opset_import if o.domain not in DEFAULT_DOMAINS}
-                     | {n.domain for n in body.node if n.domain not in DEFAULT_DOMAINS})
-    if foreign:
-        raise refuse(f"uses operators outside the default ONNX domain ({shown(foreign[0])})")
-    if len(body.node) > MAX_NODES:
-        raise refuse(f"has {len(body.node):,} operators, more than {MAX_NODES:,}")
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in body.node for a in n.attribute):
-        raise refuse("holds subgraphs (If, Loop, Scan)")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data for t in _tensors(body)):
-        raise refuse("refers to tensor data in other files (external data)")
-    batch, classes = _signature(body, refuse)
-    try:
-        onnx.checker.check_model(graph)
-        inferred = onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:  # the checker and shape inference raise their own types
-        raise refuse(f"is not a valid ONNX graph ({reason(exc)})") from None
-    values = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    image_elements = fixed_elements = 0
-    for name in (out for node in body.node for out in node.output if out):
-        value = values.get(name)
-        kind = value.type.tensor_type if value is not None and value.type.HasField("tensor_type") else None
-        if kind is None or not kind.HasField("shape") or kind.elem_type == onnx.TensorProto.STRING:
-            raise refuse(f"computes {shown(name)}, whose kind or shape cannot be known before it runs")
-        grows = sum(d.dim_param == batch and not d.HasField("dim_value") for d in kind.shape.dim)
-        if grows > 1 or any(not d.HasField("dim_value") and d.dim_param != batch for d in kind.shape.dim):
-            raise refuse(f"computes {shown(name)}, whose shape does not follow from the batch size alone")
-        size = math.prod(d.dim_value for d in kind.shape.dim if d.HasField("dim_value"))
-        if grows:
-            image_elements += size
-        else:
-            fixed_elements += size
-    fixed_elements += sum(math.prod(t.dims) for t in body.initializer)
-    if image_elements > MAX_IMAGE_ELEMENTS or fixed_elements > MAX_FIXED_ELEMENTS:
-        raise refuse(f"holds {image_elements:,} values per image and {fixed_elements:,} others, more than the "
-                     f"{MAX_IMAGE_ELEMENTS:,} and {MAX_FIXED_ELEMENTS:,} allowed")
-    return CheckedGraph(graph, classes, image_elements)
-
-
-def _signature(body, refuse) -> tuple[str, int]:
-    """The batch dimension's name and the class count, if the graph takes `pixels` float32
-    (N, 28, 28) and gives `probabilities` float32 (N, classes)."""
-    import onnx
-
-    def dims(value) -> list[int | str | None]:
-        kind = value.type.tensor_type
-        if kind.elem_type != onnx.TensorProto.FLOAT or not kind.HasField("shape"):
-            return []
-        return [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in kind.shape.dim]
-
-    initialized = {t.name for t in body.initializer}
-    inputs = [i for i in body.input if i.name not in initialized]
-    taken = dims(inputs[0]) if len(inputs) == 1 and inputs[0].name == INPUT_NAME else []
-    if len(taken) == 3 and isinstance(taken[0], int):
-        raise refuse(f"takes batches of exactly {taken[0]} images; export it with a batch size left open "
-                     f"(fashionlab export does)")
-    if len(taken) != 3 or not isinstance(taken[0], str) or taken[1:] != [28, 28]:
-        said = [(i.name, dims(i)) for i in inputs][:3]
-        raise refuse(f"takes {said}, not one input `{INPUT_NAME}` of float32 (N, 28, 28) images")
-    given = dims(body.output[0]) if len(body.output) == 1 and body.output[0].name == OUTPUT_NAME else []
-    if len(given) != 2 or given[0] != taken[0] or given[1] != len(CLASS_NAMES):
-        said = [(o.name, dims(o)) for o in body.output][:3]
-        raise refuse(f"gives {said}, not one output `{OUTPUT_NAME}` of float32 (N, {len(CLASS_NAMES)}) "
-                     f"class probabilities")
-    return taken[0], len(CLASS_NAMES)
-
-
-def _tensors(body) -> Iterator[Any]:
-    """Every tensor a graph holds: its initializers (sparse ones too) and its operators' attributes."""
-    yield from body.initializer
-    for sparse in body.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in body.node:
-        for attribute in node.attribute:
-            yield from [attribute.t] if attribute.HasField("t") else []
-            yield from attribute.tensors
-            for sparse in ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []):
-                yield from (sparse.values, sparse.indices)
-            for sparse in attribute.sparse_tensors:
-                yield from (sparse.values, sparse.indices)
-
-
-def _metadata(props) -> dict[str, Any]:
-    """The file's fashionlab metadata, or {} when it has none or it is not a JSON table."""
-    text = next((p.value for p in props if p.key == METADATA_KEY), None)
-    if not text or len(text) > MAX_METADATA_BYTES:
-        return {}
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def onnx_ready(model):
@@ -268,8 +61,8 @@ def write_onnx(model, path: Path, metadata: dict[str, Any]) -> None:
 
     if keras.backend.backend() != "jax":
         raise ConfigError(f"export runs on the JAX backend, not {keras.backend.backend()}; use KERAS_BACKEND=jax")
-    _require("jax2onnx", "exporting to ONNX")
-    onnx = _require("onnx", "exporting to ONNX")
+    require_module("jax2onnx", "exporting to ONNX")
+    onnx = require_module("onnx", "exporting to ONNX")
     signature = [keras.InputSpec(shape=(None, 28, 28), dtype="float32", name=INPUT_NAME)]
     # jax2onnx writes the weights beside its file (model.onnx.data): both go to a folder of our own
     with tempfile.TemporaryDirectory(prefix="fashionlab-export-", dir=path.parent) as scratch:

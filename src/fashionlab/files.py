@@ -58,8 +58,8 @@ def open_regular(path: str | Path, *, what: str, error: type[FashionlabError], l
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{what} {path} is {kind_of(info.st_mode)}, not a regular file; pass a file")
         if info.st_size > limit:
-            raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {limit:,} a {what} can be; "
-                        f"it is not the right file")
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {limit:,} {_article(what)} {what} "
+                        f"can be; it is not the right file")
         os.set_blocking(fd, True)
         handle = os.fdopen(fd, "rb")
     except BaseException:
@@ -67,6 +67,10 @@ def open_regular(path: str | Path, *, what: str, error: type[FashionlabError], l
         raise
     with handle:
         yield handle
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" or noun.startswith(("ONNX", "HTML", "IDX")) else "a"
 
 
 def read_bytes(path: str | Path, *, what: str, error: type[FashionlabError], limit: int,

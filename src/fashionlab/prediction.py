@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,10 @@ LOW_CONFIDENCE_HINT = ("low confidence: the model knows one garment, upright, ce
                        "shoes pointing left; crop to the garment and try again")
 
 
+class NotNumbers(Exception):
+    """An image of floating-point pixels holds NaN or infinite ones."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     """An image as the model sees it: 28 x 28 uint8, light garment on black."""
@@ -60,11 +65,12 @@ class Prepared:
 
 def _flatten(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB or grayscale; transparency is composited onto white, like a page."""
-    if image.mode.startswith("I;16"):  # the high byte: exact for 8-bit values stored as 16 (v * 257)
-        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), mode="L")
-    if image.mode in WIDE_MODES:
-        array = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if array.max() > 255 else 255.0
+    if image.mode in WIDE_MODES:  # read on the scale of the fewest bits that hold its brightest value
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise NotNumbers()
+        brightest = max(float(array.max()), 0.0)
+        top = 1.0 if brightest <= 1.0 else 2.0 ** np.ceil(np.log2(brightest + 1)) - 1  # 0..1, 255, 4095, 65535...
         return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
@@ -177,14 +183,20 @@ def opened_image(source: IO[bytes], name: str) -> Iterator[Image.Image]:
     IMAGE_FORMATS (whose plugins read only the header on opening) and at most MAX_IMAGE_PIXELS
     pixels. Pillow's and the decoders' errors, inside the block too, become one-line ImageErrors."""
     try:
-        with Image.open(source, formats=IMAGE_FORMATS) as image:
+        with warnings.catch_warnings():  # Pillow's bomb warning (over 89 MP) would come before our refusal
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(source, formats=IMAGE_FORMATS)
+        with opened as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{name} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel "
                                  f"limit; downscale it first")
             yield image
-    except ImageError:
+    except (ImageError, MemoryError):  # running out of memory is not the file's damage
         raise
+    except NotNumbers:
+        raise ImageError(f"{name} holds pixels that are not numbers (NaN or infinite); save it as an 8-bit PNG or "
+                         f"a JPEG") from None
     except Image.DecompressionBombError:  # Pillow's own check, at twice its limit, comes before ours
         raise ImageError(f"{name} is over the {MAX_IMAGE_PIXELS:,} pixel limit; downscale it first") from None
     except UnidentifiedImageError:
@@ -305,7 +317,7 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
     check_timeout(model_timeout)
     if onnx is not None:
-        from fashionlab.export import OnnxModel
+        from fashionlab.onnxrun import OnnxModel
 
         model = OnnxModel(onnx, timeout=model_timeout)
     else:

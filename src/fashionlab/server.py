@@ -8,9 +8,10 @@ POST /api/predict  multipart images -> the JSON objects of `fashionlab predict -
 GET /api/model   config, metrics, class names;  GET /api/health;  GET /api/gallery
 
 Requests are answered from one model compiled at start for every batch size it will run
-(`Predictor`), each call bounded in time; uploads are decoded in worker threads, fairly between
-requests (`Decoder`); images that arrive together are read in one batch (`Batcher`). Every
-refusal is a JSON answer {"error": "one line"}, and the server goes on.
+(`Predictor`), each call bounded in time; uploads are parsed and decoded in worker processes,
+each job bounded in time and memory, fairly between requests (`uploads.UploadWorkers`); images
+that arrive together are read in one batch (`Batcher`). Every refusal is a JSON answer
+{"error": "one line"}, and the server goes on.
 """
 
 import asyncio
@@ -18,7 +19,6 @@ import base64
 import errno
 import hashlib
 import html
-import io
 import ipaddress
 import json
 import re
@@ -40,24 +40,14 @@ from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls, check_timeout
 from fashionlab.errors import ConfigError, FashionlabError, ModelBusy, ModelTimeout, reason
-from fashionlab.prediction import (
-    MAX_IMAGE_PIXELS,
-    Prepared,
-    image_pixels,
-    png_bytes,
-    read_image,
-    read_probabilities,
-    results_of,
-)
+from fashionlab.prediction import MAX_IMAGE_PIXELS, png_bytes, read_probabilities, results_of
 from fashionlab.runs import Run
+from fashionlab.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers, printable
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # one request's body, all its images together
-MAX_FILES = 64  # images in one request
 MAX_BATCH = 64  # images the model reads at once; requests that arrive together share a batch
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # a batch is padded to the next of these: one compiled program each
-MAX_REQUEST_PIXELS = 64_000_000  # the pixels one request's images may declare together (one image: MAX_IMAGE_PIXELS)
 MAX_CONNECTIONS = 256  # open at once; a new one closes the one that has waited longest on its client
-DECODE_THREADS = 2
 GALLERY_PER_CLASS = 2
 INSTALL_HINT = "pip install 'fashionlab[serve]'"
 
@@ -124,7 +114,7 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
     check_timeout(model_timeout)
     if onnx is not None:
-        from fashionlab.export import OnnxModel
+        from fashionlab.onnxrun import OnnxModel
 
         # batches are small: more threads only spin, and take the CPU
         model = OnnxModel(onnx, threads=1, timeout=model_timeout)
@@ -162,6 +152,7 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.carried: _Job | None = None  # taken from the queue, but over the last batch's size
         self.batches = self.images = 0
+        self.waiting = 0  # images queued, not yet in a batch
 
     async def read(self, pixels: np.ndarray, mirror: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -169,6 +160,7 @@ class Batcher:
             self.queue, self.loop, self.carried = asyncio.Queue(), loop, None
             self.task = loop.create_task(self._loop(self.queue))
         future = loop.create_future()
+        self.waiting += len(pixels)
         await self.queue.put(_Job(pixels, list(mirror), future))
         return await future
 
@@ -186,6 +178,7 @@ class Batcher:
                 count += len(job.pixels)
             pixels = np.concatenate([job.pixels for job in jobs])
             mirror = [flag for job in jobs for flag in job.mirror]
+            self.waiting -= len(pixels)
             try:
                 proba, mirrored = await loop.run_in_executor(self.model_thread, read_probabilities,
                                                              self.predictor, pixels, mirror)
@@ -206,44 +199,6 @@ class Batcher:
         if self.task is not None:
             self.task.cancel()
         self.model_thread.shutdown(wait=False, cancel_futures=True)
-
-
-class RequestTooLarge(FashionlabError):
-    """A request's images declare more pixels together than one request may hold."""
-
-
-class Decoder:
-    """Decodes uploads in DECODE_THREADS worker threads, never on the event loop, and fairly: a
-    request has at most DECODE_THREADS images queued or decoding at a time, so the images of
-    concurrent requests take turns and a small request waits behind a few images of a large
-    one, not all of them. A request's images must declare at most MAX_REQUEST_PIXELS together,
-    read from their headers before any is decoded."""
-
-    def __init__(self, threads: int = DECODE_THREADS, request_pixels: int = MAX_REQUEST_PIXELS):
-        self.threads, self.request_pixels = threads, request_pixels
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fashionlab-decode")
-
-    async def decode(self, contents: Sequence[bytes], names: Sequence[str]) -> list[Prepared]:
-        loop = asyncio.get_running_loop()
-        turns = asyncio.Semaphore(self.threads)
-
-        async def in_turn(work, *args):
-            async with turns:
-                return await loop.run_in_executor(self.pool, work, *args)
-
-        pixels = await in_turn(lambda: [image_pixels(c, n) for c, n in zip(contents, names)])
-        if sum(pixels) > self.request_pixels:
-            raise RequestTooLarge(f"the request's images hold {sum(pixels):,} pixels together, over the "
-                                  f"{self.request_pixels:,} one request may hold; send fewer or smaller images")
-        try:  # the first failure cancels the images still waiting for their turn
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(in_turn(read_image, io.BytesIO(c), n)) for c, n in zip(contents, names)]
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        return [task.result() for task in tasks]
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def data_url(png: bytes) -> str:
@@ -324,43 +279,51 @@ class HostCheck:
     """ASGI middleware: a request whose Host header names another server is refused (400). A web
     page from anywhere can make a browser send requests to 127.0.0.1 under its own domain name
     (DNS rebinding); those name that domain. Allowed: IP addresses (only loopback ones when the
-    server listens on loopback), localhost, this machine's names, and `allowed` names."""
+    server listens on loopback), localhost, this machine's names, and `allowed` names; an HTTP/1.0
+    request may give none (no browser sends that)."""
 
-    def __init__(self, app, host: str, allowed: Sequence[str] = ()):
-        self.app, self.loopback_only = app, is_loopback(host)
+    def __init__(self, app, loopback: bool, allowed: Sequence[str] = ()):
+        self.app, self.loopback_only = app, loopback
         self.names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
-        self.names |= {name.lower().rstrip(".") for name in allowed}
+        self.names |= {host_name(name) for name in allowed}
 
-    def allows(self, value: bytes | None) -> bool:
-        if value is None:  # HTTP/1.0 without a Host header: no browser sends that
-            return True
-        name = host_name(value.decode("latin-1"))
+    def problem(self, scope) -> str | None:
+        """What is wrong with the request's Host header, or None."""
+        hosts = [value for key, value in scope["headers"] if key == b"host"]
+        if len(hosts) > 1:
+            return "the request gives two Host headers"
+        if not hosts:
+            return None if scope.get("http_version") == "1.0" else "the request gives no Host header"
+        said = hosts[0].decode("latin-1")
+        name = host_name(said)
         try:
-            address = ipaddress.ip_address(name)
+            address = ipaddress.ip_address(name or "-")
         except ValueError:
-            return name in self.names
-        return address.is_loopback or not self.loopback_only
+            allowed = name in self.names
+        else:
+            allowed = address.is_loopback or not self.loopback_only
+        return None if allowed else f"the Host header {printable(said)[:80]!r} does not name this server"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            hosts = [value for key, value in scope["headers"] if key == b"host"]
-            if len(hosts) > 1 or not self.allows(hosts[0] if hosts else None):
-                said = _printable(hosts[0].decode("latin-1"))[:80] if hosts else ""
+            problem = self.problem(scope)
+            if problem:
                 address, port = (scope.get("server") or ("127.0.0.1", "PORT"))[:2]
-                return await _send_error(send, 400, f"the Host header {said!r} does not name this server; open it "
-                                                    f"as http://{_url_host(address)}:{port}/, or start serve with "
-                                                    f"--allow-host NAME")
+                return await _send_error(send, 400, f"{problem}; open it as http://{_url_host(address)}:{port}/, or "
+                                                    f"start serve with --allow-host NAME")
         return await self.app(scope, receive, send)
 
 
+HOST = re.compile(r"(\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(:\d{1,5})?")
+
+
 def host_name(value: str) -> str:
-    """The name in a Host header, without its port, IPv6 brackets or trailing dot."""
-    text = value.strip().lower()
-    if text.startswith("["):
-        return text[1:text.find("]")] if "]" in text else text
-    if text.count(":") == 1:
-        text = text.split(":")[0]
-    return text.rstrip(".")
+    """The name in a Host header (host[:port]), lower case, without its port, IPv6 brackets or
+    trailing dot; "" when it is not of that form."""
+    found = HOST.fullmatch(value.strip().lower())
+    if not found:
+        return ""
+    return found["v6"] or found["name"].rstrip(".")
 
 
 def _url_host(address: str) -> str:
@@ -403,9 +366,10 @@ class Shield:
         except Exception as exc:
             if scope["type"] != "http":  # the lifespan's own failure: uvicorn reports it
                 raise
-            warn(f"a request to {_printable(scope.get('path', ''))[:80]} failed: {type(exc).__name__}: {reason(exc)}")
-            if not started:
-                await _send_error(send, 500, "the server failed on this request; it goes on serving others")
+            if started:  # answers are sent whole: what fails after the start is the client's connection
+                return
+            warn(f"a request to {printable(scope.get('path', ''))[:80]} failed: {type(exc).__name__}: {reason(exc)}")
+            await _send_error(send, 500, "the server failed on this request; it goes on serving others")
 
 
 def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: int = 3):
@@ -415,18 +379,18 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse, Response
-        from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException
         from starlette.requests import ClientDisconnect
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
-    batcher, decoder = Batcher(predictor), Decoder()
+    batcher, workers = Batcher(predictor), UploadWorkers()
     started = time.time()
     model_info = {**predictor.info, "engine": predictor.engine, "class_names": list(CLASS_NAMES),
                   "fashionlab": __version__,
                   "limits": {"request_bytes": MAX_REQUEST_BYTES, "images_per_request": MAX_FILES,
                              "image_pixels": MAX_IMAGE_PIXELS, "request_pixels": MAX_REQUEST_PIXELS,
-                             "model_seconds": predictor.calls.seconds, "top_k": [1, len(CLASS_NAMES)]}}
+                             "model_seconds": predictor.calls.seconds, "decode_seconds": workers.job_seconds,
+                             "top_k": [1, len(CLASS_NAMES)]}}
     pictures = gallery(data)
     page, script_hash = serve_page({"model": model_info, "gallery": pictures, "top_k": top_k})
     policy = (f"default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src '{script_hash}'; "
@@ -434,7 +398,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     security = {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer"}
 
-    app = FastAPI(title="fashionlab", version=__version__, docs_url=None, redoc_url=None,
+    app = FastAPI(title="fashionlab", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
                   description="Fashion-MNIST classes for images: the API of `fashionlab serve`.")
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)
 
@@ -465,7 +429,8 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         stuck = predictor.calls.stuck_for()
         said = {"status": "ok" if stuck is None else "unavailable", "engine": predictor.engine,
                 "model": predictor.info["name"], "uptime_seconds": round(time.time() - started, 1),
-                "batches": batcher.batches, "images": batcher.images, "model_timeouts": predictor.calls.timeouts}
+                "batches": batcher.batches, "images": batcher.images, "model_timeouts": predictor.calls.timeouts,
+                "uploads_waiting": workers.waiting, "images_waiting": batcher.waiting}
         if stuck is not None:
             said["reason"] = (f"the model has been stuck for {stuck:.0f} s in a call that ran over "
                               f"{predictor.calls.seconds:g} s")
@@ -488,30 +453,18 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         if kind != "multipart/form-data":
             return error(415, "send the images as multipart/form-data files (curl -F image=@shoe.png)")
         try:
-            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=64 * 1024)
+            body = await request.body()
         except ClientDisconnect:  # the client went away: nobody to answer
             return Response(status_code=400)
-        except HTTPException as exc:  # the multipart parser's refusal
-            return error(400, f"the upload cannot be read ({str(exc.detail).rstrip('.')}); send up to {MAX_FILES} "
-                              f"images as multipart/form-data files (curl -F image=@shoe.png)")
         try:
-            uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-            if not uploads:
-                return error(400, "no image files in the request; send them as files (curl -F image=@shoe.png)")
-            names, contents = [], []
-            for number, upload in enumerate(uploads, 1):
-                names.append(_printable(upload.filename or f"image {number}"))
-                contents.append(await upload.read())
-        except ClientDisconnect:
+            uploads = await workers.parse(body, request.headers.get("content-type", ""))
+            del body
+            images = await workers.decode(uploads, gone=request.is_disconnected)
+        except UploadError as exc:
+            return error(exc.status, str(exc))
+        except ClientGone:
             return Response(status_code=400)
-        finally:
-            await form.close()
-        try:
-            images = await decoder.decode(contents, names)
-        except RequestTooLarge as exc:
-            return error(413, str(exc))
-        except FashionlabError as exc:
-            return error(400, str(exc))
+        names = [upload.name for upload in uploads]
         pixels = np.stack([image.pixels for image in images])
         try:
             proba, mirrored = await batcher.read(pixels, [not image.as_is for image in images])
@@ -527,7 +480,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
                 result["prepared"] = data_url(png_bytes(image.pixels))
         return Response(json.dumps(results), media_type="application/json")
 
-    app.state.batcher, app.state.decoder = batcher, decoder  # closed by whoever runs the app (serve)
+    app.state.batcher, app.state.workers = batcher, workers  # closed by whoever runs the app (serve)
     return app
 
 
@@ -535,22 +488,19 @@ def guarded(app, *, host: str, allowed_hosts: Sequence[str] = ()):
     """`app` as it meets clients: a request naming another host is refused (`HostCheck`), HEAD
     answers as GET does without the body (`HeadAsGet`), and nothing below can print a traceback
     or answer in anything but JSON (`Shield`)."""
-    return Shield(HostCheck(HeadAsGet(app), host, allowed_hosts))
+    return Shield(HostCheck(HeadAsGet(app), is_loopback(host), allowed_hosts))
 
 
 def _text(value: Any) -> str | None:
     """A piece of an ONNX file's metadata shown on the page: a short string, or nothing."""
-    return _printable(value) if isinstance(value, str) else None
+    return printable(value) if isinstance(value, str) else None
 
 
-def _printable(name: str) -> str:
-    """A client's file name, cut to 200 characters, control characters dropped."""
-    return "".join(ch for ch in name[:200] if ch.isprintable())
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HEADER_SECONDS = 5.0  # a request's line and headers must arrive within this, from its first byte (or the connection)
-BODY_SECONDS = 30.0  # and its body within this, from the end of its headers
+BODY_SECONDS = 10.0  # and its body within this of them, and a second more for each MIN_BODY_RATE bytes it holds:
+MIN_BODY_RATE = 16 * 1024  # a slow uplink sends a large photo in time; a client trickling bytes does not
+SLOW_BODY = (f"the request's body came slower than {MIN_BODY_RATE // 1024} KB/s; send a smaller image, or from a "
+             f"faster connection")
 MAX_HEADER_BYTES = 64 * 1024
 SLOW_HEADERS = "the request's line and headers came too slowly"
 
@@ -558,9 +508,9 @@ SLOW_HEADERS = "the request's line and headers came too slowly"
 def guarded_protocol():
     """uvicorn's HTTP protocol (httptools) with what it lacks against slow, bloated or many
     connections:
-    - a connection that sends no complete request line and headers within HEADER_SECONDS, or no
-      complete body within BODY_SECONDS of them, is answered 408 and closed; headers over
-      MAX_HEADER_BYTES are answered 431;
+    - a connection that sends no complete request line and headers within HEADER_SECONDS, or
+      whose body comes slower than MIN_BODY_RATE (after BODY_SECONDS), is answered 408 and closed;
+      headers over MAX_HEADER_BYTES are answered 431;
     - at most MAX_CONNECTIONS are open: a new one closes the connection that has waited longest
       on its client (idle, or still sending its request), so clients that reconnect again and
       again cannot hold every slot; when all are busy computing answers, the new one gets 503;
@@ -609,8 +559,15 @@ def guarded_protocol():
             self.in_headers = False
             if self.transport.is_closing():  # refused: no application call for it
                 return
-            self.rearm(BODY_SECONDS, "the request's body came too slowly")
+            self.body_started, self.body_bytes = self.loop.time(), 0
+            self.rearm(BODY_SECONDS, SLOW_BODY)
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self.body_bytes += len(body)
+            due = self.body_started + BODY_SECONDS + self.body_bytes / MIN_BODY_RATE
+            self.rearm(due - self.loop.time(), SLOW_BODY)
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             self.deadline.cancel()
@@ -685,20 +642,25 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
     check_timeout(model_timeout)
+    for name in allowed_hosts:
+        if not host_name(name) or ":" in host_name(name):
+            raise ConfigError(f"`allowed_hosts` holds {name!r}, not a host name (such as proxy.example); IP "
+                              f"addresses are allowed already", terms=["allowed_hosts"])
     sock = open_socket(host, port)  # first: a port in use fails before the model loads
-    if not is_loopback(host):
+    bound_host, bound_port = sock.getsockname()[:2]  # what was bound, however `host` said it
+    if not is_loopback(bound_host):
         warn(f"serving on {host}: anyone who can reach this machine can use the model (there is no "
              f"authentication); use --host 127.0.0.1 to keep it local")
     try:
         predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete, model_timeout=model_timeout)
         app = build_app(predictor, data=data, top_k=top_k)
         # connections are limited by the protocol (guarded_protocol), not by uvicorn's plain-text 503;
-        # uvicorn's warnings (one per malformed request) would let any client write to the terminal
-        config = uvicorn.Config(guarded(app, host=host, allowed_hosts=allowed_hosts), http=guarded_protocol(),
-                                ws="none", log_level="error", access_log=False, timeout_graceful_shutdown=10,
+        # uvicorn's own log would let any client write to the terminal (a line per malformed request
+        # or client gone mid-answer): fashionlab says what matters itself (Shield)
+        config = uvicorn.Config(guarded(app, host=bound_host, allowed_hosts=allowed_hosts), http=guarded_protocol(),
+                                ws="none", log_level="critical", access_log=False, timeout_graceful_shutdown=10,
                                 lifespan="on")
         server = uvicorn.Server(config)
-        bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{_url_host(bound_host)}:{bound_port}/"
         if ready is not None:
             threading.Thread(target=_announce, args=(server, url, ready), daemon=True).start()
@@ -706,7 +668,7 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
             server.run(sockets=[sock])
         finally:
             app.state.batcher.close()
-            app.state.decoder.close()
+            app.state.workers.close()
     finally:
         sock.close()
 
@@ -719,7 +681,14 @@ def _announce(server, url: str, ready) -> None:
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
+    """Whether an address (or localhost) is this machine's loopback, IPv4-mapped IPv6 included."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
 def serve_page(state: dict[str, Any]) -> tuple[str, str]:

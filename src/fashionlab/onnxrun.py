@@ -1,0 +1,348 @@
+"""An ONNX file is an untrusted program: checked before onnxruntime reads it, then run with every
+call bounded in time and every answer checked.
+
+    model = OnnxModel("model.onnx")   # refused in one line unless `export` could have written it
+    probabilities = model.predict(pixels)
+
+`check_graph` accepts only what `export` writes: operators of a fixed list from the default ONNX
+domain (no functions, subgraphs, sparse or external data) and the signature `pixels` float32
+(N, 28, 28) -> `probabilities` float32 (N, classes). Then, for every batch size a call will have
+(powers of two: a batch is padded up to the next), ONNX's shape inference must work out every
+tensor's shape from that size alone (the file's own shape declarations are dropped first: a file
+can declare anything), and from those shapes the call's memory and multiply-adds are known before
+it runs, and bounded: the largest batch within the bounds is the most a call is given.
+onnxruntime then runs the graph as checked, imports no Keras or JAX, and keeps its own log off
+the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionlab import CLASS_NAMES
+from fashionlab.arguments import checked
+from fashionlab.deadlines import MODEL_TIMEOUT, TIMEOUT_RANGE, BoundedCalls
+from fashionlab.errors import ConfigError, RunError, reason
+from fashionlab.files import open_regular
+from fashionlab.records import shown
+
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+METADATA_KEY = "fashionlab"
+INSTALL_HINT = "pip install 'fashionlab[onnx]'"
+MAX_ONNX_BYTES = 256 * 1024 * 1024
+MAX_METADATA_BYTES = 256 * 1024
+PREDICT_BATCH = 1024
+# The operators fashionlab's exports use (every model family, activation and batch-norm placement),
+# and a few of their plain relatives. Each one's memory and work follow from the shapes of its
+# inputs and outputs (`_work`); none holds a subgraph, draws random numbers or sizes its output
+# from the data it reads.
+OPERATORS = frozenset({
+    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Elu",
+    "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm", "Greater", "HardSigmoid",
+    "Identity", "LeakyRelu", "Less", "Log", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Not", "Pad", "Pow",
+    "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Selu", "Shape",
+    "Sigmoid", "Sign", "Slice", "Softmax", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+    "Where"})
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# Bytes per value of the element types a graph may compute with (ONNX's TensorProto numbers).
+ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
+              9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+FLOAT = 1
+# What one call (a batch) may cost: fashionlab's own exports hold at most ~900 operators and
+# 14 MB of tensors per image (wide-cnn), 8 MB of weights (best-mlp).
+MAX_NODES = 20_000
+RUN_BYTES = 2**30  # every tensor of the call together (an upper bound: onnxruntime reuses memory)
+RUN_WORK = 16_000_000_000  # multiply-adds, or values read and written: about a second on two cores
+SKELETON_VALUES = 4096  # a tensor larger than this is weights, not a shape: inference needs only its kind
+PROBABILITY_SLACK, SUM_SLACK = 1e-5, 1e-3  # float32 rounding in a softmax
+
+
+def require_module(module: str, purpose: str):
+    """An optional package of the onnx extra, or a ConfigError saying how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"{purpose} needs the {module} package: {INSTALL_HINT}") from None
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime: `predict(x)` gives class probabilities as a Keras
+    model's `predict` does; `metadata` is what the file says it is, checked (empty when it says
+    nothing usable). Each call is stopped after `timeout` seconds."""
+
+    @checked(threads=(0, 1024), timeout=TIMEOUT_RANGE)
+    def __init__(self, path: str | Path, threads: int = 0, timeout: float = MODEL_TIMEOUT):
+        self.path = Path(path)
+        with open_regular(self.path, what="ONNX model", error=RunError, limit=MAX_ONNX_BYTES) as handle:
+            content = handle.read()
+        ort = require_module("onnxruntime", "running an ONNX model")
+        ort.set_default_logger_severity(4)  # onnxruntime's own log stays off the terminal: errors become one line
+        graph = check_graph(content, self.path)
+        del content
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.intra_op_num_threads = threads
+        try:  # the graph as checked (its declarations dropped), not the file's bytes
+            self.session = ort.InferenceSession(graph.model.SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
+            said = re.sub(r"\S*onnxruntime\S*/\S+", "", reason(exc, 400)).strip()  # its source paths say nothing
+            raise RunError(f"{self.path} is not an ONNX model onnxruntime can run ({said[:200]})") from None
+        self.classes, self.batch_limit, self.costs = graph.classes, graph.batch_limit, graph.costs
+        self.calls = BoundedCalls(timeout, f"the ONNX model {self.path.name}")
+        self.metadata = _metadata(graph.model.metadata_props)
+        self._run_options = ort.RunOptions
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        step = min(batch_size or PREDICT_BATCH, self.batch_limit)
+        parts = [self._call(x[i:i + step]) for i in range(0, len(x), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.classes), np.float32)
+
+    def _call(self, x: np.ndarray) -> np.ndarray:
+        """One call on `x`, padded to the next checked batch size (a power of two)."""
+        size = 1 << (len(x) - 1).bit_length()
+        padded = np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), np.float32)]) if size > len(x) else x
+        options = self._run_options()
+
+        def run() -> Any:
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: padded}, options)[0]
+
+        def stop() -> None:  # onnxruntime checks the flag between two operators
+            options.terminate = True
+
+        return self._probabilities(self.calls.run(run, stop, len(x)), size)[:len(x)]
+
+    def _probabilities(self, out: Any, images: int) -> np.ndarray:
+        """The call's output, if it is float32 (images, classes) and each row a probability distribution."""
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (images, self.classes):
+            said = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise RunError(f"the ONNX model {self.path.name} gave {said} for {images} images, not float32 "
+                           f"({images}, {self.classes}); it is not a model fashionlab exported")
+        if not (np.isfinite(out).all() and (out >= -PROBABILITY_SLACK).all() and (out <= 1 + PROBABILITY_SLACK).all()
+                and np.allclose(out.sum(axis=1), 1.0, rtol=0, atol=SUM_SLACK)):
+            raise RunError(f"the ONNX model {self.path.name} gives values that are not probabilities (each row "
+                           f"must be numbers from 0 to 1 that add up to 1); it is damaged or not a model "
+                           f"fashionlab exported")
+        return out
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a call of a graph on one batch size holds (bytes of tensors) and does (multiply-adds)."""
+
+    bytes: int = 0
+    work: int = 0
+
+    def fits(self) -> bool:
+        return self.bytes <= RUN_BYTES and self.work <= RUN_WORK
+
+
+@dataclass(frozen=True)
+class CheckedGraph:
+    model: Any  # onnx.ModelProto, its shape declarations and doc strings dropped
+    classes: int
+    batch_limit: int  # the largest batch size (a power of two) a call may be given
+    costs: dict[int, Cost]  # the cost of a call at each batch size checked
+
+
+def check_graph(content: bytes, path: Path) -> CheckedGraph:
+    """The file's graph, if `export` could have written it (see the module's doc); a RunError
+    saying what it is instead. The graph returned has its shape declarations and doc strings
+    dropped: only what shape inference works out is believed, and only what runs is kept."""
+    onnx = require_module("onnx", "checking an ONNX model")
+    from google.protobuf.message import DecodeError
+
+    def refuse(what: str) -> RunError:
+        return RunError(f"{path} {what}; fashionlab runs only the models it exports")
+
+    try:
+        model = onnx.load_model_from_string(content)
+    except (DecodeError, ValueError, RecursionError, RuntimeError):
+        raise RunError(f"{path} is not an ONNX model (its bytes do not parse as one); pass a file that "
+                       f"fashionlab export wrote") from None
+    body = model.graph
+    if model.functions or model.training_info:
+        raise refuse("holds functions or training steps")
+    foreign = sorted({o.domain for o in model.opset_import if o.domain not in DEFAULT_DOMAINS}
+                     | {n.domain for n in body.node if n.domain not in DEFAULT_DOMAINS})
+    if foreign:
+        raise refuse(f"uses operators outside the default ONNX domain ({shown(foreign[0])})")
+    if len(body.node) > MAX_NODES:
+        raise refuse(f"has {len(body.node):,} operators, more than {MAX_NODES:,}")
+    unknown = sorted({n.op_type for n in body.node} - OPERATORS)
+    if unknown:
+        raise refuse(f"uses the operator {shown(unknown[0])}, which fashionlab's exports never do")
+    attributes = [a for n in body.node for a in n.attribute]
+    if any(a.type in (a.GRAPH, a.GRAPHS) for a in attributes):
+        raise refuse("holds subgraphs")
+    if body.sparse_initializer or any(a.type in (a.SPARSE_TENSOR, a.SPARSE_TENSORS) for a in attributes):
+        raise refuse("holds sparse tensors")
+    tensors = [*body.initializer, *(a.t for a in attributes if a.type == a.TENSOR),
+               *(t for a in attributes for t in a.tensors)]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data for t in tensors):
+        raise refuse("refers to tensor data in other files (external data)")
+    if any(t.data_type not in ITEM_BYTES or any(d < 0 for d in t.dims) for t in tensors):
+        raise refuse("holds tensors of text or of another kind than numbers")
+    classes = _signature(body, refuse)
+    del body.value_info[:]  # a file may declare any shape: only what inference works out counts
+    model.doc_string, body.doc_string = "", ""
+    for node in body.node:
+        node.doc_string = ""
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # the checker raises its own types
+        raise refuse(f"is not a valid ONNX graph ({reason(exc)})") from None
+    skeleton = _skeleton(model)
+    costs: dict[int, Cost] = {}
+    size = 1
+    while size <= PREDICT_BATCH:
+        costs[size] = _cost(skeleton, size, refuse)
+        if not costs[size].fits():
+            break
+        size *= 2
+    if not costs[1].fits():
+        raise refuse(f"holds {costs[1].bytes:,} bytes of tensors and does {costs[1].work:,} multiply-adds for one "
+                     f"image, more than the {RUN_BYTES:,} and {RUN_WORK:,} a call may")
+    return CheckedGraph(model, classes, max(s for s, cost in costs.items() if cost.fits()), costs)
+
+
+def _skeleton(model):
+    """The graph with its large tensors' values dropped (their kinds and shapes kept): all that shape
+    inference needs, to be worked on again for each batch size without copying the weights."""
+    onnx = require_module("onnx", "checking an ONNX model")
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:
+        if math.prod(tensor.dims) > SKELETON_VALUES:
+            for values in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                tensor.ClearField(values)
+    return skeleton
+
+
+def _cost(skeleton, size: int, refuse) -> Cost:
+    """What a call on `size` images holds and does, from the shapes shape inference works out for
+    that batch size; refused unless it works out every one."""
+    onnx = require_module("onnx", "checking an ONNX model")
+    for value in (next(i for i in skeleton.graph.input if i.name == INPUT_NAME), skeleton.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # shape inference raises its own types
+        raise refuse(f"is not a valid ONNX graph ({reason(exc)})") from None
+    graph = inferred.graph
+    known = {v.name: v.type for v in [*graph.input, *graph.value_info, *graph.output]}
+    dims: dict[str, list[int]] = {t.name: list(t.dims) for t in graph.initializer}
+    held = sum(math.prod(t.dims) * ITEM_BYTES[t.data_type] for t in graph.initializer)
+    for name in [*(out for node in graph.node for out in node.output if out), INPUT_NAME]:
+        kind = known.get(name)
+        tensor = kind.tensor_type if kind is not None and kind.HasField("tensor_type") else None
+        if tensor is None or not tensor.HasField("shape") or tensor.elem_type not in ITEM_BYTES:
+            raise refuse(f"computes {shown(name)}, whose kind or shape cannot be known before it runs")
+        if any(not d.HasField("dim_value") for d in tensor.shape.dim):
+            raise refuse(f"computes {shown(name)}, whose shape does not follow from the batch size alone")
+        dims[name] = [d.dim_value for d in tensor.shape.dim]
+        held += math.prod(dims[name]) * ITEM_BYTES[tensor.elem_type] if name != INPUT_NAME else 0
+    work = 0
+    for node in graph.node:
+        shapes = {name: dims[name] for name in [*node.input, *node.output] if name}
+        work += _work(node, shapes)
+    return Cost(held, work)
+
+
+def _work(node, dims: dict[str, list[int]]) -> int:
+    """A node's work: the values it reads and writes, and for a matrix product, a convolution or a
+    pooling, its multiply-adds (the output's values times what each one sums)."""
+    touched = sum(math.prod(d) for d in dims.values())
+    out = math.prod(dims[node.output[0]])
+    first = dims.get(node.input[0], []) if node.input else []
+    if node.op_type == "MatMul" and first:
+        per_value = first[-1]
+    elif node.op_type == "Gemm" and len(first) == 2:
+        per_value = first[0] if any(a.name == "transA" and a.i for a in node.attribute) else first[1]
+    elif node.op_type == "Conv" and len(node.input) > 1:
+        per_value = math.prod(dims.get(node.input[1], [])[1:])
+    elif node.op_type in ("MaxPool", "AveragePool"):
+        per_value = math.prod(v for a in node.attribute if a.name == "kernel_shape" for v in a.ints)
+    else:
+        per_value = 0
+    return out * per_value + touched
+
+
+def _signature(body, refuse) -> int:
+    """The class count, if the graph takes `pixels` float32 (N, 28, 28) and gives `probabilities`
+    float32 (N, classes), N left open."""
+
+    def said(value) -> str:
+        kind = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in kind.shape.dim]
+        return f"{shown(value.name)} {TYPE_NAMES.get(kind.elem_type, 'non-tensor')} {tuple(dims)}"
+
+    def dims(value) -> list[int | str | None]:
+        kind = value.type.tensor_type
+        if kind.elem_type != FLOAT or not kind.HasField("shape"):
+            return []
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in kind.shape.dim]
+
+    initialized = {t.name for t in body.initializer}
+    inputs = [i for i in body.input if i.name not in initialized]
+    taken = dims(inputs[0]) if len(inputs) == 1 and inputs[0].name == INPUT_NAME else []
+    if len(taken) == 3 and isinstance(taken[0], int):
+        raise refuse(f"takes batches of exactly {taken[0]} images; export it with a batch size left open "
+                     f"(fashionlab export does)")
+    if len(taken) != 3 or not isinstance(taken[0], str) or taken[1:] != [28, 28]:
+        raise refuse(f"takes {', '.join(said(i) for i in inputs[:3]) or 'nothing'}, not one input `{INPUT_NAME}` "
+                     f"of float32 (N, 28, 28) images")
+    given = dims(body.output[0]) if len(body.output) == 1 and body.output[0].name == OUTPUT_NAME else []
+    if len(given) != 2 or given[0] != taken[0] or given[1] != len(CLASS_NAMES):
+        raise refuse(f"gives {', '.join(said(o) for o in body.output[:3]) or 'nothing'}, not one output "
+                     f"`{OUTPUT_NAME}` of float32 (N, {len(CLASS_NAMES)}) class probabilities")
+    return len(CLASS_NAMES)
+
+
+# What an exported file's metadata may say, and how: anything else is left out.
+METADATA_FIELDS = {"run": str, "name": str, "fashionlab": str, "model_keras_sha256": str, "input": str, "output": str,
+                   "test_accuracy": float, "class_names": list, "config": dict}
+MAX_TEXT = 1000
+
+
+def _metadata(props) -> dict[str, Any]:
+    """The file's fashionlab metadata, checked: the fields `export` writes, each of its kind (text
+    short, class names a list of text, the config a flat table of plain values); {} when there is
+    none or it is not a JSON table."""
+    text = next((p.value for p in props if p.key == METADATA_KEY), None)
+    if not text or len(text) > MAX_METADATA_BYTES:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    kept = {}
+    for key, kind in METADATA_FIELDS.items():
+        item = value.get(key)
+        if kind is float and _plain(item) and isinstance(item, (int, float)) and not isinstance(item, bool):
+            kept[key] = float(item)
+        elif kind is str and isinstance(item, str) and _plain(item):
+            kept[key] = item
+        elif kind is list and isinstance(item, list) and all(isinstance(c, str) and _plain(c) for c in item):
+            kept[key] = item
+        elif kind is dict and isinstance(item, dict):
+            kept[key] = {k: v for k, v in item.items() if isinstance(k, str) and _plain(k) and _plain(v)}
+    return kept
+
+
+def _plain(value: Any) -> bool:
+    """None, a bool, a finite number or a short text: what a metadata field or config value may be."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (bool, int)) or isinstance(value, str) and len(value) <= MAX_TEXT

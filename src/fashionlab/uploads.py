@@ -1,0 +1,310 @@
+"""What an upload becomes, away from the server's event loop and out of its process: the
+multipart body parsed, each image's header read, each image decoded and prepared, in worker
+processes where a job may take at most JOB_SECONDS and WORKER_MEMORY. A pathological file (a
+JPEG of thousands of scans, a PNG of millions of chunks, a decoder that balloons in memory or
+prints to stderr) costs its job the time limit and a worker its life, never the server.
+
+    workers = UploadWorkers()                                # started before serving
+    files = await workers.parse(body, content_type)          # [Upload], headers read, nothing decoded
+    images = await workers.decode(files)                     # [Prepared], in turn with other requests
+
+Jobs of concurrent requests take turns: a request has at most as many jobs queued or running as
+there are workers, and free workers go to the requests in the order they asked, so a small
+request waits behind a few of a large request's images, not all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fashionlab.errors import FashionlabError, ImageError, reason
+from fashionlab.prediction import Prepared, image_pixels, read_image
+
+MAX_FILES = 64  # images in one request
+MAX_FIELDS = 64  # other fields in one request (ignored, but parsed)
+MAX_FIELD_BYTES = 64 * 1024  # one such field
+MAX_PART_HEADER_BYTES = 16 * 1024  # one header line of a part (a file name is cut to 200 characters later)
+MAX_REQUEST_PIXELS = 64_000_000  # what one request's images may declare together (one: 40 million at most)
+WORKERS = 2
+JOB_SECONDS = 10.0  # one job: a request's body parsed, or one image decoded
+REQUEST_SECONDS = 30.0  # all the jobs of one request together
+WORKER_MEMORY = 1536 * 2**20  # a worker's memory beyond what it holds when it starts
+HOW_TO_SEND = "send up to 64 images as multipart/form-data files (curl -F image=@shoe.png)"
+
+
+class UploadError(FashionlabError):
+    """An upload that cannot be used; `status` is the HTTP status that says so."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):  # it crosses from a worker process to the server
+        return UploadError, (str(self), self.status)
+
+
+class ClientGone(Exception):
+    """The client went away: its remaining jobs are not run."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str  # the client's file name, printable, at most 200 characters
+    content: bytes
+    pixels: int  # as its header declares
+
+
+# --- in a worker process ---------------------------------------------------------------------------
+
+def parse_form(body: bytes, content_type: str) -> list[Upload]:
+    """The image files of a multipart/form-data body, in order, each with the pixel count its
+    header declares (other fields are read and dropped); an UploadError says what is wrong."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise UploadError(f"the upload has no usable boundary in its Content-Type; {HOW_TO_SEND}")
+    parts: list[dict[str, Any]] = []
+    header: list[bytes] = [b"", b""]
+
+    def begin() -> None:
+        parts.append({"headers": {}, "data": []})
+
+    def header_end() -> None:
+        parts[-1]["headers"][header[0].lower()] = header[1].strip()
+        header[:] = [b"", b""]
+
+    def headers_done() -> None:
+        _, disposition = parse_options_header(parts[-1]["headers"].get(b"content-disposition"))
+        filename = disposition.get(b"filename")
+        parts[-1]["filename"] = filename
+        files = sum(p.get("filename") is not None for p in parts)
+        if files > MAX_FILES or len(parts) - files > MAX_FIELDS:
+            raise UploadError(f"the upload holds more than {MAX_FILES} files or {MAX_FIELDS} other fields; "
+                              f"{HOW_TO_SEND}")
+
+    def data(chunk: bytes, start: int, end: int) -> None:
+        part = parts[-1]
+        part["data"].append(chunk[start:end])
+        part["size"] = part.get("size", 0) + end - start
+        if part.get("filename") is None and part["size"] > MAX_FIELD_BYTES:
+            raise UploadError(f"a field of the upload that is not a file is over {MAX_FIELD_BYTES // 1024} KB; "
+                              f"{HOW_TO_SEND}")
+
+    def field(which: int):
+        def take(chunk: bytes, start: int, end: int) -> None:
+            header[which] += chunk[start:end]
+        return take
+
+    parser = MultipartParser(boundary, {"on_part_begin": begin, "on_header_field": field(0),
+                                        "on_header_value": field(1), "on_header_end": header_end,
+                                        "on_headers_finished": headers_done, "on_part_data": data},
+                             max_header_size=MAX_PART_HEADER_BYTES)
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise UploadError(f"the upload cannot be read ({reason(exc, 100)}); {HOW_TO_SEND}") from None
+    files = [p for p in parts if p.get("filename") is not None]
+    if not files:
+        raise UploadError(f"no image files in the request; {HOW_TO_SEND}")
+    uploads = []
+    for number, part in enumerate(files, 1):
+        name = printable(part["filename"].decode("utf-8", "replace")) or f"image {number}"
+        content = b"".join(part["data"])
+        try:
+            uploads.append(Upload(name, content, image_pixels(content, name)))
+        except ImageError as exc:
+            raise UploadError(str(exc)) from None
+    return uploads
+
+
+def decode(content: bytes, name: str) -> Prepared:
+    """An image file decoded and prepared as the CLI does (`prediction.read_image`)."""
+    try:
+        return read_image(io.BytesIO(content), name)
+    except ImageError as exc:
+        raise UploadError(str(exc)) from None
+
+
+def printable(name: str) -> str:
+    """A client's file name, cut to 200 characters, control characters dropped."""
+    return "".join(ch for ch in name[:200] if ch.isprintable())
+
+
+JOBS: dict[str, Callable[..., Any]] = {"parse": parse_form, "decode": decode}
+
+
+def _serve(connection, memory: int) -> None:
+    """A worker process: jobs in, results out, until the server closes its end. Its memory is
+    capped at `memory` bytes over what it holds once started; what decoders print on stderr goes
+    nowhere (the server's stderr is the operator's)."""
+    import resource
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    with contextlib.suppress(OSError, ValueError):  # Linux: what it holds now (virtual memory), in pages
+        with open("/proc/self/statm") as statm:
+            held = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (held + memory, held + memory))
+    while True:
+        try:
+            kind, args = connection.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer = ("ok", JOBS[kind](*args))
+        except UploadError as exc:
+            answer = ("refused", exc)
+        except MemoryError:
+            answer = ("refused", UploadError(f"{args[-1]} takes more memory to read than a server's worker has; "
+                                             f"send a smaller image", status=413))
+        except Exception as exc:  # a decoder's failure on a damaged file can be of any type
+            answer = ("refused", UploadError(f"{args[-1]} cannot be read ({reason(exc) or type(exc).__name__})"))
+        connection.send(answer)
+
+
+# --- in the server ---------------------------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, context, memory: int):
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=_serve, args=(theirs, memory), name="fashionlab-upload", daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def ask(self, kind: str, args: tuple) -> tuple[str, Any]:
+        self.connection.send((kind, args))
+        return self.connection.recv()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.connection.close()
+        self.process.join(5)
+
+
+class UploadWorkers:
+    """WORKERS processes that parse and decode uploads for the server (see the module's doc)."""
+
+    def __init__(self, workers: int = WORKERS, job_seconds: float = JOB_SECONDS,
+                 request_seconds: float = REQUEST_SECONDS, request_pixels: int = MAX_REQUEST_PIXELS,
+                 memory: int = WORKER_MEMORY):
+        self.size, self.job_seconds, self.memory = workers, job_seconds, memory
+        self.request_seconds, self.request_pixels = request_seconds, request_pixels
+        self.context = multiprocessing.get_context("spawn")  # not fork: the server's runtime is multithreaded
+        self.workers = [_Worker(self.context, memory) for _ in range(workers)]
+        self.threads = ThreadPoolExecutor(workers + 1, thread_name_prefix="fashionlab-uploads")
+        self.free: asyncio.Queue[_Worker] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiting = self.killed = self.jobs = 0  # jobs waiting for a worker; workers killed; jobs sent
+        self.lock = threading.Lock()
+
+    def _queue(self) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # the first request, or the app now runs in another event loop
+            self.loop, self.free = loop, asyncio.Queue()
+            for worker in self.workers:
+                self.free.put_nowait(worker)
+        return self.free
+
+    async def run(self, kind: str, *args: Any, seconds: float | None = None, late: str | None = None) -> Any:
+        """One job on the next free worker (free workers go to jobs in the order they asked); a
+        job over its time (`seconds`, default `job_seconds`) is an UploadError (408, saying `late`
+        if given) and its worker is replaced."""
+        free = self._queue()
+        self.waiting += 1
+        try:
+            worker = await free.get()
+            while not worker.process.is_alive():  # died while idle (killed from outside): replaced, not used
+                self._replace(worker)
+                worker = await free.get()
+        finally:
+            self.waiting -= 1
+        what = args[-1] if kind == "decode" else "the upload"
+        self.jobs += 1
+        asked = asyncio.get_running_loop().run_in_executor(self.threads, worker.ask, kind, args)
+        asked.add_done_callback(lambda done: done.cancelled() or done.exception())  # read by someone, always
+        try:
+            status, value = await asyncio.wait_for(asyncio.shield(asked), seconds or self.job_seconds)
+        except TimeoutError:
+            self._replace(worker)
+            raise UploadError(late or f"{what} takes over {seconds or self.job_seconds:g} s to read; send a smaller "
+                                      f"or plainer image (a PNG, or a baseline JPEG)", status=408) from None
+        except (EOFError, OSError):  # the worker died on it (a decoder's crash)
+            self._replace(worker)
+            raise UploadError(f"{what} cannot be read (its decoder failed); send a PNG or a JPEG") from None
+        except BaseException:  # cancelled (the client went away): the worker is busy until it answers
+            asked.add_done_callback(lambda _: free.put_nowait(worker) if worker in self.workers else None)
+            raise
+        free.put_nowait(worker)
+        if status != "ok":
+            raise value
+        return value
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill a worker that overran, and start another in its place without holding up the loop."""
+        self.killed += 1
+        with self.lock:
+            self.workers.remove(worker)
+        loop, free = self.loop, self.free
+
+        def restart() -> None:
+            worker.kill()
+            fresh = _Worker(self.context, self.memory)
+            with self.lock:
+                self.workers.append(fresh)
+            loop.call_soon_threadsafe(free.put_nowait, fresh)
+
+        self.threads.submit(restart)
+
+    async def parse(self, body: bytes, content_type: str) -> list[Upload]:
+        """The image files of a multipart body with their declared pixel counts; refused (413) when
+        they declare more than `request_pixels` together."""
+        uploads = await self.run("parse", body, content_type)
+        total = sum(u.pixels for u in uploads)
+        if total > self.request_pixels:
+            raise UploadError(f"the request's images hold {total:,} pixels together, over the "
+                              f"{self.request_pixels:,} one request may hold; send fewer or smaller images", 413)
+        return uploads
+
+    async def decode(self, uploads: Sequence[Upload], gone: Callable[[], Awaitable[bool]] | None = None
+                     ) -> list[Prepared]:
+        """Every upload decoded and prepared, at most `size` at a time for this request; stopped when
+        `gone()` says the client left, or when the request's jobs have taken `request_seconds`."""
+        turns, started = asyncio.Semaphore(self.size), time.monotonic()
+        late = f"the request's images take over {self.request_seconds:g} s to read; send fewer or smaller images"
+
+        async def one(upload: Upload) -> Prepared:
+            async with turns:
+                if gone is not None and await gone():
+                    raise ClientGone()
+                left = self.request_seconds - (time.monotonic() - started)
+                if left <= 0:
+                    raise UploadError(late, status=408)
+                return await self.run("decode", upload.content, upload.name, seconds=min(self.job_seconds, left),
+                                      late=late if left < self.job_seconds else None)
+
+        try:  # the first failure cancels the images still waiting for their turn
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(upload)) for upload in uploads]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    def close(self) -> None:
+        for worker in list(self.workers):
+            with contextlib.suppress(Exception):
+                worker.kill()
+        self.threads.shutdown(wait=False, cancel_futures=True)
+

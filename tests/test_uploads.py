@@ -1,0 +1,208 @@
+"""Uploads parsed and decoded in worker processes: the multipart form's limits, and jobs that
+run over their time or memory, crash, or belong to a client that left."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionlab.uploads import MAX_FIELD_BYTES, MAX_FILES, ClientGone, UploadError, UploadWorkers, parse_form
+
+BOUNDARY = "test-boundary"
+KIND = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def form(*parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body of (field name, file name or None for a plain field, content) parts."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+GARMENT_PIXELS = np.pad(np.full((20, 12), 200, np.uint8), ((4, 4), (8, 8)))
+GARMENT = png(GARMENT_PIXELS)  # in the data set's format: used as it is
+
+
+def run(coroutine):
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own: this thread may run one already
+        return thread.submit(asyncio.run, coroutine).result(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workers():
+    pool = UploadWorkers(job_seconds=2.0, request_seconds=5.0, memory=400 * 2**20)
+    yield pool
+    pool.close()
+
+
+# --- the form ------------------------------------------------------------------------------------
+
+def test_the_files_of_a_form_come_in_order_with_their_declared_pixels_and_other_fields_are_dropped():
+    big = png(np.zeros((300, 200), np.uint8))
+    uploads = parse_form(form(("note", None, b"hello"), ("image", "a.png", GARMENT), ("other", "b\t\u202e.png", big)),
+                         KIND)
+    assert [(u.name, u.content, u.pixels) for u in uploads] == [("a.png", GARMENT, 28 * 28), ("b.png", big, 60_000)]
+
+
+@pytest.mark.parametrize("body, kind, message", [
+    (form(*[("image", f"{i}.png", GARMENT) for i in range(MAX_FILES + 1)]), KIND,
+     f"holds more than {MAX_FILES} files or"),
+    (form(*[("field", None, b"x") for _ in range(65)], ("image", "a.png", GARMENT)), KIND, "64 other fields"),
+    (form(("field", None, b"x" * (MAX_FIELD_BYTES + 1)), ("image", "a.png", GARMENT)), KIND, "is over 64 KB"),
+    (form(("image", "a" * 20_000 + ".png", GARMENT)), KIND, "the upload cannot be read"),
+    (form(("image", "a.png", GARMENT)), "multipart/form-data", "has no usable boundary"),
+    (form(("field", None, b"x")), KIND, "no image files in the request"),
+    (form(("image", "notes.txt", b"not an image")), KIND, "notes.txt is not an image fashionlab reads"),
+    (b"garbage", KIND, "the upload cannot be read|no image files"),
+])
+def test_a_form_that_cannot_be_used_is_refused_in_one_line(body, kind, message):
+    with pytest.raises(UploadError, match=message) as refused:
+        parse_form(body, kind)
+    assert refused.value.status == 400 and "\n" not in str(refused.value)
+
+
+# --- jobs in worker processes ----------------------------------------------------------------------
+
+def scan_bomb(scans: int) -> bytes:
+    """A 2000 x 2000 progressive JPEG whose second scan's header is repeated `scans` times: a few
+    tens of kilobytes that take a decoder seconds."""
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (2000, 2000), dtype=np.uint8)).save(out, format="JPEG", progressive=True,
+                                                                              quality=50)
+    data, position, segments = out.getvalue(), 2, []
+    while data[position + 1] != 0xD9:
+        end = position + 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        if data[position + 1] == 0xDA:  # a scan: its header, then entropy-coded data up to the next marker
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((data[position + 1], data[position:end]))
+        position = end
+    scans_found = [s for marker, s in segments if marker == 0xDA]
+    second = scans_found[1][:2 + struct.unpack(">H", scans_found[1][2:4])[0]]
+    header = b"\xff\xd8" + b"".join(s for marker, s in segments if marker != 0xDA)
+    return header + scans_found[0] + second * scans + b"\xff\xd9"
+
+
+def test_an_image_that_takes_too_long_to_decode_is_refused_and_its_worker_replaced(workers):
+    bomb = scan_bomb(10_000)
+
+    async def attempt():
+        uploads = await workers.parse(form(("image", "bomb.jpg", bomb)), KIND)
+        began = time.monotonic()
+        with pytest.raises(UploadError, match="bomb.jpg takes over 2 s to read") as refused:
+            await workers.decode(uploads)
+        assert refused.value.status == 408 and time.monotonic() - began < 4
+        killed = workers.killed
+        deadline = time.monotonic() + 60
+        while len(workers.workers) < workers.size and time.monotonic() < deadline:  # the replacement starts
+            await asyncio.sleep(0.05)
+        fine = await workers.parse(form(("image", "a.png", GARMENT)), KIND)
+        return killed, await workers.decode(fine)
+
+    killed, images = run(attempt())
+    assert killed >= 1 and len(workers.workers) == workers.size
+    np.testing.assert_array_equal(images[0].pixels, GARMENT_PIXELS)
+    assert images[0].as_is is True
+
+
+def test_an_image_that_needs_more_memory_than_a_worker_has_is_refused():
+    flat = png(np.zeros((6000, 6000, 3), np.uint8))  # 100 KB that decode to 108 MB
+    pool = UploadWorkers(workers=1, job_seconds=120, memory=150 * 2**20)
+    try:
+        async def attempt():
+            uploads = await pool.parse(form(("image", "flat.png", flat)), KIND)
+            return await pool.decode(uploads)
+
+        with pytest.raises(UploadError, match="flat.png takes more memory to read than a server's worker") as refused:
+            run(attempt())
+        assert refused.value.status == 413
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_dies_on_a_job_is_replaced_and_the_image_refused(workers):
+    async def attempt():
+        uploads = await workers.parse(form(("image", "bomb.jpg", scan_bomb(3000))), KIND)
+        task = asyncio.ensure_future(workers.decode(uploads))
+        await asyncio.sleep(0.5)
+        for worker in workers.workers:
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, 9)
+        with pytest.raises(UploadError, match="cannot be read \\(its decoder failed\\)|takes over"):
+            await task
+
+    run(attempt())
+
+
+def test_a_clients_images_are_not_decoded_once_it_has_gone(workers):
+    left = [False, False, True]  # the client leaves after its first two images
+
+    async def gone() -> bool:
+        return left.pop(0) if left else True
+
+    async def attempt():
+        uploads = await workers.parse(form(*[("image", f"{i}.png", GARMENT) for i in range(8)]), KIND)
+        before = workers.jobs
+        with pytest.raises(ClientGone):
+            await workers.decode(uploads, gone=gone)
+        return workers.jobs - before
+
+    assert run(attempt()) == 2  # asked before each image's turn: none decoded once it has gone
+
+
+def test_a_request_whose_images_together_take_too_long_is_refused():
+    pool = UploadWorkers(workers=1, job_seconds=2.0, request_seconds=1.0)
+    try:
+        async def attempt():
+            uploads = await pool.parse(form(*[("image", f"{i}.jpg", scan_bomb(300)) for i in range(6)]), KIND)
+            await pool.decode(uploads)
+
+        with pytest.raises(UploadError, match="^the request's images take over 1 s to read; send fewer") as refused:
+            run(attempt())
+        assert refused.value.status == 408
+    finally:
+        pool.close()
+
+
+def test_what_a_decoder_prints_stays_out_of_the_servers_stderr(workers, capfd):
+    data = zlib.compress(b"\x00" * 1024)
+    tile = 32768  # a 16 x 16 TIFF in one tile of 32768 x 32768: libtiff complains on stderr
+    entries = [(256, 3, 16), (257, 3, 16), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1), (322, 4, tile),
+               (323, 4, tile), (324, 4, 8 + 2 + 10 * 12 + 4), (325, 4, len(data))]
+    tiff = b"II*\x00" + struct.pack("<IH", 8, len(entries))
+    for tag, kind, value in entries:
+        tiff += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else
+                                                      struct.pack("<I", value))
+    tiff += b"\x00\x00\x00\x00" + data
+
+    async def attempt():
+        uploads = await workers.parse(form(("image", "tile.tif", tiff)), KIND)
+        try:
+            await workers.decode(uploads)
+        except UploadError:
+            pass
+
+    run(attempt())
+    assert capfd.readouterr().err == ""
