@@ -12,12 +12,13 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
+import fashionlab as fl
 from fashionlab import arguments
 from fashionlab.arguments import checked
 from fashionlab.cli import in_cli_terms
 from fashionlab.config import TrainConfig
 from fashionlab.data import DataSource
-from fashionlab.errors import ConfigError
+from fashionlab.errors import CallError, ConfigError, FashionlabError
 
 
 class Place(os.PathLike):
@@ -211,11 +212,15 @@ def test_methods_and_classmethods_skip_self_and_cls():
     refused(lambda: Thing.made(3.0), "size", "got float 3.0")
 
 
-def test_a_wrong_call_shape_stays_pythons_type_error_and_the_function_is_unchanged():
+def test_a_wrong_call_shape_stays_a_type_error_said_in_one_line_and_the_function_is_unchanged():
     with pytest.raises(TypeError):
         plain(True)
     with pytest.raises(TypeError):
         keyword_only(2)
+    with pytest.raises(CallError, match="^sweep: got an unexpected keyword argument 'samplr'; did you mean "
+                                        "`sampler`\\?$") as wrong:
+        fl.sweep("space.toml", samplr="tpe")
+    assert isinstance(wrong.value, FashionlabError) and isinstance(wrong.value, TypeError)
     assert plain.__name__ == "plain" and inspect.signature(plain) == inspect.signature(plain.__wrapped__)
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Literal
 
-from fashionlab.errors import ConfigError
+from fashionlab.errors import CallError, ConfigError
 from fashionlab.records import shown
 
 Bounds = tuple[float | None, float | None]
@@ -213,7 +213,10 @@ def checked(function: Callable | None = None, /, **bounds: Bounds) -> Any:
             nonlocal rules
             if rules is None:
                 rules = _rules(function, signature)
-            given = signature.bind(*args, **kwargs)  # a wrong call shape stays Python's TypeError
+            try:
+                given = signature.bind(*args, **kwargs)
+            except TypeError as exc:  # a wrong call shape: still a TypeError, and one line saying what it takes
+                raise CallError(_call_problem(function, parameters, str(exc), kwargs)) from None
             given.apply_defaults()  # defaults too: a wrong default is a bug to catch, not to pass on
             for name, value in given.arguments.items():
                 kind = kinds[name]
@@ -230,6 +233,18 @@ def checked(function: Callable | None = None, /, **bounds: Bounds) -> Any:
         return wrapper
 
     return decorate(function) if function is not None else decorate
+
+
+def _call_problem(function: Callable, parameters, said: str, kwargs: dict[str, Any]) -> str:
+    """Python's complaint about a call, with the closest name it takes for a misspelled one."""
+    import difflib
+
+    named = [n for n, p in parameters.items() if n not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL,
+                                                                                           p.VAR_KEYWORD)]
+    unknown = [k for k in kwargs if k not in parameters]
+    close = difflib.get_close_matches(unknown[0], named, n=1) if unknown else []
+    hint = f"; did you mean `{close[0]}`?" if close else f"; it takes {', '.join(named)}"
+    return f"{function.__qualname__}: {said.split(': ', 1)[-1] if ': ' in said else said}{hint}"
 
 
 def _check(name: str, value: Any, allowed: Rule, bounds: Bounds | None) -> None:

@@ -51,6 +51,11 @@ class ConfigError(FashionlabError):
     """A configuration key, or an argument of a library call, has a value that cannot be used."""
 
 
+class CallError(ConfigError, TypeError):
+    """A public function called with arguments it does not take (a misspelled name, too many): a
+    TypeError as Python would raise, said in one line with what it does take."""
+
+
 class DataError(FashionlabError):
     """The dataset is missing, unreadable or not what it claims to be."""
 

@@ -40,18 +40,29 @@ import statistics
 import threading
 import time
 import tomllib
+import typing
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fashionlab import recipes, runner
-from fashionlab.config import FIELDS, TYPES, TrainConfig, check_runnable, field_type, name_problem, validate_field
+from fashionlab.arguments import checked
+from fashionlab.config import (
+    FIELDS,
+    SEED_MAX,
+    TYPES,
+    TrainConfig,
+    check_runnable,
+    field_type,
+    name_problem,
+    validate_field,
+)
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
-from fashionlab.files import read_text
+from fashionlab.files import check_writable, read_text
 from fashionlab.provenance import available_memory
 from fashionlab.records import shown
 from fashionlab.runner import Done, Task
@@ -64,8 +75,9 @@ if TYPE_CHECKING:
 
 MARKER = "sweep.json"  # written first into every sweep folder: how it was started
 JOURNAL = "study.journal"  # the study, when no `storage` is given
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "halving", "none")
+Sampler = Literal["tpe", "random"]
+Pruner = Literal["median", "halving", "none"]
+SAMPLERS, PRUNERS = typing.get_args(Sampler), typing.get_args(Pruner)
 MAX_TRIALS = 10_000
 MAX_SPACE_BYTES = 64 * 1024
 SPACE_KEYS = ("description", "recipe", "train", "search")
@@ -935,20 +947,14 @@ def check_same_data(study: optuna.Study, data: DataSource) -> None:
                           f"give `data_dir` the files it was started with, or `out` a new folder for a new sweep",
                           terms=["data_dir", "out"])
 
+@checked(trials=(1, MAX_TRIALS), jobs=(1, None), sampler_seed=(0, SEED_MAX))
 def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
-          study: str | None = None, sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median",
+          study: str | None = None, sampler: Sampler = "tpe", sampler_seed: int = 0, pruner: Pruner = "median",
           data: DataSource = DataSource(), force: bool = False,
           progress: Callable[[str], None] = lambda line: None) -> SweepResult:
     """Run the sweep `space` into `out` until its study has `trials` trials, `jobs` trainings at a
     time, then write trials.csv, summary.md, report.html and best.toml, evaluating the best trial
     once on the test set when every trial has ended. Calling again continues the same study."""
-    if not 1 <= trials <= MAX_TRIALS:
-        raise ConfigError(f"`trials` must be between 1 and {MAX_TRIALS}, got {trials}", terms=["trials"])
-    if jobs < 1:
-        raise ConfigError(f"`jobs` must be at least 1, got {jobs}", terms=["jobs"])
-    if sampler not in SAMPLERS or pruner not in PRUNERS:
-        raise ConfigError(f"`sampler` must be one of {', '.join(SAMPLERS)} and `pruner` one of "
-                          f"{', '.join(PRUNERS)}", terms=["sampler", "pruner"])
     if storage is not None:
         check_storage_url(storage)
     with secrets_kept(storage):
@@ -975,6 +981,7 @@ def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str
     if free_memory is not None:
         free_memory //= jobs
     check_runnable(space.base, train_images=train_images, free_memory=free_memory)
+    check_writable(out, what="the sweep", term="out")
     made = not os.path.lexists(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
