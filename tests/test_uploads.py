@@ -40,14 +40,18 @@ GARMENT_PIXELS = np.pad(np.full((20, 12), 200, np.uint8), ((4, 4), (8, 8)))
 GARMENT = png(GARMENT_PIXELS)  # in the data set's format: used as it is
 
 
-def run(coroutine):
+def run(coroutine, loop: str = "uvloop"):
+    """The coroutine run to its end on an event loop of its own, uvloop's (the server's) by default."""
+    import uvloop
+
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
     with ThreadPoolExecutor(1) as thread:  # a loop of its own: this thread may run one already
-        return thread.submit(asyncio.run, coroutine).result(timeout=300)
+        return thread.submit(runner, coroutine).result(timeout=300)
 
 
 @pytest.fixture(scope="module")
-def workers():
-    pool = UploadWorkers(job_seconds=2.0, request_seconds=5.0, memory=400 * 2**20)
+def workers():  # every image in a job of its own (small_pixels=0), as a large request's are
+    pool = UploadWorkers(job_seconds=2.0, request_seconds=5.0, small_pixels=0, memory=400 * 2**20)
     yield pool
     pool.close()
 
@@ -109,17 +113,15 @@ def test_an_image_that_takes_too_long_to_decode_is_refused_and_its_worker_replac
     bomb = scan_bomb(10_000)
 
     async def attempt():
-        uploads = await workers.parse(form(("image", "bomb.jpg", bomb)), KIND)
         began = time.monotonic()
         with pytest.raises(UploadError, match="bomb.jpg takes over 2 s to read") as refused:
-            await workers.decode(uploads)
+            await workers.read(form(("image", "bomb.jpg", bomb)), KIND)
         assert refused.value.status == 408 and time.monotonic() - began < 4
         killed = workers.killed
         deadline = time.monotonic() + 60
         while len(workers.workers) < workers.size and time.monotonic() < deadline:  # the replacement starts
             await asyncio.sleep(0.05)
-        fine = await workers.parse(form(("image", "a.png", GARMENT)), KIND)
-        return killed, await workers.decode(fine)
+        return killed, (await workers.read(form(("image", "a.png", GARMENT)), KIND))[1]
 
     killed, images = run(attempt())
     assert killed >= 1 and len(workers.workers) == workers.size
@@ -132,8 +134,7 @@ def test_an_image_that_needs_more_memory_than_a_worker_has_is_refused():
     pool = UploadWorkers(workers=1, job_seconds=120, memory=150 * 2**20)
     try:
         async def attempt():
-            uploads = await pool.parse(form(("image", "flat.png", flat)), KIND)
-            return await pool.decode(uploads)
+            return await pool.read(form(("image", "flat.png", flat)), KIND)
 
         with pytest.raises(UploadError, match="flat.png takes more memory to read than a server's worker") as refused:
             run(attempt())
@@ -144,8 +145,7 @@ def test_an_image_that_needs_more_memory_than_a_worker_has_is_refused():
 
 def test_a_worker_that_dies_on_a_job_is_replaced_and_the_image_refused(workers):
     async def attempt():
-        uploads = await workers.parse(form(("image", "bomb.jpg", scan_bomb(3000))), KIND)
-        task = asyncio.ensure_future(workers.decode(uploads))
+        task = asyncio.ensure_future(workers.read(form(("image", "bomb.jpg", scan_bomb(3000))), KIND))
         await asyncio.sleep(0.5)
         for worker in workers.workers:
             if worker.process.is_alive():
@@ -156,6 +156,39 @@ def test_a_worker_that_dies_on_a_job_is_replaced_and_the_image_refused(workers):
     run(attempt())
 
 
+def test_a_small_request_is_read_in_one_job_a_large_one_image_by_image():
+    pool = UploadWorkers(workers=1, small_pixels=3 * 28 * 28)
+    try:
+        async def jobs_for(count: int) -> tuple[int, list[str]]:
+            before = pool.jobs
+            names, images = await pool.read(form(*[("image", f"{i}.png", GARMENT) for i in range(count)]), KIND)
+            assert all(np.array_equal(image.pixels, GARMENT_PIXELS) for image in images)
+            return pool.jobs - before, names
+
+        assert run(jobs_for(3)) == (1, ["0.png", "1.png", "2.png"])
+        assert run(jobs_for(4)) == (1 + 4, ["0.png", "1.png", "2.png", "3.png"])
+        pool.request_pixels = 1000
+        with pytest.raises(UploadError, match="hold 1,568 pixels together, over the 1,000 one request") as refused:
+            run(pool.read(form(("image", "a.png", GARMENT), ("image", "b.png", GARMENT)), KIND))
+        assert refused.value.status == 413
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_large_request_comes_back_whole_whatever_the_event_loop(workers, loop):
+    rng = np.random.default_rng(3)
+    noise = [png(rng.integers(0, 256, (900, 900), dtype=np.uint8)) for _ in range(2)]  # ~1.6 MB each
+    files = [(f"noise{i}.png", noise[i % 2]) for i in range(12)]
+
+    async def attempt():
+        return await workers.read(form(*[("image", name, content) for name, content in files]), KIND)
+
+    names, images = run(attempt(), loop)
+    assert names == [name for name, _ in files] and len(images) == 12
+    assert np.array_equal(images[0].pixels, images[2].pixels) and not np.array_equal(images[0].pixels, images[1].pixels)
+
+
 def test_a_clients_images_are_not_decoded_once_it_has_gone(workers):
     left = [False, False, True]  # the client leaves after its first two images
 
@@ -163,21 +196,19 @@ def test_a_clients_images_are_not_decoded_once_it_has_gone(workers):
         return left.pop(0) if left else True
 
     async def attempt():
-        uploads = await workers.parse(form(*[("image", f"{i}.png", GARMENT) for i in range(8)]), KIND)
         before = workers.jobs
         with pytest.raises(ClientGone):
-            await workers.decode(uploads, gone=gone)
+            await workers.read(form(*[("image", f"{i}.png", GARMENT) for i in range(8)]), KIND, gone=gone)
         return workers.jobs - before
 
-    assert run(attempt()) == 2  # asked before each image's turn: none decoded once it has gone
+    assert run(attempt()) == 1 + 2  # the form read, then two images: none decoded once it has gone
 
 
 def test_a_request_whose_images_together_take_too_long_is_refused():
     pool = UploadWorkers(workers=1, job_seconds=2.0, request_seconds=1.0)
     try:
         async def attempt():
-            uploads = await pool.parse(form(*[("image", f"{i}.jpg", scan_bomb(300)) for i in range(6)]), KIND)
-            await pool.decode(uploads)
+            await pool.read(form(*[("image", f"{i}.jpg", scan_bomb(1500)) for i in range(6)]), KIND)
 
         with pytest.raises(UploadError, match="^the request's images take over 1 s to read; send fewer") as refused:
             run(attempt())
@@ -198,9 +229,8 @@ def test_what_a_decoder_prints_stays_out_of_the_servers_stderr(workers, capfd):
     tiff += b"\x00\x00\x00\x00" + data
 
     async def attempt():
-        uploads = await workers.parse(form(("image", "tile.tif", tiff)), KIND)
         try:
-            await workers.decode(uploads)
+            await workers.read(form(("image", "tile.tif", tiff)), KIND)
         except UploadError:
             pass
 

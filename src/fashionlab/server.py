@@ -457,14 +457,12 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         except ClientDisconnect:  # the client went away: nobody to answer
             return Response(status_code=400)
         try:
-            uploads = await workers.parse(body, request.headers.get("content-type", ""))
-            del body
-            images = await workers.decode(uploads, gone=request.is_disconnected)
+            names, images = await workers.read(body, request.headers.get("content-type", ""),
+                                               gone=request.is_disconnected)
         except UploadError as exc:
             return error(exc.status, str(exc))
         except ClientGone:
             return Response(status_code=400)
-        names = [upload.name for upload in uploads]
         pixels = np.stack([image.pixels for image in images])
         try:
             proba, mirrored = await batcher.read(pixels, [not image.as_is for image in images])

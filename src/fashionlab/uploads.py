@@ -5,8 +5,10 @@ JPEG of thousands of scans, a PNG of millions of chunks, a decoder that balloons
 prints to stderr) costs its job the time limit and a worker its life, never the server.
 
     workers = UploadWorkers()                                # started before serving
-    files = await workers.parse(body, content_type)          # [Upload], headers read, nothing decoded
-    images = await workers.decode(files)                     # [Prepared], in turn with other requests
+    names, images = await workers.read(body, content_type)   # [str], [Prepared]
+
+A request holding few pixels is parsed and decoded in one job; a larger one is parsed in one,
+then each image decoded in a job of its own.
 
 Jobs of concurrent requests take turns: a request has at most as many jobs queued or running as
 there are workers, and free workers go to the requests in the order they asked, so a small
@@ -35,6 +37,7 @@ MAX_FIELDS = 64  # other fields in one request (ignored, but parsed)
 MAX_FIELD_BYTES = 64 * 1024  # one such field
 MAX_PART_HEADER_BYTES = 16 * 1024  # one header line of a part (a file name is cut to 200 characters later)
 MAX_REQUEST_PIXELS = 64_000_000  # what one request's images may declare together (one: 40 million at most)
+SMALL_REQUEST_PIXELS = 1_000_000  # a request holding no more is decoded in the job that parses it
 WORKERS = 2
 JOB_SECONDS = 10.0  # one job: a request's body parsed, or one image decoded
 REQUEST_SECONDS = 30.0  # all the jobs of one request together
@@ -131,12 +134,31 @@ def parse_form(body: bytes, content_type: str) -> list[Upload]:
     return uploads
 
 
+def read_form(body: bytes, content_type: str, request_pixels: int, small_pixels: int
+              ) -> list[Upload] | list[tuple[str, Prepared]]:
+    """A request's images: decoded and prepared at once, as (name, Prepared), when they hold at most
+    `small_pixels` together (most requests: one job, no more round trips); else parsed only, each
+    to be decoded in a job of its own, in turn with other requests'. Refused (413) when they
+    declare more than `request_pixels` together."""
+    uploads = parse_form(body, content_type)
+    total = sum(u.pixels for u in uploads)
+    if total > request_pixels:
+        raise UploadError(f"the request's images hold {total:,} pixels together, over the {request_pixels:,} one "
+                          f"request may hold; send fewer or smaller images", 413)
+    if total > small_pixels:
+        return uploads
+    return [(u.name, decode(u.content, u.name)) for u in uploads]
+
+
 def decode(content: bytes, name: str) -> Prepared:
     """An image file decoded and prepared as the CLI does (`prediction.read_image`)."""
     try:
         return read_image(io.BytesIO(content), name)
     except ImageError as exc:
         raise UploadError(str(exc)) from None
+    except MemoryError:
+        raise UploadError(f"{name} takes more memory to read than a server's worker has; send a smaller image",
+                          status=413) from None
 
 
 def printable(name: str) -> str:
@@ -144,7 +166,7 @@ def printable(name: str) -> str:
     return "".join(ch for ch in name[:200] if ch.isprintable())
 
 
-JOBS: dict[str, Callable[..., Any]] = {"parse": parse_form, "decode": decode}
+JOBS: dict[str, Callable[..., Any]] = {"read": read_form, "decode": decode}
 
 
 def _serve(connection, memory: int) -> None:
@@ -168,10 +190,10 @@ def _serve(connection, memory: int) -> None:
         except UploadError as exc:
             answer = ("refused", exc)
         except MemoryError:
-            answer = ("refused", UploadError(f"{args[-1]} takes more memory to read than a server's worker has; "
-                                             f"send a smaller image", status=413))
-        except Exception as exc:  # a decoder's failure on a damaged file can be of any type
-            answer = ("refused", UploadError(f"{args[-1]} cannot be read ({reason(exc) or type(exc).__name__})"))
+            answer = ("refused", UploadError("the upload takes more memory to read than a server's worker has; send "
+                                             "fewer or smaller images", status=413))
+        except Exception as exc:  # a parser's or decoder's failure on damaged data can be of any type
+            answer = ("refused", UploadError(f"the upload cannot be read ({reason(exc) or type(exc).__name__})"))
         connection.send(answer)
 
 
@@ -184,10 +206,6 @@ class _Worker:
         self.process.start()
         theirs.close()
 
-    def ask(self, kind: str, args: tuple) -> tuple[str, Any]:
-        self.connection.send((kind, args))
-        return self.connection.recv()
-
     def kill(self) -> None:
         self.process.kill()
         self.connection.close()
@@ -199,12 +217,12 @@ class UploadWorkers:
 
     def __init__(self, workers: int = WORKERS, job_seconds: float = JOB_SECONDS,
                  request_seconds: float = REQUEST_SECONDS, request_pixels: int = MAX_REQUEST_PIXELS,
-                 memory: int = WORKER_MEMORY):
+                 small_pixels: int = SMALL_REQUEST_PIXELS, memory: int = WORKER_MEMORY):
         self.size, self.job_seconds, self.memory = workers, job_seconds, memory
-        self.request_seconds, self.request_pixels = request_seconds, request_pixels
+        self.request_seconds, self.request_pixels, self.small_pixels = request_seconds, request_pixels, small_pixels
         self.context = multiprocessing.get_context("spawn")  # not fork: the server's runtime is multithreaded
         self.workers = [_Worker(self.context, memory) for _ in range(workers)]
-        self.threads = ThreadPoolExecutor(workers + 1, thread_name_prefix="fashionlab-uploads")
+        self.threads = ThreadPoolExecutor(1, thread_name_prefix="fashionlab-uploads")  # restarting workers
         self.free: asyncio.Queue[_Worker] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiting = self.killed = self.jobs = 0  # jobs waiting for a worker; workers killed; jobs sent
@@ -233,21 +251,40 @@ class UploadWorkers:
             self.waiting -= 1
         what = args[-1] if kind == "decode" else "the upload"
         self.jobs += 1
-        asked = asyncio.get_running_loop().run_in_executor(self.threads, worker.ask, kind, args)
-        asked.add_done_callback(lambda done: done.cancelled() or done.exception())  # read by someone, always
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+        fd = worker.connection.fileno()
+
+        def readable() -> None:  # the answer has come: read it here, on the loop (it is small, or the client's bytes)
+            loop.remove_reader(fd)
+            os.set_blocking(fd, True)  # watching it made it non-blocking (uvloop): the rest of a long answer must wait
+            try:
+                answer = worker.connection.recv()
+            except (EOFError, OSError) as exc:  # the worker died on it (a decoder's crash)
+                answer = exc
+            if not answered.cancelled():
+                answered.set_result(answer)
+            elif not isinstance(answer, Exception):  # nobody waits any more (the client left): free again
+                free.put_nowait(worker)
+
         try:
-            status, value = await asyncio.wait_for(asyncio.shield(asked), seconds or self.job_seconds)
+            os.set_blocking(fd, True)
+            worker.connection.send((kind, args))
+            loop.add_reader(fd, readable)
+        except OSError:
+            answered.set_result(EOFError())
+        try:
+            answer = await asyncio.wait_for(answered, seconds or self.job_seconds)
         except TimeoutError:
+            loop.remove_reader(fd)
             self._replace(worker)
             raise UploadError(late or f"{what} takes over {seconds or self.job_seconds:g} s to read; send a smaller "
                                       f"or plainer image (a PNG, or a baseline JPEG)", status=408) from None
-        except (EOFError, OSError):  # the worker died on it (a decoder's crash)
+        if isinstance(answer, Exception):
             self._replace(worker)
             raise UploadError(f"{what} cannot be read (its decoder failed); send a PNG or a JPEG") from None
-        except BaseException:  # cancelled (the client went away): the worker is busy until it answers
-            asked.add_done_callback(lambda _: free.put_nowait(worker) if worker in self.workers else None)
-            raise
         free.put_nowait(worker)
+        status, value = answer
         if status != "ok":
             raise value
         return value
@@ -268,15 +305,14 @@ class UploadWorkers:
 
         self.threads.submit(restart)
 
-    async def parse(self, body: bytes, content_type: str) -> list[Upload]:
-        """The image files of a multipart body with their declared pixel counts; refused (413) when
-        they declare more than `request_pixels` together."""
-        uploads = await self.run("parse", body, content_type)
-        total = sum(u.pixels for u in uploads)
-        if total > self.request_pixels:
-            raise UploadError(f"the request's images hold {total:,} pixels together, over the "
-                              f"{self.request_pixels:,} one request may hold; send fewer or smaller images", 413)
-        return uploads
+    async def read(self, body: bytes, content_type: str, gone: Callable[[], Awaitable[bool]] | None = None
+                   ) -> tuple[list[str], list[Prepared]]:
+        """The names and prepared images of a multipart body's image files (`read_form`, then
+        `decode` for a large request's images one by one)."""
+        found = await self.run("read", body, content_type, self.request_pixels, self.small_pixels)
+        if found and isinstance(found[0], Upload):
+            return [u.name for u in found], await self.decode(found, gone)
+        return [name for name, _ in found], [image for _, image in found]
 
     async def decode(self, uploads: Sequence[Upload], gone: Callable[[], Awaitable[bool]] | None = None
                      ) -> list[Prepared]:
