@@ -157,8 +157,12 @@ def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, syntheti
     (tmp_path / "file").write_text("")
     with pytest.raises(RunError, match="file exists and is not a folder; give `out` a new folder"):
         compare(tmp_path / "file", variants=TWO, seeds=1, base=BASE, data=synthetic)
-    with pytest.raises(RunError, match="cannot use /proc/fashionlab-cmp as the comparison folder .*`out`"):
+    with pytest.raises(ConfigError, match="cannot write the comparison in /proc/fashionlab-cmp: nothing can be "
+                                          "made in /proc .*; give `out` another folder"):
         compare("/proc/fashionlab-cmp", variants=TWO, seeds=1, base=BASE, data=synthetic)
+    with pytest.raises(ConfigError, match=f"cannot write the comparison in {tmp_path}/file/cmp: {tmp_path}/file is "
+                                          f"a file, not a folder"):
+        compare(tmp_path / "file" / "cmp", variants=TWO, seeds=1, base=BASE, data=synthetic)
     (tmp_path / "cmp2").mkdir()
     (tmp_path / "cmp2" / "scaled").write_text("")  # where the variant's runs should go
     with pytest.raises(RunError, match="is a file where a folder of runs should be; use another `out`"):
@@ -169,6 +173,19 @@ def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, syntheti
         plan(tmp_path, ["raw", "raw"], 1, BASE)
     with pytest.raises(ConfigError, match="`seeds` must be between 1 and 100, got 0"):
         plan(tmp_path, ["raw"], 0, BASE)
+    for wrong, said in [({"variants": "scaled"}, "`variants` must be a list or tuple of str, got str 'scaled'"),
+                        ({"seeds": 2.0}, "`seeds` must be int, got float 2.0"),
+                        ({"seeds": 101}, "`seeds` must be between 1 and 100, got 101"),
+                        ({"jobs": True}, "`jobs` must be int, got bool True"),
+                        ({"overrides": {"epochs": 1, 2: 3}}, "`overrides` key must be str, got int 2"),
+                        ({"base": BASE.to_dict()}, "`base` must be TrainConfig or None, got dict"),
+                        ({"force": "yes"}, "`force` must be bool, got str 'yes'"),
+                        ({"progress": "print"}, "`progress` must be callable, got str 'print'")]:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            compare(tmp_path / "cmp", **{"variants": TWO, "seeds": 1, "base": BASE, "data": synthetic, **wrong})
+    with pytest.raises(ConfigError, match="`out` must be a path, got an empty string"):
+        compare("", variants=TWO, seeds=1, base=BASE, data=synthetic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp2", "file"]  # no comparison folder was made
 
 
 def test_a_folder_compare_did_not_make_is_refused_unless_empty_or_forced(tmp_path, comparison, synthetic):
@@ -254,3 +271,143 @@ def test_the_comparison_folder_holds_its_files_and_one_folder_per_variant(compar
 def test_two_variants_of_one_name_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="two variants are both named bn-after"):
         plan(tmp_path, ["bn-after", "tutorial:name=bn-after"], 1, TrainConfig())
+
+
+# --- the written conclusion: statistics and their units (issue 20) -------------------------------
+
+def judged(rows) -> list[str]:
+    """The conclusion's lines about the other variants, for results given as (variant, test accuracy) rows."""
+    results = frame([(variant, seed, accuracy, 0.9, 5, 1.0, 10) for seed, (variant, accuracy) in enumerate(rows)])
+    return conclusion(summarize(results))
+
+
+def test_a_gap_inside_the_seed_spread_is_not_called_a_win():
+    # 1.50 points apart: more than either spread (1.41 points each), less than both together
+    lines = judged([("a", 0.86), ("a", 0.88), ("b", 0.845), ("b", 0.865)])
+    assert lines[0] == "a has the highest mean test accuracy: 0.8700 ± 0.0141 over 2 seed(s)."
+    assert lines[1] == ("a and b differ by 1.50 points, within the seed spread (std 0.0141 and 0.0141): "
+                        "these runs do not establish a difference.")
+    # the mean, though not the worst seed, above the other's best: still within the spreads
+    lines = judged([("a", 0.86), ("a", 0.90), ("b", 0.85), ("b", 0.87)])
+    assert lines[1] == ("a and b differ by 2.00 points, within the seed spread (std 0.0283 and 0.0141): "
+                        "these runs do not establish a difference.")
+    # the leader's seeds agree, the other's do not: the other's spread counts too (3 seeds against 2)
+    lines = judged([("a", 0.87), ("a", 0.87), ("a", 0.87), ("b", 0.85), ("b", 0.875)])
+    assert lines[0] == "a has the highest mean test accuracy: 0.8700 ± 0.0000 over 3 seed(s)."
+    assert lines[1] == ("a and b differ by 0.75 points, within the seed spread (std 0.0000 and 0.0177): "
+                        "these runs do not establish a difference.")
+
+
+def test_identical_results_are_neither_a_win_nor_a_lead():
+    lines = judged([("a", 0.87), ("a", 0.87), ("b", 0.87), ("b", 0.87)])
+    assert lines[1] == ("a and b differ by 0.00 points, within the seed spread (std 0.0000 and 0.0000): "
+                        "these runs do not establish a difference.")
+
+
+def test_a_gap_outside_the_seed_spread_is_called_a_win_in_points():
+    lines = conclusion(summarize(RESULTS))
+    assert "a beats b on every seed: its worst seed (0.8600) is above b's best (0.8100); mean gap 6.00 points." in lines
+    results = frame([("a", seed, 0.88, 0.9, 9, 1.0, 10) for seed in (1, 2, 3)]
+                    + [("b", seed, accuracy, 0.9, 9, 1.0, 10) for seed, accuracy in ((1, 0.80), (2, 0.80), (3, 0.88))])
+    assert conclusion(summarize(results))[1] == (
+        "a leads b by 5.33 points, more than the two seed spreads together (std 0.0000 + 0.0462), though their "
+        "seed ranges overlap.")
+
+
+def test_with_one_seed_differences_are_reported_but_not_judged():
+    lines = conclusion(summarize(RESULTS[RESULTS.seed == 1]))
+    assert lines[:4] == [
+        "a has the highest mean test accuracy: 0.8600 ± 0.0000 over 1 seed(s).",
+        "With one seed per variant there is no spread to judge the differences against; run more seeds before "
+        "drawing conclusions.",
+        "c: 0.8550 (0.50 points lower).",
+        "b: 0.8000 (6.00 points lower)."]
+    # one variant with a single seed is enough: its spread is unknown, not zero
+    lines = judged([("a", 0.86), ("a", 0.87), ("b", 0.80)])
+    assert lines[0] == "a has the highest mean test accuracy: 0.8650 ± 0.0071 over 2 seed(s)."
+    assert "there is no spread to judge the differences against" in lines[1]
+    assert lines[2] == "b: 0.8000 (6.50 points lower)."
+
+
+def test_a_single_variant_gets_its_figures_and_nothing_compared():
+    assert conclusion(summarize(RESULTS[RESULTS.variant == "a"])) == [
+        "a has the highest mean test accuracy: 0.8650 ± 0.0071 over 2 seed(s)."]
+
+
+def test_the_summary_keeps_the_given_order_and_averages_every_figure_over_seeds():
+    results = frame([("z", 1, 0.80, 0.81, 3, 2.0, 500), ("z", 2, 0.82, 0.85, 6, 4.0, 500),
+                     ("m", 1, 0.90, 0.91, 9, 1.0, 70)]).assign(wall_seconds=[10.0, 30.0, 5.0],
+                                                               first_epoch_val_accuracy=[0.75, 0.77, 0.70])
+    summary = summarize(results)
+    assert list(summary.index) == ["z", "m"]  # as given, not sorted by name
+    assert summary.loc["z"].to_dict() == pytest.approx({
+        "seeds": 2, "test_accuracy_mean": 0.81, "test_accuracy_std": 0.02 / 2 ** 0.5, "test_accuracy_worst": 0.80,
+        "test_accuracy_best": 0.82, "first_epoch_val_accuracy": 0.76, "best_val_accuracy": 0.83, "best_epoch": 4.5,
+        "seconds_per_epoch": 3.0, "wall_seconds": 20.0, "parameters": 500})
+    assert conclusion(summary)[-2:] == [  # m is best at the end, z after the first epoch
+        "After the first epoch, mean validation accuracy ranged from 0.7000 (m) to 0.7600 (z).",
+        "Training speed ranged from 1.00 s/epoch (m) to 3.00 s/epoch (z)."]
+
+
+def test_a_lead_is_judged_exactly_at_the_sum_of_the_spreads():
+    # a's worst seed ties b's best, so no win on every seed; the gap is 1.003 times the two spreads
+    # together (3 seeds against 2): a lead
+    lines = judged([("a", 0.86), ("a", 0.87), ("b", 0.805), ("b", 0.825), ("b", 0.86)])
+    assert lines[1] == ("a leads b by 3.50 points, more than the two seed spreads together (std 0.0071 + 0.0278), "
+                        "though their seed ranges overlap.")
+    # 0.992 times: within
+    lines = judged([("a", 0.865), ("a", 0.88), ("b", 0.805), ("b", 0.825), ("b", 0.865)])
+    assert lines[1] == ("a and b differ by 4.08 points, within the seed spread (std 0.0106 and 0.0306): "
+                        "these runs do not establish a difference.")
+
+
+def test_variant_changes_need_a_key_and_a_value_and_split_at_the_first_equals_sign(tmp_path):
+    from fashionlab.comparison import parse_changes
+
+    assert parse_changes("name = 'a=b', depth=3") == {"name": "a=b", "depth": 3}
+    for spec, item in [("tutorial:depth=", "depth="), ("tutorial:=2", "=2")]:
+        with pytest.raises(ConfigError, match=re.escape(f"cannot read '{item}' in variant changes")):
+            plan(tmp_path, [spec], 1, TrainConfig())
+
+
+def test_the_output_folder_check_names_what_it_found_and_the_arguments_to_change(tmp_path):
+    from fashionlab.comparison import check_output_folder
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path)
+    for out, said in [(tmp_path / "file", "exists and is not a folder"), (tmp_path / "link", "is a symbolic link")]:
+        with pytest.raises(RunError, match=said) as refused:
+            check_output_folder(out, force=True)
+        assert refused.value.terms == ("out",)  # what the CLI says as --out
+    for name in ("run.json", "config.json"):  # either file makes a folder a training run's
+        run = tmp_path / name.removesuffix(".json")
+        run.mkdir()
+        (run / name).write_text("{}")
+        with pytest.raises(RunError, match="is a training run's directory; give the comparison its own `out`") \
+                as refused:
+            check_output_folder(run, force=True)
+        assert refused.value.terms == ("out",)
+    for count, shown in [(3, "a, b, c"), (4, "a, b, c and 1 more"), (6, "a, b, c and 3 more")]:
+        mine = tmp_path / f"mine-{count}"
+        mine.mkdir()
+        for name in "abcdef"[:count]:
+            (mine / name).write_text("")
+        with pytest.raises(RunError, match=re.escape(f"did not write ({shown}); give `out` a new")) as refused:
+            check_output_folder(mine, force=False)
+        assert refused.value.terms == ("out", "force=True")
+        check_output_folder(mine, force=True)
+
+
+def test_an_output_folder_that_cannot_be_listed_is_refused_with_the_reason(tmp_path, monkeypatch):
+    import os
+
+    from fashionlab.comparison import check_output_folder
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "scandir", unreadable)  # as root, permissions alone do not stop a listing
+    with pytest.raises(RunError, match="^" + re.escape(f"cannot read {tmp_path} (Permission denied); give `out` "
+                                                       f"another folder") + "$") as refused:
+        check_output_folder(tmp_path, force=False)
+    assert refused.value.terms == ("out",)

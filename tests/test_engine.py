@@ -216,3 +216,160 @@ def test_each_step_draws_its_own_augmentation_from_seed_epoch_and_step():
                for step in range(2)]
     engine.fit_compiled(replayed, np.concatenate(batches), y_train, batch_size=32, epochs=1, shuffle=False, verbose=0)
     assert_same_state(augmented, replayed)
+
+
+# --- every random draw used once and only once (issue 20) ---------------------------------------
+
+def read_augmented(out: np.ndarray, top: int, left: int, height: int, width: int):
+    """(row shift, column shift, flipped) of each image in `out`: a height x width block first at
+    (top, left), after augment. A mirrored block lies right of the middle, and its column shift is
+    measured on the mirrored axis."""
+    found = []
+    for image in out:
+        rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+        assert (len(rows), len(cols)) == (height, width) and image.sum() == height * width  # moved, not cut
+        flipped = cols[0] > 14
+        found.append((rows[0] - top, (28 - width - left - cols[0]) if flipped else cols[0] - left, flipped))
+    return np.array(found)
+
+
+def test_augment_draws_each_shift_equally_often_rows_columns_and_flips_apart():
+    """Over many images, every shift in -N..N comes up as often as the others, in rows and columns
+    drawn apart (every pair), and the flip is a fair coin whatever the shift."""
+    n, s = 5000, 2
+    images = jnp.zeros((n, 28, 28)).at[:, 10:13, 6:8].set(1.0)  # a 3 x 2 block, left of the middle
+    drawn = read_augmented(np.asarray(engine.augment(jax.random.key(11), images, engine.Augmentation(s, True))),
+                           10, 6, 3, 2)
+    rows, cols, flipped = drawn[:, 0], drawn[:, 1], drawn[:, 2].astype(bool)
+    shifts = range(-s, s + 1)
+    for axis in (rows, cols):
+        counts = [int(np.sum(axis == k)) for k in shifts]
+        assert sum(counts) == n and all(abs(c - n / len(shifts)) < 0.15 * n / len(shifts) for c in counts), counts
+    pairs = [int(np.sum((rows == r) & (cols == c))) for r in shifts for c in shifts]
+    assert all(abs(p - n / len(shifts) ** 2) < 0.4 * n / len(shifts) ** 2 for p in pairs), pairs  # not only diagonal
+    assert 0.45 < flipped.mean() < 0.55
+    for k in shifts:  # the flip does not follow the shift
+        assert 0.4 < flipped[rows == k].mean() < 0.6 and 0.4 < flipped[cols == k].mean() < 0.6
+
+
+def test_augment_leaves_the_uncovered_border_black():
+    """A shift uncovers rows and columns on one side: black, as the images' background, not the
+    image wrapped round or its edge repeated."""
+    full = jnp.ones((400, 28, 28))  # content up to every edge
+    out = np.asarray(engine.augment(jax.random.key(2), full, engine.Augmentation(shift=3)))
+    uncovered = []
+    for image in out:
+        rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+        kept = image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert kept.all() and image.sum() == kept.size  # one rectangle of the image, black around it
+        assert (rows[0] == 0 or rows[-1] == 27) and (cols[0] == 0 or cols[-1] == 27)  # against an edge
+        uncovered.append((28 - len(rows), 28 - len(cols)))
+    assert {r for r, _ in uncovered} == {c for _, c in uncovered} == {0, 1, 2, 3}
+
+
+class DrawSpy:
+    """Records the key of every draw from jax.random's samplers (and of each augment call) made
+    while it is installed: eagerly, so keys are concrete."""
+
+    SAMPLERS = ("bits", "randint", "bernoulli", "uniform", "normal", "truncated_normal", "permutation", "choice")
+
+    def __init__(self, monkeypatch):
+        self.keys: list[tuple[str, tuple[int, ...]]] = []
+        self.augmented: list[np.ndarray] = []
+        for name in self.SAMPLERS:
+            monkeypatch.setattr(jax.random, name, self._recording(name, getattr(jax.random, name)))
+        real_augment = engine.augment
+
+        def augment(key, images, augmentation):
+            self.keys.append(("augment", self.data(key)))
+            out = real_augment(key, images, augmentation)
+            self.augmented.append(np.asarray(out))
+            return out
+
+        monkeypatch.setattr(engine, "augment", augment)
+
+    @staticmethod
+    def data(key) -> tuple[int, ...]:
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        return tuple(np.asarray(jax.random.key_data(key) if typed else key).ravel().tolist())
+
+    def _recording(self, name, function):
+        def draw(key, *args, **kwargs):
+            self.keys.append((name, self.data(key)))
+            return function(key, *args, **kwargs)
+        return draw
+
+    def assert_each_key_used_once(self):
+        used = [k for _, k in self.keys]
+        twice = {k for k in used if used.count(k) > 1}
+        assert not twice, [(name, k) for name, k in self.keys if k in twice]
+
+
+def test_each_draw_of_a_step_has_a_key_of_its_own(monkeypatch):
+    """The shift, the flip and each dropout layer draw from keys of their own, none the key that
+    augment is given, nor the step's; and a flip alone is applied too."""
+    x_train, y_train, _, _ = synthetic_split(32)
+    x, y = jnp.asarray(x_train, jnp.float32), jnp.asarray(y_train, jnp.int32)
+    step_key = jax.random.fold_in(jax.random.key(5), 3)
+
+    spy = DrawSpy(monkeypatch)
+    engine.augment(jax.random.key(1), x, engine.Augmentation(shift=2, flip=True))
+    assert [name for name, _ in spy.keys].count("augment") == 1 and len(spy.keys) >= 3  # augment, shift, flip
+    spy.assert_each_key_used_once()
+
+    config = TINY.replace(batch_norm="none", dropout=0.5)  # two Dropout layers, each with its own state
+    for augmentation in (engine.Augmentation(shift=2, flip=True), engine.Augmentation(flip=True)):
+        spy = DrawSpy(monkeypatch)
+        keras.utils.set_random_seed(0)
+        model = build_model(config, fit_scaler(x_train))
+        trainer = engine.CompiledTrainer(model, 32, augmentation)
+        spy.keys.clear()  # building drew the initial weights
+        trainer._step(trainer.read_state(), x, y, step_key)  # eagerly: the keys are values
+        spy.keys.append(("step", spy.data(step_key)))
+        names = [name for name, _ in spy.keys]
+        assert names.count("augment") == 1 and names.count("bits") >= 2, names
+        spy.assert_each_key_used_once()
+        if not augmentation.shift:  # the step trained on flipped images, some of them
+            mirrored = [np.array_equal(a, np.asarray(x[i])[:, ::-1]) for i, a in enumerate(spy.augmented[0])]
+            assert 0 < sum(mirrored) < 32
+
+
+def test_two_shuffled_epochs_in_small_chunks_replay_as_seed_epoch_and_step_say(monkeypatch):
+    """Each epoch's order is epoch_order(key(seed), epoch) and each step's augmentation, the tail's
+    included, comes from key(seed) -> augmentation stream -> epoch -> step, however the steps are
+    chunked: training without augmentation on those images, in that order, gives the same model."""
+    monkeypatch.setattr(engine, "CHUNK_STEPS", 1)
+    config = TINY.replace(batch_norm="none")
+    x_train, y_train, _, _ = synthetic_split(80)  # two steps of 32 and a tail of 16
+    augmented, replayed = twin_models(config, x_train)
+    augmentation = engine.Augmentation(shift=2, flip=True)
+    engine.fit_compiled(augmented, x_train, y_train, batch_size=32, epochs=2, seed=3, shuffle=True, verbose=0,
+                        augmentation=augmentation)
+    stream = jax.random.split(jax.random.key(3))[1]
+    for epoch in range(2):
+        order = np.asarray(engine.epoch_order(jax.random.key(3), epoch, 80, True))
+        epoch_key = jax.random.fold_in(stream, epoch)
+        batches = [np.asarray(engine.augment(jax.random.fold_in(jax.random.fold_in(epoch_key, step), 0),
+                                             jnp.asarray(x_train[order][step * 32:(step + 1) * 32], jnp.float32),
+                                             augmentation))
+                   for step in range(3)]
+        engine.fit_compiled(replayed, np.concatenate(batches), y_train[order], batch_size=32, epochs=1,
+                            shuffle=False, verbose=0)
+    assert_same_state(augmented, replayed)
+
+
+def test_a_resumed_fit_draws_what_the_uninterrupted_one_drew():
+    """Shuffle, augmentation and dropout of epochs 2 and 3 are the same whether the fit stopped
+    after epoch 1 and resumed (initial_epoch=1) or ran through."""
+    config = TINY.replace(batch_norm="none", dropout=0.3)
+    x_train, y_train, _, _ = synthetic_split(80)
+    whole, resumed = twin_models(config, x_train)
+    augmentation = engine.Augmentation(shift=1, flip=True)
+    through = engine.fit_compiled(whole, x_train, y_train, batch_size=32, epochs=3, seed=4, verbose=0,
+                                  augmentation=augmentation).history
+    engine.fit_compiled(resumed, x_train, y_train, batch_size=32, epochs=1, seed=4, verbose=0,
+                        augmentation=augmentation)
+    rest = engine.fit_compiled(resumed, x_train, y_train, batch_size=32, epochs=3, seed=4, initial_epoch=1,
+                               verbose=0, augmentation=augmentation).history
+    assert_same_state(whole, resumed)
+    assert rest["loss"] == pytest.approx(through["loss"][1:], rel=1e-6)
