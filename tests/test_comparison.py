@@ -285,22 +285,22 @@ def test_a_gap_inside_the_seed_spread_is_not_called_a_win():
     # 1.50 points apart: more than either spread (1.41 points each), less than both together
     lines = judged([("a", 0.86), ("a", 0.88), ("b", 0.845), ("b", 0.865)])
     assert lines[0] == "a has the highest mean test accuracy: 0.8700 ± 0.0141 over 2 seed(s)."
-    assert lines[1] == ("a and b differ by 1.50 points, within the seed spread (std 0.0141 and 0.0141): "
+    assert lines[1] == ("a and b differ by 1.50 points, within the seed spread (std 1.41 and 1.41 points): "
                         "these runs do not establish a difference.")
     # the mean, though not the worst seed, above the other's best: still within the spreads
     lines = judged([("a", 0.86), ("a", 0.90), ("b", 0.85), ("b", 0.87)])
-    assert lines[1] == ("a and b differ by 2.00 points, within the seed spread (std 0.0283 and 0.0141): "
+    assert lines[1] == ("a and b differ by 2.00 points, within the seed spread (std 2.83 and 1.41 points): "
                         "these runs do not establish a difference.")
     # the leader's seeds agree, the other's do not: the other's spread counts too (3 seeds against 2)
     lines = judged([("a", 0.87), ("a", 0.87), ("a", 0.87), ("b", 0.85), ("b", 0.875)])
     assert lines[0] == "a has the highest mean test accuracy: 0.8700 ± 0.0000 over 3 seed(s)."
-    assert lines[1] == ("a and b differ by 0.75 points, within the seed spread (std 0.0000 and 0.0177): "
+    assert lines[1] == ("a and b differ by 0.75 points, within the seed spread (std 0.00 and 1.77 points): "
                         "these runs do not establish a difference.")
 
 
 def test_identical_results_are_neither_a_win_nor_a_lead():
     lines = judged([("a", 0.87), ("a", 0.87), ("b", 0.87), ("b", 0.87)])
-    assert lines[1] == ("a and b differ by 0.00 points, within the seed spread (std 0.0000 and 0.0000): "
+    assert lines[1] == ("a and b differ by 0.00 points, within the seed spread (std 0.00 and 0.00 points): "
                         "these runs do not establish a difference.")
 
 
@@ -310,7 +310,7 @@ def test_a_gap_outside_the_seed_spread_is_called_a_win_in_points():
     results = frame([("a", seed, 0.88, 0.9, 9, 1.0, 10) for seed in (1, 2, 3)]
                     + [("b", seed, accuracy, 0.9, 9, 1.0, 10) for seed, accuracy in ((1, 0.80), (2, 0.80), (3, 0.88))])
     assert conclusion(summarize(results))[1] == (
-        "a leads b by 5.33 points, more than the two seed spreads together (std 0.0000 + 0.0462), though their "
+        "a leads b by 5.33 points, more than the two seed spreads together (std 0.00 + 4.62 points), though their "
         "seed ranges overlap.")
 
 
@@ -325,7 +325,8 @@ def test_with_one_seed_differences_are_reported_but_not_judged():
     # one variant with a single seed is enough: its spread is unknown, not zero
     lines = judged([("a", 0.86), ("a", 0.87), ("b", 0.80)])
     assert lines[0] == "a has the highest mean test accuracy: 0.8650 ± 0.0071 over 2 seed(s)."
-    assert "there is no spread to judge the differences against" in lines[1]
+    assert lines[1] == ("With one seed for b there is no spread to judge the differences against; run more "
+                        "seeds before drawing conclusions.")
     assert lines[2] == "b: 0.8000 (6.50 points lower)."
 
 
@@ -353,11 +354,11 @@ def test_a_lead_is_judged_exactly_at_the_sum_of_the_spreads():
     # a's worst seed ties b's best, so no win on every seed; the gap is 1.003 times the two spreads
     # together (3 seeds against 2): a lead
     lines = judged([("a", 0.86), ("a", 0.87), ("b", 0.805), ("b", 0.825), ("b", 0.86)])
-    assert lines[1] == ("a leads b by 3.50 points, more than the two seed spreads together (std 0.0071 + 0.0278), "
+    assert lines[1] == ("a leads b by 3.50 points, more than the two seed spreads together (std 0.71 + 2.78 points), "
                         "though their seed ranges overlap.")
     # 0.992 times: within
     lines = judged([("a", 0.865), ("a", 0.88), ("b", 0.805), ("b", 0.825), ("b", 0.865)])
-    assert lines[1] == ("a and b differ by 4.08 points, within the seed spread (std 0.0106 and 0.0306): "
+    assert lines[1] == ("a and b differ by 4.08 points, within the seed spread (std 1.06 and 3.06 points): "
                         "these runs do not establish a difference.")
 
 

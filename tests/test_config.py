@@ -1,4 +1,5 @@
 import json
+import re
 from typing import Literal
 
 import pytest
@@ -9,11 +10,13 @@ from fashionlab.config import (
     FieldType,
     TrainConfig,
     check_runnable,
+    describe_network,
     field_type,
     from_dict,
     load_config,
     parameter_estimate,
     training_bytes,
+    with_changes,
 )
 from fashionlab.errors import ConfigError
 
@@ -166,3 +169,78 @@ def test_every_field_has_help_and_a_supported_type():
         assert f.metadata["help"], name
         kind = field_type(TYPES[name])
         assert isinstance(f.default, kind.base) and (kind.choices is None or f.default in kind.choices), name
+
+def test_bounds_are_inclusive_and_a_refusal_shows_the_value():
+    TrainConfig(dropout=0.9, augment_shift=8)  # each key's maximum itself is allowed
+    TrainConfig(name="a" * 64)
+    for values, message in [({"name": "é" + "a" * 63}, "be at most 64 bytes long in UTF-8"),  # 64 characters
+                            ({"depth": None}, "depth must be int, got NoneType None"),
+                            ({"optimizer": "adagrad"}, "optimizer must be one of sgd, adam, rmsprop, nadam, adamw; "
+                                                       "got 'adagrad'"),
+                            ({"learning_rate": 0.0}, "learning_rate must be greater than 0, got 0.0")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TrainConfig(**values)
+
+
+def test_keys_that_conflict_are_refused_with_exactly_their_message():
+    TrainConfig(momentum=0.9)  # sgd's own option
+    for values, message in [({"dropout": 0.2, "alpha_dropout": 0.1}, "choose dropout or alpha_dropout, not both"),
+                            ({"momentum": 0.9, "optimizer": "adam"},
+                             "momentum is for optimizer sgd; adam keeps its own moments (set momentum to 0)"),
+                            ({"depth": 0, "dropout": 0.5},
+                             "a network of depth 0 has no hidden layer to apply dropout to")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            TrainConfig(**values)
+    with pytest.raises(ConfigError, match=r"^unknown config key\(s\): deep, wide; valid keys: name, model, depth, "):
+        from_dict({"wide": 2, "deep": 1})
+
+
+def test_config_files_say_what_is_wrong_in_their_own_format(tmp_path):
+    for name, text, message in [("deep.json", "[" * 100_000,
+                                 "config file {} nests too deeply; it is not a fashionlab config"),
+                                ("bad.json", "{", "config file {} is not valid JSON: "),
+                                ("bad", "= =", "config file {} is not valid TOML: "),
+                                ("missing.toml", None, "config file {} does not exist"),
+                                ("desc.toml", 'description = "x"\n', "unknown config key(s): description;")]:
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message.format(tmp_path / name))):
+            load_config(tmp_path / name)
+    (tmp_path / "recipe.toml").write_text('description = "x"\n[train]\ndepth = 3\n[measured]\na = 1\n'
+                                          '[measured_gpu]\nb = 2\n')
+    assert load_config(tmp_path / "recipe.toml") == TrainConfig(depth=3)  # every table a recipe may hold
+    assert load_config(overrides={"depth": 4}) == TrainConfig(depth=4)  # no file: defaults and overrides
+
+
+def test_the_network_is_described_in_a_few_words():
+    assert describe_network(TrainConfig()) == "depth 20 x width 100"
+    assert describe_network(TrainConfig(model="cnn", filters=8, conv_blocks=3, convs_per_block=2, depth=1,
+                                        width=32)) == "cnn 8-16-32 (x2), depth 1 x width 32"
+
+
+def test_the_memory_estimate_counts_weights_with_their_optimizer_state_activations_and_images():
+    config = TrainConfig(depth=2, width=64, batch_size=32)
+    weights = 4 * parameter_estimate(config)  # float32
+    base = training_bytes(config, 1000)
+    assert base == 3 * weights + 4 * 4 * 1000 * 128 + 2 * 28 * 28 * 1000  # weights, gradients, a compiled copy
+    assert training_bytes(config, 1001) - base == 2 * 28 * 28  # each image on the device
+    assert training_bytes(config.replace(momentum=0.9), 1000) - base == weights  # one slot per weight
+    assert training_bytes(config.replace(optimizer="adam"), 1000) - base == 2 * weights
+    assert training_bytes(config.replace(batch_size=2000), 1000) - base == 4 * 4 * 1000 * 128  # past 1000 a batch
+    cnn = TrainConfig(model="cnn", filters=4, conv_blocks=2, convs_per_block=1, depth=2, width=64, batch_size=32)
+    conv_units = 28 * 28 * 4 + 14 * 14 * 8  # each convolution's output per image
+    assert training_bytes(cnn, 1000) == 3 * 4 * parameter_estimate(cnn) + 4 * 4 * 1000 * (128 + conv_units) \
+        + 2 * 28 * 28 * 1000
+
+
+def test_the_memory_refusal_says_both_sizes_in_gib():
+    config = TrainConfig(width=20000, depth=30)
+    need = training_bytes(config, 55000)
+    with pytest.raises(ConfigError, match=re.escape(f"needs about {need / 2**30:.1f} GiB to train, more than the "
+                                                    f"1.0 GiB of memory free here")):
+        check_runnable(config, train_images=60000, free_memory=2**30)
+
+
+def test_a_config_changed_by_a_large_number_is_named_after_it_exactly():
+    assert with_changes(TrainConfig(), {"learning_rate": 1e16}).name == "tutorial-learning_rate-1e16"
+    assert with_changes(TrainConfig(), {"learning_rate": 1e-05}).name == "tutorial-learning_rate-1e-05"

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from fashionlab.errors import ConfigError
-from fashionlab.files import check_writable, read_bytes, read_text
+from fashionlab.files import check_writable, outermost_missing, read_bytes, read_text
 
 
 def read(path, **options):
@@ -148,3 +149,14 @@ def test_evaluate_refuses_a_read_only_run_before_its_first_write(tiny_run, synth
     assert done.stderr == (f"fashionlab: error: cannot write the evaluation in {path}: nothing can be made in {path} "
                            f"(Read-only file system); give `run_dir` another folder\n")
     assert (path / "report.html").stat().st_mtime_ns == report
+
+def test_outermost_missing_is_none_for_a_folder_that_exists(tmp_path):
+    assert outermost_missing(tmp_path) is None
+    assert outermost_missing(tmp_path / "a" / "b") == tmp_path / "a"
+
+
+def test_an_unwritable_place_is_named_with_the_systems_reason():
+    with pytest.raises(ConfigError, match="^" + re.escape("cannot write the run in /proc/x: nothing can be made in "
+                                                          "/proc (") + ".+" + re.escape("); give `run_dir` another "
+                                                                                        "folder") + "$"):
+        check_writable("/proc/x", what="the run", term="run_dir")

@@ -143,8 +143,10 @@ def conclusion(summary: pd.DataFrame) -> list[str]:
     if len(ranked) == 1:
         return lines
     if seeds < 2:
-        lines.append("With one seed per variant there is no spread to judge the differences against; "
-                     "run more seeds before drawing conclusions.")
+        single = [str(v) for v in ranked.index[ranked["seeds"] < 2]]
+        which = "per variant" if len(single) == len(ranked) else f"for {', '.join(single)}"
+        lines.append(f"With one seed {which} there is no spread to judge the differences against; "
+                     f"run more seeds before drawing conclusions.")
     for variant, other in ranked.iloc[1:].iterrows():
         gap = (top.test_accuracy_mean - other.test_accuracy_mean) * 100
         if seeds < 2:
@@ -154,12 +156,12 @@ def conclusion(summary: pd.DataFrame) -> list[str]:
                          f"is above {variant}'s best ({other.test_accuracy_best:.4f}); mean gap {gap:.2f} points.")
         elif gap / 100 > top.test_accuracy_std + other.test_accuracy_std:
             lines.append(f"{best} leads {variant} by {gap:.2f} points, more than the two seed spreads together "
-                         f"(std {top.test_accuracy_std:.4f} + {other.test_accuracy_std:.4f}), though their "
-                         f"seed ranges overlap.")
+                         f"(std {100 * top.test_accuracy_std:.2f} + {100 * other.test_accuracy_std:.2f} points), "
+                         f"though their seed ranges overlap.")
         else:
             lines.append(f"{best} and {variant} differ by {gap:.2f} points, within the seed spread "
-                         f"(std {top.test_accuracy_std:.4f} and {other.test_accuracy_std:.4f}): these runs do "
-                         f"not establish a difference.")
+                         f"(std {100 * top.test_accuracy_std:.2f} and {100 * other.test_accuracy_std:.2f} points): "
+                         f"these runs do not establish a difference.")
     early, late = summary["first_epoch_val_accuracy"].idxmax(), summary["first_epoch_val_accuracy"].idxmin()
     lines.append(f"After the first epoch, mean validation accuracy ranged from "
                  f"{summary.loc[late, 'first_epoch_val_accuracy']:.4f} ({late}) to "

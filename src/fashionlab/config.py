@@ -247,7 +247,7 @@ def with_changes(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
     differences = [(k, v) for k, v in changed.to_dict().items() if k != "name" and v != getattr(base, k)]
     if "name" in changes or not differences:
         return changed
-    said = "-".join(f"{k}-{str(v).lower()}" for k, v in differences)
+    said = "-".join(f"{k}-{str(v).lower().replace('e+', 'e')}" for k, v in differences)  # 1e+16: 1e16, not 1e-16
     for name in (re.sub(r"[^\w.-]", "-", f"{base.name}-{said}"), f"{base.name}-custom"):
         if name_problem(name) is None:
             return changed.replace(name=name)

@@ -143,6 +143,8 @@ def _unwrap(hint: Any) -> Any:
 
 
 def _said(schema: Any) -> str:
+    if typing.get_origin(schema) is Annotated:  # a bounded number: its kind is what the type says
+        return _said(typing.get_args(schema)[0])
     return {str: "text", bool: "true or false", int: "a whole number", float: "a number",
             type(None): "null"}.get(schema, str(schema))
 
