@@ -64,7 +64,7 @@ def test_train_recipe_options_override_and_rename(capsys):
                                                      "--learning-rate", "1e-20", "--name", "mine"]))
     assert (config.name, config.epochs, config.learning_rate) == ("mine", 3, 1e-20)
     assert _config_from(build_parser().parse_args(["train", "--learning-rate", "1e+20"])).name == \
-        "tutorial-learning_rate-1e-20"  # "+" is no name character
+        "tutorial-learning_rate-1e20"  # "+" is no name character, and 1e-20 would say another number
 
 
 def test_a_name_given_is_kept_even_the_recipes_own():

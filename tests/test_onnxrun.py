@@ -1,0 +1,263 @@
+"""ONNX files as untrusted programs: what `check_graph` refuses before onnxruntime reads a file
+(each a file an attacker could craft from a real export), and what `OnnxModel` checks while it
+runs one (the batch sizes it may be given, the time of a call, the answer)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from helpers import huge_product_onnx, onnx_model, onnx_probabilities, slow_onnx
+from onnx import helper
+
+from fashionlab import export
+from fashionlab.errors import ModelTimeout, RunError
+from fashionlab.onnxrun import OnnxModel
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    return export.export(tiny_run.run.path, out=out, data=synthetic), out
+
+
+def exported_path(folder):
+    return folder / "for-damage.onnx"
+
+
+def _external(model):
+    """The first weights tensor read from a file beside the model (onnxruntime: beside the working folder)."""
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="secret.bin")
+    return model
+
+
+def _constant_external(model):
+    value = onnx.numpy_helper.from_array(np.zeros(4, np.float32), "c")
+    value.ClearField("raw_data")
+    value.data_location = onnx.TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="../secret.bin")
+    model.graph.node.append(helper.make_node("Constant", [], ["c_out"], value=value))
+    return model
+
+
+def _foreign_operator(model):
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.graph.node.append(helper.make_node("Gelu", ["pixels"], ["gelu"], domain="com.microsoft"))
+    return model
+
+
+def _function(model):
+    model.opset_import.append(helper.make_opsetid("custom", 1))
+    model.functions.append(helper.make_function("custom", "twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], [
+        "y"])], [helper.make_opsetid("", 17)]))
+    model.graph.node.append(helper.make_node("twice", ["pixels"], ["doubled"], domain="custom"))
+    return model
+
+
+def _loop(model):
+    body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+                             [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+                              helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, [])],
+                             [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, [])])
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(2**62, np.int64), "forever"),
+                                    onnx.numpy_helper.from_array(np.array(True), "true")])
+    model.graph.node.append(helper.make_node("Loop", ["forever", "true"], [], body=body))
+    return model
+
+
+def _subgraph_on_an_allowed_operator(model):
+    body = helper.make_graph([], "hidden", [], [])
+    model.graph.node.append(helper.make_node("Identity", ["pixels"], ["same"], body=body))
+    return model
+
+
+def _operator(op_type, *inputs, **attributes):
+    def build(model):
+        model.graph.node.append(helper.make_node(op_type, list(inputs), ["out"], **attributes))
+        return model
+    return build
+
+
+def _expand_to(dims):
+    def build(model):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(dims, np.int64), "huge_shape"))
+        model.graph.node.extend([helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                                 helper.make_node("Expand", ["mean", "huge_shape"], ["huge"])])
+        return model
+    return build
+
+
+def _batch_squared(model):
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0], np.int64), "first"),
+                                    onnx.numpy_helper.from_array(np.array([100_000], np.int64), "wide")])
+    model.graph.node.extend([helper.make_node("Shape", ["pixels"], ["shape"]),
+                             helper.make_node("Gather", ["shape", "first"], ["n"]),
+                             helper.make_node("Mul", ["n", "n"], ["n_squared"]),
+                             helper.make_node("Concat", ["n_squared", "wide"], ["square_shape"], axis=0),
+                             helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                             helper.make_node("Expand", ["mean", "square_shape"], ["square"])])
+    return model
+
+
+def _sized_by_the_data(declared):
+    """A tensor as long as the brightest pixel times a million, declared (by its value_info) as `declared`."""
+    def build(model):
+        model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.0, np.float32), "start"),
+                                        onnx.numpy_helper.from_array(np.array(1e6, np.float32), "million"),
+                                        onnx.numpy_helper.from_array(np.array(1.0, np.float32), "step")])
+        model.graph.node.extend([helper.make_node("ReduceMax", ["pixels"], ["brightest"], keepdims=0),
+                                 helper.make_node("Mul", ["brightest", "million"], ["limit"]),
+                                 helper.make_node("Range", ["start", "limit", "step"], ["counted"])])
+        if declared is not None:
+            model.graph.value_info.append(helper.make_tensor_value_info("counted", onnx.TensorProto.FLOAT, declared))
+        return model
+    return build
+
+
+def _sparse(model):
+    values = onnx.numpy_helper.from_array(np.ones(1, np.float32), "values")
+    indices = onnx.numpy_helper.from_array(np.zeros(1, np.int64), "indices")
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [16384, 32768]))
+    return model
+
+
+def _strings(model):
+    model.graph.node.append(helper.make_node("Constant", [], ["text"], value=helper.make_tensor(
+        "text", onnx.TensorProto.STRING, [1], [b"x" * 100])))
+    return model
+
+
+def _too_many_operators(model):
+    model.graph.node.extend(helper.make_node("Identity", ["pixels"], [f"copy{i}"]) for i in range(20_001))
+    return model
+
+
+def _fixed_batch(model):
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    return model
+
+
+def _other_signature(model):
+    return helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "other",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 5])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _wrong_class_count(model):
+    nodes, consts = onnx_probabilities()
+    return onnx_model(nodes, consts, output_shape=("batch", 12))
+
+
+def _declared_but_not_computed(model):  # says (batch, 10), computes (batch, 12)
+    nodes, consts = onnx_probabilities()
+    consts[1] = onnx.numpy_helper.from_array(np.array([12], np.int64), "ten")
+    return onnx_model(nodes, consts)
+
+
+HOSTILE = {  # how a crafted file is made from a real export -> what the refusal says
+    "external data": (_external, "refers to tensor data in other files"),
+    "external data in a constant": (_constant_external, "refers to tensor data in other files"),
+    "a foreign operator": (_foreign_operator, "outside the default ONNX domain \\('com.microsoft'\\)"),
+    "a local function": (_function, "holds functions"),
+    "a loop": (_loop, "the operator 'Loop', which fashionlab's exports never do"),
+    "an operator sized by its input": (_operator("ConstantOfShape", "pixels"), "the operator 'ConstantOfShape'"),
+    "einsum": (_operator("Einsum", "pixels", "pixels", equation="abc,abc->"), "the operator 'Einsum'"),
+    "a subgraph on an allowed operator": (_subgraph_on_an_allowed_operator, "holds subgraphs"),
+    "a sparse initializer": (_sparse, "holds sparse tensors"),
+    "a huge constant": (_expand_to([2**30]), "holds 4,29\\d,\\d{3},\\d{3} bytes of tensors and does [\\d,]+ "
+                                             "multiply-adds for one image, more than the 1,073,741,824"),
+    "a product of 68 billion multiply-adds": (lambda model: huge_product_onnx(), "does 68,7[\\d,]+ multiply-adds "
+                                                                                 "for one image, more than"),
+    "a shape known only from the data": (_sized_by_the_data(None), "does not follow from the batch size alone"),
+    "a shape from the data, declared small": (_sized_by_the_data([1]), "does not follow from the batch size alone"),
+    "a shape from the data, declared as the batch": (_sized_by_the_data(["batch"]),
+                                                      "does not follow from the batch size alone"),
+    "text tensors": (_strings, "holds tensors of text or of another kind than numbers"),
+    "20,001 more operators": (_too_many_operators, "more than 20,000"),
+    "a fixed batch": (_fixed_batch, "takes batches of exactly 1 images; export it with a batch size left open"),
+    "another signature": (_other_signature, "takes 'x' float32 \\('n', 5\\), not one input `pixels` of float32 "
+                                            "\\(N, 28, 28\\) images"),
+    "12 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, 10\\)"),
+    "a declared shape it does not compute": (_declared_but_not_computed, "is not a valid ONNX graph"),
+}
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_a_crafted_onnx_file_is_refused_before_onnxruntime_reads_it(kind, exported, tmp_path, monkeypatch):
+    build, message = HOSTILE[kind]
+    (tmp_path / "secret.bin").write_bytes(b"secret" * 1000)  # what external data would point onnxruntime at
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "crafted.onnx"
+    path.write_bytes(build(onnx.load(exported[1])).SerializeToString())
+    with pytest.raises(RunError, match=message) as refused:
+        OnnxModel(path)
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_model_that_grows_faster_than_its_batch_is_given_only_the_batches_that_fit(exported, tmp_path):
+    path = tmp_path / "squared.onnx"
+    path.write_bytes(_batch_squared(onnx.load(exported[1])).SerializeToString())  # a tensor of 10^5 x batch^2
+    model = OnnxModel(path)
+    assert model.batch_limit == 32 and model.costs[64].bytes > 2**30 >= model.costs[32].bytes
+    assert all(model.costs[size].bytes >= 4 * 10**5 * size * size for size in model.costs)
+    fine = OnnxModel(exported[1])
+    assert fine.batch_limit == 1024 and fine.costs[1024].fits()
+    x = np.zeros((70, 28, 28), np.float32)
+    np.testing.assert_allclose(model.predict(x), fine.predict(x), atol=1e-6)  # in calls of 32, 32 and 8 (padded)
+
+
+def test_files_that_are_not_onnx_models_are_refused_in_one_line(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk" * 100)
+    with pytest.raises(RunError, match="is not an ONNX model \\(its bytes do not parse as one\\)"):
+        OnnxModel(tmp_path / "junk.onnx")
+    with pytest.raises(RunError, match="does not exist"):
+        OnnxModel(tmp_path / "missing.onnx")
+
+
+def test_a_model_that_gives_something_else_than_probabilities_is_refused_at_its_first_answer(tmp_path):
+    nodes, consts = onnx_probabilities()
+    raw = onnx_model(nodes[:-1] + [helper.make_node("Identity", ["logits"], ["probabilities"])], consts)
+    negative = onnx_model(nodes[:-1] + [helper.make_node("Softmax", ["logits"], ["p"]),
+                                        helper.make_node("Neg", ["p"], ["probabilities"])], consts)
+    fine = onnx_model(nodes, consts)
+    x = np.full((3, 28, 28), 200, np.float32)
+    for model in (raw, negative):
+        onnx.save(model, tmp_path / "wrong.onnx")
+        with pytest.raises(RunError, match="gives values that are not probabilities"):
+            OnnxModel(tmp_path / "wrong.onnx").predict(x)
+    onnx.save(fine, tmp_path / "fine.onnx")
+    np.testing.assert_allclose(OnnxModel(tmp_path / "fine.onnx").predict(x).sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_a_slow_model_is_stopped_after_its_time_limit_and_can_be_asked_again(tmp_path):
+    onnx.save(slow_onnx(), tmp_path / "slow.onnx")
+    model = OnnxModel(tmp_path / "slow.onnx", timeout=0.05)
+    x = np.zeros((16, 28, 28), np.float32)
+    started = time.monotonic()
+    for _ in range(2):  # stopped between two operators: free for the next call at once
+        with pytest.raises(ModelTimeout, match="took over 0.05 s on 16 images \\(stopped\\)"):
+            model.predict(x)
+        assert model.calls.stuck_for() is None
+    assert time.monotonic() - started < 2.5
+    model.calls.seconds = 300
+    np.testing.assert_allclose(model.predict(x).sum(axis=1), 1.0, atol=1e-6)  # it does answer, given the time
+
+
+def test_predict_with_a_slow_onnx_file_ends_with_one_line_and_onnxruntime_says_nothing(tmp_path, synthetic):
+    onnx.save(slow_onnx(), tmp_path / "slow.onnx")
+    done = subprocess.run([sys.executable, "-m", "fashionlab", "predict", "--onnx", str(tmp_path / "slow.onnx"),
+                           "--index", *map(str, range(16)), "--model-timeout", "0.05", "--data-dir",
+                           str(synthetic.data_dir), "--no-verify"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("fashionlab: error: the ONNX model slow.onnx "
+                                                                     "took over 0.05 s on 16 images (stopped)")
