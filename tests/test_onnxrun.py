@@ -4,6 +4,7 @@ runs one (the batch sizes it may be given, the time of a call, the answer)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -214,6 +215,62 @@ def test_a_model_that_grows_faster_than_its_batch_is_given_only_the_batches_that
     assert fine.batch_limit == 1024 and fine.costs[1024].fits()
     x = np.zeros((70, 28, 28), np.float32)
     np.testing.assert_allclose(model.predict(x), fine.predict(x), atol=1e-6)  # in calls of 32, 32 and 8 (padded)
+
+
+
+def _batch_hump(model):
+    """A tensor of 2048 (n - 1)(1024 - n) values for a batch of n: nothing for 1 and 1024 images,
+    gigabytes in between."""
+    consts = {"first": [0], "one": [1], "top": [1024], "wide": [2048]}
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+    model.graph.node.extend([helper.make_node("Shape", ["pixels"], ["shape"]),
+                             helper.make_node("Gather", ["shape", "first"], ["n"]),
+                             helper.make_node("Sub", ["n", "one"], ["above"]),
+                             helper.make_node("Sub", ["top", "n"], ["below"]),
+                             helper.make_node("Mul", ["above", "below"], ["hump"]),
+                             helper.make_node("Mul", ["hump", "wide"], ["length"]),
+                             helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                             helper.make_node("Expand", ["mean", "length"], ["humped"])])
+    return model
+
+
+def test_a_batch_size_past_one_that_does_not_fit_is_never_used_even_if_a_larger_one_fits(exported, tmp_path):
+    path = tmp_path / "hump.onnx"
+    path.write_bytes(_batch_hump(onnx.load(exported[1])).SerializeToString())
+    model = OnnxModel(path)
+    assert not model.costs[256].fits() and model.batch_limit == 128  # 1024 would fit, but 256 and 512 do not
+
+
+def test_every_call_is_given_a_batch_size_that_was_checked(exported):
+    model = OnnxModel(exported[1])
+    sizes, run = [], model.session.run
+
+    def recorded(names, feeds, options):
+        sizes.append(len(feeds["pixels"]))
+        return run(names, feeds, options)
+
+    model.session.run = recorded
+    x = np.random.default_rng(0).integers(0, 255, (1500, 28, 28)).astype(np.float32)
+    out = model.predict(x)
+    assert out.shape == (1500, 10) and sizes == [1024, 512]  # 1024, then 476 images padded to 512
+    assert all(size in model.costs and model.costs[size].fits() for size in sizes)
+    model.predict(x[:3], batch_size=64)
+    assert sizes[-1] == 4
+
+
+def test_only_the_metadata_fields_export_writes_are_kept_each_of_its_kind(exported, tmp_path):
+    graph = onnx.load(exported[1])
+    nested: dict = {}
+    for _ in range(300):
+        nested = {"deeper": nested}
+    said = {"name": "tiny", "run": ["not", "text"], "test_accuracy": "high", "class_names": ["a", 2],
+            "config": {"width": 16, "dropout": 0.1, "nested": nested, "long": "x" * 5000, "fine": None},
+            "extra": "dropped"}
+    del graph.metadata_props[:]
+    graph.metadata_props.add(key="fashionlab", value=json.dumps(said))
+    onnx.save(graph, tmp_path / "meta.onnx")
+    assert OnnxModel(tmp_path / "meta.onnx").metadata == {"name": "tiny",
+                                                           "config": {"width": 16, "dropout": 0.1, "fine": None}}
 
 
 def test_files_that_are_not_onnx_models_are_refused_in_one_line(tmp_path):

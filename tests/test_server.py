@@ -263,7 +263,7 @@ def test_slow_or_bloated_requests_are_cut_off(keras_server):
 def test_a_body_may_come_slowly_but_not_slower_than_the_least_rate(keras_server, test_pngs):
     """A photo sent at a few times MIN_BODY_RATE over a longer time than BODY_SECONDS is answered;
     a body that stalls is answered 408 once BODY_SECONDS and its bytes' allowance have passed."""
-    noise = png(np.random.default_rng(2).integers(0, 256, (400, 400), dtype=np.uint8))  # ~160 KB
+    noise = png(np.random.default_rng(2).integers(0, 256, (560, 560), dtype=np.uint8))  # ~310 KB
     steady, kind = multipart([("noise.png", noise)])
 
     def send(body: bytes, rate: float, upto: int) -> tuple[bytes, float]:
@@ -277,10 +277,10 @@ def test_a_body_may_come_slowly_but_not_slower_than_the_least_rate(keras_server,
             return b"".join(iter(lambda: raw.recv(65536), b"")), time.monotonic() - began
 
     with ThreadPoolExecutor(2) as pool:
-        slow_but_steady = pool.submit(send, steady, 1.5 * MIN_BODY_RATE, len(steady))  # ~7 s
+        slow_but_steady = pool.submit(send, steady, 1.5 * MIN_BODY_RATE, len(steady))  # ~13 s
         stalled = pool.submit(send, steady, 1e9, 1000)
         answer, seconds = slow_but_steady.result()
-        assert answer.startswith(b"HTTP/1.1 200 ") and seconds > len(steady) / (2 * MIN_BODY_RATE)
+        assert answer.startswith(b"HTTP/1.1 200 ") and seconds > max(BODY_SECONDS, len(steady) / (2 * MIN_BODY_RATE))
         answer, seconds = stalled.result()
         assert answer.startswith(b"HTTP/1.1 408 ") and b"slower than 16 KB/s" in answer
         assert BODY_SECONDS <= seconds < BODY_SECONDS + 5

@@ -144,6 +144,32 @@ def test_a_stop_within_the_first_epoch_leaves_an_interrupted_run_that_resumes(tm
     assert list(resume(tmp_path / "run", data=synthetic, verbose=0).history["epoch"]) == [1, 2]
 
 
+class FileWritten:
+    """An event set once a file exists."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def is_set(self):
+        return self.path.exists()
+
+
+def test_a_stop_while_the_model_is_written_ends_the_run_before_the_test_set_is_read(tmp_path, synthetic):
+    """Asked to stop once model.keras exists: the next safe point comes before the test evaluation
+    and its reports, and resuming writes them."""
+    path = tmp_path / "run"
+    stop_when(FileWritten(path / "model.keras"))
+    try:
+        with pytest.raises(Interrupted, match=f"after {TINY.epochs} finished epoch"):
+            train(TINY, path, data=synthetic, verbose=0)
+    finally:
+        stop_when()
+    assert Run(path).status()["status"] == "interrupted"
+    assert not any((path / name).exists() for name in ("report.html", "confusion_matrix.csv", "metrics.json"))
+    resumed = resume(path, data=synthetic, verbose=0)
+    assert Run(path).status()["status"] == "complete" and (path / "report.html").exists()
+    assert len(resumed.history) == TINY.epochs
+
 def test_seconds_to_accuracy_counts_training_time_from_the_start():
     history = pd.DataFrame({"seconds": [2.0, 1.0, 1.5], "val_accuracy": [0.80, 0.91, 0.95]})
     assert seconds_to_accuracy(history) == {"0.85": 3.0, "0.90": 3.0, "0.93": 4.5}

@@ -217,6 +217,48 @@ def test_a_request_whose_images_together_take_too_long_is_refused():
         pool.close()
 
 
+def test_once_a_requests_time_is_spent_its_remaining_images_are_not_even_sent():
+    pool = UploadWorkers(workers=1, request_seconds=0.5, small_pixels=0)
+    try:
+        async def slow_to_answer() -> bool:  # the client is still there, but asking takes the request's time
+            await asyncio.sleep(0.6)
+            return False
+
+        async def attempt():
+            before = pool.jobs
+            with pytest.raises(UploadError, match="^the request's images take over 0.5 s to read") as refused:
+                await pool.read(form(("image", "a.png", GARMENT)), KIND, gone=slow_to_answer)
+            return refused.value.status, pool.jobs - before
+
+        assert run(attempt()) == (408, 1)  # the form read; no decode sent, so no worker killed over it
+        assert pool.killed == 0
+    finally:
+        pool.close()
+
+
+def test_a_small_request_is_not_queued_behind_every_image_of_a_large_one():
+    pool = UploadWorkers(workers=1, small_pixels=0)
+    slow = png(np.random.default_rng(4).integers(0, 256, (1500, 1500), dtype=np.uint8))
+    try:
+        async def attempt():
+            finished: list[str] = []
+
+            async def send(name: str, images: list[bytes]) -> None:
+                await pool.read(form(*[("image", f"{name}{i}.png", image) for i, image in enumerate(images)]), KIND)
+                finished.append(name)
+
+            large = asyncio.create_task(send("large", [slow] * 8))
+            while pool.jobs < 2:  # its form read, its first image being decoded
+                await asyncio.sleep(0.001)
+            await send("small", [GARMENT])
+            await large
+            return finished
+
+        assert run(attempt()) == ["small", "large"]  # a turn after a few of the large one's images, not all 8
+    finally:
+        pool.close()
+
+
 def test_what_a_decoder_prints_stays_out_of_the_servers_stderr(workers, capfd):
     data = zlib.compress(b"\x00" * 1024)
     tile = 32768  # a 16 x 16 TIFF in one tile of 32768 x 32768: libtiff complains on stderr

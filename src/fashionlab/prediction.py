@@ -70,7 +70,7 @@ def _flatten(image: Image.Image) -> Image.Image:
         if not np.isfinite(array).all():
             raise NotNumbers()
         brightest = max(float(array.max()), 0.0)
-        top = 1.0 if brightest <= 1.0 else 2.0 ** np.ceil(np.log2(brightest + 1)) - 1  # 0..1, 255, 4095, 65535...
+        top = max(1.0, 2.0 ** np.ceil(np.log2(brightest + 1)) - 1)  # 0..1, 255, 4095, 65535...
         return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
