@@ -165,6 +165,37 @@ def _declared_but_not_computed(model):  # says (batch, 10), computes (batch, 12)
     return onnx_model(nodes, consts)
 
 
+def _batch_then(*steps):
+    """The batch size (from Shape and Gather), put through `steps` ((op, extra inputs, attributes)),
+    then used as the length of a tensor."""
+    def build(model):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "first"))
+        nodes = [helper.make_node("Shape", ["pixels"], ["shape"]),
+                 helper.make_node("Gather", ["shape", "first"], ["v0"])]
+        for i, (op, extra, attributes) in enumerate(steps):
+            for j, value in enumerate(extra):
+                model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.int64), f"c{i}_{j}"))
+            nodes.append(helper.make_node(op, [f"v{i}", *(f"c{i}_{j}" for j in range(len(extra)))], [f"v{i + 1}"],
+                                          **attributes))
+        nodes += [helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                  helper.make_node("Expand", ["mean", f"v{len(steps)}"], ["sized"])]
+        model.graph.node.extend(nodes)
+        return model
+    return build
+
+
+def _doubled(times):
+    """The shape (N, 28, 28) concatenated with itself `times` times: 3 * 2^times numbers."""
+    def build(model):
+        nodes = [helper.make_node("Shape", ["pixels"], ["s0"])]
+        nodes += [helper.make_node("Concat", [f"s{i}", f"s{i}"], [f"s{i + 1}"], axis=0) for i in range(times)]
+        nodes += [helper.make_node("ReduceMean", ["pixels"], ["mean"], keepdims=0),
+                  helper.make_node("Expand", ["mean", f"s{times}"], ["sized"])]
+        model.graph.node.extend(nodes)
+        return model
+    return build
+
+
 HOSTILE = {  # how a crafted file is made from a real export -> what the refusal says
     "external data": (_external, "refers to tensor data in other files"),
     "external data in a constant": (_constant_external, "refers to tensor data in other files"),
@@ -190,6 +221,16 @@ HOSTILE = {  # how a crafted file is made from a real export -> what the refusal
                                             "\\(N, 28, 28\\) images"),
     "12 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, 10\\)"),
     "a declared shape it does not compute": (_declared_but_not_computed, "is not a valid ONNX graph"),
+    # shape arithmetic onnxruntime computes otherwise than ONNX's data propagation, or that blows up
+    "a narrowing cast that wraps": (_batch_then(("Add", [[65535]], {}), ("Cast", [], {"to": onnx.TensorProto.INT16}),
+                                                ("Cast", [], {"to": onnx.TensorProto.INT64})),
+                                    "computes an integer that overflows before it reads the pixels"),
+    "an overflowing sum": (_batch_then(("Add", [[2**63 - 1]], {})), "computes an integer that overflows"),
+    "an integer divided by zero": (_batch_then(("Div", [[0]], {})), "computes an integer divided by zero"),
+    "an index out of range": (_batch_then(("Gather", [[7]], {})), "computes an index out of range"),
+    "a shape doubled 40 times": (_doubled(40), "computes a concatenation too large"),
+    "a slice by 2^62 steps": (_batch_then(("Slice", [[0], [2**62], [0], [2**62]], {})),
+                              "does not follow from the batch size alone"),
 }
 
 
@@ -271,6 +312,55 @@ def test_only_the_metadata_fields_export_writes_are_kept_each_of_its_kind(export
     onnx.save(graph, tmp_path / "meta.onnx")
     assert OnnxModel(tmp_path / "meta.onnx").metadata == {"name": "tiny",
                                                            "config": {"width": 16, "dropout": 0.1, "fine": None}}
+
+
+def test_shape_arithmetic_is_worked_out_as_onnxruntime_does_it(exported, tmp_path):
+    """A length computed from the batch size is the length the check sees at every batch size:
+    integer division truncates towards zero, as in onnxruntime (numpy's // would floor)."""
+    path = tmp_path / "arithmetic.onnx"
+    path.write_bytes(_batch_then(("Sub", [[-5]], {}), ("Neg", [], {}), ("Div", [[4]], {}), ("Neg", [], {}),
+                                 ("Mul", [[1000]], {}))(onnx.load(exported[1])).SerializeToString())
+    model, plain = OnnxModel(path), OnnxModel(exported[1])
+    for size, thousands in ((1, 1), (64, 17)):  # -(1 + 5) / 4 = -1.5 -> -1; -(64 + 5) / 4 = -17.25 -> -17
+        extra = model.costs[size].bytes - plain.costs[size].bytes
+        assert thousands * 4000 <= extra < thousands * 4000 + 500  # float32, and a few small integers
+
+
+def test_a_convolution_is_charged_for_the_patches_it_unrolls(exported, tmp_path):
+    graph = onnx.load(exported[1])
+    graph.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([-1, 1, 28, 28], np.int64), "image"),
+                                    onnx.numpy_helper.from_array(np.ones((1, 1, 27, 27), np.float32), "kernel")])
+    graph.graph.node.extend([helper.make_node("Reshape", ["pixels", "image"], ["images"]),
+                             helper.make_node("Conv", ["images", "kernel"], ["blurred"], pads=[13, 13, 13, 13])])
+    onnx.save(graph, tmp_path / "conv.onnx")
+    model, plain = OnnxModel(tmp_path / "conv.onnx"), OnnxModel(exported[1])
+    patches = 27 * 27 * 28 * 28 * 4  # each output position unrolls its 27 x 27 window: 2.3 MB
+    assert model.costs[1].bytes - plain.costs[1].bytes >= patches
+
+
+def test_a_graph_that_fails_as_it_runs_is_one_line_about_the_file(exported, tmp_path):
+    graph = onnx.load(exported[1])
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(np.array([40], np.int64), "past_the_end"))
+    graph.graph.node.append(helper.make_node("Gather", ["pixels", "past_the_end"], ["row"], axis=1))
+    onnx.save(graph, tmp_path / "fails.onnx")
+    with pytest.raises(RunError, match=r"the ONNX model fails.onnx failed on 3 images \(.*\); it is damaged") as failed:
+        OnnxModel(tmp_path / "fails.onnx").predict(np.zeros((3, 28, 28), np.float32))
+    assert "\n" not in str(failed.value) and "onnxruntime_src" not in str(failed.value)
+
+
+def test_the_time_limit_is_for_all_of_a_predicts_calls_together(tmp_path):
+    onnx.save(slow_onnx(), tmp_path / "slow.onnx")
+    model = OnnxModel(tmp_path / "slow.onnx", timeout=300)
+    x = np.zeros((1, 28, 28), np.float32)
+    model.predict(x)  # warm
+    started = time.monotonic()
+    model.predict(x)
+    one = time.monotonic() - started
+    model.calls.seconds = 3 * one
+    started = time.monotonic()
+    with pytest.raises(ModelTimeout, match=r"took over [\d.]+ s on 12 images \(stopped\)"):
+        model.predict(np.zeros((12, 28, 28), np.float32), batch_size=1)  # 12 calls, each within the limit
+    assert time.monotonic() - started < 3 * one + 1.5
 
 
 def test_files_that_are_not_onnx_models_are_refused_in_one_line(tmp_path):

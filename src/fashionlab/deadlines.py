@@ -33,14 +33,20 @@ class BoundedCalls:
         self.busy_since: float | None = None
         self.timeouts = 0
 
-    def run(self, call: Callable[[], Any], stop: Callable[[], None] = lambda: None, images: int = 0) -> Any:
+    def run(self, call: Callable[[], Any], stop: Callable[[], None] = lambda: None, images: int = 0,
+            seconds: float | None = None) -> Any:
+        """`call()`, given `seconds` (what is left of `self.seconds` for a task of several calls) or
+        `self.seconds`; `images` is what the task is about, for the message."""
         if self.overrun is not None and not self.overrun.done():
             raise ModelBusy(f"{self.what} is still busy with a call that ran over {self.seconds:g} s "
                             f"(for {time.monotonic() - self.busy_since:.0f} s now); try again later")
         self.overrun = self.busy_since = None
+        if seconds is not None and seconds <= 0:
+            self.timeouts += 1
+            raise self._late(images, ended=True)
         future = self.executor.submit(call)
         try:
-            return future.result(timeout=self.seconds)
+            return future.result(timeout=self.seconds if seconds is None else seconds)
         except FutureTimeout:
             stop()
             self.timeouts += 1
@@ -49,10 +55,13 @@ class BoundedCalls:
             ended = future.done()
             if not ended:  # it cannot be stopped (a JAX call, one long operator): nothing more goes to it
                 self.overrun, self.busy_since = future, time.monotonic()
-            raise ModelTimeout(f"{self.what} took over {self.seconds:g} s on {images or 'a batch of'} images "
-                               f"({'stopped' if ended else 'still running: the model answers again once it ends'}); "
-                               f"fashionlab's models take milliseconds: this one is too large or broken, or the "
-                               f"machine is overloaded") from None
+            raise self._late(images, ended) from None
+
+    def _late(self, images: int, ended: bool) -> ModelTimeout:
+        return ModelTimeout(f"{self.what} took over {self.seconds:g} s on {images or 'a batch of'} images "
+                            f"({'stopped' if ended else 'still running: the model answers again once it ends'}); "
+                            f"fashionlab's models take milliseconds: this one is too large or broken, or the "
+                            f"machine is overloaded")
 
     def stuck_for(self) -> float | None:
         """For how many seconds a call that overran has still been running, or None when none is."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fashionlab.arguments import checked
 from fashionlab.deadlines import MODEL_TIMEOUT, TIMEOUT_RANGE, BoundedCalls
 from fashionlab.errors import ConfigError, RunError, reason
 from fashionlab.files import open_regular
+from fashionlab.onnxshapes import SMALL_VALUES, Folding, Unfoldable
 from fashionlab.records import shown
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
@@ -61,7 +63,6 @@ FLOAT = 1
 MAX_NODES = 20_000
 RUN_BYTES = 2**30  # every tensor of the call together (an upper bound: onnxruntime reuses memory)
 RUN_WORK = 16_000_000_000  # multiply-adds, or values read and written: about a second on two cores
-SKELETON_VALUES = 4096  # a tensor larger than this is weights, not a shape: inference needs only its kind
 PROBABILITY_SLACK, SUM_SLACK = 1e-5, 1e-3  # float32 rounding in a softmax
 
 
@@ -76,7 +77,7 @@ def require_module(module: str, purpose: str):
 class OnnxModel:
     """An exported model run by onnxruntime: `predict(x)` gives class probabilities as a Keras
     model's `predict` does; `metadata` is what the file says it is, checked (empty when it says
-    nothing usable). Each call is stopped after `timeout` seconds."""
+    nothing usable). Each `predict` (all its calls together) is stopped after `timeout` seconds."""
 
     @checked(threads=(0, 1024), timeout=TIMEOUT_RANGE)
     def __init__(self, path: str | Path, threads: int = 0, timeout: float = MODEL_TIMEOUT):
@@ -94,8 +95,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(graph.model.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
-            said = re.sub(r"\S*onnxruntime\S*/\S+", "", reason(exc, 400)).strip()  # its source paths say nothing
-            raise RunError(f"{self.path} is not an ONNX model onnxruntime can run ({said[:200]})") from None
+            raise RunError(f"{self.path} is not an ONNX model onnxruntime can run ({_said(exc)})") from None
         self.classes, self.batch_limit, self.costs = graph.classes, graph.batch_limit, graph.costs
         self.calls = BoundedCalls(timeout, f"the ONNX model {self.path.name}")
         self.metadata = _metadata(graph.model.metadata_props)
@@ -104,22 +104,30 @@ class OnnxModel:
     def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         step = min(batch_size or PREDICT_BATCH, self.batch_limit)
-        parts = [self._call(x[i:i + step]) for i in range(0, len(x), step)]
+        deadline = time.monotonic() + self.calls.seconds  # for all of x's calls together
+        parts = [self._call(x[i:i + step], deadline, len(x)) for i in range(0, len(x), step)]
         return np.concatenate(parts) if parts else np.zeros((0, self.classes), np.float32)
 
-    def _call(self, x: np.ndarray) -> np.ndarray:
-        """One call on `x`, padded to the next checked batch size (a power of two)."""
+    def _call(self, x: np.ndarray, deadline: float, images: int) -> np.ndarray:
+        """One call on `x`, padded to the next checked batch size (a power of two), ended by `deadline`."""
         size = 1 << (len(x) - 1).bit_length()
         padded = np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), np.float32)]) if size > len(x) else x
         options = self._run_options()
 
         def run() -> Any:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: padded}, options)[0]
+            try:
+                return self.session.run([OUTPUT_NAME], {INPUT_NAME: padded}, options)[0]
+            except Exception as exc:  # onnxruntime raises its own types for a graph that fails as it runs
+                if options.terminate:
+                    raise  # stopped: the time limit says so
+                raise RunError(f"the ONNX model {self.path.name} failed on {len(x)} images ({_said(exc)}); it "
+                               f"is damaged or not a model fashionlab exported") from None
 
         def stop() -> None:  # onnxruntime checks the flag between two operators
             options.terminate = True
 
-        return self._probabilities(self.calls.run(run, stop, len(x)), size)[:len(x)]
+        out = self.calls.run(run, stop, images, seconds=deadline - time.monotonic())
+        return self._probabilities(out, size)[:len(x)]
 
     def _probabilities(self, out: Any, images: int) -> np.ndarray:
         """The call's output, if it is float32 (images, classes) and each row a probability distribution."""
@@ -133,6 +141,11 @@ class OnnxModel:
                            f"must be numbers from 0 to 1 that add up to 1); it is damaged or not a model "
                            f"fashionlab exported")
         return out
+
+
+def _said(exc: Exception) -> str:
+    """onnxruntime's message in one short line, without the paths of its own source files."""
+    return re.sub(r"\S*onnxruntime\S*/\S+", "", reason(exc, 400)).strip()[:200]
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,7 @@ def check_graph(content: bytes, path: Path) -> CheckedGraph:
     except Exception as exc:  # the checker raises its own types
         raise refuse(f"is not a valid ONNX graph ({reason(exc)})") from None
     skeleton = _skeleton(model)
+    _fold(skeleton, refuse)  # what does not depend on the batch size, once
     costs: dict[int, Cost] = {}
     size = 1
     while size <= PREDICT_BATCH:
@@ -216,46 +230,93 @@ def check_graph(content: bytes, path: Path) -> CheckedGraph:
 
 
 def _skeleton(model):
-    """The graph with its large tensors' values dropped (their kinds and shapes kept): all that shape
-    inference needs, to be worked on again for each batch size without copying the weights."""
+    """The graph with its constants as initializers and the large ones' values dropped (their kinds
+    and shapes kept), and every value computed before any pixel is read worked out (`_fold`): all
+    that shape inference needs, to be worked on again for each batch size without the weights."""
     onnx = require_module("onnx", "checking an ONNX model")
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
+    constants = [n for n in skeleton.graph.node if n.op_type == "Constant"]
+    for node in constants:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is not None:
+            value.t.name = node.output[0]
+            skeleton.graph.initializer.append(value.t)
+            skeleton.graph.node.remove(node)
     for tensor in skeleton.graph.initializer:
-        if math.prod(tensor.dims) > SKELETON_VALUES:
+        if math.prod(tensor.dims) > SMALL_VALUES:
             for values in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 tensor.ClearField(values)
     return skeleton
 
 
-def _cost(skeleton, size: int, refuse) -> Cost:
-    """What a call on `size` images holds and does, from the shapes shape inference works out for
-    that batch size; refused unless it works out every one."""
+def _fold(graph, refuse):
+    """Shape inference (without its data propagation) for the tensors computed from pixels, and
+    numpy (`onnxshapes`) for the values computed before any pixel is read, over and over until
+    neither learns more: `graph` keeps the values worked out as initializers. Returns the inferred
+    graph, every tensor's kind, and the shapes known in full."""
     onnx = require_module("onnx", "checking an ONNX model")
-    for value in (next(i for i in skeleton.graph.input if i.name == INPUT_NAME), skeleton.graph.output[0]):
+    from onnx import numpy_helper
+
+    folding = Folding(next((o.version for o in graph.opset_import if o.domain in DEFAULT_DOMAINS), 1))
+    values = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer if math.prod(t.dims) <= SMALL_VALUES}
+    while True:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True).graph
+        except Exception as exc:  # shape inference raises its own types
+            raise refuse(f"is not a valid ONNX graph ({reason(exc)})") from None
+        known = {v.name: v.type for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+        shapes = {name: [d.dim_value for d in kind.tensor_type.shape.dim] for name, kind in known.items()
+                  if kind.HasField("tensor_type") and kind.tensor_type.HasField("shape")
+                  and all(d.HasField("dim_value") for d in kind.tensor_type.shape.dim)}
+        nodes = list(graph.graph.node)
+        try:
+            folded = folding.run(nodes, values, shapes)
+        except Unfoldable as exc:
+            raise refuse(f"computes {exc} before it reads the pixels") from None
+        if not folded:
+            return inferred, known, shapes
+        del graph.graph.node[:]
+        graph.graph.node.extend(n for i, n in enumerate(nodes) if i not in folded)
+        graph.graph.initializer.extend(numpy_helper.from_array(values[nodes[i].output[0]], nodes[i].output[0])
+                                       for i in sorted(folded))
+
+
+def _cost(skeleton, size: int, refuse) -> Cost:
+    """What a call on `size` images holds and does, from every tensor's shape at that batch size
+    (`_fold`); refused unless every shape is known."""
+    onnx = require_module("onnx", "checking an ONNX model")
+    graph = onnx.ModelProto()
+    graph.CopyFrom(skeleton)
+    for value in (next(i for i in graph.graph.input if i.name == INPUT_NAME), graph.graph.output[0]):
         value.type.tensor_type.shape.dim[0].dim_value = size
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:  # shape inference raises its own types
-        raise refuse(f"is not a valid ONNX graph ({reason(exc)})") from None
-    graph = inferred.graph
-    known = {v.name: v.type for v in [*graph.input, *graph.value_info, *graph.output]}
-    dims: dict[str, list[int]] = {t.name: list(t.dims) for t in graph.initializer}
-    held = sum(math.prod(t.dims) * ITEM_BYTES[t.data_type] for t in graph.initializer)
-    for name in [*(out for node in graph.node for out in node.output if out), INPUT_NAME]:
+    inferred, known, shapes = _fold(graph, refuse)
+    dims: dict[str, list[int]] = {t.name: list(t.dims) for t in inferred.initializer}
+    held = sum(math.prod(t.dims) * ITEM_BYTES[t.data_type] for t in inferred.initializer)
+    for name in [*(out for node in inferred.node for out in node.output if out), INPUT_NAME]:
         kind = known.get(name)
         tensor = kind.tensor_type if kind is not None and kind.HasField("tensor_type") else None
         if tensor is None or not tensor.HasField("shape") or tensor.elem_type not in ITEM_BYTES:
             raise refuse(f"computes {shown(name)}, whose kind or shape cannot be known before it runs")
-        if any(not d.HasField("dim_value") for d in tensor.shape.dim):
+        if name not in shapes:
             raise refuse(f"computes {shown(name)}, whose shape does not follow from the batch size alone")
-        dims[name] = [d.dim_value for d in tensor.shape.dim]
+        dims[name] = shapes[name]
         held += math.prod(dims[name]) * ITEM_BYTES[tensor.elem_type] if name != INPUT_NAME else 0
     work = 0
-    for node in graph.node:
-        shapes = {name: dims[name] for name in [*node.input, *node.output] if name}
-        work += _work(node, shapes)
+    for node in inferred.node:
+        shapes_here = {name: dims[name] for name in [*node.input, *node.output] if name}
+        work += _work(node, shapes_here)
+        held += _scratch(node, shapes_here)
     return Cost(held, work)
+
+
+def _scratch(node, dims: dict[str, list[int]]) -> int:
+    """The bytes an operator holds besides its inputs and outputs: a convolution unrolls each image's
+    patches (its kernel's values times the output's positions) before its matrix product."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return 0
+    out, kernel = dims[node.output[0]], dims.get(node.input[1], [])
+    return math.prod(kernel[1:]) * math.prod(out[2:]) * 4 if len(out) > 2 else 0
 
 
 def _work(node, dims: dict[str, list[int]]) -> int:
