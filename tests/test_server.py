@@ -34,6 +34,7 @@ from fashionlab.server import (
     MAX_CONNECTIONS,
     MAX_FILES,
     MAX_HEADER_BYTES,
+    MAX_HELD_BYTES,
     MAX_REQUEST_BYTES,
     MAX_REQUEST_PIXELS,
     MIN_BODY_RATE,
@@ -284,6 +285,32 @@ def test_a_body_may_come_slowly_but_not_slower_than_the_least_rate(keras_server,
         answer, seconds = stalled.result()
         assert answer.startswith(b"HTTP/1.1 408 ") and b"slower than 16 KB/s" in answer
         assert BODY_SECONDS <= seconds < BODY_SECONDS + 5
+
+
+def test_the_bodies_held_at_once_are_bounded_and_freed_when_their_clients_leave(keras_server, test_pngs):
+    """Each request being read reserves its declared length: eight that declare the most a request
+    may hold fill MAX_HELD_BYTES, the next is answered 503 at once; once they leave, it is answered."""
+    head = (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            f"Content-Length: {MAX_REQUEST_BYTES}\r\n\r\n--x\r\n").encode()
+    holders = []
+    try:
+        for _ in range(MAX_HELD_BYTES // MAX_REQUEST_BYTES):
+            holders.append(socket.create_connection((keras_server.host, keras_server.port), timeout=30))
+            holders[-1].sendall(head)
+        deadline = time.monotonic() + 10
+        while keras_server.request("GET", "/api/health")[2]["upload_bytes_held"] < MAX_HELD_BYTES:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, _, said = keras_server.post_files([("a.png", test_pngs[0])])
+        assert status == 503 and said["error"].startswith("the server is reading 256 MB of other uploads; try again")
+    finally:
+        for holder in holders:
+            holder.close()
+    deadline = time.monotonic() + 10
+    while keras_server.request("GET", "/api/health")[2]["upload_bytes_held"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert keras_server.post_files([("a.png", test_pngs[0])])[0] == 200
 
 
 def test_an_oversized_request_is_refused_before_it_is_read(keras_server):

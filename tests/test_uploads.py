@@ -4,9 +4,11 @@ run over their time or memory, crash, or belong to a client that left."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import struct
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -256,6 +258,46 @@ def test_a_small_request_is_not_queued_behind_every_image_of_a_large_one():
 
         assert run(attempt()) == ["small", "large"]  # a turn after a few of the large one's images, not all 8
     finally:
+        pool.close()
+
+
+def test_a_worker_that_does_not_read_its_job_holds_up_neither_the_loop_nor_the_request():
+    """A stopped (or starved) worker and a body larger than a pipe holds: the job is sent from a
+    thread, so the event loop goes on, and the job's time limit still ends the request."""
+    import signal
+
+    def resume(pid: int) -> None:  # so that a loop held up by the worker is let go, and the test ends
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+    pool = UploadWorkers(workers=1, job_seconds=1.0)
+    pid = pool.workers[0].process.pid
+    later = threading.Timer(5, resume, [pid])
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        later.start()
+        body = form(("image", "big.png", b"\x89PNG" + os.urandom(8 * 2**20)))
+
+        async def attempt():
+            ticks = 0
+
+            async def tick():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            began = time.monotonic()
+            with pytest.raises(UploadError, match="takes over 1 s to read") as refused:
+                await pool.read(body, KIND)
+            ticker.cancel()
+            return refused.value.status, time.monotonic() - began, ticks
+
+        status, seconds, ticks = run(attempt())
+        assert status == 408 and seconds < 3 and ticks >= 10  # the loop ran all along
+    finally:
+        later.cancel()
         pool.close()
 
 

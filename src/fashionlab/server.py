@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from fashionlab.runs import Run
 from fashionlab.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers, printable
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # one request's body, all its images together
+MAX_HELD_BYTES = 256 * 1024 * 1024  # the bodies of all the requests being read and decoded at once
 MAX_BATCH = 64  # images the model reads at once; requests that arrive together share a batch
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # a batch is padded to the next of these: one compiled program each
 MAX_CONNECTIONS = 256  # open at once; a new one closes the one that has waited longest on its client
@@ -384,6 +386,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     except ImportError:
         raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
     batcher, workers = Batcher(predictor), UploadWorkers()
+    held = types.SimpleNamespace(bytes=0)  # of the request bodies being read and decoded
     started = time.time()
     model_info = {**predictor.info, "engine": predictor.engine, "class_names": list(CLASS_NAMES),
                   "fashionlab": __version__,
@@ -415,8 +418,9 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
         return error(422, f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request")
 
-    @app.exception_handler(Exception)  # a bug: the answer is JSON too; `Shield` says it on stderr in one line
+    @app.exception_handler(Exception)  # a bug: the answer is JSON too, and one line on stderr says what failed
     async def failed(request: Request, exc: Exception):
+        warn(f"a request to {printable(request.url.path)[:80]} failed: {type(exc).__name__}: {reason(exc)}")
         return error(500, "the server failed on this request; it goes on serving others")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -430,7 +434,8 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         said = {"status": "ok" if stuck is None else "unavailable", "engine": predictor.engine,
                 "model": predictor.info["name"], "uptime_seconds": round(time.time() - started, 1),
                 "batches": batcher.batches, "images": batcher.images, "model_timeouts": predictor.calls.timeouts,
-                "uploads_waiting": workers.waiting, "images_waiting": batcher.waiting}
+                "uploads_waiting": workers.waiting, "upload_bytes_held": held.bytes,
+                "images_waiting": batcher.waiting}
         if stuck is not None:
             said["reason"] = (f"the model has been stuck for {stuck:.0f} s in a call that ran over "
                               f"{predictor.calls.seconds:g} s")
@@ -452,17 +457,25 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             return error(415, "send the images as multipart/form-data files (curl -F image=@shoe.png)")
+        declared = request.headers.get("content-length", "")
+        size = min(int(declared), MAX_REQUEST_BYTES) if declared.isdigit() else MAX_REQUEST_BYTES
+        if held.bytes and held.bytes + size > MAX_HELD_BYTES:  # every body waits in memory for its decoding
+            return error(503, f"the server is reading {held.bytes / 2**20:.0f} MB of other uploads; try again in "
+                              f"a moment")
+        held.bytes += size
         try:
             body = await request.body()
-        except ClientDisconnect:  # the client went away: nobody to answer
-            return Response(status_code=400)
-        try:
             names, images = await workers.read(body, request.headers.get("content-type", ""),
                                                gone=request.is_disconnected)
+        except ClientDisconnect:  # the client went away: nobody to answer
+            return Response(status_code=400)
         except UploadError as exc:
             return error(exc.status, str(exc))
         except ClientGone:
             return Response(status_code=400)
+        finally:
+            held.bytes -= size
+            body = None
         pixels = np.stack([image.pixels for image in images])
         try:
             proba, mirrored = await batcher.read(pixels, [not image.as_is for image in images])

@@ -223,6 +223,7 @@ class UploadWorkers:
         self.context = multiprocessing.get_context("spawn")  # not fork: the server's runtime is multithreaded
         self.workers = [_Worker(self.context, memory) for _ in range(workers)]
         self.threads = ThreadPoolExecutor(1, thread_name_prefix="fashionlab-uploads")  # restarting workers
+        self.senders = ThreadPoolExecutor(workers, thread_name_prefix="fashionlab-sends")  # a job into its worker
         self.free: asyncio.Queue[_Worker] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiting = self.killed = self.jobs = 0  # jobs waiting for a worker; workers killed; jobs sent
@@ -267,14 +268,20 @@ class UploadWorkers:
             elif not isinstance(answer, Exception):  # nobody waits any more (the client left): free again
                 free.put_nowait(worker)
 
-        try:
+        def send() -> None:  # in a thread: a worker that does not read (stopped, starved) cannot hold up the loop
             os.set_blocking(fd, True)
             worker.connection.send((kind, args))
+
+        async def exchange() -> Any:
+            try:
+                await loop.run_in_executor(self.senders, send)
+            except OSError:
+                return EOFError()
             loop.add_reader(fd, readable)
-        except OSError:
-            answered.set_result(EOFError())
+            return await answered
+
         try:
-            answer = await asyncio.wait_for(answered, seconds or self.job_seconds)
+            answer = await asyncio.wait_for(exchange(), seconds or self.job_seconds)
         except TimeoutError:
             loop.remove_reader(fd)
             self._replace(worker)
@@ -343,4 +350,5 @@ class UploadWorkers:
             with contextlib.suppress(Exception):
                 worker.kill()
         self.threads.shutdown(wait=False, cancel_futures=True)
+        self.senders.shutdown(wait=False, cancel_futures=True)
 
