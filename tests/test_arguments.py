@@ -106,6 +106,15 @@ def test_paths_take_text_or_path_like_never_empty_or_another_type():
     refused(lambda: paths(b"a"), "folder", "got bytes")
     refused(lambda: paths(Place(b"a")), "folder", "bytes")
     refused(lambda: paths("a\0b"), "folder", "NUL")
+    refused(lambda: paths(Place(12)), "folder", "must be a path, but its __fspath__ failed (TypeError: ")
+
+
+def test_a_path_like_whose_fspath_raises_is_refused_by_name():
+    class Broken(os.PathLike):
+        def __fspath__(self):
+            raise ValueError("no path here")
+
+    refused(lambda: paths("a", Broken()), "out", "its __fspath__ failed (ValueError: no path here)")
 
 
 def test_a_string_is_not_a_sequence_and_every_item_is_checked():

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fashionlab.errors import ConfigError
-from fashionlab.files import check_writable, outermost_missing, read_bytes, read_text
+from fashionlab.files import check_own_file, check_writable, outermost_missing, read_bytes, read_text
 
 
 def read(path, **options):
@@ -160,3 +160,21 @@ def test_an_unwritable_place_is_named_with_the_systems_reason():
                                                           "/proc (") + ".+" + re.escape("); give `run_dir` another "
                                                                                         "folder") + "$"):
         check_writable("/proc/x", what="the run", term="run_dir")
+
+
+def test_a_file_written_in_place_must_be_a_regular_file_never_a_link(tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("mine")
+    check_own_file(tmp_path / "missing.journal", what="the journal", term="out")  # made when written: fine
+    check_own_file(target, what="the journal", term="out")
+    (tmp_path / "link.journal").symlink_to(target)
+    (tmp_path / "dangling.journal").symlink_to(tmp_path / "nothing")
+    os.mkfifo(tmp_path / "fifo.journal")
+    for name, kind in [("link.journal", "a symbolic link"), ("dangling.journal", "a symbolic link"),
+                       ("fifo.journal", "a FIFO (named pipe)")]:
+        with pytest.raises(ConfigError) as refused:
+            check_own_file(tmp_path / name, what="the journal", term="out")
+        assert str(refused.value) == (f"the journal {tmp_path / name} is {kind}, not a regular file; fashionlab writes "
+                                      f"only into its own files, never through a link: move it away, or give `out` "
+                                      f"another folder") and refused.value.terms == ("out",)
+    assert target.read_text() == "mine" and not (tmp_path / "nothing").exists()

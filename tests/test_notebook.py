@@ -115,6 +115,21 @@ def test_sweep_returns_its_trials_and_shows_them(tmp_path, synthetic):
     assert result.best is not None and result.best["trial"] in (0, 1)
     assert isinstance(result.plot(), Figure) and result._repr_html_().count("<img") == 1
     assert repr(result).startswith(f"Sweep({str(tmp_path / 'sweep')!r}, trials 2, ended yes, best trial ")
+    again = fl.Sweep(tmp_path / "sweep")  # a sweep folder opened, as fl.Run and fl.Comparison open theirs
+    assert repr(again) == repr(result) and again.best == result.best and again.summary == result.summary
+    pd.testing.assert_frame_equal(again.trials, result.trials)
+    with pytest.raises(RunError, match=f"{tmp_path} holds no sweep's results"):
+        fl.Sweep(tmp_path)
+    table = (tmp_path / "sweep" / "trials.csv").read_text().replace(",complete,", ",done,", 1)
+    (tmp_path / "sweep" / "trials.csv").write_text(table)
+    with pytest.raises(RunError, match="trials.csv: `row 1.state` must be one of .*, not 'done'; run the sweep's "
+                                       "command again"):
+        fl.Sweep(tmp_path / "sweep")
+
+
+class NotAPath:
+    def __fspath__(self):
+        return 12
 
 
 def listing(folder):
@@ -144,6 +159,11 @@ WRONG_CALLS = [
     (lambda t, d: fl.sweep(t / "space.toml", trials="3", out=t / "sweep", data=d), "trials", "got str '3'"),
     (lambda t, d: fl.sweep(t / "space.toml", jobs=2.5, out=t / "sweep", data=d), "jobs", "got float 2.5"),
     (lambda t, d: fl.sweep(t / "space.toml", out=42, data=d), "out", "got int 42"),
+    (lambda t, d: fl.sweep(t / "space.toml", jobs=10**9, out=t / "sweep", data=d), "jobs",
+     "must be between 1 and 256, got 1000000000"),
+    (lambda t, d: fl.sweep(NotAPath(), out=t / "sweep", data=d), "space", "its __fspath__ failed (TypeError"),
+    (lambda t, d: fl.Sweep(42), "out", "got int 42"),
+    (lambda t, d: fl.Sweep(""), "out", "empty string"),
     (lambda t, d: fl.Run(42), "path", "got int 42"),
     (lambda t, d: fl.Run.open(42), "path", "got int 42"),
     (lambda t, d: fl.Run.open(""), "path", "empty string"),

@@ -5,7 +5,19 @@ from typing import Annotated
 
 import pytest
 
-from fashionlab.records import Fraction, HistoryRow, Metrics, Range, Seconds, Status, first_problem, shown
+from fashionlab.records import (
+    Evaluation,
+    Fraction,
+    HistoryRow,
+    Metrics,
+    Range,
+    Seconds,
+    Status,
+    StudyRecord,
+    TrialRecord,
+    first_problem,
+    shown,
+)
 
 METRICS = {"final_val_accuracy": 0.8, "best_val_accuracy": 0.9, "best_epoch": 3, "seconds_per_epoch": [1.0, 2.5],
            "median_seconds_per_epoch": 1.75, "parameters": {"total": 10, "trainable": 8, "non_trainable": 2},
@@ -66,3 +78,28 @@ def test_values_are_shown_whole_up_to_40_characters():
     assert shown("x" * 38) == "'" + "x" * 38 + "'"  # 40 characters with the quotes
     assert shown("x" * 39) == "'" + "x" * 36 + "..."
     assert len(shown(list(range(100)))) == 40
+
+
+def test_a_value_nested_too_deeply_to_print_is_said_so():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert shown(deep) == "a value nested too deeply to print"
+    assert first_problem({"reason": deep}, TrialRecord) == \
+        "`reason` must be text, not a value nested too deeply to print"
+
+
+def test_a_sweeps_study_records_are_checked():
+    owner = {"host": "h", "boot": "", "pid": 12, "token": "t"}
+    assert first_problem({"owner": owner, "heartbeat": 0, "run": "trial-0001", "epochs": 3, "skipped": True},
+                         TrialRecord) is None
+    assert first_problem({"heartbeat": "now"}, TrialRecord) == "`heartbeat` must be a finite number, not 'now'"
+    assert first_problem({"owner": {**owner, "pid": -1}}, TrialRecord) == \
+        "`owner.pid` must be at least 0 and at most 1000000000, not -1"
+    assert first_problem({"fashionlab": {"space": {}, "sampler": "tpe", "sampler_seed": 0, "pruner": "none"}},
+                         StudyRecord) is None
+    assert first_problem({"fashionlab": "x"}, StudyRecord) == \
+        "`fashionlab` must be a table of keys and values, not 'x'"
+    assert first_problem({"trial": 1, "run": "r", "test_accuracy": 2.0, "test_loss": 0.1, "val_accuracy": 0.5,
+                          "trials": 3, "when": 1.0}, Evaluation, "test:1") == \
+        "`test:1.test_accuracy` must be at least 0.0 and at most 1.0, not 2.0"

@@ -136,6 +136,13 @@ def test_a_space_file_that_is_not_a_space_is_refused(tmp_path):
         load_space(tmp_path / "missing.toml")
 
 
+def test_a_space_file_nesting_too_deeply_is_refused_as_a_config_file_is(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[search]\nwidth = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=f"sweep space {deep} nests too deeply; it is not a sweep space"):
+        load_space(deep)
+
+
 def test_a_space_file_may_start_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes("\ufeff[search]\ndropout = [0.0, 0.5]\n".encode())
@@ -468,6 +475,100 @@ def test_a_damaged_journal_is_named_in_one_line(tmp_path, synthetic):
         sweep(space_file(tmp_path, SEARCH), out, trials=2, data=synthetic)
 
 
+def test_a_journal_that_is_a_link_is_never_written_through(tmp_path, synthetic):
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("victim content\n")
+    (out / "study.journal").symlink_to(victim)
+    with pytest.raises(RunError, match="study.journal is a symbolic link, not a regular file; .* move it away"):
+        sweep(space_file(tmp_path, SEARCH), out, trials=1, force=True, data=synthetic)
+    assert victim.read_text() == "victim content\n" and sorted(p.name for p in out.iterdir()) == ["study.journal"]
+
+
+def test_a_journal_operation_optuna_cannot_replay_is_named(tmp_path, synthetic):
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    with open(journal, "a") as file:  # a trial attribute operation with two attributes: an AssertionError
+        file.write('{"op_code":4,"worker_id":"x","study_id":0,"datetime_start":"2026-12-07T05:05:20.000000+00:00"}\n'
+                   '{"op_code":8,"worker_id":"x","trial_id":0,"user_attr":{"a":1,"b":2}}\n')
+    with pytest.raises(RunError, match=r"is damaged \(an operation Optuna cannot replay: AssertionError\); move it"):
+        sweep(space_path, out, trials=1, sampler="random", pruner="none", data=synthetic)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def forged_trial(study: optuna.Study, params: dict, value: float | None = 0.5, **attrs) -> None:
+    """A trial written into the study by someone else: any values, any ranges."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id)
+    for key, v in params.items():
+        distribution = IntDistribution(0, 10**9) if isinstance(v, int) else FloatDistribution(-1e12, 1e12)
+        storage.set_trial_param(trial_id, key, distribution.to_internal_repr(v), distribution)
+    for key, v in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, v)
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, None if value is None else [value])
+
+
+GOOD = {"learning_rate": 0.01, "width": 16, "dropout": 0.1}
+
+
+@pytest.mark.parametrize("forge, said", [
+    (lambda s: forged_trial(s, GOOD, 2.0), "trial 0: `value\\[0\\]` must be at least 0.0 and at most 1.0, not 2.0"),
+    (lambda s: forged_trial(s, GOOD, float("inf")), "trial 0: `value\\[0\\]` must be a finite number, not inf"),
+    (lambda s: forged_trial(s, GOOD, None), "trial 0: complete without a value"),
+    (lambda s: forged_trial(s, {**GOOD, "learning_rate": 1e9}),
+     "trial 0: its learning_rate 1000000000.0 is not in the space \\(0.001 to 0.3, log scale\\)"),
+    (lambda s: forged_trial(s, {**GOOD, "width": 12}), "trial 0: its width 12 is not in the space"),
+    (lambda s: forged_trial(s, {"width": 16}), "trial 0: it ended without a value for learning_rate, dropout"),
+    (lambda s: forged_trial(s, {**GOOD, "depth": 3}), "trial 0: 'depth' is not searched by this sweep"),
+    (lambda s: forged_trial(s, GOOD, epochs="two"), "trial 0: `epochs` must be a whole number, not 'two'"),
+    (lambda s: forged_trial(s, GOOD, owner={"pid": "1"}), "trial 0: `owner` lacks `boot`, `host`, `token`"),
+    (lambda s: s.set_user_attr("test:0", {"trial": "zero"}), "`test:0` lacks `run`, .*`when`"),
+    (lambda s: s.set_user_attr("fashionlab", "not a dict"), "`fashionlab` must be a table of keys and values"),
+    (lambda s: s.set_user_attr("deep", nested(600)), "an attribute nests too deeply"),
+])
+def test_what_the_study_holds_is_checked_and_a_forged_trial_never_chosen(tmp_path, synthetic, forge, said):
+    """Anyone who can write to the journal (or the database) can write any trial or attribute: the sweep
+    refuses, in one line with the way out, what it never writes itself."""
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    forge(study)
+    with pytest.raises(RunError) as refused:
+        sweep(space_path, out, trials=1, sampler="random", pruner="none", data=synthetic)
+    message = str(refused.value)
+    assert re.search(f"^the study journal {re.escape(journal)} is damaged \\(.*{said}.*\\); move it away \\(mv ",
+                     message), message
+    assert "\n" not in message and not (out / "best.toml").exists() and not (out / "trials.csv").exists()
+
+
+def test_a_journal_whose_last_line_nests_too_deeply_is_damaged(tmp_path, synthetic):
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    with open(journal, "a") as file:
+        file.write('{"op_code":2,"worker_id":"e","study_id":0,"user_attr":{"j":' + "[" * 100_000 + "]" * 100_000
+                   + "}}\n")
+    with pytest.raises(RunError, match="is damaged \\(its last line: maximum recursion depth exceeded"):
+        sweep(space_path, out, trials=1, sampler="random", pruner="none", data=synthetic)
+
+
+def test_a_stopped_trial_whose_values_were_never_all_drawn_is_failed_not_trained(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweeps, "CLAIM_SECONDS", 0.01)
+    space_path, out, space, study, journal = started_sweep(tmp_path)
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id)  # its worker killed while asking for its values
+    storage.set_trial_param(trial_id, "width", 16.0, space.search["width"])
+    storage.set_trial_user_attr(trial_id, "owner", killed_owner())
+    task = next(worker_of(study, space, out, journal, trials=2).tasks())
+    assert task.tags["trial"] == 1 and set(task.config.to_dict()) >= set(GOOD)
+    stopped = study.trials[0]
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["reason"].startswith("its values were never all drawn")
+    assert not (out / trial_dir_name(0)).exists()
+
+
 # --- many machines: a real PostgreSQL server ---------------------------------------------------------
 
 def test_two_workers_on_postgresql_share_one_study_and_never_run_a_trial_twice(tmp_path, synthetic, postgres):
@@ -761,7 +862,7 @@ def test_the_sweep_asks_for_exactly_its_trials_and_never_trains_a_surplus_one(tm
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["RUNNING", "RUNNING", "FAIL"] and trials[2].user_attrs["surplus"]
     assert [t.number for t in first.sweep_trials()] == [0, 1] and not first._surplus(1)
-    assert list(trials_table(study, space)["trial"]) == [0, 1]
+    assert list(trials_table(study.get_trials(), space)["trial"]) == [0, 1]
 
 
 def test_two_workers_taking_over_one_stopped_trial_leave_it_to_one(tmp_path, monkeypatch):
@@ -845,6 +946,13 @@ def test_no_piece_of_a_password_is_ever_shown_whatever_it_holds(password, encode
     for said in (storage_label(url), masked(message, url)):
         assert_unsaid(said, password)
         assert_unsaid(said, written)
+
+
+def test_only_the_secrets_of_a_query_are_masked_not_the_host_or_port_it_names():
+    url = "postgresql://me@db-host/fl?password=s3cr&t;x&host=db-host&port=5432&sslmode=require"
+    message = 'connection to server at "db-host", port 5432 failed: password s3cr&t;x refused (sslmode require)'
+    assert masked(message, url) == 'connection to server at "db-host", port 5432 failed: password *** refused ' \
+                                   '(sslmode require)'
 
 
 def test_an_error_leaving_the_sweep_says_nothing_of_the_password():

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Literal
 
-from fashionlab.errors import CallError, ConfigError
+from fashionlab.errors import CallError, ConfigError, reason
 from fashionlab.records import shown
 
 Bounds = tuple[float | None, float | None]
@@ -74,8 +74,11 @@ def _finite(value: Any) -> str | None:
 
 
 def _path_problem(value: Any) -> str | None:
-    text = os.fspath(value)
-    if not isinstance(text, str):
+    try:  # a path-like object is the caller's code: its __fspath__ may return anything, or raise
+        text = os.fspath(value)
+    except Exception as exc:
+        return f"must be a path, but its __fspath__ failed ({type(exc).__name__}: {reason(exc, 100)})"
+    if isinstance(text, bytes):
         return f"must be a path as text, got bytes {shown(text)}"
     if not text:
         return "must be a path, got an empty string (which would mean the current folder)"

@@ -123,3 +123,19 @@ def check_writable(path: str | Path, *, what: str, term: str, error: type[Fashio
             problem = f"nothing can be made in {existing} ({exc.strerror or exc})"
     if problem:
         raise error(f"cannot write {what} in {path}: {problem}; give `{term}` another folder", terms=[term])
+
+
+def check_own_file(path: str | Path, *, what: str, term: str, error: type[FashionlabError] = ConfigError) -> None:
+    """Refuse, before anything is written, a file that a command writes to in place (not replaced
+    whole, as a run's files are) and that is there but is not a regular file: a symbolic link (the
+    write would go to its target), a FIFO, a device, a folder. `term` is the argument that gave its folder."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise error(f"cannot use {what} {path} ({exc.strerror or exc}); give `{term}` another folder",
+                    terms=[term]) from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is {kind_of(mode)}, not a regular file; fashionlab writes only into its own "
+                    f"files, never through a link: move it away, or give `{term}` another folder", terms=[term])

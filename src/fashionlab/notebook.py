@@ -240,9 +240,13 @@ def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str |
 
 
 class Sweep:
-    """A sweep's outcome: every trial (`trials`), the chosen one (`best`), the history of the search."""
+    """A sweep's folder, read: every trial (`trials`), the chosen one (`best`), the history of the search."""
 
-    def __init__(self, result):
+    @checked
+    def __init__(self, out: str | Path):
+        from fashionlab.sweeps import load_sweep
+
+        result = load_sweep(out)
         self.out, self.trials, self.best, self.ended = result.out, result.trials, result.best, result.ended
         self.summary = result.summary
 
@@ -277,5 +281,6 @@ def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None,
     from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
-    return Sweep(run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study,
-                           sampler=sampler, sampler_seed=sampler_seed, pruner=pruner, force=force))
+    result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,
+                       sampler_seed=sampler_seed, pruner=pruner, force=force)
+    return Sweep(result.out)

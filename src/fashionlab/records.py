@@ -7,6 +7,7 @@ schema is a TypedDict (keys a reader needs are Required; other keys are allowed,
 stay readable) whose annotations say the types and, with `Annotated[..., Range(...)]`, the bounds.
 """
 
+import functools
 import math
 import types
 import typing
@@ -78,11 +79,75 @@ class HistoryRow(TypedDict):
     seconds: Seconds
 
 
+class TrialOwner(TypedDict):
+    """Which process runs a sweep's trial (sweeps.Owner)."""
+
+    host: str
+    boot: str
+    pid: Count
+    token: str
+
+
+class TrialRecord(TypedDict):
+    """A sweep's trial in its study: the user attributes the sweep gives it."""
+
+    owner: NotRequired[TrialOwner]
+    heartbeat: NotRequired[Seconds]  # when its process was last heard of; 0: let go
+    run: NotRequired[str]
+    epochs_planned: NotRequired[Annotated[int, Range(1, 10**9)]]
+    epochs: NotRequired[Count]
+    train_seconds: NotRequired[Seconds]
+    seconds_saved: NotRequired[Seconds]
+    best_val_accuracy: NotRequired[Fraction]
+    host: NotRequired[str]
+    reason: NotRequired[str]
+    surplus: NotRequired[bool]
+    skipped: NotRequired[bool]
+
+
+class SweepSettings(TypedDict):
+    """What a sweep's study was started with (compared whole with what a worker would start it with)."""
+
+    space: dict[str, Any]
+    sampler: str
+    sampler_seed: int
+    pruner: str
+
+
+class StudyRecord(TypedDict):
+    """A sweep's study: its user attributes, besides one test record per evaluated trial."""
+
+    fashionlab: NotRequired[SweepSettings]
+    fashionlab_data: NotRequired[str]
+
+
+class Evaluation(TypedDict):
+    """A study's `test:N`: trial N, the chosen one, evaluated on the test set."""
+
+    trial: Count
+    run: str
+    test_accuracy: Fraction
+    test_loss: Seconds
+    val_accuracy: Fraction
+    trials: Count
+    when: Seconds
+
+
+class TrialRow(TypedDict):
+    """One row of a sweep's trials.csv (besides its searched values and figures)."""
+
+    trial: Count
+    state: Literal["complete", "pruned", "failed", "running", "waiting"]
+    val_accuracy: Fraction | None
+
+
 def first_problem(value: Any, schema: Any, where: str = "") -> str | None:
     """What is wrong with `value` as a `schema` (a type, a TypedDict, list[...], dict[str, ...],
-    Literal, a union, Annotated with a Range), naming the field; None when nothing is."""
+    Literal, a union, Annotated with a Range, Any), naming the field; None when nothing is."""
     origin, args = typing.get_origin(schema), typing.get_args(schema)
     name = f"`{where}`" if where else "the file"
+    if schema is Any:
+        return None
     if origin is Annotated:
         problem = first_problem(value, args[0], where)
         bounds = next((a for a in args[1:] if isinstance(a, Range)), None)
@@ -115,8 +180,8 @@ def first_problem(value: Any, schema: Any, where: str = "") -> str | None:
         missing = sorted(schema.__required_keys__ - set(value))
         if missing:
             return f"{name} lacks {', '.join(f'`{k}`' for k in missing)}"
-        hints = typing.get_type_hints(schema, include_extras=True)
-        return next(filter(None, (first_problem(value[k], _unwrap(hints[k]), f"{where}.{k}" if where else k)
+        hints = _hints(schema)
+        return next(filter(None, (first_problem(value[k], hints[k], f"{where}.{k}" if where else k)
                                   for k in hints if k in value)), None)
     return _scalar_problem(value, schema, name)
 
@@ -133,6 +198,12 @@ def _scalar_problem(value: Any, schema: Any, name: str) -> str | None:
     if schema in (str, bool):
         return None if isinstance(value, schema) else f"{name} must be {_said(schema)}, not {shown(value)}"
     raise TypeError(f"unsupported schema {schema!r}")
+
+
+@functools.cache
+def _hints(schema: Any) -> dict[str, Any]:
+    """A TypedDict's fields and their schemas (worked out once: records are read by the thousand)."""
+    return {k: _unwrap(hint) for k, hint in typing.get_type_hints(schema, include_extras=True).items()}
 
 
 def _unwrap(hint: Any) -> Any:
@@ -155,4 +226,6 @@ def shown(value: Any) -> str:
         text = repr(value)
     except ValueError:  # an int of more digits than Python will print
         return "a number too large to print"
+    except RecursionError:
+        return "a value nested too deeply to print"
     return text if len(text) <= 40 else text[:37] + "..."

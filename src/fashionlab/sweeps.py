@@ -62,9 +62,17 @@ from fashionlab.config import (
 )
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
-from fashionlab.files import check_writable, read_text
+from fashionlab.files import check_own_file, check_writable, read_text
 from fashionlab.provenance import available_memory
-from fashionlab.records import shown
+from fashionlab.records import (
+    Evaluation,
+    Fraction,
+    StudyRecord,
+    TrialRecord,
+    TrialRow,
+    first_problem,
+    shown,
+)
 from fashionlab.runner import Done, Task
 from fashionlab.runs import Run
 
@@ -79,6 +87,7 @@ Sampler = Literal["tpe", "random"]
 Pruner = Literal["median", "halving", "none"]
 SAMPLERS, PRUNERS = typing.get_args(Sampler), typing.get_args(Pruner)
 MAX_TRIALS = 10_000
+MAX_JOBS = 256  # trainings at a time in one process (the CLI's --jobs too)
 MAX_SPACE_BYTES = 64 * 1024
 SPACE_KEYS = ("description", "recipe", "train", "search")
 # Keys a sweep must not search, and why.
@@ -126,6 +135,8 @@ def load_space(path: str | Path) -> Space:
     text = read_text(path, what="sweep space", error=ConfigError, limit=MAX_SPACE_BYTES).removeprefix("\ufeff")
     try:
         table = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"sweep space {path} nests too deeply; it is not a sweep space") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"sweep space {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(table) - set(SPACE_KEYS))
@@ -226,19 +237,26 @@ def storage_label(storage: str) -> str:
     return masked(f"{scheme}://{'***@' if at else ''}{host}{'?...' if host != place else ''}", storage)
 
 
+# Query parameters of PostgreSQL's and MySQL's drivers that hold no secret: their values are shown.
+PLAIN_PARAMETERS = ("host", "hostaddr", "port", "dbname", "database", "user", "sslmode", "connect_timeout",
+                    "application_name", "target_session_attrs", "client_encoding", "charset")
+
+
 def storage_secrets(storage: str) -> list[str]:
     """What a storage URL may hold that is never shown, read every way the URL could be meant: its
     password (the user information, all before the last '@', after its first ':') and the values of
-    its query (after the first '?' anywhere; a value may hold a raw '&', so all after the query's first
-    '=' too), each as written and percent-decoded."""
+    its query (after the first '?' anywhere) but those of PLAIN_PARAMETERS, each as written and
+    percent-decoded. A value may hold a raw '&' or ';': it ends only where a parameter follows."""
     from urllib.parse import unquote, unquote_plus
 
     if "://" not in storage:
         return []
     rest = storage.split("://", 1)[1]
     found = [rest.rpartition("@")[0].partition(":")[2]]
+    starts = "|".join((*PLAIN_PARAMETERS, "password"))
     for query in re.split(r"[?#]", rest, maxsplit=1)[1:]:
-        found += [pair.partition("=")[2] for pair in re.split(r"[&;]", query)] + [query.partition("=")[2]]
+        pairs = [pair.partition("=") for pair in re.split(rf"[&;](?=(?:{starts})=)", query)]
+        found += [value for key, _, value in pairs if key not in PLAIN_PARAMETERS]
     found += [decode(s) for s in found for decode in (unquote, unquote_plus)]
     return sorted({s for s in found if len(s) >= 2}, key=len, reverse=True)
 
@@ -314,6 +332,72 @@ def journal_remedy(path: str | Path) -> str:
             f"again: the trials whose runs are in the sweep folder are recorded again from their files")
 
 
+def study_damaged(study: optuna.Study, storage: str, problem: str) -> RunError:
+    """The refusal of a study holding what the sweep never writes, with the way out: a journal moved away
+    is rebuilt from the trial folders; a database's study is left alone."""
+    if "://" not in storage:
+        return RunError(f"the study journal {storage} is damaged ({problem}); {journal_remedy(storage)}",
+                        terms=["out"])
+    return RunError(f"study {study.study_name} in {storage_label(storage)} holds what fashionlab never writes "
+                    f"({problem}); give `study` another name", terms=["study"])
+
+
+def study_attrs(study: optuna.Study, storage: str) -> dict[str, Any]:
+    """The study's attributes, each checked against what the sweep writes (`records.StudyRecord`,
+    `records.Evaluation`): anyone who can write to the storage can write anything there."""
+    try:
+        attrs = study.user_attrs
+    except RecursionError:  # copied, an attribute nested thousands deep
+        raise study_damaged(study, storage, "an attribute nests too deeply") from None
+    problem = first_problem(attrs, StudyRecord)
+    for key, value in attrs.items():
+        if problem is None and key.startswith(TEST_KEY):
+            problem = first_problem(value, Evaluation, key) or (
+                None if key == f"{TEST_KEY}{value['trial']}" else f"`{key}` records trial {value['trial']}")
+    if problem:
+        raise study_damaged(study, storage, problem)
+    return attrs
+
+
+def study_trials(study: optuna.Study, space: Space, storage: str,
+                 states: tuple[optuna.trial.TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, each checked (`trial_problem`): what the sweep reads of a trial is what it wrote."""
+    trials = study.get_trials(deepcopy=False, states=states)
+    for trial in trials:
+        problem = trial_problem(trial, space)
+        if problem:
+            raise study_damaged(study, storage, f"trial {trial.number}: {problem}")
+    return trials
+
+
+def trial_problem(trial: optuna.trial.FrozenTrial, space: Space) -> str | None:
+    """What is wrong with a study's trial as one of the sweep's, or None: its attributes (`records.TrialRecord`),
+    its values, each a validation accuracy, and its parameters, each the space's and inside it (a complete or
+    pruned trial has them all; one still asked for may not yet)."""
+    from optuna.trial import TrialState
+
+    problem = first_problem(trial.user_attrs, TrialRecord) or first_problem(trial.values or [], list[Fraction], "value")
+    problem = problem or first_problem(list(trial.intermediate_values.values()), list[Fraction], "reported")
+    if problem:
+        return problem
+    if trial.state == TrialState.COMPLETE and trial.values is None:
+        return "complete without a value"
+    for key, value in trial.params.items():
+        distribution = space.search.get(key)
+        if distribution is None:
+            return f"{shown(key)} is not searched by this sweep"
+        try:
+            inside = distribution._contains(distribution.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if not inside:
+            return f"its {key} {shown(value)} is not in the space ({describe(distribution)[0]})"
+    missing = [key for key in space.search if key not in trial.params]
+    if missing and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return f"it ended without a value for {', '.join(missing)}"
+    return None
+
+
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """A journal file (a path) or a database (an SQLAlchemy URL: postgresql://user@host/db)."""
     import optuna
@@ -328,7 +412,8 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             raise RunError(f"cannot open the study journal {storage} ({exc.strerror or exc}); give `out` a "
                            f"folder you can write", terms=["out"]) from None
         except Exception as exc:  # replaying it failed
-            raise RunError(f"the study journal {storage} is damaged ({reason(exc, 200)}); {journal_remedy(storage)}",
+            said = reason(exc, 200) or f"an operation Optuna cannot replay: {type(exc).__name__}"
+            raise RunError(f"the study journal {storage} is damaged ({said}); {journal_remedy(storage)}",
                            terms=["out"]) from None
     scheme, rest = storage.split("://", 1)
     dialect, _, driver = scheme.lower().partition("+")
@@ -522,12 +607,12 @@ def settings_differences(recorded: dict[str, Any], wanted: dict[str, Any], prefi
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any],
-               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, label: str,
-               remedy: str = "give `study` another name") -> optuna.Study:
-    """The study `name`, made if new; refused if it was started with other settings, or cannot be
-    read (`remedy` says what to do then)."""
+               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, where: str) -> optuna.Study:
+    """The study `name` in the storage at `where`, made if new; refused if it was started with other
+    settings, or cannot be read."""
     import optuna
 
+    remedy = journal_remedy(where) if "://" not in where else "give `study` another name"
     try:
         try:  # reading first: creating writes to the storage even when the study is there
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -536,10 +621,10 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
                                         load_if_exists=True, sampler=sampler, pruner=pruner)
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
             raise ValueError("it minimizes")
-        recorded = study.user_attrs.get("fashionlab")
     except Exception as exc:  # a damaged journal, a study that minimizes, a database gone meanwhile
-        raise RunError(f"cannot open study {name} in {label} ({reason(exc, 200)}); {remedy}",
+        raise RunError(f"cannot open study {name} in {storage_label(where)} ({reason(exc, 200)}); {remedy}",
                        terms=["study"]) from None
+    recorded = study_attrs(study, where).get("fashionlab")
     if recorded is None:
         if study.get_trials(deepcopy=False):
             raise ConfigError(f"study {name} in this storage already has trials that fashionlab did not make; give "
@@ -624,15 +709,18 @@ class _Sweep:
         self.finished = 0
 
     # the study's state
+    def all_trials(self, states: tuple[optuna.trial.TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
+        return study_trials(self.study, self.space, self.storage, states)
+
     def sweep_trials(self) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in self.study.get_trials(deepcopy=False) if counted(t)]
+        return [t for t in self.all_trials() if counted(t)]
 
     def stopped_trials(self) -> list[optuna.trial.FrozenTrial]:
         """Running trials whose process is gone (Ctrl-C, a kill, a lost machine)."""
         from optuna.trial import TrialState
 
         now = time.time()
-        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [t for t in self.all_trials((TrialState.RUNNING,))
                 if counted(t) and t.number not in self.held and self.owner.stopped(t, now)]
 
     def take_over(self, trial: optuna.trial.FrozenTrial) -> bool:
@@ -642,7 +730,8 @@ class _Sweep:
         storage.set_trial_user_attr(trial._trial_id, "owner", self.owner.record())
         storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
         time.sleep(CLAIM_SECONDS)
-        claimed = (storage.get_trial(trial._trial_id).user_attrs.get("owner") or {}).get("token")
+        claim = next(t for t in self.all_trials() if t._trial_id == trial._trial_id)
+        claimed = (claim.user_attrs.get("owner") or {}).get("token")
         return claimed == self.owner.token
 
     # asking
@@ -686,6 +775,9 @@ class _Sweep:
     def _task(self, trial: optuna.Trial) -> Task | None:
         for key, value in {"owner": self.owner.record(), "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
+        if set(trial.params) != set(self.space.search):  # its worker stopped while it was asked for
+            self._fail(trial, "its values were never all drawn; a trial is trained only with the values drawn for it")
+            return None
         try:
             config = self.space.config(dict(trial.params), f"{self.study.study_name}-{trial.number}")
             check_runnable(config, train_images=self.train_images, free_memory=self.free_memory)
@@ -766,7 +858,7 @@ class _Sweep:
         storage, study_id = self.study._storage, self.study._study_id
         with _folder_lock(self.out):
             lost = self._lost_runs()  # again, holding the lock: another worker may have recorded them
-            for number in range(len(self.study.get_trials(deepcopy=False)), max(lost, default=-1) + 1):
+            for number in range(len(self.all_trials()), max(lost, default=-1) + 1):
                 trial_id = storage.create_new_trial(study_id)
                 mine = storage.get_trial_number_from_id(trial_id) == number  # not if a trial was asked meanwhile
                 params, config, status = lost.get(number) if mine and number in lost else ({}, None, "")
@@ -802,7 +894,7 @@ class _Sweep:
                 found = TRIAL_DIR.fullmatch(entry.name)
                 if found and entry.name == trial_dir_name(int(found[1])):
                     numbers.append(int(found[1]))
-        have = len(self.study.get_trials(deepcopy=False))
+        have = len(self.all_trials())
         lost = {}
         for number in sorted(n for n in numbers if n >= have):
             run_dir = self.out / trial_dir_name(number)
@@ -920,7 +1012,7 @@ def repair_journal(path: Path) -> None:
         try:
             if last and not isinstance(json.loads(last), dict):
                 raise ValueError("not an operation")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise RunError(f"the study journal {path} is damaged (its last line: {reason(exc, 100)}); "
                            f"{journal_remedy(path)}", terms=["out"]) from None
 
@@ -936,10 +1028,10 @@ def data_fingerprint(data: DataSource) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_same_data(study: optuna.Study, data: DataSource) -> None:
+def check_same_data(study: optuna.Study, data: DataSource, where: str) -> None:
     """Every trial of a study trains on the same data: another dataset is refused."""
     fingerprint = data_fingerprint(data)
-    recorded = study.user_attrs.get("fashionlab_data")
+    recorded = study_attrs(study, where).get("fashionlab_data")
     if recorded is None:
         study.set_user_attr("fashionlab_data", fingerprint)
     elif recorded != fingerprint:
@@ -947,7 +1039,7 @@ def check_same_data(study: optuna.Study, data: DataSource) -> None:
                           f"give `data_dir` the files it was started with, or `out` a new folder for a new sweep",
                           terms=["data_dir", "out"])
 
-@checked(trials=(1, MAX_TRIALS), jobs=(1, None), sampler_seed=(0, SEED_MAX))
+@checked(trials=(1, MAX_TRIALS), jobs=(1, MAX_JOBS), sampler_seed=(0, SEED_MAX))
 def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
           study: str | None = None, sampler: Sampler = "tpe", sampler_seed: int = 0, pruner: Pruner = "median",
           data: DataSource = DataSource(), force: bool = False,
@@ -976,6 +1068,8 @@ def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str
     check_sweep_folder(out, force=force)
     where = storage or str(out.absolute() / JOURNAL)  # where it is today: the folder may be moved or copied
     check_same_sweep(out, study_name, storage)
+    if storage is None:  # appended to in place: never through a link
+        check_own_file(out / JOURNAL, what="the study journal", term="out", error=RunError)
     data = data.located()
     train_images, free_memory = data.train_count(), available_memory()
     if free_memory is not None:
@@ -993,9 +1087,8 @@ def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str
         if storage is None:
             repair_journal(Path(where))
         the_study = open_study(open_storage(where), study_name, settings, make_sampler(sampler, sampler_seed),
-                               make_pruner(pruner, space.base.epochs), storage_label(where),
-                               journal_remedy(where) if storage is None else "give `study` another name")
-        check_same_data(the_study, data)
+                               make_pruner(pruner, space.base.epochs), where)
+        check_same_data(the_study, data, where)
     except BaseException:  # refused: a folder made for it is not left behind
         if made:
             shutil.rmtree(out, ignore_errors=True)
@@ -1020,8 +1113,8 @@ def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str
         worker.let_go()
         raise
     wall = time.perf_counter() - started
-    return finish(the_study, space, out, trials=trials, data=data, wall=wall, jobs=jobs, ran=worker.finished,
-                  progress=progress)
+    return finish(the_study, space, out, storage=where, trials=trials, data=data, wall=wall, jobs=jobs,
+                  ran=worker.finished, progress=progress)
 
 
 # --- the results ---------------------------------------------------------------------------------
@@ -1030,13 +1123,13 @@ STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RU
                "WAITING": "waiting"}
 
 
-def trials_table(study: optuna.Study, space: Space) -> pd.DataFrame:
-    """One row per trial of the sweep, by trial number: its values, how it ended, what it cost.
-    `val_accuracy` (a complete trial's score) is that of the weights its run keeps."""
+def trials_table(trials: list[optuna.trial.FrozenTrial], space: Space) -> pd.DataFrame:
+    """One row per trial of the sweep (of the study's `trials`, checked), by trial number: its values, how
+    it ended, what it cost. `val_accuracy` (a complete trial's score) is that of the weights its run keeps."""
     from optuna.trial import TrialState
 
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if not counted(t):
             continue
         a = t.user_attrs
@@ -1081,22 +1174,25 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: DataSource, wall: float, jobs: int,
-           ran: int, progress: Callable[[str], None]) -> SweepResult:
+def finish(study: optuna.Study, space: Space, out: Path, *, storage: str, trials: int, data: DataSource, wall: float,
+           jobs: int, ran: int, progress: Callable[[str], None]) -> SweepResult:
     """The sweep's files; when every trial has ended, the chosen trial's test result (evaluated once)."""
     from fashionlab.reports import sweep_statements, write_sweep_outputs
 
-    table = trials_table(study, space)
+    found = study_trials(study, space, storage)
+    table = trials_table(found, space)
     best = best_row(table)
     ended = len(table) >= trials and table["state"].isin(["complete", "pruned", "failed"]).all()
     note = ""
     if best is not None and not ended:
         note = "trials are still running or waiting (another worker's, or to resume): the test set waits for them"
-    elif best is not None and f"{TEST_KEY}{best['trial']}" not in study.user_attrs:
-        note = _evaluate_chosen(study, space, best, out, data, len(table), progress)
-    tests = sorted((v for k, v in study.user_attrs.items() if k.startswith(TEST_KEY)), key=lambda t: t["when"])
+    elif best is not None and f"{TEST_KEY}{best['trial']}" not in study_attrs(study, storage):
+        chosen = next(t for t in found if t.number == best["trial"])
+        note = _evaluate_chosen(study, chosen, space, best, out, data, len(table), progress)
+    attrs = study_attrs(study, storage)
+    tests = sorted((v for k, v in attrs.items() if k.startswith(TEST_KEY)), key=lambda t: t["when"])
     name = study.study_name
-    settings = study.user_attrs["fashionlab"]
+    settings = attrs["fashionlab"]
     searched = {key: describe(d)[0] for key, d in space.search.items()}
     statements = sweep_statements(
         table=table, searched=searched, trials=trials, best=best, tests=tests, note_text=note, wall=wall,
@@ -1107,15 +1203,33 @@ def finish(study: optuna.Study, space: Space, out: Path, *, trials: int, data: D
     best_text = best_toml(space, best, name, len(table)) if best is not None else None
     summary = write_sweep_outputs(Run(out), title=f"fashionlab sweep: {name}", table=table, searched=searched,
                                   scales={key: describe(d)[1] for key, d in space.search.items()},
-                                  statements=statements, best_text=best_text, importances=importances(study, space))
+                                  statements=statements, best_text=best_text,
+                                  importances=importances(study, found, space))
     return SweepResult(out, table, best, tests, summary, bool(ended))
 
 
 TEST_KEY = "test:"  # a study attribute per trial evaluated on the test set: test:12
 
 
-def _evaluate_chosen(study: optuna.Study, space: Space, best: dict[str, Any], out: Path, data: DataSource,
-                     trials: int, progress: Callable[[str], None]) -> str:
+def load_sweep(out: str | Path) -> SweepResult:
+    """A sweep read back from its folder, as `finish` last wrote it: trials.csv (each row checked) and
+    summary.md; the test results stay in its study."""
+    folder = Run(out)
+    if not folder.file(MARKER).is_file() or not folder.file("trials.csv").is_file():
+        raise RunError(f"{out} holds no sweep's results (no {MARKER} and trials.csv); pass a folder that "
+                       f"sweep wrote, or run sweep into it")
+    table = folder.read_table("trials.csv", dtype={"host": str, "run": str, "reason": str})
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")  # an empty cell: None
+    problem = next(filter(None, (first_problem(row, TrialRow, f"row {i + 1}") for i, row in enumerate(rows))), None)
+    if problem:
+        raise RunError(f"{folder.file('trials.csv')}: {problem}; run the sweep's command again to write it anew")
+    table = table.astype({"val_accuracy": float}).fillna({"host": "", "run": "", "reason": ""})
+    ended = bool(len(table)) and bool(table["state"].isin(["complete", "pruned", "failed"]).all())
+    return SweepResult(Path(out), table, best_row(table), [], folder.read_text("summary.md"), ended)
+
+
+def _evaluate_chosen(study: optuna.Study, trial: optuna.trial.FrozenTrial, space: Space, best: dict[str, Any],
+                     out: Path, data: DataSource, trials: int, progress: Callable[[str], None]) -> str:
     """Evaluate the chosen trial on the test set and record it in the study (once: the record is
     keyed by the trial); what stopped it, if anything. Only the run the sweep made for the trial is
     opened: its folder named by the trial's number, not a link, holding the trial's config."""
@@ -1127,7 +1241,6 @@ def _evaluate_chosen(study: optuna.Study, space: Space, best: dict[str, Any], ou
     if not os.path.lexists(run_dir):
         return (f"trial {number} ran on {best['host'] or 'another machine'}: its run {run_dir.name} is not in "
                 f"{out}; run this command where it is to evaluate it on the test set")
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     found = inspect_trial(run_dir, space.config(trial.params, f"{study.study_name}-{number}"))
     why = (found.reason.split(";")[0] if found.state == "conflict" else f"{run_dir} is not complete"
            if found.state != "complete" else f"{run_dir / MODEL_FILE} is a symbolic link"
@@ -1161,12 +1274,13 @@ def describe(distribution: optuna.distributions.BaseDistribution) -> tuple[str, 
     return text, "linear"
 
 
-def importances(study: optuna.Study, space: Space) -> dict[str, float] | None:
-    """Optuna's parameter importances over the complete trials, or None when there are too few."""
+def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], space: Space) -> dict[str, float] | None:
+    """Optuna's parameter importances over the complete trials (of the study's `trials`, checked), or None
+    when there are too few."""
     import optuna
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if counted(t)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and counted(t)]
     if len(space.search) < 2 or len(complete) < 4:
         return None
     try:
