@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fashionlab.errors import ConfigError
-from fashionlab.files import check_own_file, check_writable, outermost_missing, read_bytes, read_text
+from fashionlab.files import check_own_file, check_writable, open_regular, outermost_missing, read_bytes, read_text
 
 
 def read(path, **options):
@@ -76,6 +76,13 @@ def test_missing_unreadable_and_binary_files_say_so(tmp_path):
     if os.geteuid() != 0:  # root reads anything
         with pytest.raises(ConfigError, match="cannot read config file .*Permission denied"):
             read(tmp_path / "secret")
+
+
+def test_a_file_that_opens_but_cannot_be_read_is_said_so_in_one_line():
+    """/proc/self/mem is a regular file to stat, and fails at the first read (EIO)."""
+    with pytest.raises(ConfigError, match="^cannot read model /proc/self/mem: Input/output error; pass a regular"):
+        with open_regular("/proc/self/mem", what="model", error=ConfigError, limit=100) as handle:
+            handle.read(10)
 
 
 def test_read_bytes_returns_exactly_the_content(tmp_path):

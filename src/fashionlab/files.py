@@ -37,7 +37,8 @@ def kind_of(mode: int) -> str:
 def open_regular(path: str | Path, *, what: str, error: type[FashionlabError], limit: int,
                  follow_links: bool = True) -> Iterator[io.BufferedReader]:
     """`path` opened for binary reading, if it is a regular file of at most `limit` bytes;
-    otherwise `error` says what it is instead. `follow_links` False refuses a symbolic link."""
+    otherwise `error` says what it is instead, as it does when reading it fails. `follow_links`
+    False refuses a symbolic link."""
     path = Path(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
     try:
@@ -66,7 +67,10 @@ def open_regular(path: str | Path, *, what: str, error: type[FashionlabError], l
         os.close(fd)
         raise
     with handle:
-        yield handle
+        try:
+            yield handle
+        except OSError as exc:  # a file that opens but cannot be read (/proc/self/mem, a failing disk)
+            raise error(f"cannot read {what} {path}: {exc.strerror or exc}; pass a regular, readable file") from None
 
 
 def _article(noun: str) -> str:
