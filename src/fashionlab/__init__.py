@@ -30,18 +30,9 @@ from fashionlab.errors import FashionlabError  # noqa: E402
 
 __version__ = "0.1.0"
 
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+from fashionlab.datasets import FASHION_MNIST  # noqa: E402
+
+CLASS_NAMES = FASHION_MNIST.class_names  # the default data set's (a run's own come from its data set)
 
 # The notebook API (fashionlab.notebook), imported when first used: `import fashionlab` stays quick.
 NOTEBOOK_NAMES = ("train", "compare", "sweep", "Run", "Comparison", "Sweep")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fashionlab import CLASS_NAMES
+from fashionlab.datasets import FASHION_MNIST, FILE_NAMES
 from fashionlab.errors import DataError, Interrupted
 from fashionlab.files import open_regular, outermost_missing
 from fashionlab.interrupts import stop_requests
@@ -28,22 +29,14 @@ from fashionlab.interrupts import stop_requests
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 ROWS = COLS = 28
 
-# SHA-256 of the decompressed files: gzip copies made by other tools (Debian's) differ
-# as .gz but not inside.
-OFFICIAL_SHA256 = {
-    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
-FILE_NAMES = tuple(OFFICIAL_SHA256)
+OFFICIAL_SHA256 = dict(zip(FILE_NAMES, FASHION_MNIST.sha256))  # of the decompressed files
 # Largest legitimate file (60,000 images) is 47,040,016 bytes; anything that inflates past
 # this cap is refused before it can fill memory (a decompression bomb).
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024  # the largest official .gz is 26,421,880 bytes
 MIN_DOWNLOAD_RATE = 1024  # bytes a second, averaged over the timeout: slower is a stalled server
-DEFAULT_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_URL = FASHION_MNIST.url
+DEBIAN_DIR = FASHION_MNIST.debian_dir
 HOW_TO_GET_DATA = (
     "get the data one of three ways: `sudo apt-get install dataset-fashion-mnist` (offline, Debian/Ubuntu), "
     "`fashionlab data download` (needs network), or copy the four *-ubyte(.gz) files into a folder "

@@ -1,0 +1,130 @@
+"""A data set as a value: its name, its classes, where its official files come from and how they
+are checked, and what holds for its images. Everything downstream (the model's last layer, the
+reports, predictions, the page, an ONNX file's metadata) takes its classes from here, through the
+run that was trained on it.
+
+    dataset = resolve("fashion-mnist")    # a built-in, or a folder: four IDX files and classes.txt
+    dataset.class_names, dataset.classes  # ("T-shirt/top", ...), 10
+
+A folder of your own is a data set when it holds the four IDX files (train-images-idx3-ubyte,
+train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each maybe .gz) of
+28 x 28 images, and `classes.txt`: one class name a line, in label order, 2 to 1,000 of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fashionlab.errors import ConfigError, DataError
+
+FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CLASSES_FILE = "classes.txt"
+MIN_CLASSES, MAX_CLASSES = 2, 1000
+MAX_NAME_CHARACTERS = 64
+MAX_CLASSES_FILE_BYTES = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set of 28 x 28 grey images, each of one of `class_names` (labels 0..classes-1)."""
+
+    name: str  # "fashion-mnist", or a folder's name
+    title: str  # how messages name it
+    class_names: tuple[str, ...]
+    sha256: tuple[str, ...] = ()  # of the decompressed files, in FILE_NAMES order; () when no digest is official
+    url: str | None = None  # where `fashionlab data download` fetches the four .gz files
+    folder: Path | None = None  # a data set of your own: where its files are
+    debian_dir: Path | None = None  # where a Debian package installs it
+    debian_package: str | None = None
+    subject: str = "image"  # what one image shows: "garment", "digit"...
+    mirror_turned: bool = False  # its shoes all face one way: a photo turned the other way is also read mirrored
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_names)
+
+    def digest(self, file: str) -> str | None:
+        """The official SHA-256 of one of FILE_NAMES, decompressed; None when there is none."""
+        return dict(zip(FILE_NAMES, self.sha256)).get(file)
+
+
+FASHION_MNIST = Dataset(
+    name="fashion-mnist",
+    title="Fashion-MNIST",
+    class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
+    # decompressed: gzip copies made by other tools (Debian's) differ as .gz but not inside
+    sha256=("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    url="https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+    debian_dir=Path("/usr/share/datasets/fashion-mnist"),
+    debian_package="dataset-fashion-mnist",
+    subject="garment",
+    mirror_turned=True,
+)
+BUILT_IN = {dataset.name: dataset for dataset in (FASHION_MNIST,)}
+
+
+def dataset_problem(value: str) -> str | None:
+    """What is wrong with a `dataset` setting, without touching the disk: a built-in's name, or a
+    folder given as a path (with a /, e.g. ./letters); None when nothing is."""
+    if value in BUILT_IN or "/" in value and value.strip():
+        return None
+    return (f"must be a built-in data set ({', '.join(BUILT_IN)}) or a folder given as a path with a / "
+            f"(e.g. ./{value or 'letters'}), got {value!r}")
+
+
+def resolve(value: str) -> Dataset:
+    """The data set a `dataset` setting names: a built-in, or the folder it gives (`from_folder`)."""
+    problem = dataset_problem(value)
+    if problem:
+        raise ConfigError(f"`dataset` {problem}", terms=["dataset"])
+    return BUILT_IN.get(value) or from_folder(Path(value))
+
+
+def from_folder(folder: Path) -> Dataset:
+    """A data set of your own: the folder's classes.txt names its classes (see the module's doc);
+    its files are checked when they are read."""
+    from fashionlab.files import read_text
+
+    if not folder.is_dir():
+        raise DataError(f"the data set folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
+                        f"give a folder holding the four IDX files and {CLASSES_FILE}", terms=["dataset"])
+    path = folder / CLASSES_FILE
+    if not path.exists():
+        raise DataError(f"{folder} has no {CLASSES_FILE}; write one class name a line, in label order (label 0 "
+                        f"first), beside the four IDX files", terms=["dataset"])
+    text = read_text(path, what="class list", error=DataError, limit=MAX_CLASSES_FILE_BYTES)
+    name = folder.resolve().name or "data"
+    return Dataset(name=name, title=f"the data set in {folder}", class_names=parse_class_names(text, str(path)),
+                   folder=folder)
+
+
+def parse_class_names(text: str, origin: str) -> tuple[str, ...]:
+    """One class name a line, in label order: 2 to MAX_CLASSES, each 1 to MAX_NAME_CHARACTERS
+    printable characters, none twice. A byte order mark, CRLF line ends, blanks around a name and
+    empty lines at the end are allowed."""
+    lines = text.removeprefix("\ufeff").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = tuple(line.strip() for line in lines)
+
+    def refuse(problem: str) -> DataError:
+        return DataError(f"{origin} {problem}; write one class name a line, in label order", terms=["dataset"])
+
+    if not MIN_CLASSES <= len(names) <= MAX_CLASSES:
+        raise refuse(f"names {len(names):,} classes; a data set has {MIN_CLASSES} to {MAX_CLASSES:,}")
+    for number, name in enumerate(names, 1):
+        if not name:
+            raise refuse(f"has an empty line {number}")
+        if len(name) > MAX_NAME_CHARACTERS or not name.isprintable():
+            raise refuse(f"line {number} is not a name of 1 to {MAX_NAME_CHARACTERS} printable characters")
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in seen:
+            raise refuse(f"names {name!r} twice (lines {seen[name]} and {number})")
+        seen[name] = number
+    return names
