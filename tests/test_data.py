@@ -5,6 +5,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,18 @@ def test_a_file_of_no_items_is_refused(tmp_path):
     directory = write_dataset(tmp_path / "d", arrays)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte holds no items"):
         DataSource(directory, verify=False).splits(60)
+
+
+def test_labels_are_checked_against_the_data_sets_own_class_count():
+    labels = idx_bytes(np.array([0, 6, 3], np.uint8))
+    assert list(data.parse_idx(labels, "labels", "seven", classes=7)) == [0, 6, 3]
+    with pytest.raises(DataError, match="seven has label 6, outside 0..5; the file is corrupt"):
+        data.parse_idx(labels, "labels", "seven", classes=6)
+
+
+def test_describe_counts_each_of_the_data_sets_classes_by_name():
+    arrays = synthetic_arrays()
+    splits = data.split_arrays({k: v if "labels" not in k else v % 7 for k, v in arrays.items()}, 60, 0,
+                               source=Path("seven"))
+    text = data.describe(splits, [f"kind {i}" for i in range(7)])
+    assert "6 kind 6" in text and "7 kind" not in text and "Ankle boot" not in text

@@ -11,12 +11,12 @@ from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
 
 
-def twin_models(config: TrainConfig, x_train: np.ndarray, steps_per_epoch: int = 1):
+def twin_models(config: TrainConfig, x_train: np.ndarray, steps_per_epoch: int = 1, classes: int = 10):
     """Two freshly built models with identical initial weights."""
     models = []
     for _ in range(2):
         keras.utils.set_random_seed(config.seed)
-        models.append(build_model(config, fit_scaler(x_train), steps_per_epoch=steps_per_epoch))
+        models.append(build_model(config, fit_scaler(x_train), steps_per_epoch=steps_per_epoch, classes=classes))
     return models
 
 
@@ -373,3 +373,17 @@ def test_a_resumed_fit_draws_what_the_uninterrupted_one_drew():
                                verbose=0, augmentation=augmentation).history
     assert_same_state(whole, resumed)
     assert rest["loss"] == pytest.approx(through["loss"][1:], rel=1e-6)
+
+
+def test_smoothed_targets_have_as_many_classes_as_the_model():
+    """Label smoothing trains on one-hot targets: as wide as the model's last layer, here 7 classes."""
+    config = TINY.replace(label_smoothing=0.1, batch_norm="none")
+    x_train, y_train, x_valid, y_valid = synthetic_split(300)
+    y_train, y_valid = y_train % 7, y_valid % 7
+    with_keras, compiled = twin_models(config, x_train, steps_per_epoch=10, classes=7)
+    kh = with_keras.fit(x_train.astype("float32"), np.eye(7, dtype="float32")[y_train], batch_size=config.batch_size,
+                        epochs=1, shuffle=False, verbose=0)
+    ch = engine.fit_compiled(compiled, x_train, y_train, x_valid, y_valid, batch_size=config.batch_size, epochs=1,
+                             shuffle=False, verbose=0)
+    assert_same_state(with_keras, compiled, rtol=1e-4, atol=1e-5)
+    assert ch.history["loss"][0] == pytest.approx(kh.history["loss"][0], rel=1e-4)

@@ -63,3 +63,13 @@ def test_evaluate_refuses_a_run_another_process_is_writing(tiny_run, synthetic, 
             evaluate(run_dir, data=synthetic)
     assert (run_dir / "report.html").read_bytes() == before
     assert evaluate(run_dir, data=synthetic)["test_accuracy"] == tiny_run.metrics["test_accuracy"]
+
+
+def test_seven_classes_are_scored_under_their_own_names():
+    names = ("a", "b", "c", "d", "e", "f", "g")
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 6])
+    proba = np.eye(7)[[0, 1, 2, 3, 4, 5, 6, 5]]
+    report = metrics_from_proba(y, proba, names)
+    assert list(report["per_class"]) == list(names) and np.asarray(report["confusion_matrix"]).shape == (7, 7)
+    assert report["per_class"]["g"] == {"precision": 1.0, "recall": 0.5, "support": 2}
+    assert report["test_accuracy"] == 7 / 8

@@ -156,3 +156,10 @@ def test_patch_convolution_equals_conv2d_and_saves_as_conv2d(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-6)
     assert portable(build_model(TrainConfig(depth=1))).layers  # an mlp comes back as it is
+
+
+def test_the_last_layer_has_one_output_a_class_and_the_estimate_counts_them():
+    config = TrainConfig(depth=2, width=16)
+    model = build_model(config, Scaler(mean=0.0, std=1.0), classes=7)
+    assert model.output_shape == (None, 7) and model.layers[-1].name == "classes"
+    assert model.count_params() == parameter_estimate(config, classes=7) != parameter_estimate(config)

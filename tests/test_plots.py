@@ -164,3 +164,13 @@ def test_the_importances_are_bars_most_important_on_top():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dropout", "width", "learning_rate"]
     assert [round(p.get_width(), 2) for p in ax.patches] == [0.1, 0.2, 0.7]
+
+
+def test_a_confusion_matrix_names_its_own_classes_and_past_thirty_only_colours_them():
+    seven = [f"class {i}" for i in range(7)]
+    ax = plots.confusion_figure(np.eye(7, dtype=int) * 5, class_names=seven).axes[0]
+    assert [label.get_text() for label in ax.get_xticklabels()] == seven and len(ax.texts) == 7
+    many = [f"class {i}" for i in range(plots.LABELLED_CLASSES + 1)]
+    ax = plots.confusion_figure(np.eye(len(many), dtype=int), class_names=many).axes[0]
+    assert ax.images[0].get_array().shape == (len(many), len(many)) and not ax.texts
+    assert not [label.get_text() for label in ax.get_xticklabels() if label.get_text().startswith("class")]

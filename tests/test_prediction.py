@@ -749,3 +749,10 @@ def test_a_multi_frame_tiff_gives_its_first_frame(tmp_path):
     with Image.open(tmp_path / "pages.tif") as reopened:
         assert reopened.n_frames == 2
     assert_trimmed_garment(load_image(tmp_path / "pages.tif"))
+
+
+def test_results_name_the_models_own_classes():
+    proba = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    results = results_of(proba, ["a.png", "b.png"], 2, class_names=("cat", "dog", "bird"))
+    assert [r["class_name"] for r in results] == ["bird", "cat"]
+    assert [t["class_name"] for t in results[1]["top_k"]] == ["cat", "dog"]

@@ -250,3 +250,22 @@ def test_text_cells_a_spreadsheet_would_run_are_defused():
     safe = csv_safe(frame)
     assert safe["run_dir"].tolist() == ["'=1+1", "'+x", "'-y", "'@z", "'\tq", "runs/a"]
     assert safe["value"].tolist() == frame["value"].tolist()  # numbers, negative ones too, stay numbers
+
+
+def test_a_run_of_seven_classes_is_reported_in_its_own_names(tmp_path):
+    """The class names come from the report (metrics_from_proba's per_class), never from Fashion-MNIST's."""
+    names = ("zero", "one", "two", "three", "four", "five", "six")
+    y_test = np.arange(21) % 7
+    proba = np.full((21, 7), 0.05)
+    proba[np.arange(21), (y_test + 1) % 7] = 0.7  # every image called the next class
+    history = pd.DataFrame({"epoch": [1], "loss": [1.0], "accuracy": [0.5], "val_loss": [1.0], "val_accuracy": [0.5]})
+    write_test_outputs(Run(tmp_path), config={"name": "seven"}, history=history,
+                       report=metrics_from_proba(y_test, proba, names), x_test=np.zeros((21, 28, 28), np.uint8),
+                       y_test=y_test, proba=proba)
+    matrix = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
+    assert list(matrix.index) == list(matrix.columns) == list(names) and matrix.loc["six", "zero"] == 3
+    text = (tmp_path / "report.html").read_text()
+    assert "zero 0.70 (true: six)" in captions(section(text, "Sample predictions"))
+    assert not any(name in text for name in CLASS_NAMES)
+    pairs = confused_pairs(np.asarray(metrics_from_proba(y_test, proba, names)["confusion_matrix"]), names)
+    assert list(pairs["true class"])[:2] == ["zero", "one"] and list(pairs["predicted as"])[:2] == ["one", "two"]

@@ -274,7 +274,7 @@ def _conv_sizes(config: TrainConfig) -> tuple[int, list[int]]:
     return side * side * config.filters * 2 ** (config.conv_blocks - 1), sizes
 
 
-def parameter_estimate(config: TrainConfig) -> int:
+def parameter_estimate(config: TrainConfig, classes: int = 10) -> int:
     """The network's weight count, from the config alone (build_model gives the same)."""
     norm = 4 if config.batch_norm != "none" else 0  # gamma, beta, moving mean and variance per unit
     features, total = 28 * 28, 0
@@ -287,7 +287,7 @@ def parameter_estimate(config: TrainConfig) -> int:
     for _ in range(config.depth):
         total += features * config.width + config.width + norm * config.width
         features = config.width
-    return total + features * 10 + 10
+    return total + features * classes + classes
 
 
 def training_bytes(config: TrainConfig, train_images: int) -> int:

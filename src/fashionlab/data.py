@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def read_bytes(path: Path) -> bytes:
     return content
 
 
-def parse_idx(content: bytes, kind: str, origin: str = "data") -> np.ndarray:
+def parse_idx(content: bytes, kind: str, origin: str = "data", classes: int = len(CLASS_NAMES)) -> np.ndarray:
     """Images (kind "images", shape (N, 28, 28)) or labels ("labels", shape (N,)) from IDX bytes."""
     magic, ndim, header = (IMAGE_MAGIC, 3, 16) if kind == "images" else (LABEL_MAGIC, 1, 8)
     if len(content) < header:
@@ -175,8 +176,8 @@ def parse_idx(content: bytes, kind: str, origin: str = "data") -> np.ndarray:
         raise DataError(f"{origin} is {len(content)} bytes but its header promises {header + count * item} "
                         f"({count} {kind}); the file is truncated or padded, replace it")
     array = np.frombuffer(content, dtype=np.uint8, offset=header)
-    if kind == "labels" and count and array.max() >= len(CLASS_NAMES):
-        raise DataError(f"{origin} has label {array.max()}, outside 0..9; the file is corrupt, replace it")
+    if kind == "labels" and count and array.max() >= classes:
+        raise DataError(f"{origin} has label {array.max()}, outside 0..{classes - 1}; the file is corrupt, replace it")
     return array.reshape((count, ROWS, COLS) if kind == "images" else (count,))
 
 
@@ -230,7 +231,7 @@ def split_arrays(arrays: dict[str, np.ndarray], validation_size: int, train_samp
                   arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"], source)
 
 
-def describe(splits: Splits) -> str:
+def describe(splits: Splits, class_names: Sequence[str] = CLASS_NAMES) -> str:
     """Shapes, pixel range and class counts, as `fashionlab data info` prints them."""
     lines = [f"source: {splits.source}"]
     for split in ("train", "valid", "test"):
@@ -238,8 +239,8 @@ def describe(splits: Splits) -> str:
         lines.append(f"{split:5} images {str(x.shape):16} labels {str(y.shape):9} "
                      f"pixels {x.min() if x.size else '-'}..{x.max() if x.size else '-'}")
     lines.append(f"{'class':14}" + "".join(f"{s:>8}" for s in ("train", "valid", "test")))
-    counts = [np.bincount(getattr(splits, f"y_{s}"), minlength=10) for s in ("train", "valid", "test")]
-    for i, name in enumerate(CLASS_NAMES):
+    counts = [np.bincount(getattr(splits, f"y_{s}"), minlength=len(class_names)) for s in ("train", "valid", "test")]
+    for i, name in enumerate(class_names):
         lines.append(f"{i} {name:12}" + "".join(f"{c[i]:>8}" for c in counts))
     return "\n".join(lines)
 

@@ -118,6 +118,7 @@ class CompiledTrainer:
         self.batch_size = batch_size
         self.loss_fn = keras.losses.get(model.loss)
         self.one_hot = one_hot_targets(model)
+        self.classes = int(model.output_shape[-1])
         self.augmentation = augmentation
         # Dropout's random state: Keras does not save it with the model, so each step sets it
         # from the seed, the epoch and the step instead, and a resumed run draws what it would have.
@@ -132,7 +133,7 @@ class CompiledTrainer:
     # --- pure functions, traced once -------------------------------------------------------
 
     def _targets(self, y):
-        return jax.nn.one_hot(y, 10) if self.one_hot else y
+        return jax.nn.one_hot(y, self.classes) if self.one_hot else y
 
     def _loss(self, trainable, non_trainable, x, y):
         y_pred, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=True)

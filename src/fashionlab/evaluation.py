@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,18 @@ def cross_entropy(y_true: np.ndarray, proba: np.ndarray, epsilon: float = 1e-7) 
     return float(-np.log(picked).mean()) if len(y_true) else 0.0
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
-    """What `evaluate` reports, from the class probabilities of a labelled set."""
+def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray,
+                       class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+    """What `evaluate` reports, from the class probabilities of a labelled set; `per_class` is keyed
+    by `class_names`, in label order."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = proba.argmax(axis=1)
     loss = cross_entropy(y_true, proba)
-    matrix = confusion_matrix(y_true, y_pred)
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
     support, predicted, correct = matrix.sum(axis=1), matrix.sum(axis=0), np.diag(matrix)
     per_class = {
         name: {
@@ -52,7 +55,7 @@ def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
             "recall": float(correct[i] / support[i]) if support[i] else 0.0,
             "support": int(support[i]),
         }
-        for i, name in enumerate(CLASS_NAMES)
+        for i, name in enumerate(class_names)
     }
     return {
         "test_loss": loss,

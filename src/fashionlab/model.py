@@ -80,7 +80,7 @@ def _dropout(config: TrainConfig) -> list[keras.layers.Layer]:
     return [keras.layers.Dropout(config.dropout)] if config.dropout else []
 
 
-def build_network(config: TrainConfig, scaler: Scaler | None = None) -> keras.Sequential:
+def build_network(config: TrainConfig, scaler: Scaler | None = None, *, classes: int = 10) -> keras.Sequential:
     """Input 28x28 raw pixels -> [standardize] -> [conv blocks] -> depth x Dense block -> Dense(10, softmax).
 
     A cnn block is convs_per_block x (3x3 'same' convolution + BN + act) then 2x2 max pooling; the
@@ -100,7 +100,7 @@ def build_network(config: TrainConfig, scaler: Scaler | None = None) -> keras.Se
     layers.append(keras.layers.Flatten())
     for _ in range(config.depth):
         layers += hidden_block(keras.layers.Dense, config.width, config) + _dropout(config)
-    layers.append(keras.layers.Dense(10, activation="softmax", name="classes"))
+    layers.append(keras.layers.Dense(classes, activation="softmax", name="classes"))
     return keras.Sequential(layers, name=f"fashionlab_{config.model}")
 
 
@@ -129,10 +129,11 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
     return keras.optimizers.get({"class_name": config.optimizer, "config": options})
 
 
-def build_model(config: TrainConfig, scaler: Scaler | None = None, *, steps_per_epoch: int = 1) -> keras.Sequential:
+def build_model(config: TrainConfig, scaler: Scaler | None = None, *, steps_per_epoch: int = 1,
+                classes: int = 10) -> keras.Sequential:
     """The configured network, compiled: the tutorial's sparse cross-entropy, or with label
     smoothing a categorical one on one-hot targets. `steps_per_epoch` times the schedule."""
-    model = build_network(config, scaler)
+    model = build_network(config, scaler, classes=classes)
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
             if config.label_smoothing else "sparse_categorical_crossentropy")
     model.compile(loss=loss, optimizer=build_optimizer(config, steps_per_epoch), metrics=["accuracy"])

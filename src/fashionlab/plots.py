@@ -25,6 +25,7 @@ from fashionlab import CLASS_NAMES  # noqa: E402
 
 DPI = 100
 TRAIN_COLOR, VALID_COLOR, BEST_COLOR = "tab:blue", "tab:orange", "tab:green"
+LABELLED_CLASSES = 30  # a confusion matrix of more classes is drawn without names and percentages
 LOG_RANGE = 30  # a positive series spanning more than this factor gets a log axis, or its small values flatten
 
 
@@ -131,19 +132,23 @@ def accuracy_vs_seconds_figure(history: pd.DataFrame, marks: Sequence[float] = (
     return fig
 
 
-def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test set)") -> Figure:
+def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test set)",
+                     class_names: Sequence[str] = CLASS_NAMES) -> Figure:
     """Row-normalised: each cell is the % of its true class (rows) predicted as the column's class,
-    so classes with fewer images read the same; each row's image count is in its label."""
+    so classes with fewer images read the same; each row's image count is in its label. Past
+    LABELLED_CLASSES classes, names and percentages would not fit: the colours alone are drawn."""
     counts = np.asarray(matrix)
     shares = row_normalised(counts)
+    labelled = len(class_names) <= LABELLED_CLASSES
     fig, ax = plt.subplots(figsize=(8, 7))
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
-    ax.set_yticks(range(len(CLASS_NAMES)), [f"{name} ({n:,})" for name, n in zip(CLASS_NAMES, counts.sum(axis=1))])
+    if labelled:
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), [f"{name} ({n:,})" for name, n in zip(class_names, counts.sum(axis=1))])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (images)")
     ax.set_title(f"{title}\n% of each true class")
-    for (i, j), share in np.ndenumerate(shares):
+    for (i, j), share in np.ndenumerate(shares if labelled else np.zeros((0, 0))):
         if counts[i, j]:
             ax.text(j, i, f"{share * 100:.0f}" if share >= 0.005 else "<1", ha="center", va="center", fontsize=8,
                     color="white" if share > 0.5 else "black")

@@ -239,9 +239,9 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def top_k(proba: np.ndarray, k: int) -> list[dict[str, Any]]:
+def top_k(proba: np.ndarray, k: int, class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
     order = np.argsort(-proba, kind="stable")[:k]
-    return [{"class_id": int(i), "class_name": CLASS_NAMES[i], "probability": float(proba[i])} for i in order]
+    return [{"class_id": int(i), "class_name": class_names[i], "probability": float(proba[i])} for i in order]
 
 
 def facing_right(pixels: np.ndarray) -> np.ndarray:
@@ -277,12 +277,12 @@ def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = ()) -
 
 
 def results_of(proba: np.ndarray, labels: Sequence[str], k: int, mirrored: Sequence[bool] = (),
-               pixels: np.ndarray | None = None) -> list[dict[str, Any]]:
+               pixels: np.ndarray | None = None, class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
     """One result per image: the best class, its probability, the top k, and notes: read
     mirrored; a hint when the model is unsure, or when `pixels` (what it saw) hold no garment."""
     results = []
     for i, (label, row) in enumerate(zip(labels, proba)):
-        best = top_k(row, k)
+        best = top_k(row, k, class_names)
         result = {"input": label, "class_id": best[0]["class_id"], "class_name": best[0]["class_name"],
                   "probability": best[0]["probability"], "top_k": best}
         if i < len(mirrored) and mirrored[i]:

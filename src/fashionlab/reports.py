@@ -136,7 +136,7 @@ def note(text: str) -> str:
 
 # --- a run -------------------------------------------------------------------------------------
 
-def class_scores(matrix: np.ndarray) -> pd.DataFrame:
+def class_scores(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> pd.DataFrame:
     """Precision, recall, F1 and support per class from a confusion matrix (rows: true class), then
     the macro average (each class counts the same) and the support-weighted average."""
     counts = np.asarray(matrix, dtype=float)
@@ -148,14 +148,15 @@ def class_scores(matrix: np.ndarray) -> pd.DataFrame:
     precision, recall = ratio(correct, predicted), ratio(correct, support)
     f1 = ratio(2 * precision * recall, precision + recall)
     frame = pd.DataFrame({"precision": precision, "recall": recall, "F1": f1, "support": support},
-                         index=pd.Index(CLASS_NAMES, name="class"))
+                         index=pd.Index(class_names, name="class"))
     weights = support / support.sum() if support.sum() else np.zeros_like(support)
     frame.loc["macro average"] = [precision.mean(), recall.mean(), f1.mean(), support.sum()]
     frame.loc["weighted average"] = [precision @ weights, recall @ weights, f1 @ weights, support.sum()]
     return frame.astype({"support": int})
 
 
-def confused_pairs(matrix: np.ndarray, shown: int = CONFUSED_PAIRS_SHOWN) -> pd.DataFrame:
+def confused_pairs(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAMES,
+                   shown: int = CONFUSED_PAIRS_SHOWN) -> pd.DataFrame:
     """The largest off-diagonal cells: which true class was most often predicted as which other."""
     counts = np.asarray(matrix)
     shares = plots.row_normalised(counts)
@@ -163,8 +164,8 @@ def confused_pairs(matrix: np.ndarray, shown: int = CONFUSED_PAIRS_SHOWN) -> pd.
     np.fill_diagonal(off, 0)
     cells = [np.unravel_index(flat, off.shape) for flat in np.argsort(-off, axis=None, kind="stable")[:shown]]
     cells = [(i, j) for i, j in cells if off[i, j] > 0]
-    return pd.DataFrame({"true class": [CLASS_NAMES[i] for i, _ in cells],
-                         "predicted as": [CLASS_NAMES[j] for _, j in cells],
+    return pd.DataFrame({"true class": [class_names[i] for i, _ in cells],
+                         "predicted as": [class_names[j] for _, j in cells],
                          "images": [int(off[i, j]) for i, j in cells],
                          "% of the true class": [f"{shares[i, j]:.1%}" for i, j in cells]})
 
@@ -229,14 +230,14 @@ def environment_rows(metrics: Mapping[str, Any]) -> dict[str, str]:
     return rows
 
 
-def _caption(true: int, pred: int, p: float) -> str:
-    return f"{CLASS_NAMES[pred]} {p:.2f}" + ("" if true == pred else f" (true: {CLASS_NAMES[true]})")
+def _caption(names: Sequence[str], true: int, pred: int, p: float) -> str:
+    return f"{names[pred]} {p:.2f}" + ("" if true == pred else f" (true: {names[true]})")
 
 
-def _loss_caption(true: int, pred: int, p_pred: float, p_true: float, loss: float) -> str:
+def _loss_caption(names: Sequence[str], true: int, pred: int, p_pred: float, p_true: float, loss: float) -> str:
     """fast.ai's top-losses caption: the prediction, the true class' probability, the loss."""
-    truth = "right" if true == pred else f"true: {CLASS_NAMES[true]} {p_true:.2f}"
-    return f"{CLASS_NAMES[pred]} {p_pred:.2f}\n{truth}\nloss {loss:.2f}"
+    truth = "right" if true == pred else f"true: {names[true]} {p_true:.2f}"
+    return f"{names[pred]} {p_pred:.2f}\n{truth}\nloss {loss:.2f}"
 
 
 def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
@@ -244,21 +245,21 @@ def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFr
                     curves_png: bytes, seconds_png: bytes | None, confusion_png: bytes) -> str:
     """One run: test metrics, learning curves, training times, per-class scores, the confusion
     matrix and its largest confusions, top losses, sample predictions, configuration, environment."""
-    matrix = np.asarray(report["confusion_matrix"])
+    matrix, names = np.asarray(report["confusion_matrix"]), list(report["per_class"])
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
     p_true = proba[np.arange(len(y_test)), y_test]
     losses = -np.log(np.clip(p_true, 1e-7, 1.0))  # the clip keeps a 0 probability's loss finite, as Keras does
     mistakes = int((pred != y_test).sum())
     top = np.argsort(-losses, kind="stable")[:TOP_LOSSES_SHOWN]
     samples = np.arange(min(SAMPLES_SHOWN, len(y_test)))
-    scores = class_scores(matrix)
+    scores = class_scores(matrix, names)
     summary = {"test accuracy": f"{report['test_accuracy']:.4f}", "test loss": f"{report['test_loss']:.4f}",
                "macro F1": f"{scores.loc['macro average', 'F1']:.4f}",
                "misclassified": f"{mistakes:,}", "test images": f"{len(y_test):,}"}
-    pairs = confused_pairs(matrix)
-    top_captions = [_loss_caption(int(y_test[i]), int(pred[i]), float(confidence[i]), float(p_true[i]),
+    pairs = confused_pairs(matrix, names)
+    top_captions = [_loss_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i]), float(p_true[i]),
                                   float(losses[i])) for i in top]
-    sample_captions = [_caption(int(y_test[i]), int(pred[i]), float(confidence[i])) for i in samples]
+    sample_captions = [_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i])) for i in samples]
     environment = environment_rows(metrics)
     sections = [
         ("Test metrics", key_values(summary)),
@@ -292,12 +293,12 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
     `metrics`: what metrics.json holds (dates, times to accuracy, engine, versions...); the page
     leaves out what it does not give."""
     metrics = metrics or {}
-    matrix = np.asarray(report["confusion_matrix"])
+    matrix, names = np.asarray(report["confusion_matrix"]), list(report["per_class"])
     curves = plots.png_bytes(plots.learning_curves_figure(history, config.get("name", "")))
     marks = tuple(float(mark) for mark in metrics.get("seconds_to_val_accuracy") or (0.85, 0.90, 0.93))
     seconds = plots.png_bytes(plots.accuracy_vs_seconds_figure(history, marks)) if "seconds" in history else None
-    confusion = plots.png_bytes(plots.confusion_figure(matrix))
-    frame = pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"), columns=CLASS_NAMES)
+    confusion = plots.png_bytes(plots.confusion_figure(matrix, class_names=names))
+    frame = pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
     run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
     run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
     run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))

@@ -309,7 +309,7 @@ def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, callbacks: 
                      callbacks=callbacks, verbose=verbose)
     else:
         def targets(y: np.ndarray) -> np.ndarray:
-            return np.eye(10, dtype=np.float32)[y] if one_hot_targets(model) else y
+            return np.eye(model.output_shape[-1], dtype=np.float32)[y] if one_hot_targets(model) else y
 
         model.fit(splits.x_train.astype(np.float32), targets(splits.y_train), batch_size=config.batch_size,
                   epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), targets(splits.y_valid)),
