@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from fashionlab import data
 from fashionlab.data import DataSource
+from fashionlab.datasets import FASHION_MNIST
 from fashionlab.errors import DataError, Interrupted
 
 
@@ -102,9 +104,8 @@ def test_lookup_order_and_an_explicit_choice_is_never_passed_over(tmp_path, monk
 def test_nothing_found_names_the_ways_to_get_data(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.delenv("FASHIONLAB_DATA", raising=False)
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
     with pytest.raises(DataError) as info:
-        data.find_data_dir()
+        data.find_data_dir(dataset=dataclasses.replace(FASHION_MNIST, debian_dir=tmp_path / "none"))
     for way in ("apt-get install dataset-fashion-mnist", "fashionlab data download", "`data_dir`"):
         assert way in str(info.value)
 
@@ -275,3 +276,31 @@ def test_describe_counts_each_of_the_data_sets_classes_by_name():
                                source=Path("seven"))
     text = data.describe(splits, [f"kind {i}" for i in range(7)])
     assert "6 kind 6" in text and "7 kind" not in text and "Ankle boot" not in text
+
+
+def test_a_folder_data_set_is_read_from_its_folder_with_its_own_class_count(tmp_path):
+    from fashionlab.datasets import resolve
+
+    arrays = synthetic_arrays()
+    seven = {k: v % 7 if "labels" in k else v for k, v in arrays.items()}
+    folder = write_dataset(tmp_path / "seven", seven)
+    (folder / "classes.txt").write_text("\n".join(f"kind {i}" for i in range(7)))
+    source = DataSource(dataset=resolve(str(folder)))  # verify stays on: a folder has no official digests
+    splits = source.splits(validation_size=60)
+    assert source.locate() == folder and set(splits.y_train) | set(splits.y_test) == set(range(7))
+    assert source.located().dataset is source.dataset
+    write_dataset(folder, arrays)  # labels 0..9 now: outside the folder's seven classes
+    with pytest.raises(DataError, match="has label 9, outside 0..6; the file is corrupt"):
+        source.splits(validation_size=60)
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=f"lacks t10k-images-idx3-ubyte.*put the four .* beside {folder}/classes.txt"):
+        source.splits(validation_size=60)
+
+
+def test_a_built_in_other_than_fashion_mnist_has_a_cache_folder_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("FASHIONLAB_DATA", str(tmp_path / "fashion"))  # Fashion-MNIST's setting: not for others
+    other = dataclasses.replace(FASHION_MNIST, name="other", title="Other", debian_dir=None)
+    assert [d for _, d in data.candidate_dirs(dataset=other)] == [tmp_path / "datasets" / "other"]
+    with pytest.raises(DataError, match=f"^Other not found in {tmp_path}/datasets/other; get the data"):
+        data.find_data_dir(dataset=other)

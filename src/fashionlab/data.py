@@ -1,6 +1,7 @@
-"""Fashion-MNIST from the four official IDX files, validated before use, offline.
+"""A data set's four IDX files, validated before use, offline: Fashion-MNIST's by default.
 
     splits = DataSource().splits(validation_size=5000)   # or DataSource("my/dir", verify=False)
+    DataSource(dataset=resolve("./letters")).splits()    # a folder of your own (datasets.py)
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from fashionlab import CLASS_NAMES
-from fashionlab.datasets import FASHION_MNIST, FILE_NAMES
+from fashionlab.datasets import CLASSES_FILE, FASHION_MNIST, FILE_NAMES, Dataset
 from fashionlab.errors import DataError, Interrupted
 from fashionlab.files import open_regular, outermost_missing
 from fashionlab.interrupts import stop_requests
@@ -37,12 +38,18 @@ MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024  # the largest official .gz is 26,421,880 bytes
 MIN_DOWNLOAD_RATE = 1024  # bytes a second, averaged over the timeout: slower is a stalled server
 DEFAULT_URL = FASHION_MNIST.url
-DEBIAN_DIR = FASHION_MNIST.debian_dir
 HOW_TO_GET_DATA = (
     "get the data one of three ways: `sudo apt-get install dataset-fashion-mnist` (offline, Debian/Ubuntu), "
     "`fashionlab data download` (needs network), or copy the four *-ubyte(.gz) files into a folder "
     "and point `data_dir` or FASHIONLAB_DATA at it"
 )
+
+
+def how_to_get(dataset: Dataset) -> str:
+    """How to get a data set's files, as the end of a message."""
+    if dataset.folder is not None:
+        return f"put the four *-ubyte(.gz) files beside {dataset.folder / CLASSES_FILE}"
+    return HOW_TO_GET_DATA
 
 
 @dataclass(frozen=True)
@@ -60,47 +67,53 @@ class Splits:
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where the dataset comes from, and whether its files must be the official ones.
+    """Which data set, where its files come from, and whether they must be the official ones.
 
-    `data_dir` None looks in $FASHIONLAB_DATA, the Keras cache, then Debian's folder;
-    `verify` False skips only the SHA-256 check, for your own IDX files.
+    `data_dir` None looks in $FASHIONLAB_DATA (Fashion-MNIST only), the Keras cache, then Debian's
+    folder, or in a data set's own folder; `verify` False skips only the SHA-256 check, for your
+    own IDX files (a folder data set has no official digests to check).
     """
 
     data_dir: Path | None = None
     verify: bool = True
+    dataset: Dataset = FASHION_MNIST
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
 
+    def of(self, dataset: Dataset) -> DataSource:
+        """This source, for `dataset` (its folder, verify and data_dir kept)."""
+        return replace(self, dataset=dataset)
+
     def locate(self) -> Path:
         """The folder the files are read from; raises DataError when there is none."""
-        return find_data_dir(self.data_dir)
+        return find_data_dir(self.data_dir, self.dataset)
 
     def located(self) -> DataSource:
         """This source pinned to the folder found now, so that every later read uses the same files."""
-        return DataSource(self.locate(), self.verify)
+        return replace(self, data_dir=self.locate())
 
     def splits(self, validation_size: int = 5000, train_samples: int = 0) -> Splits:
-        return load_splits(self.locate(), validation_size, train_samples, verify=self.verify)
+        return split_arrays(self.arrays(), validation_size, train_samples, source=self.locate())
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The four files as arrays, keyed by file name (for `split_arrays`): read once, used twice."""
-        return load_arrays(self.locate(), self.verify)
+        return load_arrays(self.locate(), self.verify, dataset=self.dataset)
 
     def test_images(self) -> np.ndarray:
-        return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify)
+        return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify, self.dataset)
 
     def train_count(self) -> int:
         """How many training images (validation included) there are, from the training files,
         read and validated: a config is checked against this before any work."""
-        return len(load_arrays(self.locate(), self.verify, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"))
-                   ["train-images-idx3-ubyte"])
+        return len(load_arrays(self.locate(), self.verify, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                               dataset=self.dataset)["train-images-idx3-ubyte"])
 
 
-def keras_cache_dir() -> Path:
+def keras_cache_dir(dataset: Dataset = FASHION_MNIST) -> Path:
     home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
-    return Path(home) / "datasets" / "fashion-mnist"
+    return Path(home) / "datasets" / dataset.name
 
 
 def _file_in(directory: Path, name: str) -> Path | None:
@@ -114,31 +127,34 @@ def has_dataset(directory: Path) -> bool:
     return all(_file_in(directory, name) for name in FILE_NAMES)
 
 
-def candidate_dirs(data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+def candidate_dirs(data_dir: str | Path | None = None, dataset: Dataset = FASHION_MNIST) -> list[tuple[str, Path]]:
     """Where the files are looked for, in order, each with how it was chosen."""
     found = []
     if data_dir is not None:
         found.append(("`data_dir`", Path(data_dir)))
-    if os.environ.get("FASHIONLAB_DATA"):
+    if dataset.folder is not None:
+        return found or [("the data set's folder", dataset.folder)]
+    if os.environ.get("FASHIONLAB_DATA") and dataset is FASHION_MNIST:
         found.append(("$FASHIONLAB_DATA", Path(os.environ["FASHIONLAB_DATA"])))
-    found.append(("Keras cache", keras_cache_dir()))
-    found.append(("Debian package", DEBIAN_DIR))
+    found.append(("Keras cache", keras_cache_dir(dataset)))
+    if dataset.debian_dir is not None:
+        found.append(("Debian package", dataset.debian_dir))
     return found
 
 
-def find_data_dir(data_dir: str | Path | None = None) -> Path:
+def find_data_dir(data_dir: str | Path | None = None, dataset: Dataset = FASHION_MNIST) -> Path:
     """The first folder that holds all four files. An explicit choice is never passed over."""
-    candidates = candidate_dirs(data_dir)
-    explicit = [c for c in candidates if c[0] in ("`data_dir`", "$FASHIONLAB_DATA")]
+    candidates = candidate_dirs(data_dir, dataset)
+    explicit = [c for c in candidates if c[0] in ("`data_dir`", "$FASHIONLAB_DATA", "the data set's folder")]
     for origin, directory in explicit[:1] or candidates:
         if has_dataset(directory):
             return directory
         if explicit:
             missing = [n for n in FILE_NAMES if not _file_in(directory, n)]
-            raise DataError(f"{origin} {directory} lacks {', '.join(missing)}(.gz); {HOW_TO_GET_DATA}",
+            raise DataError(f"{origin} {directory} lacks {', '.join(missing)}(.gz); {how_to_get(dataset)}",
                             terms=["data_dir"])
-    raise DataError(f"Fashion-MNIST not found in {', '.join(str(d) for _, d in candidates)}; {HOW_TO_GET_DATA}",
-                    terms=["data_dir"])
+    raise DataError(f"{dataset.title} not found in {', '.join(str(d) for _, d in candidates)}; "
+                    f"{how_to_get(dataset)}", terms=["data_dir"])
 
 
 def read_bytes(path: Path) -> bytes:
@@ -181,20 +197,22 @@ def parse_idx(content: bytes, kind: str, origin: str = "data", classes: int = le
     return array.reshape((count, ROWS, COLS) if kind == "images" else (count,))
 
 
-def load_file(directory: Path, name: str, verify: bool = True) -> np.ndarray:
+def load_file(directory: Path, name: str, verify: bool = True, dataset: Dataset = FASHION_MNIST) -> np.ndarray:
     path = _file_in(directory, name)
     if path is None:
-        raise DataError(f"{directory} lacks {name}(.gz); {HOW_TO_GET_DATA}", terms=["data_dir"])
+        raise DataError(f"{directory} lacks {name}(.gz); {how_to_get(dataset)}", terms=["data_dir"])
     content = read_bytes(path)
-    if verify and hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:
-        raise DataError(f"{path} is not the official Fashion-MNIST file (SHA-256 mismatch); "
+    official = dataset.digest(name)  # None for a data set of your own
+    if verify and official is not None and hashlib.sha256(content).hexdigest() != official:
+        raise DataError(f"{path} is not the official {dataset.title} file (SHA-256 mismatch); "
                         f"replace it, or pass `verify=False` for your own IDX data", terms=["verify=False"])
-    return parse_idx(content, "images" if "images" in name else "labels", str(path))
+    return parse_idx(content, "images" if "images" in name else "labels", str(path), dataset.classes)
 
 
-def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = FILE_NAMES) -> dict[str, np.ndarray]:
+def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = FILE_NAMES, *,
+                dataset: Dataset = FASHION_MNIST) -> dict[str, np.ndarray]:
     """The files (all four by default) as arrays, keyed by file name, with the pairs' counts checked."""
-    arrays = {name: load_file(directory, name, verify) for name in names}
+    arrays = {name: load_file(directory, name, verify, dataset) for name in names}
     empty = next((name for name, array in arrays.items() if not len(array)), None)
     if empty is not None:
         raise DataError(f"{directory}: {empty} holds no items; it is not a usable dataset file, replace it")
@@ -206,12 +224,6 @@ def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = F
         if n_images != n_labels:
             raise DataError(f"{directory}: {prefix} has {n_images} images but {n_labels} labels; replace the files")
     return arrays
-
-
-def load_splits(directory: Path, validation_size: int = 5000, train_samples: int = 0, *,
-                verify: bool = True) -> Splits:
-    """The tutorial's split: the first `validation_size` training images validate, the rest train."""
-    return split_arrays(load_arrays(directory, verify), validation_size, train_samples, source=directory)
 
 
 def split_arrays(arrays: dict[str, np.ndarray], validation_size: int, train_samples: int, *,
