@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import TINY, assert_png, assert_self_contained
 
-from fashionlab.comparison import compare, conclusion, plan, summarize, variant_config
+from fashionlab.comparison import compare, conclusion, load_comparison, plan, summarize, variant_config
 from fashionlab.config import TrainConfig, check_runnable, training_bytes
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
@@ -412,3 +412,24 @@ def test_an_output_folder_that_cannot_be_listed_is_refused_with_the_reason(tmp_p
                                                        f"another folder") + "$") as refused:
         check_output_folder(tmp_path, force=False)
     assert refused.value.terms == ("out",)
+
+
+def test_a_lead_is_said_with_both_seed_spreads_in_points():
+    lines = judged([("a", 0.88), ("a", 0.90), ("b", 0.80), ("b", 0.80), ("b", 0.80), ("b", 0.88)])
+    assert lines[1] == ("a leads b by 7.00 points, more than the two seed spreads together (std 1.41 + 4.00 "
+                        "points), though their seed ranges overlap.")
+
+
+def test_every_variant_of_one_seed_is_named():
+    assert judged([("a", 0.86), ("a", 0.87), ("b", 0.80), ("c", 0.79)])[1].startswith(
+        "With one seed for b, c there is no spread")
+
+
+def test_a_finished_comparison_is_read_back_from_its_results(tmp_path):
+    frame([("a", 1, 0.86, 0.87, 9, 2.0, 10), ("a", 2, 0.87, 0.88, 8, 2.0, 10), ("010", 1, 0.80, 0.81, 9, 1.0, 10),
+           ("010", 2, 0.81, 0.82, 9, 1.0, 10)]).to_csv(tmp_path / "results.csv", index=False)
+    results, summary, lines = load_comparison(tmp_path)
+    assert list(summary.index) == ["a", "010"] and len(results) == 4  # a variant named 010 stays text
+    assert lines[0] == "a has the highest mean test accuracy: 0.8650 ± 0.0071 over 2 seed(s)."
+    with pytest.raises(RunError, match="holds no finished comparison"):
+        load_comparison(tmp_path / "none")

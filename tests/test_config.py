@@ -10,6 +10,7 @@ from fashionlab.config import (
     FieldType,
     TrainConfig,
     check_runnable,
+    conv_channels,
     describe_network,
     field_type,
     from_dict,
@@ -126,13 +127,22 @@ def test_networks_larger_than_free_memory_are_refused():
     check_runnable(config, train_images=60000, free_memory=None)  # unknown: not judged
 
 
-@pytest.mark.parametrize("values", [{}, {"batch_norm": "none"}, {"batch_norm": "before", "depth": 3, "width": 7}])
+@pytest.mark.parametrize("values", [
+    {}, {"batch_norm": "none"}, {"batch_norm": "before", "depth": 3, "width": 7},
+    {"model": "cnn", "filters": 4, "conv_blocks": 3, "convs_per_block": 2, "depth": 1, "width": 16},
+    {"model": "cnn", "filters": 4, "conv_blocks": 1, "convs_per_block": 1, "depth": 1, "width": 16},
+])
 def test_the_parameter_estimate_is_the_built_networks_count(values):
     from fashionlab.model import build_model, parameter_counts
     from fashionlab.preprocessing import Scaler
 
     config = TrainConfig(**values)
     assert parameter_estimate(config) == parameter_counts(build_model(config, Scaler(0.0, 1.0)))["total"]
+
+
+def test_each_convolution_block_doubles_the_channels_of_the_one_before():
+    config = TrainConfig(model="cnn", filters=4, conv_blocks=3, convs_per_block=2)
+    assert conv_channels(config) == [4, 4, 8, 8, 16, 16]  # the model is built from this list too
 
 
 def test_unreadable_config_files_are_refused(tmp_path):

@@ -9,7 +9,15 @@ import time
 import pytest
 
 from fashionlab.errors import ConfigError
-from fashionlab.files import check_own_file, check_writable, open_regular, outermost_missing, read_bytes, read_text
+from fashionlab.files import (
+    _article,
+    check_own_file,
+    check_writable,
+    open_regular,
+    outermost_missing,
+    read_bytes,
+    read_text,
+)
 
 
 def read(path, **options):
@@ -185,3 +193,22 @@ def test_a_file_written_in_place_must_be_a_regular_file_never_a_link(tmp_path):
                                       f"only into its own files, never through a link: move it away, or give `out` "
                                       f"another folder") and refused.value.terms == ("out",)
     assert target.read_text() == "mine" and not (tmp_path / "nothing").exists()
+
+
+def test_links_are_followed_by_default(tmp_path):
+    (tmp_path / "target").write_bytes(b"abc")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert read_bytes(tmp_path / "link", what="file", error=ConfigError, limit=10) == b"abc"
+
+
+def test_a_path_that_cannot_be_looked_at_is_named_with_the_reason(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError) as refused:
+        check_own_file(tmp_path / "f" / "x.journal", what="the journal", term="out")
+    assert str(refused.value) == (f"cannot use the journal {tmp_path / 'f' / 'x.journal'} (Not a directory); "
+                                  f"give `out` another folder") and refused.value.terms == ("out",)
+
+
+def test_messages_say_a_or_an_as_spoken():
+    assert [_article(w) for w in ("ONNX file", "IDX file", "HTML page", "image", "run file", "model")] == \
+        ["an", "an", "an", "an", "a", "a"]
