@@ -301,6 +301,27 @@ def test_a_worker_that_does_not_read_its_job_holds_up_neither_the_loop_nor_the_r
         pool.close()
 
 
+def test_a_job_given_up_while_it_is_sent_is_still_answered_and_never_mistaken_for_the_next():
+    """A client that leaves while its image is being written to the worker: the worker's answer
+    to it is read and dropped, and the worker then serves the next request its own answer."""
+    pool = UploadWorkers(workers=1, small_pixels=0)
+    other = png(np.full((300, 300), 255, np.uint8))
+    try:
+        async def leave_while_sending():
+            job = asyncio.create_task(pool.run("decode", other, "white.png"))
+            await asyncio.sleep(0)  # the job is on its way to the worker
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            await asyncio.sleep(1)  # its answer comes, and is read
+
+        run(leave_while_sending())
+        names, images = run(pool.read(form(("image", "a.png", GARMENT)), KIND))  # another loop, as a new app's
+        assert names == ["a.png"] and np.array_equal(images[0].pixels, GARMENT_PIXELS)
+    finally:
+        pool.close()
+
+
 def test_what_a_decoder_prints_stays_out_of_the_servers_stderr(workers, capfd):
     data = zlib.compress(b"\x00" * 1024)
     tile = 32768  # a 16 x 16 TIFF in one tile of 32768 x 32768: libtiff complains on stderr

@@ -256,6 +256,8 @@ class UploadWorkers:
         answered = loop.create_future()
         fd = worker.connection.fileno()
 
+        abandoned = False  # the job ran over its time: its worker is being replaced
+
         def readable() -> None:  # the answer has come: read it here, on the loop (it is small, or the client's bytes)
             loop.remove_reader(fd)
             os.set_blocking(fd, True)  # watching it made it non-blocking (uvloop): the rest of a long answer must wait
@@ -263,7 +265,7 @@ class UploadWorkers:
                 answer = worker.connection.recv()
             except (EOFError, OSError) as exc:  # the worker died on it (a decoder's crash)
                 answer = exc
-            if not answered.cancelled():
+            if not answered.done():
                 answered.set_result(answer)
             elif not isinstance(answer, Exception):  # nobody waits any more (the client left): free again
                 free.put_nowait(worker)
@@ -272,17 +274,21 @@ class UploadWorkers:
             os.set_blocking(fd, True)
             worker.connection.send((kind, args))
 
-        async def exchange() -> Any:
-            try:
-                await loop.run_in_executor(self.senders, send)
-            except OSError:
-                return EOFError()
-            loop.add_reader(fd, readable)
-            return await answered
+        def sent(sending: asyncio.Future) -> None:  # on the loop, once the job is written, whoever still waits:
+            if abandoned:  # an answer left unread would be taken for the next job's, so it is always read
+                return
+            if sending.exception() is None:
+                loop.add_reader(fd, readable)
+            elif not answered.done():
+                answered.set_result(EOFError())
+            else:
+                self._replace(worker)
 
+        loop.run_in_executor(self.senders, send).add_done_callback(sent)
         try:
-            answer = await asyncio.wait_for(exchange(), seconds or self.job_seconds)
+            answer = await asyncio.wait_for(answered, seconds or self.job_seconds)
         except TimeoutError:
+            abandoned = True
             loop.remove_reader(fd)
             self._replace(worker)
             raise UploadError(late or f"{what} takes over {seconds or self.job_seconds:g} s to read; send a smaller "
