@@ -305,7 +305,7 @@ def test_a_job_given_up_while_it_is_sent_is_still_answered_and_never_mistaken_fo
     """A client that leaves while its image is being written to the worker: the worker's answer
     to it is read and dropped, and the worker then serves the next request its own answer."""
     pool = UploadWorkers(workers=1, small_pixels=0)
-    other = png(np.full((300, 300), 255, np.uint8))
+    other = png(np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8))  # ~90 KB: sent from a thread
     try:
         async def leave_while_sending():
             job = asyncio.create_task(pool.run("decode", other, "white.png"))

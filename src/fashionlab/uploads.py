@@ -41,6 +41,7 @@ SMALL_REQUEST_PIXELS = 1_000_000  # a request holding no more is decoded in the 
 WORKERS = 2
 JOB_SECONDS = 10.0  # one job: a request's body parsed, or one image decoded
 REQUEST_SECONDS = 30.0  # all the jobs of one request together
+DIRECT_SEND_BYTES = 32 * 1024  # a job this small is written from the loop: a worker's socket buffer holds it
 WORKER_MEMORY = 1536 * 2**20  # a worker's memory beyond what it holds when it starts
 HOW_TO_SEND = "send up to 64 images as multipart/form-data files (curl -F image=@shoe.png)"
 
@@ -284,7 +285,16 @@ class UploadWorkers:
             else:
                 self._replace(worker)
 
-        loop.run_in_executor(self.senders, send).add_done_callback(sent)
+        if sum(len(a) for a in args if isinstance(a, bytes)) <= DIRECT_SEND_BYTES:
+            sending = loop.create_future()  # a free worker has read all it was sent: this fits, the write cannot block
+            try:
+                send()
+                sending.set_result(None)
+            except OSError as exc:
+                sending.set_exception(exc)
+            sent(sending)
+        else:
+            loop.run_in_executor(self.senders, send).add_done_callback(sent)
         try:
             answer = await asyncio.wait_for(answered, seconds or self.job_seconds)
         except TimeoutError:
