@@ -16,7 +16,9 @@ from fashionlab.datasets import (
     MAX_CLASSES,
     dataset_problem,
     from_folder,
+    from_record,
     parse_class_names,
+    record,
     resolve,
 )
 from fashionlab.errors import ConfigError, DataError
@@ -80,3 +82,24 @@ def test_every_built_in_has_its_classes_digests_and_source():
         assert dataset.name == name and dataset_problem(name) is None
         assert 2 <= dataset.classes <= MAX_CLASSES and len(set(dataset.class_names)) == dataset.classes
         assert len(dataset.sha256) == len(FILE_NAMES) and dataset.url and dataset.url.startswith("https://")
+
+
+def test_a_run_keeps_its_data_set_and_gets_it_back(tmp_path):
+    folder = write_dataset(tmp_path / "seven", synthetic_arrays())
+    (folder / "classes.txt").write_text("\n".join(SEVEN))
+    digests = {name: f"{i:064x}" for i, name in enumerate(FILE_NAMES)}
+    own = from_record(record(resolve(str(folder)), digests), "run.json")
+    assert own.class_names == SEVEN and own.folder == folder and own.sha256 == tuple(digests.values())
+    assert from_record(record(FASHION_MNIST), "run.json") is FASHION_MNIST
+    assert record(FASHION_MNIST) == {"name": "fashion-mnist", "class_names": list(CLASS_NAMES)}  # no folder, no digests
+    for kept in ({"name": "fashion-mnist", "class_names": list(SEVEN)}, {"name": "emnist", "class_names": list(SEVEN)}):
+        with pytest.raises(DataError, match="names the data set .* with classes this fashionlab does not know"):
+            from_record(kept, "run.json")
+    with pytest.raises(DataError, match="dataset.class_names names 'one' twice"):
+        from_record({"name": "x", "class_names": ["one", "one"], "folder": str(folder)}, "run.json")
+
+
+def test_a_run_made_before_data_sets_were_recorded_is_fashion_mnist(tiny_run):
+    from fashionlab.runs import Run
+
+    assert "dataset" not in Run(tiny_run.run.path).status() and Run(tiny_run.run.path).dataset() is FASHION_MNIST

@@ -1,14 +1,16 @@
+import hashlib
 import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import synthetic_arrays
+from helpers import TINY, synthetic_arrays, write_dataset
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
-from fashionlab.errors import RunError
+from fashionlab.data import read_bytes
+from fashionlab.errors import DataError, RunError
 from fashionlab.evaluation import confusion_matrix, evaluate, format_report, metrics_from_proba
 from fashionlab.runs import Run
 
@@ -73,3 +75,34 @@ def test_seven_classes_are_scored_under_their_own_names():
     assert list(report["per_class"]) == list(names) and np.asarray(report["confusion_matrix"]).shape == (7, 7)
     assert report["per_class"]["g"] == {"precision": 1.0, "recall": 0.5, "support": 2}
     assert report["test_accuracy"] == 7 / 8
+
+
+def test_a_run_of_a_data_set_of_its_own_is_evaluated_on_its_files_in_its_names(tmp_path, tiny_run):
+    """A run whose run.json records a 7-class folder: evaluate reads that folder (the digests it
+    was trained on), scores the seven classes by name, and the run's confusion matrix is 7 x 7."""
+    from fashionlab import datasets, notebook
+    from fashionlab.model import build_model
+    from fashionlab.preprocessing import Scaler
+    from fashionlab.runs import load_model_file
+
+    names = ["zero", "one", "two", "three", "four", "five", "six"]
+    seven = {k: v % 7 if "labels" in k else v for k, v in synthetic_arrays().items()}
+    folder = write_dataset(tmp_path / "seven", seven)
+    (folder / "classes.txt").write_text("\n".join(names))
+    digests = {name: hashlib.sha256(read_bytes(folder / f"{name}.gz")).hexdigest() for name in datasets.FILE_NAMES}
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run.path, run)
+    build_model(TINY, Scaler(0.0, 1.0), classes=7).save(run / "model.keras")
+    status = json.loads((run / "run.json").read_text())
+    status["dataset"] = datasets.record(datasets.resolve(str(folder)), digests)
+    (run / "run.json").write_text(json.dumps(status))
+    report = evaluate(run)
+    assert list(report["per_class"]) == names and sum(s["support"] for s in report["per_class"].values()) == 100
+    assert Run(run).confusion().shape == (7, 7) and Run(run).dataset().class_names == tuple(names)
+    assert list(notebook.Run(run).confusion().index) == names
+    with pytest.raises(RunError, match="gives outputs of shape \\(None, 7\\), not 10 class probabilities"):
+        load_model_file(run / "model.keras", classes=10)
+    write_dataset(folder, {k: (v + 1) % 7 if "labels" in k else v  # the folder's files changed since
+                           for k, v in synthetic_arrays().items()})
+    with pytest.raises(DataError, match="has changed since the run was trained on it \\(SHA-256 mismatch\\)"):
+        evaluate(run)

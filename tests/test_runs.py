@@ -114,15 +114,25 @@ def test_a_genuine_model_loads(saved_model):
     assert load_model_file(saved_model).count_params() == 28 * 28 * 10 + 10
 
 
-@pytest.mark.parametrize("layers, message", [
-    ([keras.Input((4,)), keras.layers.Dense(10)], r"takes inputs of shape \(None, 4\), not 28 x 28 images"),
-    ([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(7)],
+@pytest.mark.parametrize("layers, classes, message", [
+    ([keras.Input((4,)), keras.layers.Dense(10)], None, r"takes inputs of shape \(None, 4\), not 28 x 28 images"),
+    ([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(7)], 10,
      r"gives outputs of shape \(None, 7\), not 10 class probabilities"),
+    ([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(1)], None,
+     r"gives outputs of shape \(None, 1\), not class probabilities \(N, classes\)"),
+    ([keras.Input((28, 28)), keras.layers.Dense(3)], None,
+     r"gives outputs of shape \(None, 28, 3\), not class probabilities"),
 ])
-def test_models_of_other_shapes_are_refused(tmp_path, layers, message):
+def test_models_of_other_shapes_are_refused(tmp_path, layers, classes, message):
     keras.Sequential(layers).save(tmp_path / "other.keras")
     with pytest.raises(RunError, match=message):
-        load_model_file(tmp_path / "other.keras")
+        load_model_file(tmp_path / "other.keras", classes=classes)
+
+
+def test_a_model_of_seven_classes_loads_where_seven_are_expected_or_any(tmp_path):
+    keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(7)]).save(tmp_path / "s.keras")
+    assert load_model_file(tmp_path / "s.keras", classes=7).output_shape == (None, 7)
+    assert load_model_file(tmp_path / "s.keras").output_shape == (None, 7)
 
 
 @pytest.mark.parametrize("units, message", [

@@ -204,6 +204,9 @@ def load_file(directory: Path, name: str, verify: bool = True, dataset: Dataset 
     content = read_bytes(path)
     official = dataset.digest(name)  # None for a data set of your own
     if verify and official is not None and hashlib.sha256(content).hexdigest() != official:
+        if dataset.folder is not None:  # the digests a run recorded of its own data set
+            raise DataError(f"{path} has changed since the run was trained on it (SHA-256 mismatch); put back "
+                            f"the files it was trained on, or pass `verify=False`", terms=["verify=False"])
         raise DataError(f"{path} is not the official {dataset.title} file (SHA-256 mismatch); "
                         f"replace it, or pass `verify=False` for your own IDX data", terms=["verify=False"])
     return parse_idx(content, "images" if "images" in name else "labels", str(path), dataset.classes)

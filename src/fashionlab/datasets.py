@@ -68,6 +68,31 @@ FASHION_MNIST = Dataset(
 BUILT_IN = {dataset.name: dataset for dataset in (FASHION_MNIST,)}
 
 
+def record(dataset: Dataset, sha256: dict[str, str] | None = None) -> dict:
+    """What a run keeps of its data set in run.json (records.DatasetRecord): `sha256` are the
+    digests of the files it was trained on, kept for a data set of your own."""
+    kept: dict = {"name": dataset.name, "class_names": list(dataset.class_names)}
+    if dataset.folder is not None:
+        kept |= {"folder": str(dataset.folder), "sha256": dict(sha256 or {})}
+    return kept
+
+
+def from_record(kept: dict, origin: str) -> Dataset:
+    """The data set a run.json record names (`record`): a built-in, checked to be the one it was,
+    or a folder of your own whose files must still have the digests they had (`verify`)."""
+    names = parse_class_names("\n".join(kept["class_names"]), f"{origin}'s dataset.class_names")
+    if kept.get("folder") is None:
+        built = BUILT_IN.get(kept["name"])
+        if built is None or built.class_names != names:
+            raise DataError(f"{origin} names the data set {kept['name']!r} with classes this fashionlab does not "
+                            f"know; it was trained by another version, or the file was edited")
+        return built
+    digests = kept.get("sha256") or {}
+    folder = Path(kept["folder"])
+    return Dataset(name=kept["name"], title=f"the data set in {folder}", class_names=names, folder=folder,
+                   sha256=tuple(digests[f] for f in FILE_NAMES) if all(f in digests for f in FILE_NAMES) else ())
+
+
 def dataset_problem(value: str) -> str | None:
     """What is wrong with a `dataset` setting, without touching the disk: a built-in's name, or a
     folder given as a path (with a /, e.g. ./letters); None when nothing is."""

@@ -81,10 +81,10 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
         config = run.config()
         history = run.history()
         metrics = run.metrics() if os.path.lexists(run.file("metrics.json")) else None  # an unfinished run has none
-        model = run.load_model()
-        splits = data.splits(config.validation_size)
+        model, dataset = run.load_model(), run.dataset()
+        splits = data.of(dataset).splits(config.validation_size)
         proba = predict_proba(model, splits.x_test)
-        report = metrics_from_proba(splits.y_test, proba)
+        report = metrics_from_proba(splits.y_test, proba, dataset.class_names)
         if stop.requested:  # Ctrl-C while the model ran: stop before the writes, which then finish
             raise Interrupted("evaluation interrupted; the run's files are unchanged")
         write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,

@@ -104,11 +104,10 @@ class Run:
         """The test set's confusion matrix (rows: true class, columns: predicted), counts or row fractions."""
         import pandas as pd
 
-        matrix = self._run.confusion().astype(float if normalize else int)
+        matrix, names = self._run.confusion().astype(float if normalize else int), self._run.dataset().class_names
         if normalize:
             matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        return pd.DataFrame(matrix, index=pd.Index(CLASS_NAMES, name="true"),
-                            columns=pd.Index(CLASS_NAMES, name="predicted"))
+        return pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted"))
 
     @checked(n=(1, 100))
     def mistakes(self, n: int = 12, data: DataSource = DataSource()) -> Figure:
@@ -117,7 +116,8 @@ class Run:
 
         from fashionlab.evaluation import predict_proba
 
-        splits = data.splits(self.config.validation_size)
+        dataset = self._run.dataset()
+        splits, names = data.of(dataset).splits(self.config.validation_size), dataset.class_names
         proba = predict_proba(self._run.load_model(), splits.x_test)
         predicted = proba.argmax(axis=1)
         wrong = np.flatnonzero(predicted != splits.y_test)
@@ -129,8 +129,8 @@ class Run:
             ax.axis("off")
         for ax, index in zip(axes.flat, worst):
             ax.imshow(splits.x_test[index], cmap="gray")
-            ax.set_title(f"{CLASS_NAMES[predicted[index]]} {proba[index, predicted[index]]:.0%}\n"
-                         f"true: {CLASS_NAMES[splits.y_test[index]]}", fontsize=8)
+            ax.set_title(f"{names[predicted[index]]} {proba[index, predicted[index]]:.0%}\n"
+                         f"true: {names[splits.y_test[index]]}", fontsize=8)
         figure.suptitle(f"{self.name}: the {len(worst)} most confident mistakes of {len(wrong)}", fontsize=10)
         figure.tight_layout()
         return figure

@@ -28,6 +28,16 @@ Fraction = Annotated[float, Range(0.0, 1.0)]
 Seconds = Annotated[float, Range(0.0, None)]
 
 
+class DatasetRecord(TypedDict):
+    """The data set a run was trained on (datasets.record): its classes, and for one of your own,
+    its folder and its files' digests as they were then."""
+
+    name: str
+    class_names: list[str]
+    folder: NotRequired[str | None]
+    sha256: NotRequired[dict[str, str]]
+
+
 class Status(TypedDict):
     """run.json: how the run stands."""
 
@@ -42,6 +52,7 @@ class Status(TypedDict):
     recipe: NotRequired[str | None]
     test: NotRequired[bool]  # False: the run is kept away from the test set (a sweep's trial)
     message: NotRequired[str | None]
+    dataset: NotRequired[DatasetRecord]  # absent in runs of Fashion-MNIST made before data sets were recorded
 
 
 class Parameters(TypedDict):

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES
 from fashionlab.config import TrainConfig, from_dict
+from fashionlab.datasets import FASHION_MNIST, MAX_CLASSES, MIN_CLASSES, Dataset, from_record
 from fashionlab.errors import ConfigError, RunError, reason, resume_call
 from fashionlab.files import kind_of, open_regular, outermost_missing, read_text
 from fashionlab.records import HistoryRow, Metrics, Status, first_problem
@@ -270,10 +270,10 @@ class Run:
         return frame
 
     def confusion(self) -> np.ndarray:
-        """confusion_matrix.csv as a 10 x 10 array of counts (rows: true class)."""
-        matrix = self.read_table("confusion_matrix.csv", index_col=0).to_numpy()
-        if matrix.shape != (len(CLASS_NAMES),) * 2 or matrix.dtype.kind not in "iu" or (matrix < 0).any():
-            raise self.damaged("confusion_matrix.csv", "it must hold a 10 x 10 table of counts")
+        """confusion_matrix.csv as a classes x classes array of counts (rows: true class)."""
+        matrix, classes = self.read_table("confusion_matrix.csv", index_col=0).to_numpy(), self.dataset().classes
+        if matrix.shape != (classes, classes) or matrix.dtype.kind not in "iu" or (matrix < 0).any():
+            raise self.damaged("confusion_matrix.csv", f"it must hold a {classes} x {classes} table of counts")
         return matrix
 
     # --- status ---------------------------------------------------------------------------
@@ -283,6 +283,12 @@ class Run:
         if os.path.lexists(self.file(STATUS_FILE)):
             return self.read_json(STATUS_FILE, Status)
         return {"status": "complete" if self.file("metrics.json").is_file() else "unknown"}
+
+    def dataset(self) -> Dataset:
+        """The data set the run was trained on: as run.json records it, or Fashion-MNIST for runs
+        made before data sets were recorded."""
+        kept = self.status().get("dataset")
+        return FASHION_MNIST if kept is None else from_record(kept, str(self.file(STATUS_FILE)))
 
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
@@ -325,7 +331,7 @@ class Run:
         path = self.model_file()
         if path is None:
             raise RunError(f"{self.path} has no {MODEL_FILE}; train it again")
-        return load_model_file(path)
+        return load_model_file(path, classes=self.dataset().classes)
 
 
 def _remove_made(folder: Path | None) -> None:
@@ -346,14 +352,16 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
-def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bool = False):
+def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bool = False,
+                    classes: int | None = None):
     """Load a fashionlab model from a `.keras` archive, as safely as it can be done.
 
     Only a regular file in the native zip format; its inflated size and the layer sizes it
     declares are bounded before Keras builds anything (building allocates every weight);
     Keras' safe mode is on (no code in the archive runs); whatever Keras unpacks goes to a
     folder of our own, removed afterwards; and the loaded model must take 28 x 28 images and
-    give 10 class probabilities. `compile` True restores the optimizer too (to train on).
+    give class probabilities (`classes` of them, when given). `compile` True restores the
+    optimizer too (to train on).
     """
     path = Path(path)
     if path.suffix != ".keras":
@@ -369,9 +377,11 @@ def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bo
     if inputs != (None, 28, 28):
         raise RunError(f"{path} takes inputs of shape {inputs if inputs else len(model.inputs)}, not 28 x 28 images; "
                        f"it is not a fashionlab model")
-    if len(outputs) != 1 or tuple(outputs[0].shape) != (None, len(CLASS_NAMES)):
-        shape = tuple(outputs[0].shape) if len(outputs) == 1 else f"{len(outputs)} outputs"
-        raise RunError(f"{path} gives outputs of shape {shape}, not {len(CLASS_NAMES)} class probabilities; "
+    shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+    if len(shape) != 2 or shape[0] is not None or not MIN_CLASSES <= (shape[1] or 0) <= MAX_CLASSES or (
+            classes is not None and shape[1] != classes):
+        wanted = f"{classes} class probabilities" if classes else "class probabilities (N, classes)"
+        raise RunError(f"{path} gives outputs of shape {shape or f'{len(outputs)} outputs'}, not {wanted}; "
                        f"it is not a fashionlab model")
     return model
 
