@@ -322,6 +322,24 @@ def test_a_job_given_up_while_it_is_sent_is_still_answered_and_never_mistaken_fo
         pool.close()
 
 
+def test_a_worker_whose_answer_was_never_read_is_not_given_the_next_loops_jobs():
+    """The event loop ends (an app stopped, a test's loop) while a worker still decodes a job
+    nobody waits for: in the next loop that worker is replaced, never asked again, since its old
+    answer would be taken for the new job's."""
+    pool = UploadWorkers(workers=1, small_pixels=0)
+    try:
+        async def leave_and_end():
+            job = asyncio.create_task(pool.run("decode", scan_bomb(3000), "slow.jpg"))  # about a second
+            await asyncio.sleep(0.2)  # being decoded
+            job.cancel()  # and the loop ends at once, before the answer comes
+
+        run(leave_and_end())
+        names, images = run(pool.read(form(("image", "a.png", GARMENT)), KIND))
+        assert names == ["a.png"] and np.array_equal(images[0].pixels, GARMENT_PIXELS) and pool.killed == 1
+    finally:
+        pool.close()
+
+
 def test_what_a_decoder_prints_stays_out_of_the_servers_stderr(workers, capfd):
     data = zlib.compress(b"\x00" * 1024)
     tile = 32768  # a 16 x 16 TIFF in one tile of 32768 x 32768: libtiff complains on stderr

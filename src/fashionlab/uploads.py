@@ -228,14 +228,18 @@ class UploadWorkers:
         self.free: asyncio.Queue[_Worker] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiting = self.killed = self.jobs = 0  # jobs waiting for a worker; workers killed; jobs sent
+        self.busy: set[_Worker] = set()  # sent a job whose answer is not read yet
         self.lock = threading.Lock()
 
     def _queue(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # the first request, or the app now runs in another event loop
             self.loop, self.free = loop, asyncio.Queue()
-            for worker in self.workers:
-                self.free.put_nowait(worker)
+            for worker in list(self.workers):
+                if worker in self.busy:  # the old loop ended before its answer was read: it would be the next job's
+                    self._replace(worker)
+                else:
+                    self.free.put_nowait(worker)
         return self.free
 
     async def run(self, kind: str, *args: Any, seconds: float | None = None, late: str | None = None) -> Any:
@@ -253,6 +257,7 @@ class UploadWorkers:
             self.waiting -= 1
         what = args[-1] if kind == "decode" else "the upload"
         self.jobs += 1
+        self.busy.add(worker)
         loop = asyncio.get_running_loop()
         answered = loop.create_future()
         fd = worker.connection.fileno()
@@ -266,6 +271,7 @@ class UploadWorkers:
                 answer = worker.connection.recv()
             except (EOFError, OSError) as exc:  # the worker died on it (a decoder's crash)
                 answer = exc
+            self.busy.discard(worker)
             if not answered.done():
                 answered.set_result(answer)
             elif not isinstance(answer, Exception):  # nobody waits any more (the client left): free again
@@ -315,6 +321,7 @@ class UploadWorkers:
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker that overran, and start another in its place without holding up the loop."""
         self.killed += 1
+        self.busy.discard(worker)
         with self.lock:
             self.workers.remove(worker)
         loop, free = self.loop, self.free
