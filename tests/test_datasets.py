@@ -99,7 +99,15 @@ def test_a_run_keeps_its_data_set_and_gets_it_back(tmp_path):
         from_record({"name": "x", "class_names": ["one", "one"], "folder": str(folder)}, "run.json")
 
 
-def test_a_run_made_before_data_sets_were_recorded_is_fashion_mnist(tiny_run):
+def test_a_run_records_fashion_mnist_and_one_made_before_data_sets_were_recorded_is_it(tiny_run, tmp_path):
+    import json
+    import shutil
+
     from fashionlab.runs import Run
 
-    assert "dataset" not in Run(tiny_run.run.path).status() and Run(tiny_run.run.path).dataset() is FASHION_MNIST
+    assert Run(tiny_run.run.path).status()["dataset"] == {"name": "fashion-mnist", "class_names": list(CLASS_NAMES)}
+    older = shutil.copytree(tiny_run.run.path, tmp_path / "older")
+    status = json.loads((older / "run.json").read_text())
+    del status["dataset"]
+    (older / "run.json").write_text(json.dumps(status))
+    assert Run(older).dataset() is FASHION_MNIST

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY, synthetic_arrays
+from helpers import TINY, synthetic_arrays, write_dataset
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
@@ -254,3 +254,31 @@ def test_train_and_resume_check_their_arguments_before_anything(tmp_path, synthe
         call(tmp_path, synthetic)
     assert str(caught.value).startswith(f"`{name}` must be ") and caught.value.terms == (name,)
     assert listing(tmp_path) == []
+
+
+def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
+    """A folder with the four IDX files and classes.txt: the model has seven outputs, the run records
+    the folder, its names and its files' digests, and its reports, evaluation and predictions speak
+    of its own classes; commands that know only Fashion-MNIST's refuse the run in one line."""
+    import json
+
+    from fashionlab.evaluation import evaluate
+    from fashionlab.export import export
+    from fashionlab.prediction import predict
+
+    names = ["zero", "one", "two", "three", "four", "five", "six"]
+    folder = write_dataset(tmp_path / "seven", {k: v % 7 if "labels" in k else v
+                                                for k, v in synthetic_arrays().items()})
+    (folder / "classes.txt").write_text("\n".join(names))
+    result = train(TINY.replace(dataset=str(folder)), tmp_path / "run", verbose=0)
+    assert result.model.output_shape == (None, 7) and list(result.metrics["per_class_accuracy"]) == names
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["dataset"]
+    assert recorded["class_names"] == names and recorded["folder"] == str(folder) and len(recorded["sha256"]) == 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == str(folder)
+    assert list(evaluate(tmp_path / "run")["per_class"]) == names
+    said = predict(tmp_path / "run", indices=[0, 1], top_k=7)
+    assert all(r["class_name"] in names and len(r["top_k"]) == 7 for r in said)
+    with pytest.raises(ConfigError, match="`top_k` must be between 1 and 7, got 8"):
+        predict(tmp_path / "run", indices=[0], top_k=8)
+    with pytest.raises(ConfigError, match="was trained on the data set in .*; export takes only Fashion-MNIST runs"):
+        export(tmp_path / "run")

@@ -19,6 +19,7 @@ from fashionlab import runner
 from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, check_runnable, with_changes
 from fashionlab.data import DataSource
+from fashionlab.datasets import resolve
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.files import check_writable
 from fashionlab.provenance import available_memory
@@ -233,7 +234,11 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     linked = next((p for t in tasks for p in (t.run_dir, t.run_dir.parent) if p.is_symlink()), None)
     if linked is not None:  # runs are written only into compare's own folders, never through a link
         raise RunError(f"{linked} is a symbolic link; remove it, or give `out` a new folder", terms=["out"])
-    data = data.located()  # fail before any work if the data is missing; every run reads the same files
+    datasets = sorted({task.config.dataset for task in tasks})
+    if len(datasets) > 1:  # a comparison judges its variants on the same test images
+        raise ConfigError(f"the variants are trained on different data sets ({', '.join(datasets)}); compare "
+                          f"variants on one data set", terms=["dataset"])
+    data = data.of(resolve(datasets[0])).located()  # fail before any work if the data is missing
     train_images, free_memory = data.train_count(), available_memory()
     if free_memory is not None:  # `jobs` runs train at once: each gets its share
         free_memory //= min(jobs, len(tasks))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from fashionlab.datasets import dataset_problem
 from fashionlab.errors import ConfigError
 from fashionlab.files import read_text
 from fashionlab.records import shown
@@ -102,6 +103,8 @@ class TrainConfig:
                                maximum=10**7)
     train_samples: int = opt(0, "use only the first N remaining training images; 0 = all", minimum=0, maximum=10**7)
     engine: Engine = opt("auto", "auto: compiled on JAX, else keras; compiled: on-device loop; keras: model.fit")
+    dataset: str = opt("fashion-mnist", "fashion-mnist, or a folder (a path with a /) holding the four IDX files "
+                       "and classes.txt, one class name a line", check=dataset_problem)
 
     def __post_init__(self) -> None:
         for f in fields(self):

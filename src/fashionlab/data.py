@@ -104,6 +104,13 @@ class DataSource:
     def test_images(self) -> np.ndarray:
         return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify, self.dataset)
 
+    def digests(self) -> dict[str, str]:
+        """The SHA-256 of each of the four files, decompressed: what a run of a data set of your own
+        records, so that the files it reads later are the ones it was trained on."""
+        directory = self.locate()
+        return {name: hashlib.sha256(read_bytes(_file_in(directory, name) or directory / name)).hexdigest()
+                for name in FILE_NAMES}
+
     def train_count(self) -> int:
         """How many training images (validation included) there are, from the training files,
         read and validated: a config is checked against this before any work."""

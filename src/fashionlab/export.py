@@ -100,6 +100,7 @@ def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None 
     if format not in FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(FORMATS)}, got {format!r}", terms=["format"])
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
+    run.check_fashion_mnist("export")
     target = Path(out) if out is not None else run.file("model.onnx")
     if target.suffix != ".onnx":
         raise ConfigError(f"`out` {target} must end in .onnx", terms=["out"])

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fashionlab import CLASS_NAMES
 from fashionlab.arguments import checked
 from fashionlab.data import DataSource
+from fashionlab.datasets import FASHION_MNIST, MAX_CLASSES
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError, ImageError, RunError, reason
 from fashionlab.files import open_regular
@@ -295,14 +296,14 @@ def results_of(proba: np.ndarray, labels: Sequence[str], k: int, mirrored: Seque
     return results
 
 
-def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3,
-                   mirror: Sequence[bool] = ()) -> list[dict[str, Any]]:
+def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3, mirror: Sequence[bool] = (),
+                   class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
     """One result per image: the best class, its probability, and the top k (`read_probabilities`)."""
     proba, mirrored = read_probabilities(model, pixels, mirror)
-    return results_of(proba, labels, k, mirrored, pixels)
+    return results_of(proba, labels, k, mirrored, pixels, class_names)
 
 
-@checked(top_k=(1, len(CLASS_NAMES)))
+@checked(top_k=(1, MAX_CLASSES))
 def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (),
             top_k: int = 3, invert: bool | None = None, data: DataSource = DataSource(),
             allow_incomplete: bool = False, onnx: str | Path | None = None,
@@ -320,11 +321,15 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         from fashionlab.onnxrun import OnnxModel
 
         model = OnnxModel(onnx, timeout=model_timeout)
+        dataset = FASHION_MNIST  # what fashionlab's exports have been trained on so far
     else:
         run = Run.open(run_dir, allow_incomplete=allow_incomplete)
+        dataset = run.dataset()
+    if top_k > dataset.classes:
+        raise ConfigError(f"`top_k` must be between 1 and {dataset.classes}, got {top_k}", terms=["top_k"])
     arrays, labels, mirror = [], [], []
     if indices:
-        x_test = data.test_images()
+        x_test = data.of(dataset).test_images()
         for index in indices:
             if not 0 <= index < len(x_test):
                 raise ConfigError(f"`indices` {index} is outside the test set (0..{len(x_test) - 1})",
@@ -336,9 +341,9 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         prepared = read_image_file(path, invert)
         arrays.append(prepared.pixels)
         labels.append(str(path))
-        mirror.append(not prepared.as_is)
+        mirror.append(dataset.mirror_turned and not prepared.as_is)
     if not arrays:
         raise ConfigError("nothing to predict: give `indices` and/or image files", terms=["indices"])
     if onnx is None:
         model = run.load_model()
-    return predict_arrays(model, np.stack(arrays), labels, top_k, mirror)
+    return predict_arrays(model, np.stack(arrays), labels, top_k, mirror, dataset.class_names)

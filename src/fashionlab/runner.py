@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from fashionlab.config import TrainConfig
+from fashionlab.config import TrainConfig, from_dict
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
 from fashionlab.interrupts import stop_requests, stop_when
@@ -100,6 +100,8 @@ def inspect(task: Task) -> Inspection:
     except RunError as exc:
         return Inspection("conflict", str(exc))
     expected = task.config.to_dict()
+    with contextlib.suppress(ConfigError, TypeError):  # a key added since the run was made reads as its default
+        recorded = from_dict(recorded).to_dict()
     if recorded != expected:
         recorded = recorded if isinstance(recorded, dict) else {}
         changed = sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))

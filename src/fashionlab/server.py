@@ -128,6 +128,7 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
                 "test_accuracy": accuracy}
         return Predictor(model, "onnx", info)
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
+    run.check_fashion_mnist("serve")
     config = run.config()
     metrics = run.metrics() if run.file("metrics.json").is_file() else {}
     info = {"name": config.name, "run": run.path.name, "source": str(run.path), "config": config.to_dict(),

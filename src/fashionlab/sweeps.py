@@ -57,10 +57,12 @@ from fashionlab.config import (
     TrainConfig,
     check_runnable,
     field_type,
+    from_dict,
     name_problem,
     validate_field,
 )
 from fashionlab.data import DataSource
+from fashionlab.datasets import resolve
 from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
 from fashionlab.files import check_own_file, check_writable, read_text
 from fashionlab.provenance import available_memory
@@ -97,6 +99,7 @@ UNSEARCHABLE = {
     "validation_size": "every trial must be judged on the same validation images",
     "train_samples": "every trial must be judged on the same data",
     "engine": "it changes only the speed, not the result",
+    "dataset": "every trial must be judged on the same data",
 }
 RANGE_KEYS = ("min", "max", "log", "step")
 HEARTBEAT_SECONDS = 30.0  # a worker says every so often that its trials still run...
@@ -591,6 +594,13 @@ class SweepResult:
     ended: bool  # every trial of the sweep has ended (none running or waiting)
 
 
+def _with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A study's recorded settings with the base config's keys added since read as their defaults."""
+    with contextlib.suppress(ConfigError, TypeError, AttributeError, KeyError):
+        return {**recorded, "space": {**recorded["space"], "base": from_dict(recorded["space"]["base"]).to_dict()}}
+    return recorded
+
+
 def settings_differences(recorded: dict[str, Any], wanted: dict[str, Any], prefix: str = "",
                          depth: int = 3) -> list[str]:
     """The keys (dotted, at most `depth` deep: space.search.width) whose values differ between two
@@ -630,8 +640,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
             raise ConfigError(f"study {name} in this storage already has trials that fashionlab did not make; give "
                               f"`study` another name", terms=["study"])
         study.set_user_attr("fashionlab", settings)
-    elif recorded != settings:
-        changed = settings_differences(recorded, settings)
+    elif _with_defaults(recorded) != settings:
+        changed = settings_differences(_with_defaults(recorded), settings)
         raise ConfigError(f"this sweep was started with other settings; changed since: {', '.join(changed)}. Run "
                           f"it with the space and options it was started with, or give `out` a new folder for a "
                           f"new sweep", terms=["out"])
@@ -1070,7 +1080,7 @@ def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str
     check_same_sweep(out, study_name, storage)
     if storage is None:  # appended to in place: never through a link
         check_own_file(out / JOURNAL, what="the study journal", term="out", error=RunError)
-    data = data.located()
+    data = data.of(resolve(space.base.dataset)).located()
     train_images, free_memory = data.train_count(), available_memory()
     if free_memory is not None:
         free_memory //= jobs

@@ -24,6 +24,7 @@ import pandas as pd
 from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.data import DataSource, Splits, split_arrays
+from fashionlab.datasets import record, resolve
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.files import check_writable
@@ -159,11 +160,14 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     """
     called = time.perf_counter()
     check_engine(config)
+    dataset = resolve(config.dataset)
+    data = data.of(dataset)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.name)
     check_writable(run_dir, what="the run", term="run_dir")
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard, run_dir.name)
     splits = _checked_splits(config, data)
+    kept = record(dataset, data.digests() if dataset.folder is not None else None)
     _use_compilation_cache()
     with stop_requests() as stop:
         if stop.requested:  # a signal while this process started: nothing is written yet
@@ -171,9 +175,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
         run = Run.create(run_dir)
         with run, _status_on_exit(run):
             run.write_json("config.json", config.to_dict())
-            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe,
+            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe, dataset=kept,
                            **({} if test else {"test": False}))
-            model = _new_model(config, splits)
+            model = _new_model(config, splits, dataset.classes)
             run.write_text("summary.txt", summary_text(model) + "\n")
             return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
                                    tensorboard=tensorboard, called=called, callbacks=callbacks)
@@ -204,9 +208,11 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
             raise run.damaged(checkpoint.name, f"a checkpoint of epoch {epoch}, but history.csv has {len(rows)} "
                                                f"epoch(s) of the {config.epochs} configured")
         check_engine(config)
-        splits = _checked_splits(config, data)
+        dataset = run.dataset()
+        splits = _checked_splits(config, data.of(dataset))
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
-        model = load_model_file(checkpoint, compile=True) if checkpoint is not None else _new_model(config, splits)
+        model = (load_model_file(checkpoint, compile=True, classes=dataset.classes) if checkpoint is not None
+                 else _new_model(config, splits, dataset.classes))
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
             return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,
@@ -221,11 +227,11 @@ def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
     return split_arrays(arrays, config.validation_size, config.train_samples, source=data.data_dir)
 
 
-def _new_model(config: TrainConfig, splits: Splits) -> keras.Model:
+def _new_model(config: TrainConfig, splits: Splits, classes: int) -> keras.Model:
     """The untrained network, its initial weights drawn from the config's seed."""
     keras.utils.set_random_seed(config.seed)
     return build_model(config, fit_scaler(splits.x_train),
-                       steps_per_epoch=math.ceil(len(splits.x_train) / config.batch_size))
+                       steps_per_epoch=math.ceil(len(splits.x_train) / config.batch_size), classes=classes)
 
 
 def _use_compilation_cache() -> None:
@@ -352,7 +358,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     metrics: dict[str, Any] = {}
     if test:
         proba = predict_proba(model, splits.x_test)
-        report = metrics_from_proba(splits.y_test, proba)
+        report = metrics_from_proba(splits.y_test, proba, run.dataset().class_names)
         metrics = {"test_loss": report["test_loss"], "test_accuracy": report["test_accuracy"],
                    "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()}}
     metrics |= {
