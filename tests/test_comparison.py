@@ -169,6 +169,10 @@ def test_bad_comparison_arguments_are_refused_before_any_work(tmp_path, syntheti
         compare(tmp_path / "cmp2", variants=TWO, seeds=1, base=BASE, data=synthetic, force=True)
     with pytest.raises(ConfigError, match="`jobs` must be at least 1"):
         compare(tmp_path / "cmp", variants=TWO, seeds=1, base=BASE, jobs=0)
+    with pytest.raises(ConfigError, match="the variants are trained on different data sets \\(\\./letters, "
+                                          "fashion-mnist\\); compare variants on one data set"):
+        compare(tmp_path / "cmp3", variants=["raw", "raw:dataset=./letters"], seeds=1, base=BASE, data=synthetic)
+    assert not (tmp_path / "cmp3").exists()
     with pytest.raises(ConfigError, match="give each of the `variants` once"):
         plan(tmp_path, ["raw", "raw"], 1, BASE)
     with pytest.raises(ConfigError, match="`seeds` must be between 1 and 100, got 0"):

@@ -57,6 +57,13 @@ def test_inspect_tells_what_a_run_directory_holds(tiny_run, tmp_path):
     assert inspect(task(tmp_path / "file")).state == "conflict"
     blocked = inspect(task(tmp_path / "file" / "seed-1"))
     assert blocked.state == "conflict" and "is a file where a folder of runs should be" in blocked.reason
+    older = shutil.copytree(tiny_run.run.path, tmp_path / "older")  # made before the dataset key existed
+    config = json.loads((older / "config.json").read_text())
+    del config["dataset"]
+    (older / "config.json").write_text(json.dumps(config))
+    assert inspect(task(older)).state == "complete"
+    (older / "config.json").write_text(json.dumps({**config, "dataset": "./letters"}))
+    assert "different settings (dataset)" in inspect(task(older)).reason
     (unfinished / "config.json").write_text("{damaged")
     assert "the run directory is damaged" in inspect(task(unfinished)).reason
 

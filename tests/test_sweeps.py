@@ -111,6 +111,7 @@ def test_a_space_starts_from_a_recipe(tmp_path):
     ("dropout = { min = 0.0, max = 0.5, step = 0.3 }\n", "step \\(0.3\\) must divide max - min"),
     ("validation_size = [100, 200]\n", "validation_size cannot be searched; every trial must be judged on the same"),
     ("engine = { choices = [\"keras\", \"compiled\"] }\n", "engine cannot be searched"),
+    ("dataset = { choices = [\"fashion-mnist\", \"./mine\"] }\n", "dataset cannot be searched; every trial must be"),
     ("width = { min = 8 }\n", "needs both min and max"),
     ("width = { min = 8, max = 16, scale = 2 }\n", "width must be \\[min, max\\]"),
     ("width = 16\n", "width must be \\[min, max\\]"),
@@ -1011,3 +1012,15 @@ def test_a_database_every_worker_can_open_is_accepted(tmp_path, synthetic):
     result = sweep(space_file(tmp_path, SEARCH, epochs=2), tmp_path / "out", trials=1, sampler="random",
                    pruner="none", storage=f"sqlite:///{tmp_path / 'study.db'}", data=synthetic)
     assert list(result.trials["state"]) == ["complete"] and (tmp_path / "study.db").is_file()
+
+
+def test_a_study_started_before_a_config_key_existed_reads_it_as_its_default():
+    from fashionlab.sweeps import _with_defaults
+
+    settings = {"space": {"base": TrainConfig().to_dict(), "search": {}}, "sampler": "tpe", "sampler_seed": 0,
+                "pruner": "median"}
+    older = {**settings, "space": {**settings["space"], "base": {k: v for k, v in TrainConfig().to_dict().items()
+                                                                 if k != "dataset"}}}
+    assert older != settings and _with_defaults(older) == settings
+    changed = {**settings, "space": {**settings["space"], "base": {**settings["space"]["base"], "width": 7}}}
+    assert _with_defaults(changed) != settings

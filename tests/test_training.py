@@ -282,3 +282,11 @@ def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
         predict(tmp_path / "run", indices=[0], top_k=8)
     with pytest.raises(ConfigError, match="was trained on the data set in .*; export takes only Fashion-MNIST runs"):
         export(tmp_path / "run")
+    stop_when(FileWritten(tmp_path / "again" / "model.keras"))  # stopped after its epochs: resumed on its data set
+    try:
+        with pytest.raises(Interrupted):
+            train(TINY.replace(dataset=str(folder)), tmp_path / "again", verbose=0)
+    finally:
+        stop_when()
+    resumed = resume(tmp_path / "again", verbose=0)
+    assert resumed.model.output_shape == (None, 7) and list(resumed.metrics["per_class_accuracy"]) == names
