@@ -280,6 +280,14 @@ def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
     assert all(r["class_name"] in names and len(r["top_k"]) == 7 for r in said)
     with pytest.raises(ConfigError, match="`top_k` must be between 1 and 7, got 8"):
         predict(tmp_path / "run", indices=[0], top_k=8)
+    photos = []  # photos of boots facing right (heavy heel left): Fashion-MNIST's would also be read mirrored
+    for i, rng in enumerate(np.random.default_rng(s) for s in range(20)):
+        picture, colour = np.full((56, 56, 3), 255, np.uint8), rng.integers(0, 120, 3)
+        picture[rng.integers(4, 16):46, 4:rng.integers(16, 24)] = colour  # the shaft, on the left
+        picture[38:46, 4:rng.integers(40, 52)] = colour  # the sole, pointing right
+        photos.append(tmp_path / f"photo{i}.png")
+        Image.fromarray(picture).save(photos[-1])
+    assert not any("mirrored" in r for r in predict(tmp_path / "run", images=photos))
     with pytest.raises(ConfigError, match="was trained on the data set in .*; export takes only Fashion-MNIST runs"):
         export(tmp_path / "run")
     stop_when(FileWritten(tmp_path / "again" / "model.keras"))  # stopped after its epochs: resumed on its data set
