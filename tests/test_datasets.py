@@ -73,7 +73,7 @@ def test_a_folder_that_is_not_a_data_set_says_what_it_lacks(tmp_path):
 @pytest.mark.parametrize("value", ["mnist-typo", "", "fashion", "FASHION-MNIST", "  "])
 def test_a_dataset_setting_is_a_built_in_name_or_a_path(value):
     assert dataset_problem(value) is not None
-    with pytest.raises(ConfigError, match="^`dataset` must be a built-in data set \\(fashion-mnist\\) or a folder"):
+    with pytest.raises(ConfigError, match="^dataset must be a built-in data set \\(fashion-mnist\\) or a folder"):
         resolve(value)
 
 

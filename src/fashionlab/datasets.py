@@ -98,15 +98,15 @@ def dataset_problem(value: str) -> str | None:
     folder given as a path (with a /, e.g. ./letters); None when nothing is."""
     if value in BUILT_IN or "/" in value and value.strip():
         return None
-    return (f"must be a built-in data set ({', '.join(BUILT_IN)}) or a folder given as a path with a / "
-            f"(e.g. ./{value or 'letters'}), got {value!r}")
+    return (f"dataset must be a built-in data set ({', '.join(BUILT_IN)}) or a folder given as a path with a / "
+            f"(e.g. ./{value.strip() or 'letters'}), got {value!r}")
 
 
 def resolve(value: str) -> Dataset:
     """The data set a `dataset` setting names: a built-in, or the folder it gives (`from_folder`)."""
     problem = dataset_problem(value)
     if problem:
-        raise ConfigError(f"`dataset` {problem}", terms=["dataset"])
+        raise ConfigError(problem, terms=["dataset"])
     return BUILT_IN.get(value) or from_folder(Path(value))
 
 
