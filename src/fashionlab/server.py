@@ -239,8 +239,7 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await _send_error(send, 413, self._message())
-        seen = 0
-        started = False
+        seen, watched = 0, _Watched(send)
 
         async def counted_receive():
             nonlocal seen
@@ -251,15 +250,10 @@ class BodyLimit:
                     raise _TooLarge()
             return message
 
-        async def watched_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, watched_send)
+            await self.app(scope, counted_receive, watched)
         except _TooLarge:
-            if not started:
+            if not watched.started:
                 await _send_error(send, 413, self._message())
 
     def _message(self) -> str:
@@ -349,6 +343,17 @@ class HeadAsGet:
         return await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
+class _Watched:
+    """An ASGI `send` that remembers whether the answer has started (its status is then sent)."""
+
+    def __init__(self, send):
+        self.send, self.started = send, False
+
+    async def __call__(self, message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 class Shield:
     """ASGI middleware, the outermost: an exception from below becomes one line on stderr (a JSON
     500 when no answer has started), never a traceback from uvicorn."""
@@ -357,19 +362,13 @@ class Shield:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        started = False
-
-        async def watched_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = _Watched(send)
         try:
-            await self.app(scope, receive, watched_send)
+            await self.app(scope, receive, watched)
         except Exception as exc:
             if scope["type"] != "http":  # the lifespan's own failure: uvicorn reports it
                 raise
-            if started:  # answers are sent whole: what fails after the start is the client's connection
+            if watched.started:  # answers are sent whole: what fails after the start is the client's connection
                 return
             warn(f"a request to {printable(scope.get('path', ''))[:80]} failed: {type(exc).__name__}: {reason(exc)}")
             await _send_error(send, 500, "the server failed on this request; it goes on serving others")
