@@ -33,14 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Mutant:
     id: str
-    module: str  # file name under src/fashionlab
+    module: str  # path under src/fashionlab: "prediction.py", "serve/app.py"
     old: str
     new: str
     why: str  # the bug, in words
 
-    @property
-    def own_tests(self) -> str:
-        return f"tests/test_{self.module.removesuffix('.py')}.py"
+    def own_tests(self, root: Path = ROOT) -> str | None:
+        """The tests that mirror the module: tests/test_prediction.py for prediction.py,
+        tests/test_serve_app.py for serve/app.py, else its package's (tests/test_serve.py)."""
+        parts = Path(self.module.removesuffix(".py")).parts
+        for candidate in ("_".join(parts), parts[0]):
+            if (root / "tests" / f"test_{candidate}.py").exists():
+                return f"tests/test_{candidate}.py"
+        return None
 
 
 MUTANTS = [
@@ -1030,14 +1035,15 @@ def run_mutant(mutant: Mutant, python: str, quick: bool, timeout: float) -> tupl
         scratch = Path(scratch)
         shutil.copytree(ROOT / "src", scratch / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
         shutil.copytree(ROOT / "tests", scratch / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "scripts", scratch / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "examples", scratch / "examples")  # the notebooks tests/test_notebooks.py runs
         shutil.copy(ROOT / "pyproject.toml", scratch)
         (scratch / "src" / "fashionlab" / mutant.module).write_text(text.replace(mutant.old, mutant.new),
                                                                     encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
         # The module's own tests first (a quick kill), then, if they pass, the whole suite.
-        has_own = mutant is not BASELINE and (scratch / mutant.own_tests).exists()
-        rounds = [[mutant.own_tests]] if has_own else []
+        own = None if mutant is BASELINE else mutant.own_tests(scratch)
+        rounds = [[own]] if own else []
         if not quick or not rounds:
             rounds.append(["tests"])
         started = time.perf_counter()
