@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import idx_bytes, replace_file, synthetic_arrays
+from helpers import idx_bytes, replace_file, synthetic_arrays, write_dataset
 
 from fashionlab.cli import _config_from, build_parser, flags_of, in_cli_terms, main
 from fashionlab.config import TrainConfig
@@ -269,3 +269,18 @@ def test_the_environment_is_named_not_called_a_bug(monkeypatch, capsys):
         result = subprocess.run([sys.executable, "-m", "fashionlab", "summary", "--depth", "1"], stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr == "fashionlab: error: No space left on device\n"
+
+
+def test_data_commands_take_a_data_set(tmp_path):
+    folder = write_dataset(tmp_path / "letters")
+    (folder / "classes.txt").write_text("\n".join(f"letter {c}" for c in "abcdefghij"))
+    result = run_cli("data", "info", "--dataset", str(folder), "--validation-size", "10")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("data set: the data set in ") and "9 letter j" in result.stdout
+    assert run_cli("data", "path", "--dataset", str(folder)).stdout.strip() == str(folder)
+    result = run_cli("data", "download", "--dataset", "kmnist", "--url", folder.as_uri(), "--dest", str(tmp_path / "k"))
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "is not the official Kuzushiji-MNIST" in result.stderr
+    assert not (tmp_path / "k").exists()
+    result = run_cli("data", "info", "--dataset", "letters")
+    assert result.returncode == 2 and "expected a built-in data set (fashion-mnist, mnist, kmnist)" in result.stderr

@@ -1,6 +1,8 @@
 import dataclasses
+import functools
 import gzip
 import hashlib
+import http.server
 import os
 import signal
 import socket
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 from fashionlab import data
 from fashionlab.data import DataSource
-from fashionlab.datasets import FASHION_MNIST
+from fashionlab.datasets import FASHION_MNIST, KMNIST, MNIST
 from fashionlab.errors import DataError, Interrupted
 
 
@@ -143,7 +145,8 @@ def test_download_stops_at_the_size_cap(tmp_path):
 
 @pytest.mark.realdata
 def test_real_dataset_shapes_hashes_and_split(real_data):
-    for name, digest in data.OFFICIAL_SHA256.items():
+    for name in data.FILE_NAMES:
+        digest = FASHION_MNIST.digest(name)
         path = next(p for p in (real_data.data_dir / f"{name}.gz", real_data.data_dir / name) if p.exists())
         assert hashlib.sha256(data.read_bytes(path)).hexdigest() == digest
     splits = real_data.splits()
@@ -302,5 +305,103 @@ def test_a_built_in_other_than_fashion_mnist_has_a_cache_folder_of_its_own(tmp_p
     monkeypatch.setenv("FASHIONLAB_DATA", str(tmp_path / "fashion"))  # Fashion-MNIST's setting: not for others
     other = dataclasses.replace(FASHION_MNIST, name="other", title="Other", debian_dir=None)
     assert [d for _, d in data.candidate_dirs(dataset=other)] == [tmp_path / "datasets" / "other"]
-    with pytest.raises(DataError, match=f"^Other not found in {tmp_path}/datasets/other; get the data"):
+    with pytest.raises(DataError, match=f"^Other not found in {tmp_path}/datasets/other; get the Other files one of 2"):
         data.find_data_dir(dataset=other)
+
+
+# --- the other built-ins: their files are downloaded and verified by their own digests ---
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A loopback HTTP server serving the folder `mirror/`; `.requested` lists the paths asked for."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    requested = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.root, server.requested = root, requested
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def gz_digests(folder):
+    return tuple(hashlib.sha256((folder / f"{name}.gz").read_bytes()).hexdigest() for name in data.FILE_NAMES)
+
+
+def test_kmnist_is_downloaded_from_a_server_into_its_own_folder_and_checked_by_its_gz_digests(
+        tmp_path, mirror, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_dataset(mirror.root / "kmnist")
+    with pytest.raises(DataError, match=r"kmnist/train-images-idx3-ubyte.gz is not the official Kuzushiji-MNIST "
+                                        r"train-images-idx3-ubyte.gz \(SHA-256 mismatch\)"):
+        data.download(url=f"{mirror.url}kmnist/", dataset=KMNIST)
+    assert not (tmp_path / "keras").exists()  # nothing kept of a download that failed
+    assert mirror.requested == ["/kmnist/train-images-idx3-ubyte.gz"]
+    # The same download, with these files' digests as the published ones: fetched, verified, read.
+    served = dataclasses.replace(KMNIST, gz_sha256=gz_digests(mirror.root / "kmnist"))
+    dest = data.download(url=f"{mirror.url}kmnist/", dataset=served)
+    assert dest == tmp_path / "keras" / "datasets" / "kmnist"
+    assert sorted(mirror.requested[1:]) == sorted(f"/kmnist/{name}.gz" for name in data.FILE_NAMES)
+    assert gz_digests(dest) == served.gz_sha256
+    assert len(DataSource(dataset=served).splits(validation_size=10).x_train) == len(synthetic_arrays()[
+        "train-images-idx3-ubyte"]) - 10
+    with pytest.raises(DataError, match="not the official Kuzushiji-MNIST"):
+        DataSource(dataset=KMNIST).splits(validation_size=10)  # the real digests: these are not its files
+
+
+def test_a_file_with_only_published_gz_digests_is_checked_as_gz_and_cannot_be_checked_unpacked(tmp_path):
+    folder = write_dataset(tmp_path / "k")
+    served = dataclasses.replace(KMNIST, gz_sha256=gz_digests(folder))
+    assert len(DataSource(folder, dataset=served).test_images()) > 0
+    name = "t10k-images-idx3-ubyte"
+    content = gzip.decompress((folder / f"{name}.gz").read_bytes())
+    replace_file(folder, f"{name}.gz", gzip.compress(content, compresslevel=1, mtime=0))  # same images, new .gz
+    with pytest.raises(DataError, match="is not the official Kuzushiji-MNIST file"):
+        DataSource(folder, dataset=served).test_images()
+    replace_file(folder, name, content)
+    with pytest.raises(DataError, match=r"cannot be checked: Kuzushiji-MNIST's published digests are of its .gz "
+                                        r"files; keep t10k-images-idx3-ubyte.gz as downloaded, or pass --no-verify"
+                                        r"|`verify=False`"):
+        DataSource(folder, dataset=served).test_images()
+    assert len(DataSource(folder, verify=False, dataset=served).test_images()) > 0
+
+
+def test_a_file_with_both_digests_passes_by_either_and_fails_by_neither(tmp_path):
+    folder = write_dataset(tmp_path / "m")
+    name = "t10k-labels-idx1-ubyte"
+    content = gzip.decompress((folder / f"{name}.gz").read_bytes())
+    wrong = ("0" * 64,) * 4
+    by_content = dataclasses.replace(MNIST, sha256=tuple(hashlib.sha256(gzip.decompress(
+        (folder / f"{n}.gz").read_bytes())).hexdigest() for n in data.FILE_NAMES), gz_sha256=wrong)
+    by_gz = dataclasses.replace(MNIST, sha256=wrong, gz_sha256=gz_digests(folder))
+    for dataset in (by_content, by_gz):
+        assert len(DataSource(folder, dataset=dataset).test_images()) > 0
+    replace_file(folder, name, content)  # unpacked: its content still has the official digest
+    assert len(data.load_file(folder, name, dataset=by_content)) > 0
+    with pytest.raises(DataError, match="is not the official MNIST file"):
+        data.load_file(folder, name, dataset=by_gz)
+    with pytest.raises(DataError, match="is not the official MNIST file"):
+        DataSource(folder, dataset=MNIST).test_images()
+
+
+def test_a_folder_of_your_own_has_nothing_to_download(tmp_path):
+    from fashionlab.datasets import Dataset
+
+    own = Dataset(name="letters", title="the data set in letters", class_names=("a", "b"), folder=tmp_path)
+    with pytest.raises(DataError, match="has no official files to download"):
+        data.download(tmp_path / "dest", dataset=own)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_the_ways_to_get_a_built_in_name_its_own_download():
+    assert "fashionlab data download --dataset kmnist" in data.how_to_get(KMNIST)
+    assert "apt-get" not in data.how_to_get(KMNIST) and "FASHIONLAB_DATA" not in data.how_to_get(MNIST)
+    assert "apt-get install dataset-fashion-mnist" in data.how_to_get(FASHION_MNIST)

@@ -73,7 +73,8 @@ def test_a_folder_that_is_not_a_data_set_says_what_it_lacks(tmp_path):
 @pytest.mark.parametrize("value", ["mnist-typo", "", "fashion", "FASHION-MNIST", "  "])
 def test_a_dataset_setting_is_a_built_in_name_or_a_path(value):
     assert dataset_problem(value) is not None
-    with pytest.raises(ConfigError, match="^dataset must be a built-in data set \\(fashion-mnist\\) or a folder"):
+    with pytest.raises(ConfigError, match="^dataset must be a built-in data set \\(fashion-mnist, mnist, kmnist\\) "
+                                          "or a folder"):
         resolve(value)
 
 
@@ -81,7 +82,13 @@ def test_every_built_in_has_its_classes_digests_and_source():
     for name, dataset in BUILT_IN.items():
         assert dataset.name == name and dataset_problem(name) is None
         assert 2 <= dataset.classes <= MAX_CLASSES and len(set(dataset.class_names)) == dataset.classes
-        assert len(dataset.sha256) == len(FILE_NAMES) and dataset.url and dataset.url.startswith("https://")
+        assert dataset.url and dataset.url.startswith("https://") and dataset.verifiable
+        for digests in (dataset.sha256, dataset.gz_sha256):
+            assert len(digests) in (0, len(FILE_NAMES)) and all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
+            assert len(set(digests)) == len(digests)
+    assert [d.name for d in BUILT_IN.values()] == ["fashion-mnist", "mnist", "kmnist"]
+    assert BUILT_IN["mnist"].class_names == tuple("0123456789") and BUILT_IN["kmnist"].classes == 10
+    assert [d.name for d in BUILT_IN.values() if d.mirror_turned] == ["fashion-mnist"]  # only its shoes face left
 
 
 def test_a_run_keeps_its_data_set_and_gets_it_back(tmp_path):

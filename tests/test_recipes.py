@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+from helpers import write_seven_class_dataset
 
 from fashionlab import recipes
 from fashionlab.cli import _config_from, build_parser, main
@@ -22,21 +23,25 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "FOLDER", tmp_path)
     (tmp_path / "quick.toml").write_text(
         'description = "a quick one"\n[train]\nepochs = 2\n[measured]\ntest_accuracy_mean = 0.861\n'
-        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseeds = 3\n'
+        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseeds = 3\ndataset = "mnist"\n'
         'machine = "2-core test CPU"\ncommand = "fashionlab compare --variants quick"\n')
     (tmp_path / "fresh.toml").write_text('description = "not yet run"\n[train]\ndepth = 3\n')
     gpu = ('test_accuracy_mean = 0.95\ntest_accuracy_std = 0.001\ntest_accuracy_worst = 0.949\nseconds = 31\n'
-           'seeds = 3\nmachine = "one test GPU"\ncommand = "benchmarks/gpu.sh"\n')
+           'seeds = 3\ndataset = "fashion-mnist"\nmachine = "one test GPU"\ncommand = "benchmarks/gpu.sh"\n')
     (tmp_path / "big.toml").write_text(f'description = "for a GPU"\n[train]\ndepth = 2\n[measured_gpu]\n{gpu}')
     text = recipes.listing()
     assert re.search(r"\nquick +0.8610 ± 0.0020 \(worst 0.8580, 3 seeds\) +4 s +a quick one\n", text)
     assert re.search(r"\nfresh +not measured yet +not yet run\n", text)
     assert re.search(r"\nbig +not measured on the CPU +0.9500 in 31 s +for a GPU\n", text)
     assert text.index("\nquick") < text.index("\nbig") < text.index("\nfresh")  # measured ones first
-    assert "measured on: 2-core test CPU\non a GPU: one test GPU\n" in text
+    assert "measured on: MNIST, 2-core test CPU\non a GPU: Fashion-MNIST, one test GPU\n" in text
     assert recipes.get("big").measured_gpu["seconds"] == 31 and recipes.get("big").measured is None
     (tmp_path / "big.toml").write_text(f'description = "x"\n[train]\n[measured_gpu]\n{gpu}'.replace("31", "-1"))
     with pytest.raises(ConfigError, match=r"big.toml: \[measured_gpu\] .*seconds"):
+        recipes.get("big")
+    (tmp_path / "big.toml").write_text(f'description = "x"\n[train]\n[measured_gpu]\n{gpu}'.replace('"fashion-mnist"',
+                                                                                                    '"emnist"'))
+    with pytest.raises(ConfigError, match=r"big.toml: \[measured_gpu\] .*dataset"):
         recipes.get("big")
     (tmp_path / "big.toml").unlink()
     assert recipes.get("quick").config(overrides={"seed": 3}) == TrainConfig(name="quick", epochs=2, seed=3)
@@ -130,3 +135,13 @@ def test_every_recipe_trains(name, tmp_path, synthetic):
     assert {key: config[key] for key in expected} == expected
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert json.loads((run / "metrics.json").read_text())["recipe"] == name
+
+
+def test_a_recipe_trains_on_any_data_set(tmp_path):
+    folder = write_seven_class_dataset(tmp_path / "seven", tuple(f"kind {i}" for i in range(7)))
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "fast-mlp", "--dataset", str(folder), "--epochs", "1", "--quiet",
+                 "--run-dir", str(run), "--validation-size", "60"]) == 0
+    kept = json.loads((run / "run.json").read_text())["dataset"]
+    assert kept["class_names"] == [f"kind {i}" for i in range(7)]
+    assert json.loads((run / "metrics.json").read_text())["recipe"] == "fast-mlp"

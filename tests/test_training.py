@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY, synthetic_arrays, write_dataset
+from helpers import SEVEN_NAMES, TINY, synthetic_arrays, write_seven_class_dataset
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
@@ -266,10 +266,8 @@ def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
     from fashionlab.export import export
     from fashionlab.prediction import predict
 
-    names = ["zero", "one", "two", "three", "four", "five", "six"]
-    folder = write_dataset(tmp_path / "seven", {k: v % 7 if "labels" in k else v
-                                                for k, v in synthetic_arrays().items()})
-    (folder / "classes.txt").write_text("\n".join(names))
+    names = list(SEVEN_NAMES)
+    folder = write_seven_class_dataset(tmp_path / "seven")
     result = train(TINY.replace(dataset=str(folder)), tmp_path / "run", verbose=0)
     assert result.model.output_shape == (None, 7) and list(result.metrics["per_class_accuracy"]) == names
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())["dataset"]

@@ -22,6 +22,7 @@ from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
 from fashionlab.comparison import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
+from fashionlab.datasets import BUILT_IN, Dataset, dataset_problem, resolve
 from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
@@ -70,6 +71,14 @@ def a_path(text: str) -> str:
     """An argparse type: a path, not empty (which would mean the current folder)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return text
+
+
+def a_dataset(text: str) -> str:
+    """An argparse type: a built-in data set's name, or a folder given as a path."""
+    problem = dataset_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem.removeprefix("dataset must be ").join(("expected ", "")))
     return text
 
 
@@ -153,8 +162,8 @@ def _data_from(args: argparse.Namespace) -> DataSource:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", type=a_path,
-                        help="folder with the four *-ubyte(.gz) files (else $FASHIONLAB_DATA, the Keras cache, "
-                             "/usr/share/datasets/fashion-mnist)")
+                        help="folder with the four *-ubyte(.gz) files (else the data set's own places: for "
+                             "Fashion-MNIST $FASHIONLAB_DATA, the Keras cache, /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the SHA-256 check against the official files (your own IDX data)")
 
@@ -321,17 +330,25 @@ def cmd_recipes(args: argparse.Namespace) -> None:
         print("\nfashionlab train --recipe NAME trains one; fashionlab recipes NAME shows its keys")
 
 
+def _dataset_of(args: argparse.Namespace) -> Dataset:
+    return resolve(args.dataset)
+
+
 def cmd_data_info(args: argparse.Namespace) -> None:
-    print(data.describe(_data_from(args).splits(args.validation_size)))
+    dataset = _dataset_of(args)
+    splits = _data_from(args).of(dataset).splits(args.validation_size)
+    print(f"data set: {dataset.title} ({dataset.classes} classes)")
+    print(data.describe(splits, dataset.class_names))
 
 
 def cmd_data_path(args: argparse.Namespace) -> None:
-    print(DataSource(args.data_dir).locate())
+    print(DataSource(args.data_dir, dataset=_dataset_of(args)).locate())
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    dest = data.download(args.dest, url=args.url)
-    print(f"verified the four Fashion-MNIST files in {dest}")
+    dataset = _dataset_of(args)
+    dest = data.download(args.dest, url=args.url, dataset=dataset)
+    print(f"verified the four {dataset.title} files in {dest}")
 
 
 class Parser(argparse.ArgumentParser):
@@ -488,17 +505,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_parser = commands.add_parser("data", parents=[debug], help="find, check or download the dataset")
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    info = data_commands.add_parser("info", parents=[debug], help="shapes, pixel range and class counts")
+    choose = argparse.ArgumentParser(add_help=False)
+    choose.add_argument("--dataset", metavar="NAME|DIR", default="fashion-mnist", type=a_dataset,
+                        help=f"a built-in data set ({', '.join(BUILT_IN)}; default: fashion-mnist), or a folder "
+                             f"of your own given as a path with a / (four IDX files and classes.txt)")
+    info = data_commands.add_parser("info", parents=[debug, choose], help="shapes, pixel range and class counts")
     info.add_argument("--validation-size", type=_int_between(1), default=5000, metavar="N")
     _add_data_options(info)
     info.set_defaults(command_parser=info, handler=cmd_data_info)
-    path = data_commands.add_parser("path", parents=[debug], help="print the folder the dataset is read from")
+    path = data_commands.add_parser("path", parents=[debug, choose], help="print the folder the dataset is read from")
     path.add_argument("--data-dir", metavar="DIR", type=a_path)
     path.set_defaults(command_parser=path, handler=cmd_data_path)
-    download = data_commands.add_parser("download", parents=[debug], help="fetch and verify the files (needs network)")
-    download.add_argument("--dest", metavar="DIR", type=a_path, help="target folder (default: the Keras cache)")
-    download.add_argument("--url", default=data.DEFAULT_URL,
-                          help="base URL of a mirror holding the four .gz files")
+    download = data_commands.add_parser("download", parents=[debug, choose],
+                                        help="fetch and verify a built-in's files (needs network)")
+    download.add_argument("--dest", metavar="DIR", type=a_path,
+                          help="target folder (default: the data set's folder in the Keras cache)")
+    download.add_argument("--url", default=None,
+                          help="base URL of a mirror holding the four .gz files (default: the data set's official one)")
     download.set_defaults(command_parser=download, handler=cmd_data_download)
     return parser
 

@@ -2,6 +2,7 @@
 
     splits = DataSource().splits(validation_size=5000)   # or DataSource("my/dir", verify=False)
     DataSource(dataset=resolve("./letters")).splits()    # a folder of your own (datasets.py)
+    download(dataset=MNIST)                              # a built-in's files, verified, into the Keras cache
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES
 from fashionlab.datasets import CLASSES_FILE, FASHION_MNIST, FILE_NAMES, Dataset
 from fashionlab.errors import DataError, Interrupted
 from fashionlab.files import open_regular, outermost_missing
@@ -31,25 +31,24 @@ from fashionlab.interrupts import stop_requests
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 ROWS = COLS = 28
 
-OFFICIAL_SHA256 = dict(zip(FILE_NAMES, FASHION_MNIST.sha256))  # of the decompressed files
 # Largest legitimate file (60,000 images) is 47,040,016 bytes; anything that inflates past
 # this cap is refused before it can fill memory (a decompression bomb).
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
-MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024  # the largest official .gz is 26,421,880 bytes
+MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024  # the largest official .gz (Fashion-MNIST's) is 26,421,880 bytes
 MIN_DOWNLOAD_RATE = 1024  # bytes a second, averaged over the timeout: slower is a stalled server
-DEFAULT_URL = FASHION_MNIST.url
-HOW_TO_GET_DATA = (
-    "get the data one of three ways: `sudo apt-get install dataset-fashion-mnist` (offline, Debian/Ubuntu), "
-    "`fashionlab data download` (needs network), or copy the four *-ubyte(.gz) files into a folder "
-    "and point `data_dir` or FASHIONLAB_DATA at it"
-)
 
 
-def how_to_get(dataset: Dataset) -> str:
+def how_to_get(dataset: Dataset = FASHION_MNIST) -> str:
     """How to get a data set's files, as the end of a message."""
     if dataset.folder is not None:
         return f"put the four *-ubyte(.gz) files beside {dataset.folder / CLASSES_FILE}"
-    return HOW_TO_GET_DATA
+    ways = [f"`fashionlab data download{'' if dataset is FASHION_MNIST else ' --dataset ' + dataset.name}` "
+            f"(needs network)",
+            "copy the four *-ubyte(.gz) files into a folder and point `data_dir`"
+            + (" or FASHIONLAB_DATA at it" if dataset is FASHION_MNIST else " at it")]
+    if dataset.debian_package and dataset.debian_dir is not None:
+        ways.insert(0, f"`sudo apt-get install {dataset.debian_package}` (offline, Debian/Ubuntu)")
+    return f"get the {dataset.title} files one of {len(ways)} ways: {', '.join(ways[:-1])}, or {ways[-1]}"
 
 
 @dataclass(frozen=True)
@@ -173,17 +172,17 @@ def read_bytes(path: Path) -> bytes:
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
             content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path} is a damaged gzip file ({exc}); replace it: {HOW_TO_GET_DATA}",
+        raise DataError(f"{path} is a damaged gzip file ({exc}); replace it: {how_to_get()}",
                         terms=["data_dir"]) from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(content) > MAX_DECOMPRESSED_BYTES:
         raise DataError(f"{path} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes, far more than any "
-                        f"Fashion-MNIST file; it is not a dataset file, replace it")
+                        f"28 x 28 data set's file; it is not a dataset file, replace it")
     return content
 
 
-def parse_idx(content: bytes, kind: str, origin: str = "data", classes: int = len(CLASS_NAMES)) -> np.ndarray:
+def parse_idx(content: bytes, kind: str, origin: str = "data", classes: int = FASHION_MNIST.classes) -> np.ndarray:
     """Images (kind "images", shape (N, 28, 28)) or labels ("labels", shape (N,)) from IDX bytes."""
     magic, ndim, header = (IMAGE_MAGIC, 3, 16) if kind == "images" else (LABEL_MAGIC, 1, 8)
     if len(content) < header:
@@ -209,14 +208,29 @@ def load_file(directory: Path, name: str, verify: bool = True, dataset: Dataset 
     if path is None:
         raise DataError(f"{directory} lacks {name}(.gz); {how_to_get(dataset)}", terms=["data_dir"])
     content = read_bytes(path)
-    official = dataset.digest(name)  # None for a data set of your own
-    if verify and official is not None and hashlib.sha256(content).hexdigest() != official:
-        if dataset.folder is not None:  # the digests a run recorded of its own data set
-            raise DataError(f"{path} has changed since the run was trained on it (SHA-256 mismatch); put back "
-                            f"the files it was trained on, or pass `verify=False`", terms=["verify=False"])
-        raise DataError(f"{path} is not the official {dataset.title} file (SHA-256 mismatch); "
-                        f"replace it, or pass `verify=False` for your own IDX data", terms=["verify=False"])
+    if verify and dataset.verifiable:
+        check_digest(path, content, name, dataset)
     return parse_idx(content, "images" if "images" in name else "labels", str(path), dataset.classes)
+
+
+def check_digest(path: Path, content: bytes, name: str, dataset: Dataset) -> None:
+    """Raise DataError unless the file at `path` (its decompressed `content`) is `dataset`'s file
+    `name`: its content has the official digest, or the .gz file has the published one."""
+    if (official := dataset.digest(name)) is not None and hashlib.sha256(content).hexdigest() == official:
+        return
+    packed = dataset.gz_digest(name)
+    if packed is not None and path.suffix == ".gz":
+        with open_regular(path, what="dataset file", error=DataError, limit=MAX_DECOMPRESSED_BYTES) as raw:
+            if hashlib.file_digest(raw, "sha256").hexdigest() == packed:
+                return
+    if dataset.folder is not None:  # the digests a run recorded of its own data set
+        raise DataError(f"{path} has changed since the run was trained on it (SHA-256 mismatch); put back "
+                        f"the files it was trained on, or pass `verify=False`", terms=["verify=False"])
+    if official is None and path.suffix != ".gz":
+        raise DataError(f"{path} cannot be checked: {dataset.title}'s published digests are of its .gz files; keep "
+                        f"{name}.gz as downloaded, or pass `verify=False`", terms=["verify=False"])
+    raise DataError(f"{path} is not the official {dataset.title} file (SHA-256 mismatch); "
+                    f"replace it, or pass `verify=False` for your own IDX data", terms=["verify=False"])
 
 
 def load_arrays(directory: Path, verify: bool = True, names: tuple[str, ...] = FILE_NAMES, *,
@@ -253,7 +267,7 @@ def split_arrays(arrays: dict[str, np.ndarray], validation_size: int, train_samp
                   arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"], source)
 
 
-def describe(splits: Splits, class_names: Sequence[str] = CLASS_NAMES) -> str:
+def describe(splits: Splits, class_names: Sequence[str] = FASHION_MNIST.class_names) -> str:
     """Shapes, pixel range and class counts, as `fashionlab data info` prints them."""
     lines = [f"source: {splits.source}"]
     for split in ("train", "valid", "test"):
@@ -267,11 +281,16 @@ def describe(splits: Splits, class_names: Sequence[str] = CLASS_NAMES) -> str:
     return "\n".join(lines)
 
 
-def download(dest: Path | None = None, url: str = DEFAULT_URL, timeout: float = 30.0) -> Path:
-    """Fetch the four files from the folder at `url`, verify each, then move them into `dest` (all or
-    nothing: a failure or a Ctrl-C leaves no file and no folder behind)."""
+def download(dest: Path | None = None, url: str | None = None, timeout: float = 30.0,
+             dataset: Dataset = FASHION_MNIST) -> Path:
+    """Fetch a built-in data set's four .gz files from the folder at `url` (default: its official
+    address), verify each against its digests, then move them into `dest` (default: its folder in the
+    Keras cache). All or nothing: a failure or a Ctrl-C leaves no file and no folder behind."""
+    if not dataset.verifiable or (url or dataset.url) is None:
+        raise DataError(f"{dataset.title} has no official files to download; its files are the ones in its folder",
+                        terms=["dataset"])
     with stop_requests() as stop:
-        return _download(dest, url, timeout, stop)
+        return _download(dest, url or dataset.url, timeout, stop, dataset)
 
 
 def _fetch_watched(address: str, target: Path, *, timeout: float, stop) -> None:
@@ -290,7 +309,7 @@ def _fetch_watched(address: str, target: Path, *, timeout: float, stop) -> None:
         raise outcome[0]
 
 
-def _fetch(address: str, target: Path, timeout: float, cancel: threading.Event) -> BaseException | None:
+def _fetch(address: str, target: Path, timeout: float, cancel: threading.Event) -> DataError | None:
     """Download `address` into `target`: capped in size, and given up when fewer than
     MIN_DOWNLOAD_RATE bytes a second arrive over `timeout` seconds. Returns the error, if any."""
     try:
@@ -308,13 +327,12 @@ def _fetch(address: str, target: Path, timeout: float, cancel: threading.Event) 
                     window_start, window_bytes = time.monotonic(), 0
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        return DataError(f"cannot download {address} ({reason}); check the network and `url`, or install "
-                         f"Debian's dataset-fashion-mnist package", terms=["url"])
+        return DataError(f"cannot download {address} ({reason}); check the network and `url`", terms=["url"])
     return None
 
 
-def _download(dest: Path | None, url: str, timeout: float, stop) -> Path:
-    dest = Path(dest) if dest is not None else keras_cache_dir()
+def _download(dest: Path | None, url: str, timeout: float, stop, dataset: Dataset) -> Path:
+    dest = Path(dest) if dest is not None else keras_cache_dir(dataset)
     # The outermost folder this call creates: removed again if the download fails.
     created = outermost_missing(dest)
     try:
@@ -328,12 +346,11 @@ def _download(dest: Path | None, url: str, timeout: float, stop) -> Path:
             address = f"{url.rstrip('/')}/{name}.gz"
             _fetch_watched(address, staging / f"{name}.gz", timeout=timeout, stop=stop)
             try:
-                content = read_bytes(staging / f"{name}.gz")
-            except DataError:
-                content = b""  # damaged on the way or at the source: not the official file either
-            if hashlib.sha256(content).hexdigest() != OFFICIAL_SHA256[name]:
-                raise DataError(f"{address} is not the official {name}.gz (SHA-256 mismatch); download from the "
-                                f"official address or a faithful mirror (`url`)", terms=["url"])
+                check_digest(staging / f"{name}.gz", read_bytes(staging / f"{name}.gz"), name, dataset)
+            except DataError:  # damaged on the way or at the source, or another file: not the official one
+                raise DataError(f"{address} is not the official {dataset.title} {name}.gz (SHA-256 mismatch); "
+                                f"download from the official address or a faithful mirror (`url`)",
+                                terms=["url"]) from None
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
     except BaseException:

@@ -32,7 +32,8 @@ class Dataset:
     name: str  # "fashion-mnist", or a folder's name
     title: str  # how messages name it
     class_names: tuple[str, ...]
-    sha256: tuple[str, ...] = ()  # of the decompressed files, in FILE_NAMES order; () when no digest is official
+    sha256: tuple[str, ...] = ()  # of the decompressed files, in FILE_NAMES order; () when none is official
+    gz_sha256: tuple[str, ...] = ()  # of the .gz files as published, in FILE_NAMES order; () when none is
     url: str | None = None  # where `fashionlab data download` fetches the four .gz files
     folder: Path | None = None  # a data set of your own: where its files are
     debian_dir: Path | None = None  # where a Debian package installs it
@@ -47,6 +48,15 @@ class Dataset:
     def digest(self, file: str) -> str | None:
         """The official SHA-256 of one of FILE_NAMES, decompressed; None when there is none."""
         return dict(zip(FILE_NAMES, self.sha256)).get(file)
+
+    def gz_digest(self, file: str) -> str | None:
+        """The published SHA-256 of one of FILE_NAMES as its .gz file; None when there is none."""
+        return dict(zip(FILE_NAMES, self.gz_sha256)).get(file)
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether its files have digests to be checked against."""
+        return bool(self.sha256 or self.gz_sha256)
 
 
 FASHION_MNIST = Dataset(
@@ -65,7 +75,35 @@ FASHION_MNIST = Dataset(
     subject="garment",
     mirror_turned=True,
 )
-BUILT_IN = {dataset.name: dataset for dataset in (FASHION_MNIST,)}
+MNIST = Dataset(
+    name="mnist",
+    title="MNIST",
+    class_names=tuple(str(digit) for digit in range(10)),
+    sha256=("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    gz_sha256=("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+               "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+               "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+               "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    url="https://storage.googleapis.com/cvdf-datasets/mnist/",  # LeCun's files, mirrored
+    subject="digit",
+)
+# Kuzushiji-MNIST (Clanuwat et al., 2018; CC BY-SA 4.0): ten cursive hiragana, named in romaji
+# (kmnist_classmap.csv: お き す つ な は ま や れ を). Only its .gz files have published digests.
+KMNIST = Dataset(
+    name="kmnist",
+    title="Kuzushiji-MNIST",
+    class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    gz_sha256=("51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+               "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+               "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+               "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c"),
+    url="https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+    subject="character",
+)
+BUILT_IN = {dataset.name: dataset for dataset in (FASHION_MNIST, MNIST, KMNIST)}
 
 
 def record(dataset: Dataset, sha256: dict[str, str] | None = None) -> dict:

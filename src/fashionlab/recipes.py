@@ -5,14 +5,16 @@ and the figures measured for it on the reference machine.
 
 A recipe file is what `train --config` reads too: a `description`, a [train] table of config
 keys and, once measured, a [measured] table written from a `compare` run on the reference CPU
-(see its `command`) and a [measured_gpu] table from one on a GPU machine.
+(see its `command`) and a [measured_gpu] table from one on a GPU machine, each naming the data set it
+was measured on. A recipe trains on any data set: `dataset` is not one of its keys.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from fashionlab.config import RECIPE_TABLES, TrainConfig, from_dict
+from fashionlab.datasets import BUILT_IN
 from fashionlab.errors import ConfigError
 from fashionlab.records import Fraction, Range, Seconds, first_problem
 
@@ -27,6 +29,7 @@ class Measured(TypedDict):  # (no `from __future__ import annotations` here: it 
     test_accuracy_worst: Fraction
     seconds: Seconds  # mean wall time of one `train` call, compilation included
     seeds: Annotated[int, Range(1, 1000)]
+    dataset: Literal[tuple(BUILT_IN)]  # the data set measured on; a recipe trains on any (`--dataset`)
     machine: str
     command: str
 
@@ -110,7 +113,8 @@ def listing() -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
              for row in [header, *rows]]
-    machines = [f"{label}: " + "; ".join(sorted({m["machine"] for m in figures if m}))
+    machines = [f"{label}: " + "; ".join(sorted({f"{BUILT_IN[m['dataset']].title}, {m['machine']}"
+                                                  for m in figures if m}))
                 for label, figures in (("measured on", [r.measured for r in ordered]),
                                        ("on a GPU", [r.measured_gpu for r in ordered])) if any(figures)]
     if machines:
