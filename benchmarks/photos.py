@@ -44,6 +44,7 @@ from PIL import Image
 import fashionlab  # noqa: F401  (before keras: it picks the JAX backend)
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource, load_file
+from fashionlab.datasets import FASHION_MNIST
 from fashionlab.prediction import predict_arrays, read_image_file
 from fashionlab.runs import Run
 
@@ -243,7 +244,8 @@ def main() -> None:
           f"{len(KINDS)} kinds, drawing seed {args.seed}")
 
     model = Run.open(args.run).load_model()
-    figures = {"direct": score(predict_arrays(model, images[indices], [str(i) for i in indices], 1), labels)}
+    direct = predict_arrays(model, images[indices], [str(i) for i in indices], FASHION_MNIST, 1)
+    figures = {"direct": score(direct, labels)}
     temporary = None if args.out else tempfile.TemporaryDirectory(prefix="fashionlab-photos-")
     out = args.out or Path(temporary.name)
     drawing = classifying = 0.0
@@ -255,7 +257,8 @@ def main() -> None:
             mark = time.perf_counter()
             prepared = [read_image_file(path) for path in paths]  # what `fashionlab predict FILE...` does
             pixels, mirror = np.stack([p.pixels for p in prepared]), [not p.as_is for p in prepared]
-            figures[kind] = score(predict_arrays(model, pixels, [str(p) for p in paths], 1, mirror), labels)
+            results = predict_arrays(model, pixels, [str(p) for p in paths], FASHION_MNIST, 1, mirror)
+            figures[kind] = score(results, labels)
             classifying += time.perf_counter() - mark
     finally:
         if temporary is not None and not args.keep:

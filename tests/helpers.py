@@ -174,13 +174,13 @@ def onnx_model(nodes: list, initializers: list = (), *, output_shape: tuple = ("
     return helper.make_model(graph, opset_imports=imports, **model_fields)
 
 
-def onnx_probabilities(extra: str | None = None) -> tuple[list, list]:
-    """Nodes and initializers that turn `pixels` into valid probabilities (batch, 10), adding the
+def onnx_probabilities(extra: str | None = None, classes: int = 10) -> tuple[list, list]:
+    """Nodes and initializers that turn `pixels` into valid probabilities (batch, classes), adding the
     scalar `extra` (a value computed elsewhere in the graph) so that its computation must run."""
     from onnx import helper, numpy_helper
 
     consts = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
-              numpy_helper.from_array(np.array([10], np.int64), "ten"),
+              numpy_helper.from_array(np.array([classes], np.int64), "ten"),
               numpy_helper.from_array(np.array([1], np.int64), "one"),
               numpy_helper.from_array(np.array(0.001, np.float32), "small")]
     nodes = [helper.make_node("Flatten", ["pixels"], ["flat"]),

@@ -109,7 +109,7 @@ def test_library_terms_become_this_commands_flags_and_nothing_else_changes():
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--batch-norm", "sideways"], "invalid choice"),
-    (["predict", "run", "--index", "0", "--top-k", "11"], "must be between 1 and 10, got 11"),
+    (["predict", "run", "--index", "0", "--top-k", "1001"], "must be between 1 and 1000, got 1001"),
     (["compare", "--jobs", "0"], "must be at least 1, got 0"),
     (["train", "--resume", ""], "argument --resume: an empty path; give a file or folder name; see fashionlab train"),
     (["evaluate", ""], "argument RUN: an empty path"),

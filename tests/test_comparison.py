@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY, assert_png, assert_self_contained
+from helpers import TINY, assert_png, assert_self_contained, write_dataset
 
 from fashionlab.comparison import compare, conclusion, load_comparison, plan, summarize, variant_config
 from fashionlab.config import TrainConfig, check_runnable, training_bytes
@@ -437,3 +437,14 @@ def test_a_finished_comparison_is_read_back_from_its_results(tmp_path):
     assert lines[0] == "a has the highest mean test accuracy: 0.8650 ± 0.0071 over 2 seed(s)."
     with pytest.raises(RunError, match="holds no finished comparison"):
         load_comparison(tmp_path / "none")
+
+
+def test_a_comparison_on_a_data_set_of_its_own_reports_its_classes(tmp_path):
+    folder = write_dataset(tmp_path / "twelve")  # labels 0..9 of twelve classes: two never seen
+    (folder / "classes.txt").write_text("\n".join(f"kind {i}" for i in range(12)))
+    result = compare(tmp_path / "cmp", variants=["scaled"], seeds=1, base=BASE.replace(epochs=1, dataset=str(folder)))
+    assert result.results["test_accuracy"].between(0, 1).all()
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert page.count('alt="confusion matrix scaled"') == 1
+    run = json.loads(Path(result.results["run_dir"][0], "run.json").read_text())
+    assert run["dataset"]["class_names"][-1] == "kind 11"

@@ -23,7 +23,7 @@ def test_confusion_matrix_counts_true_rows_predicted_columns():
 def test_metrics_from_known_probabilities():
     proba = np.full((4, 10), 0.01, dtype=np.float32)
     proba[[0, 1, 2, 3], [0, 1, 1, 9]] = 0.91
-    report = metrics_from_proba(np.array([0, 1, 2, 9]), proba)
+    report = metrics_from_proba(np.array([0, 1, 2, 9]), proba, CLASS_NAMES)
     assert report["test_accuracy"] == 0.75
     assert report["test_loss"] == pytest.approx((3 * -np.log(0.91) - np.log(0.01)) / 4, rel=1e-5)
     assert report["per_class"]["Trouser"] == {"precision": 0.5, "recall": 1.0, "support": 1}

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from helpers import TINY
+from helpers import SEVEN_NAMES, TINY, write_seven_class_dataset
 
 from fashionlab import CLASS_NAMES, export
 from fashionlab.errors import ConfigError, ExportError, RunError
@@ -108,3 +108,15 @@ def test_the_command_prints_the_check_and_predict_takes_the_file(exported, tiny_
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 1 and wrong.stderr.strip() == f"fashionlab: error: {out} is an ONNX file: pass it " \
                                                              f"as --onnx {out}"
+
+
+def test_a_run_of_another_data_set_is_exported_with_its_classes_and_checked_on_its_test_images(tmp_path):
+    folder = write_seven_class_dataset(tmp_path / "seven")
+    train(TINY.replace(dataset=str(folder)), tmp_path / "run", verbose=0)
+    result = export.export(tmp_path / "run")  # the data it checks against is the run's own folder
+    model = OnnxModel(result["out"])
+    assert result["check"]["images"] == 100 and result["check"]["top1_differences"] == 0
+    assert model.classes == 7 and model.metadata["dataset"] == "seven"
+    assert model.metadata["class_names"] == list(SEVEN_NAMES) and model.dataset().class_names == SEVEN_NAMES
+    assert "(N, 7)" in model.metadata["output"] and "Fashion" not in model.metadata["input"]
+    assert "(N, 7) of zero, one, two" in onnx.load(result["out"]).doc_string

@@ -154,9 +154,14 @@ def _other_signature(model):
         opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _wrong_class_count(model):
+def _wrong_class_count(model):  # declares more classes than a data set may have
     nodes, consts = onnx_probabilities()
-    return onnx_model(nodes, consts, output_shape=("batch", 12))
+    return onnx_model(nodes, consts, output_shape=("batch", 1001))
+
+
+def _one_class(model):
+    nodes, consts = onnx_probabilities()
+    return onnx_model(nodes, consts, output_shape=("batch", 1))
 
 
 def _declared_but_not_computed(model):  # says (batch, 10), computes (batch, 12)
@@ -219,7 +224,9 @@ HOSTILE = {  # how a crafted file is made from a real export -> what the refusal
     "a fixed batch": (_fixed_batch, "takes batches of exactly 1 images; export it with a batch size left open"),
     "another signature": (_other_signature, "takes 'x' float32 \\('n', 5\\), not one input `pixels` of float32 "
                                             "\\(N, 28, 28\\) images"),
-    "12 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, 10\\)"),
+    "1001 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, classes\\) class "
+                                        "probabilities, 2 to 1,000 classes"),
+    "one class": (_one_class, "not one output `probabilities` of float32 \\(N, classes\\)"),
     "a declared shape it does not compute": (_declared_but_not_computed, "is not a valid ONNX graph"),
     # shape arithmetic onnxruntime computes otherwise than ONNX's data propagation, or that blows up
     "a narrowing cast that wraps": (_batch_then(("Add", [[65535]], {}), ("Cast", [], {"to": onnx.TensorProto.INT16}),
@@ -312,6 +319,29 @@ def test_only_the_metadata_fields_export_writes_are_kept_each_of_its_kind(export
     onnx.save(graph, tmp_path / "meta.onnx")
     assert OnnxModel(tmp_path / "meta.onnx").metadata == {"name": "tiny",
                                                            "config": {"width": 16, "dropout": 0.1, "fine": None}}
+
+
+def test_the_classes_of_a_file_come_from_its_metadata_when_it_names_them_one_each(exported, tmp_path):
+    from fashionlab.datasets import FASHION_MNIST, MNIST
+
+    def saying(said, name="said.onnx", classes=None):
+        graph = onnx.load(exported[1]) if classes is None else onnx_model(*onnx_probabilities(classes=classes),
+                                                                           output_shape=("batch", classes))
+        del graph.metadata_props[:]
+        graph.metadata_props.add(key="fashionlab", value=json.dumps(said))
+        onnx.save(graph, tmp_path / name)
+        return OnnxModel(tmp_path / name).dataset()
+
+    assert saying({"dataset": "fashion-mnist", "class_names": list(FASHION_MNIST.class_names)}) is FASHION_MNIST
+    assert saying({"dataset": "mnist", "class_names": list(MNIST.class_names)}) is MNIST  # with its photo rules
+    own = saying({"dataset": "mnist", "class_names": [f"kind {i}" for i in range(10)]})  # not MNIST's names
+    assert own.class_names[3] == "kind 3" and not own.mirror_turned and own.name not in ("mnist", "fashion-mnist")
+    assert saying({}) is FASHION_MNIST  # exports made before data sets were recorded
+    for said in ({"class_names": ["a"] * 10}, {"class_names": ["a", "b"]}, {"class_names": ["x\ny"] * 5 + ["z"] * 5}):
+        assert saying(said) is FASHION_MNIST  # names that cannot be the classes: as good as none
+    seven = saying({"class_names": [f"c{i}" for i in range(7)]}, "seven.onnx", classes=7)
+    assert seven.class_names == tuple(f"c{i}" for i in range(7))
+    assert saying({}, "bare.onnx", classes=7).class_names == tuple(f"class {i}" for i in range(7))
 
 
 def test_shape_arithmetic_is_worked_out_as_onnxruntime_does_it(exported, tmp_path):

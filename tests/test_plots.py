@@ -84,7 +84,7 @@ def test_rows_are_normalised_by_the_true_class():
     np.testing.assert_allclose(shares[0, :2], [0.9, 0.1])
     np.testing.assert_allclose(shares[1, :2], [0.75, 0.25])  # by column it would read 30/120 and 10/20
     assert (shares[2:] == 0).all()  # classes without images: zeros, not NaN
-    fig = plots.confusion_figure(matrix)
+    fig = plots.confusion_figure(matrix, CLASS_NAMES)
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.images[0].get_array(), shares)
     assert ax.images[0].get_clim() == (0, 1)
@@ -127,7 +127,7 @@ def test_comparison_curves_without_timings_still_draw():
 
 @pytest.mark.parametrize("matrix", [np.eye(10, dtype=int) * 5, np.zeros((10, 10), dtype=int)])
 def test_confusion_matrix_renders(matrix):
-    assert_png(plots.png_bytes(plots.confusion_figure(matrix)), 600, 500)
+    assert_png(plots.png_bytes(plots.confusion_figure(matrix, CLASS_NAMES)), 600, 500)
 
 
 TRIALS = pd.DataFrame({
@@ -168,9 +168,9 @@ def test_the_importances_are_bars_most_important_on_top():
 
 def test_a_confusion_matrix_names_its_own_classes_and_past_thirty_only_colours_them():
     seven = [f"class {i}" for i in range(7)]
-    ax = plots.confusion_figure(np.eye(7, dtype=int) * 5, class_names=seven).axes[0]
+    ax = plots.confusion_figure(np.eye(7, dtype=int) * 5, seven).axes[0]
     assert [label.get_text() for label in ax.get_xticklabels()] == seven and len(ax.texts) == 7
     many = [f"class {i}" for i in range(plots.LABELLED_CLASSES + 1)]
-    ax = plots.confusion_figure(np.eye(len(many), dtype=int), class_names=many).axes[0]
+    ax = plots.confusion_figure(np.eye(len(many), dtype=int), many).axes[0]
     assert ax.images[0].get_array().shape == (len(many), len(many)) and not ax.texts
     assert not [label.get_text() for label in ax.get_xticklabels() if label.get_text().startswith("class")]

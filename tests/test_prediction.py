@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from fashionlab import CLASS_NAMES
+from fashionlab.datasets import FASHION_MNIST, Dataset
 from fashionlab.errors import ConfigError, ImageError, RunError
 from fashionlab.prediction import (
     BLANK_HINT,
@@ -112,14 +114,14 @@ def test_unreadable_images_are_refused(tmp_path, make, message):
 
 def test_top_k_lists_the_most_probable_classes_first():
     proba = np.array([0.05, 0.4, 0.05, 0.3, 0.2, 0, 0, 0, 0, 0])
-    assert [t["class_id"] for t in top_k(proba, 3)] == [1, 3, 4]
-    assert [t["probability"] for t in top_k(proba, 3)] == [0.4, 0.3, 0.2]
-    assert [t["class_name"] for t in top_k(proba, 2)] == ["Trouser", "Dress"]
+    assert [t["class_id"] for t in top_k(proba, 3, CLASS_NAMES)] == [1, 3, 4]
+    assert [t["probability"] for t in top_k(proba, 3, CLASS_NAMES)] == [0.4, 0.3, 0.2]
+    assert [t["class_name"] for t in top_k(proba, 2, CLASS_NAMES)] == ["Trouser", "Dress"]
 
 
 def test_reloaded_model_predicts_exactly_what_training_left(tiny_run, synthetic):
     x_test = synthetic_arrays()["t10k-images-idx3-ubyte"]
-    from_training = predict_arrays(tiny_run.model, x_test[:5], [f"test[{i}]" for i in range(5)], k=3)
+    from_training = predict_arrays(tiny_run.model, x_test[:5], [f"test[{i}]" for i in range(5)], FASHION_MNIST, k=3)
     from_disk = predict(tiny_run.run.path, indices=range(5), data=synthetic)
     assert from_disk == from_training
     first = from_disk[0]
@@ -277,7 +279,7 @@ def test_facing_right_flags_images_whose_left_half_holds_most_of_the_garment():
 
 def test_low_confidence_results_carry_a_hint_and_confident_ones_do_not():
     proba = np.array([[0.3, 0.25, 0.2, 0.25, 0, 0, 0, 0, 0, 0], [0.05, 0.9, 0.05, 0, 0, 0, 0, 0, 0, 0]])
-    unsure, sure = results_of(proba, ["a", "b"], 2)
+    unsure, sure = results_of(proba, ["a", "b"], FASHION_MNIST, 2)
     assert unsure["hint"] == LOW_CONFIDENCE_HINT and "hint" not in sure
     assert sure["class_name"] == "Trouser" and "mirrored" not in sure
 
@@ -306,7 +308,7 @@ def test_a_model_giving_nan_is_refused_not_reported(tmp_path):
     model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
     model.layers[-1].set_weights([np.full((784, 10), np.nan, np.float32), np.zeros(10, np.float32)])
     with pytest.raises(RunError, match="not numbers \\(NaN or infinite\\); it is damaged"):
-        predict_arrays(model, np.ones((2, 28, 28), np.uint8), ["a", "b"])
+        predict_arrays(model, np.ones((2, 28, 28), np.uint8), ["a", "b"], FASHION_MNIST)
 
 
 def test_an_image_with_nothing_in_it_says_so(tmp_path):
@@ -317,8 +319,8 @@ def test_an_image_with_nothing_in_it_says_so(tmp_path):
         assert prepare_image(Image.new("RGB", (50, 70), colour)).max() == 0
     proba = np.full((1, 10), 0.1)
     proba[0, 5] = 0.9
-    assert results_of(proba, ["white.png"], 3, pixels=pixels[None])[0]["hint"] == BLANK_HINT
-    assert "hint" not in results_of(proba, ["x"], 3, pixels=np.full((1, 28, 28), 200, np.uint8))[0]
+    assert results_of(proba, ["white.png"], FASHION_MNIST, 3, pixels=pixels[None])[0]["hint"] == BLANK_HINT
+    assert "hint" not in results_of(proba, ["x"], FASHION_MNIST, 3, pixels=np.full((1, 28, 28), 200, np.uint8))[0]
 
 
 def test_a_large_16_bit_image_is_reduced_before_it_is_converted(tmp_path):
@@ -669,7 +671,7 @@ def confident(n: int) -> np.ndarray:
 
 
 def test_results_say_mirrored_only_for_the_images_read_mirrored():
-    results = results_of(confident(3), ["a", "b", "c"], 1, mirrored=[False, True])
+    results = results_of(confident(3), ["a", "b", "c"], FASHION_MNIST, 1, mirrored=[False, True])
     assert ["mirrored" in r for r in results] == [False, True, False]
     assert results[1]["mirrored"] is True and all("hint" not in r for r in results)
 
@@ -682,9 +684,9 @@ def test_hints_blank_at_trim_level_before_low_confidence_at_one_half():
     proba = confident(4)
     proba[2] = [LOW_CONFIDENCE, 0.3, 0.2, 0, 0, 0, 0, 0, 0, 0]  # exactly one half: confident enough
     proba[3] = [0.49, 0.31, 0.2, 0, 0, 0, 0, 0, 0, 0]
-    hints = [r.get("hint") for r in results_of(proba, list("abcd"), 3, pixels=pixels)]
+    hints = [r.get("hint") for r in results_of(proba, list("abcd"), FASHION_MNIST, 3, pixels=pixels)]
     assert hints == [BLANK_HINT, None, None, LOW_CONFIDENCE_HINT]
-    unsure_and_blank = results_of(proba[3:], ["e"], 3, pixels=pixels[:1])[0]
+    unsure_and_blank = results_of(proba[3:], ["e"], FASHION_MNIST, 3, pixels=pixels[:1])[0]
     assert unsure_and_blank["hint"] == BLANK_HINT  # blank says more than unsure
 
 
@@ -751,8 +753,15 @@ def test_a_multi_frame_tiff_gives_its_first_frame(tmp_path):
     assert_trimmed_garment(load_image(tmp_path / "pages.tif"))
 
 
-def test_results_name_the_models_own_classes():
-    proba = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
-    results = results_of(proba, ["a.png", "b.png"], 2, class_names=("cat", "dog", "bird"))
-    assert [r["class_name"] for r in results] == ["bird", "cat"]
+def test_results_name_the_models_own_classes_and_hint_in_their_words():
+    animals = Dataset(name="animals", title="animals", class_names=("cat", "dog", "bird"), subject="animal")
+    proba = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.4, 0.3, 0.3]])
+    pixels = np.zeros((3, 28, 28), np.uint8)
+    pixels[:2] = 200
+    results = results_of(proba, ["a.png", "b.png", "c.png"], animals, 2, pixels=pixels)
+    assert [r["class_name"] for r in results] == ["bird", "cat", "cat"]
     assert [t["class_name"] for t in results[1]["top_k"]] == ["cat", "dog"]
+    assert results[2]["hint"] == "no animal found: the image is blank or of one colour"
+    unsure = results_of(proba[2:], ["c.png"], animals, 2)[0]["hint"]
+    assert unsure == ("low confidence: the model knows one animal, upright, centred on a plain background; crop to "
+                      "the animal and try again")  # no shoes: they face one way only in Fashion-MNIST

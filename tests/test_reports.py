@@ -106,7 +106,7 @@ def test_macro_f1_averages_the_classes_and_the_weighted_one_their_images():
     matrix = np.diag([10] * 10)
     matrix[0, 0], matrix[0, 1] = 90, 10  # class 0: 100 images, 90 right; 10 taken for class 1
     matrix[1, 1], matrix[1, 0] = 5, 5  # class 1: 10 images, 5 right
-    scores = class_scores(matrix)
+    scores = class_scores(matrix, CLASS_NAMES)
     p0, r0, p1, r1 = 90 / 95, 0.9, 5 / 15, 0.5
     f1 = np.array([2 * p0 * r0 / (p0 + r0), 2 * p1 * r1 / (p1 + r1)] + [1.0] * 8)
     np.testing.assert_allclose(scores.loc[list(CLASS_NAMES), "F1"], f1)
@@ -122,9 +122,9 @@ def test_most_confused_pairs_are_the_largest_mistakes_as_shares_of_the_true_clas
     matrix[6, 0] = 20  # 20 shirts called T-shirts
     matrix[0, 6] = 5
     matrix[4, 2], matrix[4, 4] = 12, 8  # 12 of the 20 coats called pullovers
-    pairs = confused_pairs(matrix, shown=2)
+    pairs = confused_pairs(matrix, CLASS_NAMES, shown=2)
     assert pairs.values.tolist() == [["Shirt", "T-shirt/top", 20, "28.6%"], ["Coat", "Pullover", 12, "60.0%"]]
-    assert confused_pairs(np.diag([5] * 10)).empty
+    assert confused_pairs(np.diag([5] * 10), CLASS_NAMES).empty
 
 
 def test_top_losses_come_first_with_the_true_class_probability(tmp_path):
@@ -137,7 +137,7 @@ def test_top_losses_come_first_with_the_true_class_probability(tmp_path):
                             "val_accuracy": [0.4, 0.7], "seconds": [5.0, 1.0]})
     # no `metrics`, as evaluate calls it
     write_test_outputs(Run(tmp_path), config={"name": "<i>t</i>", "epochs": 2}, history=history,
-                       report=metrics_from_proba(y_test, proba), x_test=np.zeros((30, 28, 28), np.uint8),
+                       report=metrics_from_proba(y_test, proba, CLASS_NAMES), x_test=np.zeros((30, 28, 28), np.uint8),
                        y_test=y_test, proba=proba)
     text = (tmp_path / "report.html").read_text()
     top = captions(section(text, "Top losses"))
@@ -208,7 +208,8 @@ def test_the_comparison_page_has_readable_headers_and_links_to_every_run(tmp_pat
     histories = {v: [pd.DataFrame({"epoch": [1, 2], "val_accuracy": [0.7, 0.87], "val_loss": [0.8, 0.4],
                                    "seconds": [3.0, 1.0]})] * 2 for v in summary.index}
     write_comparison_outputs(Run(folder), results=results, summary=summary, statements=["<b>a</b> wins."],
-                             histories=histories, confusions={v: np.diag([10] * 10) for v in summary.index})
+                             histories=histories, confusions={v: np.diag([10] * 10) for v in summary.index},
+                             class_names=CLASS_NAMES)
     text = (folder / "report.html").read_text()
     page = assert_self_contained(folder / "report.html")
     assert VIEWPORT in text and "<b>a</b>" not in text

@@ -259,7 +259,7 @@ def test_train_and_resume_check_their_arguments_before_anything(tmp_path, synthe
 def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
     """A folder with the four IDX files and classes.txt: the model has seven outputs, the run records
     the folder, its names and its files' digests, and its reports, evaluation and predictions speak
-    of its own classes; commands that know only Fashion-MNIST's refuse the run in one line."""
+    of its own classes, and so does the ONNX file exported from it."""
     import json
 
     from fashionlab.evaluation import evaluate
@@ -286,8 +286,17 @@ def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
         photos.append(tmp_path / f"photo{i}.png")
         Image.fromarray(picture).save(photos[-1])
     assert not any("mirrored" in r for r in predict(tmp_path / "run", images=photos))
-    with pytest.raises(ConfigError, match="was trained on the data set in .*; export takes only Fashion-MNIST runs"):
-        export(tmp_path / "run")
+    exported = export(tmp_path / "run", out=tmp_path / "seven.onnx")  # checked on the folder's own test images
+    assert exported["check"]["images"] == len(synthetic_arrays()["t10k-images-idx3-ubyte"])
+    from fashionlab.onnxrun import OnnxModel
+
+    onnx_model = OnnxModel(tmp_path / "seven.onnx")
+    assert onnx_model.classes == 7 and onnx_model.dataset().class_names == tuple(names)
+    assert onnx_model.metadata["dataset"] == "seven" and "(N, 7)" in onnx_model.metadata["output"]
+    by_onnx = predict(onnx=tmp_path / "seven.onnx", indices=[0, 1], top_k=7, data=DataSource(folder))
+    assert [r["class_name"] for r in by_onnx] == [r["class_name"] for r in said]
+    with pytest.raises(ConfigError, match="not built in: give `data_dir`"):
+        predict(onnx=tmp_path / "seven.onnx", indices=[0])
     stop_when(FileWritten(tmp_path / "again" / "model.keras"))  # stopped after its epochs: resumed on its data set
     try:
         with pytest.raises(Interrupted):

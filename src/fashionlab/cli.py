@@ -18,11 +18,11 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from fashionlab import CLASS_NAMES, FashionlabError, __version__, data
+from fashionlab import FashionlabError, __version__, data
 from fashionlab.comparison import DEFAULT_VARIANTS, MAX_SEEDS, VARIANTS
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_config, with_changes
 from fashionlab.data import DataSource
-from fashionlab.datasets import BUILT_IN, Dataset, dataset_problem, resolve
+from fashionlab.datasets import BUILT_IN, MAX_CLASSES, Dataset, dataset_problem, resolve
 from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
@@ -400,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--onnx", metavar="FILE", type=a_path,
                          help="use this exported model (fashionlab export) with onnxruntime, not a run's")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
-    predict.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
-                         help=f"classes listed per input, 1..{len(CLASS_NAMES)} (default: 3)")
+    predict.add_argument("--top-k", type=_int_between(1, MAX_CLASSES), default=3, metavar="K",
+                         help="classes listed per input, 1 to the model's class count (default: 3)")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                          help="invert images by gray level, or not (default: the garment is told from its "
                               "background by colour)")
@@ -430,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_int_between(0, 65535), default=8000, metavar="PORT",
                        help="port (default: 8000; 0: any free port)")
-    serve.add_argument("--top-k", type=_int_between(1, len(CLASS_NAMES)), default=3, metavar="K",
-                       help=f"classes shown per image, 1..{len(CLASS_NAMES)} (default: 3)")
+    serve.add_argument("--top-k", type=_int_between(1, MAX_CLASSES), default=3, metavar="K",
+                       help="classes shown per image, 1 to the model's class count (default: 3)")
     serve.add_argument("--allow-host", dest="allowed_hosts", action="append", default=[], metavar="NAME", type=a_name,
                        help="also answer requests whose Host header names NAME (behind a proxy); by default only "
                             "localhost, IP addresses and this machine's names (against DNS rebinding)")

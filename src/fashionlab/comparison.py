@@ -278,7 +278,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     histories = {v: [Run(t.run_dir).history() for t in tasks if t.tags["variant"] == v] for v in labels}
     confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in labels}
     write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
-                             confusions=confusions)
+                             confusions=confusions, class_names=Run(tasks[0].run_dir).dataset().class_names)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES
 from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.errors import Interrupted
@@ -36,12 +35,11 @@ def cross_entropy(y_true: np.ndarray, proba: np.ndarray, epsilon: float = 1e-7) 
     return float(-np.log(picked).mean()) if len(y_true) else 0.0
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray,
-                       class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """What `evaluate` reports, from the class probabilities of a labelled set; `per_class` is keyed
     by `class_names`, in label order."""
     y_true = np.asarray(y_true, dtype=np.int64)

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES, __version__
+from fashionlab import __version__
 from fashionlab.arguments import checked
 from fashionlab.data import DataSource
+from fashionlab.datasets import Dataset
 from fashionlab.errors import ConfigError, ExportError, Interrupted, RunError, reason
 from fashionlab.files import check_writable, open_regular
 from fashionlab.interrupts import stop_requests
@@ -76,8 +77,9 @@ def write_onnx(model, path: Path, metadata: dict[str, Any]) -> None:
     for node in graph.graph.node:
         node.output[:] = [OUTPUT_NAME if name == produced else name for name in node.output]
     graph.graph.output[0].name = OUTPUT_NAME
-    graph.doc_string = ("fashionlab model: float32 pixels (N, 28, 28), 0..255, light garment on black -> "
-                        f"probabilities (N, 10) of {', '.join(CLASS_NAMES)}")
+    names = metadata["class_names"]
+    graph.doc_string = (f"fashionlab model: float32 pixels (N, 28, 28), 0..255 -> probabilities (N, {len(names)}) "
+                        f"of {', '.join(names)}"[:2000])
     graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
@@ -100,7 +102,7 @@ def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None 
     if format not in FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(FORMATS)}, got {format!r}", terms=["format"])
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
-    run.check_fashion_mnist("export")
+    dataset = run.dataset()
     target = Path(out) if out is not None else run.file("model.onnx")
     if target.suffix != ".onnx":
         raise ConfigError(f"`out` {target} must end in .onnx", terms=["out"])
@@ -112,9 +114,9 @@ def export(run_dir: str | Path, *, format: str = "onnx", out: str | Path | None 
     # Writing into the run takes its lock, as training and evaluate do; Ctrl-C is a stop request,
     # answered between the steps, with every scratch file removed.
     with stop_requests() as stop, Run.acquire(run.path) if inside else contextlib.nullcontext():
-        x = data.test_images()[:CHECK_IMAGES]
+        x = data.of(dataset).test_images()[:CHECK_IMAGES]
         model = run.load_model()
-        metadata = _describe(run)
+        metadata = _describe(run, dataset)
         with atomic_path(target) as scratch:
             write_onnx(model, scratch, metadata)
             _stop_if_asked(stop)
@@ -133,8 +135,9 @@ def _stop_if_asked(stop) -> None:
         raise Interrupted("export interrupted; nothing written")
 
 
-def _describe(run: Run) -> dict[str, Any]:
-    """What an exported file says it is: the run, its config and test accuracy, the classes, the source's digest."""
+def _describe(run: Run, dataset: Dataset) -> dict[str, Any]:
+    """What an exported file says it is: the run, its config and test accuracy, its data set and
+    classes, the source's digest."""
     config = run.config()
     metrics = run.metrics() if run.file("metrics.json").exists() else {}
     digest = hashlib.sha256()
@@ -142,10 +145,11 @@ def _describe(run: Run) -> dict[str, Any]:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return {"run": run.path.name, "name": config.name, "config": config.to_dict(),
-            "test_accuracy": metrics.get("test_accuracy"), "class_names": list(CLASS_NAMES),
-            "model_keras_sha256": digest.hexdigest(), "fashionlab": __version__,
-            "input": "float32 pixels (N, 28, 28), 0..255, light garment on black, as in Fashion-MNIST",
-            "output": "float32 class probabilities (N, 10), in the order of class_names"}
+            "test_accuracy": metrics.get("test_accuracy"), "dataset": dataset.name,
+            "class_names": list(dataset.class_names), "model_keras_sha256": digest.hexdigest(),
+            "fashionlab": __version__,
+            "input": f"float32 pixels (N, 28, 28), 0..255, light {dataset.subject} on black, as in {dataset.title}",
+            "output": f"float32 class probabilities (N, {dataset.classes}), in the order of class_names"}
 
 
 def format_export(result: dict[str, Any]) -> str:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES
 from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, with_changes
 from fashionlab.data import DataSource
+from fashionlab.datasets import MAX_CLASSES
 from fashionlab.runs import Run as RunDirectory
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Run:
         figure.tight_layout()
         return figure
 
-    @checked(top_k=(1, len(CLASS_NAMES)))
+    @checked(top_k=(1, MAX_CLASSES))  # and at most the run's classes, checked by `predict`
     def predict(self, inputs: Sequence[int | str | Path], top_k: int = 3,
                 data: DataSource = DataSource()) -> pd.DataFrame:
         """Test images (indices) and image files, one row each: the class, its probability, the next ones."""

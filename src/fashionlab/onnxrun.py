@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from fashionlab import CLASS_NAMES
 from fashionlab.arguments import checked
+from fashionlab.datasets import BUILT_IN, FASHION_MNIST, MAX_CLASSES, MIN_CLASSES, Dataset, parse_class_names
 from fashionlab.deadlines import MODEL_TIMEOUT, TIMEOUT_RANGE, BoundedCalls
-from fashionlab.errors import ConfigError, RunError, reason
+from fashionlab.errors import ConfigError, DataError, RunError, reason
 from fashionlab.files import open_regular
 from fashionlab.onnxshapes import SMALL_VALUES, Folding, Unfoldable
 from fashionlab.records import shown
@@ -100,6 +100,25 @@ class OnnxModel:
         self.calls = BoundedCalls(timeout, f"the ONNX model {self.path.name}")
         self.metadata = _metadata(graph.model.metadata_props)
         self._run_options = ort.RunOptions
+
+    def dataset(self) -> Dataset:
+        """The data set the file's classes belong to: the names its metadata gives (a built-in, with
+        its photo rules, when they are that built-in's), Fashion-MNIST for a file of 10 classes that
+        names none (exports made before data sets were recorded), else "class 0" .. "class N-1"."""
+        names = self.metadata.get("class_names")
+        try:
+            names = parse_class_names("\n".join(names), "class_names") if names is not None else None
+        except DataError:  # names that cannot be one a line: as good as none
+            names = None
+        if names is not None and len(names) == self.classes:
+            built = BUILT_IN.get(self.metadata.get("dataset", ""))
+            if built is not None and built.class_names == names:
+                return built
+            return Dataset(name="onnx", title=f"the data set {self.path.name} was trained on", class_names=names)
+        if self.classes == FASHION_MNIST.classes:
+            return FASHION_MNIST
+        return Dataset(name="onnx", title=f"the data set {self.path.name} was trained on",
+                       class_names=tuple(f"class {i}" for i in range(self.classes)))
 
     def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -363,15 +382,17 @@ def _signature(body, refuse) -> int:
         raise refuse(f"takes {', '.join(said(i) for i in inputs[:3]) or 'nothing'}, not one input `{INPUT_NAME}` "
                      f"of float32 (N, 28, 28) images")
     given = dims(body.output[0]) if len(body.output) == 1 and body.output[0].name == OUTPUT_NAME else []
-    if len(given) != 2 or given[0] != taken[0] or given[1] != len(CLASS_NAMES):
+    if len(given) != 2 or given[0] != taken[0] or not isinstance(given[1], int) or \
+            not MIN_CLASSES <= given[1] <= MAX_CLASSES:
         raise refuse(f"gives {', '.join(said(o) for o in body.output[:3]) or 'nothing'}, not one output "
-                     f"`{OUTPUT_NAME}` of float32 (N, {len(CLASS_NAMES)}) class probabilities")
-    return len(CLASS_NAMES)
+                     f"`{OUTPUT_NAME}` of float32 (N, classes) class probabilities, {MIN_CLASSES} to {MAX_CLASSES:,} "
+                     f"classes")
+    return given[1]
 
 
 # What an exported file's metadata may say, and how: anything else is left out.
 METADATA_FIELDS = {"run": str, "name": str, "fashionlab": str, "model_keras_sha256": str, "input": str, "output": str,
-                   "test_accuracy": float, "class_names": list, "config": dict}
+                   "test_accuracy": float, "dataset": str, "class_names": list, "config": dict}
 MAX_TEXT = 1000
 
 

@@ -21,8 +21,6 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from fashionlab import CLASS_NAMES  # noqa: E402
-
 DPI = 100
 TRAIN_COLOR, VALID_COLOR, BEST_COLOR = "tab:blue", "tab:orange", "tab:green"
 LABELLED_CLASSES = 30  # a confusion matrix of more classes is drawn without names and percentages
@@ -132,12 +130,14 @@ def accuracy_vs_seconds_figure(history: pd.DataFrame, marks: Sequence[float] = (
     return fig
 
 
-def confusion_figure(matrix: np.ndarray, title: str = "Confusion matrix (test set)",
-                     class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
+                     title: str = "Confusion matrix (test set)") -> Figure:
     """Row-normalised: each cell is the % of its true class (rows) predicted as the column's class,
     so classes with fewer images read the same; each row's image count is in its label. Past
     LABELLED_CLASSES classes, names and percentages would not fit: the colours alone are drawn."""
     counts = np.asarray(matrix)
+    if counts.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"a {counts.shape} confusion matrix cannot be labelled with {len(class_names)} class names")
     shares = row_normalised(counts)
     labelled = len(class_names) <= LABELLED_CLASSES
     fig, ax = plt.subplots(figsize=(8, 7))

@@ -22,10 +22,9 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashionlab import CLASS_NAMES
 from fashionlab.arguments import checked
 from fashionlab.data import DataSource
-from fashionlab.datasets import FASHION_MNIST, MAX_CLASSES
+from fashionlab.datasets import BUILT_IN, FASHION_MNIST, MAX_CLASSES, Dataset
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError, ImageError, RunError, reason
 from fashionlab.files import open_regular
@@ -46,10 +45,19 @@ UNIFORM_SPREAD = 8  # an image whose values span no more than this is of one col
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
 # Below this top-1 probability a result carries a hint on what photos the model reads well.
 LOW_CONFIDENCE = 0.5
-BLANK_HINT = "no garment found: the image is blank or of one colour"
 MIRRORED_SHARE = 0.42  # a photo whose right half holds less of the garment than this may be mirrored
-LOW_CONFIDENCE_HINT = ("low confidence: the model knows one garment, upright, centred on a plain background, "
-                       "shoes pointing left; crop to the garment and try again")
+
+
+def blank_hint(dataset: Dataset) -> str:
+    return f"no {dataset.subject} found: the image is blank or of one colour"
+
+
+def low_confidence_hint(dataset: Dataset) -> str:
+    return (f"low confidence: the model knows one {dataset.subject}, upright, centred on a plain background"
+            f"{', shoes pointing left' if dataset.mirror_turned else ''}; crop to the {dataset.subject} and try again")
+
+
+BLANK_HINT, LOW_CONFIDENCE_HINT = blank_hint(FASHION_MNIST), low_confidence_hint(FASHION_MNIST)
 
 
 class NotNumbers(Exception):
@@ -240,7 +248,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def top_k(proba: np.ndarray, k: int, class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
+def top_k(proba: np.ndarray, k: int, class_names: Sequence[str]) -> list[dict[str, Any]]:
     order = np.argsort(-proba, kind="stable")[:k]
     return [{"class_id": int(i), "class_name": class_names[i], "probability": float(proba[i])} for i in order]
 
@@ -277,30 +285,30 @@ def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = ()) -
     return proba, mirrored
 
 
-def results_of(proba: np.ndarray, labels: Sequence[str], k: int, mirrored: Sequence[bool] = (),
-               pixels: np.ndarray | None = None, class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
-    """One result per image: the best class, its probability, the top k, and notes: read
-    mirrored; a hint when the model is unsure, or when `pixels` (what it saw) hold no garment."""
+def results_of(proba: np.ndarray, labels: Sequence[str], dataset: Dataset, k: int, mirrored: Sequence[bool] = (),
+               pixels: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One result per image: the best class of `dataset`'s, its probability, the top k, and notes:
+    read mirrored; a hint when the model is unsure, or when `pixels` (what it saw) hold nothing."""
     results = []
     for i, (label, row) in enumerate(zip(labels, proba)):
-        best = top_k(row, k, class_names)
+        best = top_k(row, k, dataset.class_names)
         result = {"input": label, "class_id": best[0]["class_id"], "class_name": best[0]["class_name"],
                   "probability": best[0]["probability"], "top_k": best}
         if i < len(mirrored) and mirrored[i]:
             result["mirrored"] = True
         if pixels is not None and pixels[i].max() <= TRIM_LEVEL:
-            result["hint"] = BLANK_HINT
+            result["hint"] = blank_hint(dataset)
         elif best[0]["probability"] < LOW_CONFIDENCE:
-            result["hint"] = LOW_CONFIDENCE_HINT
+            result["hint"] = low_confidence_hint(dataset)
         results.append(result)
     return results
 
 
-def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], k: int = 3, mirror: Sequence[bool] = (),
-                   class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
-    """One result per image: the best class, its probability, and the top k (`read_probabilities`)."""
+def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], dataset: Dataset, k: int = 3,
+                   mirror: Sequence[bool] = ()) -> list[dict[str, Any]]:
+    """One result per image: the best class of `dataset`'s, its probability, and the top k (`read_probabilities`)."""
     proba, mirrored = read_probabilities(model, pixels, mirror)
-    return results_of(proba, labels, k, mirrored, pixels, class_names)
+    return results_of(proba, labels, dataset, k, mirrored, pixels)
 
 
 @checked(top_k=(1, MAX_CLASSES))
@@ -321,7 +329,10 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         from fashionlab.onnxrun import OnnxModel
 
         model = OnnxModel(onnx, timeout=model_timeout)
-        dataset = FASHION_MNIST  # what fashionlab's exports have been trained on so far
+        dataset = model.dataset()
+        if indices and dataset.name not in BUILT_IN and data.data_dir is None:
+            raise ConfigError(f"{onnx} was trained on a data set that is not built in: give `data_dir`, the folder "
+                              f"of its test files, to predict by index", terms=["data_dir"])
     else:
         run = Run.open(run_dir, allow_incomplete=allow_incomplete)
         dataset = run.dataset()
@@ -346,4 +357,4 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         raise ConfigError("nothing to predict: give `indices` and/or image files", terms=["indices"])
     if onnx is None:
         model = run.load_model()
-    return predict_arrays(model, np.stack(arrays), labels, top_k, mirror, dataset.class_names)
+    return predict_arrays(model, np.stack(arrays), labels, dataset, top_k, mirror)

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from fashionlab import CLASS_NAMES, plots
+from fashionlab import plots
 from fashionlab.runs import Run
 
 # Phones get the page at their own width (the viewport meta tag); wide tables scroll sideways in
@@ -136,7 +136,7 @@ def note(text: str) -> str:
 
 # --- a run -------------------------------------------------------------------------------------
 
-def class_scores(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> pd.DataFrame:
+def class_scores(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """Precision, recall, F1 and support per class from a confusion matrix (rows: true class), then
     the macro average (each class counts the same) and the support-weighted average."""
     counts = np.asarray(matrix, dtype=float)
@@ -155,7 +155,7 @@ def class_scores(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -
     return frame.astype({"support": int})
 
 
-def confused_pairs(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAMES,
+def confused_pairs(matrix: np.ndarray, class_names: Sequence[str],
                    shown: int = CONFUSED_PAIRS_SHOWN) -> pd.DataFrame:
     """The largest off-diagonal cells: which true class was most often predicted as which other."""
     counts = np.asarray(matrix)
@@ -297,7 +297,7 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
     curves = plots.png_bytes(plots.learning_curves_figure(history, config.get("name", "")))
     marks = tuple(float(mark) for mark in metrics.get("seconds_to_val_accuracy") or (0.85, 0.90, 0.93))
     seconds = plots.png_bytes(plots.accuracy_vs_seconds_figure(history, marks)) if "seconds" in history else None
-    confusion = plots.png_bytes(plots.confusion_figure(matrix, class_names=names))
+    confusion = plots.png_bytes(plots.confusion_figure(matrix, names))
     frame = pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
     run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
     run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
@@ -374,14 +374,17 @@ def runs_table(results: pd.DataFrame, pages: Sequence[str] | None = None) -> str
 
 
 def comparison_report_html(*, summary: pd.DataFrame, results: pd.DataFrame, curves_png: bytes,
-                           confusions: Mapping[str, np.ndarray], statements: Sequence[str],
-                           pages: Sequence[str] | None = None) -> str:
+                           confusions: Mapping[str, np.ndarray], class_names: Sequence[str],
+                           statements: Sequence[str], pages: Sequence[str] | None = None) -> str:
     """Conclusion, per-variant table, validation curves (per epoch and against seconds),
     row-normalised summed confusion matrices, every run linked to its own page."""
     conclusion_html = '<div class="conclusion">' + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"
-    matrices = '<div class="pairs">' + "".join(
-        f"<div>{figure_tag(plots.confusion_figure(m, f'{v}: test set, all seeds summed'), f'confusion matrix {v}')}"
-        "</div>" for v, m in confusions.items()) + "</div>"
+
+    def matrix(variant: str, summed: np.ndarray) -> str:
+        figure = plots.confusion_figure(summed, class_names, f"{variant}: test set, all seeds summed")
+        return f"<div>{figure_tag(figure, f'confusion matrix {variant}')}</div>"
+
+    matrices = '<div class="pairs">' + "".join(matrix(v, m) for v, m in confusions.items()) + "</div>"
     return page("fashionlab comparison", [
         ("Conclusion", conclusion_html),
         ("Summary per variant", table_tag(summary_display(summary).reset_index(), index=False)
@@ -400,17 +403,18 @@ def run_pages(folder: Path, run_dirs: Iterable[str | os.PathLike[str]]) -> list[
 
 def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.DataFrame, statements: Sequence[str],
                              histories: Mapping[str, Sequence[pd.DataFrame]],
-                             confusions: Mapping[str, np.ndarray]) -> None:
+                             confusions: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
     """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically.
-    `histories` with their `seconds` give the accuracy-against-time curves; `results`' run_dir the links."""
+    `histories` with their `seconds` give the accuracy-against-time curves; `results`' run_dir the links;
+    `confusions` (one summed matrix per variant) are labelled with `class_names`."""
     curves = plots.png_bytes(plots.comparison_curves_figure(histories))
     pages = run_pages(folder.path, results["run_dir"]) if "run_dir" in results else None
     folder.write_with("results.csv", lambda tmp: csv_safe(results).to_csv(tmp, index=False))
     folder.write_text("summary.md", summary_markdown(summary) + "\n" + "\n\n".join(statements) + "\n")
     folder.write_with("curves.png", lambda tmp: tmp.write_bytes(curves))
     folder.write_text("report.html", comparison_report_html(summary=summary, results=results, curves_png=curves,
-                                                            confusions=confusions, statements=statements,
-                                                            pages=pages))
+                                                            confusions=confusions, class_names=class_names,
+                                                            statements=statements, pages=pages))
 
 
 # --- a sweep -------------------------------------------------------------------------------------
