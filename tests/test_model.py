@@ -1,4 +1,3 @@
-import zipfile
 
 import keras
 import numpy as np
@@ -6,14 +5,11 @@ import pytest
 
 from fashionlab.config import TrainConfig, parameter_estimate
 from fashionlab.model import (
-    BlockMaxPool2D,
-    PatchConv2D,
     build_model,
     build_network,
     learning_rate,
     one_hot_targets,
     parameter_counts,
-    portable,
     summary_text,
 )
 from fashionlab.preprocessing import Scaler
@@ -134,28 +130,6 @@ def test_schedule_is_saved_with_the_model(tmp_path):
     schedule = again.optimizer.learning_rate if callable(again.optimizer.learning_rate) else \
         again.optimizer._learning_rate
     assert float(schedule(15)) == pytest.approx(0.2)
-
-
-def test_patch_convolution_equals_conv2d_and_saves_as_conv2d(tmp_path):
-    config = TrainConfig(model="cnn", filters=5, conv_blocks=3, convs_per_block=2, depth=1, width=8)  # 7 -> 3
-    model = build_model(config, Scaler(72.9, 90.0))
-    assert all(type(layer) is PatchConv2D for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
-    for layer in model.layers:  # non-zero biases too
-        if isinstance(layer, keras.layers.Conv2D):
-            layer.bias.assign(np.linspace(-1, 1, layer.filters))
-    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28)).astype("float32")
-    plain = portable(model)
-    assert [type(layer) for layer in plain.layers].count(keras.layers.Conv2D) == 6
-    assert [type(layer) for layer in plain.layers].count(keras.layers.MaxPooling2D) == 3
-    assert not any(isinstance(layer, (PatchConv2D, BlockMaxPool2D)) for layer in plain.layers)
-    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-6)
-    plain.save(tmp_path / "model.keras")
-    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
-        declared = archive.read("config.json").decode()
-    assert '"Conv2D"' in declared and '"MaxPooling2D"' in declared and "fashionlab>" not in declared
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-6)
-    assert portable(build_model(TrainConfig(depth=1))).layers  # an mlp comes back as it is
 
 
 def test_the_last_layer_has_one_output_a_class_and_the_estimate_counts_them():

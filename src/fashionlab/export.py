@@ -42,7 +42,7 @@ def onnx_ready(model):
     channels-last images into an ONNX MaxPool that onnxruntime refuses ("Unsupported pooling size")."""
     import keras
 
-    from fashionlab.model import BlockMaxPool2D
+    from fashionlab.layers import BlockMaxPool2D
 
     if not any(type(layer) is keras.layers.MaxPooling2D for layer in model.layers):
         return model

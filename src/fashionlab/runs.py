@@ -1,4 +1,4 @@
-"""Run directories: every artifact written atomically, a status and a lock, models read back safely.
+"""Run directories: every artifact written atomically, a status and a lock, each file read back through its schema.
 
     with Run.create("runs/20260101-120000-tutorial") as run: run.write_json("config.json", {...})
 """
@@ -12,11 +12,8 @@ import io
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
-import threading
-import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fashionlab.config import TrainConfig, from_dict
-from fashionlab.datasets import FASHION_MNIST, MAX_CLASSES, MIN_CLASSES, Dataset, from_record
+from fashionlab.datasets import FASHION_MNIST, Dataset, from_record
 from fashionlab.errors import ConfigError, RunError, reason, resume_call
-from fashionlab.files import kind_of, open_regular, outermost_missing, read_text
+from fashionlab.files import kind_of, outermost_missing, read_text
+from fashionlab.modelfiles import load_model_file
 from fashionlab.records import HistoryRow, Metrics, Status, first_problem
 
 if TYPE_CHECKING:
@@ -39,11 +37,6 @@ CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"([1-9][0-9]{0,8})\
 STATUS_FILE = "run.json"
 LOCK_FILE = ".lock"
 STATUSES = ("running", "complete", "failed", "interrupted")
-# A .keras archive of this network is ~3.5 MB; refuse archives that would inflate past this.
-MAX_MODEL_UNCOMPRESSED_BYTES = 512 * 1024 * 1024
-MAX_MODEL_CONFIG_BYTES = 16 * 1024 * 1024  # the config.json inside an archive
-# What a model archive may declare before Keras builds it (building allocates every weight).
-MAX_MODEL_PARAMETERS = 100_000_000
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # run.json, config.json, metrics.json, history.csv, ...
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -357,127 +350,3 @@ def _remove_made(folder: Path | None) -> None:
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     """NumPy scalars as the Python numbers they hold."""
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
-
-
-def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bool = False,
-                    classes: int | None = None):
-    """Load a fashionlab model from a `.keras` archive, as safely as it can be done.
-
-    Only a regular file in the native zip format; its inflated size and the layer sizes it
-    declares are bounded before Keras builds anything (building allocates every weight);
-    Keras' safe mode is on (no code in the archive runs); whatever Keras unpacks goes to a
-    folder of our own, removed afterwards; and the loaded model must take 28 x 28 images and
-    give class probabilities (`classes` of them, when given). `compile` True restores the
-    optimizer too (to train on).
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise RunError(f"{path}: only .keras model files are loaded (not .h5, pickle or SavedModel)")
-    with open_regular(path, what="model file", error=RunError, limit=MAX_MODEL_UNCOMPRESSED_BYTES,
-                      follow_links=follow_links) as handle:
-        declared = _archive_config(path, handle)
-        problem = _declared_problem(declared)
-        if problem:
-            raise RunError(f"{path} {problem}; it is not a fashionlab model")
-        model = _load_keras(path, handle, compile)
-    inputs, outputs = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None, model.outputs
-    if inputs != (None, 28, 28):
-        raise RunError(f"{path} takes inputs of shape {inputs if inputs else len(model.inputs)}, not 28 x 28 images; "
-                       f"it is not a fashionlab model")
-    shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
-    if len(shape) != 2 or shape[0] is not None or not MIN_CLASSES <= (shape[1] or 0) <= MAX_CLASSES or (
-            classes is not None and shape[1] != classes):
-        wanted = f"{classes} class probabilities" if classes else "class probabilities (N, classes)"
-        raise RunError(f"{path} gives outputs of shape {shape or f'{len(outputs)} outputs'}, not {wanted}; "
-                       f"it is not a fashionlab model")
-    return model
-
-
-def _archive_config(path: Path, handle) -> dict[str, Any]:
-    """The model config declared inside the archive, read without building anything."""
-    try:
-        with zipfile.ZipFile(handle) as archive:
-            infos = archive.infolist()
-            if sum(info.file_size for info in infos) > MAX_MODEL_UNCOMPRESSED_BYTES:
-                raise RunError(f"{path} would inflate to more than {MAX_MODEL_UNCOMPRESSED_BYTES:,} bytes, more than "
-                               f"any fashionlab model; refusing it")
-            info = next((i for i in infos if i.filename == "config.json"), None)
-            if info is None:
-                raise RunError(f"{path} is not a Keras model archive (no config.json inside)")
-            if info.file_size > MAX_MODEL_CONFIG_BYTES:
-                raise RunError(f"{path} declares a {info.file_size:,}-byte model config; refusing it")
-            text = archive.read(info)[:MAX_MODEL_CONFIG_BYTES + 1]
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
-        raise RunError(f"{path} is not a valid .keras archive ({reason(exc)}); "
-                       f"train the run again") from None
-    try:
-        config = json.loads(text)
-    except (ValueError, RecursionError):
-        raise RunError(f"{path} holds a damaged model config (config.json inside is not JSON)") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path} holds a damaged model config (config.json inside is not a table)")
-    return config
-
-
-def _declared_problem(config: dict[str, Any]) -> str | None:
-    """What is wrong with the sizes a model config declares, estimated layer by layer in order:
-    a Dense layer of `units` after n features holds n x units weights, a convolution
-    in_channels x filters x kernel area. None when the model is a plausible size."""
-    features, parameters, nodes = 28 * 28, 0, 0
-    for layer in _layer_configs(config):
-        nodes += 1
-        if nodes > 100_000:
-            return "declares more than 100,000 layers"
-        units, filters = layer.get("units"), layer.get("filters")
-        if units is not None or filters is not None:
-            size = units if units is not None else filters
-            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 10**6:
-                return f"declares a layer of {size!r} units"
-            kernel = layer.get("kernel_size", 1)
-            kernel = kernel if isinstance(kernel, list) else [kernel]
-            if not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1024 for k in kernel):
-                return f"declares a kernel of size {layer.get('kernel_size')!r}"
-            area = int(np.prod(kernel)) if filters is not None else 1
-            parameters += features * size * area
-            features = size
-        if parameters > MAX_MODEL_PARAMETERS:
-            return f"declares more than {MAX_MODEL_PARAMETERS:,} weights"
-    return None
-
-
-def _layer_configs(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
-    """Every layer's `config` table in a Keras model config, in document order, nested models included."""
-    if depth > 50:
-        return
-    if isinstance(value, dict):
-        if isinstance(value.get("class_name"), str) and isinstance(value.get("config"), dict):
-            yield value["config"]
-        for item in value.values():
-            yield from _layer_configs(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _layer_configs(item, depth + 1)
-
-
-_UNPACKING = threading.Lock()  # tempfile.tempdir is process-wide
-
-
-def _load_keras(path: Path, handle, compile: bool):
-    """keras.saving.load_model with safe mode, everything it unpacks kept in a folder removed afterwards."""
-    import keras
-
-    import fashionlab.model  # noqa: F401  (registers PatchConv2D, which checkpoints hold)
-
-    scratch = tempfile.mkdtemp(prefix="fashionlab-load-")
-    try:
-        with _UNPACKING:
-            before, tempfile.tempdir = tempfile.tempdir, scratch
-            try:
-                handle.seek(0)
-                return keras.saving.load_model(path, compile=compile, safe_mode=True)
-            finally:
-                tempfile.tempdir = before
-    except Exception as exc:  # Keras raises many types here; the user only needs the reason.
-        raise RunError(f"{path} cannot be loaded safely: {reason(exc, 300)}") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

@@ -29,11 +29,13 @@ from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupte
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.files import check_writable
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
-from fashionlab.model import build_model, one_hot_targets, parameter_counts, portable, summary_text
+from fashionlab.layers import portable
+from fashionlab.model import build_model, one_hot_targets, parameter_counts, summary_text
+from fashionlab.modelfiles import load_model_file
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_learning_curves, write_test_outputs
-from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, load_model_file, now
+from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, now
 from fashionlab.tensorboard import TensorBoardScalars, check_folder
 
 
