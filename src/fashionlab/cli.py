@@ -15,7 +15,7 @@ import re
 import shlex
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fashionlab import FashionlabError, __version__, data
@@ -362,13 +362,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fashionlab", description="Fashion-MNIST, from the tf.keras tutorial's "
                                      "MLP to CNN recipes: train, evaluate, predict, compare, sweep, export, serve.")
     parser.add_argument("--version", action="version", version=f"fashionlab {__version__}")
-    debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show library warnings, and the traceback of an internal error")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shared = _shared_flags()
+    for add in (_train_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
+                _sweep_parser, _summary_parser, _recipes_parser, _data_parser):
+        add(commands, shared)
+    return parser
 
-    train = commands.add_parser("train", parents=[debug], help="train a model into a new run directory")
+
+def _flags(*declared: tuple[tuple[str, ...], dict[str, Any]]) -> argparse.ArgumentParser:
+    """A parent parser: flags declared once, given to every command that takes them."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for names, options in declared:
+        parent.add_argument(*names, **options)
+    return parent
+
+
+def _shared_flags() -> dict[str, argparse.ArgumentParser]:
+    """The flags several commands take, by name: each command lists the ones it takes as parents."""
+    incomplete = {"action": "store_true", "help": "use an unfinished run's last checkpoint"}
+    data = _flags()
+    _add_data_options(data)
+    return {
+        # --debug before or after the command
+        "debug": _flags((("--debug",), {"action": "store_true", "default": argparse.SUPPRESS,
+                                         "help": "show library warnings, and the traceback of an internal error"})),
+        "data": data,
+        "run": _flags((("run",), {"metavar": "RUN", "type": a_path, "help": "run directory"}),
+                      (("--allow-incomplete",), incomplete)),
+        "run or onnx": _flags((("run",), {"metavar": "RUN", "type": a_path, "nargs": "?",
+                                           "help": "run directory (none with --onnx)"}),
+                              (("--onnx",), {"metavar": "FILE", "type": a_path, "help": "use this exported model "
+                                             "(fashionlab export) with onnxruntime alone, not a run's"}),
+                              (("--allow-incomplete",), incomplete)),
+        "answers": _flags((("--top-k",), {"type": _int_between(1, MAX_CLASSES), "default": 3, "metavar": "K",
+                                          "help": "classes given per image, 1 to the model's class count "
+                                                  "(default: 3)"}),
+                          (("--model-timeout",), {"type": a_timeout, "default": MODEL_TIMEOUT, "metavar": "SECONDS",
+                                                  "help": f"how long the model may take on a batch: predict stops an "
+                                                          f"ONNX model's call, serve answers 504 (default: "
+                                                          f"{MODEL_TIMEOUT:g})"})),
+        "json": _flags((("--json",), {"action": "store_true", "help": "print JSON"})),
+        "force": _flags((("--force",), {"action": "store_true", "help": "write into an --out folder that holds "
+                                        "other files (same-named ones are replaced)"})),
+        "dataset": _flags((("--dataset",), {"metavar": "NAME|DIR", "default": "fashion-mnist", "type": a_dataset,
+                                            "help": f"a built-in data set ({', '.join(BUILT_IN)}; default: "
+                                                    f"fashion-mnist), or a folder of your own given as a path with "
+                                                    f"a / (four IDX files and classes.txt)"})),
+    }
+
+
+def _command(commands, name: str, shared: dict[str, argparse.ArgumentParser], parents: Sequence[str],
+             handler: Callable[[argparse.Namespace], Any], help: str) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, parents=[shared["debug"], *(shared[p] for p in parents)], help=help)
+    command.set_defaults(command_parser=command, handler=handler)
+    return command
+
+
+def _train_parser(commands, shared) -> None:
+    train = _command(commands, "train", shared, ["data"], cmd_train, "train a model into a new run directory")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
                         help="start from a named recipe (`fashionlab recipes` lists them)")
@@ -381,68 +434,47 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     train.add_argument("--tensorboard", metavar="DIR", type=a_path,
                        help="also write the scalars for `tensorboard --logdir DIR` (needs fashionlab[tensorboard])")
-    _add_data_options(train)
     _add_config_options(train)
-    train.set_defaults(command_parser=train, handler=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", parents=[debug],
-                                   help="test loss, accuracy, per-class scores, confusion matrix")
-    evaluate.add_argument("run", metavar="RUN", type=a_path, help="run directory")
-    evaluate.add_argument("--json", action="store_true", help="print JSON")
-    evaluate.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
-    _add_data_options(evaluate)
-    evaluate.set_defaults(command_parser=evaluate, handler=cmd_evaluate)
 
-    predict = commands.add_parser("predict", parents=[debug],
-                                  help="class names for test images or your own image files")
-    predict.add_argument("run", metavar="RUN", type=a_path, nargs="?", help="run directory (none with --onnx)")
+def _evaluate_parser(commands, shared) -> None:
+    _command(commands, "evaluate", shared, ["run", "json", "data"], cmd_evaluate,
+             "test loss, accuracy, per-class scores, confusion matrix")
+
+
+def _predict_parser(commands, shared) -> None:
+    predict = _command(commands, "predict", shared, ["run or onnx", "answers", "data"], cmd_predict,
+                       "class names for test images or your own image files")
     predict.add_argument("images", metavar="IMAGE", type=a_path, nargs="*", help="PNG/JPEG files to classify")
-    predict.add_argument("--onnx", metavar="FILE", type=a_path,
-                         help="use this exported model (fashionlab export) with onnxruntime, not a run's")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
-    predict.add_argument("--top-k", type=_int_between(1, MAX_CLASSES), default=3, metavar="K",
-                         help="classes listed per input, 1 to the model's class count (default: 3)")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                          help="invert images by gray level, or not (default: the garment is told from its "
                               "background by colour)")
     predict.add_argument("--json", action="store_true", help="print JSON, one object per input")
-    predict.add_argument("--model-timeout", type=a_timeout, default=MODEL_TIMEOUT, metavar="SECONDS",
-                         help=f"stop an ONNX model's call on a batch after this long (default: {MODEL_TIMEOUT:g})")
-    predict.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
-    _add_data_options(predict)
-    predict.set_defaults(command_parser=predict, handler=cmd_predict)
 
-    export = commands.add_parser("export", parents=[debug],
-                                 help="write a run's model as an ONNX file, checked against Keras")
-    export.add_argument("run", metavar="RUN", type=a_path, help="run directory")
+
+def _export_parser(commands, shared) -> None:
+    export = _command(commands, "export", shared, ["run", "json", "data"], cmd_export,
+                      "write a run's model as an ONNX file, checked against Keras")
     export.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
     export.add_argument("--out", metavar="FILE", type=a_path, help="where to write it (default: RUN/model.onnx)")
-    export.add_argument("--json", action="store_true", help="print JSON")
-    export.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
-    _add_data_options(export)
-    export.set_defaults(command_parser=export, handler=cmd_export)
 
-    serve = commands.add_parser("serve", parents=[debug],
-                                help="a prediction page and JSON API for a model, on http://127.0.0.1:8000/")
-    serve.add_argument("run", metavar="RUN", type=a_path, nargs="?", help="run directory (none with --onnx)")
-    serve.add_argument("--onnx", metavar="FILE", type=a_path, help="serve this exported model with onnxruntime")
+
+def _serve_parser(commands, shared) -> None:
+    serve = _command(commands, "serve", shared, ["run or onnx", "answers", "data"], cmd_serve,
+                     "a prediction page and JSON API for a model, on http://127.0.0.1:8000/")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_int_between(0, 65535), default=8000, metavar="PORT",
                        help="port (default: 8000; 0: any free port)")
-    serve.add_argument("--top-k", type=_int_between(1, MAX_CLASSES), default=3, metavar="K",
-                       help="classes shown per image, 1 to the model's class count (default: 3)")
     serve.add_argument("--allow-host", dest="allowed_hosts", action="append", default=[], metavar="NAME", type=a_name,
                        help="also answer requests whose Host header names NAME (behind a proxy); by default only "
                             "localhost, IP addresses and this machine's names (against DNS rebinding)")
-    serve.add_argument("--model-timeout", type=a_timeout, default=MODEL_TIMEOUT, metavar="SECONDS",
-                       help=f"answer 504 when the model takes longer than this on a batch (default: "
-                            f"{MODEL_TIMEOUT:g})")
-    serve.add_argument("--allow-incomplete", action="store_true", help="use an unfinished run's last checkpoint")
-    _add_data_options(serve)
-    serve.set_defaults(command_parser=serve, handler=cmd_serve)
 
-    compare = commands.add_parser("compare", parents=[debug], help="train variants x seeds and report mean and spread")
+
+def _compare_parser(commands, shared) -> None:
+    compare = _command(commands, "compare", shared, ["force", "data"], cmd_compare,
+                       "train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
                          help=f"a series variant ({', '.join(VARIANTS)}), applied to the base config, or a recipe; "
                               f"either with changes as NAME:key=value,key=value (default: "
@@ -458,14 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the base config of the series variants: a named recipe")
     source.add_argument("--config", metavar="FILE", type=a_path,
                         help="the base config of the series variants: a TOML file")
-    compare.add_argument("--force", action="store_true",
-                         help="write into an --out folder that holds other files (same-named ones are replaced)")
-    _add_data_options(compare)
     _add_config_options(compare, COMPARE_KEYS)
-    compare.set_defaults(command_parser=compare, handler=cmd_compare)
 
-    sweep = commands.add_parser("sweep", parents=[debug],
-                                help="search a recipe's hyper-parameters with Optuna, judged on validation accuracy")
+
+def _sweep_parser(commands, shared) -> None:
+    sweep = _command(commands, "sweep", shared, ["force", "data"], cmd_sweep,
+                     "search a recipe's hyper-parameters with Optuna, judged on validation accuracy")
     sweep.add_argument("space", metavar="SPACE.toml", type=a_path,
                        help="the search space: a recipe and/or [train] keys to start from, [search] ranges "
                             "(see examples/sweep-best-mlp.toml)")
@@ -488,42 +518,33 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--pruner", choices=PRUNERS, default="median",
                        help="median: stop a trial below the median of earlier ones at the same epoch; halving: "
                             "successive halving; none (default: median)")
-    sweep.add_argument("--force", action="store_true",
-                       help="write into an --out folder that holds other files (same-named ones are replaced)")
-    _add_data_options(sweep)
-    sweep.set_defaults(command_parser=sweep, handler=cmd_sweep)
 
-    summary = commands.add_parser("summary", parents=[debug], help="print the network's layers and parameter counts")
+
+def _summary_parser(commands, shared) -> None:
+    summary = _command(commands, "summary", shared, [], cmd_summary, "print the network's layers and parameter counts")
     summary.add_argument("--recipe", metavar="NAME", type=a_recipe_name, help="the network of a named recipe")
     _add_config_options(summary, MODEL_KEYS)
-    summary.set_defaults(command_parser=summary, handler=cmd_summary)
 
-    recipes = commands.add_parser("recipes", parents=[debug],
-                                  help="list the named recipes with their measured accuracy and time")
+
+def _recipes_parser(commands, shared) -> None:
+    recipes = _command(commands, "recipes", shared, [], cmd_recipes,
+                       "list the named recipes with their measured accuracy and time")
     recipes.add_argument("name", metavar="NAME", nargs="?", type=a_recipe_name, help="print this recipe's file")
-    recipes.set_defaults(command_parser=recipes, handler=cmd_recipes)
 
-    data_parser = commands.add_parser("data", parents=[debug], help="find, check or download the dataset")
-    data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    choose = argparse.ArgumentParser(add_help=False)
-    choose.add_argument("--dataset", metavar="NAME|DIR", default="fashion-mnist", type=a_dataset,
-                        help=f"a built-in data set ({', '.join(BUILT_IN)}; default: fashion-mnist), or a folder "
-                             f"of your own given as a path with a / (four IDX files and classes.txt)")
-    info = data_commands.add_parser("info", parents=[debug, choose], help="shapes, pixel range and class counts")
+
+def _data_parser(commands, shared) -> None:
+    data_parser = commands.add_parser("data", parents=[shared["debug"]], help="find, check or download a data set")
+    actions = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = _command(actions, "info", shared, ["dataset", "data"], cmd_data_info, "shapes, pixel range and class counts")
     info.add_argument("--validation-size", type=_int_between(1), default=5000, metavar="N")
-    _add_data_options(info)
-    info.set_defaults(command_parser=info, handler=cmd_data_info)
-    path = data_commands.add_parser("path", parents=[debug, choose], help="print the folder the dataset is read from")
+    path = _command(actions, "path", shared, ["dataset"], cmd_data_path, "print the folder the files are read from")
     path.add_argument("--data-dir", metavar="DIR", type=a_path)
-    path.set_defaults(command_parser=path, handler=cmd_data_path)
-    download = data_commands.add_parser("download", parents=[debug, choose],
-                                        help="fetch and verify a built-in's files (needs network)")
+    download = _command(actions, "download", shared, ["dataset"], cmd_data_download,
+                        "fetch and verify a built-in's files (needs network)")
     download.add_argument("--dest", metavar="DIR", type=a_path,
                           help="target folder (default: the data set's folder in the Keras cache)")
     download.add_argument("--url", default=None,
                           help="base URL of a mirror holding the four .gz files (default: the data set's official one)")
-    download.set_defaults(command_parser=download, handler=cmd_data_download)
-    return parser
 
 
 def printable(text: str) -> str:

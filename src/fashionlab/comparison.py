@@ -224,26 +224,12 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
     reuses finished runs and resumes unfinished ones; runs made with other settings are refused.
     A folder that compare did not make is used only if empty, or with `force`."""
-    from fashionlab.reports import write_comparison_outputs
-
     base = base or TrainConfig()
     out = Path(out)
     check_output_folder(out, force=force)
     check_writable(out, what="the comparison", term="out")
     tasks = plan(out, list(variants), seeds, base, overrides)
-    linked = next((p for t in tasks for p in (t.run_dir, t.run_dir.parent) if p.is_symlink()), None)
-    if linked is not None:  # runs are written only into compare's own folders, never through a link
-        raise RunError(f"{linked} is a symbolic link; remove it, or give `out` a new folder", terms=["out"])
-    datasets = sorted({task.config.dataset for task in tasks})
-    if len(datasets) > 1:  # a comparison judges its variants on the same test images
-        raise ConfigError(f"the variants are trained on different data sets ({', '.join(datasets)}); compare "
-                          f"variants on one data set", terms=["dataset"])
-    data = data.of(resolve(datasets[0])).located()  # fail before any work if the data is missing
-    train_images, free_memory = data.train_count(), available_memory()
-    if free_memory is not None:  # `jobs` runs train at once: each gets its share
-        free_memory //= min(jobs, len(tasks))
-    for task in tasks:
-        check_runnable(task.config, train_images=train_images, free_memory=free_memory)
+    data = _checked(tasks, jobs, data)
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
     if conflict:
@@ -271,6 +257,36 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     runner.execute(todo, jobs=jobs, data=data, on_done=report)
     wall = time.perf_counter() - started
 
+    results, summary, statements = _write_outputs(folder, tasks)
+    if todo:
+        progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
+    return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
+
+
+def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
+    """Refuse, before any work, a comparison that cannot run: a run folder reached through a link,
+    variants on different data sets, a config the data or the memory cannot take. Returns the
+    data source pinned to the folder found."""
+    linked = next((p for t in tasks for p in (t.run_dir, t.run_dir.parent) if p.is_symlink()), None)
+    if linked is not None:  # runs are written only into compare's own folders, never through a link
+        raise RunError(f"{linked} is a symbolic link; remove it, or give `out` a new folder", terms=["out"])
+    datasets = sorted({task.config.dataset for task in tasks})
+    if len(datasets) > 1:  # a comparison judges its variants on the same test images
+        raise ConfigError(f"the variants are trained on different data sets ({', '.join(datasets)}); compare "
+                          f"variants on one data set", terms=["dataset"])
+    data = data.of(resolve(datasets[0])).located()  # fail before any work if the data is missing
+    train_images, free_memory = data.train_count(), available_memory()
+    if free_memory is not None:  # `jobs` runs train at once: each gets its share
+        free_memory //= min(jobs, len(tasks))
+    for task in tasks:
+        check_runnable(task.config, train_images=train_images, free_memory=free_memory)
+    return data
+
+
+def _write_outputs(folder: Run, tasks: list[Task]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The comparison's files from its finished runs: results, summary, conclusion, curves, report."""
+    from fashionlab.reports import write_comparison_outputs
+
     results = runner.results(tasks)
     summary = summarize(results)
     statements = conclusion(summary)
@@ -279,6 +295,4 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in labels}
     write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
                              confusions=confusions, class_names=Run(tasks[0].run_dir).dataset().class_names)
-    if todo:
-        progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
-    return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
+    return results, summary, statements
