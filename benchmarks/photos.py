@@ -5,7 +5,7 @@
 
 Each of the first COUNT test images (or COUNT picked at random with --random) is drawn once per kind
 below as an image file, the way a user might photograph or download a garment; every file then goes
-through fashionlab.prediction.read_image_file and predict_arrays, as `fashionlab predict FILE...`
+through fashionlab.images.read_image_file and prediction.predict_arrays, as `fashionlab predict FILE...`
 does (the garment told from its background, trimmed, padded to 28x28; tried mirrored too), with the
 run's model, loaded once. The "direct" row is the
 same test images given to the model as the raw uint8 arrays, for reference. The garment's
@@ -45,7 +45,8 @@ import fashionlab  # noqa: F401  (before keras: it picks the JAX backend)
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource, load_file
 from fashionlab.datasets import FASHION_MNIST
-from fashionlab.prediction import predict_arrays, read_image_file
+from fashionlab.images import read_image_file
+from fashionlab.prediction import predict_arrays
 from fashionlab.runs import Run
 
 JPEG_QUALITY = 85

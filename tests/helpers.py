@@ -218,3 +218,12 @@ def huge_product_onnx(side: int = 4096):
              helper.make_node("ReduceMean", ["product"], ["total"], keepdims=0)]
     tail, consts = onnx_probabilities("total")
     return onnx_model(nodes + tail, [shape, *consts])
+
+
+def garment(mode: str = "L", size=(56, 56), light_background: bool = False) -> Image.Image:
+    """A bright rectangle on black (or the reverse), in the requested mode."""
+    pixels = np.zeros(size[::-1], dtype=np.uint8)
+    pixels[size[1] // 4: 3 * size[1] // 4, size[0] // 3: 2 * size[0] // 3] = 230
+    if light_background:
+        pixels = 255 - pixels
+    return Image.fromarray(pixels, mode="L").convert(mode)

@@ -41,7 +41,8 @@ from fashionlab.arguments import checked
 from fashionlab.data import DataSource
 from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls, check_timeout
 from fashionlab.errors import ConfigError, FashionlabError, ModelBusy, ModelTimeout, reason
-from fashionlab.prediction import MAX_IMAGE_PIXELS, png_bytes, read_probabilities, results_of
+from fashionlab.images import MAX_IMAGE_PIXELS, png_bytes
+from fashionlab.prediction import read_probabilities, results_of
 from fashionlab.runs import Run
 from fashionlab.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers, printable
 

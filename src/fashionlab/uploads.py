@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fashionlab.errors import FashionlabError, ImageError, reason
-from fashionlab.prediction import Prepared, image_pixels, read_image
+from fashionlab.images import Prepared, image_pixels, read_image
 
 MAX_FILES = 64  # images in one request
 MAX_FIELDS = 64  # other fields in one request (ignored, but parsed)
@@ -152,7 +152,7 @@ def read_form(body: bytes, content_type: str, request_pixels: int, small_pixels:
 
 
 def decode(content: bytes, name: str) -> Prepared:
-    """An image file decoded and prepared as the CLI does (`prediction.read_image`)."""
+    """An image file decoded and prepared as the CLI does (`images.read_image`)."""
     try:
         return read_image(io.BytesIO(content), name)
     except ImageError as exc:

@@ -1,0 +1,225 @@
+"""Images made to look like the data set's before a model sees them: a photo's subject is told from
+its background by colour, becomes light on black, is trimmed and scaled to 28 x 28; an image already
+in the data set's format (28 x 28, gray, dark background) is used as it is. Every image is bounded
+before any pixel is decoded (`opened_image`: a format from a list, the pixel count from the header).
+
+    prepared = read_image_file("shoe.jpg")   # Prepared(pixels (28, 28) uint8, as_is False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fashionlab.errors import ImageError, reason
+from fashionlab.files import open_regular
+
+# Pillow warns at 89 MP and fails at twice that; a garment photo needs far fewer, and
+# checking the header first stops a decompression bomb before any pixel is decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 128 * 1024 * 1024
+# The formats read, by Pillow's names: their plugins read only the header when a file is opened,
+# so the pixel count is known before any pixel is decoded; a multi-image file gives its first image
+# (JPEG includes the multi-picture JPEGs of many phones, MPO).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMAT_NAMES = ("PNG", "JPEG", "GIF", "BMP", "WebP", "TIFF")
+TRIM_LEVEL = 40  # of 255: fainter pixels count as background when trimming
+WORKING_SIZE = 448  # a larger photo is first reduced to this many pixels on its longest side
+UNIFORM_SPREAD = 8  # an image whose values span no more than this is of one colour: no garment
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
+
+
+class NotNumbers(Exception):
+    """An image of floating-point pixels holds NaN or infinite ones."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image as the model sees it: 28 x 28 uint8, light garment on black."""
+
+    pixels: np.ndarray
+    as_is: bool  # already in the data set's format: used unchanged, and not tried mirrored
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB or grayscale; transparency is composited onto white, like a page."""
+    if image.mode in WIDE_MODES:  # read on the scale of the fewest bits that hold its brightest value
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise NotNumbers()
+        brightest = max(float(array.max()), 0.0)
+        top = max(1.0, 2.0 ** np.ceil(np.log2(brightest + 1)) - 1)  # 0..1, 255, 4095, 65535...
+        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("L" if image.mode in ("L", "1") else "RGB")
+
+
+def _border(pixels: np.ndarray) -> np.ndarray:
+    """The outermost rows and columns of an (H, W) or (H, W, C) array, as one list of pixels."""
+    return np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+
+
+def _is_gray(image: Image.Image) -> bool:
+    if image.mode == "L":
+        return True
+    rgb = np.asarray(image)
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _spread(image: Image.Image) -> int:
+    """The largest range of values any channel takes: 0 for an image of one colour."""
+    values = np.asarray(image).reshape(-1, len(image.getbands()))
+    return int(np.ptp(values, axis=0).max()) if values.size else 0
+
+
+def _background(pixels: np.ndarray) -> np.ndarray:
+    """The background's colour at every pixel of an (H, W, C) photo, as seen on its border: a
+    plane per channel (a lit backdrop darkens towards a side or a corner), fitted robustly, by
+    least squares on the border pixels nearest the median fit."""
+    height, width, channels = pixels.shape
+    rows, cols = np.linspace(0, 1, height, dtype=np.float32), np.linspace(0, 1, width, dtype=np.float32)
+    # each border pixel's (1, row, column), in _border's order: top, bottom, left, right
+    border_rows = np.concatenate([np.zeros(width), np.ones(width), rows, rows])
+    border_cols = np.concatenate([cols, cols, np.zeros(height), np.ones(height)])
+    border_terms = np.stack([np.ones_like(border_rows), border_rows, border_cols], axis=1).astype(np.float32)
+    border_pixels = _border(pixels)
+    plane = np.zeros((3, channels), dtype=np.float32)
+    plane[0] = np.median(border_pixels, axis=0)
+    for _ in range(2):  # refit on the border pixels the last fit explains best (not the garment's)
+        residual = np.abs(border_pixels - border_terms @ plane).max(axis=1)
+        near = residual <= np.percentile(residual, 60)
+        plane = np.linalg.lstsq(border_terms[near], border_pixels[near], rcond=None)[0]
+    return (plane[0] + rows[:, None] * plane[1])[:, None, :] + (cols[:, None] * plane[2])[None, :, :]
+
+
+def _garment_map(image: Image.Image) -> np.ndarray:
+    """How far each pixel is from the background colour (`_background`), 0..255 as float: the
+    garment light on black. Gray photos give what inverting a light background gave (255 -
+    gray on white, gray itself on black); colour keeps a red shirt on a green wall apart even
+    where both have the same gray level. The border's own spread (texture, noise) counts as
+    background, and a faint garment is stretched to the full range, as the data set's are."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    difference = np.abs(pixels - _background(pixels))
+    distance = difference[..., 0]
+    for channel in range(1, difference.shape[2]):  # the largest difference of any channel
+        np.maximum(distance, difference[..., channel], out=distance)
+    floor = float(np.percentile(_border(distance), 95))
+    garment = np.clip(distance - floor, 0, None)
+    top = float(garment.max())
+    if TRIM_LEVEL < top < 255:
+        garment *= 255.0 / top
+    return garment
+
+
+def prepare_image(image: Image.Image, invert: bool | None = None) -> np.ndarray:
+    """A 28x28 uint8 array made the way Fashion-MNIST was: light garment on black, trimmed to
+    the garment, longest side scaled to 28, centred (the aspect ratio is kept, never stretched).
+
+    With invert=None the garment is told from the background by colour (`_garment_map`), and a
+    28 x 28 gray image on a dark background passes unchanged; True or False decides by gray
+    level alone: invert it, or take it as it is.
+    """
+    return prepare(image, invert).pixels
+
+
+def prepare(image: Image.Image, invert: bool | None = None) -> Prepared:
+    """`prepare_image`, saying whether the image was already in the data set's format."""
+    image = ImageOps.exif_transpose(image) or image
+    flat = _flatten(image) if image.mode in WIDE_MODES else image  # Pillow scales 8-bit modes only
+    if max(flat.size) > WORKING_SIZE:  # a phone's 12 MP photo becomes 28 x 28: the detail is not needed
+        flat = flat.copy()
+        flat.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    flat = _flatten(flat)
+    if invert is None and flat.size == (28, 28) and _is_gray(flat):
+        gray = np.asarray(flat.convert("L"))
+        if _border(gray).mean() <= 127:
+            return Prepared(gray.copy(), as_is=True)
+    garment_map = _garment_map(flat) if invert is None else None
+    if garment_map is not None and garment_map.max() <= TRIM_LEVEL and _spread(flat) <= UNIFORM_SPREAD:
+        return Prepared(np.zeros((28, 28), np.uint8), as_is=False)  # one colour all over: nothing to see
+    if garment_map is not None and garment_map.max() > TRIM_LEVEL:
+        garment = Image.fromarray(np.clip(garment_map + 0.5, 0, 255).astype(np.uint8), mode="L")
+    else:  # chosen, or nothing stands out from the border (a garment filling the frame): by gray level
+        garment = flat.convert("L")
+        light = _border(np.asarray(garment)).mean() > 127
+        garment = ImageOps.invert(garment) if (light if invert is None else invert) else garment
+    box = garment.point(lambda v: 255 if v > TRIM_LEVEL else 0).getbbox()
+    if box:  # trim the background, as the data set's images were
+        garment = garment.crop(box)
+    boxed = ImageOps.pad(garment, (28, 28), method=Image.Resampling.LANCZOS, color=0)
+    return Prepared(np.asarray(boxed, dtype=np.uint8), as_is=False)
+
+
+@contextlib.contextmanager
+def opened_image(source: IO[bytes], name: str) -> Iterator[Image.Image]:
+    """An image file opened with its header read and checked, nothing decoded yet: one of
+    IMAGE_FORMATS (whose plugins read only the header on opening) and at most MAX_IMAGE_PIXELS
+    pixels. Pillow's and the decoders' errors, inside the block too, become one-line ImageErrors."""
+    try:
+        with warnings.catch_warnings():  # Pillow's bomb warning (over 89 MP) would come before our refusal
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(source, formats=IMAGE_FORMATS)
+        with opened as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{name} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel "
+                                 f"limit; downscale it first")
+            yield image
+    except (ImageError, MemoryError):  # running out of memory is not the file's damage
+        raise
+    except NotNumbers:
+        raise ImageError(f"{name} holds pixels that are not numbers (NaN or infinite); save it as an 8-bit PNG or "
+                         f"a JPEG") from None
+    except Image.DecompressionBombError:  # Pillow's own check, at twice its limit, comes before ours
+        raise ImageError(f"{name} is over the {MAX_IMAGE_PIXELS:,} pixel limit; downscale it first") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name} is not an image fashionlab reads ({', '.join(FORMAT_NAMES[:-1])} or "
+                         f"{FORMAT_NAMES[-1]}); convert it to PNG or JPEG") from None
+    except Exception as exc:  # a decoder's failure on a damaged file can be of any type
+        said = reason(exc) or type(exc).__name__
+        raise ImageError(f"{name} cannot be decoded ({said}); the file is damaged or truncated") from None
+
+
+def image_pixels(content: bytes, name: str) -> int:
+    """How many pixels an image file's header declares (checked as `opened_image` does), decoding none."""
+    with opened_image(io.BytesIO(content), name) as image:
+        return image.size[0] * image.size[1]
+
+
+def read_image(source: IO[bytes], name: str, invert: bool | None = None) -> Prepared:
+    """Decode an image file's bytes (its first frame) and prepare it; the format and the pixel
+    count are checked from the header, before anything is decoded (`opened_image`)."""
+    with opened_image(source, name) as image:
+        image.seek(0)
+        image.load()
+        return prepare(image, invert)
+
+
+def read_image_file(path: str | Path, invert: bool | None = None) -> Prepared:
+    with open_regular(path, what="image", error=ImageError, limit=MAX_IMAGE_BYTES) as handle:
+        return read_image(handle, str(path), invert)
+
+
+def load_image(path: str | Path, invert: bool | None = None) -> np.ndarray:
+    """Read a PNG/JPEG/GIF/... file (first frame) and prepare it for the model."""
+    return read_image_file(path, invert).pixels
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A 28 x 28 array as a PNG file's bytes: what the model saw, to show or save."""
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(out, format="PNG")
+    return out.getvalue()
