@@ -566,3 +566,8 @@ def test_a_multi_frame_tiff_gives_its_first_frame(tmp_path):
     with Image.open(tmp_path / "pages.tif") as reopened:
         assert reopened.n_frames == 2
     assert_trimmed_garment(load_image(tmp_path / "pages.tif"))
+
+
+def test_an_image_of_one_colour_all_over_prepares_to_nothing():
+    for colour in ((255, 255, 255), (255, 0, 0), (128, 128, 128), (40, 200, 40)):
+        assert prepare_image(Image.new("RGB", (50, 70), colour)).max() == 0

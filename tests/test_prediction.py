@@ -5,12 +5,11 @@ from helpers import synthetic_arrays
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
-from fashionlab.datasets import FASHION_MNIST, Dataset
+from fashionlab.datasets import FASHION_MNIST, MNIST, Dataset
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.images import (
     TRIM_LEVEL,
     load_image,
-    prepare_image,
 )
 from fashionlab.prediction import (
     BLANK_HINT,
@@ -103,8 +102,6 @@ def test_an_image_with_nothing_in_it_says_so(tmp_path):
     Image.new("RGB", (60, 40), (255, 255, 255)).save(tmp_path / "white.png")
     pixels = load_image(tmp_path / "white.png")
     assert pixels.max() == 0
-    for colour in ((255, 0, 0), (128, 128, 128), (40, 200, 40)):  # one colour all over: nothing either
-        assert prepare_image(Image.new("RGB", (50, 70), colour)).max() == 0
     proba = np.full((1, 10), 0.1)
     proba[0, 5] = 0.9
     assert results_of(proba, ["white.png"], FASHION_MNIST, 3, pixels=pixels[None])[0]["hint"] == BLANK_HINT
@@ -194,3 +191,30 @@ def test_results_name_the_models_own_classes_and_hint_in_their_words():
     unsure = results_of(proba[2:], ["c.png"], animals, 2)[0]["hint"]
     assert unsure == ("low confidence: the model knows one animal, upright, centred on a plain background; crop to "
                       "the animal and try again")  # no shoes: they face one way only in Fashion-MNIST
+
+
+def test_photos_are_tried_mirrored_only_for_a_data_set_whose_shoes_face_one_way(tiny_run, tmp_path):
+    """The same run, model and photos: read as Fashion-MNIST (its shoes face left) a photo that
+    faces right is also read mirrored; read as MNIST (digits have no facing) it never is."""
+    import json
+    import shutil
+
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
+    weights = np.zeros((28, 28, 10), np.float32)
+    weights[:, :14, 0], weights[:, 14:, 1] = 0.0001, 0.0003  # a flipped reading is the more confident one
+    model.layers[-1].set_weights([weights.reshape(784, 10), np.zeros(10, np.float32)])
+    photo = np.full((56, 56, 3), 255, np.uint8)
+    photo[8:46, 4:18] = photo[38:46, 4:44] = (90, 40, 20)  # a boot: its shaft on the left, its sole pointing right
+    Image.fromarray(photo).save(tmp_path / "boot.png")
+    readings = {}
+    for name, dataset in (("fashion-mnist", FASHION_MNIST), ("mnist", MNIST)):
+        run = shutil.copytree(tiny_run.run.path, tmp_path / name)
+        model.save(run / "model.keras")
+        status = json.loads((run / "run.json").read_text())
+        status["dataset"] = {"name": name, "class_names": list(dataset.class_names)}
+        (run / "run.json").write_text(json.dumps(status))
+        readings[name] = predict(run, images=[tmp_path / "boot.png"])[0]
+    assert readings["fashion-mnist"].get("mirrored") is True
+    assert "mirrored" not in readings["mnist"] and readings["mnist"]["class_name"] == "0"
