@@ -58,3 +58,13 @@ def test_only_the_cli_and_the_notebook_api_import_the_package():
              if "sweep" not in path.relative_to(SOURCE).parts[:-1]
              and any(use == "fashionlab.sweep" or use.startswith("fashionlab.sweep.") for use in imported(path))}
     assert users == {"cli.py", "notebook.py"}
+
+
+def test_fl_sweep_is_still_the_notebook_call_once_the_package_stands_in_its_place():
+    import fashionlab as fl
+    import fashionlab.sweep as package
+    from fashionlab.errors import ConfigError
+
+    assert fl.sweep is package  # Python puts an imported package on its parent under its name
+    with pytest.raises(ConfigError, match="`space` must be a path \\(str or Path\\), got int 42"):
+        fl.sweep(42)  # the notebook API's checks: it is the notebook's sweep that runs

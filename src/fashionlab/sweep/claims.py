@@ -111,7 +111,7 @@ class Worker(Trials):
         while True:
             stopped = next((t for t in self.stopped_trials() if self.take_over(t)), None)
             if stopped is not None:  # its Optuna Trial, made from its id as `Study.optimize` makes one
-                task = self._task(optuna.Trial(self.study, self.trial_id(stopped.number)))
+                task = self._take(optuna.Trial(self.study, self.trial_id(stopped.number)))
                 if task is not None:
                     yield task
                 continue
@@ -123,7 +123,7 @@ class Worker(Trials):
             trial = self.study.ask(self.space.search)
             if self._surplus(trial.number):
                 continue
-            task = self._task(trial)
+            task = self._take(trial)
             if task is not None:
                 yield task
 
@@ -139,7 +139,8 @@ class Worker(Trials):
         self.backend.set_trial_state_values(trial_id, TrialState.FAIL)
         return True
 
-    def _task(self, trial: optuna.Trial) -> Task | None:
+    def _take(self, trial: optuna.Trial) -> Task | None:
+        """This worker takes `trial`: its record names this process, and the trial is held while its task runs."""
         for key, value in {"owner": self.owner.record(), "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
         task = self.task(trial)
