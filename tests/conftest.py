@@ -1,4 +1,4 @@
-"""Fixtures: tiny synthetic datasets, the real dataset, and trained runs shared by read-only tests."""
+"""Fixtures: tiny synthetic datasets, the real dataset, and trained runs (and a sweep) shared by read-only tests."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def tiny_run(tmp_path_factory, synthetic):
     from fashionlab.training import train
 
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, synthetic):
+    """One tiny sweep of eight trials (some pruned), shared by the sweep tests that read it: its folder, its
+    result, its progress lines."""
+    from sweep_helpers import SEARCH, space_file
+
+    from fashionlab.sweep import sweep
+
+    folder = tmp_path_factory.mktemp("sweep")
+    lines = []
+    result = sweep(space_file(folder, SEARCH, epochs=4), folder / "out", trials=8, sampler="random", pruner="median",
+                   data=synthetic, progress=lines.append)
+    return folder / "out", result, lines
 
 
 def chromium() -> str | None:

@@ -9,7 +9,7 @@
 
 In Jupyter each object is a card (`_repr_html_`: the key figures and the curves); elsewhere its
 repr is one line. These are thin: `train` is `training.train`, `compare` is `comparison.compare`,
-`sweep` is `sweeps.sweep`, and every figure comes from `plots.py`, as the CLI's do. Every public call
+`sweep` is `sweep.sweep`, and every figure comes from `plots.py`, as the CLI's do. Every public call
 checks its arguments at entry (`arguments.checked`): a wrong one is a ConfigError naming it.
 """
 
@@ -244,7 +244,7 @@ class Sweep:
 
     @checked
     def __init__(self, out: str | Path):
-        from fashionlab.sweeps import load_sweep
+        from fashionlab.sweep import load_sweep
 
         result = load_sweep(out)
         self.out, self.trials, self.best, self.ended = result.out, result.trials, result.best, result.ended
@@ -276,9 +276,9 @@ def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None,
           data: DataSource = DataSource(), storage: str | None = None, study: str | None = None,
           sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median", force: bool = False) -> Sweep:
     """Run (or continue) the sweep of a search-space file until its study has `trials` trials:
-    `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`; the other arguments as `sweeps.sweep`
+    `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`; the other arguments as `sweep.sweep`
     takes them (which checks them)."""
-    from fashionlab.sweeps import sweep as run_sweep
+    from fashionlab.sweep import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,

@@ -1,0 +1,70 @@
+"""The sweep package as a whole: importing it stays light, and its layers hold: each module imports
+only those below it and never the server; only the CLI and the notebook API import the package."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parent.parent / "src" / "fashionlab"
+# The package's modules from the bottom up: each imports only those before it.
+LAYERS = ["space", "storage", "study", "trials", "results", "recovery", "claims", "run"]
+
+
+def imported(path: Path) -> set[str]:
+    """The fashionlab modules (and names in them) a file imports, anywhere in it, functions included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == "fashionlab" or name.startswith("fashionlab.")}
+
+
+def test_importing_the_package_imports_neither_optuna_nor_keras_jax_or_fastapi():
+    code = ("import sys, fashionlab.sweep; "
+            "print([m for m in ('optuna', 'keras', 'jax', 'fastapi', 'pandas') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_package_gives_the_names_its_users_take():
+    import fashionlab.sweep as package
+    from fashionlab.sweep.results import load_sweep
+    from fashionlab.sweep.run import MAX_TRIALS, sweep
+
+    assert (package.sweep, package.load_sweep, package.MAX_TRIALS) == (sweep, load_sweep, MAX_TRIALS)
+    assert set(package.SAMPLERS) == {"tpe", "random"} and set(package.PRUNERS) == {"median", "halving", "none"}
+    with pytest.raises(AttributeError, match="has no attribute 'swep'"):
+        package.swep  # noqa: B018
+
+
+def test_each_module_imports_only_the_layers_below_it_and_never_the_server_or_uploads():
+    assert sorted(p.stem for p in (SOURCE / "sweep").glob("*.py") if p.stem != "__init__") == sorted(LAYERS)
+    for i, name in enumerate(LAYERS):
+        uses = imported(SOURCE / "sweep" / f"{name}.py")
+        below = {use.split(".")[2] for use in uses if use.startswith("fashionlab.sweep.")}
+        assert below <= set(LAYERS[:i]), f"sweep/{name}.py imports {sorted(below - set(LAYERS[:i]))}"
+        assert "fashionlab.sweep" not in uses, f"sweep/{name}.py imports its own package"
+        banned = [use for use in uses if use.startswith(("fashionlab.serve", "fashionlab.uploads"))]
+        assert not banned, f"sweep/{name}.py imports {banned}"
+
+
+def test_only_the_cli_and_the_notebook_api_import_the_package():
+    users = {path.relative_to(SOURCE).as_posix() for path in SOURCE.rglob("*.py")
+             if "sweep" not in path.relative_to(SOURCE).parts[:-1]
+             and any(use == "fashionlab.sweep" or use.startswith("fashionlab.sweep.") for use in imported(path))}
+    assert users == {"cli.py", "notebook.py"}
+
+
+def test_fl_sweep_is_still_the_notebook_call_once_the_package_stands_in_its_place():
+    import fashionlab as fl
+    import fashionlab.sweep as package
+    from fashionlab.errors import ConfigError
+
+    assert fl.sweep is package  # Python puts an imported package on its parent under its name
+    with pytest.raises(ConfigError, match="`space` must be a path \\(str or Path\\), got int 42"):
+        fl.sweep(42)  # the notebook API's checks: it is the notebook's sweep that runs
