@@ -51,7 +51,7 @@ dataset: venv
 browser:
 	@command -v chromium >/dev/null 2>&1 || sh scripts/install-debian.sh chromium "the pages' browser test"
 
-# Debian's PostgreSQL, for the sweep's two-worker test (tests/test_sweep_claims.py starts its own server
+# Debian's PostgreSQL, for the sweep's two-worker test (tests/test_sweeps_claims.py starts its own server
 # in a temporary folder), when its server programs are not installed.
 database:
 	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \

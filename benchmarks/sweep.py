@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from fashionlab.provenance import machine_info
-from fashionlab.sweep import sweep
+from fashionlab.sweeps import sweep
 
 SPACE = """description = "benchmark: fast-mlp's learning rate, width and dropout"
 recipe = "fast-mlp"

@@ -53,9 +53,9 @@ def tiny_run(tmp_path_factory, synthetic):
 def tiny_sweep(tmp_path_factory, synthetic):
     """One tiny sweep of eight trials (some pruned), shared by the sweep tests that read it: its folder, its
     result, its progress lines."""
-    from sweep_helpers import SEARCH, space_file
+    from sweeps_helpers import SEARCH, space_file
 
-    from fashionlab.sweep import sweep
+    from fashionlab.sweeps import sweep
 
     folder = tmp_path_factory.mktemp("sweep")
     lines = []

@@ -16,14 +16,14 @@ LAYERS = [
                     "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes"}),
     ("files and models", {"data", "runs", "modelfiles", "model", "engine", "tensorboard", "onnxrun", "reports"}),
     ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison"}),
-    ("packages behind extras", {"sweep", "serve"}),
+    ("packages behind extras", {"sweeps", "serve"}),
     ("front", {"cli", "notebook", "__main__"}),
 ]
-PACKAGES = ("sweep", "serve")  # each behind its extra; neither imports the other
+PACKAGES = ("sweeps", "serve")  # each behind its extra; neither imports the other
 FRONT = {"cli", "notebook"}  # the only modules outside a package that may import one
 HEAVY = ("keras", "jax", "optuna", "fastapi", "uvicorn", "onnxruntime", "tensorflow", "pandas", "matplotlib")
 NUMBERS_ONLY = {"plots", "reports"}  # they take numbers, never the workflows that make them
-WORKFLOWS = {"training", "evaluation", "prediction", "runner", "comparison", "export", "engine", "model", "sweep",
+WORKFLOWS = {"training", "evaluation", "prediction", "runner", "comparison", "export", "engine", "model", "sweeps",
              "serve", "data"}
 
 
@@ -33,7 +33,7 @@ def module_name(path: Path) -> str:
 
 
 def top(name: str) -> str:
-    """The module or package a dotted name under fashionlab belongs to: sweep.space -> sweep."""
+    """The module or package a dotted name under fashionlab belongs to: sweeps.space -> sweeps."""
     return name.split(".")[0]
 
 

@@ -44,4 +44,4 @@ def test_own_tests_mirror_modules_and_fall_back_to_their_package(tmp_path):
     assert mutant("a", "prediction.py", "x", "y", "").own_tests(tmp_path) == "tests/test_prediction.py"
     assert mutant("a", "serve/app.py", "x", "y", "").own_tests(tmp_path) == "tests/test_serve_app.py"
     assert mutant("a", "serve/limits.py", "x", "y", "").own_tests(tmp_path) == "tests/test_serve.py"
-    assert mutant("a", "sweep/space.py", "x", "y", "").own_tests(tmp_path) is None
+    assert mutant("a", "sweeps/space.py", "x", "y", "").own_tests(tmp_path) is None

@@ -12,7 +12,7 @@ from helpers import BROKEN_IMAGES, OUTSIDE, TINY, assert_png
 
 from fashionlab.comparison import compare
 from fashionlab.reports import seconds_text
-from fashionlab.sweep import sweep
+from fashionlab.sweeps import sweep
 from fashionlab.training import train
 
 WIDTHS = {"desktop": (1280, 800), "phone": (400, 800)}  # a phone also lays pages out by their viewport tag

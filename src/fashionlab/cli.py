@@ -26,7 +26,7 @@ from fashionlab.datasets import BUILT_IN, MAX_CLASSES, Dataset, dataset_problem,
 from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, reason
 from fashionlab.interrupts import stop_requests
-from fashionlab.sweep import MAX_TRIALS, PRUNERS, SAMPLERS
+from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
               "filters", "conv_blocks", "convs_per_block", "scale_inputs")
@@ -294,7 +294,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     try:
         with stop_requests():  # from the start: a signal while Optuna and Keras import is a stop request too
-            from fashionlab.sweep import sweep
+            from fashionlab.sweeps import sweep
 
             out = args.out or os.path.join("runs", f"sweep-{os.path.splitext(os.path.basename(args.space))[0]}")
             result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,

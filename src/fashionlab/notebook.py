@@ -244,7 +244,7 @@ class Sweep:
 
     @checked
     def __init__(self, out: str | Path):
-        from fashionlab.sweep import load_sweep
+        from fashionlab.sweeps import load_sweep
 
         result = load_sweep(out)
         self.out, self.trials, self.best, self.ended = result.out, result.trials, result.best, result.ended
@@ -278,7 +278,7 @@ def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None,
     """Run (or continue) the sweep of a search-space file until its study has `trials` trials:
     `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`; the other arguments as `sweep.sweep`
     takes them (which checks them)."""
-    from fashionlab.sweep import sweep as run_sweep
+    from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,

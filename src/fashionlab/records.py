@@ -91,7 +91,7 @@ class HistoryRow(TypedDict):
 
 
 class TrialOwner(TypedDict):
-    """Which process runs a sweep's trial (sweep.claims.Owner)."""
+    """Which process runs a sweep's trial (sweeps.claims.Owner)."""
 
     host: str
     boot: str

@@ -10,16 +10,16 @@ import optuna
 import pandas as pd
 import pytest
 from helpers import assert_self_contained
-from sweep_helpers import SEARCH, cli, space_file, started_sweep
+from sweeps_helpers import SEARCH, cli, space_file, started_sweep
 
 from fashionlab.config import load_config
 from fashionlab.runs import Run
-from fashionlab.sweep import sweep
-from fashionlab.sweep.claims import Owner, Worker
-from fashionlab.sweep.results import SweepResult
-from fashionlab.sweep.space import load_space
-from fashionlab.sweep.storage import open_storage
-from fashionlab.sweep.trials import trial_dir_name
+from fashionlab.sweeps import sweep
+from fashionlab.sweeps.claims import Owner, Worker
+from fashionlab.sweeps.results import SweepResult
+from fashionlab.sweeps.space import load_space
+from fashionlab.sweeps.storage import open_storage
+from fashionlab.sweeps.trials import trial_dir_name
 from fashionlab.training import train
 
 

@@ -4,10 +4,10 @@ file that is not a space refused with what is wrong."""
 
 import optuna
 import pytest
-from sweep_helpers import SEARCH, space_file
+from sweeps_helpers import SEARCH, space_file
 
 from fashionlab.errors import ConfigError
-from fashionlab.sweep.space import contains, describe, load_space
+from fashionlab.sweeps.space import contains, describe, load_space
 
 
 def test_a_space_reads_ranges_log_scales_steps_and_choices(tmp_path):

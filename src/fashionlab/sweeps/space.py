@@ -23,7 +23,18 @@ if TYPE_CHECKING:
     import optuna
 
 MAX_SPACE_BYTES = 64 * 1024
+INSTALL_HINT = "pip install 'fashionlab[sweep]'"
 SPACE_KEYS = ("description", "recipe", "train", "search")
+
+
+def require_optuna() -> None:
+    """Optuna, of the sweep extra, or a ConfigError saying how to install it."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"a sweep needs the optuna package: {INSTALL_HINT}") from None
+
+
 # Keys a sweep must not search, and why.
 UNSEARCHABLE = {
     "name": "the sweep names its trials",

@@ -10,13 +10,13 @@ import types
 
 import optuna
 import pandas as pd
-from sweep_helpers import GOOD, SEARCH, cli, killed_owner, space_file, started_sweep, wait_for, worker_of
+from sweeps_helpers import GOOD, SEARCH, cli, killed_owner, space_file, started_sweep, wait_for, worker_of
 
 from fashionlab.runs import Run
-from fashionlab.sweep import claims, sweep
-from fashionlab.sweep.claims import Worker
-from fashionlab.sweep.results import trials_table
-from fashionlab.sweep.trials import trial_dir_name
+from fashionlab.sweeps import claims, sweep
+from fashionlab.sweeps.claims import Worker
+from fashionlab.sweeps.results import trials_table
+from fashionlab.sweeps.trials import trial_dir_name
 
 
 def test_one_job_or_two_the_same_seed_gives_the_same_trials_and_results(tmp_path, synthetic):

@@ -23,9 +23,9 @@ from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.runner import Task
 from fashionlab.runs import Run
-from fashionlab.sweep.space import Space
-from fashionlab.sweep.storage import secrets_kept, worker_storage
-from fashionlab.sweep.study import counted, make_pruner, study_trials
+from fashionlab.sweeps.space import Space
+from fashionlab.sweeps.storage import secrets_kept, worker_storage
+from fashionlab.sweeps.study import counted, make_pruner, study_trials
 
 if TYPE_CHECKING:
     import keras

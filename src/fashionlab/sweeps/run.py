@@ -25,11 +25,11 @@ from fashionlab.files import check_own_file, check_writable, read_text
 from fashionlab.provenance import available_memory
 from fashionlab.records import shown
 from fashionlab.runs import Run
-from fashionlab.sweep.claims import Worker
-from fashionlab.sweep.recovery import recover
-from fashionlab.sweep.results import MARKER, SweepResult, finish
-from fashionlab.sweep.space import MAX_SPACE_BYTES, Space, load_space
-from fashionlab.sweep.storage import (
+from fashionlab.sweeps.claims import Worker
+from fashionlab.sweeps.recovery import recover
+from fashionlab.sweeps.results import MARKER, SweepResult, finish
+from fashionlab.sweeps.space import MAX_SPACE_BYTES, Space, load_space, require_optuna
+from fashionlab.sweeps.storage import (
     JOURNAL,
     check_storage_url,
     open_storage,
@@ -38,7 +38,7 @@ from fashionlab.sweep.storage import (
     storage_label,
     storage_record,
 )
-from fashionlab.sweep.study import Pruner, Sampler, check_same_data, make_pruner, make_sampler, open_study
+from fashionlab.sweeps.study import Pruner, Sampler, check_same_data, make_pruner, make_sampler, open_study
 
 if TYPE_CHECKING:
     import optuna
@@ -78,6 +78,7 @@ def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1
     """Run the sweep `space` into `out` until its study has `trials` trials, `jobs` trainings at a
     time, then write trials.csv, summary.md, report.html and best.toml, evaluating the best trial
     once on the test set when every trial has ended. Calling again continues the same study."""
+    require_optuna()
     if storage is not None:
         check_storage_url(storage)
     with secrets_kept(storage):

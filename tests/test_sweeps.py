@@ -25,16 +25,16 @@ def imported(path: Path) -> set[str]:
 
 
 def test_importing_the_package_imports_neither_optuna_nor_keras_jax_or_fastapi():
-    code = ("import sys, fashionlab.sweep; "
+    code = ("import sys, fashionlab.sweeps; "
             "print([m for m in ('optuna', 'keras', 'jax', 'fastapi', 'pandas') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_the_package_gives_the_names_its_users_take():
-    import fashionlab.sweep as package
-    from fashionlab.sweep.results import load_sweep
-    from fashionlab.sweep.run import MAX_TRIALS, sweep
+    import fashionlab.sweeps as package
+    from fashionlab.sweeps.results import load_sweep
+    from fashionlab.sweeps.run import MAX_TRIALS, sweep
 
     assert (package.sweep, package.load_sweep, package.MAX_TRIALS) == (sweep, load_sweep, MAX_TRIALS)
     assert set(package.SAMPLERS) == {"tpe", "random"} and set(package.PRUNERS) == {"median", "halving", "none"}
@@ -43,28 +43,40 @@ def test_the_package_gives_the_names_its_users_take():
 
 
 def test_each_module_imports_only_the_layers_below_it_and_never_the_server_or_uploads():
-    assert sorted(p.stem for p in (SOURCE / "sweep").glob("*.py") if p.stem != "__init__") == sorted(LAYERS)
+    assert sorted(p.stem for p in (SOURCE / "sweeps").glob("*.py") if p.stem != "__init__") == sorted(LAYERS)
     for i, name in enumerate(LAYERS):
-        uses = imported(SOURCE / "sweep" / f"{name}.py")
-        below = {use.split(".")[2] for use in uses if use.startswith("fashionlab.sweep.")}
-        assert below <= set(LAYERS[:i]), f"sweep/{name}.py imports {sorted(below - set(LAYERS[:i]))}"
-        assert "fashionlab.sweep" not in uses, f"sweep/{name}.py imports its own package"
+        uses = imported(SOURCE / "sweeps" / f"{name}.py")
+        below = {use.split(".")[2] for use in uses if use.startswith("fashionlab.sweeps.")}
+        assert below <= set(LAYERS[:i]), f"sweeps/{name}.py imports {sorted(below - set(LAYERS[:i]))}"
+        assert "fashionlab.sweeps" not in uses, f"sweeps/{name}.py imports its own package"
         banned = [use for use in uses if use.startswith(("fashionlab.serve", "fashionlab.uploads"))]
-        assert not banned, f"sweep/{name}.py imports {banned}"
+        assert not banned, f"sweeps/{name}.py imports {banned}"
 
 
 def test_only_the_cli_and_the_notebook_api_import_the_package():
     users = {path.relative_to(SOURCE).as_posix() for path in SOURCE.rglob("*.py")
-             if "sweep" not in path.relative_to(SOURCE).parts[:-1]
-             and any(use == "fashionlab.sweep" or use.startswith("fashionlab.sweep.") for use in imported(path))}
+             if "sweeps" not in path.relative_to(SOURCE).parts[:-1]
+             and any(use == "fashionlab.sweeps" or use.startswith("fashionlab.sweeps.") for use in imported(path))}
     assert users == {"cli.py", "notebook.py"}
 
 
-def test_fl_sweep_is_still_the_notebook_call_once_the_package_stands_in_its_place():
+def test_fl_sweep_is_the_notebook_call_once_the_package_is_imported():
     import fashionlab as fl
-    import fashionlab.sweep as package
+    import fashionlab.sweeps  # noqa: F401  (Python puts an imported package on its parent under its name)
+    from fashionlab import notebook
     from fashionlab.errors import ConfigError
 
-    assert fl.sweep is package  # Python puts an imported package on its parent under its name
+    assert fl.sweep is notebook.sweep  # the package's name is not the function's
     with pytest.raises(ConfigError, match="`space` must be a path \\(str or Path\\), got int 42"):
-        fl.sweep(42)  # the notebook API's checks: it is the notebook's sweep that runs
+        fl.sweep(42)
+
+
+def test_without_optuna_a_sweep_says_which_extra_to_install(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text('[search]\nwidth = [8, 16]\n')
+    code = ("import sys; sys.modules['optuna'] = None; from fashionlab.cli import main; "
+            f"sys.exit(main(['sweep', {str(space)!r}, '--out', {str(tmp_path / 'out')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == ("fashionlab: error: a sweep needs the optuna package: "
+                                                          "pip install 'fashionlab[sweep]'")
+    assert not (tmp_path / "out").exists()

@@ -7,11 +7,11 @@ from urllib.parse import quote, unquote
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sweep_helpers import SEARCH, cli, space_file, started_sweep
+from sweeps_helpers import SEARCH, cli, space_file, started_sweep
 
 from fashionlab.errors import ConfigError, FashionlabError, RunError
-from fashionlab.sweep import storage, sweep
-from fashionlab.sweep.storage import check_storage_url, masked, open_storage, secrets_kept, storage_label
+from fashionlab.sweeps import storage, sweep
+from fashionlab.sweeps.storage import check_storage_url, masked, open_storage, secrets_kept, storage_label
 
 
 def test_a_database_password_is_never_printed(tmp_path, synthetic):

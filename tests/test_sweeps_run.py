@@ -6,12 +6,12 @@ import shutil
 import pandas as pd
 import pytest
 from helpers import synthetic_arrays, write_dataset
-from sweep_helpers import SEARCH, cli, space_file, spawned, untouched
+from sweeps_helpers import SEARCH, cli, space_file, spawned, untouched
 
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError
-from fashionlab.sweep import sweep
-from fashionlab.sweep.trials import trial_dir_name
+from fashionlab.sweeps import sweep
+from fashionlab.sweeps.trials import trial_dir_name
 
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path, synthetic):

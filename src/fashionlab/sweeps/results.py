@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from fashionlab.errors import RunError
 from fashionlab.records import TrialRow, first_problem
 from fashionlab.runs import Run
-from fashionlab.sweep.space import Space, describe
-from fashionlab.sweep.study import TEST_KEY, counted, study_attrs, study_trials
-from fashionlab.sweep.trials import inspect_trial, trial_dir_name
+from fashionlab.sweeps.space import Space, describe
+from fashionlab.sweeps.study import TEST_KEY, counted, study_attrs, study_trials
+from fashionlab.sweeps.trials import inspect_trial, trial_dir_name
 
 if TYPE_CHECKING:
     import optuna

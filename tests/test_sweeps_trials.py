@@ -9,16 +9,16 @@ import optuna
 import pandas as pd
 import pytest
 from helpers import assert_png
-from sweep_helpers import SEARCH, PruneAt, killed_owner, space_file, started_sweep, untouched, worker_of
+from sweeps_helpers import SEARCH, PruneAt, killed_owner, space_file, started_sweep, untouched, worker_of
 
 from fashionlab.config import TrainConfig
 from fashionlab.runner import run_task
 from fashionlab.runs import Run
-from fashionlab.sweep import claims, sweep, trials
-from fashionlab.sweep.claims import Owner, Worker
-from fashionlab.sweep.space import load_space
-from fashionlab.sweep.storage import open_storage
-from fashionlab.sweep.trials import trial_dir_name, was_pruned
+from fashionlab.sweeps import claims, sweep, trials
+from fashionlab.sweeps.claims import Owner, Worker
+from fashionlab.sweeps.space import load_space
+from fashionlab.sweeps.storage import open_storage
+from fashionlab.sweeps.trials import trial_dir_name, was_pruned
 
 
 def test_a_trial_is_scored_by_the_weights_its_run_keeps_not_by_its_best_epoch(tmp_path, synthetic):

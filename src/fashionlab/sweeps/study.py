@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from fashionlab.config import from_dict
 from fashionlab.errors import ConfigError, RunError, reason
 from fashionlab.records import Evaluation, Fraction, StudyRecord, TrialRecord, first_problem, shown
-from fashionlab.sweep.space import Space, contains, describe
-from fashionlab.sweep.storage import journal_remedy, storage_label
+from fashionlab.sweeps.space import Space, contains, describe
+from fashionlab.sweeps.storage import journal_remedy, storage_label
 
 if TYPE_CHECKING:
     import optuna

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from fashionlab.config import TrainConfig
 from fashionlab.errors import FashionlabError, RunError
 from fashionlab.runs import Run
-from fashionlab.sweep.space import contains
-from fashionlab.sweep.trials import TRIAL_DIR, Trials, inspect_trial, trial_dir_name
+from fashionlab.sweeps.space import contains
+from fashionlab.sweeps.trials import TRIAL_DIR, Trials, inspect_trial, trial_dir_name
 
 if TYPE_CHECKING:
     import optuna

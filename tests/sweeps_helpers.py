@@ -10,9 +10,9 @@ from pathlib import Path
 
 import optuna
 
-from fashionlab.sweep.claims import Owner, Worker
-from fashionlab.sweep.space import Space, load_space
-from fashionlab.sweep.storage import open_storage
+from fashionlab.sweeps.claims import Owner, Worker
+from fashionlab.sweeps.space import Space, load_space
+from fashionlab.sweeps.storage import open_storage
 
 TINY_TRAIN = """[train]
 name = "tiny"

@@ -30,8 +30,6 @@ checked), `storage` (a journal or a database, its URL never shown whole), `space
 """
 
 import importlib
-import sys
-import types
 
 # Each public name and the module that holds it, imported when first used: importing the package
 # imports neither Optuna nor the training modules.
@@ -45,22 +43,9 @@ _HOMES = {
 
 def __getattr__(name: str):
     if name in _HOMES:
-        return getattr(importlib.import_module(f"fashionlab.sweep.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'fashionlab.sweep' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"fashionlab.sweeps.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'fashionlab.sweeps' has no attribute {name!r}")
 
 
 __all__ = sorted(_HOMES)
 
-
-class _Package(types.ModuleType):
-    """This package as a module that can be called: `fashionlab.sweep` is also the notebook API's
-    function (`fl.sweep(...)`), and Python puts a package on its parent under its name once it is
-    imported (`fashionlab.cli` imports it), in place of that function. Called, it is that function."""
-
-    def __call__(self, *args, **kwargs):
-        from fashionlab.notebook import sweep
-
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _Package

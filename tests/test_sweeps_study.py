@@ -5,13 +5,13 @@ import re
 
 import optuna
 import pytest
-from sweep_helpers import GOOD, SEARCH, space_file, started_sweep
+from sweeps_helpers import GOOD, SEARCH, space_file, started_sweep
 
 from fashionlab.config import TrainConfig
 from fashionlab.errors import ConfigError, RunError
-from fashionlab.sweep import sweep
-from fashionlab.sweep.storage import open_storage
-from fashionlab.sweep.study import _with_defaults, settings_differences
+from fashionlab.sweeps import sweep
+from fashionlab.sweeps.storage import open_storage
+from fashionlab.sweeps.study import _with_defaults, settings_differences
 
 
 def test_settings_differences_name_the_changed_keys():

@@ -6,11 +6,11 @@ import subprocess
 
 import pandas as pd
 import pytest
-from sweep_helpers import SEARCH, space_file, untouched
+from sweeps_helpers import SEARCH, space_file, untouched
 
 from fashionlab.errors import RunError
 from fashionlab.runs import Run
-from fashionlab.sweep import sweep
+from fashionlab.sweeps import sweep
 
 
 def test_a_damaged_journal_is_refused_with_the_way_out_and_rebuilt_from_the_trial_folders(tmp_path, synthetic):

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from fashionlab.errors import FashionlabError
 from fashionlab.runner import Done, Task
-from fashionlab.sweep.space import Space
-from fashionlab.sweep.study import counted, make_sampler, trial_seed
-from fashionlab.sweep.trials import Trials
+from fashionlab.sweeps.space import Space
+from fashionlab.sweeps.study import counted, make_sampler, trial_seed
+from fashionlab.sweeps.trials import Trials
 
 if TYPE_CHECKING:
     import optuna
