@@ -1,4 +1,5 @@
-"""Fixtures: tiny synthetic datasets, the real dataset, and trained runs shared by read-only tests."""
+"""Fixtures: tiny synthetic datasets, the real dataset, trained runs shared by read-only tests, and a
+server of one of them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY, write_dataset
+from serving import Server, data_options, png, start, stop
 
 from fashionlab.data import DataSource
 from fashionlab.errors import DataError
@@ -47,6 +49,21 @@ def tiny_run(tmp_path_factory, synthetic):
     from fashionlab.training import train
 
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def keras_server(tiny_run, synthetic):
+    """`fashionlab serve` of the tiny run, shared by the serve tests (tests/test_serve_*.py)."""
+    process, url = start(str(tiny_run.run.path), *data_options(synthetic))
+    yield Server(process, url)
+    assert stop(process) in (0, 130)
+    assert "Traceback" not in process.stderr.read()  # whatever the tests sent, the log has no traceback
+
+
+@pytest.fixture(scope="session")
+def test_pngs(synthetic) -> list[bytes]:
+    """The first 20 synthetic test images as PNG files."""
+    return [png(image) for image in synthetic.test_images()[:20]]
 
 
 def chromium() -> str | None:
