@@ -1,8 +1,10 @@
 """The HTTP protocol of `fashionlab serve` (serve/protocol.py), asked over raw connections to a real
-server: slow, bloated, malformed or too many connections."""
+server: slow, bloated, malformed or too many connections; and the uvicorn internals it relies on."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -106,3 +108,122 @@ def test_clients_that_reconnect_cannot_hold_every_connection(keras_server):
         for holder in holders:
             holder.close()
 
+
+# --- the uvicorn internals GuardedHttp relies on (pinned: uvicorn<0.56 in the serve extra) -----------
+
+UVICORN_METHODS = {  # what GuardedHttp overrides or is built by, each as uvicorn 0.55 calls it
+    "__init__": ["self", "config", "server_state", "app_state", "_loop"],
+    "connection_made": ["self", "transport"],
+    "connection_lost": ["self", "exc"],
+    "on_message_begin": ["self"],
+    "on_url": ["self", "url"],
+    "on_header": ["self", "name", "value"],
+    "on_headers_complete": ["self"],
+    "on_body": ["self", "body"],
+    "on_message_complete": ["self"],
+    "on_response_complete": ["self"],
+    "send_400_response": ["self", "msg"],
+}
+UVICORN_CALLS = {  # where uvicorn calls an override that no parser callback reaches
+    "data_received": "self.send_400_response(",  # a malformed request
+    "on_headers_complete": "on_response=self.on_response_complete",  # an answer sent whole
+}
+OWN_STATE = ("header_bytes", "in_headers", "working", "waiting_since", "deadline", "body_started", "body_bytes")
+
+
+def test_the_uvicorn_methods_the_protocol_overrides_are_there_as_it_expects():
+    import uvicorn
+    from uvicorn.protocols.http import httptools_impl
+
+    from fashionlab.serve.protocol import GuardedHttp
+
+    base = getattr(httptools_impl, "HttpToolsProtocol", None)
+    assert base is not None, f"uvicorn {uvicorn.__version__} has no HttpToolsProtocol, the class GuardedHttp extends"
+    changed = []
+    for name, expected in UVICORN_METHODS.items():
+        method = getattr(base, name, None)
+        if method is None:
+            changed.append(f"HttpToolsProtocol.{name} is gone")
+        elif list(inspect.signature(method).parameters) != expected:
+            changed.append(f"HttpToolsProtocol.{name}{inspect.signature(method)} takes other arguments than "
+                           f"({', '.join(expected)})")
+    for caller, call in UVICORN_CALLS.items():
+        if hasattr(base, caller) and call not in inspect.getsource(getattr(base, caller)):
+            changed.append(f"HttpToolsProtocol.{caller} no longer calls {call.split('=')[-1].rstrip('(')}")
+    shadowed = {name for name in vars(GuardedHttp) if hasattr(base, name)} - set(UVICORN_METHODS) - {"__doc__",
+                                                                                                    "__module__"}
+    changed += [f"HttpToolsProtocol now has {name}, which GuardedHttp defines for its own use" for name in shadowed]
+    assert not changed, f"uvicorn {uvicorn.__version__} changed what GuardedHttp relies on: " + "; ".join(changed)
+
+
+class FakeTransport(asyncio.Transport):
+    """What uvicorn asks of a connection's transport, kept in memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.written, self.closed = b"", False
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def test_a_uvicorn_connection_has_the_state_the_protocol_reads():
+    """GuardedHttp, made as uvicorn makes one for each connection, reads `loop`, `connections`,
+    `transport`, `cycle` and `cycle.response_started` of it, and keeps state of its own beside them."""
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from fashionlab.serve.protocol import GuardedHttp
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    version = f"uvicorn {uvicorn.__version__}"
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(app, http=GuardedHttp, ws="none", lifespan="off", log_config=None)
+        plain = HttpToolsProtocol(config, ServerState(), {}, _loop=loop)  # uvicorn's own, through a request
+        plain.connection_made(FakeTransport())
+        plain.data_received(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        loop.run_until_complete(asyncio.gather(*plain.tasks))
+        clashes = [name for name in OWN_STATE if name in vars(plain)]
+        assert not clashes, f"{version} sets {clashes} on a connection, names GuardedHttp keeps its own state in"
+        protocol, transport = GuardedHttp(config, ServerState(), {}, _loop=loop), FakeTransport()
+        protocol.connection_made(transport)
+        assert protocol.loop is loop, f"{version}: a connection's `loop` is not its event loop"
+        assert protocol in protocol.connections, f"{version}: `connections` does not hold the server's connections"
+        assert protocol.transport is transport and protocol.cycle is None, \
+            f"{version}: a connection's `transport` or `cycle` (None before a request) changed"
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert getattr(protocol.cycle, "response_started", None) is False, \
+            f"{version}: a request's cycle has no `response_started` (False until its answer starts)"
+        assert protocol.working, f"{version} no longer calls on_message_complete for a whole request"
+        loop.run_until_complete(asyncio.gather(*protocol.tasks))
+        assert transport.written.startswith(b"HTTP/1.1 200 ") and transport.written.endswith(b"\r\n\r\nok")
+        assert not protocol.working, f"{version} no longer calls on_response_complete once an answer is sent"
+        protocol.connection_lost(None)
+        assert protocol not in protocol.connections
+        malformed, transport = GuardedHttp(config, ServerState(), {}, _loop=loop), FakeTransport()
+        malformed.connection_made(transport)
+        malformed.data_received(b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n")
+        assert transport.written.endswith(b'{"error": "the request is not valid HTTP/1.1"}') and transport.closed, \
+            f"{version} no longer answers a malformed request through send_400_response"
+    finally:
+        loop.close()

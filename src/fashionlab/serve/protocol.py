@@ -2,6 +2,10 @@
 slow, bloated or many connections (`GuardedHttp`).
 
     uvicorn.Config(app, http=GuardedHttp, ...)
+
+It subclasses uvicorn's internal `HttpToolsProtocol`, overriding its parser callbacks and reading
+its connection state: the `serve` extra pins uvicorn below the next minor release, and
+tests/test_serve_protocol.py checks each internal it relies on.
 """
 
 from __future__ import annotations
