@@ -975,7 +975,7 @@ MUTANTS = [
            "photos of a data set whose images have no one facing are also read mirrored"),
     Mutant("serve-bodies-unbounded", "serve/app.py",
            "    if state.held_bytes and state.held_bytes + size > MAX_HELD_BYTES:",
-           "        if False:",
+           "    if False:",
            "request bodies waiting for their decoding are held in memory without bound"),
     Mutant("uploads-unfair", "serve/uploads.py",
            "        turns, started = asyncio.Semaphore(self.size), time.monotonic()",
