@@ -1,4 +1,5 @@
-"""Fixtures: tiny synthetic datasets, the real dataset, and trained runs (and a sweep) shared by read-only tests."""
+"""Fixtures: tiny synthetic datasets, the real dataset, trained runs (and a sweep) shared by read-only
+tests, and a server of one of them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY, write_dataset
+from serving import Server, data_options, png, start, stop
 
 from fashionlab.data import DataSource
 from fashionlab.errors import DataError
@@ -62,6 +64,21 @@ def tiny_sweep(tmp_path_factory, synthetic):
     result = sweep(space_file(folder, SEARCH, epochs=4), folder / "out", trials=8, sampler="random", pruner="median",
                    data=synthetic, progress=lines.append)
     return folder / "out", result, lines
+
+
+@pytest.fixture(scope="session")
+def keras_server(tiny_run, synthetic):
+    """`fashionlab serve` of the tiny run, shared by the serve tests (tests/test_serve_*.py)."""
+    process, url = start(str(tiny_run.run.path), *data_options(synthetic))
+    yield Server(process, url)
+    assert stop(process) in (0, 130)
+    assert "Traceback" not in process.stderr.read()  # whatever the tests sent, the log has no traceback
+
+
+@pytest.fixture(scope="session")
+def test_pngs(synthetic) -> list[bytes]:
+    """The first 20 synthetic test images as PNG files."""
+    return [png(image) for image in synthetic.test_images()[:20]]
 
 
 def chromium() -> str | None:

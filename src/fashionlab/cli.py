@@ -259,7 +259,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from fashionlab.server import serve
+    from fashionlab.serve import serve
 
     if args.run is not None and args.onnx is not None:
         raise ConfigError("give a run directory or --onnx FILE, not both")

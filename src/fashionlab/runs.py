@@ -283,13 +283,6 @@ class Run:
         kept = self.status().get("dataset")
         return FASHION_MNIST if kept is None else from_record(kept, str(self.file(STATUS_FILE)))
 
-    def check_fashion_mnist(self, what: str) -> None:
-        """Refuse a run of another data set where `what` (export, serve) knows only Fashion-MNIST's classes."""
-        dataset = self.dataset()
-        if dataset is not FASHION_MNIST:
-            raise ConfigError(f"{self.path} was trained on {dataset.title}; {what} takes only Fashion-MNIST runs "
-                              f"so far: use `fashionlab predict` and `evaluate`, or the notebook API, with this run")
-
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
         try:

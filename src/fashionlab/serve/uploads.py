@@ -31,6 +31,7 @@ from typing import Any
 
 from fashionlab.errors import FashionlabError, ImageError, reason
 from fashionlab.images import Prepared, image_pixels, read_image
+from fashionlab.serve.layers import printable
 
 MAX_FILES = 64  # images in one request
 MAX_FIELDS = 64  # other fields in one request (ignored, but parsed)
@@ -73,13 +74,33 @@ class Upload:
 def parse_form(body: bytes, content_type: str) -> list[Upload]:
     """The image files of a multipart/form-data body, in order, each with the pixel count its
     header declares (other fields are read and dropped); an UploadError says what is wrong."""
-    from python_multipart.exceptions import MultipartParseError
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import parse_options_header
 
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary or len(boundary) > 200:
         raise UploadError(f"the upload has no usable boundary in its Content-Type; {HOW_TO_SEND}")
+    files = [p for p in _form_parts(body, boundary) if p.get("filename") is not None]
+    if not files:
+        raise UploadError(f"no image files in the request; {HOW_TO_SEND}")
+    uploads = []
+    for number, part in enumerate(files, 1):
+        name = printable(part["filename"].decode("utf-8", "replace")) or f"image {number}"
+        content = b"".join(part["data"])
+        try:
+            uploads.append(Upload(name, content, image_pixels(content, name)))
+        except ImageError as exc:
+            raise UploadError(str(exc)) from None
+    return uploads
+
+
+def _form_parts(body: bytes, boundary: bytes) -> list[dict[str, Any]]:
+    """The parts of a multipart body, in order: each one's headers, file name (None for a field
+    that is not a file) and data; refused past MAX_FILES files, MAX_FIELDS other fields, or
+    MAX_FIELD_BYTES in one of those."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
     parts: list[dict[str, Any]] = []
     header: list[bytes] = [b"", b""]
 
@@ -121,18 +142,7 @@ def parse_form(body: bytes, content_type: str) -> list[Upload]:
         parser.finalize()
     except MultipartParseError as exc:
         raise UploadError(f"the upload cannot be read ({reason(exc, 100)}); {HOW_TO_SEND}") from None
-    files = [p for p in parts if p.get("filename") is not None]
-    if not files:
-        raise UploadError(f"no image files in the request; {HOW_TO_SEND}")
-    uploads = []
-    for number, part in enumerate(files, 1):
-        name = printable(part["filename"].decode("utf-8", "replace")) or f"image {number}"
-        content = b"".join(part["data"])
-        try:
-            uploads.append(Upload(name, content, image_pixels(content, name)))
-        except ImageError as exc:
-            raise UploadError(str(exc)) from None
-    return uploads
+    return parts
 
 
 def read_form(body: bytes, content_type: str, request_pixels: int, small_pixels: int
@@ -160,11 +170,6 @@ def decode(content: bytes, name: str) -> Prepared:
     except MemoryError:
         raise UploadError(f"{name} takes more memory to read than a server's worker has; send a smaller image",
                           status=413) from None
-
-
-def printable(name: str) -> str:
-    """A client's file name, cut to 200 characters, control characters dropped."""
-    return "".join(ch for ch in name[:200] if ch.isprintable())
 
 
 JOBS: dict[str, Callable[..., Any]] = {"read": read_form, "decode": decode}
@@ -213,6 +218,67 @@ class _Worker:
         self.process.join(5)
 
 
+class _Trip:
+    """One job's way to its worker and back, for `UploadWorkers.run`: the job written (from a
+    thread when it is large), its answer read on the loop once it comes, into `answered`. The
+    answer is always read, even when nobody waits for it any more (the client left): left in the
+    pipe, it would be taken for the next job's."""
+
+    def __init__(self, workers: UploadWorkers, worker: _Worker, free: asyncio.Queue):
+        self.workers, self.worker, self.free = workers, worker, free
+        self.loop = asyncio.get_running_loop()
+        self.answered = self.loop.create_future()
+        self.fd = worker.connection.fileno()
+        self.abandoned = False  # the job ran over its time: its worker is being replaced
+
+    def start(self, kind: str, args: tuple) -> None:
+        if sum(len(a) for a in args if isinstance(a, bytes)) <= DIRECT_SEND_BYTES:
+            # a free worker has read all it was sent: this fits, the write cannot block
+            sending = self.loop.create_future()
+            try:
+                self.send(kind, args)
+                sending.set_result(None)
+            except OSError as exc:
+                sending.set_exception(exc)
+            self.sent(sending)
+        else:
+            self.loop.run_in_executor(self.workers.senders, self.send, kind, args).add_done_callback(self.sent)
+
+    def send(self, kind: str, args: tuple) -> None:
+        """In a thread for a large job: a worker that does not read (stopped, starved) cannot hold up the loop."""
+        os.set_blocking(self.fd, True)
+        self.worker.connection.send((kind, args))
+
+    def sent(self, sending: asyncio.Future) -> None:  # on the loop, once the job is written, whoever still waits:
+        if self.abandoned:  # an answer left unread would be taken for the next job's, so it is always read
+            return
+        if sending.exception() is None:
+            self.loop.add_reader(self.fd, self.readable)
+        elif not self.answered.done():
+            self.answered.set_result(EOFError())
+        else:
+            self.workers._replace(self.worker)
+
+    def readable(self) -> None:  # the answer has come: read it here, on the loop (it is small, or the client's bytes)
+        self.loop.remove_reader(self.fd)
+        os.set_blocking(self.fd, True)  # watching it made it non-blocking (uvloop): the rest of a long answer must wait
+        try:
+            answer = self.worker.connection.recv()
+        except (EOFError, OSError) as exc:  # the worker died on it (a decoder's crash)
+            answer = exc
+        self.workers.busy.discard(self.worker)
+        if not self.answered.done():
+            self.answered.set_result(answer)
+        elif not isinstance(answer, Exception):  # nobody waits any more (the client left): free again
+            self.free.put_nowait(self.worker)
+
+    def abandon(self) -> None:
+        """The job ran over its time: its answer is not waited for, its worker is replaced."""
+        self.abandoned = True
+        self.loop.remove_reader(self.fd)
+        self.workers._replace(self.worker)
+
+
 class UploadWorkers:
     """WORKERS processes that parse and decode uploads for the server (see the module's doc)."""
 
@@ -247,66 +313,16 @@ class UploadWorkers:
         job over its time (`seconds`, default `job_seconds`) is an UploadError (408, saying `late`
         if given) and its worker is replaced."""
         free = self._queue()
-        self.waiting += 1
-        try:
-            worker = await free.get()
-            while not worker.process.is_alive():  # died while idle (killed from outside): replaced, not used
-                self._replace(worker)
-                worker = await free.get()
-        finally:
-            self.waiting -= 1
+        worker = await self._next(free)
         what = args[-1] if kind == "decode" else "the upload"
         self.jobs += 1
         self.busy.add(worker)
-        loop = asyncio.get_running_loop()
-        answered = loop.create_future()
-        fd = worker.connection.fileno()
-
-        abandoned = False  # the job ran over its time: its worker is being replaced
-
-        def readable() -> None:  # the answer has come: read it here, on the loop (it is small, or the client's bytes)
-            loop.remove_reader(fd)
-            os.set_blocking(fd, True)  # watching it made it non-blocking (uvloop): the rest of a long answer must wait
-            try:
-                answer = worker.connection.recv()
-            except (EOFError, OSError) as exc:  # the worker died on it (a decoder's crash)
-                answer = exc
-            self.busy.discard(worker)
-            if not answered.done():
-                answered.set_result(answer)
-            elif not isinstance(answer, Exception):  # nobody waits any more (the client left): free again
-                free.put_nowait(worker)
-
-        def send() -> None:  # in a thread: a worker that does not read (stopped, starved) cannot hold up the loop
-            os.set_blocking(fd, True)
-            worker.connection.send((kind, args))
-
-        def sent(sending: asyncio.Future) -> None:  # on the loop, once the job is written, whoever still waits:
-            if abandoned:  # an answer left unread would be taken for the next job's, so it is always read
-                return
-            if sending.exception() is None:
-                loop.add_reader(fd, readable)
-            elif not answered.done():
-                answered.set_result(EOFError())
-            else:
-                self._replace(worker)
-
-        if sum(len(a) for a in args if isinstance(a, bytes)) <= DIRECT_SEND_BYTES:
-            sending = loop.create_future()  # a free worker has read all it was sent: this fits, the write cannot block
-            try:
-                send()
-                sending.set_result(None)
-            except OSError as exc:
-                sending.set_exception(exc)
-            sent(sending)
-        else:
-            loop.run_in_executor(self.senders, send).add_done_callback(sent)
+        trip = _Trip(self, worker, free)
+        trip.start(kind, args)
         try:
-            answer = await asyncio.wait_for(answered, seconds or self.job_seconds)
+            answer = await asyncio.wait_for(trip.answered, seconds or self.job_seconds)
         except TimeoutError:
-            abandoned = True
-            loop.remove_reader(fd)
-            self._replace(worker)
+            trip.abandon()
             raise UploadError(late or f"{what} takes over {seconds or self.job_seconds:g} s to read; send a smaller "
                                       f"or plainer image (a PNG, or a baseline JPEG)", status=408) from None
         if isinstance(answer, Exception):
@@ -317,6 +333,18 @@ class UploadWorkers:
         if status != "ok":
             raise value
         return value
+
+    async def _next(self, free: asyncio.Queue) -> _Worker:
+        """The next free worker, in the order jobs asked for one."""
+        self.waiting += 1
+        try:
+            worker = await free.get()
+            while not worker.process.is_alive():  # died while idle (killed from outside): replaced, not used
+                self._replace(worker)
+                worker = await free.get()
+        finally:
+            self.waiting -= 1
+        return worker
 
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker that overran, and start another in its place without holding up the loop."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionlab.uploads import MAX_FIELD_BYTES, MAX_FILES, ClientGone, UploadError, UploadWorkers, parse_form
+from fashionlab.serve.uploads import MAX_FIELD_BYTES, MAX_FILES, ClientGone, UploadError, UploadWorkers, parse_form
 
 BOUNDARY = "test-boundary"
 KIND = f"multipart/form-data; boundary={BOUNDARY}"

@@ -1,0 +1,184 @@
+"""The FastAPI application of `fashionlab serve`: the page and the JSON API. Its routes are
+defined once, here; each reads what it serves from `request.app.state`, which `build_app` fills.
+
+    app = build_app(load_predictor("runs/x"), data=DataSource(), top_k=3)
+
+GET /            the page: drop, paste or choose images; a gallery of test images
+POST /api/predict  multipart images -> the JSON objects of `fashionlab predict --json`
+GET /api/model   config, metrics, class names;  GET /api/health;  GET /api/gallery
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from fashionlab import __version__
+from fashionlab.data import DataSource
+from fashionlab.errors import ModelBusy, ModelTimeout, reason
+from fashionlab.images import MAX_IMAGE_PIXELS, Prepared, png_bytes
+from fashionlab.prediction import results_of
+from fashionlab.serve.batching import Batcher
+from fashionlab.serve.layers import BodyLimit, printable, warn
+from fashionlab.serve.page import data_url, gallery, serve_page
+from fashionlab.serve.predictor import Predictor
+from fashionlab.serve.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # one request's body, all its images together
+MAX_HELD_BYTES = 256 * 1024 * 1024  # the bodies of all the requests being read and decoded at once
+TOP_K_HELP = "the classes listed for each image, most likely first; by default the server's (serve --top-k)"
+
+router = APIRouter()
+
+
+def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: int = 3) -> FastAPI:
+    """The FastAPI application serving `predictor`: the page and the API (`top_k`: the classes an
+    answer lists unless the request says). `serve` wraps it in `guarded` (Host check, HEAD, no
+    tracebacks) before it meets a client."""
+    app = FastAPI(title="fashionlab", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
+                  description=f"{predictor.dataset.title} classes for images: the API of `fashionlab serve`.")
+    app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, failed)
+    app.include_router(router)
+    state = app.state
+    state.predictor, state.top_k, state.started = predictor, top_k, time.time()
+    state.batcher, state.workers = Batcher(predictor), UploadWorkers()  # closed by whoever runs the app (serve)
+    state.held_bytes = 0  # of the request bodies being read and decoded
+    state.model_info = model_info(predictor, state.workers)
+    state.gallery = gallery(data, predictor.dataset)
+    state.page, script_hash = serve_page({"model": state.model_info, "gallery": state.gallery, "top_k": top_k})
+    state.page_headers = page_headers(script_hash)
+    return app
+
+
+def model_info(predictor: Predictor, workers: UploadWorkers) -> dict[str, Any]:
+    """What /api/model says: the model, its classes, and the limits on what a request may hold."""
+    dataset = predictor.dataset
+    return {**predictor.info, "engine": predictor.engine, "dataset": dataset.name,
+            "class_names": list(dataset.class_names), "fashionlab": __version__,
+            "limits": {"request_bytes": MAX_REQUEST_BYTES, "images_per_request": MAX_FILES,
+                       "image_pixels": MAX_IMAGE_PIXELS, "request_pixels": MAX_REQUEST_PIXELS,
+                       "model_seconds": predictor.calls.seconds, "decode_seconds": workers.job_seconds,
+                       "top_k": [1, dataset.classes]}}
+
+
+def page_headers(script_hash: str) -> dict[str, str]:
+    """The page's security headers: its one inline script runs, nothing is fetched from elsewhere."""
+    policy = (f"default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src '{script_hash}'; "
+              f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return error(exc.status_code, str(exc.detail) if exc.detail else "request refused")
+
+
+async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    return error(422, f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request")
+
+
+async def failed(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: the answer is JSON too, and one line on stderr says what failed."""
+    warn(f"a request to {printable(request.url.path)[:80]} failed: {type(exc).__name__}: {reason(exc)}")
+    return error(500, "the server failed on this request; it goes on serving others")
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request) -> Response:
+    return HTMLResponse(request.app.state.page, headers=request.app.state.page_headers)
+
+
+@router.get("/api/health")
+async def health(request: Request) -> Response:
+    """200 while the model answers; 503 while it is stuck in a call that ran over its time limit."""
+    state = request.app.state
+    predictor, batcher = state.predictor, state.batcher
+    stuck = predictor.calls.stuck_for()
+    said = {"status": "ok" if stuck is None else "unavailable", "engine": predictor.engine,
+            "model": predictor.info["name"], "uptime_seconds": round(time.time() - state.started, 1),
+            "batches": batcher.batches, "images": batcher.images, "model_timeouts": predictor.calls.timeouts,
+            "uploads_waiting": state.workers.waiting, "upload_bytes_held": state.held_bytes,
+            "images_waiting": batcher.waiting}
+    if stuck is not None:
+        said["reason"] = (f"the model has been stuck for {stuck:.0f} s in a call that ran over "
+                          f"{predictor.calls.seconds:g} s")
+    return JSONResponse(said, status_code=200 if stuck is None else 503)
+
+
+@router.get("/api/model")
+async def model(request: Request) -> dict[str, Any]:
+    return request.app.state.model_info
+
+
+@router.get("/api/gallery")
+async def test_images(request: Request) -> list[dict[str, Any]]:
+    return request.app.state.gallery
+
+
+@router.post("/api/predict")
+async def predict(request: Request, top_k: Annotated[int | None, Query(description=TOP_K_HELP)] = None,
+                  prepared: bool = False) -> Response:
+    """Images as multipart/form-data files (any field names), in order -> one result each."""
+    state = request.app.state
+    top_k = state.top_k if top_k is None else top_k
+    classes = state.predictor.dataset.classes
+    if not 1 <= top_k <= classes:
+        return error(422, f"top_k must be between 1 and {classes}, got {top_k}")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        return error(415, "send the images as multipart/form-data files (curl -F image=@shoe.png)")
+    try:
+        names, images = await read_images(request)
+    except UploadError as exc:
+        return error(exc.status, str(exc))
+    except (ClientDisconnect, ClientGone):  # the client went away: nobody to answer
+        return Response(status_code=400)
+    pixels = np.stack([image.pixels for image in images])
+    try:
+        turned = state.predictor.dataset.mirror_turned  # its shoes face one way: a photo may be turned
+        proba, mirrored = await state.batcher.read(pixels, [turned and not image.as_is for image in images])
+    except ModelTimeout as exc:
+        return error(504, str(exc))
+    except ModelBusy as exc:
+        return error(503, str(exc))
+    except Exception as exc:  # the model failed on this batch: say so, keep serving
+        return error(500, f"the model failed: {reason(exc)}")
+    results = results_of(proba, names, state.predictor.dataset, top_k, mirrored, pixels)
+    if prepared:
+        for result, image in zip(results, images):
+            result["prepared"] = data_url(png_bytes(image.pixels))
+    return Response(json.dumps(results), media_type="application/json")
+
+
+async def read_images(request: Request) -> tuple[list[str], list[Prepared]]:
+    """The names and prepared images of the request's files, read by the upload workers. Its body
+    waits in memory until they are: each request counts its declared length (or the most a body
+    may hold) against MAX_HELD_BYTES while it is read, and is refused (503) past it."""
+    state = request.app.state
+    declared = request.headers.get("content-length", "")
+    size = min(int(declared), MAX_REQUEST_BYTES) if declared.isdigit() else MAX_REQUEST_BYTES
+    if state.held_bytes and state.held_bytes + size > MAX_HELD_BYTES:
+        raise UploadError(f"the server is reading {state.held_bytes / 2**20:.0f} MB of other uploads; try again in "
+                          f"a moment", status=503)
+    state.held_bytes += size
+    try:
+        body = await request.body()
+        return await state.workers.read(body, request.headers.get("content-type", ""), gone=request.is_disconnected)
+    finally:
+        state.held_bytes -= size

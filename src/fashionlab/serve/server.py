@@ -1,0 +1,106 @@
+"""`fashionlab serve` as a process: the listening socket, then the model, then uvicorn running the
+guarded app over the guarded protocol until Ctrl-C or SIGTERM.
+
+    serve("runs/x", host="127.0.0.1", port=8000, ready=print)
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fashionlab.arguments import checked
+from fashionlab.data import DataSource
+from fashionlab.datasets import MAX_CLASSES
+from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
+from fashionlab.errors import ConfigError
+from fashionlab.serve.layers import guarded, host_name, is_loopback, url_host, warn
+from fashionlab.serve.predictor import load_predictor
+
+INSTALL_HINT = "pip install 'fashionlab[serve]'"
+
+
+@checked(port=(0, 65535), top_k=(1, MAX_CLASSES))  # and at most the model's classes
+def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, host: str = "127.0.0.1",
+          port: int = 8000, top_k: int = 3, data: DataSource = DataSource(), allow_incomplete: bool = False,
+          model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (),
+          ready: Callable[[str], None] | None = None) -> None:
+    """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers.
+    `allowed_hosts`: names the Host header may give besides localhost, IP addresses and this
+    machine's names (a proxy's); `model_timeout`: seconds a call of the model may take."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise ConfigError(f"serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
+    from fashionlab.serve.app import build_app
+    from fashionlab.serve.protocol import GuardedHttp
+
+    check_timeout(model_timeout)
+    for name in allowed_hosts:
+        if not host_name(name) or ":" in host_name(name):
+            raise ConfigError(f"`allowed_hosts` holds {name!r}, not a host name (such as proxy.example); IP "
+                              f"addresses are allowed already", terms=["allowed_hosts"])
+    sock = open_socket(host, port)  # first: a port in use fails before the model loads
+    bound_host, bound_port = sock.getsockname()[:2]  # what was bound, however `host` said it
+    if not is_loopback(bound_host):
+        warn(f"serving on {host}: anyone who can reach this machine can use the model (there is no "
+             f"authentication); use --host 127.0.0.1 to keep it local")
+    try:
+        predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete, model_timeout=model_timeout)
+        if top_k > predictor.dataset.classes:
+            raise ConfigError(f"`top_k` must be between 1 and {predictor.dataset.classes}, the model's classes, got "
+                              f"{top_k}", terms=["top_k"])
+        app = build_app(predictor, data=data, top_k=top_k)
+        # connections are limited by the protocol (GuardedHttp), not by uvicorn's plain-text 503;
+        # uvicorn's own log would let any client write to the terminal (a line per malformed request
+        # or client gone mid-answer): fashionlab says what matters itself (Shield)
+        config = uvicorn.Config(guarded(app, host=bound_host, allowed_hosts=allowed_hosts), http=GuardedHttp,
+                                ws="none", log_level="critical", access_log=False, timeout_graceful_shutdown=10,
+                                lifespan="on")
+        server = uvicorn.Server(config)
+        url = f"http://{url_host(bound_host)}:{bound_port}/"
+        if ready is not None:
+            threading.Thread(target=_announce, args=(server, url, ready), daemon=True).start()
+        try:
+            server.run(sockets=[sock])
+        finally:
+            app.state.batcher.close()
+            app.state.workers.close()
+    finally:
+        sock.close()
+
+
+def _announce(server, url: str, ready) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.02)
+    if server.started:
+        ready(url)
+
+
+def open_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (0: any free port), or a one-line error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"`host` {host!r} is not an address this machine has ({exc.strerror})",
+                          terms=["host"]) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"`host` {host} is not an address of this machine; use 127.0.0.1 (this machine "
+                              f"only) or 0.0.0.0 (every address)", terms=["host"]) from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another `port`",
+                          terms=["port"]) from None
+    sock.set_inheritable(True)
+    return sock

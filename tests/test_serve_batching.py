@@ -1,0 +1,55 @@
+"""Requests read in batches (serve/batching.py): no batch over MAX_BATCH images, each request its
+own rows, and a batcher that goes on in another event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from fashionlab.evaluation import predict_proba
+from fashionlab.prediction import read_probabilities
+from fashionlab.serve.batching import Batcher
+from fashionlab.serve.predictor import MAX_BATCH, load_predictor
+
+
+def test_a_batch_never_holds_more_than_max_batch_images_and_each_request_gets_its_own(tiny_run, synthetic):
+    predictor = load_predictor(tiny_run.run.path)
+    sizes, predict = [], predictor.predict
+
+    def counted(x, *args, **kwargs):
+        sizes.append(len(x))
+        return predict(x, *args, **kwargs)
+
+    predictor.predict = counted
+    images = np.concatenate([synthetic.test_images()] * 2)
+    requests = [images[start:start + n] for start, n in zip((0, 40, 70, 134, 135), (40, 30, 64, 1, 63))]
+    batcher = Batcher(predictor)
+
+    async def together():  # a request left behind in the queue would hang: bounded
+        return await asyncio.wait_for(asyncio.gather(*(batcher.read(x, [True] * len(x)) for x in requests)), 60)
+
+    with ThreadPoolExecutor(1) as thread:
+        answers = thread.submit(asyncio.run, together()).result()
+    batcher.close()
+    assert max(sizes) <= 2 * MAX_BATCH  # a batch of 64 images and their mirrored readings
+    assert batcher.images == sum(len(x) for x in requests) and batcher.batches >= 4
+    for x, (proba, mirrored) in zip(requests, answers):
+        want_proba, want_mirrored = read_probabilities(predictor, x, [True] * len(x))
+        np.testing.assert_allclose(proba, want_proba, atol=1e-6)
+        np.testing.assert_array_equal(mirrored, want_mirrored)
+
+
+def test_the_batcher_goes_on_in_another_event_loop(tiny_run, synthetic):
+    predictor = load_predictor(tiny_run.run.path)
+    x = synthetic.test_images()[:5]
+    expected = predict_proba(tiny_run.model, x)
+    batcher = Batcher(predictor)
+    for _ in range(2):  # a second event loop, as a test client or a restarted app has; each in its own thread,
+        with ThreadPoolExecutor(1) as thread:  # since this one may run a loop already (Playwright's)
+            proba, mirrored = thread.submit(asyncio.run, asyncio.wait_for(batcher.read(x, [False] * 5), 30)).result()
+        np.testing.assert_allclose(proba, expected, atol=1e-6)
+        assert not mirrored.any()
+    assert batcher.batches == 2 and batcher.images == 10
+    batcher.close()

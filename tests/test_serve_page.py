@@ -1,0 +1,75 @@
+"""The page of `fashionlab serve` (serve/page.py, page.html, page.js): filled in safely, and used in
+headless Chromium against a real server."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import BROKEN_IMAGES, OUTSIDE, assert_png
+from serving import start, stop
+
+from fashionlab.serve.page import serve_page
+
+
+def test_the_page_shows_an_uploaded_images_class_and_bars(keras_server, browser, test_pngs, tmp_path):
+    (tmp_path / "garment.png").write_bytes(test_pngs[2])
+    _, _, expected = keras_server.post_files([("garment.png", test_pngs[2])])
+    for width, height in ((1280, 900), (400, 800)):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        elsewhere = []
+        page.on("request", lambda r: elsewhere.append(r.url) if not r.url.startswith(
+            (keras_server.url, "data:", "blob:")) else None)
+        page.goto(keras_server.url)
+        page.set_input_files("#files", str(tmp_path / "garment.png"))
+        result = page.locator(".result").first
+        result.locator(".bar-row").first.wait_for(timeout=15_000)
+        assert result.locator(".class-name").inner_text() == expected[0]["class_name"]
+        labels = result.locator(".bar-label").all_inner_texts()
+        assert labels == [t["class_name"] for t in expected[0]["top_k"]]
+        values = [float(v) for v in result.locator(".bar").evaluate_all(
+            "(bars) => bars.map((b) => b.getAttribute('aria-valuenow'))")]
+        assert values == pytest.approx([t["probability"] for t in expected[0]["top_k"]], abs=1e-4)
+        fills = result.locator(".bar span").evaluate_all("(s) => s.map((e) => e.getBoundingClientRect().width)")
+        assert fills == sorted(fills, reverse=True) and fills[0] > 0
+        assert page.evaluate(BROKEN_IMAGES) == 0 and page.evaluate(OUTSIDE) == []
+        assert elsewhere == []
+        page.locator("#gallery button").first.click()  # a test image from the gallery, with its true label
+        page.locator(".result").nth(1).wait_for()
+        page.locator(".result").first.locator(".bar-row").first.wait_for(timeout=15_000)
+        assert page.locator(".result").first.locator(".truth").inner_text().startswith("true: ")
+        shot = tmp_path / f"page-{width}.png"
+        page.screenshot(path=shot, full_page=True)
+        assert_png(shot, min_width=width - 20, min_height=300)
+        page.close()
+
+
+def test_a_bad_file_on_the_page_shows_the_servers_message(keras_server, browser, tmp_path):
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    page = browser.new_page()
+    page.goto(keras_server.url)
+    page.set_input_files("#files", str(tmp_path / "notes.png"))
+    message = page.locator(".result .error").first
+    message.wait_for(timeout=15_000)
+    assert "is not an image fashionlab reads" in message.inner_text()
+    page.close()
+
+
+def test_the_gallery_is_empty_with_a_note_without_the_data_set(tiny_run, browser, tmp_path):
+    process, url = start(str(tiny_run.run.path), "--data-dir", str(tmp_path), "--no-verify")
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        assert "not on this machine" in page.locator("#gallery-title").inner_text()
+        assert page.locator("#gallery button").count() == 0
+        page.close()
+    finally:
+        stop(process)
+
+
+def test_the_page_state_survives_names_that_look_like_placeholders():
+    page, _ = serve_page({"model": {"name": "shirt__SCRIPT____STATE__"}, "gallery": [], "top_k": 3})
+    state = re.search(r'<script type="application/json" id="state">(.*?)</script>', page, re.S)[1]
+    assert json.loads(state)["model"]["name"] == "shirt__SCRIPT____STATE__"
+    assert page.count('"use strict";') == 1

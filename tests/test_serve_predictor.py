@@ -1,0 +1,29 @@
+"""The served model (serve/predictor.py): a run's Keras model jitted per batch size, reading the
+model's current weights; which model to load, said in one line when it is not clear."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fashionlab.errors import ConfigError
+from fashionlab.evaluation import predict_proba
+from fashionlab.serve.predictor import BATCH_SIZES, MAX_BATCH, load_predictor
+
+
+def test_the_predictor_answers_as_the_model_at_every_size_and_after_keras_predicts(tiny_run, synthetic):
+    predictor = load_predictor(tiny_run.run.path)
+    assert predictor.engine == "keras" and predictor.info["name"] == "tiny" and predictor._compiled is not None
+    x = synthetic.test_images()[:5]
+    predictor.model.predict(x.astype("float32"), verbose=0)  # Keras may hand its weight arrays to XLA
+    np.testing.assert_allclose(predictor.predict(x), predict_proba(tiny_run.model, x), atol=1e-6)
+    many = synthetic.test_images()[:MAX_BATCH + 3]  # two batches, the second padded to the next of BATCH_SIZES
+    assert BATCH_SIZES[-1] == MAX_BATCH
+    np.testing.assert_allclose(predictor.predict(many), predict_proba(tiny_run.model, many), atol=1e-6)
+    assert predictor.predict(many[:0]).shape == (0, 10)
+
+
+@pytest.mark.parametrize("given", [{}, {"run_dir": "run", "onnx": "model.onnx"}])
+def test_a_predictor_is_of_a_run_or_of_an_onnx_file(given):
+    with pytest.raises(ConfigError, match="give a run directory or `onnx`, one of the two"):
+        load_predictor(**given)
