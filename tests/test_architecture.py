@@ -4,6 +4,7 @@ at the top of a module or inside a function), not from what a run happens to loa
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "fashionlab"
 # Each module's layer, lowest first: a module imports only from its own layer or below.
 LAYERS = [
     ("foundation", {"errors", "interrupts", "records", "files", "arguments", "deadlines", "provenance", "datasets",
-                    "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes"}),
+                    "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes", "images"}),
     ("files and models", {"data", "runs", "modelfiles", "model", "engine", "tensorboard", "onnxrun", "reports"}),
     ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison"}),
     ("packages behind extras", {"sweeps", "serve"}),
@@ -22,6 +23,7 @@ LAYERS = [
 PACKAGES = ("sweeps", "serve")  # each behind its extra; neither imports the other
 FRONT = {"cli", "notebook"}  # the only modules outside a package that may import one
 HEAVY = ("keras", "jax", "optuna", "fastapi", "uvicorn", "onnxruntime", "tensorflow", "pandas", "matplotlib")
+MAX_FUNCTION_LINES = 60
 NUMBERS_ONLY = {"plots", "reports"}  # they take numbers, never the workflows that make them
 WORKFLOWS = {"training", "evaluation", "prediction", "runner", "comparison", "export", "engine", "model", "sweeps",
              "serve", "data"}
@@ -37,6 +39,7 @@ def top(name: str) -> str:
     return name.split(".")[0]
 
 
+@functools.cache
 def imports() -> dict[str, set[tuple[str, bool]]]:
     """Every module's fashionlab imports: (the module imported, whether at the top of the file)."""
     found: dict[str, set[tuple[str, bool]]] = {}
@@ -99,8 +102,9 @@ def test_no_module_takes_the_class_names_from_the_package():
 
 
 def test_no_import_cycle_among_the_modules_imported_at_the_top():
-    graph = {here: {top(n) if top(n) in PACKAGES else n for n, at_top in taken if at_top and n in imports()}
-             for here, taken in imports().items()}
+    modules = imports()
+    graph = {here: {top(n) if top(n) in PACKAGES else n for n, at_top in taken if at_top and n in modules}
+             for here, taken in modules.items()}
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> list[str] | None:
@@ -124,3 +128,11 @@ def test_importing_the_package_and_its_packages_loads_nothing_heavy():
             + f"; print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_no_function_is_over_60_lines():
+    long = [f"{path.relative_to(SOURCE)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted(SOURCE.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long
