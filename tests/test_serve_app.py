@@ -308,3 +308,65 @@ def test_a_model_stuck_in_a_call_makes_the_server_say_so_until_it_ends(tiny_run,
     assert status == 200 and results[0]["class_name"] in CLASS_NAMES
     inner.state.batcher.close()
     inner.state.workers.close()
+
+
+def test_a_run_of_another_data_set_is_served_with_its_own_classes(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from helpers import SEVEN_NAMES, TINY, synthetic_arrays, write_seven_class_dataset
+
+    from fashionlab.training import train
+
+    folder = write_seven_class_dataset(tmp_path / "seven")
+    train(TINY.replace(dataset=str(folder)), tmp_path / "run", verbose=0)
+    process, url = start(str(tmp_path / "run"))  # its test images from the run's own folder: no --data-dir
+    server = Server(process, url)
+    try:
+        status, _, model = server.request("GET", "/api/model")
+        assert status == 200 and model["dataset"] == "seven" and model["class_names"] == list(SEVEN_NAMES)
+        assert model["limits"]["top_k"] == [1, 7]
+        image = png(synthetic_arrays()["t10k-images-idx3-ubyte"][0])
+        status, _, results = server.post_files([("a.png", image)], "?top_k=7")
+        assert status == 200 and [t["class_name"] for t in results[0]["top_k"]] != []
+        assert sorted(t["class_name"] for t in results[0]["top_k"]) == sorted(SEVEN_NAMES)
+        status, _, refused = server.post_files([("a.png", image)], "?top_k=8")
+        assert status == 422 and refused["error"] == "top_k must be between 1 and 7, got 8"
+        status, _, page = server.request("GET", "/")
+        labels = re.findall(r'"label": "([^"]*)"', page)
+        assert status == 200 and len(labels) == 14 and set(labels) == set(SEVEN_NAMES)  # two of each class
+    finally:
+        assert stop(process) in (0, 130)
+    refused = subprocess.run([sys.executable, "-m", "fashionlab", "serve", str(tmp_path / "run"), "--top-k", "8",
+                              "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr == ("fashionlab: error: --top-k must be between 1 and 7, the "
+                                                          "model's classes, got 8\n")
+
+
+def test_photos_are_tried_mirrored_only_for_a_data_set_whose_shoes_face_one_way(synthetic):
+    import keras
+
+    from fashionlab.datasets import FASHION_MNIST, MNIST
+    from fashionlab.serve.predictor import Predictor
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
+    weights = np.zeros((28, 28, 10), np.float32)
+    weights[:, :14, 0], weights[:, 14:, 1] = 0.0001, 0.0003  # a flipped reading is the more confident one
+    model.layers[-1].set_weights([weights.reshape(784, 10), np.zeros(10, np.float32)])
+    photo = np.full((56, 56, 3), 255, np.uint8)
+    photo[8:46, 4:18] = photo[38:46, 4:44] = (90, 40, 20)  # a boot: its shaft on the left, its sole pointing right
+    body, kind = multipart([("boot.png", png(photo))])
+    read = {}
+    for dataset in (FASHION_MNIST, MNIST):
+        inner = build_app(Predictor(model, "keras", {"name": "lr"}, dataset), data=synthetic)
+        try:
+            status, results = asgi(guarded(inner, host="127.0.0.1"), "POST", "/api/predict", body,
+                                   {"content-type": kind})
+        finally:
+            inner.state.batcher.close()
+            inner.state.workers.close()
+        assert status == 200
+        read[dataset.name] = results[0]
+    assert read["fashion-mnist"].get("mirrored") is True
+    assert "mirrored" not in read["mnist"] and read["mnist"]["class_name"] == "0"

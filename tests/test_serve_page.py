@@ -73,3 +73,22 @@ def test_the_page_state_survives_names_that_look_like_placeholders():
     state = re.search(r'<script type="application/json" id="state">(.*?)</script>', page, re.S)[1]
     assert json.loads(state)["model"]["name"] == "shirt__SCRIPT____STATE__"
     assert page.count('"use strict";') == 1
+
+
+def test_the_gallery_shows_two_test_images_of_each_class_named_by_the_data_set(tmp_path):
+    import numpy as np
+    from helpers import SEVEN_NAMES, synthetic_arrays, write_dataset, write_seven_class_dataset
+
+    from fashionlab.data import DataSource
+    from fashionlab.datasets import resolve
+    from fashionlab.serve.page import gallery
+
+    folder = write_seven_class_dataset(tmp_path / "seven")
+    shown = gallery(DataSource(), resolve(str(folder)))
+    assert sorted(item["label"] for item in shown) == sorted(SEVEN_NAMES * 2)
+    assert all(item["png"].startswith("data:image/png;base64,") for item in shown)
+    arrays = {k: (np.arange(len(v)) % 30).astype(np.uint8) if "labels" in k else v
+              for k, v in synthetic_arrays().items()}
+    (write_dataset(tmp_path / "many", arrays) / "classes.txt").write_text("\n".join(f"c{i}" for i in range(30)))
+    shown = gallery(DataSource(), resolve(str(tmp_path / "many")))  # 30 classes: the first ten, two each
+    assert sorted(item["label"] for item in shown) == sorted([f"c{i}" for i in range(10)] * 2)

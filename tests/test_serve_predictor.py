@@ -27,3 +27,19 @@ def test_the_predictor_answers_as_the_model_at_every_size_and_after_keras_predic
 def test_a_predictor_is_of_a_run_or_of_an_onnx_file(given):
     with pytest.raises(ConfigError, match="give a run directory or `onnx`, one of the two"):
         load_predictor(**given)
+
+
+def test_an_onnx_file_is_served_with_the_classes_it_names(tmp_path):
+    import json
+
+    import onnx
+    from helpers import onnx_model, onnx_probabilities
+
+    graph = onnx_model(*onnx_probabilities(classes=7), output_shape=("batch", 7))
+    graph.metadata_props.add(key="fashionlab", value=json.dumps({"name": "seven", "dataset": "seven",
+                                                                 "class_names": [f"kind {i}" for i in range(7)]}))
+    onnx.save(graph, tmp_path / "seven.onnx")
+    predictor = load_predictor(onnx=tmp_path / "seven.onnx")
+    assert predictor.engine == "onnx" and predictor.dataset.class_names == tuple(f"kind {i}" for i in range(7))
+    assert predictor.predict(np.zeros((3, 28, 28), np.uint8)).shape == (3, 7)
+    assert predictor.predict(np.zeros((0, 28, 28), np.uint8)).shape == (0, 7)
