@@ -109,7 +109,7 @@ def test_library_terms_become_this_commands_flags_and_nothing_else_changes():
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--batch-norm", "sideways"], "invalid choice"),
-    (["predict", "run", "--index", "0", "--top-k", "1001"], "must be between 1 and 1000, got 1001"),
+    (["predict", "run", "--index", "0", "--top-k", "257"], "must be between 1 and 256, got 257"),
     (["compare", "--jobs", "0"], "must be at least 1, got 0"),
     (["train", "--resume", ""], "argument --resume: an empty path; give a file or folder name; see fashionlab train"),
     (["evaluate", ""], "argument RUN: an empty path"),
@@ -284,3 +284,12 @@ def test_data_commands_take_a_data_set(tmp_path):
     assert not (tmp_path / "k").exists()
     result = run_cli("data", "info", "--dataset", "letters")
     assert result.returncode == 2 and "expected a built-in data set (fashion-mnist, mnist, kmnist)" in result.stderr
+
+
+def test_paths_the_data_commands_print_have_their_control_characters_escaped(tmp_path):
+    folder = write_dataset(tmp_path / "e\x1b]0;PWNED\x07\x1b[31m\u200f")
+    (folder / "classes.txt").write_text("\n".join(f"k{i}" for i in range(10)))
+    for command in (["data", "path"], ["data", "info", "--validation-size", "10"]):
+        result = run_cli(*command, "--dataset", str(folder))
+        assert result.returncode == 0 and "\x1b" not in result.stdout and "\u200f" not in result.stdout
+        assert "\\x1b]0;PWNED\\x07\\x1b[31m\\u200f" in result.stdout

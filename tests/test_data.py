@@ -405,3 +405,67 @@ def test_the_ways_to_get_a_built_in_name_its_own_download():
     assert "fashionlab data download --dataset kmnist" in data.how_to_get(KMNIST)
     assert "apt-get" not in data.how_to_get(KMNIST) and "FASHIONLAB_DATA" not in data.how_to_get(MNIST)
     assert "apt-get install dataset-fashion-mnist" in data.how_to_get(FASHION_MNIST)
+
+
+@pytest.fixture
+def answering(tmp_path):
+    """A loopback server that answers every request with the same raw bytes, then closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+    answer = [b""]
+
+    def serve():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            with client:
+                client.recv(65536)
+                client.sendall(answer[0])
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield answer, f"http://127.0.0.1:{server.getsockname()[1]}/"
+    server.close()
+
+
+@pytest.mark.parametrize("raw", [b"HELLO THERE\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                                 b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n"])
+def test_a_server_that_breaks_http_gets_one_line_and_nothing_is_kept(tmp_path, answering, raw, capfd):
+    answer, url = answering
+    answer[0] = raw
+    with pytest.raises(DataError, match=r"^cannot download http://127.0.0.1:\d+/train-images-idx3-ubyte.gz \(.+\); "
+                                        r"check"):
+        data.download(tmp_path / "dest", url=url)
+    assert "Traceback" not in capfd.readouterr().err and not (tmp_path / "dest").exists()
+
+
+def test_an_empty_url_is_refused_not_taken_for_the_official_one(tmp_path):
+    with pytest.raises(DataError, match="`url` is empty"):
+        data.download(tmp_path / "dest", url=" ")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_download_replaces_no_file_unless_it_can_replace_them_all(tmp_path, real_data):
+    dest = tmp_path / "dest"
+    (dest / "t10k-labels-idx1-ubyte.gz").mkdir(parents=True)
+    (dest / "train-images-idx3-ubyte.gz").write_bytes(b"mine")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is a directory, not a file a download may "
+                                        r"replace; move it away, or choose another `dest`"):
+        data.download(dest, url=real_data.data_dir.as_uri())
+    assert (dest / "train-images-idx3-ubyte.gz").read_bytes() == b"mine"
+    assert sorted(p.name for p in dest.iterdir()) == ["t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz"]
+
+
+def test_messages_about_a_data_sets_files_speak_of_that_data_set(tmp_path):
+    folder = write_dataset(tmp_path / "k")
+    damaged = folder / "t10k-images-idx3-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(DataError, match="damaged gzip file .*fashionlab data download --dataset kmnist"):
+        data.load_file(folder, "t10k-images-idx3-ubyte", verify=False, dataset=KMNIST)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x09" + b"\x00" * 30)  # an unknown compression
+    with pytest.raises(DataError, match="is a damaged gzip file"):
+        data.load_file(folder, "t10k-images-idx3-ubyte", verify=False, dataset=KMNIST)
+    with pytest.raises(DataError, match=r"has label 9, outside 0..1 \(the data set's 2 classes\); name every label "
+                                        r"in classes.txt, or replace the file"):
+        data.load_file(folder, "t10k-labels-idx1-ubyte", verify=False,
+                       dataset=dataclasses.replace(KMNIST, class_names=("a", "b")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from helpers import synthetic_arrays, write_dataset
@@ -45,12 +46,19 @@ def test_a_folder_with_its_class_names_is_a_data_set(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "said"), [
-    ("only\n", "names 1 classes; a data set has 2 to 1,000"),
-    ("".join(f"c{i}\n" for i in range(MAX_CLASSES + 1)), "names 1,001 classes"),
+    ("only\n", "names 1 classes; a data set has 2 to 256"),
+    ("".join(f"c{i}\n" for i in range(MAX_CLASSES + 1)), "names 257 classes"),
     ("a\n\nb\n", "has an empty line 2"),
     ("a\n" + "x" * 65 + "\n", "line 2 is not a name of 1 to 64 printable characters"),
     ("a\nb\x00c\n", "line 2 is not a name"),
     ("cat\ndog\ncat\n", "names 'cat' twice \\(lines 1 and 3\\)"),
+    ("a\x0bb\nc\n", "line 1 is not a name"),  # a line ends at a newline alone: a vertical tab is in a name
+    ("x\na\x1cb\x1dc\n", "line 2 is not a name"),
+    ("x\na\x85b\u2028c\n", "line 2 is not a name"),
+    ("caf\u00e9\ncafe\u0301\n", "names 'café' twice \\(lines 1 and 2\\)"),  # the same once written alike
+    ("a\n\u3164\n", "line 2 is not a name of 1 to 64 printable characters, one that shows at least"),
+    ("a\n\u2800\n", "line 2 is not a name"),
+    ("a\n\u0301\n", "line 2 is not a name"),
 ])
 def test_a_class_list_that_cannot_name_the_labels_is_refused_in_one_line(text, said):
     with pytest.raises(DataError, match=f"^classes.txt {said}.*; write one class name a line, in label order$"):
@@ -68,6 +76,18 @@ def test_a_folder_that_is_not_a_data_set_says_what_it_lacks(tmp_path):
     (tmp_path / "classes.txt").write_bytes(b"\xff\xfe" + "a\nb\n".encode("utf-16-le"))
     with pytest.raises(DataError, match="is not UTF-8 text"):
         from_folder(tmp_path)
+    with pytest.raises(DataError, match=r"^cannot use '/x/aaaaa.*\.\.\. as a data set folder \(File name too long\)"):
+        from_folder(Path("/x/" + "a" * 5000))
+
+
+def test_a_folder_is_kept_in_full_whatever_the_working_folder(tmp_path, monkeypatch):
+    folder = write_dataset(tmp_path / "seven", synthetic_arrays())
+    (folder / "classes.txt").write_text("\n".join(SEVEN))
+    monkeypatch.chdir(tmp_path)
+    dataset = resolve("./seven")
+    assert dataset.folder == folder and dataset.folder.is_absolute() and dataset.name == "seven"
+    assert record(dataset)["folder"] == str(folder) and dataset.label == "seven"
+    assert FASHION_MNIST.label == "Fashion-MNIST"
 
 
 @pytest.mark.parametrize("value", ["mnist-typo", "", "fashion", "FASHION-MNIST", "  "])

@@ -156,7 +156,7 @@ def _other_signature(model):
 
 def _wrong_class_count(model):  # declares more classes than a data set may have
     nodes, consts = onnx_probabilities()
-    return onnx_model(nodes, consts, output_shape=("batch", 1001))
+    return onnx_model(nodes, consts, output_shape=("batch", 257))
 
 
 def _one_class(model):
@@ -224,8 +224,8 @@ HOSTILE = {  # how a crafted file is made from a real export -> what the refusal
     "a fixed batch": (_fixed_batch, "takes batches of exactly 1 images; export it with a batch size left open"),
     "another signature": (_other_signature, "takes 'x' float32 \\('n', 5\\), not one input `pixels` of float32 "
                                             "\\(N, 28, 28\\) images"),
-    "1001 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, classes\\) class "
-                                        "probabilities, 2 to 1,000 classes"),
+    "257 classes": (_wrong_class_count, "not one output `probabilities` of float32 \\(N, classes\\) class "
+                                       "probabilities, 2 to 256 classes"),
     "one class": (_one_class, "not one output `probabilities` of float32 \\(N, classes\\)"),
     "a declared shape it does not compute": (_declared_but_not_computed, "is not a valid ONNX graph"),
     # shape arithmetic onnxruntime computes otherwise than ONNX's data propagation, or that blows up

@@ -305,3 +305,20 @@ def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
         stop_when()
     resumed = resume(tmp_path / "again", verbose=0)
     assert resumed.model.output_shape == (None, 7) and list(resumed.metrics["per_class_accuracy"]) == names
+
+
+def test_a_run_keeps_the_folder_it_read_in_full_and_does_not_claim_digests_it_had_none_of(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from fashionlab.evaluation import evaluate
+
+    folder = write_seven_class_dataset(tmp_path / "seven")
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)
+    train(TINY.replace(dataset="./seven"), "run", data=DataSource("copy"), verbose=0)
+    kept = json.loads((tmp_path / "run" / "run.json").read_text())["dataset"]
+    assert kept["folder"] == str(copy)  # the files it was trained on, wherever it is opened from
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["verified"] is False
+    monkeypatch.chdir(tmp_path / "seven")  # elsewhere: a relative folder would now name nothing, or another
+    assert list(evaluate(tmp_path / "run")["per_class"]) == list(SEVEN_NAMES)

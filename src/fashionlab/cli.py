@@ -337,18 +337,19 @@ def _dataset_of(args: argparse.Namespace) -> Dataset:
 def cmd_data_info(args: argparse.Namespace) -> None:
     dataset = _dataset_of(args)
     splits = _data_from(args).of(dataset).splits(args.validation_size)
-    print(f"data set: {dataset.title} ({dataset.classes} classes)")
-    print(data.describe(splits, dataset.class_names))
+    print(printable(f"data set: {dataset.title} ({dataset.classes} classes)"))
+    for line in data.describe(splits, dataset.class_names).splitlines():
+        print(printable(line))
 
 
 def cmd_data_path(args: argparse.Namespace) -> None:
-    print(DataSource(args.data_dir, dataset=_dataset_of(args)).locate())
+    print(printable(str(DataSource(args.data_dir, dataset=_dataset_of(args)).locate())))
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
     dataset = _dataset_of(args)
     dest = data.download(args.dest, url=args.url, dataset=dataset)
-    print(f"verified the four {dataset.title} files in {dest}")
+    print(printable(f"verified the four {dataset.title} files in {dest}"))
 
 
 class Parser(argparse.ArgumentParser):
@@ -552,7 +553,7 @@ def printable(text: str) -> str:
     return CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 INTERNAL_ERROR_CODE = 70  # EX_SOFTWARE: a bug in fashionlab, not a problem with the input
 
 

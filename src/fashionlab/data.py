@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from fashionlab.datasets import CLASSES_FILE, FASHION_MNIST, FILE_NAMES, Dataset
-from fashionlab.errors import DataError, Interrupted
-from fashionlab.files import open_regular, outermost_missing
+from fashionlab.errors import DataError, Interrupted, reason
+from fashionlab.files import kind_of, open_regular, outermost_missing
 from fashionlab.interrupts import stop_requests
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
@@ -163,19 +164,23 @@ def find_data_dir(data_dir: str | Path | None = None, dataset: Dataset = FASHION
                     f"{how_to_get(dataset)}", terms=["data_dir"])
 
 
-def read_bytes(path: Path) -> bytes:
-    """The decompressed content of an IDX file, gzip-compressed or not, size-capped."""
+def read_bytes(path: Path, dataset: Dataset = FASHION_MNIST) -> bytes:
+    """The decompressed content of an IDX file of `dataset`, gzip-compressed or not, size-capped."""
+    damaged = None
     try:
         with open_regular(path, what="dataset file", error=DataError, limit=MAX_DECOMPRESSED_BYTES) as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
-            content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path} is a damaged gzip file ({exc}); replace it: {how_to_get()}",
-                        terms=["data_dir"]) from None
+            try:
+                content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # inside: not a file that cannot be read
+                damaged = exc
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if damaged is not None:
+        raise DataError(f"{path} is a damaged gzip file ({reason(damaged)}); replace it: {how_to_get(dataset)}",
+                        terms=["data_dir"])
     if len(content) > MAX_DECOMPRESSED_BYTES:
         raise DataError(f"{path} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes, far more than any "
                         f"28 x 28 data set's file; it is not a dataset file, replace it")
@@ -192,14 +197,15 @@ def parse_idx(content: bytes, kind: str, origin: str = "data", classes: int = FA
         raise DataError(f"{origin} has IDX magic {dims[0]}, expected {magic} for {kind}; is it the right file?")
     count = int(dims[1])
     if kind == "images" and (dims[2], dims[3]) != (ROWS, COLS):
-        raise DataError(f"{origin} holds {dims[2]}x{dims[3]} images, expected 28x28; it is not Fashion-MNIST")
+        raise DataError(f"{origin} holds {dims[2]}x{dims[3]} images; fashionlab reads 28 x 28 data sets only")
     item = ROWS * COLS if kind == "images" else 1
     if len(content) != header + count * item:
         raise DataError(f"{origin} is {len(content)} bytes but its header promises {header + count * item} "
                         f"({count} {kind}); the file is truncated or padded, replace it")
     array = np.frombuffer(content, dtype=np.uint8, offset=header)
     if kind == "labels" and count and array.max() >= classes:
-        raise DataError(f"{origin} has label {array.max()}, outside 0..{classes - 1}; the file is corrupt, replace it")
+        raise DataError(f"{origin} has label {array.max()}, outside 0..{classes - 1} (the data set's {classes} "
+                        f"classes); name every label in classes.txt, or replace the file")
     return array.reshape((count, ROWS, COLS) if kind == "images" else (count,))
 
 
@@ -207,7 +213,7 @@ def load_file(directory: Path, name: str, verify: bool = True, dataset: Dataset 
     path = _file_in(directory, name)
     if path is None:
         raise DataError(f"{directory} lacks {name}(.gz); {how_to_get(dataset)}", terms=["data_dir"])
-    content = read_bytes(path)
+    content = read_bytes(path, dataset)
     if verify and dataset.verifiable:
         check_digest(path, content, name, dataset)
     return parse_idx(content, "images" if "images" in name else "labels", str(path), dataset.classes)
@@ -255,12 +261,13 @@ def split_arrays(arrays: dict[str, np.ndarray], validation_size: int, train_samp
     """The tutorial's split of arrays already read (`load_arrays`)."""
     x_all, y_all = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
     if validation_size >= len(x_all):
-        raise DataError(f"validation_size {validation_size} leaves no training images out of {len(x_all)}; "
-                        f"lower it")
+        raise DataError(f"`validation_size` {validation_size} leaves no training images out of {len(x_all)}; "
+                        f"lower it", terms=["validation_size"])
     x_train, y_train = x_all[validation_size:], y_all[validation_size:]
     if train_samples > len(x_train):
-        raise DataError(f"train_samples {train_samples} is more than the {len(x_train)} training images left after "
-                        f"validation_size {validation_size}; lower it")
+        raise DataError(f"`train_samples` {train_samples} is more than the {len(x_train)} training images left "
+                        f"after `validation_size` {validation_size}; lower it",
+                        terms=["train_samples", "validation_size"])
     if train_samples:
         x_train, y_train = x_train[:train_samples], y_train[:train_samples]
     return Splits(x_train, y_train, x_all[:validation_size], y_all[:validation_size],
@@ -286,11 +293,14 @@ def download(dest: Path | None = None, url: str | None = None, timeout: float = 
     """Fetch a built-in data set's four .gz files from the folder at `url` (default: its official
     address), verify each against its digests, then move them into `dest` (default: its folder in the
     Keras cache). All or nothing: a failure or a Ctrl-C leaves no file and no folder behind."""
-    if not dataset.verifiable or (url or dataset.url) is None:
+    if not dataset.verifiable or dataset.url is None:
         raise DataError(f"{dataset.title} has no official files to download; its files are the ones in its folder",
                         terms=["dataset"])
+    if url is not None and not url.strip():
+        raise DataError("`url` is empty; give the address of a folder holding the four .gz files, or leave it out "
+                        f"for {dataset.title}'s official one", terms=["url"])
     with stop_requests() as stop:
-        return _download(dest, url or dataset.url, timeout, stop, dataset)
+        return _download(dest, url if url is not None else dataset.url, timeout, stop, dataset)
 
 
 def _fetch_watched(address: str, target: Path, *, timeout: float, stop) -> None:
@@ -298,14 +308,23 @@ def _fetch_watched(address: str, target: Path, *, timeout: float, stop) -> None:
     the network does (a read can block for as long as the server likes)."""
     outcome: list[BaseException | None] = []
     cancel = threading.Event()
-    worker = threading.Thread(target=lambda: outcome.append(_fetch(address, target, timeout, cancel)), daemon=True)
+
+    def fetch() -> None:
+        try:
+            outcome.append(_fetch(address, target, timeout, cancel))
+        except Exception as exc:  # whatever a server's answer makes a library raise: one line, no thread traceback
+            outcome.append(DataError(f"cannot download {address} ({reason(exc)}); check `url`", terms=["url"]))
+
+    worker = threading.Thread(target=fetch, daemon=True)
     worker.start()
     while worker.is_alive():
         worker.join(0.2)
         if stop.requested:
             cancel.set()  # the thread stops at its next chunk; its file is removed with the staging folder
             raise Interrupted("download interrupted; nothing was kept")
-    if outcome and outcome[0] is not None:
+    if not outcome:
+        raise DataError(f"cannot download {address}; check the network and `url`", terms=["url"])
+    if outcome[0] is not None:
         raise outcome[0]
 
 
@@ -325,9 +344,9 @@ def _fetch(address: str, target: Path, timeout: float, cancel: threading.Event) 
                     if window_bytes < MIN_DOWNLOAD_RATE * timeout:
                         raise TimeoutError(f"less than {MIN_DOWNLOAD_RATE:,} bytes a second")
                     window_start, window_bytes = time.monotonic(), 0
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return DataError(f"cannot download {address} ({reason}); check the network and `url`", terms=["url"])
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        why = getattr(exc, "reason", None) or exc
+        return DataError(f"cannot download {address} ({reason(why)}); check the network and `url`", terms=["url"])
     return None
 
 
@@ -351,6 +370,11 @@ def _download(dest: Path | None, url: str, timeout: float, stop, dataset: Datase
                 raise DataError(f"{address} is not the official {dataset.title} {name}.gz (SHA-256 mismatch); "
                                 f"download from the official address or a faithful mirror (`url`)",
                                 terms=["url"]) from None
+        for name in FILE_NAMES:  # every target checked before the first is replaced: all or nothing
+            target = dest / f"{name}.gz"
+            if target.is_symlink() or target.exists() and not target.is_file():
+                raise DataError(f"{target} is {kind_of(target.lstat().st_mode)}, not a file a download may replace; "
+                                f"move it away, or choose another `dest`", terms=["dest"])
         for name in FILE_NAMES:
             os.replace(staging / f"{name}.gz", dest / f"{name}.gz")
     except BaseException:

@@ -8,11 +8,13 @@ run that was trained on it.
 
 A folder of your own is a data set when it holds the four IDX files (train-images-idx3-ubyte,
 train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each maybe .gz) of
-28 x 28 images, and `classes.txt`: one class name a line, in label order, 2 to 1,000 of them.
+28 x 28 images, and `classes.txt`: one class name a line, in label order, 2 to 256 of them (an
+IDX label is one byte).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from fashionlab.errors import ConfigError, DataError
 
 FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CLASSES_FILE = "classes.txt"
-MIN_CLASSES, MAX_CLASSES = 2, 1000
+MIN_CLASSES, MAX_CLASSES = 2, 256  # an IDX label file holds unsigned bytes: 256 labels at most
 MAX_NAME_CHARACTERS = 64
 MAX_CLASSES_FILE_BYTES = 128 * 1024
 
@@ -52,6 +54,12 @@ class Dataset:
     def gz_digest(self, file: str) -> str | None:
         """The published SHA-256 of one of FILE_NAMES as its .gz file; None when there is none."""
         return dict(zip(FILE_NAMES, self.gz_sha256)).get(file)
+
+    @property
+    def label(self) -> str:
+        """How it is named where others see it (a served API, an exported file): a built-in's title,
+        a folder's name, never the folder's path on this machine."""
+        return self.title if self.folder is None else self.name
 
     @property
     def verifiable(self) -> bool:
@@ -152,28 +160,36 @@ def from_folder(folder: Path) -> Dataset:
     """A data set of your own: the folder's classes.txt names its classes (see the module's doc);
     its files are checked when they are read."""
     from fashionlab.files import read_text
+    from fashionlab.records import shown
 
-    if not folder.is_dir():
-        raise DataError(f"the data set folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
+    try:
+        is_folder, exists, folder = folder.is_dir(), folder.exists(), folder.resolve()
+    except (OSError, RuntimeError) as exc:  # a name too long, a loop of links
+        why = getattr(exc, "strerror", None) or exc
+        raise DataError(f"cannot use {shown(str(folder))} as a data set folder ({why}); give a folder holding the "
+                        f"four IDX files and {CLASSES_FILE}", terms=["dataset"]) from None
+    if not is_folder:
+        raise DataError(f"the data set folder {folder} {'is not a folder' if exists else 'does not exist'}; "
                         f"give a folder holding the four IDX files and {CLASSES_FILE}", terms=["dataset"])
     path = folder / CLASSES_FILE
     if not path.exists():
         raise DataError(f"{folder} has no {CLASSES_FILE}; write one class name a line, in label order (label 0 "
                         f"first), beside the four IDX files", terms=["dataset"])
     text = read_text(path, what="class list", error=DataError, limit=MAX_CLASSES_FILE_BYTES)
-    name = folder.resolve().name or "data"
+    name = folder.name or "data"
     return Dataset(name=name, title=f"the data set in {folder}", class_names=parse_class_names(text, str(path)),
                    folder=folder)
 
 
 def parse_class_names(text: str, origin: str) -> tuple[str, ...]:
-    """One class name a line, in label order: 2 to MAX_CLASSES, each 1 to MAX_NAME_CHARACTERS
-    printable characters, none twice. A byte order mark, CRLF line ends, blanks around a name and
+    """One class name a line (lines end at a newline alone), in label order: 2 to MAX_CLASSES, each
+    1 to MAX_NAME_CHARACTERS printable characters with at least one that shows, none twice once
+    written the same way (Unicode NFC). A byte order mark, CRLF line ends, blanks around a name and
     empty lines at the end are allowed."""
-    lines = text.removeprefix("\ufeff").splitlines()
+    lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
-    names = tuple(line.strip() for line in lines)
+    names = tuple(unicodedata.normalize("NFC", line.strip()) for line in lines)
 
     def refuse(problem: str) -> DataError:
         return DataError(f"{origin} {problem}; write one class name a line, in label order", terms=["dataset"])
@@ -183,11 +199,21 @@ def parse_class_names(text: str, origin: str) -> tuple[str, ...]:
     for number, name in enumerate(names, 1):
         if not name:
             raise refuse(f"has an empty line {number}")
-        if len(name) > MAX_NAME_CHARACTERS or not name.isprintable():
-            raise refuse(f"line {number} is not a name of 1 to {MAX_NAME_CHARACTERS} printable characters")
+        if len(name) > MAX_NAME_CHARACTERS or not name.isprintable() or not any(map(_shows, name)):
+            raise refuse(f"line {number} is not a name of 1 to {MAX_NAME_CHARACTERS} printable characters, one that "
+                         f"shows at least")
     seen: dict[str, int] = {}
     for number, name in enumerate(names, 1):
         if name in seen:
             raise refuse(f"names {name!r} twice (lines {seen[name]} and {number})")
         seen[name] = number
     return names
+
+
+# Hangul fillers and the blank Braille cell: letters and symbols that show nothing
+BLANKS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+
+
+def _shows(character: str) -> bool:
+    """Whether a character leaves a mark: not a space, not a mark on another character, not a filler."""
+    return not character.isspace() and unicodedata.category(character)[0] != "M" and character not in BLANKS

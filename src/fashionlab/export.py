@@ -144,11 +144,12 @@ def _describe(run: Run, dataset: Dataset) -> dict[str, Any]:
     with open_regular(run.model_file(), what="model file", error=RunError, limit=MAX_ONNX_BYTES) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"run": run.path.name, "name": config.name, "config": config.to_dict(),
+    # a folder of your own is named, not located: the file may be shared
+    return {"run": run.path.name, "name": config.name, "config": config.to_dict() | {"dataset": dataset.name},
             "test_accuracy": metrics.get("test_accuracy"), "dataset": dataset.name,
             "class_names": list(dataset.class_names), "model_keras_sha256": digest.hexdigest(),
             "fashionlab": __version__,
-            "input": f"float32 pixels (N, 28, 28), 0..255, light {dataset.subject} on black, as in {dataset.title}",
+            "input": f"float32 pixels (N, 28, 28), 0..255, light {dataset.subject} on black, as in {dataset.label}",
             "output": f"float32 class probabilities (N, {dataset.classes}), in the order of class_names"}
 
 

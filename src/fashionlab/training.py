@@ -169,6 +169,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard, run_dir.name)
     splits = _checked_splits(config, data)
+    if dataset.folder is not None:  # the folder the files were read from (`data_dir` may name another), in full
+        dataset = dataclasses.replace(dataset, folder=data.locate().resolve())
     kept = record(dataset, data.digests() if dataset.folder is not None else None)
     _use_compilation_cache()
     with stop_requests() as stop:
@@ -376,7 +378,8 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "parameters": parameter_counts(model),
         "engine": resolve_engine(config.engine),
         "scaler": dataclasses.asdict(scaler) if scaler else None,
-        "data": {"dir": str(splits.source), "verified": data.verify, "train": len(splits.x_train),
+        "data": {"dir": str(splits.source), "verified": data.verify and data.dataset.verifiable,
+                 "train": len(splits.x_train),
                  "valid": len(splits.x_valid), "test": len(splits.x_test) if test else 0},
         "versions": library_versions(),
         "machine": machine_info(),

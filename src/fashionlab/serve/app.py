@@ -44,7 +44,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     answer lists unless the request says). `serve` wraps it in `guarded` (Host check, HEAD, no
     tracebacks) before it meets a client."""
     app = FastAPI(title="fashionlab", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
-                  description=f"{predictor.dataset.title} classes for images: the API of `fashionlab serve`.")
+                  description=f"{predictor.dataset.label} classes for images: the API of `fashionlab serve`.")
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
