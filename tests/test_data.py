@@ -65,7 +65,7 @@ IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
     (IMAGES, lambda a: idx_bytes(a[IMAGES]) + b"\0", "truncated or padded"),
     (IMAGES, lambda a: idx_bytes(a[IMAGES], magic=2049), "IDX magic 2049, expected 2051"),
     (LABELS, lambda a: idx_bytes(a[LABELS], magic=2051), "IDX magic 2051, expected 2049"),
-    (IMAGES, lambda a: idx_bytes(a[IMAGES].reshape(-1, 14, 56)), "14x56 images, expected 28x28"),
+    (IMAGES, lambda a: idx_bytes(a[IMAGES].reshape(-1, 14, 56)), "14x56 images; fashionlab reads 28 x 28"),
     (LABELS, lambda a: idx_bytes(np.full(360, 10, np.uint8)), "label 10, outside 0..9"),
     (LABELS, lambda a: idx_bytes(a[LABELS][:-1]), "360 images but 359 labels"),
     (LABELS, lambda a: b"\0\0", "too short for an IDX labels header"),
@@ -269,7 +269,7 @@ def test_a_file_of_no_items_is_refused(tmp_path):
 def test_labels_are_checked_against_the_data_sets_own_class_count():
     labels = idx_bytes(np.array([0, 6, 3], np.uint8))
     assert list(data.parse_idx(labels, "labels", "seven", classes=7)) == [0, 6, 3]
-    with pytest.raises(DataError, match="seven has label 6, outside 0..5; the file is corrupt"):
+    with pytest.raises(DataError, match="seven has label 6, outside 0..5 \\(the data set.s 6 classes\\); name every"):
         data.parse_idx(labels, "labels", "seven", classes=6)
 
 
@@ -293,7 +293,7 @@ def test_a_folder_data_set_is_read_from_its_folder_with_its_own_class_count(tmp_
     assert source.locate() == folder and set(splits.y_train) | set(splits.y_test) == set(range(7))
     assert source.located().dataset is source.dataset
     write_dataset(folder, arrays)  # labels 0..9 now: outside the folder's seven classes
-    with pytest.raises(DataError, match="has label 9, outside 0..6; the file is corrupt"):
+    with pytest.raises(DataError, match="has label 9, outside 0..6 \\(the data set.s 7 classes\\)"):
         source.splits(validation_size=60)
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
     with pytest.raises(DataError, match=f"lacks t10k-images-idx3-ubyte.*put the four .* beside {folder}/classes.txt"):
