@@ -1,7 +1,7 @@
 
 import numpy as np
 import pytest
-from helpers import synthetic_arrays
+from helpers import left_right_model, right_facing_boot, synthetic_arrays
 from PIL import Image
 
 from fashionlab import CLASS_NAMES
@@ -199,14 +199,8 @@ def test_photos_are_tried_mirrored_only_for_a_data_set_whose_shoes_face_one_way(
     import json
     import shutil
 
-    import keras
 
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
-    weights = np.zeros((28, 28, 10), np.float32)
-    weights[:, :14, 0], weights[:, 14:, 1] = 0.0001, 0.0003  # a flipped reading is the more confident one
-    model.layers[-1].set_weights([weights.reshape(784, 10), np.zeros(10, np.float32)])
-    photo = np.full((56, 56, 3), 255, np.uint8)
-    photo[8:46, 4:18] = photo[38:46, 4:44] = (90, 40, 20)  # a boot: its shaft on the left, its sole pointing right
+    model, photo = left_right_model(), right_facing_boot()
     Image.fromarray(photo).save(tmp_path / "boot.png")
     readings = {}
     for name, dataset in (("fashion-mnist", FASHION_MNIST), ("mnist", MNIST)):

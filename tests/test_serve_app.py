@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
-from helpers import slow_onnx
+from helpers import left_right_model, right_facing_boot, slow_onnx
 from PIL import Image
 from serving import Server, data_options, multipart, png, start, stop
 
@@ -345,17 +345,11 @@ def test_a_run_of_another_data_set_is_served_with_its_own_classes(tmp_path):
 
 
 def test_photos_are_tried_mirrored_only_for_a_data_set_whose_shoes_face_one_way(synthetic):
-    import keras
 
     from fashionlab.datasets import FASHION_MNIST, MNIST
     from fashionlab.serve.predictor import Predictor
 
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
-    weights = np.zeros((28, 28, 10), np.float32)
-    weights[:, :14, 0], weights[:, 14:, 1] = 0.0001, 0.0003  # a flipped reading is the more confident one
-    model.layers[-1].set_weights([weights.reshape(784, 10), np.zeros(10, np.float32)])
-    photo = np.full((56, 56, 3), 255, np.uint8)
-    photo[8:46, 4:18] = photo[38:46, 4:44] = (90, 40, 20)  # a boot: its shaft on the left, its sole pointing right
+    model, photo = left_right_model(), right_facing_boot()
     body, kind = multipart([("boot.png", png(photo))])
     read = {}
     for dataset in (FASHION_MNIST, MNIST):
