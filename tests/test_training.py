@@ -305,6 +305,10 @@ def test_a_data_set_of_seven_classes_trains_and_is_named_downstream(tmp_path):
         stop_when()
     resumed = resume(tmp_path / "again", verbose=0)
     assert resumed.model.output_shape == (None, 7) and list(resumed.metrics["per_class_accuracy"]) == names
+    import fashionlab as fl  # the notebook API: its tables speak of the run's classes
+
+    opened = fl.Run.open(tmp_path / "run")
+    assert list(opened.confusion().index) == names and set(opened.predict([0, 1])["class"]) <= set(names)
 
 
 def test_a_run_keeps_the_folder_it_read_in_full_and_does_not_claim_digests_it_had_none_of(tmp_path, monkeypatch):
