@@ -42,3 +42,22 @@ def test_the_tutorial_notebook_runs_and_prints_the_tutorials_figures(tmp_path, m
     cards = [cell for cell in notebook.cells if any("text/html" in o.get("data", {}) for o in cell.get("outputs", []))]
     assert len(cards) >= 3  # the run, the CNN run and the comparison show themselves
     assert (tmp_path / "runs" / "notebook-bn" / "results.csv").is_file()
+
+
+def test_figures_show_once_inline_and_leave_the_notebooks_own_matplotlib_alone(tmp_path, tiny_run, synthetic):
+    """A figure a notebook call returns shows once, as an image, with `%matplotlib inline` or
+    without; a card does not switch the kernel's backend: the user's own plt.plot() still shows."""
+    import nbformat
+
+    cells = ["import fashionlab as fl\nimport matplotlib\nbefore = matplotlib.get_backend()",
+             f"run = fl.Run.open({str(tiny_run.run.path)!r})\nrun",
+             "run.plot()",
+             "import matplotlib.pyplot as plt\nprint(before == matplotlib.get_backend(), plt.get_fignums())",
+             "%matplotlib inline\nrun.plot()",
+             "plt.plot([1, 2, 3])\nplt.show()"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    nbformat.write(notebook, tmp_path / "figures.ipynb")
+    ran = execute(tmp_path / "figures.ipynb", tmp_path)
+    images = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in ran.cells]
+    assert images == [0, 0, 1, 0, 1, 1]  # the card is HTML with its figure inside; each figure once
+    assert text_of(ran.cells[3]).strip() == "True []"  # the kernel's backend as it was, no figure of pyplot's

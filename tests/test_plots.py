@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,3 +178,14 @@ def test_a_confusion_matrix_names_its_own_classes_and_past_thirty_only_colours_t
     ax = plots.confusion_figure(np.eye(len(many), dtype=int), many).axes[0]
     assert ax.images[0].get_array().shape == (len(many), len(many)) and not ax.texts
     assert not [label.get_text() for label in ax.get_xticklabels() if label.get_text().startswith("class")]
+
+
+def test_drawing_leaves_the_processs_matplotlib_as_it_was():
+    """fashionlab chooses no backend and registers no figure with pyplot; its figures show as PNG."""
+    code = ("import matplotlib, matplotlib.pyplot as plt, pandas as pd; from fashionlab import plots; "
+            "fig = plots.learning_curves_figure(pd.DataFrame({'epoch': [1, 2], 'loss': [1.0, 0.5], "
+            "'val_loss': [1.1, 0.6], 'accuracy': [0.5, 0.7], 'val_accuracy': [0.4, 0.6]})); "
+            "print(matplotlib.get_backend(), plt.get_fignums(), fig._repr_png_()[:4])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MPLBACKEND": "svg"})
+    assert done.stdout.strip() == "svg [] b'\\x89PNG'", done.stderr

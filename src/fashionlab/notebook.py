@@ -44,10 +44,6 @@ def _card(title: str, facts: dict[str, str], figure: Figure | None = None, extra
     line = " · ".join(f"{html.escape(key)} <b>{html.escape(value)}</b>" for key, value in facts.items())
     picture = png_tag(png_bytes(figure), title).replace("<img ", '<img style="max-width: 100%; height: auto" ', 1) \
         if figure is not None else ""
-    if figure is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
     return (f'<div style="{CARD_STYLE}"><div style="font-size: 15px; font-weight: 600">{html.escape(title)}</div>'
             f'<div style="font-size: 13px; margin: 4px 0 8px">{line}</div>'
             f'<div>{picture}</div><div style="max-width: 100%; overflow-x: auto">{extra}</div></div>')
@@ -112,9 +108,8 @@ class Run:
     @checked(n=(1, 100))
     def mistakes(self, n: int = 12, data: DataSource = DataSource()) -> Figure:
         """The `n` test images the model gets wrong most confidently, with what it said and the truth."""
-        import matplotlib.pyplot as plt
-
         from fashionlab.evaluation import predict_proba
+        from fashionlab.plots import new_figure
 
         dataset = self._run.dataset()
         splits, names = data.of(dataset).splits(self.config.validation_size), dataset.class_names
@@ -124,7 +119,8 @@ class Run:
         worst = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:n]
         columns = min(6, max(1, len(worst)))
         rows = max(1, -(-len(worst) // columns))
-        figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False)
+        figure = new_figure(figsize=(1.9 * columns, 2.3 * rows))
+        axes = figure.subplots(rows, columns, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for ax, index in zip(axes.flat, worst):

@@ -2,6 +2,11 @@
 against training time, row-normalised confusion matrices, a comparison's curves.
 
     save_png(learning_curves_figure(history), "learning_curves.png")
+
+Every figure is made without pyplot (`new_figure`): fashionlab never chooses a matplotlib backend
+for the process it runs in, and its figures are never among pyplot's, so a notebook's own
+`plt.plot()` and `%matplotlib inline` go on as before, and a figure a notebook call returns shows
+itself once, as a PNG (`ShownFigure._repr_png_`).
 """
 
 from __future__ import annotations
@@ -11,15 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # no display needed, ever
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 DPI = 100
 TRAIN_COLOR, VALID_COLOR, BEST_COLOR = "tab:blue", "tab:orange", "tab:green"
@@ -27,9 +28,20 @@ LABELLED_CLASSES = 30  # a confusion matrix of more classes is drawn without nam
 LOG_RANGE = 30  # a positive series spanning more than this factor gets a log axis, or its small values flatten
 
 
+class ShownFigure(Figure):
+    """A figure that Jupyter shows as a PNG, whatever backend the notebook uses."""
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self)
+
+
+def new_figure(**options) -> Figure:
+    """A figure of its own (not pyplot's): drawn by the Agg renderer when saved, shown once in Jupyter."""
+    return ShownFigure(**options)
+
+
 def save_png(fig: Figure, path: Path | io.BytesIO) -> None:
     fig.savefig(path, format="png", dpi=DPI)
-    plt.close(fig)
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -84,8 +96,8 @@ def learning_curves_figure(history: pd.DataFrame, title: str = "") -> Figure:
     rates = history["learning_rate"].to_numpy(float) if "learning_rate" in history else np.array([])
     rates = rates[np.isfinite(rates)]
     panels = 3 if len(rates) and rates.min() != rates.max() else 2  # a constant rate is in the configuration
-    fig, axes = plt.subplots(1, panels, figsize=(13 if panels == 3 else 11, 4.5),
-                             gridspec_kw={"width_ratios": [1, 1, 0.6][:panels]})
+    fig = new_figure(figsize=(13 if panels == 3 else 11, 4.5))
+    axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1, 1, 0.6][:panels]})
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for column, label, color in ((metric, "training", TRAIN_COLOR), (f"val_{metric}", "validation", VALID_COLOR)):
             if column in history:
@@ -114,7 +126,8 @@ def accuracy_vs_seconds_figure(history: pd.DataFrame, marks: Sequence[float] = (
     (summed epoch times, the first epoch's compilation included); the accuracy `marks` the data reaches
     are drawn as dotted lines."""
     elapsed, accuracy = history["seconds"].cumsum().to_numpy(float), history["val_accuracy"].to_numpy(float)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = new_figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     ax.plot(elapsed, accuracy, marker="o", markersize=3, color=VALID_COLOR, label="validation accuracy")
     for mark in marks:
         if mark <= accuracy.max():
@@ -140,7 +153,8 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
         raise ValueError(f"a {counts.shape} confusion matrix cannot be labelled with {len(class_names)} class names")
     shares = row_normalised(counts)
     labelled = len(class_names) <= LABELLED_CLASSES
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig = new_figure(figsize=(8, 7))
+    ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     if labelled:
         ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
@@ -165,11 +179,11 @@ def _seed_table(frames: Sequence[pd.DataFrame], column: str) -> pd.DataFrame:
 def comparison_curves_figure(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
     """Per variant: validation accuracy and loss per epoch (the mean over seeds, band = min..max),
     and validation accuracy against training seconds (each seed faint, the mean bold)."""
-    fig = plt.figure(figsize=(12, 9))
+    fig = new_figure(figsize=(12, 9))
     grid = fig.add_gridspec(2, 2)
     accuracy_ax, loss_ax, time_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), \
         fig.add_subplot(grid[1, :])
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     timed: list[float] = []  # every epoch's elapsed seconds
     for k, (variant, frames) in enumerate(histories.items()):
         color = colors[k % len(colors)]
@@ -229,7 +243,8 @@ def _accuracy_of(trials: pd.DataFrame) -> pd.Series:
 def sweep_history_figure(trials: pd.DataFrame) -> Figure:
     """Validation accuracy per trial in trial order (pruned trials at their best epoch so far),
     and the best complete trial so far as a line."""
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = new_figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     accuracy = _accuracy_of(trials)
     for state, (marker, color) in STATE_MARKERS.items():
         chosen = trials["state"] == state
@@ -256,7 +271,8 @@ def sweep_slices_figure(trials: pd.DataFrame, scales: Mapping[str, str]) -> Figu
     keys = list(scales)
     columns = min(3, len(keys))
     rows = -(-len(keys) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharey=True)
+    fig = new_figure(figsize=(4.2 * columns, 3.4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     accuracy = _accuracy_of(trials)
     for ax, key in zip(axes.flat, keys):
         values = trials[key]
@@ -287,7 +303,8 @@ def sweep_slices_figure(trials: pd.DataFrame, scales: Mapping[str, str]) -> Figu
 def importance_figure(importances: Mapping[str, float]) -> Figure:
     """Optuna's parameter importances as horizontal bars, the most important on top."""
     ordered = sorted(importances.items(), key=lambda item: item[1])
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(ordered) + 1.4))
+    fig = new_figure(figsize=(7, 0.5 * len(ordered) + 1.4))
+    ax = fig.subplots()
     ax.barh([k for k, _ in ordered], [v for _, v in ordered], color="tab:blue")
     for y, (_, value) in enumerate(ordered):
         ax.text(value, y, f" {value:.2f}", va="center")
