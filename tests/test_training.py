@@ -326,3 +326,15 @@ def test_a_run_keeps_the_folder_it_read_in_full_and_does_not_claim_digests_it_ha
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["verified"] is False
     monkeypatch.chdir(tmp_path / "seven")  # elsewhere: a relative folder would now name nothing, or another
     assert list(evaluate(tmp_path / "run")["per_class"]) == list(SEVEN_NAMES)
+
+
+def test_in_a_notebook_each_epoch_is_one_line_updated_in_place(tmp_path, synthetic, monkeypatch, capsys):
+    """Outside a kernel IPython's display prints what a kernel would show: the line of each update."""
+    from fashionlab import training
+
+    monkeypatch.setattr(training, "in_notebook", lambda: True)
+    train(TINY.replace(epochs=2), tmp_path / "run", data=synthetic)
+    shown = capsys.readouterr().out
+    assert "Epoch 1/2" not in shown and "\b" not in shown  # not Keras' bar, redrawn with backspaces
+    ends = [line for line in shown.splitlines() if line.startswith("epoch ") and "val_accuracy" in line]
+    assert [line.split(" ━")[0] for line in ends] == ["epoch 1/2", "epoch 2/2"]

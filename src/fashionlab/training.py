@@ -132,8 +132,8 @@ def check_engine(config: TrainConfig) -> str:
 
 
 def progress_verbosity() -> int:
-    """Keras' progress bar on a terminal and in a notebook (one bar per epoch, redrawn in place),
-    one line per epoch in logs and pipes."""
+    """Keras' progress bar on a terminal, a line per epoch updated in place in a notebook
+    (`progress.NotebookProgress`), one line per epoch in logs and pipes."""
     return 1 if sys.stdout.isatty() or in_notebook() else 2
 
 
@@ -263,9 +263,14 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
     if tensorboard is not None:
         everyone.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
     everyone += callbacks
+    verbose = progress_verbosity() if verbose is None else verbose
+    if verbose == 1 and in_notebook():  # a line per epoch updated in place: a saved notebook keeps it readable
+        from fashionlab.progress import NotebookProgress
+
+        everyone.append(NotebookProgress(config.epochs, -(-len(splits.x_train) // config.batch_size)))
+        verbose = 0
     if not early_stop_due(rows, config.early_stopping):  # a run stopped early, killed before it finished
-        _fit(model, config, splits, callbacks=everyone, initial_epoch=len(rows),
-             verbose=progress_verbosity() if verbose is None else verbose)
+        _fit(model, config, splits, callbacks=everyone, initial_epoch=len(rows), verbose=verbose)
     if recorder.diverged_at:
         done = len(recorder.rows)
         raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
