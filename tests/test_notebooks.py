@@ -46,6 +46,8 @@ def test_the_tutorial_notebook_runs_and_prints_the_tutorials_figures(tmp_path, m
     for cell in notebook.cells:  # saved as readable text: no backspaces or carriage returns (colours render)
         colourless = re.sub(r"\x1b\[[0-9;]*m", "", text_of(cell))
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", colourless), cell.source
+    figures = [cell for cell in notebook.cells if cell.cell_type == "code" and ".mistakes(" in cell.source]
+    assert figures and all(any("image/png" in o.get("data", {}) for o in cell.outputs) for cell in figures)
     cards = [cell for cell in notebook.cells if any("text/html" in o.get("data", {}) for o in cell.get("outputs", []))]
     assert len(cards) >= 3  # the run, the CNN run and the comparison show themselves
     assert (tmp_path / "runs" / "notebook-bn" / "results.csv").is_file()
