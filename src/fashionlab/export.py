@@ -144,8 +144,7 @@ def _describe(run: Run, dataset: Dataset) -> dict[str, Any]:
     with open_regular(run.model_file(), what="model file", error=RunError, limit=MAX_ONNX_BYTES) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    # a folder of your own is named, not located: the file may be shared
-    return {"run": run.path.name, "name": config.name, "config": config.to_dict() | {"dataset": dataset.name},
+    return {"run": run.path.name, "name": config.name, "config": run.shared_config(),
             "test_accuracy": metrics.get("test_accuracy"), "dataset": dataset.name,
             "class_names": list(dataset.class_names), "model_keras_sha256": digest.hexdigest(),
             "fashionlab": __version__,

@@ -283,6 +283,11 @@ class Run:
         kept = self.status().get("dataset")
         return FASHION_MNIST if kept is None else from_record(kept, str(self.file(STATUS_FILE)))
 
+    def shared_config(self) -> dict[str, Any]:
+        """The config as an exported file or a served API shows it to others: a data set of your own
+        named, not located (its folder's path on this machine stays here)."""
+        return self.config().to_dict() | {"dataset": self.dataset().name}
+
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
         try:

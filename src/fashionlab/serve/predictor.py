@@ -100,11 +100,9 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
     config = run.config()
     metrics = run.metrics() if run.file("metrics.json").is_file() else {}
-    dataset = run.dataset()  # a folder of your own is named, not located, to clients
-    info = {"name": config.name, "run": run.path.name, "source": str(run.path),
-            "config": config.to_dict() | {"dataset": dataset.name},
+    info = {"name": config.name, "run": run.path.name, "source": str(run.path), "config": run.shared_config(),
             "test_accuracy": metrics.get("test_accuracy")}
-    return Predictor(run.load_model(), "keras", info, dataset, timeout=model_timeout)
+    return Predictor(run.load_model(), "keras", info, run.dataset(), timeout=model_timeout)
 
 
 def _text(value: Any) -> str | None:
