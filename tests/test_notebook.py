@@ -44,6 +44,16 @@ def test_the_figures_and_tables(run, synthetic):
     assert all(predicted != true for (predicted, _), true in said)  # mistakes only
     confidence = [int(p.rstrip("%")) for (_, p), _ in said]
     assert confidence == sorted(confidence, reverse=True)  # the most confident first
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    many = run.mistakes(12, data=synthetic)  # two rows: no title over the images of the row above
+    renderer = FigureCanvasAgg(many).get_renderer()
+    many.draw(renderer)
+    images = [ax for ax in many.axes if ax.images]
+    assert len(images) > 6
+    for upper in images[:6]:
+        for lower in images[6:]:
+            assert not lower.title.get_window_extent(renderer).overlaps(upper.get_window_extent(renderer))
 
 
 def test_predict_gives_a_table_of_what_fashionlab_predict_says(run, synthetic):

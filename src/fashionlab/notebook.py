@@ -119,7 +119,8 @@ class Run:
         worst = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:n]
         columns = min(6, max(1, len(worst)))
         rows = max(1, -(-len(worst) // columns))
-        figure = new_figure(figsize=(1.9 * columns, 2.3 * rows))
+        # constrained: each row's titles get room above its images (tight_layout let them overlap the row above)
+        figure = new_figure(figsize=(1.9 * columns, 2.3 * rows), layout="constrained")
         axes = figure.subplots(rows, columns, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
@@ -128,7 +129,6 @@ class Run:
             ax.set_title(f"{names[predicted[index]]} {proba[index, predicted[index]]:.0%}\n"
                          f"true: {names[splits.y_test[index]]}", fontsize=8)
         figure.suptitle(f"{self.name}: the {len(worst)} most confident mistakes of {len(wrong)}", fontsize=10)
-        figure.tight_layout()
         return figure
 
     @checked(top_k=(1, MAX_CLASSES))  # and at most the run's classes, checked by `predict`
