@@ -129,6 +129,46 @@ def test_comparison_curves_without_timings_still_draw():
     assert "no epoch timings" in fig.axes[2].texts[0].get_text()
 
 
+def assert_legible(fig) -> None:
+    """All the drawn figure lies inside it, and no two drawn tick labels of an axis overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    drawn, edge = fig.get_tightbbox(renderer), fig.bbox_inches  # both in inches
+    assert (drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= edge.x1 + 0.01
+            and drawn.y1 <= edge.y1 + 0.01), f"the figure's edge cuts what it shows: {drawn} in {edge}"
+    for ax in (ax for ax in fig.axes if ax.get_visible()):
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            ticks = [*zip(axis.get_majorticklocs(), axis.get_majorticklabels()),
+                     *zip(axis.get_minorticklocs(), axis.get_minorticklabels())]
+            labels = [label for at, label in ticks  # slanted labels' boxes overlap by design
+                      if low <= at <= high and label.get_text() and not label.get_rotation()]
+            boxes = [label.get_window_extent(renderer) for label in labels]
+            for i, box in enumerate(boxes):
+                for j in range(i + 1, len(boxes)):
+                    assert not box.overlaps(boxes[j]), f"{labels[i].get_text()} over {labels[j].get_text()}"
+
+
+def test_a_confusion_matrixs_labels_all_lie_inside_the_figure():
+    for names in (CLASS_NAMES, [f"class {i}" for i in range(7)]):
+        assert_legible(plots.confusion_figure(np.full((len(names), len(names)), 1000), names))
+
+
+@pytest.mark.parametrize("low, high", [(1e-4, 1e-3), (3e-4, 3e-3), (1e-3, 1.8e-3), (1e-5, 1e-1), (0.5, 3.0)])
+def test_the_sweep_slices_label_any_log_range_without_overlapping_ticks(low, high):
+    rng = np.random.default_rng(0)
+    trials = pd.DataFrame({"trial": range(30), "state": ["complete"] * 30, "val_accuracy": rng.uniform(0.8, 0.9, 30),
+                           "learning_rate": np.exp(rng.uniform(np.log(low), np.log(high), 30)),
+                           "width": rng.integers(1, 7, 30) * 256, "best_val_accuracy": 0.9})
+    for scales in ({"learning_rate": "log"}, {"learning_rate": "log", "width": "linear"}):
+        fig = plots.sweep_slices_figure(trials, scales)
+        assert_legible(fig)
+        ticks = fig.axes[0].get_xticks()
+        assert len([t for t in ticks if low * 0.9 <= t <= high * 1.1]) >= 2  # and it says where the values are
+
+
 @pytest.mark.parametrize("matrix", [np.eye(10, dtype=int) * 5, np.zeros((10, 10), dtype=int)])
 def test_confusion_matrix_renders(matrix):
     assert_png(plots.png_bytes(plots.confusion_figure(matrix, CLASS_NAMES)), 600, 500)
@@ -148,6 +188,7 @@ def test_the_sweep_history_shows_each_trial_and_the_best_so_far_without_gaps(tmp
     dots = {c.get_label(): c.get_offsets() for c in ax.collections}
     np.testing.assert_allclose(dots["complete (3)"], [[0, 0.80], [2, 0.85], [4, 0.83]])
     np.testing.assert_allclose(dots["pruned (1)"], [[1, 0.70]])  # at its best epoch before it stopped
+    assert_legible(fig)
     plots.save_png(fig, tmp_path / "h.png")
     assert_png(tmp_path / "h.png", 800, 400)
 
@@ -168,6 +209,7 @@ def test_the_importances_are_bars_most_important_on_top():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dropout", "width", "learning_rate"]
     assert [round(p.get_width(), 2) for p in ax.patches] == [0.1, 0.2, 0.7]
+    assert_legible(ax.figure)
 
 
 def test_a_confusion_matrix_names_its_own_classes_and_past_thirty_only_colours_them():

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 DPI = 100
 TRAIN_COLOR, VALID_COLOR, BEST_COLOR = "tab:blue", "tab:orange", "tab:green"
@@ -167,6 +167,9 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
             ax.text(j, i, f"{share * 100:.0f}" if share >= 0.005 else "<1", ha="center", va="center", fontsize=8,
                     color="white" if share > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, format=FuncFormatter(lambda value, _: f"{value:.0%}"))
+    # twice: the first pass measures the y label where it stood before the wide tick labels moved
+    # it, and leaves it cut by the figure's left edge
+    fig.tight_layout()
     fig.tight_layout()
     return fig
 
@@ -271,7 +274,8 @@ def sweep_slices_figure(trials: pd.DataFrame, scales: Mapping[str, str]) -> Figu
     keys = list(scales)
     columns = min(3, len(keys))
     rows = -(-len(keys) // columns)
-    fig = new_figure(figsize=(4.2 * columns, 3.4 * rows))
+    # constrained: tight_layout leaves the last tick label of the right panel cut by the edge
+    fig = new_figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     accuracy = _accuracy_of(trials)
     for ax, key in zip(axes.flat, keys):
@@ -282,22 +286,39 @@ def sweep_slices_figure(trials: pd.DataFrame, scales: Mapping[str, str]) -> Figu
             ax.set_xticks(range(len(labels)), labels)
         else:
             x = values.astype(float)
-            if scales[key] == "log":
-                ax.set_xscale("log")
         pruned = (trials["state"] == "pruned").to_numpy()
         dots = ax.scatter(np.asarray(x)[~pruned], accuracy[~pruned], c=trials["trial"][~pruned], cmap="viridis",
                           marker="o")
         ax.scatter(np.asarray(x)[pruned], accuracy[pruned], c=trials["trial"][pruned], cmap="viridis", marker="x",
                    norm=dots.norm)
+        if scales[key] == "log":
+            _log_x_axis(ax)
         ax.set_xlabel(key + (" (log scale)" if scales[key] == "log" else ""))
         ax.grid(True, alpha=0.4)
     for ax in axes[:, 0]:
         ax.set_ylabel("validation accuracy")
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle("each searched value against validation accuracy (o complete, x pruned; colour: trial number)")
-    fig.tight_layout()
+    fig.suptitle("each searched value against validation accuracy" + (" " if columns == 3 else "\n")
+                 + "(o complete, x pruned; colour: trial number)")  # on two lines, a narrower figure holds it
     return fig
+
+
+def _log_x_axis(ax: Axes) -> None:
+    """A log x axis labelled at a few round values (matplotlib labels every minor tick of a range
+    under a decade or so, and their labels overlap)."""
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    chosen: list[float] = []
+    for multiples in ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):  # the densest with at most 5 labels
+        ticks = [m * 10.0 ** d for d in decades for m in multiples if low <= m * 10.0 ** d <= high]
+        if len(ticks) <= 5 and len(ticks) >= len(chosen):
+            chosen = ticks
+    if len(chosen) < 2:  # a range inside one step of the digits: three values rounded to two digits
+        chosen = sorted({float(f"{v:.2g}") for v in np.geomspace(low, high, 5)[1:-1]})
+    ax.set_xticks(chosen, [f"{t:g}" for t in chosen])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def importance_figure(importances: Mapping[str, float]) -> Figure:
