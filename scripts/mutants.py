@@ -41,7 +41,7 @@ class Mutant:
     def own_tests(self, root: Path = ROOT) -> str | None:
         """The tests that mirror the module: tests/test_prediction.py for prediction.py,
         tests/test_serve_app.py for serve/app.py, else its package's (tests/test_serve.py)."""
-        parts = Path(self.module.removesuffix(".py")).parts
+        parts = Path(self.module).with_suffix("").parts  # serve/page.js: tests/test_serve_page.py
         for candidate in ("_".join(parts), parts[0]):
             if (root / "tests" / f"test_{candidate}.py").exists():
                 return f"tests/test_{candidate}.py"
@@ -125,6 +125,14 @@ MUTANTS = [
            '"label": dataset.class_names[int(labels[i])]',
            '"label": str(int(labels[i]))',
            "the page's test images are labelled by number, not by their data set's class names"),
+    Mutant("serve-page-refused-seen-broken", "serve/page.js",
+           '    view.seen.replaceWith(placeholder("not read"));\n',
+           '',
+           "a refused upload leaves an empty 'what the model saw' box saying 'reading…' for ever"),
+    Mutant("serve-page-original-broken-icon", "serve/page.js",
+           '  shown.addEventListener("error", () => shown.replaceWith(placeholder("no preview")), { once: true });\n',
+           '',
+           "a file the browser cannot show is a broken-image icon on the page"),
     Mutant("serve-onnx-classes-ignored", "serve/predictor.py",
            '        return Predictor(model, "onnx", info, model.dataset())',
            '        return Predictor(model, "onnx", info, Dataset("onnx", "?", tuple(map(str, range(model.classes)))))',

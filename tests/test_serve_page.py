@@ -53,6 +53,10 @@ def test_a_bad_file_on_the_page_shows_the_servers_message(keras_server, browser,
     message = page.locator(".result .error").first
     message.wait_for(timeout=15_000)
     assert "is not an image fashionlab reads" in message.inner_text()
+    boxes = page.locator(".result .placeholder")
+    boxes.nth(1).wait_for(timeout=15_000)  # a box, not a broken-image icon, for the original and what was seen
+    assert boxes.all_inner_texts() == ["no preview", "not read"]
+    assert page.evaluate(BROKEN_IMAGES) == 0
     page.close()
 
 

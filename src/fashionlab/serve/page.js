@@ -19,9 +19,15 @@ function el(tag, props, children) {
   document.getElementById("curl").textContent = `curl -F image=@shoe.png ${location.origin}/api/predict`;
 })();
 
+// a box in place of an image not there (yet): an <img> without a picture shows a broken-image icon
+function placeholder(text) {
+  return el("div", { className: "placeholder", textContent: text });
+}
+
 function card(file, original, truth) {
-  const seen = el("img", { className: "seen", alt: "the 28 x 28 image the model saw" });
+  const seen = placeholder("reading…");
   const shown = el("img", { alt: "the original image", src: original });
+  shown.addEventListener("error", () => shown.replaceWith(placeholder("no preview")), { once: true });
   const verdict = el("div", { className: "verdict" }, [el("span", { className: "class-name", textContent: "reading…" })]);
   const node = el("article", { className: "result" }, [
     el("figure", {}, [shown, el("figcaption", { textContent: "original" })]),
@@ -35,7 +41,7 @@ function card(file, original, truth) {
 }
 
 function show(view, result, ms) {
-  view.seen.src = result.prepared;
+  view.seen.replaceWith(el("img", { className: "seen", alt: "the 28 x 28 image the model saw", src: result.prepared }));
   view.verdict.replaceChildren(
     el("span", { className: "class-name", textContent: result.class_name }),
     el("span", { className: "probability", textContent: `${(100 * result.probability).toFixed(1)} % · ${ms} ms` }));
@@ -68,6 +74,7 @@ async function predict(blob, name, truth) {
     if (!answer.ok) throw new Error(body.error || `the server answered ${answer.status}`);
     show(view, body[0], Math.round(performance.now() - started));
   } catch (error) {
+    view.seen.replaceWith(placeholder("not read"));
     view.verdict.replaceChildren(el("p", { className: "error", textContent: error.message }));
   }
 }
