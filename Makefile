@@ -6,9 +6,9 @@ DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test bench mutants venv dataset browser database clean
+.PHONY: demo test bench mutants venv demo-venv dataset browser database clean
 
-demo: venv dataset
+demo: demo-venv dataset
 	$(BIN)/fashionlab train --run-dir $(DEMO_RUN)
 	$(BIN)/fashionlab predict $(DEMO_RUN) --index 0 1 2
 	$(BIN)/fashionlab export $(DEMO_RUN)
@@ -34,15 +34,32 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/python -m pip install --quiet "tensorflow-cpu==2.21.*" "keras>=3.15,<4" scikit-learn
 	touch $@
 
+# Two installs in one .venv: the demo's (fashionlab, the ONNX export and serve) and the tests' (every extra,
+# the browser driver, Jupyter). pip says what it fetches as it goes; either stamp is remade when pyproject.toml
+# changes, and the tests' install holds the demo's (after `make test`, `make demo` installs nothing).
 venv: $(BIN)/.installed
+demo-venv: $(BIN)/.demo-installed
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/python:
+	@echo "== creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+
+$(BIN)/.demo-installed: pyproject.toml | $(BIN)/python
+	@if [ -f $(BIN)/.installed ] && [ $(BIN)/.installed -nt pyproject.toml ]; then \
+		echo "== $(VENV) has the tests' install, which holds the demo's"; \
+	else \
+		echo "== installing fashionlab for the demo: Keras, JAX, ONNX export, serve (about 1.3 GB, a few minutes)"; \
+		$(BIN)/python -m pip install --progress-bar on -e '.[onnx,serve]' || exit 1; \
+	fi
+	@touch $@
+
+$(BIN)/.installed: pyproject.toml | $(BIN)/python
+	@echo "== installing fashionlab with the tests' extras: every extra, Playwright, Jupyter (about 1.6 GB, a few minutes)"
+	$(BIN)/python -m pip install --progress-bar on -e '.[test]'
+	@touch $@ $(BIN)/.demo-installed
 
 # The official files, offline: Debian's dataset-fashion-mnist package when they are not found.
-dataset: venv
+dataset: demo-venv
 	@$(BIN)/fashionlab data path >/dev/null 2>&1 || \
 		sh scripts/install-debian.sh dataset-fashion-mnist "the Fashion-MNIST files; or run 'fashionlab data download'"
 	@echo "dataset: $$($(BIN)/fashionlab data path)"

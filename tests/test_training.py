@@ -338,3 +338,25 @@ def test_in_a_notebook_each_epoch_is_one_line_updated_in_place(tmp_path, synthet
     assert "Epoch 1/2" not in shown and "\b" not in shown  # not Keras' bar, redrawn with backspaces
     ends = [line for line in shown.splitlines() if line.startswith("epoch ") and "val_accuracy" in line]
     assert [line.split(" ━")[0] for line in ends] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_in_logs_and_pipes_a_line_comes_within_each_epoch(tmp_path, synthetic, monkeypatch, capsys):
+    """Standard output is not a terminal here: Keras' line ends each epoch, and progress.LineProgress says
+    how far it got every LINE_EVERY seconds within it (at most once per compiled chunk of steps)."""
+    from fashionlab import engine, progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY", 0.0)
+    monkeypatch.setattr(engine, "CHUNK_STEPS", 4)
+    train(TINY.replace(epochs=2, batch_size=16), tmp_path / "run", data=synthetic)  # 300 images: 18 steps + 1
+    shown = capsys.readouterr().out
+    lines = [line.split() for line in shown.splitlines() if line.startswith("epoch ")]
+    expected = [(f"{epoch}/2", f"{done}/19") for epoch in (1, 2) for done in (4, 8, 12, 16, 18)]
+    assert [(words[1], words[3]) for words in lines] == expected
+    for words in lines:
+        assert words[4] == f"({100 * int(words[3].split('/')[0]) // 19}%)" and words[8:10] == ["steps/s", "about"]
+        assert words[-4] == "loss" and words[-2] == "accuracy" and 0 <= float(words[-1]) <= 1
+    assert shown.count("19/19") == 2  # Keras' line at each epoch's end
+    monkeypatch.setattr(progress, "LINE_EVERY", 30.0)
+    train(TINY.replace(epochs=1, batch_size=16), tmp_path / "quick", data=synthetic)
+    quick = capsys.readouterr().out.splitlines()
+    assert quick and not [line for line in quick if line.startswith("epoch ")]  # shorter than the interval

@@ -133,7 +133,8 @@ def check_engine(config: TrainConfig) -> str:
 
 def progress_verbosity() -> int:
     """Keras' progress bar on a terminal, a line per epoch updated in place in a notebook
-    (`progress.NotebookProgress`), one line per epoch in logs and pipes."""
+    (`progress.NotebookProgress`), one line per epoch in logs and pipes (and within an epoch, one
+    every `progress.LINE_EVERY` seconds: `progress.LineProgress`)."""
     return 1 if sys.stdout.isatty() or in_notebook() else 2
 
 
@@ -264,11 +265,16 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
         everyone.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
     everyone += callbacks
     verbose = progress_verbosity() if verbose is None else verbose
+    steps = -(-len(splits.x_train) // config.batch_size)
     if verbose == 1 and in_notebook():  # a line per epoch updated in place: a saved notebook keeps it readable
         from fashionlab.progress import NotebookProgress
 
-        everyone.append(NotebookProgress(config.epochs, -(-len(splits.x_train) // config.batch_size)))
+        everyone.append(NotebookProgress(config.epochs, steps))
         verbose = 0
+    elif verbose == 2:  # logs and pipes: Keras says nothing until the epoch ends, minutes away for a CNN
+        from fashionlab import progress
+
+        everyone.append(progress.LineProgress(config.epochs, steps, every=progress.LINE_EVERY))
     if not early_stop_due(rows, config.early_stopping):  # a run stopped early, killed before it finished
         _fit(model, config, splits, callbacks=everyone, initial_epoch=len(rows), verbose=verbose)
     if recorder.diverged_at:
