@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import select
 import signal
 import socket
@@ -71,6 +72,17 @@ def start(*args: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
             break
     process.kill()
     raise AssertionError(f"the server did not start: {process.stderr.read()}")
+
+
+def said_so_far(process: subprocess.Popen, wait: float = 0.5) -> str:
+    """What a running server wrote on stderr until now (read from the pipe without waiting for its end)."""
+    said = b""
+    while select.select([process.stderr], [], [], wait)[0]:
+        chunk = os.read(process.stderr.fileno(), 65536)
+        if not chunk:
+            break
+        said += chunk
+    return said.decode()
 
 
 def stop(process: subprocess.Popen) -> int:

@@ -249,8 +249,11 @@ def test_a_slow_model_is_answered_504_and_the_server_stays_healthy(tmp_path, syn
         assert status == 200 and health["status"] == "ok" and health["model_timeouts"] == 2
     finally:
         stop(process)
-    # onnxruntime's own log stays off the terminal: only the server's own word on Ctrl-C
-    assert process.stderr.read() in ("", "fashionlab: interrupted\n")
+    # onnxruntime's own log stays off the terminal: only the server's own words, as it starts and on Ctrl-C
+    said = process.stderr.read().splitlines()
+    assert said[0].startswith(f"fashionlab: loaded the ONNX file {tmp_path / 'slow.onnx'} in ")
+    assert said[0].endswith(" s (onnxruntime)") and said[1] == "fashionlab: starting the upload workers and the server"
+    assert said[2:] in ([], ["fashionlab: interrupted"])
 
 
 def asgi(app, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict]:

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from serving import data_options, start, stop
+from serving import data_options, said_so_far, start, stop
+
+from fashionlab.serve.predictor import BATCH_SIZES
 
 
 def test_another_host_is_served_with_a_warning(tiny_run, synthetic):
@@ -51,3 +53,21 @@ def test_ctrl_c_stops_the_server_at_once(tiny_run, synthetic):
     assert code in (0, 130) and time.monotonic() - began < 10
     assert "Traceback" not in process.stderr.read()
     assert not os.path.exists(Path("/proc") / str(process.pid))
+
+
+def test_the_server_says_what_it_does_while_it_starts(keras_server, tiny_run):
+    """On stderr, before the line on stdout that says where it serves (the fixture waited for that)."""
+    said = said_so_far(keras_server.process).splitlines()
+    assert said[0] == f"fashionlab: loading the model of {tiny_run.run.path}"
+    compiling = said[1:1 + len(BATCH_SIZES)]
+    assert [line.split(" (")[0] for line in compiling] == [
+        f"fashionlab: compiling the model for batch size {size}" for size in BATCH_SIZES]
+    assert [line.split(" (")[1].split(",")[0] for line in compiling] == [
+        f"{count} of {len(BATCH_SIZES)}" for count in range(1, len(BATCH_SIZES) + 1)]
+    seconds = [float(line.split(", ")[1].split(" s ")[0]) for line in compiling]
+    assert seconds == sorted(seconds) and seconds[0] < 1
+    done = said[1 + len(BATCH_SIZES)]
+    assert done.startswith("fashionlab: compiled for batch sizes 1 to 64 in ") and done.endswith(" s")
+    assert float(done.split(" in ")[1].removesuffix(" s")) >= seconds[-1]
+    assert said[2 + len(BATCH_SIZES)] == "fashionlab: starting the upload workers and the server"
+    assert keras_server.url.startswith("http://127.0.0.1:")

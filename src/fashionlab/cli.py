@@ -269,9 +269,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     def ready(url: str) -> None:
         print(printable(f"serving {args.onnx or args.run} at {url}   (Ctrl-C stops)"), flush=True)
 
+    def starting(line: str) -> None:  # on stderr: standard output says only where it serves
+        print(printable(f"fashionlab: {line}"), file=sys.stderr, flush=True)
+
     serve(args.run, onnx=args.onnx, host=args.host, port=args.port, top_k=args.top_k, data=_data_from(args),
           allow_incomplete=args.allow_incomplete, model_timeout=args.model_timeout, allowed_hosts=args.allowed_hosts,
-          ready=ready)
+          ready=ready, progress=starting)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -7,6 +7,8 @@ it will run, or an exported ONNX file in onnxruntime alone; every call bounded i
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ class Predictor:
     classes (the run's data set, or the one the ONNX file names).
     """
 
-    def __init__(self, model, engine: str, info: dict[str, Any], dataset: Dataset, timeout: float = MODEL_TIMEOUT):
+    def __init__(self, model, engine: str, info: dict[str, Any], dataset: Dataset, timeout: float = MODEL_TIMEOUT,
+                 progress: Callable[[str], None] | None = None):
         self.model, self.engine, self.info, self.dataset = model, engine, info, dataset
         self._compiled = None
         # every call of the model is bounded in time; an ONNX model bounds its own (and stops the call)
@@ -41,9 +44,9 @@ class Predictor:
             import keras
 
             if keras.backend.backend() == "jax":
-                self._compile()
+                self._compile(progress or (lambda line: None))
 
-    def _compile(self) -> None:
+    def _compile(self, progress: Callable[[str], None]) -> None:
         import jax
 
         model = self.model
@@ -57,8 +60,13 @@ class Predictor:
                             [v.value for v in model.non_trainable_variables]), x)
 
         self._compiled = current
-        for size in BATCH_SIZES:  # compile every batch size now, not during a request
+        began = time.perf_counter()
+        for count, size in enumerate(BATCH_SIZES, 1):  # compile every batch size now, not during a request
+            progress(f"compiling the model for batch size {size} ({count} of {len(BATCH_SIZES)}, "
+                     f"{time.perf_counter() - began:.1f} s so far)")
             np.asarray(self._compiled(np.zeros((size, 28, 28), np.float32)))
+        seconds = time.perf_counter() - began
+        progress(f"compiled for batch sizes {BATCH_SIZES[0]} to {BATCH_SIZES[-1]} in {seconds:.1f} s")
 
     def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -79,9 +87,11 @@ class Predictor:
 
 @checked
 def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None = None,
-                   allow_incomplete: bool = False, model_timeout: float = MODEL_TIMEOUT) -> Predictor:
+                   allow_incomplete: bool = False, model_timeout: float = MODEL_TIMEOUT,
+                   progress: Callable[[str], None] | None = None) -> Predictor:
     """The model of a run directory (Keras), or of an exported ONNX file (onnxruntime alone);
-    each call on a batch is stopped after `model_timeout` seconds."""
+    each call on a batch is stopped after `model_timeout` seconds. `progress` hears of each batch
+    size a Keras model is compiled for, a line at a time."""
     if (run_dir is None) == (onnx is None):
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
     check_timeout(model_timeout)
@@ -102,7 +112,7 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
     metrics = run.metrics() if run.file("metrics.json").is_file() else {}
     info = {"name": config.name, "run": run.path.name, "source": str(run.path), "config": run.shared_config(),
             "test_accuracy": metrics.get("test_accuracy")}
-    return Predictor(run.load_model(), "keras", info, run.dataset(), timeout=model_timeout)
+    return Predictor(run.load_model(), "keras", info, run.dataset(), timeout=model_timeout, progress=progress)
 
 
 def _text(value: Any) -> str | None:

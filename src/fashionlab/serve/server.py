@@ -18,8 +18,9 @@ from fashionlab.data import DataSource
 from fashionlab.datasets import MAX_CLASSES
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError
+from fashionlab.runs import Run
 from fashionlab.serve.layers import guarded, host_name, is_loopback, url_host, warn
-from fashionlab.serve.predictor import load_predictor
+from fashionlab.serve.predictor import Predictor, load_predictor
 
 INSTALL_HINT = "pip install 'fashionlab[serve]'"
 
@@ -28,8 +29,9 @@ INSTALL_HINT = "pip install 'fashionlab[serve]'"
 def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, top_k: int = 3, data: DataSource = DataSource(), allow_incomplete: bool = False,
           model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (),
-          ready: Callable[[str], None] | None = None) -> None:
-    """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers.
+          ready: Callable[[str], None] | None = None, progress: Callable[[str], None] | None = None) -> None:
+    """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers;
+    `progress(line)` with what it does until then (loading the model, compiling it for each batch size).
     `allowed_hosts`: names the Host header may give besides localhost, IP addresses and this
     machine's names (a proxy's); `model_timeout`: seconds a call of the model may take."""
     try:
@@ -50,11 +52,11 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
     if not is_loopback(bound_host):
         warn(f"serving on {host}: anyone who can reach this machine can use the model (there is no "
              f"authentication); use --host 127.0.0.1 to keep it local")
+    progress = progress or (lambda line: None)
     try:
-        predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete, model_timeout=model_timeout)
-        if top_k > predictor.dataset.classes:
-            raise ConfigError(f"`top_k` must be between 1 and {predictor.dataset.classes}, the model's classes, got "
-                              f"{top_k}", terms=["top_k"])
+        predictor = _load(run_dir, onnx, top_k=top_k, allow_incomplete=allow_incomplete, model_timeout=model_timeout,
+                          progress=progress)
+        progress("starting the upload workers and the server")
         app = build_app(predictor, data=data, top_k=top_k)
         # connections are limited by the protocol (GuardedHttp), not by uvicorn's plain-text 503;
         # uvicorn's own log would let any client write to the terminal (a line per malformed request
@@ -73,6 +75,27 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
             app.state.workers.close()
     finally:
         sock.close()
+
+
+def _load(run_dir, onnx, *, top_k: int, allow_incomplete: bool, model_timeout: float, progress) -> Predictor:
+    """The model, `top_k` checked against its classes; what it does said only once the input is known
+    good (a bad one is one line)."""
+    began = time.perf_counter()
+    if run_dir is not None and onnx is None:  # its classes before the (long) loading and compiling
+        run = Run.open(run_dir, allow_incomplete=allow_incomplete)
+        _check_top_k(top_k, run.dataset().classes)
+        progress(f"loading the model of {run.path}")
+    predictor = load_predictor(run_dir, onnx=onnx, allow_incomplete=allow_incomplete, model_timeout=model_timeout,
+                               progress=progress)
+    _check_top_k(top_k, predictor.dataset.classes)
+    if onnx is not None:
+        progress(f"loaded the ONNX file {onnx} in {time.perf_counter() - began:.1f} s (onnxruntime)")
+    return predictor
+
+
+def _check_top_k(top_k: int, classes: int) -> None:
+    if top_k > classes:
+        raise ConfigError(f"`top_k` must be between 1 and {classes}, the model's classes, got {top_k}", terms=["top_k"])
 
 
 def _announce(server, url: str, ready) -> None:
