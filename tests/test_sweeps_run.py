@@ -1,6 +1,7 @@
 """The sweep as a whole: bad input refused in one line before anything is written, a finished sweep
 run again trains nothing, a folder holds one study and one data set, a moved or copied folder goes on."""
 
+import json
 import shutil
 
 import pandas as pd
@@ -92,3 +93,20 @@ def test_a_moved_or_copied_sweep_folder_goes_on_where_it_is(tmp_path, synthetic,
                   progress=lines.append)
     assert lines[0].endswith("3 of 3 trials ended already; 0 job(s) here") and workers == []
     pd.testing.assert_frame_equal(again.trials, result.trials)
+
+
+def test_the_command_takes_compares_training_options_for_every_trial(tmp_path, synthetic):
+    space, out = space_file(tmp_path, SEARCH, epochs=3), tmp_path / "out"
+    data = ["--data-dir", str(synthetic.data_dir), "--no-verify"]
+    refused = cli(str(space), "--out", str(out), "--width", "16", *data)
+    assert refused.returncode == 1 and refused.stderr == (
+        f"fashionlab: error: --width is searched by sweep space {space} ([search] width): change its range there, "
+        f"or leave --width out\n")
+    assert not out.exists()
+    done = cli(str(space), "--out", str(out), "--trials", "2", "--epochs", "1", "--train-samples", "100",
+               "--batch-size", "16", "--pruner", "none", *data)
+    assert done.returncode == 0, done.stderr
+    for number in (0, 1):
+        config = json.loads((out / trial_dir_name(number) / "config.json").read_text())
+        assert (config["epochs"], config["train_samples"], config["batch_size"], config["depth"]) == (1, 100, 16, 2)
+        assert len(pd.read_csv(out / trial_dir_name(number) / "history.csv")) == 1

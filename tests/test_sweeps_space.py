@@ -30,6 +30,21 @@ def test_a_space_starts_from_a_recipe(tmp_path):
     assert (space.base.name, space.base.width, space.base.epochs) == ("fast-mlp", 256, 5)
 
 
+def test_options_set_keys_for_every_trial_over_the_space_but_never_a_searched_key(tmp_path):
+    path = space_file(tmp_path, SEARCH)
+    space = load_space(path, {"epochs": 1, "train_samples": 100, "batch_size": 16})
+    assert (space.base.epochs, space.base.train_samples, space.base.batch_size) == (1, 100, 16)
+    assert (space.base.depth, space.base.seed) == (2, 7)  # the rest of [train] stays
+    assert space.config({"width": 24}, "space-0").epochs == 1
+    assert load_space(path).settings() != space.settings()  # a study started without them refuses to go on
+    with pytest.raises(ConfigError, match=r"^`width` is searched by sweep space .*space.toml \(\[search\] width\): "
+                                          r"change its range there, or leave `width` out$") as refused:
+        load_space(path, {"epochs": 1, "width": 16})
+    assert refused.value.terms == ("width",)
+    with pytest.raises(ConfigError, match="epochs"):
+        load_space(path, {"epochs": 0})
+
+
 @pytest.mark.parametrize("search, message", [
     ("widht = [8, 32]\n", "unknown config key 'widht'"),
     ("seed = [1, 9]\n", "seed cannot be searched"),

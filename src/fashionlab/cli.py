@@ -121,9 +121,10 @@ def a_timeout(text: str) -> float:
 a_timeout.__name__ = "seconds"
 
 
-def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] | None = None) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, keys: tuple[str, ...] | None = None,
+                        title: str = "recipe (defaults: the tutorial)") -> None:
     """One option per TrainConfig field, typed by its annotation; unset options stay out of the namespace."""
-    group = parser.add_argument_group("recipe (defaults: the tutorial)")
+    group = parser.add_argument_group(title)
     for name, f in FIELDS.items():
         if keys is not None and name not in keys:
             continue
@@ -302,7 +303,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             out = args.out or os.path.join("runs", f"sweep-{os.path.splitext(os.path.basename(args.space))[0]}")
             result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,
                            study=args.study, sampler=args.sampler, sampler_seed=args.sampler_seed,
-                           pruner=args.pruner, data=_data_from(args), force=args.force,
+                           pruner=args.pruner, data=_data_from(args), force=args.force, overrides=_overrides(args),
                            progress=lambda line: print(line, flush=True))
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted("interrupted; finished trials are kept in the study, and running the same command "
@@ -522,6 +523,8 @@ def _sweep_parser(commands, shared) -> None:
     sweep.add_argument("--pruner", choices=PRUNERS, default="median",
                        help="median: stop a trial below the median of earlier ones at the same epoch; halving: "
                             "successive halving; none (default: median)")
+    _add_config_options(sweep, COMPARE_KEYS, "every trial's config, over the space's [train] (unset: the space's, "
+                                             "else its recipe's, else the tutorial's; never a searched key)")
 
 
 def _summary_parser(commands, shared) -> None:

@@ -270,13 +270,14 @@ class Sweep:
 @checked
 def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None, jobs: int = 1,
           data: DataSource = DataSource(), storage: str | None = None, study: str | None = None,
-          sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median", force: bool = False) -> Sweep:
+          sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median", force: bool = False,
+          **changes: Any) -> Sweep:
     """Run (or continue) the sweep of a search-space file until its study has `trials` trials:
-    `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`; the other arguments as `sweep.sweep`
-    takes them (which checks them)."""
+    `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`, `changes` (`epochs=5`) set for every trial
+    over the space's [train]; the other arguments as `sweep.sweep` takes them (which checks them)."""
     from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,
-                       sampler_seed=sampler_seed, pruner=pruner, force=force)
+                       sampler_seed=sampler_seed, pruner=pruner, force=force, overrides=changes)
     return Sweep(result.out)

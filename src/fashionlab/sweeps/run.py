@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,23 +73,24 @@ def check_same_sweep(out: Path, study: str, storage: str | None) -> None:
 @checked(trials=(1, MAX_TRIALS), jobs=(1, MAX_JOBS), sampler_seed=(0, SEED_MAX))
 def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
           study: str | None = None, sampler: Sampler = "tpe", sampler_seed: int = 0, pruner: Pruner = "median",
-          data: DataSource = DataSource(), force: bool = False,
+          data: DataSource = DataSource(), force: bool = False, overrides: Mapping[str, Any] | None = None,
           progress: Callable[[str], None] = lambda line: None) -> SweepResult:
     """Run the sweep `space` into `out` until its study has `trials` trials, `jobs` trainings at a
     time, then write trials.csv, summary.md, report.html and best.toml, evaluating the best trial
-    once on the test set when every trial has ended. Calling again continues the same study."""
+    once on the test set when every trial has ended. Calling again continues the same study.
+    `overrides`: config keys set for every trial over the space's [train] (not a searched key)."""
     require_optuna()
     if storage is not None:
         check_storage_url(storage)
     with secrets_kept(storage):
-        return _sweep(space, Path(out), trials=trials, jobs=jobs, storage=storage, study=study, sampler=sampler,
-                      sampler_seed=sampler_seed, pruner=pruner, data=data, force=force, progress=progress)
+        return _sweep(load_space(space, overrides), Path(out), trials=trials, jobs=jobs, storage=storage, study=study,
+                      sampler=sampler, sampler_seed=sampler_seed, pruner=pruner, data=data, force=force,
+                      progress=progress)
 
 
-def _sweep(space: str | Path, out: Path, *, trials: int, jobs: int, storage: str | None, study: str | None,
+def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | None, study: str | None,
            sampler: str, sampler_seed: int, pruner: str, data: DataSource, force: bool,
            progress: Callable[[str], None]) -> SweepResult:
-    space = load_space(space)
     study_name = _study_name(study, space)
     check_sweep_folder(out, force=force)
     where = storage or str(out.absolute() / JOURNAL)  # where it is today: the folder may be moved or copied

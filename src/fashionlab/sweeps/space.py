@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,9 @@ class Space:
         return self.base.replace(**params, name=name)
 
 
-def load_space(path: str | Path) -> Space:
-    """A space file, every part checked before any training."""
+def load_space(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Space:
+    """A space file, every part checked before any training; `overrides`: config keys set for every
+    trial over the file's [train] (as `sweep --epochs 5` does), never a key the file searches."""
     path = Path(path)
     text = read_text(path, what="sweep space", error=ConfigError, limit=MAX_SPACE_BYTES).removeprefix("\ufeff")
     try:
@@ -99,6 +101,12 @@ def load_space(path: str | Path) -> Space:
         base = start.replace(**fixed)
     except ConfigError as exc:
         raise ConfigError(f"sweep space {path} [train]: {exc}") from None
+    overrides = dict(overrides or {})
+    searched = sorted(set(overrides) & set(search))
+    if searched:
+        raise ConfigError(f"`{searched[0]}` is searched by sweep space {path} ([search] {searched[0]}): change its "
+                          f"range there, or leave `{searched[0]}` out", terms=[searched[0]])
+    base = base.replace(**overrides)
     distributions = {key: _distribution(key, spec, f"sweep space {path} [search]") for key, spec in search.items()}
     both = sorted(set(fixed) & set(search))
     if both:
