@@ -121,6 +121,41 @@ def test_bad_option_values_exit_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, said", [
+    (["trian"], "argument COMMAND: invalid choice: 'trian' (did you mean 'train'?); see fashionlab --help"),
+    (["train", "--epohcs", "3"], "unrecognized arguments: --epohcs 3 (did you mean --epochs?); see fashionlab train "
+                                 "--help"),
+    (["sweep", "s.toml", "--trails=5"], "unrecognized arguments: --trails=5 (did you mean --trials?); see "
+                                        "fashionlab sweep --help"),
+    (["train", "--model", "cnnn"], "argument --model: invalid choice: 'cnnn' (did you mean 'cnn'?); see fashionlab "
+                                   "train --help"),
+    (["data", "inffo"], "argument ACTION: invalid choice: 'inffo' (did you mean 'info'?); see fashionlab data --help"),
+    (["xyzzy"], "argument COMMAND: invalid choice: 'xyzzy' (choose from 'train', 'evaluate', "),  # nothing close
+    (["train", "--zzz"], "unrecognized arguments: --zzz; see fashionlab train --help"),
+])
+def test_a_misspelled_command_option_or_choice_is_one_line_with_the_closest_one(args, said, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("fashionlab: error: " + said) and err.count("\n") == 1
+
+
+def test_a_misspelled_recipe_variant_or_config_key_is_one_line_with_the_closest_one(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("epchs = 2\n")
+    for args, said in [
+        (["train", "--recipe", "fast-cn"], "no recipe named 'fast-cn' (did you mean 'fast-cnn'?); choose from "),
+        (["train", "--config", str(tmp_path / "c.toml")], "unknown config key(s): epchs (did you mean epochs?); "),
+        (["compare", "--variants", "fast-cnn:epchs=10", "--out", str(tmp_path / "c")],
+         "unknown config key(s): epchs (did you mean epochs?); "),
+        (["compare", "--variants", "bn-afer", "--out", str(tmp_path / "c")],
+         "unknown variant 'bn-afer' (did you mean 'bn-after'?); "),
+    ]:
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fashionlab: error: " + said) and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
 def test_process_exit_code_and_no_traceback(tmp_path):
     result = run_cli("train", "--epochs", "0", "--run-dir", str(tmp_path / "r"))
     assert result.returncode == 1

@@ -201,8 +201,9 @@ def test_keys_that_conflict_are_refused_with_exactly_their_message():
                              "a network of depth 0 has no hidden layer to apply dropout to")]:
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             TrainConfig(**values)
-    with pytest.raises(ConfigError, match=r"^unknown config key\(s\): deep, wide; valid keys: name, model, depth, "):
-        from_dict({"wide": 2, "deep": 1})
+    with pytest.raises(ConfigError, match=r"^unknown config key\(s\): deep \(did you mean depth\?\), wide \(did you "
+                                          r"mean width\?\), zzz; valid keys: name, model, depth, "):
+        from_dict({"wide": 2, "deep": 1, "zzz": 0})
 
 
 def test_config_files_say_what_is_wrong_in_their_own_format(tmp_path):

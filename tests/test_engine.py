@@ -106,6 +106,22 @@ def test_chunk_size_changes_nothing_but_granularity(monkeypatch):
     assert seen[:4] == [1, 3, 5, 6]  # 200 images: 6 full batches in chunks of 2, then the tail of 8
 
 
+def test_chunks_shrink_to_a_few_seconds_of_steps_on_a_slow_machine_and_change_nothing(monkeypatch):
+    assert engine.next_chunk(256, 156.0) == 8  # a CNN at 1.6 steps/s: a chunk of about 5 s
+    assert engine.next_chunk(256, 0.5) == engine.CHUNK_STEPS and engine.next_chunk(4, 100.0) == 1
+    _, whole = run_compiled(TINY, seed=3, epochs=2)
+    monkeypatch.setattr(engine, "CHUNK_SECONDS", 0.0)  # every chunk "slow": one step at a time after the first
+    seen = []
+
+    class Batches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    _, chunked = run_compiled(TINY, seed=3, epochs=2, callbacks=[Batches()])
+    assert chunked == whole
+    assert seen == [5, 6, 0, 1, 2, 3, 4, 5, 6]  # 6 full batches, the first chunk whole, then the tail
+
+
 def test_a_stop_request_takes_effect_after_the_current_chunk_and_skips_the_epoch(monkeypatch):
     monkeypatch.setattr(engine, "CHUNK_STEPS", 2)  # 200 images: 6 full batches = 3 chunks, then the tail
     events = []

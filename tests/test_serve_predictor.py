@@ -12,8 +12,12 @@ from fashionlab.serve.predictor import BATCH_SIZES, MAX_BATCH, load_predictor
 
 
 def test_the_predictor_answers_as_the_model_at_every_size_and_after_keras_predicts(tiny_run, synthetic):
-    predictor = load_predictor(tiny_run.run.path)
+    said: list[str] = []
+    predictor = load_predictor(tiny_run.run.path, progress=said.append)
     assert predictor.engine == "keras" and predictor.info["name"] == "tiny" and predictor._compiled is not None
+    assert [line.split(" (")[0] for line in said[:-1]] == [
+        f"compiling the model for batch size {size}" for size in BATCH_SIZES]  # each before its (long) compile
+    assert said[-1].startswith(f"compiled for batch sizes 1 to {MAX_BATCH} in ")
     x = synthetic.test_images()[:5]
     predictor.model.predict(x.astype("float32"), verbose=0)  # Keras may hand its weight arrays to XLA
     np.testing.assert_allclose(predictor.predict(x), predict_proba(tiny_run.model, x), atol=1e-6)

@@ -46,7 +46,7 @@ def test_options_set_keys_for_every_trial_over_the_space_but_never_a_searched_ke
 
 
 @pytest.mark.parametrize("search, message", [
-    ("widht = [8, 32]\n", "unknown config key 'widht'"),
+    ("widht = [8, 32]\n", "unknown config key 'widht' \\(did you mean 'width'\\?\\)"),
     ("seed = [1, 9]\n", "seed cannot be searched"),
     ("width = [32, 8]\n", "width's min \\(32\\) must be below its max \\(8\\)"),
     ("width = [8.5, 32]\n", "width must be int, got float 8.5"),

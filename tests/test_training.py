@@ -347,6 +347,7 @@ def test_in_logs_and_pipes_a_line_comes_within_each_epoch(tmp_path, synthetic, m
 
     monkeypatch.setattr(progress, "LINE_EVERY", 0.0)
     monkeypatch.setattr(engine, "CHUNK_STEPS", 4)
+    monkeypatch.setattr(engine, "CHUNK_SECONDS", 1e9)  # chunks of 4 steps however slow this machine is
     train(TINY.replace(epochs=2, batch_size=16), tmp_path / "run", data=synthetic)  # 300 images: 18 steps + 1
     shown = capsys.readouterr().out
     lines = [line.split() for line in shown.splitlines() if line.startswith("epoch ")]

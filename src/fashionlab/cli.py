@@ -24,7 +24,7 @@ from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, load_confi
 from fashionlab.data import DataSource
 from fashionlab.datasets import BUILT_IN, MAX_CLASSES, Dataset, dataset_problem, resolve
 from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
-from fashionlab.errors import ConfigError, Interrupted, RunError, reason
+from fashionlab.errors import ConfigError, Interrupted, RunError, did_you_mean, reason
 from fashionlab.interrupts import stop_requests
 from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 
@@ -357,10 +357,25 @@ def cmd_data_download(args: argparse.Namespace) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a usage error said in one line (the usage block is what --help is for)."""
+    """argparse, with a usage error said in one line (the usage block is what --help is for), and
+    the closest command, choice or option to a misspelled one (Python 3.11's argparse has no
+    suggest_on_error)."""
 
     def error(self, message: str):
+        choice = re.fullmatch(r"(.*invalid choice: '(.*)') \(choose from (.*)\)", message)
+        if choice is not None:
+            close = did_you_mean(choice[2], re.findall(r"'([^']*)'", choice[3]))
+            message = choice[1] + close if close else message
         self.exit(2, printable(f"fashionlab: error: {message}; see {self.prog} --help") + "\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # said by the command that was given them, with its closest option
+            command = getattr(parsed, "command_parser", self)
+            options = [option for action in command._actions for option in action.option_strings]
+            unknown = next((extra.split("=")[0] for extra in extras if extra.startswith("-")), "")
+            command.error(f"unrecognized arguments: {' '.join(extras)}" + did_you_mean(unknown, options, quote=False))
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:

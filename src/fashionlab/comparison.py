@@ -20,7 +20,7 @@ from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, check_runnable, with_changes
 from fashionlab.data import DataSource
 from fashionlab.datasets import resolve
-from fashionlab.errors import ConfigError, RunError
+from fashionlab.errors import ConfigError, RunError, did_you_mean
 from fashionlab.files import check_writable
 from fashionlab.provenance import available_memory
 from fashionlab.runner import Done, Task
@@ -53,7 +53,8 @@ def variant_config(spec: str, base: TrainConfig, overrides: dict[str, Any] | Non
     elif head in recipes.names():
         start = recipes.get(head).config()
     else:
-        raise ConfigError(f"unknown variant {head!r}; give a series variant ({', '.join(VARIANTS)}) or a recipe "
+        close = did_you_mean(head, [*VARIANTS, *recipes.names()])
+        raise ConfigError(f"unknown variant {head!r}{close}; give a series variant ({', '.join(VARIANTS)}) or a recipe "
                           f"({', '.join(recipes.names())}), optionally with changes: NAME:key=value,key=value",
                           terms=["variants"])
     changes = parse_changes(said) if colon else {}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fashionlab.datasets import dataset_problem
-from fashionlab.errors import ConfigError
+from fashionlab.errors import ConfigError, did_you_mean
 from fashionlab.files import read_text
 from fashionlab.records import shown
 
@@ -209,7 +209,8 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config, rejecting unknown keys and wrong types with one clear message."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
+        said = ", ".join(f"{key}{did_you_mean(key, FIELDS, quote=False)}" for key in unknown)
+        raise ConfigError(f"unknown config key(s): {said}; valid keys: {', '.join(FIELDS)}")
     return TrainConfig(**values)
 
 

@@ -12,6 +12,7 @@ every epoch, so callbacks, `model.save` and evaluation see the trained model.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -25,9 +26,13 @@ from fashionlab import compile_cache_folder
 from fashionlab.errors import ConfigError
 from fashionlab.model import one_hot_targets
 
-# Steps per compiled call. Large enough that Python dispatch vanishes, small enough that
-# the progress bar and a stop request (Ctrl-C) are seen a few times per epoch.
+# Steps per compiled call: at most CHUNK_STEPS, large enough that Python dispatch vanishes, and
+# as many as take about CHUNK_SECONDS (measured on the chunk before; the first has FIRST_CHUNK_STEPS),
+# so the progress bar or line and a stop request (Ctrl-C) are seen every few seconds on a slow
+# machine too. The chunk's bounds are arguments of one compiled program: any size compiles nothing.
 CHUNK_STEPS = 256
+CHUNK_SECONDS = 5.0
+FIRST_CHUNK_STEPS = 16
 SEED_STATE = "seed_generator_state"  # the name of a keras.random.SeedGenerator's variable
 
 
@@ -203,6 +208,7 @@ class CompiledTrainer:
 
         state = self.read_state()
         programs = None
+        chunk = min(FIRST_CHUNK_STEPS, CHUNK_STEPS)
         callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                                      verbose=verbose, epochs=epochs, steps=steps, model=self.model)
         self.model.stop_training = False
@@ -214,13 +220,17 @@ class CompiledTrainer:
             order = self._order(key, epoch, n, shuffle)
             epoch_key = jax.random.fold_in(step_key, epoch)
             state = state._replace(totals=Totals.zero())
-            for start in range(0, full_steps, CHUNK_STEPS):
-                stop = min(start + CHUNK_STEPS, full_steps)
+            start = 0
+            while start < full_steps:
+                stop = min(start + chunk, full_steps)
                 callback_list.on_train_batch_begin(start)
+                began = time.perf_counter()
                 state = programs.chunk(state, x_all, y_all, order, epoch_key, start, stop)
-                callback_list.on_train_batch_end(stop - 1, state.totals.logs())
+                callback_list.on_train_batch_end(stop - 1, state.totals.logs())  # logs() waits for the chunk
+                chunk = next_chunk(stop - start, time.perf_counter() - began)
                 if self.model.stop_training:
                     break
+                start = stop
             if tail and not self.model.stop_training:
                 state = programs.tail.result()(state, x_all, y_all, order[full_steps * b:], epoch_key, full_steps)
                 callback_list.on_train_batch_end(steps - 1, state.totals.logs())
@@ -255,6 +265,12 @@ class CompiledTrainer:
             evaluate = pool.submit(self._evaluate.lower(state.trainable, state.non_trainable, *valid).compile)
         pool.shutdown(wait=False)  # the thread finishes its compiles; nothing waits here
         return Programs(chunk, tail_program, evaluate)
+
+
+def next_chunk(steps: int, seconds: float) -> int:
+    """The steps of the next compiled call: about CHUNK_SECONDS' worth at the rate of the last one
+    (`steps` in `seconds`), from 1 to CHUNK_STEPS."""
+    return max(1, min(CHUNK_STEPS, int(steps * CHUNK_SECONDS / max(seconds, 1e-9))))
 
 
 def epoch_order(key: jax.Array, epoch: int, n: int, shuffle: bool) -> jax.Array:

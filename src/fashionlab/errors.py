@@ -37,6 +37,16 @@ def _rebuild(cls: type[FashionlabError], message: str, terms: tuple[str, ...]) -
     return cls(message, terms=terms)
 
 
+def did_you_mean(word: str, choices: Iterable[str], quote: bool = True) -> str:
+    """" (did you mean 'epochs'?)" for the one of `choices` closest to a misspelled `word`, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)" if quote else f" (did you mean {close[0]}?)"
+
+
 def reason(exc: BaseException, limit: int = 120) -> str:
     """An exception's text on one line, cut to `limit` characters: for quoting another library's error."""
     return " ".join(str(exc).split())[:limit]

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from fashionlab.config import RECIPE_TABLES, TrainConfig, from_dict
 from fashionlab.datasets import BUILT_IN
-from fashionlab.errors import ConfigError
+from fashionlab.errors import ConfigError, did_you_mean
 from fashionlab.records import Fraction, Range, Seconds, first_problem
 
 FOLDER = Path(__file__).with_name("recipes")
@@ -57,8 +57,8 @@ def names() -> list[str]:
 def get(name: str) -> Recipe:
     """The shipped recipe `name`; a ConfigError naming the recipes there are otherwise."""
     if name not in names():
-        raise ConfigError(f"no recipe named {name!r}; choose from {', '.join(names())} (`fashionlab recipes` "
-                          f"lists them)")
+        raise ConfigError(f"no recipe named {name!r}{did_you_mean(name, names())}; choose from {', '.join(names())} "
+                          f"(`fashionlab recipes` lists them)")
     return load(FOLDER / f"{name}.toml")
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fashionlab import recipes
 from fashionlab.config import FIELDS, TYPES, TrainConfig, field_type, validate_field
-from fashionlab.errors import ConfigError
+from fashionlab.errors import ConfigError, did_you_mean
 from fashionlab.files import read_text
 from fashionlab.records import shown
 
@@ -120,7 +120,8 @@ def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseD
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if key not in FIELDS:
-        raise ConfigError(f"{where}: unknown config key {shown(key)}; `fashionlab train --help` lists them")
+        raise ConfigError(f"{where}: unknown config key {shown(key)}{did_you_mean(key, FIELDS)}; "
+                          f"`fashionlab train --help` lists them")
     if key in UNSEARCHABLE:
         raise ConfigError(f"{where}: {key} cannot be searched; {UNSEARCHABLE[key]}")
     kind = field_type(TYPES[key])
