@@ -15,7 +15,8 @@ def test_the_predictor_answers_as_the_model_at_every_size_and_after_keras_predic
     said: list[str] = []
     predictor = load_predictor(tiny_run.run.path, progress=said.append)
     assert predictor.engine == "keras" and predictor.info["name"] == "tiny" and predictor._compiled is not None
-    assert [line.split(" (")[0] for line in said[:-1]] == [
+    assert said[0].startswith("loaded the model in ") and said[0].endswith(" s (Keras)")
+    assert [line.split(" (")[0] for line in said[1:-1]] == [
         f"compiling the model for batch size {size}" for size in BATCH_SIZES]  # each before its (long) compile
     assert said[-1].startswith(f"compiled for batch sizes 1 to {MAX_BATCH} in ")
     x = synthetic.test_images()[:5]

@@ -59,6 +59,8 @@ def test_the_server_says_what_it_does_while_it_starts(keras_server, tiny_run):
     """On stderr, before the line on stdout that says where it serves (the fixture waited for that)."""
     said = said_so_far(keras_server.process).splitlines()
     assert said[0] == f"fashionlab: loading the model of {tiny_run.run.path}"
+    assert said[1].startswith("fashionlab: loaded the model in ") and said[1].endswith(" s (Keras)")
+    said = said[1:]
     compiling = said[1:1 + len(BATCH_SIZES)]
     assert [line.split(" (")[0] for line in compiling] == [
         f"fashionlab: compiling the model for batch size {size}" for size in BATCH_SIZES]

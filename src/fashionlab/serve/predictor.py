@@ -90,8 +90,8 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
                    allow_incomplete: bool = False, model_timeout: float = MODEL_TIMEOUT,
                    progress: Callable[[str], None] | None = None) -> Predictor:
     """The model of a run directory (Keras), or of an exported ONNX file (onnxruntime alone);
-    each call on a batch is stopped after `model_timeout` seconds. `progress` hears of each batch
-    size a Keras model is compiled for, a line at a time."""
+    each call on a batch is stopped after `model_timeout` seconds. `progress` hears when a Keras
+    model is loaded and each batch size it is compiled for, a line at a time."""
     if (run_dir is None) == (onnx is None):
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
     check_timeout(model_timeout)
@@ -112,7 +112,11 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
     metrics = run.metrics() if run.file("metrics.json").is_file() else {}
     info = {"name": config.name, "run": run.path.name, "source": str(run.path), "config": run.shared_config(),
             "test_accuracy": metrics.get("test_accuracy")}
-    return Predictor(run.load_model(), "keras", info, run.dataset(), timeout=model_timeout, progress=progress)
+    began = time.perf_counter()
+    model = run.load_model()
+    if progress is not None:
+        progress(f"loaded the model in {time.perf_counter() - began:.1f} s (Keras)")
+    return Predictor(model, "keras", info, run.dataset(), timeout=model_timeout, progress=progress)
 
 
 def _text(value: Any) -> str | None:
