@@ -59,7 +59,9 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="needs a one-line `description`"):
         recipes.get("bad")
     with pytest.raises(ConfigError, match="no recipe named 'nope'; choose from bad, fresh, quick"):
-        recipes.get("nope")
+        recipes.get("nope")  # nothing close: no guess
+    with pytest.raises(ConfigError, match=r"no recipe named 'frsh' \(did you mean 'fresh'\?\); choose from bad, "):
+        recipes.get("frsh")
 
 
 def test_train_recipe_options_override_and_rename(capsys):
