@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
+import shutil
 import struct
 from html.parser import HTMLParser
 from pathlib import Path
@@ -83,11 +85,12 @@ def assert_png(source: Path | bytes, min_width: int = 300, min_height: int = 200
 
 
 class Page(HTMLParser):
-    """Images, tables (as lists of rows of cell texts) and headings of an HTML page."""
+    """Images, links, tables (as lists of rows of cell texts) and headings of an HTML page."""
 
     def __init__(self, text: str):
         super().__init__()
         self.images: list[str] = []
+        self.links: list[str] = []
         self.tables: list[list[list[str]]] = []
         self.headings: list[str] = []
         self.external: list[str] = []
@@ -99,6 +102,8 @@ class Page(HTMLParser):
         attrs = dict(attrs)
         if tag == "img":
             self.images.append(attrs.get("src", ""))
+        elif tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
         for key in ("href", "src"):
             if attrs.get(key, "").startswith(("http:", "https:", "//")):
                 self.external.append(attrs[key])
@@ -246,3 +251,11 @@ def right_facing_boot() -> np.ndarray:
     photo = np.full((56, 56, 3), 255, np.uint8)
     photo[8:46, 4:18] = photo[38:46, 4:44] = (90, 40, 20)
     return photo
+
+
+def copy_run(tiny_run, target: Path, started: str, **status) -> Path:
+    """A copy of a real trained run, its run.json saying when it started (and anything else given)."""
+    shutil.copytree(tiny_run.run.path, target)
+    path = target / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "started": started, **status}))
+    return target

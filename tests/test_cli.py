@@ -293,3 +293,46 @@ def test_paths_the_data_commands_print_have_their_control_characters_escaped(tmp
         result = run_cli(*command, "--dataset", str(folder))
         assert result.returncode == 0 and "\x1b" not in result.stdout and "\u200f" not in result.stdout
         assert "\\x1b]0;PWNED\\x07\\x1b[31m\\u200f" in result.stdout
+
+
+def test_runs_lists_filters_and_prints_json(runs_folder, capsys):
+    from fashionlab.catalog import listing
+
+    assert main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "recipe", "data", "set"]
+    assert [line.split()[0] for line in lines[1:]] == [e.name for e in listing(runs_folder)]
+    assert main(["runs", "--json", "--status", "complete"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [e["name"] for e in shown] == [e.name for e in listing(runs_folder, status="complete")]
+    assert main(["runs", "--recipe", "best-cnn"]) == 0
+    assert "no runs under runs matching recipe best-cnn" in capsys.readouterr().out
+
+
+def test_commands_take_latest_and_the_start_of_a_name_and_say_which_run_it_is(runs_folder, tiny_run, capsys):
+    data = ["--data-dir", json.loads((tiny_run.run.path / "metrics.json").read_text())["data"]["dir"], "--no-verify"]
+    assert main(["evaluate", "latest", "--json", *data]) == 0
+    captured = capsys.readouterr()
+    assert "latest: runs/20261203-100000-fast-mlp" in captured.err
+    assert json.loads(captured.out)["test_accuracy"] == tiny_run.run.metrics()["test_accuracy"]
+    assert main(["predict", "20261201", "--index", "0", "--json", *data]) == 0
+    assert "20261201: runs/20261201-100000-tutorial" in capsys.readouterr().err
+    assert main(["predict", "2026120", "--index", "0", *data]) == 1
+    assert "2026120 names 3 runs" in capsys.readouterr().err
+    assert main(["train", "--resume", "20261203"]) == 1  # located, then refused: it is complete
+    assert "runs/20261203-100000-fast-mlp" in capsys.readouterr().err
+
+
+def test_compare_runs_compares_runs_already_trained_and_refuses_what_would_train(runs_folder, capsys):
+    config = runs_folder / "20261201-100000-tutorial" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "seed": 99}))
+    assert main(["compare", "--runs", "20261201", "latest"]) == 0
+    out = capsys.readouterr().out
+    folder = out.split("comparison: ")[1].split("/report.html")[0]
+    assert folder.startswith("runs/") and folder.endswith("-comparison")
+    assert json.loads(open(f"{folder}/compare.json").read())["runs"] == [
+        "runs/20261201-100000-tutorial", "runs/20261203-100000-fast-mlp"]
+    assert "| 2 |" in open(f"{folder}/summary.md").read()  # one group, two seeds
+    for extra in (["--seeds", "2"], ["--epochs", "3"], ["--variants", "raw"], ["--recipe", "fast-mlp"]):
+        assert main(["compare", "--runs", "latest", *extra]) == 1
+        assert f"--runs compares runs already trained; drop {extra[0]}" in capsys.readouterr().err

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY, assert_png, assert_self_contained, write_dataset
+from helpers import TINY, assert_png, assert_self_contained, copy_run, write_dataset
 
-from fashionlab.comparison import compare, conclusion, load_comparison, plan, summarize, variant_config
+from fashionlab.comparison import (
+    compare,
+    compare_runs,
+    conclusion,
+    group_runs,
+    load_comparison,
+    plan,
+    summarize,
+    variant_config,
+)
 from fashionlab.config import TrainConfig, check_runnable, training_bytes
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
@@ -448,3 +457,74 @@ def test_a_comparison_on_a_data_set_of_its_own_reports_its_classes(tmp_path):
     assert page.count('alt="confusion matrix scaled"') == 1
     run = json.loads(Path(result.results["run_dir"][0], "run.json").read_text())
     assert run["dataset"]["class_names"][-1] == "kind 11"
+
+
+# --- runs already trained ----------------------------------------------------------------------
+
+def test_runs_already_trained_compare_exactly_as_the_training_comparison_did(comparison, tmp_path):
+    out, result, _ = comparison
+    trained = pd.read_csv(out / "results.csv")
+    given = list(reversed(trained["run_dir"]))  # the order given decides the groups' order
+    again = compare_runs(tmp_path / "again", given)
+    assert (again.trained, again.reused) == (0, 4)
+    results = pd.read_csv(tmp_path / "again" / "results.csv")
+    key = ["variant", "seed"]
+    pd.testing.assert_frame_equal(results.drop(columns="run_dir").sort_values(key).reset_index(drop=True),
+                                  trained.drop(columns="run_dir").sort_values(key).reset_index(drop=True))
+    assert list(again.summary.index) == list(reversed(TWO))
+    pd.testing.assert_frame_equal(again.summary.loc[TWO], result.summary.loc[TWO])
+    assert again.conclusion == conclusion(result.summary.loc[list(reversed(TWO))])
+    assert json.loads((tmp_path / "again" / "compare.json").read_text())["runs"] == given
+    page = assert_self_contained(tmp_path / "again" / "report.html")
+    links = [link for link in page.links if link.endswith("report.html")]
+    assert sorted((tmp_path / "again" / link).resolve() for link in links) == \
+        sorted((Path(d) / "report.html").resolve() for d in given)
+    assert load_comparison(tmp_path / "again")[1].index.tolist() == list(reversed(TWO))
+
+
+def _renamed(folder: Path, **config) -> Path:
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return folder
+
+
+def test_runs_are_grouped_by_all_their_settings_but_seed_and_name(tiny_run, tmp_path):
+    a = _renamed(copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00"), name="tutorial", seed=1)
+    b = _renamed(copy_run(tiny_run, tmp_path / "b", "2026-12-01T10:00:00+00:00"), name="mine", seed=2)
+    c = _renamed(copy_run(tiny_run, tmp_path / "c", "2026-12-01T10:00:00+00:00"), name="tutorial", seed=1,
+                 epochs=7)
+    d = _renamed(copy_run(tiny_run, tmp_path / "d", "2026-12-01T10:00:00+00:00"), name="other", seed=1,
+                 learning_rate=0.5)
+    tasks = group_runs([a, b, c, d])
+    epochs = TINY.epochs
+    assert [t.tags for t in tasks] == [{"variant": f"tutorial (epochs={epochs})", "seed": 1},
+                                       {"variant": f"tutorial (epochs={epochs})", "seed": 2},
+                                       {"variant": "tutorial (epochs=7)", "seed": 1},
+                                       {"variant": "other", "seed": 1}]
+
+
+def test_runs_that_cannot_be_compared_are_refused_naming_them(tiny_run, tmp_path):
+    a = copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00")
+    with pytest.raises(ConfigError, match="give the `runs` to compare, at least one"):
+        group_runs([])
+    with pytest.raises(ConfigError, match=f"{a} is given twice; give each run once"):
+        group_runs([a, a])
+    with pytest.raises(ConfigError, match=f"{a} and {a}/. are the same run"):
+        group_runs([a, f"{a}/."])
+    twin = copy_run(tiny_run, tmp_path / "twin", "2026-12-01T10:00:00+00:00")
+    with pytest.raises(ConfigError, match=f"{a} and {twin} have the same settings and seed"):
+        group_runs([a, twin])
+    untested = copy_run(tiny_run, tmp_path / "untested", "2026-12-01T10:00:00+00:00")
+    metrics = json.loads((untested / "metrics.json").read_text())
+    (untested / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if not k.startswith("test")}))
+    with pytest.raises(RunError, match="untested has no test figures"):
+        group_runs([a, untested])
+    running = copy_run(tiny_run, tmp_path / "running", "2026-12-01T10:00:00+00:00", status="running")
+    with pytest.raises(RunError, match="running is unfinished"):
+        group_runs([a, running])
+    digits = _renamed(copy_run(tiny_run, tmp_path / "digits", "2026-12-01T10:00:00+00:00"), seed=5)
+    status = json.loads((digits / "run.json").read_text())
+    status["dataset"] = {"name": "mnist", "class_names": [str(i) for i in range(10)]}
+    (digits / "run.json").write_text(json.dumps(status))
+    with pytest.raises(ConfigError, match=r"different data sets \(fashion-mnist, mnist\)"):
+        group_runs([a, digits])

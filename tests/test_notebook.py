@@ -97,6 +97,12 @@ def test_compare_returns_the_table_and_the_curves(tmp_path, synthetic):
     assert repr(result).startswith(f"Comparison({str(tmp_path / 'cmp')!r}, 2 variants, 2 runs, best ")
     again = fl.Comparison(tmp_path / "cmp")
     pd.testing.assert_frame_equal(again.table, result.table)
+    made = [str(run.path) for run in result.runs()]
+    compared = fl.compare(runs=made, out=tmp_path / "again")  # the same runs, already trained
+    pd.testing.assert_frame_equal(compared.table, result.table)
+    assert [str(run.path) for run in compared.runs()] == made
+    with pytest.raises(ConfigError, match=r"`runs` compares runs already trained; drop `seeds`, `epochs`"):
+        fl.compare(runs=made, seeds=2, epochs=3)
 
 
 def test_importing_fashionlab_imports_neither_keras_nor_the_notebook_module():

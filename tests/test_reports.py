@@ -28,7 +28,7 @@ from fashionlab.reports import (
     write_comparison_outputs,
     write_test_outputs,
 )
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 VIEWPORT = '<meta name="viewport" content="width=device-width, initial-scale=1">'
 

@@ -13,7 +13,7 @@ from helpers import assert_self_contained
 from sweeps_helpers import SEARCH, cli, space_file, started_sweep
 
 from fashionlab.config import load_config
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps import sweep
 from fashionlab.sweeps.claims import Owner, Worker
 from fashionlab.sweeps.results import SweepResult

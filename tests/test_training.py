@@ -16,7 +16,7 @@ from fashionlab.errors import ConfigError, DataError, Interrupted, RunError
 from fashionlab.interrupts import StopRequest, stop_when
 from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.training import RunRecorder, resume, seconds_to_accuracy, train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",

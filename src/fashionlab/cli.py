@@ -31,6 +31,7 @@ from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
               "filters", "conv_blocks", "convs_per_block", "scale_inputs")
 # compare names each variant itself, and the tutorial series' variants set these keys.
+COMPARE_OUT = "runs/compare"
 COMPARE_KEYS = tuple(name for name in FIELDS
                      if name not in ("name", "batch_norm", "scale_inputs", "activation", "kernel_initializer"))
 
@@ -275,20 +276,42 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    if args.runs is not None:
+        return _compare_runs(args)
     base, overrides = _base_config(args), _overrides(args)
+    variants = args.variants or list(DEFAULT_VARIANTS)
+    seeds, jobs, out = args.seeds or 3, args.jobs or os.cpu_count() or 1, args.out or COMPARE_OUT
     try:
         with stop_requests():  # from the start: a signal while Keras imports is a stop request too
             from fashionlab.comparison import compare
 
-            result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, overrides=overrides,
-                             jobs=args.jobs, data=_data_from(args), force=args.force,
+            result = compare(out, variants=variants, seeds=seeds, base=base, overrides=overrides,
+                             jobs=jobs, data=_data_from(args), force=args.force,
                              progress=lambda line: print(line, flush=True))
     except (Interrupted, KeyboardInterrupt):
-        raise Interrupted(f"interrupted; finished runs are kept in {args.out}: run the same command again "
+        raise Interrupted(f"interrupted; finished runs are kept in {out}: run the same command again "
                           f"to resume") from None
+    _print_comparison(result)
+
+
+def _compare_runs(args: argparse.Namespace) -> None:
+    """compare --runs: the runs given, no training; the options that say what to train are refused."""
+    given = [f"--{name.replace('_', '-')}" for name in ("variants", "seeds", "jobs", "recipe", "config")
+             if getattr(args, name) is not None] + [f"--{name.replace('_', '-')}" for name in _overrides(args)]
+    if given:
+        raise ConfigError(f"--runs compares runs already trained; drop {', '.join(given)} (they say what to train)")
+    from fashionlab.comparison import compare_runs
+    from fashionlab.rundir import default_run_dir
+
+    out = args.out or default_run_dir("comparison").as_posix()
+    with stop_requests():
+        _print_comparison(compare_runs(out, args.runs, force=args.force))
+
+
+def _print_comparison(result) -> None:
     print()
     print((result.out / "summary.md").read_text(encoding="utf-8"))
-    print(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv")
+    print(printable(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv"))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -330,6 +353,21 @@ def cmd_recipes(args: argparse.Namespace) -> None:
         print("\nfashionlab train --recipe NAME trains one; fashionlab recipes NAME shows its keys")
 
 
+def cmd_runs(args: argparse.Namespace) -> None:
+    from fashionlab import catalog
+
+    entries = catalog.listing(args.folder, status=args.status, recipe=args.recipe, dataset=args.dataset)
+    if args.json:
+        _print_json([e.as_dict() for e in entries])
+    elif entries:
+        print("\n".join(printable(line) for line in catalog.table(entries).splitlines()))
+    else:
+        filters = " matching " + ", ".join(f"{k} {v}" for k, v in (("status", args.status), ("recipe", args.recipe),
+                                                                   ("data set", args.dataset)) if v) \
+            if args.status or args.recipe or args.dataset else ""
+        print(printable(f"no runs under {args.folder}{filters}; `fashionlab train` makes one"))
+
+
 def _dataset_of(args: argparse.Namespace) -> Dataset:
     return resolve(args.dataset)
 
@@ -367,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _shared_flags()
     for add in (_train_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
-                _sweep_parser, _summary_parser, _recipes_parser, _data_parser):
+                _sweep_parser, _runs_parser, _summary_parser, _recipes_parser, _data_parser):
         add(commands, shared)
     return parser
 
@@ -476,15 +514,19 @@ def _serve_parser(commands, shared) -> None:
 def _compare_parser(commands, shared) -> None:
     compare = _command(commands, "compare", shared, ["force", "data"], cmd_compare,
                        "train variants x seeds and report mean and spread")
-    compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
+    compare.add_argument("--variants", nargs="+", metavar="VARIANT",
                          help=f"a series variant ({', '.join(VARIANTS)}), applied to the base config, or a recipe; "
                               f"either with changes as NAME:key=value,key=value (default: "
                               f"{' '.join(DEFAULT_VARIANTS)})")
-    compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), default=3, metavar="N",
+    compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), metavar="N",
                          help="seeds per variant, counting up from --seed (default: 3)")
-    compare.add_argument("--out", default="runs/compare", metavar="DIR", type=a_path,
-                         help="comparison folder; the same command resumes there (default: runs/compare)")
-    compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
+    compare.add_argument("--runs", nargs="+", metavar="RUN", type=a_path,
+                         help="compare these runs, already trained (paths, latest, or the start of a name), "
+                              "grouped by their settings: nothing is trained")
+    compare.add_argument("--out", metavar="DIR", type=a_path,
+                         help=f"comparison folder; the same command resumes there (default: {COMPARE_OUT}; with "
+                              f"--runs, runs/<time>-comparison)")
+    compare.add_argument("--jobs", type=_int_between(1), metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
     source = compare.add_mutually_exclusive_group()
     source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
@@ -519,6 +561,19 @@ def _sweep_parser(commands, shared) -> None:
     sweep.add_argument("--pruner", choices=PRUNERS, default="median",
                        help="median: stop a trial below the median of earlier ones at the same epoch; halving: "
                             "successive halving; none (default: median)")
+
+
+def _runs_parser(commands, shared) -> None:
+    from fashionlab.catalog import RUNS_ROOT
+    from fashionlab.rundir import STATUSES
+
+    runs = _command(commands, "runs", shared, ["json"], cmd_runs, "list the runs in a folder, newest first")
+    runs.add_argument("folder", metavar="DIR", nargs="?", type=a_path, default=str(RUNS_ROOT),
+                      help=f"where to look, and in its folders (default: {RUNS_ROOT})")
+    runs.add_argument("--status", choices=(*STATUSES, "unfinished", "damaged"),
+                      help="only runs in this state (unfinished: its process died while running)")
+    runs.add_argument("--recipe", metavar="NAME", type=a_recipe_name, help="only runs of this recipe")
+    runs.add_argument("--dataset", metavar="NAME", type=a_name, help="only runs on this data set")
 
 
 def _summary_parser(commands, shared) -> None:
@@ -599,9 +654,29 @@ def _check_environment() -> None:
                           f"(jax is the default)")
 
 
+RUN_ARGUMENTS = ("run", "resume", "runs")  # the arguments that name runs: a path, `latest`, or the start of a name
+
+
+def _locate_runs(args: argparse.Namespace) -> None:
+    """Each run argument as the folder it names (an existing path as given), said when it differs."""
+    from fashionlab.catalog import locate
+
+    def located(given: str) -> str:
+        found = str(locate(given))
+        if found != given:
+            print(printable(f"{given}: {found}"), file=sys.stderr)
+        return found
+
+    for name in RUN_ARGUMENTS:
+        given = getattr(args, name, None)
+        if given is not None:
+            setattr(args, name, [located(g) for g in given] if isinstance(given, list) else located(given))
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         _check_environment()
+        _locate_runs(args)
         args.handler(args)
     except FashionlabError as exc:
         print(f"fashionlab: error: {printable(in_cli_terms(exc, flags_of(args.command_parser)))}", file=sys.stderr)

@@ -23,8 +23,8 @@ from fashionlab.datasets import resolve
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.files import check_writable
 from fashionlab.provenance import available_memory
+from fashionlab.rundir import Run
 from fashionlab.runner import Done, Task
-from fashionlab.runs import Run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,6 +261,95 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
+
+
+# --- runs already trained -----------------------------------------------------------------------
+
+GROUPED_BY_ALL_BUT = ("seed", "name")  # a run's settings, less the seed and the label, say which group it is in
+
+
+@checked
+def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = False) -> CompareResult:
+    """Compare runs already trained, without training: complete runs with test figures, on one data
+    set, grouped by their settings (all but the seed and the name); each group is a variant, named
+    after its runs (and, where two groups share a name, after the settings that tell them apart).
+    Writes the same files as `compare`, and compare.json with the runs it compared."""
+    out = Path(out)
+    check_output_folder(out, force=force)
+    check_writable(out, what="the comparison", term="out")
+    tasks = group_runs(runs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
+                       f"give `out` a folder", terms=["out"]) from None
+    folder = Run(out)
+    folder.write_json(MARKER, {"runs": [str(t.run_dir) for t in tasks],
+                               "variants": list(dict.fromkeys(t.tags["variant"] for t in tasks))})
+    results, summary, statements = _write_outputs(folder, tasks)
+    return CompareResult(out, results, summary, statements, 0, len(tasks))
+
+
+def group_runs(runs: Sequence[str | Path]) -> list[Task]:
+    """Each run as a task already done, tagged with its group (variant) and seed, groups in the order
+    their first run was given; refused: no runs, a run given twice, an unfinished or untested run,
+    runs of different data sets, two runs of one group with the same seed."""
+    if not runs:
+        raise ConfigError("give the `runs` to compare, at least one", terms=["runs"])
+    opened = [_tested_run(path) for path in runs]
+    real = [os.path.realpath(r.path) for r in opened]
+    twice = next(((i, j) for j in range(len(real)) for i in range(j) if real[i] == real[j]), None)
+    if twice is not None:
+        first, again = (runs[k] for k in twice)
+        said = f"{first} is given twice" if str(first) == str(again) else f"{first} and {again} are the same run"
+        raise ConfigError(f"{said}; give each run once", terms=["runs"])
+    datasets = sorted({r.dataset().name for r in opened})
+    if len(datasets) > 1:
+        raise ConfigError(f"the runs are on different data sets ({', '.join(datasets)}); compare runs of one data "
+                          f"set", terms=["runs"])
+    configs = [r.config() for r in opened]
+    keys = [_group_key(c) for c in configs]
+    groups = list(dict.fromkeys(keys))
+    labels = _group_labels(groups, [[c.name for c, k in zip(configs, keys) if k == g] for g in groups])
+    seen: dict[tuple[Any, int], Path] = {}
+    for run, config, key in zip(opened, configs, keys):
+        if (key, config.seed) in seen:
+            raise ConfigError(f"{seen[key, config.seed]} and {run.path} have the same settings and seed "
+                              f"({config.seed}); give one of them", terms=["runs"])
+        seen[key, config.seed] = run.path
+    return [Task(f"{labels[key]} seed {c.seed}", c, r.path, {"variant": labels[key], "seed": c.seed})
+            for r, c, key in zip(opened, configs, keys)]
+
+
+def _tested_run(path: str | Path) -> Run:
+    run = Run.open(path)
+    if "test_accuracy" not in run.metrics():
+        raise RunError(f"{path} has no test figures (a sweep's trial is judged on validation only); give runs "
+                       f"trained with a test evaluation", terms=["runs"])
+    return run
+
+
+def _group_key(config: TrainConfig) -> tuple[tuple[str, str], ...]:
+    return tuple((k, repr(v)) for k, v in sorted(config.to_dict().items()) if k not in GROUPED_BY_ALL_BUT)
+
+
+def _group_labels(groups: list[tuple[tuple[str, str], ...]], names: list[list[str]]) -> dict[Any, str]:
+    """Each group's label: its runs' first name; where groups share one, that name with the settings
+    that differ among them ("tutorial (epochs=2)")."""
+    first = [n[0] for n in names]
+    labels = {}
+    for group, name in zip(groups, first):
+        rivals = [g for g, n in zip(groups, first) if n == name]
+        if len(rivals) == 1:
+            labels[group] = name
+            continue
+        differing = [k for k, v in group if any(dict(r)[k] != v for r in rivals)]
+        labels[group] = f"{name} ({', '.join(f'{k}={_plain(dict(group)[k])}' for k in differing)})"
+    return labels
+
+
+def _plain(text: str) -> str:
+    return text.strip("'")
 
 
 def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:

@@ -21,7 +21,7 @@ from fashionlab.datasets import BUILT_IN, FASHION_MNIST, MAX_CLASSES, Dataset
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.images import TRIM_LEVEL, read_image_file
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 # Below this top-1 probability a result carries a hint on what photos the model reads well.
 LOW_CONFIDENCE = 0.5

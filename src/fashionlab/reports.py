@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from fashionlab import plots
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 # Phones get the page at their own width (the viewport meta tag); wide tables scroll sideways in
 # their own box (.scroll) rather than widening the page; figures shrink to fit.

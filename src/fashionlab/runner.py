@@ -32,7 +32,7 @@ from fashionlab.config import TrainConfig, from_dict
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
 from fashionlab.interrupts import stop_requests, stop_when
-from fashionlab.runs import LOCK_FILE, Run
+from fashionlab.rundir import LOCK_FILE, Run
 
 if TYPE_CHECKING:
     import keras

@@ -35,7 +35,7 @@ from fashionlab.modelfiles import load_model_file
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_learning_curves, write_test_outputs
-from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, now
+from fashionlab.rundir import CHECKPOINT_PREFIX, Run, default_run_dir, now
 from fashionlab.tensorboard import TensorBoardScalars, check_folder
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fashionlab.errors import RunError
 from fashionlab.records import TrialRow, first_problem
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps.space import Space, describe
 from fashionlab.sweeps.study import TEST_KEY, counted, study_attrs, study_trials
 from fashionlab.sweeps.trials import inspect_trial, trial_dir_name
@@ -152,7 +152,7 @@ def _evaluate_chosen(study: optuna.Study, trial: optuna.trial.FrozenTrial, space
     keyed by the trial); what stopped it, if anything. Only the run the sweep made for the trial is
     opened: its folder named by the trial's number, not a link, holding the trial's config."""
     from fashionlab.evaluation import evaluate
-    from fashionlab.runs import MODEL_FILE
+    from fashionlab.rundir import MODEL_FILE
 
     number = int(best["trial"])
     run_dir = out / trial_dir_name(number)

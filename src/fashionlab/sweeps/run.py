@@ -24,7 +24,7 @@ from fashionlab.errors import ConfigError, RunError
 from fashionlab.files import check_own_file, check_writable, read_text
 from fashionlab.provenance import available_memory
 from fashionlab.records import shown
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps.claims import Worker
 from fashionlab.sweeps.recovery import recover
 from fashionlab.sweeps.results import MARKER, SweepResult, finish
