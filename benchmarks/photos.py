@@ -47,7 +47,7 @@ from fashionlab.data import DataSource, load_file
 from fashionlab.datasets import FASHION_MNIST
 from fashionlab.images import read_image_file
 from fashionlab.prediction import predict_arrays
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 JPEG_QUALITY = 85
 Draw = Callable[[np.ndarray, np.random.Generator], Image.Image]
