@@ -336,3 +336,12 @@ def test_compare_runs_compares_runs_already_trained_and_refuses_what_would_train
     for extra in (["--seeds", "2"], ["--epochs", "3"], ["--variants", "raw"], ["--recipe", "fast-mlp"]):
         assert main(["compare", "--runs", "latest", *extra]) == 1
         assert f"--runs compares runs already trained; drop {extra[0]}" in capsys.readouterr().err
+
+
+def test_the_recorded_command_never_holds_a_database_password():
+    from fashionlab.cli import command_line
+
+    said = command_line(["sweep", "space.toml", "--storage", "postgresql://me:s3cr3t-pw@db/lab?sslpassword=k3y-v4lue"],
+                        "postgresql://me:s3cr3t-pw@db/lab?sslpassword=k3y-v4lue")
+    assert said.startswith("fashionlab sweep space.toml --storage ") and "s3cr3t" not in said and "k3y" not in said
+    assert command_line(["train", "--name", "it's mine"]) == "fashionlab train --name 'it'\"'\"'s mine'"

@@ -63,7 +63,7 @@ def test_a_comparison_writes_results_summary_curves_and_report(comparison):
     assert_png(out / "curves.png", 1000, 400)
     page = assert_self_contained(out / "report.html")
     assert len(page.images) == 1 + len(TWO)  # curves + one confusion matrix per variant
-    assert page.headings[1] == "Conclusion"
+    assert page.headings[1:3] == ["What was run", "Conclusion"]
     assert lines[0].startswith("4 runs: 0 finished already, 4 to train with 2 job(s)")
     assert sum(line.startswith("[") for line in lines) == 4
     for task_dir in results["run_dir"]:
@@ -528,3 +528,33 @@ def test_runs_that_cannot_be_compared_are_refused_naming_them(tiny_run, tmp_path
     (digits / "run.json").write_text(json.dumps(status))
     with pytest.raises(ConfigError, match=r"different data sets \(fashion-mnist, mnist\)"):
         group_runs([a, digits])
+
+
+def test_a_comparison_page_says_what_was_run_and_that_its_runs_are_short(comparison):
+    from helpers import Page
+
+    out, result, _ = comparison
+    page = Page((out / "report.html").read_text())
+    setup = {row[0]: row[1] for row in page.tables[0]}
+    assert setup["command"] == "not recorded"  # compare() called without one
+    assert setup["runs"] == f"4: 2 variant(s) × 2 seed(s) ({BASE.seed}, {BASE.seed + 1})"
+    assert f"epochs 10 → {BASE.epochs}" in setup["every run changes"]
+    assert "batch_norm" not in setup["every run changes"]  # the variants differ in it
+    assert page.tables[1] == [["variant", "what it changes"], ["scaled", "tutorial recipe: batch_norm after → none"],
+                              ["bn-after", "tutorial recipe, as it is"]]
+    short = (f"These runs are short: {BASE.epochs} epoch(s) on {BASE.train_samples or 300:,} training images, "
+             f"where the tutorial recipe trains 10 epochs on all.")
+    assert result.conclusion[1].startswith(short)
+    assert short in (out / "summary.md").read_text()
+    assert load_comparison(out)[2] == result.conclusion  # read back, the runs still say so
+
+
+def test_runs_are_short_when_they_train_less_than_their_recipe():
+    from fashionlab.comparison import _is_short
+
+    tutorial = TrainConfig()
+    assert not _is_short(tutorial, tutorial) and not _is_short(tutorial.replace(epochs=20), tutorial)
+    assert _is_short(tutorial.replace(epochs=9), tutorial)
+    assert _is_short(tutorial.replace(train_samples=5000), tutorial)
+    assert not _is_short(tutorial.replace(train_samples=5000), tutorial.replace(train_samples=5000))
+    assert _is_short(tutorial.replace(train_samples=4000), tutorial.replace(train_samples=5000))

@@ -194,7 +194,7 @@ def _train(args: argparse.Namespace) -> None:
         from fashionlab.training import train
 
         result = train(config, args.run_dir, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard,
-                       recipe=args.recipe)
+                       recipe=args.recipe, command=args.command_line)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
@@ -287,7 +287,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
             result = compare(out, variants=variants, seeds=seeds, base=base, overrides=overrides,
                              jobs=jobs, data=_data_from(args), force=args.force,
-                             progress=lambda line: print(line, flush=True))
+                             progress=lambda line: print(line, flush=True), recipe=args.recipe,
+                             command=args.command_line)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished runs are kept in {out}: run the same command again "
                           f"to resume") from None
@@ -305,7 +306,7 @@ def _compare_runs(args: argparse.Namespace) -> None:
 
     out = args.out or default_run_dir("comparison").as_posix()
     with stop_requests():
-        _print_comparison(compare_runs(out, args.runs, force=args.force))
+        _print_comparison(compare_runs(out, args.runs, force=args.force, command=args.command_line))
 
 
 def _print_comparison(result) -> None:
@@ -603,6 +604,13 @@ def _data_parser(commands, shared) -> None:
                           help="base URL of a mirror holding the four .gz files (default: the data set's official one)")
 
 
+def command_line(argv: Sequence[str], storage: str | None = None) -> str:
+    """The command as run.json and the pages record it: a database URL's password and query masked."""
+    from fashionlab.sweeps.storage import masked
+
+    return masked(shlex.join(["fashionlab", *argv]), storage)
+
+
 def printable(text: str) -> str:
     """`text` with control characters (terminal escapes, newlines inside a name) shown as escapes."""
     return CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
@@ -639,7 +647,9 @@ def _command_environment(debug: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = command_line(argv, getattr(args, "storage", None))
     with _command_environment(args.debug):
         return _run(args)
 

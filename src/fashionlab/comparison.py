@@ -80,9 +80,13 @@ def parse_changes(text: str) -> dict[str, Any]:
 
 @checked(seeds=(1, MAX_SEEDS))
 def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
-         overrides: dict[str, Any] | None = None) -> list[Task]:
+         overrides: dict[str, Any] | None = None, *, recipe: str | None = None,
+         command: str | None = None) -> list[Task]:
     """One task per variant x seed, in out/<variant name>/seed-<seed>; seeds count up from the
-    overrides' seed, else the base config's."""
+    overrides' seed, else the base config's. Each task records its recipe (a recipe variant's own,
+    else `recipe`, the one `base` came from) and the `command` that asked for it."""
+    from fashionlab import recipes
+
     if not variants or len(set(variants)) != len(variants):
         raise ConfigError("give each of the `variants` once, and at least one", terms=["variants"])
     configs = [variant_config(spec, base, overrides) for spec in variants]
@@ -95,9 +99,11 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
         raise ConfigError(f"a variant cannot be named {taken[0]}: the comparison writes a file of that name; "
                           f"give it another name=...", terms=["variants"])
     first = (overrides or {}).get("seed", base.seed)
+    heads = [spec.partition(":")[0] for spec in variants]
+    started_from = [head if head in recipes.names() and head not in VARIANTS else recipe for head in heads]
     return [Task(f"{c.name} seed {seed}", c.replace(seed=seed), out / c.name / f"seed-{seed}",
-                 {"variant": c.name, "seed": seed})
-            for c in configs for seed in range(first, first + seeds)]
+                 {"variant": c.name, "seed": seed}, recipe=r, command=command)
+            for c, r in zip(configs, started_from) for seed in range(first, first + seeds)]
 
 
 # --- statistics and the conclusion -----------------------------------------------------------
@@ -131,7 +137,12 @@ def load_comparison(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[s
         raise RunError(f"{out} holds no finished comparison (no results.csv); run compare into it")
     results = folder.read_table("results.csv", dtype={"variant": str})
     summary = summarize(results)
-    return results, summary, conclusion(summary)
+    try:  # the runs, where they still are, say whether they were short
+        tasks = [Task(str(variant), Run(path).config(), Path(path), recipe=Run(path).status().get("recipe"))
+                 for variant, path in zip(results["variant"], results["run_dir"])]
+        return results, summary, with_length(conclusion(summary), tasks)
+    except (RunError, KeyError, TypeError):
+        return results, summary, conclusion(summary)
 
 
 def conclusion(summary: pd.DataFrame) -> list[str]:
@@ -219,16 +230,19 @@ class CompareResult:
 def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
             base: TrainConfig | None = None, overrides: dict[str, Any] | None = None, jobs: int = 1,
             data: DataSource = DataSource(), force: bool = False,
-            progress: Callable[[str], None] = lambda line: None) -> CompareResult:
+            progress: Callable[[str], None] = lambda line: None, recipe: str | None = None,
+            command: str | None = None) -> CompareResult:
     """Train every variant x seed not yet finished under `out`, then write the comparison files:
     results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
     reuses finished runs and resumes unfinished ones; runs made with other settings are refused.
-    A folder that compare did not make is used only if empty, or with `force`."""
+    A folder that compare did not make is used only if empty, or with `force`. `recipe`: the named
+    recipe `base` is (the pages measure changes against it); `command`: what asked for the comparison,
+    recorded with it and each run."""
     base = base or TrainConfig()
     out = Path(out)
     check_output_folder(out, force=force)
     check_writable(out, what="the comparison", term="out")
-    tasks = plan(out, list(variants), seeds, base, overrides)
+    tasks = plan(out, list(variants), seeds, base, overrides, recipe=recipe, command=command)
     data = _checked(tasks, jobs, data)
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
@@ -243,8 +257,8 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
         raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
                        f"give `out` a folder", terms=["out"]) from None
     folder = Run(out)  # the comparison's own files get the same atomic writes as a run's
-    folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs,
-                               "base": base.to_dict(), "overrides": overrides or {}})
+    folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs, "base": base.to_dict(),
+                               "overrides": overrides or {}, "recipe": recipe, "command": command})
     finished = len(tasks) - len(todo)
 
     def report(done: Done) -> None:
@@ -257,7 +271,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     runner.execute(todo, jobs=jobs, data=data, on_done=report)
     wall = time.perf_counter() - started
 
-    results, summary, statements = _write_outputs(folder, tasks)
+    results, summary, statements = _write_outputs(folder, tasks, command)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
@@ -269,7 +283,8 @@ GROUPED_BY_ALL_BUT = ("seed", "name")  # a run's settings, less the seed and the
 
 
 @checked
-def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = False) -> CompareResult:
+def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = False,
+                 command: str | None = None) -> CompareResult:
     """Compare runs already trained, without training: complete runs with test figures, on one data
     set, grouped by their settings (all but the seed and the name); each group is a variant, named
     after its runs (and, where two groups share a name, after the settings that tell them apart).
@@ -284,9 +299,9 @@ def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = F
         raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
                        f"give `out` a folder", terms=["out"]) from None
     folder = Run(out)
-    folder.write_json(MARKER, {"runs": [str(t.run_dir) for t in tasks],
+    folder.write_json(MARKER, {"runs": [str(t.run_dir) for t in tasks], "command": command,
                                "variants": list(dict.fromkeys(t.tags["variant"] for t in tasks))})
-    results, summary, statements = _write_outputs(folder, tasks)
+    results, summary, statements = _write_outputs(folder, tasks, command)
     return CompareResult(out, results, summary, statements, 0, len(tasks))
 
 
@@ -317,7 +332,8 @@ def group_runs(runs: Sequence[str | Path]) -> list[Task]:
             raise ConfigError(f"{seen[key, config.seed]} and {run.path} have the same settings and seed "
                               f"({config.seed}); give one of them", terms=["runs"])
         seen[key, config.seed] = run.path
-    return [Task(f"{labels[key]} seed {c.seed}", c, r.path, {"variant": labels[key], "seed": c.seed})
+    return [Task(f"{labels[key]} seed {c.seed}", c, r.path, {"variant": labels[key], "seed": c.seed},
+                 recipe=r.status().get("recipe"))
             for r, c, key in zip(opened, configs, keys)]
 
 
@@ -372,16 +388,75 @@ def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
     return data
 
 
-def _write_outputs(folder: Run, tasks: list[Task]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _write_outputs(folder: Run, tasks: list[Task], command: str | None) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                                list[str]]:
     """The comparison's files from its finished runs: results, summary, conclusion, curves, report."""
     from fashionlab.reports import write_comparison_outputs
 
     results = runner.results(tasks)
     summary = summarize(results)
-    statements = conclusion(summary)
+    statements = with_length(conclusion(summary), tasks)
     labels = list(dict.fromkeys(t.tags["variant"] for t in tasks))
     histories = {v: [Run(t.run_dir).history() for t in tasks if t.tags["variant"] == v] for v in labels}
     confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in labels}
+    setup, changes = described(tasks, command)
     write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
-                             confusions=confusions, class_names=Run(tasks[0].run_dir).dataset().class_names)
+                             confusions=confusions, class_names=Run(tasks[0].run_dir).dataset().class_names,
+                             setup=setup, variant_changes=changes)
     return results, summary, statements
+
+
+# --- what was run ------------------------------------------------------------------------------
+
+def described(tasks: Sequence[Task], command: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """What a comparison ran, for the top of its page: the command, the runs, the settings every run
+    changed from its recipe, the data, the machine and versions; and what each variant changes."""
+    from fashionlab import recipes
+    from fashionlab.recipes import changes_text
+    from fashionlab.reports import environment_line
+
+    changes = [recipes.changes_from(t.config, t.recipe) for t in tasks]
+    common = {k: v for k, v in changes[0].items() if all(other.get(k) == v for other in changes[1:])}
+    variants: dict[str, str] = {}
+    for task, changed in zip(tasks, changes):
+        own = {k: v for k, v in changed.items() if k not in common}
+        variants.setdefault(task.tags["variant"], f"{task.recipe or 'tutorial'} recipe"
+                            + (f": {changes_text(own)}" if own else ", as it is"))
+    seeds = sorted({t.config.seed for t in tasks})
+    metrics = Run(tasks[0].run_dir).metrics()
+    data = metrics.get("data") or {}
+    setup = {"command": command or "not recorded",
+             "runs": f"{len(tasks)}: {len(variants)} variant(s) × {len(seeds)} seed(s) "
+                     f"({', '.join(map(str, seeds))})",
+             "every run changes": changes_text(common) or "nothing common to all runs",
+             "data": f"{Run(tasks[0].run_dir).dataset().name}: {data.get('train', 0):,} training, "
+                     f"{data.get('valid', 0):,} validation, {data.get('test', 0):,} test images"}
+    return setup | environment_line(metrics), variants
+
+
+def short_runs(tasks: Sequence[Task]) -> str | None:
+    """A statement when runs train for fewer epochs or on fewer images than their recipe does."""
+    from fashionlab import recipes
+
+    short = [t for t in tasks if _is_short(t.config, recipes.reference(t.recipe))]
+    if not short:
+        return None
+    task, reference = short[0], recipes.reference(short[0].recipe)
+    images = (Run(task.run_dir).metrics().get("data") or {}).get("train")
+    which = "These runs are" if len(short) == len(tasks) else f"{len(short)} of the {len(tasks)} runs are"
+    full = "all" if not reference.train_samples else f"{reference.train_samples:,}"
+    return (f"{which} short: {task.config.epochs} epoch(s) on {images:,} training images, where the "
+            f"{task.recipe or 'tutorial'} recipe trains {reference.epochs} epochs on {full}. Their accuracies are "
+            f"below what full training reaches, and the order of the variants may change with it.")
+
+
+def _is_short(config: TrainConfig, reference: TrainConfig) -> bool:
+    fewer_images = config.train_samples and (not reference.train_samples or config.train_samples <
+                                             reference.train_samples)
+    return config.epochs < reference.epochs or bool(fewer_images)
+
+
+def with_length(statements: list[str], tasks: Sequence[Task]) -> list[str]:
+    """The conclusion, with the statement on short runs after its first line where there is one."""
+    short = short_runs(tasks)
+    return statements[:1] + [short] + statements[1:] if short else statements

@@ -184,8 +184,19 @@ def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data:
 
     base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
     config = with_changes(base, changes)
-    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe)
+    said = call_text("train", [recipe] if recipe is not None else [], {"run_dir": run_dir, **changes})
+    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe, command=said)
     return Run(result.run.path)
+
+
+def call_text(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    """A notebook call as run.json and the pages record it: `fl.train('fast-cnn', epochs=2)`; the
+    arguments left at their defaults (None) and `data` (a folder on this machine) left out."""
+    def shown(value: Any) -> str:
+        return repr(str(value) if isinstance(value, Path) else value)
+
+    said = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items() if v is not None]
+    return f"fl.{name}({', '.join(said)})"
 
 
 @checked
@@ -256,12 +267,14 @@ def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str |
             raise ConfigError(f"`runs` compares runs already trained; drop {', '.join(f'`{g}`' for g in given)} "
                               f"(they say what to train)", terms=given)
         out = Path(out) if out is not None else default_run_dir("comparison")
-        compare_runs(out, [locate(run) for run in runs])
+        compare_runs(out, [locate(run) for run in runs], command=call_text("compare", [], {"runs": list(runs)}))
         return Comparison(out)
 
     variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS)
     out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
-    run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data)
+    said = call_text("compare", [variants], {"seeds": seeds, "out": out, "jobs": jobs, **changes})
+    run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data,
+                   command=said)
     return Comparison(out)
 
 

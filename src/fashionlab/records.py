@@ -50,6 +50,7 @@ class Status(TypedDict):
     resumed: NotRequired[str]
     finished: NotRequired[str]
     recipe: NotRequired[str | None]
+    command: NotRequired[str | None]  # the command line or Python call that made the run
     test: NotRequired[bool]  # False: the run is kept away from the test set (a sweep's trial)
     message: NotRequired[str | None]
     dataset: NotRequired[DatasetRecord]  # absent in runs of Fashion-MNIST made before data sets were recorded
