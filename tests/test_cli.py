@@ -255,7 +255,10 @@ def test_sigterm_before_any_run_is_written_ends_quietly(tmp_path):
     time.sleep(0.3)  # importing: before any run directory exists
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode in (1, 130, 143) and "Traceback" not in err and err.count("\n") == 1, err
+    if process.returncode == -signal.SIGTERM:  # a loaded machine: the signal came before Python set its handler
+        assert err == ""
+    else:
+        assert process.returncode in (1, 130, 143) and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
 
 
