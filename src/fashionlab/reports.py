@@ -238,7 +238,10 @@ def environment_line(metrics: Mapping[str, Any]) -> dict[str, str]:
     """The machine and the main library versions, one line each, from metrics.json (the Environment
     section has them all)."""
     rows = {}
-    machine = metrics.get("machine") or {}
+    machine = dict(metrics.get("machine") or {})
+    backend, _, kind = str(machine.get("device") or "").partition(": ")
+    if backend and backend == kind:  # "cpu: cpu"
+        machine["device"] = backend
     if machine:
         rows["machine"] = ", ".join(str(v) for v in (machine.get("cpu"), machine.get("cores") and
                                                      f"{machine['cores']} cores", machine.get("device") and
