@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = [
     new_markdown_cell(
         "# The tf.keras batch-normalization tutorial, with fashionlab\n\n"
+        "**English** · [简体中文](tutorial.zh-CN.ipynb)\n\n"
         "The tutorial *tf.keras 搭建神经网络分类模型 (三)* step by step: Fashion-MNIST, 5,000 training images held out "
         "for validation, pixels standardized, a 20-layer `Dense(100, relu)` + `BatchNormalization` network trained "
         "with SGD for 10 epochs, learning curves, evaluation and predictions. Then one step past it: a small CNN, "
