@@ -1188,7 +1188,9 @@ def run_mutant(mutant: Mutant, python: str, quick: bool, timeout: float) -> tupl
         shutil.copytree(ROOT / "tests", scratch / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "scripts", scratch / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "examples", scratch / "examples")  # the notebooks tests/test_notebooks.py runs
-        shutil.copy(ROOT / "pyproject.toml", scratch)
+        shutil.copytree(ROOT / "docs", scratch / "docs")  # the pages tests/test_docs.py reads, with what they link
+        for page in (*ROOT.glob("README*.md"), ROOT / "ARCHITECTURE.md", ROOT / "pyproject.toml"):
+            shutil.copy(page, scratch)
         (scratch / "src" / "fashionlab" / mutant.module).write_text(text.replace(mutant.old, mutant.new),
                                                                     encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
