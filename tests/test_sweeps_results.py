@@ -67,7 +67,12 @@ def test_the_report_is_one_self_contained_page_and_best_toml_trains_the_chosen_t
                                                                                         tmp_path):
     out, result, _ = tiny_sweep
     page = assert_self_contained(out / "report.html")
-    assert page.headings[1] == "What the sweep found" and len(page.images) >= 2
+    assert page.headings[1:3] == ["What was run", "What the sweep found"] and len(page.images) >= 2
+    setup = {row[0]: row[1] for row in page.tables[0]}
+    assert setup["command"] == "not recorded" and setup["searched"] == ", ".join(load_space(setup["space"]).search)
+    changes = setup["every trial changes"]
+    assert changes.startswith("tutorial recipe: ") and "epochs 10 → 4" in changes
+    assert setup["machine"].startswith(Run(out / result.best["run"]).metrics()["machine"]["cpu"])
     assert "[train]" in (out / "report.html").read_text()
     best = result.best
     config = load_config(out / "best.toml")

@@ -324,7 +324,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,
                            study=args.study, sampler=args.sampler, sampler_seed=args.sampler_seed,
                            pruner=args.pruner, data=_data_from(args), force=args.force,
-                           progress=lambda line: print(line, flush=True))
+                           progress=lambda line: print(line, flush=True), command=args.command_line)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted("interrupted; finished trials are kept in the study, and running the same command "
                           "again resumes the stopped ones") from None

@@ -320,6 +320,7 @@ def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None,
     from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
+    said = call_text("sweep", [space], {"trials": trials, "out": out, "jobs": jobs, "storage": storage, "study": study})
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,
-                       sampler_seed=sampler_seed, pruner=pruner, force=force)
+                       sampler_seed=sampler_seed, pruner=pruner, force=force, command=said)
     return Sweep(result.out)

@@ -553,7 +553,7 @@ def sweep_markdown(title: str, statements: Sequence[str], display: pd.DataFrame)
 
 def write_sweep_outputs(folder: Run, *, title: str, table: pd.DataFrame, searched: Mapping[str, str],
                         scales: Mapping[str, str], statements: Sequence[str], best_text: str | None,
-                        importances: Mapping[str, float] | None) -> str:
+                        importances: Mapping[str, float] | None, setup: Mapping[str, str] | None = None) -> str:
     """trials.csv, summary.md, report.html (history, slices, importances, the best config) and
     best.toml, each written atomically; returns summary.md's text."""
     display = sweep_display(table, list(searched))
@@ -578,7 +578,8 @@ def write_sweep_outputs(folder: Run, *, title: str, table: pd.DataFrame, searche
                    + "</tr></thead><tbody>"
                    + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
                              for row in rows.itertuples(False)) + "</tbody></table></div>")
-    sections = [("What the sweep found", '<div class="conclusion">'
+    sections = [*([("What was run", key_values(setup))] if setup else []),
+                ("What the sweep found", '<div class="conclusion">'
                  + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"), *figures]
     if best_text is not None:
         sections.append(("The chosen configuration (best.toml)", f"<pre>{html.escape(best_text)}</pre>"))

@@ -125,8 +125,27 @@ def finish(study: optuna.Study, space: Space, out: Path, *, storage: str, trials
     summary = write_sweep_outputs(Run(out), title=f"fashionlab sweep: {name}", table=table, searched=searched,
                                   scales={key: describe(d)[1] for key, d in space.search.items()},
                                   statements=statements, best_text=best_text,
-                                  importances=importances(study, found, space))
+                                  importances=importances(study, found, space), setup=described(out, space, table))
     return SweepResult(out, table, best, tests, summary, bool(ended))
+
+
+def described(out: Path, space: Space, table: pd.DataFrame) -> dict[str, str]:
+    """What the sweep runs, for the top of its page: the last command that ran it, the space file, the
+    settings every trial changes from its recipe, the keys searched, the machine and versions (as a
+    trained trial recorded them)."""
+    from fashionlab.recipes import changes_from, changes_text
+    from fashionlab.reports import environment_line
+
+    command = Run(out).read_json(MARKER).get("command") if (out / MARKER).is_file() else None
+    fixed = {k: v for k, v in changes_from(space.base, space.recipe).items() if k not in space.search}
+    rows = {"command": str(command or "not recorded"), "space": str(space.path),
+            "every trial changes": f"{space.recipe or 'tutorial'} recipe" + (f": {changes_text(fixed)}" if fixed
+                                                                              else ", as it is"),
+            "searched": ", ".join(space.search)}
+    trained = [run for run in table["run"] if run and (out / run / "metrics.json").is_file()]
+    if trained:
+        rows |= environment_line(Run(out / trained[0]).metrics())
+    return rows
 
 
 def load_sweep(out: str | Path) -> SweepResult:
