@@ -137,7 +137,7 @@ def described(out: Path, space: Space, table: pd.DataFrame) -> dict[str, str]:
     from fashionlab.reports import environment_line
 
     command = Run(out).read_json(MARKER).get("command") if (out / MARKER).is_file() else None
-    fixed = {k: v for k, v in changes_from(space.base, space.recipe).items() if k not in space.search}
+    fixed = changes_from(space.base, space.recipe)  # its [train] table: a searched key is never in it
     rows = {"command": str(command or "not recorded"), "space": str(space.path),
             "every trial changes": f"{space.recipe or 'tutorial'} recipe" + (f": {changes_text(fixed)}" if fixed
                                                                               else ", as it is"),
