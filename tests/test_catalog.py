@@ -91,7 +91,7 @@ def test_without_runs_or_a_runs_folder_the_error_says_what_to_do(tmp_path, monke
     with pytest.raises(RunError, match="no runs/ folder"):
         locate("latest")
     (tmp_path / "runs").mkdir()
-    with pytest.raises(RunError, match="no complete run under runs/ for `latest`; train one"):
+    with pytest.raises(RunError, match="no complete run under runs/ for `latest`; `fashionlab runs` lists"):
         locate("latest")
     with pytest.raises(RunError, match="does not exist"):
         listing(tmp_path / "nowhere")
@@ -113,3 +113,48 @@ def test_the_folder_walk_is_bounded_in_depth(tmp_path, tiny_run):
     assert catalog.MAX_DEPTH == 4 and listing(tmp_path) == []
     assert len(listing(tmp_path / "a")) == 1
     assert os.path.isdir(deep)
+
+
+def _edit(path: Path, **fields) -> None:
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_whatever_is_wrong_with_one_run_the_others_are_listed(runs_folder):
+    _edit(runs_folder / "20261201-100000-tutorial" / "run.json", dataset={"name": "x", "class_names": ["a"]})
+    _edit(runs_folder / "20261203-100000-fast-mlp" / "metrics.json", machine="<b>m</b>")
+    (runs_folder / "compare" / "bn-after" / "seed-42" / "config.json").write_text("[]")
+    entries = {e.name: e for e in listing(runs_folder)}
+    assert len(entries) == 5
+    assert {n for n, e in entries.items() if e.status == "damaged"} == {
+        "20261201-100000-tutorial", "20261203-100000-fast-mlp", "compare/bn-after/seed-42"}
+    assert "class_names" in entries["20261201-100000-tutorial"].problem
+    assert "machine" in entries["20261203-100000-fast-mlp"].problem
+    assert locate("latest") == Path("runs/20261203-100000-fast-mlp")  # by its run.json: the files are read later
+
+
+def test_runs_are_ordered_by_time_whatever_their_recorded_text(runs_folder):
+    _edit(runs_folder / "20261201-100000-tutorial" / "run.json", started="<b>zz not a time")
+    _edit(runs_folder / "compare" / "bn-after" / "seed-42" / "run.json", started="9999-12-31T23:59:59-12:00")
+    _edit(runs_folder / "compare" / "bn-after" / "seed-43" / "run.json", started="2026-12-03T12:00:00+05:00")
+    names = [e.name for e in listing(runs_folder)]
+    assert names[0] == "compare/bn-after/seed-42" and names[-1] == "20261201-100000-tutorial"
+    assert names.index("20261203-100000-fast-mlp") < names.index("compare/bn-after/seed-43")  # 07:00 UTC: earlier
+    assert "9999-12-31" in catalog.table(listing(runs_folder))
+
+
+def test_latest_to_resume_is_the_newest_unfinished_run(runs_folder):
+    assert locate("latest", latest=catalog.UNFINISHED) == Path("runs/20261205-100000-broken")
+    with pytest.raises(RunError, match="no interrupted or failed or unfinished run under .*compare/ for `latest`"):
+        locate("latest", runs_folder / "compare", latest=catalog.UNFINISHED)
+
+
+def test_a_start_of_a_name_may_end_in_a_slash(runs_folder):
+    assert locate("20261203-100000-fast-mlp/") == Path("runs/20261203-100000-fast-mlp")
+
+
+def test_too_many_folders_to_look_through_are_refused_not_cut_short(runs_folder, monkeypatch):
+    monkeypatch.setattr(catalog, "MAX_FOLDERS", 4)
+    with pytest.raises(RunError, match="runs holds more than 4 folders; give the folder of the runs you mean"):
+        listing(runs_folder)

@@ -344,7 +344,11 @@ def test_compare_runs_compares_runs_already_trained_and_refuses_what_would_train
 def test_the_recorded_command_never_holds_a_database_password():
     from fashionlab.cli import command_line
 
-    said = command_line(["sweep", "space.toml", "--storage", "postgresql://me:s3cr3t-pw@db/lab?sslpassword=k3y-v4lue"],
-                        "postgresql://me:s3cr3t-pw@db/lab?sslpassword=k3y-v4lue")
+    said = command_line(["sweep", "space.toml", "--storage", "postgresql://me:s3cr3t-pw@db/lab?sslpassword=k3y-v4lue"])
     assert said.startswith("fashionlab sweep space.toml --storage ") and "s3cr3t" not in said and "k3y" not in said
+    quoted = command_line(["sweep", "s.toml", "--storage", "postgresql://u:ab'cdS3cr@h/db"])  # quoting splits it
+    assert "ab" not in quoted.split("u:")[1] and "S3cr" not in quoted
+    twice = command_line(["sweep", "s.toml", "--storage=postgresql://u:Pw0rdOne@h/db", "--storage",
+                          "postgresql://u:Pw0rdTwo@h/db"])
+    assert "Pw0rd" not in twice and "--storage=postgresql://" in twice
     assert command_line(["train", "--name", "it's mine"]) == "fashionlab train --name 'it'\"'\"'s mine'"

@@ -559,3 +559,38 @@ def test_runs_are_short_when_they_train_less_than_their_recipe():
     assert _is_short(tutorial.replace(train_samples=5000), tutorial)
     assert not _is_short(tutorial.replace(train_samples=5000), tutorial.replace(train_samples=5000))
     assert _is_short(tutorial.replace(train_samples=4000), tutorial.replace(train_samples=5000))
+
+
+def test_runs_with_damaged_files_are_refused_before_anything_is_written(tiny_run, tmp_path):
+    a = _renamed(copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00"), seed=1)
+    bad = _renamed(copy_run(tiny_run, tmp_path / "bad", "2026-12-01T10:00:00+00:00"), seed=2)
+    metrics = json.loads((bad / "metrics.json").read_text())
+    for damage, file in ((lambda: (bad / "metrics.json").write_text(json.dumps({**metrics, "machine": "m"})),
+                          "metrics.json"),
+                         (lambda: (bad / "metrics.json").write_text(json.dumps({**metrics, "data": {"train": "9"}})),
+                          "metrics.json"),
+                         (lambda: (bad / "history.csv").write_text("garbage\n"), "history.csv"),
+                         (lambda: (bad / "confusion_matrix.csv").unlink(), "confusion_matrix.csv")):
+        damage()
+        with pytest.raises(RunError, match=f"bad/{file}"):
+            compare_runs(tmp_path / "out", [a, bad])
+        assert not (tmp_path / "out").exists()
+        shutil.rmtree(bad)
+        copy_run(tiny_run, bad, "2026-12-01T10:00:00+00:00")
+        _renamed(bad, seed=2)
+
+
+def test_a_comparison_is_not_written_over_the_other_kind_nor_inside_a_run(comparison, tiny_run, tmp_path):
+    out, _, _ = comparison
+    trained = shutil.copytree(out, tmp_path / "trained")
+    run = copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00")
+    with pytest.raises(RunError, match="trained holds a comparison of variants it trained; give `out` another"):
+        compare_runs(trained, [run])
+    compare_runs(tmp_path / "of-runs", [run])
+    with pytest.raises(RunError, match="of-runs holds a comparison of runs already trained"):
+        compare(tmp_path / "of-runs", variants=TWO, seeds=1, base=BASE)
+    compare_runs(trained, [run], force=True)
+    assert json.loads((trained / "compare.json").read_text())["runs"] == [str(run)]
+    with pytest.raises(RunError, match=f"a/sub is inside the training run {run}"):
+        compare_runs(run / "sub", [run])
+    assert not (run / "sub").exists()

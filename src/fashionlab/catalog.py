@@ -12,11 +12,12 @@ Nothing here follows a symbolic link, and a damaged run is listed as damaged, ne
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fashionlab.errors import ConfigError, RunError
+from fashionlab.errors import ConfigError, FashionlabError, RunError
 from fashionlab.rundir import STATUS_FILE, Run
 
 RUNS_ROOT = Path("runs")  # where `train` writes a run by default, relative to the current folder
@@ -24,6 +25,7 @@ LATEST = "latest"
 MAX_DEPTH = 4  # runs/<comparison>/<variant>/seed-N is 3 below the folder listed
 MAX_FOLDERS = 100_000  # folders looked at in one listing, at most
 SHOWN_CANDIDATES = 8
+UNFINISHED = ("interrupted", "failed", "unfinished")  # what `train --resume latest` may continue
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,9 @@ def run_folders(root: Path) -> list[Path]:
     found: list[Path] = []
     looked = 0
     stack = [(root, 0)]
-    while stack and looked < MAX_FOLDERS:
+    while stack:
+        if looked == MAX_FOLDERS:
+            raise RunError(f"{root} holds more than {MAX_FOLDERS:,} folders; give the folder of the runs you mean")
         folder, depth = stack.pop()
         looked += 1
         if _is_run(folder):
@@ -71,12 +75,16 @@ def run_folders(root: Path) -> list[Path]:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(os.path.lexists(folder / name)
-                                                      for name in (STATUS_FILE, "metrics.json"))
+    try:
+        return (folder / "config.json").is_file() and any(os.path.lexists(folder / name)
+                                                          for name in (STATUS_FILE, "metrics.json"))
+    except OSError:  # a folder this user cannot look into
+        return False
 
 
-def entry(folder: Path, root: Path) -> Entry:
-    """What a run directory says of itself, read through its schemas; a damaged file makes it 'damaged'."""
+def entry(folder: Path, root: Path, figures: bool = True) -> Entry:
+    """What a run directory says of itself, read through its schemas (with `figures`, its config and
+    metrics too); a damaged or unreadable file makes it 'damaged', with the problem."""
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     run = Run(folder)
     try:
@@ -84,9 +92,11 @@ def entry(folder: Path, root: Path) -> Entry:
         state = status["status"]
         if state == "running" and not run.in_use():
             state = "unfinished"
-        metrics = run.metrics() if state == "complete" and run.file("metrics.json").is_file() else {}
         dataset = run.dataset().name
-    except (RunError, ConfigError) as exc:
+        if figures:
+            run.config()
+        metrics = run.metrics() if figures and state == "complete" and run.file("metrics.json").is_file() else {}
+    except (FashionlabError, OSError) as exc:
         return Entry(name, str(folder), "damaged", problem=str(exc))
     return Entry(name, str(folder), state, recipe=status.get("recipe"), dataset=dataset,
                  epochs_done=status.get("epochs_done"), epochs=status.get("epochs"),
@@ -104,24 +114,42 @@ def _modified(folder: Path) -> str | None:
         return None
 
 
-def listing(root: str | Path = RUNS_ROOT, *, status: str | None = None, recipe: str | None = None,
-            dataset: str | None = None) -> list[Entry]:
-    """The runs at or under `root`, newest first (by when each started), filtered by status, recipe
-    and data set where given."""
+def listing(root: str | Path = RUNS_ROOT, *, status: str | tuple[str, ...] | None = None, recipe: str | None = None,
+            dataset: str | None = None, figures: bool = True) -> list[Entry]:
+    """The runs at or under `root`, newest first (by when each started), filtered by status (one or
+    several), recipe and data set where given; `figures`: read each run's config and metrics too."""
     root = Path(root)
     if not root.is_dir():
         what = "does not exist" if not os.path.lexists(root) else "is not a folder"
         raise RunError(f"{root} {what}; give the folder that holds your runs (`train` writes them into "
                        f"{RUNS_ROOT}/ of the folder it is started in)")
-    entries = [entry(folder, root) for folder in run_folders(root)]
-    entries = [e for e in entries if (status is None or e.status == status) and (recipe is None or e.recipe == recipe)
-               and (dataset is None or e.dataset == dataset)]
-    return sorted(entries, key=lambda e: (e.started or "", e.name), reverse=True)
+    statuses = (status,) if isinstance(status, str) else status
+
+    def wanted(e: Entry) -> bool:
+        return ((statuses is None or e.status in statuses) and (recipe is None or e.recipe == recipe)
+                and (dataset is None or e.dataset == dataset))
+
+    entries = [e for e in (entry(folder, root, figures=False) for folder in run_folders(root)) if wanted(e)]
+    if figures:  # the files of the runs kept, read whole: one may turn out damaged
+        entries = [e for e in (entry(Path(e.path), root) for e in entries) if wanted(e)]
+    return sorted(entries, key=lambda e: (_moment(e.started), e.name), reverse=True)
 
 
-def locate(name: str | Path, root: str | Path = RUNS_ROOT) -> Path:
-    """The run directory `name` means: an existing path as it is; `latest`, the newest complete run
-    under `root`; else the one run under `root` whose name starts with `name`."""
+def _moment(started: str | None) -> float:
+    """A recorded time as seconds since the epoch, to order runs by; one that is not a time comes last."""
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(str(started))
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return float("-inf")
+
+
+def locate(name: str | Path, root: str | Path = RUNS_ROOT, *, latest: tuple[str, ...] = ("complete",)) -> Path:
+    """The run directory `name` means: an existing path as it is; `latest`, the newest run under
+    `root` in one of the `latest` states (to resume: UNFINISHED); else the one run under `root`
+    whose name starts with `name`."""
     text, root = str(name), Path(root)
     if not text:
         raise ConfigError("an empty run name; give a run directory, `latest`, or the start of a run's name")
@@ -131,12 +159,12 @@ def locate(name: str | Path, root: str | Path = RUNS_ROOT) -> Path:
         raise RunError(f"{text} is not a run directory, and there is no {root}/ folder to look for a run named so "
                        f"in; pass the folder that training printed")
     if text == LATEST:
-        complete = listing(root, status="complete")
-        if not complete:
-            raise RunError(f"no complete run under {root}/ for `{LATEST}`; train one with `fashionlab train`, or "
-                           f"see `fashionlab runs`")
-        return Path(complete[0].path)
-    prefix = text.removeprefix(f"{root.as_posix()}/")
+        newest = listing(root, status=latest, figures=False)
+        if not newest:
+            which = " or ".join(latest)
+            raise RunError(f"no {which} run under {root}/ for `{LATEST}`; `fashionlab runs` lists the runs there")
+        return Path(newest[0].path)
+    prefix = text.removeprefix(f"{root.as_posix()}/").rstrip("/")
     names = {folder.relative_to(root).as_posix(): folder for folder in run_folders(root) if folder != root}
     matches = sorted(n for n in names if n.startswith(prefix))
     if prefix in names:  # a whole name, though others start with it too ("run1" beside "run10")
@@ -170,12 +198,13 @@ def _local(started: str | None) -> str:
         return ""
     try:
         return datetime.fromisoformat(started).astimezone().strftime("%Y-%m-%d %H:%M")
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return started
 
 
-def table(entries: list[Entry]) -> str:
-    """The entries as aligned columns, a header first."""
-    rows = [COLUMNS, *(_row(e) for e in entries)]
+def table(entries: list[Entry], cell: Callable[[str], str] = str) -> str:
+    """The entries as aligned columns, a header first, each cell as `cell` shows it (a terminal
+    escapes control characters: a name may hold a newline)."""
+    rows = [COLUMNS, *(tuple(cell(c) for c in _row(e)) for e in entries)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

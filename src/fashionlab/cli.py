@@ -311,7 +311,7 @@ def _compare_runs(args: argparse.Namespace) -> None:
 
 def _print_comparison(result) -> None:
     print()
-    print((result.out / "summary.md").read_text(encoding="utf-8"))
+    print("\n".join(printable(line) for line in (result.out / "summary.md").read_text(encoding="utf-8").split("\n")))
     print(printable(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv"))
 
 
@@ -361,7 +361,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
     if args.json:
         _print_json([e.as_dict() for e in entries])
     elif entries:
-        print("\n".join(printable(line) for line in catalog.table(entries).splitlines()))
+        print(catalog.table(entries, cell=printable))
     else:
         filters = " matching " + ", ".join(f"{k} {v}" for k, v in (("status", args.status), ("recipe", args.recipe),
                                                                    ("data set", args.dataset)) if v) \
@@ -604,11 +604,19 @@ def _data_parser(commands, shared) -> None:
                           help="base URL of a mirror holding the four .gz files (default: the data set's official one)")
 
 
-def command_line(argv: Sequence[str], storage: str | None = None) -> str:
-    """The command as run.json and the pages record it: a database URL's password and query masked."""
+def command_line(argv: Sequence[str]) -> str:
+    """The command as run.json and the pages record it: every URL's password and query masked in
+    each word before the words are quoted (quoting could split a secret into pieces too short to find)."""
     from fashionlab.sweeps.storage import masked
 
-    return masked(shlex.join(["fashionlab", *argv]), storage)
+    urls = [word.partition("=")[2] if word.startswith("-") else word for word in argv if "://" in word]
+
+    def hidden(word: str) -> str:
+        for url in urls:
+            word = masked(word, url)
+        return word
+
+    return shlex.join(["fashionlab", *(hidden(word) for word in argv)])
 
 
 def printable(text: str) -> str:
@@ -649,7 +657,7 @@ def _command_environment(debug: bool) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    args.command_line = command_line(argv, getattr(args, "storage", None))
+    args.command_line = command_line(argv)
     with _command_environment(args.debug):
         return _run(args)
 
@@ -669,18 +677,20 @@ RUN_ARGUMENTS = ("run", "resume", "runs")  # the arguments that name runs: a pat
 
 def _locate_runs(args: argparse.Namespace) -> None:
     """Each run argument as the folder it names (an existing path as given), said when it differs."""
-    from fashionlab.catalog import locate
+    from pathlib import Path
 
-    def located(given: str) -> str:
-        found = str(locate(given))
-        if found != given:
+    from fashionlab.catalog import UNFINISHED, locate
+
+    def located(given: str, name: str) -> str:
+        found = str(locate(given, **({"latest": UNFINISHED} if name == "resume" else {})))
+        if Path(found) != Path(given):
             print(printable(f"{given}: {found}"), file=sys.stderr)
         return found
 
     for name in RUN_ARGUMENTS:
         given = getattr(args, name, None)
         if given is not None:
-            setattr(args, name, [located(g) for g in given] if isinstance(given, list) else located(given))
+            setattr(args, name, [located(g, name) for g in given] if isinstance(given, list) else located(given, name))
 
 
 def _run(args: argparse.Namespace) -> int:

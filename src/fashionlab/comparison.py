@@ -190,18 +190,27 @@ MARKER = "compare.json"  # written first into every comparison folder: its setti
 COMPARISON_FILES = ("results.csv", "summary.md", "curves.png", "report.html")  # written last, by reports.py
 
 
-def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: str = "comparison") -> None:
+def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: str = "comparison",
+                        of_runs: bool | None = None) -> None:
     """Refuse to write into a folder that is not a comparison's (one with `marker`), unless it is
-    empty or `force`; never into a training run's directory (its report.html would be overwritten)."""
+    empty or `force`; never into or inside a training run's directory (its report.html would be
+    overwritten, or its folder fill with others' files). `of_runs`: whether this comparison is of runs
+    already trained; a folder holding the other kind is refused unless `force` (its record would go)."""
+    inside = next((p for p in out.absolute().parents if _is_run_folder(p)), None)
+    if inside is not None:
+        raise RunError(f"{out} is inside the training run {inside}; give the {what} a folder of its own",
+                       terms=["out"])
     if not os.path.lexists(out):
         return
     if out.is_symlink():
         raise RunError(f"{out} is a symbolic link; give `out` the folder itself, or a new one", terms=["out"])
     if not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; give `out` a new folder", terms=["out"])
-    if any(os.path.lexists(out / name) for name in ("run.json", "config.json")):
+    if _is_run_folder(out):
         raise RunError(f"{out} is a training run's directory; give the {what} its own `out` folder",
                        terms=["out"])
+    if os.path.lexists(out / marker) and of_runs is not None and not force:
+        _refuse_other_kind(out, marker, of_runs)
     if force or os.path.lexists(out / marker):
         return
     try:
@@ -214,6 +223,20 @@ def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: s
         raise RunError(f"{out} already holds files that fashionlab's {what} did not write ({shown}); give `out` a "
                        f"new or empty folder, or pass `force=True` to write into it anyway",
                        terms=["out", "force=True"])
+
+
+def _is_run_folder(path: Path) -> bool:
+    return any(os.path.lexists(path / name) for name in ("run.json", "config.json"))
+
+
+def _refuse_other_kind(out: Path, marker: str, of_runs: bool) -> None:
+    """A comparison of trained runs is not written over a training comparison, nor the other way round."""
+    record = Run(out).read_json(marker)
+    held_runs = isinstance(record, dict) and "runs" in record
+    if held_runs != of_runs:
+        held = "runs already trained" if held_runs else "variants it trained"
+        raise RunError(f"{out} holds a comparison of {held}; give `out` another folder, or pass `force=True` to "
+                       f"replace its pages", terms=["out", "force=True"])
 
 
 @dataclass(frozen=True)
@@ -240,7 +263,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     recorded with it and each run."""
     base = base or TrainConfig()
     out = Path(out)
-    check_output_folder(out, force=force)
+    check_output_folder(out, force=force, of_runs=False)
     check_writable(out, what="the comparison", term="out")
     tasks = plan(out, list(variants), seeds, base, overrides, recipe=recipe, command=command)
     data = _checked(tasks, jobs, data)
@@ -290,7 +313,7 @@ def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = F
     after its runs (and, where two groups share a name, after the settings that tell them apart).
     Writes the same files as `compare`, and compare.json with the runs it compared."""
     out = Path(out)
-    check_output_folder(out, force=force)
+    check_output_folder(out, force=force, of_runs=True)
     check_writable(out, what="the comparison", term="out")
     tasks = group_runs(runs)
     try:
@@ -338,10 +361,12 @@ def group_runs(runs: Sequence[str | Path]) -> list[Task]:
 
 
 def _tested_run(path: str | Path) -> Run:
+    """A complete run with test figures, every file the comparison reads checked before anything is written."""
     run = Run.open(path)
     if "test_accuracy" not in run.metrics():
         raise RunError(f"{path} has no test figures (a sweep's trial is judged on validation only); give runs "
                        f"trained with a test evaluation", terms=["runs"])
+    run.history(), run.confusion()
     return run
 
 
@@ -420,17 +445,19 @@ def described(tasks: Sequence[Task], command: str | None) -> tuple[dict[str, str
     variants: dict[str, str] = {}
     for task, changed in zip(tasks, changes):
         own = {k: v for k, v in changed.items() if k not in common}
-        variants.setdefault(task.tags["variant"], f"{task.recipe or 'tutorial'} recipe"
+        variants.setdefault(task.tags["variant"], f"{recipes.known(task.recipe) or 'tutorial'} recipe"
                             + (f": {changes_text(own)}" if own else ", as it is"))
     seeds = sorted({t.config.seed for t in tasks})
     metrics = Run(tasks[0].run_dir).metrics()
-    data = metrics.get("data") or {}
-    setup = {"command": command or "not recorded",
+    data, name = metrics.get("data"), Run(tasks[0].run_dir).dataset().name
+    from fashionlab.reports import shortened
+
+    setup = {"command": shortened(command or "not recorded"),
              "runs": f"{len(tasks)}: {len(variants)} variant(s) × {len(seeds)} seed(s) "
                      f"({', '.join(map(str, seeds))})",
              "every run changes": changes_text(common) or "nothing common to all runs",
-             "data": f"{Run(tasks[0].run_dir).dataset().name}: {data.get('train', 0):,} training, "
-                     f"{data.get('valid', 0):,} validation, {data.get('test', 0):,} test images"}
+             "data": f"{name}: {data['train']:,} training, {data['valid']:,} validation, {data['test']:,} test "
+                     f"images" if data else name}
     return setup | environment_line(metrics), variants
 
 
@@ -442,12 +469,14 @@ def short_runs(tasks: Sequence[Task]) -> str | None:
     if not short:
         return None
     task, reference = short[0], recipes.reference(short[0].recipe)
-    images = (Run(task.run_dir).metrics().get("data") or {}).get("train")
+    images = (Run(task.run_dir).metrics().get("data") or {}).get("train")  # absent in older runs
+    used = f"{images:,}" if images is not None else f"{task.config.train_samples:,}" if task.config.train_samples \
+        else "all"
     which = "These runs are" if len(short) == len(tasks) else f"{len(short)} of the {len(tasks)} runs are"
     full = "all" if not reference.train_samples else f"{reference.train_samples:,}"
-    return (f"{which} short: {task.config.epochs} epoch(s) on {images:,} training images, where the "
-            f"{task.recipe or 'tutorial'} recipe trains {reference.epochs} epochs on {full}. Their accuracies are "
-            f"below what full training reaches, and the order of the variants may change with it.")
+    return (f"{which} short: {task.config.epochs} epoch(s) on {used} training images, where the "
+            f"{recipes.known(task.recipe) or 'tutorial'} recipe trains {reference.epochs} epochs on {full}. Their "
+            f"accuracies are below what full training reaches, and the order of the variants may change with it.")
 
 
 def _is_short(config: TrainConfig, reference: TrainConfig) -> bool:

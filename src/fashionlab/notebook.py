@@ -252,7 +252,8 @@ class Comparison:
 
 @checked
 def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
-            data: DataSource = DataSource(), runs: Sequence[str | Path] | None = None, **changes: Any) -> Comparison:
+            data: DataSource = DataSource(), runs: Sequence[str | Path] | None = None, force: bool = False,
+            **changes: Any) -> Comparison:
     """Train each variant (a series variant such as "bn-before", a recipe, or "recipe:key=value")
     over `seeds` seeds, every one changed by `changes`, and compare them on the test set. With `runs`
     (paths, "latest", or the start of a name under runs/), compare those runs, already trained, grouped
@@ -267,14 +268,15 @@ def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str |
             raise ConfigError(f"`runs` compares runs already trained; drop {', '.join(f'`{g}`' for g in given)} "
                               f"(they say what to train)", terms=given)
         out = Path(out) if out is not None else default_run_dir("comparison")
-        compare_runs(out, [locate(run) for run in runs], command=call_text("compare", [], {"runs": list(runs)}))
+        compare_runs(out, [locate(run) for run in runs], force=force,
+                     command=call_text("compare", [], {"runs": list(runs)}))
         return Comparison(out)
 
     variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS)
     out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
     said = call_text("compare", [variants], {"seeds": seeds, "out": out, "jobs": jobs, **changes})
     run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data,
-                   command=said)
+                   command=said, force=force)
     return Comparison(out)
 
 
@@ -320,7 +322,10 @@ def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None,
     from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
-    said = call_text("sweep", [space], {"trials": trials, "out": out, "jobs": jobs, "storage": storage, "study": study})
+    from fashionlab.sweeps.storage import storage_label
+
+    said = call_text("sweep", [space], {"trials": trials, "out": out, "jobs": jobs, "study": study,
+                                        "storage": storage_label(storage) if storage else None})
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,
                        sampler_seed=sampler_seed, pruner=pruner, force=force, command=said)
     return Sweep(result.out)

@@ -91,9 +91,14 @@ def load(path: Path) -> Recipe:
 UNCOMPARED = ("name", "seed")  # a label, and the draw: not what a recipe is
 
 
+def known(recipe: str | None) -> str | None:
+    """`recipe` if it names a shipped recipe, else None (a run file may name anything)."""
+    return recipe if isinstance(recipe, str) and recipe in names() else None
+
+
 def reference(recipe: str | None) -> TrainConfig:
     """What a run's settings are measured against: its recipe's, or the tutorial's (the defaults)."""
-    return get(recipe).config() if recipe is not None and recipe in names() else TrainConfig()
+    return get(recipe).config() if known(recipe) else TrainConfig()
 
 
 def changes_from(config: TrainConfig, recipe: str | None) -> dict[str, tuple[Any, Any]]:

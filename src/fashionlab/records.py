@@ -62,6 +62,16 @@ class Parameters(TypedDict):
     non_trainable: Count
 
 
+class DataUsed(TypedDict):
+    """What a run trained and was tested on (metrics.json's `data`)."""
+
+    dir: NotRequired[str]
+    verified: NotRequired[bool]
+    train: Count
+    valid: Count
+    test: Count
+
+
 class Metrics(TypedDict):
     """metrics.json: the figures of a complete run (the fields fashionlab reads back); a run
     trained with test=False (a sweep's trial) has no test figures."""
@@ -78,6 +88,13 @@ class Metrics(TypedDict):
     train_seconds: NotRequired[Seconds]
     wall_seconds: NotRequired[Seconds]
     seconds_to_val_accuracy: NotRequired[dict[str, Seconds | None]]
+    data: NotRequired[DataUsed]  # the pages say these; absent in runs made before they were recorded
+    machine: NotRequired[dict[str, str | int | None]]
+    versions: NotRequired[dict[str, str]]
+    recipe: NotRequired[str | None]
+    command: NotRequired[str | None]
+    started: NotRequired[str | None]
+    finished: NotRequired[str | None]
 
 
 class HistoryRow(TypedDict):

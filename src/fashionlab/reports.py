@@ -252,6 +252,13 @@ def environment_line(metrics: Mapping[str, Any]) -> dict[str, str]:
     return rows
 
 
+SHOWN_COMMAND = 2000  # characters of a recorded command a page shows
+
+
+def shortened(text: str, limit: int = SHOWN_COMMAND) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
 def what_was_run_rows(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, str]:
     """The top of a run's page: the command, its recipe and the settings changed from it, the data,
     the machine and versions."""
@@ -259,7 +266,7 @@ def what_was_run_rows(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> 
     from fashionlab.recipes import changes_from, changes_text
 
     recipe = metrics.get("recipe")
-    rows = {"command": str(metrics.get("command") or "not recorded"),
+    rows = {"command": shortened(str(metrics.get("command") or "not recorded")),
             "recipe": f"{recipe}" if recipe else "none (the tutorial's settings are the defaults)"}
     try:
         changed = changes_from(from_dict(dict(config)), recipe)

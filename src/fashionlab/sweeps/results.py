@@ -134,11 +134,11 @@ def described(out: Path, space: Space, table: pd.DataFrame) -> dict[str, str]:
     settings every trial changes from its recipe, the keys searched, the machine and versions (as a
     trained trial recorded them)."""
     from fashionlab.recipes import changes_from, changes_text
-    from fashionlab.reports import environment_line
+    from fashionlab.reports import environment_line, shortened
 
     command = Run(out).read_json(MARKER).get("command") if (out / MARKER).is_file() else None
     fixed = changes_from(space.base, space.recipe)  # its [train] table: a searched key is never in it
-    rows = {"command": str(command or "not recorded"), "space": str(space.path),
+    rows = {"command": shortened(str(command or "not recorded")), "space": str(space.path),
             "every trial changes": f"{space.recipe or 'tutorial'} recipe" + (f": {changes_text(fixed)}" if fixed
                                                                               else ", as it is"),
             "searched": ", ".join(space.search)}
