@@ -293,3 +293,16 @@ def test_paths_the_data_commands_print_have_their_control_characters_escaped(tmp
         result = run_cli(*command, "--dataset", str(folder))
         assert result.returncode == 0 and "\x1b" not in result.stdout and "\u200f" not in result.stdout
         assert "\\x1b]0;PWNED\\x07\\x1b[31m\\u200f" in result.stdout
+
+
+def test_predict_says_no_class_and_why_for_noise_and_how_a_photo_was_read(tiny_run, synthetic, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)).save(tmp_path / "noise.png")
+    Image.fromarray(synthetic.test_images()[0]).save(tmp_path / "garment.png")
+    assert main(["predict", str(tiny_run.run.path), str(tmp_path / "noise.png"), str(tmp_path / "garment.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path / 'noise.png'}: no class"
+    assert lines[1].startswith("  no garment found: nothing stands out from the background as one shape")
+    assert lines[2].startswith(f"{tmp_path / 'garment.png'}: ") and "no class" not in lines[2]

@@ -262,10 +262,11 @@ def test_invert_none_decides_by_the_border_true_and_false_are_obeyed(light_backg
 def test_a_faint_garment_is_read_by_gray_level_inverted_only_on_a_light_background(background, value, corner,
                                                                                     middle):
     """A garment less than TRIM_LEVEL from its background is neither blank (the photo spans more
-    than UNIFORM_SPREAD) nor taken from the colour map: the whole photo by gray level."""
+    than UNIFORM_SPREAD) nor taken from the colour map: the whole photo by gray level, in which no
+    garment is found (too faint: it does not stand out as one shape)."""
     assert abs(value - background) < TRIM_LEVEL and abs(value - background) > UNIFORM_SPREAD
     prepared = prepare(flat_photo(background, value))
-    assert not prepared.as_is
+    assert not prepared.as_is and prepared.missing == "shapeless"
     assert abs(int(prepared.pixels[0, 0]) - corner) <= 3 and abs(int(prepared.pixels[:, 0].mean()) - corner) <= 3
     assert abs(int(prepared.pixels[14, 14]) - middle) <= 3
 

@@ -56,3 +56,21 @@ def test_the_batcher_goes_on_in_another_event_loop(tiny_run, synthetic):
         assert not readings.mirrored.any() and not readings.turned.any()
     assert batcher.batches == 2 and batcher.images == 10
     batcher.close()
+
+
+def test_the_batcher_mirrors_photos_only_for_a_data_set_whose_shoes_face_one_way():
+    from helpers import left_right_model
+
+    from fashionlab.datasets import FASHION_MNIST, MNIST
+    from fashionlab.serve.predictor import Predictor
+
+    photo = np.zeros((1, 28, 28), np.uint8)
+    photo[0, 10:20, 2:12] = 200  # all on the left: looks turned; its mirror image reads as an Ankle boot
+    mirrored = {}
+    for dataset in (FASHION_MNIST, MNIST):
+        batcher = Batcher(Predictor(left_right_model(), "keras", {"name": "lr"}, dataset))
+        with ThreadPoolExecutor(1) as thread:
+            readings = thread.submit(asyncio.run, asyncio.wait_for(batcher.read(photo, [True]), 30)).result()
+        batcher.close()
+        mirrored[dataset.name] = bool(readings.mirrored[0])
+    assert mirrored == {"fashion-mnist": True, "mnist": False}

@@ -43,8 +43,8 @@ def missing_hint(dataset: Dataset, missing: str) -> str:
     """Why no class is given: nothing found of the data set's subject."""
     if missing == "blank":
         return f"no {dataset.subject} found: the image is blank or of one colour"
-    return (f"no {dataset.subject} found: nothing stands out from the background as one shape (noise or texture "
-            f"all over); photograph one {dataset.subject} on a plain background")
+    return (f"no {dataset.subject} found: nothing stands out from the background as one shape (too faint, or noise "
+            f"or texture all over); photograph one {dataset.subject} on a plain background of another colour")
 
 
 def blank_hint(dataset: Dataset) -> str:
