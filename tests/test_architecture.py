@@ -14,7 +14,8 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "fashionlab"
 # Each module's layer, lowest first: a module imports only from its own layer or below.
 LAYERS = [
     ("foundation", {"errors", "interrupts", "records", "files", "arguments", "deadlines", "provenance", "datasets",
-                    "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes", "images"}),
+                    "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes", "images",
+                    "orientation"}),
     ("files and models", {"data", "rundir", "catalog", "modelfiles", "model", "engine", "tensorboard", "progress",
                           "onnxrun", "reports"}),
     ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison"}),

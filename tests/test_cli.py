@@ -324,6 +324,8 @@ def test_commands_take_latest_and_the_start_of_a_name_and_say_which_run_it_is(ru
     assert "2026120 names 3 runs" in capsys.readouterr().err
     assert main(["train", "--resume", "20261203"]) == 1  # located, then refused: it is complete
     assert "runs/20261203-100000-fast-mlp" in capsys.readouterr().err
+    assert main(["train", "--resume", "latest", "--data-dir", "no-such-folder"]) == 1  # located, then no data
+    assert "latest: runs/20261205-100000-broken" in capsys.readouterr().err  # the newest unfinished run
 
 
 def test_compare_runs_compares_runs_already_trained_and_refuses_what_would_train(runs_folder, capsys):
@@ -352,3 +354,16 @@ def test_the_recorded_command_never_holds_a_database_password():
                           "postgresql://u:Pw0rdTwo@h/db"])
     assert "Pw0rd" not in twice and "--storage=postgresql://" in twice
     assert command_line(["train", "--name", "it's mine"]) == "fashionlab train --name 'it'\"'\"'s mine'"
+
+
+def test_predict_says_no_class_and_why_for_noise_and_how_a_photo_was_read(tiny_run, synthetic, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)).save(tmp_path / "noise.png")
+    Image.fromarray(synthetic.test_images()[0]).save(tmp_path / "garment.png")
+    assert main(["predict", str(tiny_run.run.path), str(tmp_path / "noise.png"), str(tmp_path / "garment.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path / 'noise.png'}: no class"
+    assert lines[1].startswith("  no garment found: nothing stands out from the background as one shape")
+    assert lines[2].startswith(f"{tmp_path / 'garment.png'}: ") and "no class" not in lines[2]

@@ -64,6 +64,15 @@ def test_predict_gives_a_table_of_what_fashionlab_predict_says(run, synthetic):
     assert list(table["probability"]) == [r["probability"] for r in said]
 
 
+def test_predict_notes_a_photo_with_no_garment_and_why(run, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)).save(tmp_path / "noise.png")
+    row = run.predict([str(tmp_path / "noise.png")]).iloc[0]
+    assert row["class"] is None and row["next"] == ""
+    assert row["note"].startswith("no garment found: nothing stands out")
+
+
 def test_a_run_shows_itself_as_a_card_in_a_notebook_and_one_line_elsewhere(run):
     card = run._repr_html_()
     assert card.count("<img") == 1 and "test accuracy" in card and f"{100 * run.metrics['test_accuracy']:.2f} %" in card

@@ -240,9 +240,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _print_json(results)
         return
     for r in results:
-        others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
-        print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f})"
-                        + (" mirrored" if r.get("mirrored") else "") + (f"   next: {others}" if others else "")))
+        if r["class_id"] is None:  # no garment found: no class, the hint says why
+            print(printable(f"{r['input']}: no class"))
+        else:
+            others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
+            how = (" mirrored" if r.get("mirrored") else "") + (f" turned {r['turned']}°" if r.get("turned") else "")
+            print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f}){how}"
+                            + (f"   next: {others}" if others else "")))
         if r.get("hint"):
             print(printable(f"  {r['hint']}"))
 

@@ -150,7 +150,9 @@ class Run:
                           allow_incomplete=self.status != "complete")
         return pd.DataFrame([{"input": r["input"], "class": r["class_name"], "probability": r["probability"],
                               "next": ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:]),
-                              "note": r.get("hint", "mirrored" if r.get("mirrored") else "")}
+                              "note": r.get("hint") or ", ".join(
+                                  ["mirrored"] * bool(r.get("mirrored")) + [f"turned {r.get('turned')}°"] * bool(
+                                      r.get("turned")))}
                              for r in results]).set_index("input")
 
     def _facts(self) -> dict[str, str]:

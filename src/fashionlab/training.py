@@ -388,8 +388,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
                  "train": len(splits.x_train), "valid": len(splits.x_valid), "test": len(splits.x_test) if test else 0},
         "versions": library_versions(),
         "machine": machine_info(),
-        "recipe": status.get("recipe"),
-        "command": status.get("command"),
+        "recipe": status.get("recipe"), "command": status.get("command"),
         # this train (or resume) call until now: data, compilation, training, test predictions
         "wall_seconds": time.perf_counter() - called,
         "started": status.get("started"),
