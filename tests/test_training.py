@@ -71,6 +71,14 @@ def test_same_seed_same_history(tmp_path, synthetic, tiny_run):
     assert other.history["loss"].iloc[0] != tiny_run.history["loss"].iloc[0]
 
 
+def test_the_recipe_and_the_command_are_recorded(tmp_path, synthetic):
+    result = train(TINY.replace(epochs=1), tmp_path / "r", data=synthetic, verbose=0, recipe="fast-mlp",
+                   command="fashionlab train --recipe fast-mlp")
+    status = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert (status["recipe"], status["command"]) == ("fast-mlp", "fashionlab train --recipe fast-mlp")
+    assert (result.metrics["recipe"], result.metrics["command"]) == (status["recipe"], status["command"])
+
+
 def test_existing_run_directory_is_never_overwritten(tiny_run, synthetic):
     before = (tiny_run.run.path / "metrics.json").read_bytes()
     with pytest.raises(RunError, match="already exists and is not empty"):
