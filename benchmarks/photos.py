@@ -6,7 +6,8 @@
 Each of the first COUNT test images (or COUNT picked at random with --random) is drawn once per kind
 below as an image file, the way a user might photograph or download a garment; every file then goes
 through fashionlab.images.read_image_file and prediction.predict_arrays, as `fashionlab predict FILE...`
-does (the garment told from its background, trimmed, padded to 28x28; tried mirrored too), with the
+does (the garment told from its background, straightened, trimmed, padded to 28x28; turned upright and
+tried mirrored too; no class when no garment is found), with the
 run's model, loaded once. The "direct" row is the
 same test images given to the model as the raw uint8 arrays, for reference. The garment's
 Fashion-MNIST intensity is used as its alpha (shading): pixel = background*(1-a) + colour*a.
@@ -20,6 +21,11 @@ Fashion-MNIST intensity is used as its alpha (shading): pixel = background*(1-a)
   padded            the garment 3x (84 px), off-centre on a plain 400x300 background, JPEG
   mirrored          flipped left-right (shoes point right), otherwise like catalogue
   rotated           turned 90 degrees either way, otherwise like catalogue
+  tilted            turned 8 to 20 degrees either way, otherwise like catalogue
+  inverted          the 28x28 test image inverted (255 - x: a dark garment on white), as a PNG
+  noise             no garment at all: random pixels (gray or coloured, 28x28 PNG or ~300 px JPEG) or
+                    a textured surface like textured's with nothing on it; the right answer is
+                    "no garment found", and its accuracy column is that rate
 
 Every image is drawn with a generator seeded by (--seed, test index, kind), so the set is the same
 on every run. Files go to --out DIR, else to a temporary folder removed at the end (--keep keeps it).
@@ -47,7 +53,7 @@ from fashionlab.data import DataSource, load_file
 from fashionlab.datasets import FASHION_MNIST
 from fashionlab.images import read_image_file
 from fashionlab.prediction import predict_arrays
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 JPEG_QUALITY = 85
 Draw = Callable[[np.ndarray, np.random.Generator], Image.Image]
@@ -86,9 +92,9 @@ def compose(background: np.ndarray, colour: np.ndarray, alpha: np.ndarray, top: 
             rng: np.random.Generator) -> Image.Image:
     """The garment (alpha, in `colour`) laid on `background` (H, W, 3) at (top, left), with sensor grain."""
     canvas = background.astype(np.float64).copy()
-    size = alpha.shape[0]
-    patch = canvas[top:top + size, left:left + size]
-    canvas[top:top + size, left:left + size] = patch * (1 - alpha) + colour * alpha
+    height, width = alpha.shape[:2]
+    patch = canvas[top:top + height, left:left + width]
+    canvas[top:top + height, left:left + width] = patch * (1 - alpha) + colour * alpha
     canvas += rng.normal(0, rng.uniform(1, 3), canvas.shape)
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
@@ -109,14 +115,22 @@ def exact(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels, mode="L")
 
 
-def catalogue(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def catalogue(pixels: np.ndarray, rng: np.random.Generator, degrees: float = 0.0) -> Image.Image:
+    """A dark or coloured garment on near-white; with `degrees`, turned that much anticlockwise."""
     size, height, width, top, left = place(rng)
-    background = plain(height, width, np.full(3, rng.uniform(238, 255)))
     if rng.random() < 0.4:  # black, navy, charcoal...
         colour = random_colour(rng, (0.0, 0.4), (0.05, 0.4))
     else:
         colour = random_colour(rng, (0.5, 1.0), (0.3, 0.9), gray=(0, 140))
-    return compose(background, colour, scaled_alpha(pixels, size, rng), top, left, rng)
+    alpha = scaled_alpha(pixels, size, rng)
+    if degrees:  # the turned garment's box is larger: the canvas grows around it
+        turned = Image.fromarray(alpha[..., 0].astype(np.float32), mode="F")
+        alpha = np.asarray(turned.rotate(degrees, Image.Resampling.BICUBIC, expand=True), dtype=np.float64)
+        alpha = np.clip(alpha, 0, 1)[..., None]
+        height, width = height - size + alpha.shape[0], width - size + alpha.shape[1]
+        top, left = min(top, height - alpha.shape[0]), min(left, width - alpha.shape[1])
+    background = plain(height, width, np.full(3, rng.uniform(238, 255)))
+    return compose(background, colour, alpha, top, left, rng)
 
 
 def colour_on_colour(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -176,6 +190,28 @@ def rotated(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return catalogue(np.ascontiguousarray(np.rot90(pixels, 1 if rng.random() < 0.5 else -1)), rng)
 
 
+def tilted(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    return catalogue(pixels, rng, degrees=float(rng.uniform(8, 20) * rng.choice([-1, 1])))
+
+
+def inverted(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    return Image.fromarray(255 - pixels, mode="L")
+
+
+def noise(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """No garment: random pixels, gray or coloured, 28 x 28 or larger; or a bare textured surface."""
+    pick = rng.integers(4)
+    if pick == 3:
+        return Image.fromarray(texture(*place(rng)[1:3], rng).astype(np.uint8), mode="RGB")
+    side = 28 if pick == 0 else int(rng.integers(200, 401))
+    shape = (side, side) if pick < 2 else (side, side, 3)
+    if rng.random() < 0.5:
+        values = rng.integers(0, 256, shape)
+    else:
+        values = rng.normal(rng.uniform(60, 200), rng.uniform(20, 70), shape)
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L" if pick < 2 else "RGB")
+
+
 KINDS: dict[str, Draw] = {
     "exact": exact,
     "catalogue": catalogue,
@@ -184,12 +220,17 @@ KINDS: dict[str, Draw] = {
     "padded": padded,
     "mirrored": mirrored,
     "rotated": rotated,
+    "tilted": tilted,
+    "inverted": inverted,
+    "noise": noise,
 }
+PNG_KINDS = ("exact", "inverted")
+NO_GARMENT = ("noise",)  # kinds whose right answer is "no garment found"
 
 
 def write_kind(kind: str, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, seed: int,
                folder: Path) -> list[Path]:
-    """One file per test image, drawn by the kind's function; PNG for `exact`, JPEG otherwise."""
+    """One file per test image, drawn by the kind's function; PNG for PNG_KINDS and 28 x 28 images, JPEG otherwise."""
     folder.mkdir(parents=True, exist_ok=True)
     number = list(KINDS).index(kind)
     paths = []
@@ -197,7 +238,7 @@ def write_kind(kind: str, images: np.ndarray, indices: np.ndarray, labels: np.nd
         rng = np.random.default_rng((seed, int(index), number))
         picture = KINDS[kind](images[index], rng)
         path = folder / f"{int(index):05d}-{CLASS_NAMES[label].replace('/', '-').replace(' ', '-')}"
-        if kind == "exact":
+        if kind in PNG_KINDS or picture.size == (28, 28):
             path = path.with_suffix(".png")
             picture.save(path)
         else:
@@ -207,13 +248,19 @@ def write_kind(kind: str, images: np.ndarray, indices: np.ndarray, labels: np.nd
     return paths
 
 
-def score(results: list[dict[str, Any]], labels: np.ndarray) -> dict[str, Any]:
-    predicted = np.array([r["class_id"] for r in results])
-    probability = np.array([r["probability"] for r in results])
-    right = predicted == labels
+def score(results: list[dict[str, Any]], labels: np.ndarray, garment: bool = True) -> dict[str, Any]:
+    """Accuracy (for a kind with no garment: the share answered "no garment found"), the mean top
+    probability of the answers with a class, and the shares with no class and flagged not upright."""
+    predicted = np.array([-1 if r["class_id"] is None else r["class_id"] for r in results])
+    probability = np.array([r["probability"] for r in results if r["class_id"] is not None])
+    right = predicted == labels if garment else predicted == -1
+    flagged = np.array([r.get("upright") is False for r in results])
     per_class = {name: float(right[labels == c].mean()) for c, name in enumerate(CLASS_NAMES) if (labels == c).any()}
-    return {"images": len(labels), "accuracy": float(right.mean()), "mean_probability": float(probability.mean()),
-            "per_class": per_class, "predicted": predicted.tolist()}
+    return {"images": len(labels), "accuracy": float(right.mean()),
+            "mean_probability": float(probability.mean()) if probability.size else float("nan"),
+            "no_garment": float((predicted == -1).mean()), "flagged": float(flagged.mean()),
+            "right_or_flagged": float((right | flagged).mean()), "per_class": per_class,
+            "predicted": predicted.tolist()}
 
 
 def main() -> None:
@@ -258,8 +305,9 @@ def main() -> None:
             mark = time.perf_counter()
             prepared = [read_image_file(path) for path in paths]  # what `fashionlab predict FILE...` does
             pixels, mirror = np.stack([p.pixels for p in prepared]), [not p.as_is for p in prepared]
-            results = predict_arrays(model, pixels, [str(p) for p in paths], FASHION_MNIST, 1, mirror)
-            figures[kind] = score(results, labels)
+            results = predict_arrays(model, pixels, [str(p) for p in paths], FASHION_MNIST, 1, mirror,
+                                     [p.missing for p in prepared])
+            figures[kind] = score(results, labels, garment=kind not in NO_GARMENT)
             classifying += time.perf_counter() - mark
     finally:
         if temporary is not None and not args.keep:
@@ -268,10 +316,12 @@ def main() -> None:
         print(f"image files: {out}")
 
     direct = figures["direct"]["accuracy"]
-    print(f"\n{'kind':<18}{'images':>7}{'accuracy':>10}{'mean p':>8}{'vs direct':>11}")
+    print(f"\n{'kind':<18}{'images':>7}{'accuracy':>10}{'mean p':>8}{'vs direct':>11}{'no garment':>12}"
+          f"{'flagged':>9}{'right or flagged':>18}")
     for kind, row in figures.items():
-        print(f"{kind:<18}{row['images']:>7}{row['accuracy']:>10.3f}{row['mean_probability']:>8.3f}"
-              f"{row['accuracy'] - direct:>+11.3f}")
+        versus = "" if kind in NO_GARMENT else f"{row['accuracy'] - direct:+.3f}"
+        print(f"{kind:<18}{row['images']:>7}{row['accuracy']:>10.3f}{row['mean_probability']:>8.3f}{versus:>11}"
+              f"{row['no_garment']:>12.3f}{row['flagged']:>9.3f}{row['right_or_flagged']:>18.3f}")
     if args.classes:
         print(f"\n{'class':<12}" + "".join(f"{kind[:9]:>10}" for kind in figures))
         for name in CLASS_NAMES:

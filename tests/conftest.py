@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TINY, write_dataset
+from helpers import TINY, copy_run, write_dataset
 from serving import Server, data_options, png, start, stop
 
 from fashionlab.data import DataSource
@@ -49,6 +49,20 @@ def tiny_run(tmp_path_factory, synthetic):
     from fashionlab.training import train
 
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
+
+
+@pytest.fixture
+def runs_folder(tiny_run, tmp_path, monkeypatch) -> Path:
+    """runs/ in a fresh current folder: three top-level runs (the newest failed) and a comparison's two,
+    each a copy of tiny_run."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "runs"
+    copy_run(tiny_run, root / "20261201-100000-tutorial", "2026-12-01T10:00:00+00:00")
+    copy_run(tiny_run, root / "20261203-100000-fast-mlp", "2026-12-03T10:00:00+00:00", recipe="fast-mlp")
+    copy_run(tiny_run, root / "20261205-100000-broken", "2026-12-05T10:00:00+00:00", status="failed")
+    copy_run(tiny_run, root / "compare" / "bn-after" / "seed-42", "2026-12-02T10:00:00+00:00")
+    copy_run(tiny_run, root / "compare" / "bn-after" / "seed-43", "2026-12-02T11:00:00+00:00")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
+import shutil
 import struct
 from html.parser import HTMLParser
 from pathlib import Path
@@ -83,11 +85,12 @@ def assert_png(source: Path | bytes, min_width: int = 300, min_height: int = 200
 
 
 class Page(HTMLParser):
-    """Images, tables (as lists of rows of cell texts) and headings of an HTML page."""
+    """Images, links, tables (as lists of rows of cell texts) and headings of an HTML page."""
 
     def __init__(self, text: str):
         super().__init__()
         self.images: list[str] = []
+        self.links: list[str] = []
         self.tables: list[list[list[str]]] = []
         self.headings: list[str] = []
         self.external: list[str] = []
@@ -99,6 +102,8 @@ class Page(HTMLParser):
         attrs = dict(attrs)
         if tag == "img":
             self.images.append(attrs.get("src", ""))
+        elif tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
         for key in ("href", "src"):
             if attrs.get(key, "").startswith(("http:", "https:", "//")):
                 self.external.append(attrs[key])
@@ -230,13 +235,14 @@ def garment(mode: str = "L", size=(56, 56), light_background: bool = False) -> I
 
 
 def left_right_model():
-    """A Keras model that reads class 0 in an image's left half and, more strongly, class 1 in its
-    right half: a mirrored reading of a left-heavy image is always the more confident one."""
+    """A Keras model that reads class 0 in an image's left half and, more strongly, class 9 (a shoe:
+    Fashion-MNIST's Ankle boot) in its right half: a mirrored reading of a left-heavy image is always
+    the more confident one."""
     import keras
 
     model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
     weights = np.zeros((28, 28, 10), np.float32)
-    weights[:, :14, 0], weights[:, 14:, 1] = 0.0001, 0.0003
+    weights[:, :14, 0], weights[:, 14:, 9] = 0.0001, 0.0003
     model.layers[-1].set_weights([weights.reshape(784, 10), np.zeros(10, np.float32)])
     return model
 
@@ -246,3 +252,11 @@ def right_facing_boot() -> np.ndarray:
     photo = np.full((56, 56, 3), 255, np.uint8)
     photo[8:46, 4:18] = photo[38:46, 4:44] = (90, 40, 20)
     return photo
+
+
+def copy_run(tiny_run, target: Path, started: str, **status) -> Path:
+    """A copy of a real trained run, its run.json saying when it started (and anything else given)."""
+    shutil.copytree(tiny_run.run.path, target)
+    path = target / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "started": started, **status}))
+    return target

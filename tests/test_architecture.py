@@ -14,9 +14,10 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "fashionlab"
 # Each module's layer, lowest first: a module imports only from its own layer or below.
 LAYERS = [
     ("foundation", {"errors", "interrupts", "records", "files", "arguments", "deadlines", "provenance", "datasets",
-                    "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes", "images"}),
-    ("files and models", {"data", "runs", "modelfiles", "model", "engine", "tensorboard", "progress", "onnxrun",
-                          "reports"}),
+                    "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes", "images",
+                    "orientation"}),
+    ("files and models", {"data", "rundir", "catalog", "modelfiles", "model", "engine", "tensorboard", "progress",
+                          "onnxrun", "reports"}),
     ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison"}),
     ("packages behind extras", {"sweeps", "serve"}),
     ("front", {"cli", "notebook", "__main__"}),

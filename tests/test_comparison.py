@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY, assert_png, assert_self_contained, write_dataset
+from helpers import TINY, assert_png, assert_self_contained, copy_run, write_dataset
 
-from fashionlab.comparison import compare, conclusion, load_comparison, plan, summarize, variant_config
+from fashionlab.comparison import (
+    compare,
+    compare_runs,
+    conclusion,
+    group_runs,
+    load_comparison,
+    plan,
+    summarize,
+    variant_config,
+)
 from fashionlab.config import TrainConfig, check_runnable, training_bytes
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.training import train
@@ -54,7 +63,7 @@ def test_a_comparison_writes_results_summary_curves_and_report(comparison):
     assert_png(out / "curves.png", 1000, 400)
     page = assert_self_contained(out / "report.html")
     assert len(page.images) == 1 + len(TWO)  # curves + one confusion matrix per variant
-    assert page.headings[1] == "Conclusion"
+    assert page.headings[1:3] == ["What was run", "Conclusion"]
     assert lines[0].startswith("4 runs: 0 finished already, 4 to train with 2 job(s)")
     assert sum(line.startswith("[") for line in lines) == 4
     for task_dir in results["run_dir"]:
@@ -449,3 +458,140 @@ def test_a_comparison_on_a_data_set_of_its_own_reports_its_classes(tmp_path):
     assert page.count('alt="confusion matrix scaled"') == 1
     run = json.loads(Path(result.results["run_dir"][0], "run.json").read_text())
     assert run["dataset"]["class_names"][-1] == "kind 11"
+
+
+# --- runs already trained ----------------------------------------------------------------------
+
+def test_runs_already_trained_compare_exactly_as_the_training_comparison_did(comparison, tmp_path):
+    out, result, _ = comparison
+    trained = pd.read_csv(out / "results.csv")
+    given = list(reversed(trained["run_dir"]))  # the order given decides the groups' order
+    again = compare_runs(tmp_path / "again", given)
+    assert (again.trained, again.reused) == (0, 4)
+    results = pd.read_csv(tmp_path / "again" / "results.csv")
+    key = ["variant", "seed"]
+    pd.testing.assert_frame_equal(results.drop(columns="run_dir").sort_values(key).reset_index(drop=True),
+                                  trained.drop(columns="run_dir").sort_values(key).reset_index(drop=True))
+    assert list(again.summary.index) == list(reversed(TWO))
+    pd.testing.assert_frame_equal(again.summary.loc[TWO], result.summary.loc[TWO])
+    expected = conclusion(result.summary.loc[list(reversed(TWO))])
+    assert again.conclusion == expected[:1] + [result.conclusion[1]] + expected[1:]  # the runs are short
+    assert json.loads((tmp_path / "again" / "compare.json").read_text())["runs"] == given
+    page = assert_self_contained(tmp_path / "again" / "report.html")
+    links = [link for link in page.links if link.endswith("report.html")]
+    assert sorted((tmp_path / "again" / link).resolve() for link in links) == \
+        sorted((Path(d) / "report.html").resolve() for d in given)
+    assert load_comparison(tmp_path / "again")[1].index.tolist() == list(reversed(TWO))
+
+
+def _renamed(folder: Path, **config) -> Path:
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return folder
+
+
+def test_runs_are_grouped_by_all_their_settings_but_seed_and_name(tiny_run, tmp_path):
+    a = _renamed(copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00"), name="tutorial", seed=1)
+    b = _renamed(copy_run(tiny_run, tmp_path / "b", "2026-12-01T10:00:00+00:00"), name="mine", seed=2)
+    c = _renamed(copy_run(tiny_run, tmp_path / "c", "2026-12-01T10:00:00+00:00"), name="tutorial", seed=1,
+                 epochs=7)
+    d = _renamed(copy_run(tiny_run, tmp_path / "d", "2026-12-01T10:00:00+00:00"), name="other", seed=1,
+                 learning_rate=0.5)
+    tasks = group_runs([a, b, c, d])
+    epochs = TINY.epochs
+    assert [t.tags for t in tasks] == [{"variant": f"tutorial (epochs={epochs})", "seed": 1},
+                                       {"variant": f"tutorial (epochs={epochs})", "seed": 2},
+                                       {"variant": "tutorial (epochs=7)", "seed": 1},
+                                       {"variant": "other", "seed": 1}]
+
+
+def test_runs_that_cannot_be_compared_are_refused_naming_them(tiny_run, tmp_path):
+    a = copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00")
+    with pytest.raises(ConfigError, match="give the `runs` to compare, at least one"):
+        group_runs([])
+    with pytest.raises(ConfigError, match=f"{a} is given twice; give each run once"):
+        group_runs([a, a])
+    with pytest.raises(ConfigError, match=f"{a} and {a}/. are the same run"):
+        group_runs([a, f"{a}/."])
+    twin = copy_run(tiny_run, tmp_path / "twin", "2026-12-01T10:00:00+00:00")
+    with pytest.raises(ConfigError, match=f"{a} and {twin} have the same settings and seed"):
+        group_runs([a, twin])
+    untested = copy_run(tiny_run, tmp_path / "untested", "2026-12-01T10:00:00+00:00")
+    metrics = json.loads((untested / "metrics.json").read_text())
+    (untested / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if not k.startswith("test")}))
+    with pytest.raises(RunError, match="untested has no test figures"):
+        group_runs([a, untested])
+    running = copy_run(tiny_run, tmp_path / "running", "2026-12-01T10:00:00+00:00", status="running")
+    with pytest.raises(RunError, match="running is unfinished"):
+        group_runs([a, running])
+    digits = _renamed(copy_run(tiny_run, tmp_path / "digits", "2026-12-01T10:00:00+00:00"), seed=5)
+    status = json.loads((digits / "run.json").read_text())
+    status["dataset"] = {"name": "mnist", "class_names": [str(i) for i in range(10)]}
+    (digits / "run.json").write_text(json.dumps(status))
+    with pytest.raises(ConfigError, match=r"different data sets \(fashion-mnist, mnist\)"):
+        group_runs([a, digits])
+
+
+def test_a_comparison_page_says_what_was_run_and_that_its_runs_are_short(comparison):
+    from helpers import Page
+
+    out, result, _ = comparison
+    page = Page((out / "report.html").read_text())
+    setup = {row[0]: row[1] for row in page.tables[0]}
+    assert setup["command"] == "not recorded"  # compare() called without one
+    assert setup["runs"] == f"4: 2 variant(s) × 2 seed(s) ({BASE.seed}, {BASE.seed + 1})"
+    assert f"epochs 10 → {BASE.epochs}" in setup["every run changes"]
+    assert "batch_norm" not in setup["every run changes"]  # the variants differ in it
+    assert page.tables[1] == [["variant", "what it changes"], ["scaled", "tutorial recipe: batch_norm after → none"],
+                              ["bn-after", "tutorial recipe, as it is"]]
+    short = (f"These runs are short: {BASE.epochs} epoch(s) on {BASE.train_samples or 300:,} training images, "
+             f"where the tutorial recipe trains 10 epochs on all.")
+    assert result.conclusion[1].startswith(short)
+    assert short in (out / "summary.md").read_text()
+    assert load_comparison(out)[2] == result.conclusion  # read back, the runs still say so
+
+
+def test_runs_are_short_when_they_train_less_than_their_recipe():
+    from fashionlab.comparison import _is_short
+
+    tutorial = TrainConfig()
+    assert not _is_short(tutorial, tutorial) and not _is_short(tutorial.replace(epochs=20), tutorial)
+    assert _is_short(tutorial.replace(epochs=9), tutorial)
+    assert _is_short(tutorial.replace(train_samples=5000), tutorial)
+    assert not _is_short(tutorial.replace(train_samples=5000), tutorial.replace(train_samples=5000))
+    assert _is_short(tutorial.replace(train_samples=4000), tutorial.replace(train_samples=5000))
+
+
+def test_runs_with_damaged_files_are_refused_before_anything_is_written(tiny_run, tmp_path):
+    a = _renamed(copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00"), seed=1)
+    bad = _renamed(copy_run(tiny_run, tmp_path / "bad", "2026-12-01T10:00:00+00:00"), seed=2)
+    metrics = json.loads((bad / "metrics.json").read_text())
+    for damage, file in ((lambda: (bad / "metrics.json").write_text(json.dumps({**metrics, "machine": "m"})),
+                          "metrics.json"),
+                         (lambda: (bad / "metrics.json").write_text(json.dumps({**metrics, "data": {"train": "9"}})),
+                          "metrics.json"),
+                         (lambda: (bad / "history.csv").write_text("garbage\n"), "history.csv"),
+                         (lambda: (bad / "confusion_matrix.csv").unlink(), "confusion_matrix.csv")):
+        damage()
+        with pytest.raises(RunError, match=f"bad/{file}"):
+            compare_runs(tmp_path / "out", [a, bad])
+        assert not (tmp_path / "out").exists()
+        shutil.rmtree(bad)
+        copy_run(tiny_run, bad, "2026-12-01T10:00:00+00:00")
+        _renamed(bad, seed=2)
+
+
+def test_a_comparison_is_not_written_over_the_other_kind_nor_inside_a_run(comparison, tiny_run, tmp_path):
+    out, _, _ = comparison
+    trained = shutil.copytree(out, tmp_path / "trained")
+    run = copy_run(tiny_run, tmp_path / "a", "2026-12-01T10:00:00+00:00")
+    with pytest.raises(RunError, match="trained holds a comparison of variants it trained; give `out` another"):
+        compare_runs(trained, [run])
+    compare_runs(tmp_path / "of-runs", [run])
+    with pytest.raises(RunError, match="of-runs holds a comparison of runs already trained"):
+        compare(tmp_path / "of-runs", variants=TWO, seeds=1, base=BASE)
+    compare_runs(trained, [run], force=True)
+    assert json.loads((trained / "compare.json").read_text())["runs"] == [str(run)]
+    with pytest.raises(RunError, match=f"a/sub is inside the training run {run}"):
+        compare_runs(run / "sub", [run])
+    assert not (run / "sub").exists()

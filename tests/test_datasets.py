@@ -130,7 +130,7 @@ def test_a_run_records_fashion_mnist_and_one_made_before_data_sets_were_recorded
     import json
     import shutil
 
-    from fashionlab.runs import Run
+    from fashionlab.rundir import Run
 
     assert Run(tiny_run.run.path).status()["dataset"] == {"name": "fashion-mnist", "class_names": list(CLASS_NAMES)}
     older = shutil.copytree(tiny_run.run.path, tmp_path / "older")

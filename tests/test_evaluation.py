@@ -12,7 +12,7 @@ from fashionlab import CLASS_NAMES
 from fashionlab.data import read_bytes
 from fashionlab.errors import DataError, RunError
 from fashionlab.evaluation import confusion_matrix, evaluate, format_report, metrics_from_proba
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():
@@ -83,7 +83,7 @@ def test_a_run_of_a_data_set_of_its_own_is_evaluated_on_its_files_in_its_names(t
     from fashionlab import datasets, notebook
     from fashionlab.model import build_model
     from fashionlab.preprocessing import Scaler
-    from fashionlab.runs import load_model_file
+    from fashionlab.rundir import load_model_file
 
     names = ["zero", "one", "two", "three", "four", "five", "six"]
     seven = {k: v % 7 if "labels" in k else v for k, v in synthetic_arrays().items()}

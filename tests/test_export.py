@@ -17,7 +17,7 @@ from fashionlab.errors import ConfigError, ExportError, RunError
 from fashionlab.evaluation import predict_proba
 from fashionlab.onnxrun import OnnxModel
 from fashionlab.prediction import predict
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.training import train
 
 TINY_CNN = TINY.replace(name="tiny-cnn", model="cnn", filters=4, conv_blocks=2, convs_per_block=1, width=8,

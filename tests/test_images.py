@@ -14,6 +14,10 @@ from PIL import Image
 from fashionlab.errors import ImageError
 from fashionlab.images import (
     MAX_IMAGE_PIXELS,
+    MAX_SPECKLE,
+    MIN_BACKGROUND_JOINED,
+    MIN_SHAPE,
+    STRAIGHTEN_GAIN,
     TRIM_LEVEL,
     UNIFORM_SPREAD,
     WORKING_SIZE,
@@ -23,6 +27,8 @@ from fashionlab.images import (
     prepare_image,
     read_image,
     read_image_file,
+    shapeless,
+    tilt,
 )
 from fashionlab.prediction import (
     facing_right,
@@ -256,10 +262,11 @@ def test_invert_none_decides_by_the_border_true_and_false_are_obeyed(light_backg
 def test_a_faint_garment_is_read_by_gray_level_inverted_only_on_a_light_background(background, value, corner,
                                                                                     middle):
     """A garment less than TRIM_LEVEL from its background is neither blank (the photo spans more
-    than UNIFORM_SPREAD) nor taken from the colour map: the whole photo by gray level."""
+    than UNIFORM_SPREAD) nor taken from the colour map: the whole photo by gray level, in which no
+    garment is found (too faint: it does not stand out as one shape)."""
     assert abs(value - background) < TRIM_LEVEL and abs(value - background) > UNIFORM_SPREAD
     prepared = prepare(flat_photo(background, value))
-    assert not prepared.as_is
+    assert not prepared.as_is and prepared.missing == "shapeless"
     assert abs(int(prepared.pixels[0, 0]) - corner) <= 3 and abs(int(prepared.pixels[:, 0].mean()) - corner) <= 3
     assert abs(int(prepared.pixels[14, 14]) - middle) <= 3
 
@@ -571,3 +578,121 @@ def test_a_multi_frame_tiff_gives_its_first_frame(tmp_path):
 def test_an_image_of_one_colour_all_over_prepares_to_nothing():
     for colour in ((255, 255, 255), (255, 0, 0), (128, 128, 128), (40, 200, 40)):
         assert prepare_image(Image.new("RGB", (50, 70), colour)).max() == 0
+
+
+def noise_image(kind: str, seed: int = 0) -> Image.Image:
+    """Pixel noise (28 x 28 gray, or 300 px colour) or a bare surface: a gradient, stripes and grain."""
+    rng = np.random.default_rng(seed)
+    if kind == "gray 28":
+        return Image.fromarray(rng.integers(0, 256, (28, 28)).astype(np.uint8))
+    if kind == "dark 28":  # mostly dark, as noise on a black frame would be
+        return Image.fromarray(np.clip(rng.normal(50, 45, (28, 28)), 0, 255).astype(np.uint8))
+    if kind == "colour 300":
+        return Image.fromarray(rng.integers(0, 256, (300, 300, 3)).astype(np.uint8))
+    y, x = np.mgrid[0:240, 0:320]
+    surface = 90 + 0.3 * x + 25 * np.sign(np.sin(2 * np.pi * (x + y) / 23)) + rng.normal(0, 6, (240, 320))
+    return Image.fromarray(np.clip(np.stack([surface, surface * 0.8, surface * 0.6], -1), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["gray 28", "dark 28", "colour 300", "stripes"])
+def test_noise_or_a_bare_texture_is_no_garment(kind):
+    prepared = prepare(noise_image(kind))
+    assert prepared.missing == "shapeless"
+
+
+def test_one_colour_all_over_is_blank_and_a_garment_is_found():
+    assert prepare(Image.new("RGB", (50, 70), (40, 200, 40))).missing == "blank"
+    assert prepare(Image.new("L", (28, 28), 0)).missing == "blank"
+    assert prepare(garment()).missing is None and prepare(garment(light_background=True)).missing is None
+
+
+def shape_with(background_joined: float = 1.0, speckle: int = 0, size: int = 60) -> np.ndarray:
+    """A 28 x 28 light block of `size` pixels on black, with `speckle` lone dark pixels inside it."""
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[4:4 + size // 10, 4:14] = 200
+    for i in range(speckle):
+        pixels[4 + 2 * (i // 4) + 1, 5 + 2 * (i % 4)] = 0
+    return pixels
+
+
+def test_shapeless_at_its_thresholds():
+    """Each of the three measures on its own: the largest light shape, the dark pixels joined to
+    the frame's edge, and lone pixels, just inside and just past its limit."""
+    assert (MIN_SHAPE, MIN_BACKGROUND_JOINED, MAX_SPECKLE) == (0.008, 0.3, 0.05)
+    tiny = np.zeros((28, 28), np.uint8)
+    tiny[5, 5:11] = 200  # 6 pixels: under 0.8 % of 784
+    assert shapeless(tiny)
+    tiny[6, 5] = 200  # 7 pixels
+    assert not shapeless(tiny)
+    ring = np.zeros((28, 28), np.uint8)
+    ring[2:26, 2:26] = 200  # a light square holding a dark hole of 14 x 14 = 196 pixels
+    ring[5:19, 5:19] = 0  # dark outside: 784 - 576 = 208, of 404 dark: 51 % joined
+    assert not shapeless(ring)
+    ring[3:24, 3:24] = 0  # hole 441, outside 208: 32 % joined
+    ring[3:24, 3] = 200  # hole 420: 33 %
+    assert not shapeless(ring)
+    ring[2:26, 2:26] = 200
+    ring[3:25, 3:25] = 0  # hole 484: 30.06 % joined... kept
+    assert not shapeless(ring)
+    ring[2:27, 2:27] = 200
+    ring[3:26, 3:26] = 0  # outside 784 - 625 = 159, hole 529: 23 % joined
+    assert shapeless(ring)
+    assert not shapeless(shape_with(speckle=0)) and not shapeless(shape_with(speckle=20))
+    checks = np.zeros((28, 28), np.uint8)
+    checks[4:24, 4:24] = 200
+    spots = [(r, c) for r in range(5, 23, 2) for c in range(5, 23, 2)]
+    for r, c in spots[:39]:  # 39 lone dark pixels: 4.97 % of 784
+        checks[r, c] = 0
+    assert not shapeless(checks)
+    checks[spots[39]] = 0  # 40: 5.1 %
+    assert shapeless(checks)
+
+
+@pytest.mark.realdata
+def test_no_test_image_of_the_data_set_is_taken_for_noise(real_data):
+    """Measured on all 10,000 test images: 3 are shapeless (0.03 %), none of the first 2,000."""
+    images = real_data.test_images()
+    flagged = [i for i in range(len(images)) if shapeless(images[i])]
+    assert len(flagged) <= 3 and min(flagged) >= 2000
+
+
+@pytest.mark.realdata
+def test_an_inverted_test_image_is_read_as_the_image_it_inverts(real_data, tmp_path):
+    images = real_data.test_images()[:200]
+    for i, pixels in enumerate(images):
+        Image.fromarray(255 - pixels).save(tmp_path / f"{i}.png")
+        prepared = read_image_file(tmp_path / f"{i}.png")
+        assert prepared.as_is and prepared.missing is None
+        np.testing.assert_array_equal(prepared.pixels, pixels)
+
+
+def test_a_light_garment_on_gray_is_not_taken_for_an_inverted_data_set_image():
+    pixels = np.full((28, 28), 150, np.uint8)
+    pixels[6:22, 8:20] = 240  # its negative: dark on gray, no black background
+    prepared = prepare(Image.fromarray(pixels))
+    assert not prepared.as_is and prepared.missing is None and prepared.pixels[14, 14] > 200
+
+
+@pytest.mark.parametrize("degrees", [-20, -12, 8, 15])
+def test_a_tilted_garment_is_straightened(degrees):
+    upright = np.full((200, 200), 255, np.uint8)
+    upright[30:170, 60:140] = 40  # a dark coat, twice as tall as wide
+    upright[30:80, 40:60] = upright[30:80, 140:160] = 40  # with sleeves
+    photo = Image.fromarray(upright).rotate(degrees, Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    assert abs(tilt(255 - np.asarray(photo) > TRIM_LEVEL) - degrees) <= 1
+    straightened, plain = prepare_image(photo.convert("RGB")), prepare_image(Image.fromarray(upright).convert("RGB"))
+    assert ((straightened > 100) != (plain > 100)).mean() < 0.04  # the same shape, turned back upright
+
+
+def test_an_upright_garment_is_not_turned_and_a_round_one_not_straightened():
+    upright = np.zeros((100, 100), bool)
+    upright[10:90, 30:70] = True
+    assert tilt(upright) == 0
+    y, x = np.mgrid[0:100, 0:100]
+    assert tilt((y - 50) ** 2 + (x - 50) ** 2 < 40 ** 2) == 0  # any turn: the same box
+    square = np.zeros((100, 100), bool)
+    square[20:80, 20:80] = True
+    turned = np.asarray(Image.fromarray(square).rotate(4, expand=True))  # its box 1.07 times as large
+    assert STRAIGHTEN_GAIN == 1.05 and tilt(turned) != 0
+    slightly = np.asarray(Image.fromarray(square).rotate(2, expand=True))  # 1.035 times: kept
+    assert tilt(slightly) == 0

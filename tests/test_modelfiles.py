@@ -12,7 +12,7 @@ import pytest
 
 from fashionlab.errors import RunError
 from fashionlab.modelfiles import MAX_MODEL_UNCOMPRESSED_BYTES, load_model_file
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 
 @pytest.fixture(scope="module")

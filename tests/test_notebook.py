@@ -64,6 +64,15 @@ def test_predict_gives_a_table_of_what_fashionlab_predict_says(run, synthetic):
     assert list(table["probability"]) == [r["probability"] for r in said]
 
 
+def test_predict_notes_a_photo_with_no_garment_and_why(run, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)).save(tmp_path / "noise.png")
+    row = run.predict([str(tmp_path / "noise.png")]).iloc[0]
+    assert row["class"] is None and row["next"] == ""
+    assert row["note"].startswith("no garment found: nothing stands out")
+
+
 def test_a_run_shows_itself_as_a_card_in_a_notebook_and_one_line_elsewhere(run):
     card = run._repr_html_()
     assert card.count("<img") == 1 and "test accuracy" in card and f"{100 * run.metrics['test_accuracy']:.2f} %" in card
@@ -97,6 +106,12 @@ def test_compare_returns_the_table_and_the_curves(tmp_path, synthetic):
     assert repr(result).startswith(f"Comparison({str(tmp_path / 'cmp')!r}, 2 variants, 2 runs, best ")
     again = fl.Comparison(tmp_path / "cmp")
     pd.testing.assert_frame_equal(again.table, result.table)
+    made = [str(run.path) for run in result.runs()]
+    compared = fl.compare(runs=made, out=tmp_path / "again")  # the same runs, already trained
+    pd.testing.assert_frame_equal(compared.table, result.table)
+    assert [str(run.path) for run in compared.runs()] == made
+    with pytest.raises(ConfigError, match=r"`runs` compares runs already trained; drop `seeds`, `epochs`"):
+        fl.compare(runs=made, seeds=2, epochs=3)
 
 
 def test_importing_fashionlab_imports_neither_keras_nor_the_notebook_module():

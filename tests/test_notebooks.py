@@ -31,6 +31,28 @@ def text_of(cell) -> str:
     return "".join(parts)
 
 
+FIGURES = (".plot(", ".mistakes(")  # the calls that return a matplotlib figure
+
+
+def check_shown(notebook, figures: int):
+    """Each epoch is one line updated in place, saved as readable text, and every figure cell holds an image."""
+    training = next(cell for cell in notebook.cells if cell.source.startswith("run = fl.train("))
+    assert "━" in text_of(training) and "val_accuracy" in text_of(training)  # a line per epoch, updated in place
+    for cell in notebook.cells:  # saved as readable text: no backspaces or carriage returns (colours render)
+        colourless = re.sub(r"\x1b\[[0-9;]*m", "", text_of(cell))
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", colourless), cell.source
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code" and any(f in cell.source for f in FIGURES)]
+    assert len(cells) == figures
+    assert all(any("image/png" in o.get("data", {}) for o in cell.outputs) for cell in cells)
+
+
+def check_quick_epoch(notebook):
+    training = next(cell for cell in notebook.cells if cell.source.startswith("run = fl.train("))
+    lines = [o["data"]["text/plain"] for o in training.outputs if o.get("output_type") == "display_data"
+             and o.get("data", {}).get("text/plain", "").startswith("epoch ")]
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/1 ━━━━━━━━━━━━━━━━━━━━ ")  # quick: one epoch
+
+
 def test_the_tutorial_notebook_runs_and_prints_the_tutorials_figures(tmp_path, monkeypatch, real_data):
     monkeypatch.setenv("FASHIONLAB_QUICK", "1")
     notebook = execute(EXAMPLES / "tutorial.ipynb", tmp_path)
@@ -38,19 +60,54 @@ def test_the_tutorial_notebook_runs_and_prints_the_tutorials_figures(tmp_path, m
     for printed in ("(5000, 28, 28) (5000,)", "(55000, 28, 28) (55000,)", "(10000, 28, 28) (10000,)",
                     "2.0231433 -0.8105136", "279,410", "275,410", "4,000", "backend: jax"):
         assert printed in shown
-    training = next(cell for cell in notebook.cells if cell.source.startswith("run = fl.train("))
-    assert "━" in text_of(training) and "val_accuracy" in text_of(training)  # a line per epoch, updated in place
-    lines = [o["data"]["text/plain"] for o in training.outputs if o.get("output_type") == "display_data"
-             and o.get("data", {}).get("text/plain", "").startswith("epoch ")]
-    assert len(lines) == 1 and lines[0].startswith("epoch 1/1 ━━━━━━━━━━━━━━━━━━━━ ")  # quick: one epoch
-    for cell in notebook.cells:  # saved as readable text: no backspaces or carriage returns (colours render)
-        colourless = re.sub(r"\x1b\[[0-9;]*m", "", text_of(cell))
-        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", colourless), cell.source
-    figures = [cell for cell in notebook.cells if cell.cell_type == "code" and ".mistakes(" in cell.source]
-    assert figures and all(any("image/png" in o.get("data", {}) for o in cell.outputs) for cell in figures)
+    check_quick_epoch(notebook)
+    check_shown(notebook, figures=1)
     cards = [cell for cell in notebook.cells if any("text/html" in o.get("data", {}) for o in cell.get("outputs", []))]
     assert len(cards) >= 3  # the run, the CNN run and the comparison show themselves
     assert (tmp_path / "runs" / "notebook-bn" / "results.csv").is_file()
+
+
+# The tutorial's own sections, in its own words (/work/shared/reference/tutorial.md), each present in order.
+TUTORIAL_SECTIONS_ZH = ("导入库", "加载数据集", "数据归一化", "model 结构搭建", "编译 model", "查看 model 信息",
+                        "训练", "学习曲线", "评估 model", "预测")
+
+
+def test_the_chinese_tutorial_notebook_runs_its_sections_and_prints_the_tutorials_figures(tmp_path, monkeypatch,
+                                                                                        real_data):
+    monkeypatch.setenv("FASHIONLAB_QUICK", "1")
+    notebook = execute(EXAMPLES / "tutorial.zh-CN.ipynb", tmp_path)
+    headings = [line for cell in notebook.cells if cell.cell_type == "markdown"
+                for line in cell.source.splitlines() if line.startswith("#")]
+    at = 0
+    for section in TUTORIAL_SECTIONS_ZH:  # each after the one before
+        at = next((i for i in range(at, len(headings)) if section in headings[i]), None)
+        assert at is not None, f"no heading {section!r} after the previous section"
+        at += 1
+    shown = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
+    for printed in ("(5000, 28, 28) (5000,)", "(55000, 28, 28) (55000,)", "(10000, 28, 28) (10000,)", "255 0",
+                    "2.0231433 -0.8105136", "279,410", "275,410", "4,000", "backend: jax",
+                    "sparse_categorical_crossentropy SGD 0.01"):
+        assert printed in shown
+    check_quick_epoch(notebook)
+    check_shown(notebook, figures=3)  # the tutorial's learning curves, fashionlab's, the mistakes
+    predictions = next(cell for cell in notebook.cells if cell.source.startswith("run.predict([0, 1, 2])"))
+    assert re.search(r"test\[0\].*\ntest\[1\].*\ntest\[2\]", text_of(predictions))  # one row per image
+
+
+@pytest.mark.parametrize("name", ["tutorial.ipynb", "tutorial.zh-CN.ipynb"])
+def test_the_committed_notebooks_hold_the_outputs_of_a_whole_run(name):
+    """As committed: every code cell ran, in order, every figure is there as an image, and training ran its
+    10 epochs (not the quick setting)."""
+    import nbformat
+
+    notebook = nbformat.read(EXAMPLES / name, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    check_shown(notebook, figures={"tutorial.ipynb": 1, "tutorial.zh-CN.ipynb": 3}[name])
+    training = next(cell for cell in notebook.cells if cell.source.startswith("run = fl.train("))
+    assert "epoch 10/10 " in text_of(training)
+    predictions = next(cell for cell in notebook.cells if cell.source.startswith("run.predict([0, 1, 2])"))
+    assert re.search(r"test\[0\] +Ankle boot.*\ntest\[1\] +Pullover.*\ntest\[2\] +Trouser", text_of(predictions))
 
 
 def test_figures_show_once_inline_and_leave_the_notebooks_own_matplotlib_alone(tmp_path, tiny_run, synthetic):

@@ -3,6 +3,7 @@ headless Chromium (Debian's, installed by `make test`), at desktop and phone wid
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -26,10 +27,14 @@ NARROW_FIGURES = """() => [...document.querySelectorAll("h2 + img, .pairs img")]
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory, synthetic) -> dict[str, Path]:
     """A one-epoch run (its loss is above 1), a two-variant comparison and a six-trial sweep (one
-    trial failing with a long reason), on synthetic data."""
+    trial failing with a long reason), on synthetic data; the run and comparison made by commands
+    with a path longer than a phone is wide."""
     root = tmp_path_factory.mktemp("pages")
-    one = train(TINY.replace(epochs=1), root / "one-epoch", data=synthetic, verbose=0)
-    compare(root / "cmp", variants=["scaled", "bn-after"], seeds=1, base=TINY.replace(epochs=3), data=synthetic)
+    long_path = "runs/a-folder-name-longer-than-a-phone-is-wide-" + "x" * 40
+    one = train(TINY.replace(epochs=1), root / "one-epoch", data=synthetic, verbose=0, recipe="fast-mlp",
+                command=f"fashionlab train --recipe fast-mlp --epochs 1 --run-dir {long_path}/one-epoch")
+    compare(root / "cmp", variants=["scaled", "bn-after"], seeds=1, base=TINY.replace(epochs=3), data=synthetic,
+            command=f"fashionlab compare --variants scaled bn-after --seeds 1 --epochs 3 --out {long_path}")
     space = root / "space.toml"
     space.write_text('[train]\ndepth = 2\nepochs = 4\nvalidation_size = 60\noptimizer = "adam"\n[search]\n'
                      "learning_rate = { min = 0.0001, max = 0.1, log = true }\nwidth = [8, 32]\n"
@@ -55,7 +60,7 @@ def test_nothing_overflows_the_page(browser, pages, name, width, tmp_path):
     size, fetched = WIDTHS[width], []
     page = opened(browser, pages[name], size, fetched)
     try:
-        shot = tmp_path / f"{name}-{width}.png"
+        shot = Path(os.environ.get("FASHIONLAB_SCREENSHOTS", tmp_path)) / f"{name}-{width}.png"
         page.screenshot(path=shot, full_page=True)
         assert page.evaluate("window.innerWidth") == size[0]  # not a desktop page shrunk to fit
         assert page.evaluate("document.documentElement.scrollWidth") <= size[0]

@@ -7,22 +7,39 @@ from PIL import Image
 from fashionlab import CLASS_NAMES
 from fashionlab.datasets import FASHION_MNIST, MNIST, Dataset
 from fashionlab.errors import ConfigError, RunError
-from fashionlab.images import (
-    TRIM_LEVEL,
-    load_image,
-)
+from fashionlab.images import read_image_file
 from fashionlab.prediction import (
     BLANK_HINT,
+    DOUBT_MARGIN,
     LOW_CONFIDENCE,
     LOW_CONFIDENCE_HINT,
     MIRRORED_SHARE,
+    NOTHING_HINT,
+    TURN_MARGIN,
+    Readings,
+    doubt_hint,
+    facing_ids,
     facing_right,
+    orientation_of,
     predict,
     predict_arrays,
     read_probabilities,
     results_of,
     top_k,
+    upright_turns,
 )
+
+
+def read(proba, mirrored=(), turned=(), doubtful=()) -> Readings:
+    """Readings of `proba`, as read_probabilities gives them: mirrored, turned, doubtful where said."""
+    n = len(proba)
+
+    def spread(values, dtype):
+        out = np.zeros(n, dtype)
+        out[:len(values)] = values
+        return out
+
+    return Readings(np.asarray(proba), spread(mirrored, bool), spread(turned, int), spread(doubtful, bool))
 
 
 def test_top_k_lists_the_most_probable_classes_first():
@@ -66,7 +83,7 @@ def test_facing_right_flags_images_whose_left_half_holds_most_of_the_garment():
 
 def test_low_confidence_results_carry_a_hint_and_confident_ones_do_not():
     proba = np.array([[0.3, 0.25, 0.2, 0.25, 0, 0, 0, 0, 0, 0], [0.05, 0.9, 0.05, 0, 0, 0, 0, 0, 0, 0]])
-    unsure, sure = results_of(proba, ["a", "b"], FASHION_MNIST, 2)
+    unsure, sure = results_of(read(proba), ["a", "b"], FASHION_MNIST, 2)
     assert unsure["hint"] == LOW_CONFIDENCE_HINT and "hint" not in sure
     assert sure["class_name"] == "Trouser" and "mirrored" not in sure
 
@@ -84,7 +101,8 @@ def test_a_photo_is_read_mirrored_only_when_it_looks_turned_and_the_mirror_reads
     turned[10:20, 2:12] = 200  # all on the left: looks turned
     leaning[10:20, 4:14], leaning[10:20, 14:22] = 200, 200  # 44 % on the right: not turned enough
     pixels = np.stack([turned, leaning, upright, turned])
-    proba, mirrored = read_probabilities(model, pixels, mirror=[True, True, True, False])
+    readings = read_probabilities(model, pixels, mirror=[True, True, True, False])
+    proba, mirrored = readings.proba, readings.mirrored
     assert mirrored.tolist() == [True, False, False, False]  # the last one is not a photo
     assert proba[0].argmax() == 1 and proba[1].argmax() == 1 and proba[3].argmax() == 0
 
@@ -98,14 +116,17 @@ def test_a_model_giving_nan_is_refused_not_reported(tmp_path):
         predict_arrays(model, np.ones((2, 28, 28), np.uint8), ["a", "b"], FASHION_MNIST)
 
 
-def test_an_image_with_nothing_in_it_says_so(tmp_path):
+def test_an_image_with_nothing_in_it_gets_no_class_and_says_why(tmp_path):
     Image.new("RGB", (60, 40), (255, 255, 255)).save(tmp_path / "white.png")
-    pixels = load_image(tmp_path / "white.png")
-    assert pixels.max() == 0
+    prepared = read_image_file(tmp_path / "white.png")
+    assert prepared.pixels.max() == 0 and prepared.missing == "blank"
     proba = np.full((1, 10), 0.1)
     proba[0, 5] = 0.9
-    assert results_of(proba, ["white.png"], FASHION_MNIST, 3, pixels=pixels[None])[0]["hint"] == BLANK_HINT
-    assert "hint" not in results_of(proba, ["x"], FASHION_MNIST, 3, pixels=np.full((1, 28, 28), 200, np.uint8))[0]
+    blank = results_of(read(proba), ["white.png"], FASHION_MNIST, 3, [prepared.missing])[0]
+    assert blank == {"input": "white.png", "class_id": None, "class_name": None, "probability": None, "top_k": [],
+                     "hint": BLANK_HINT}
+    found = results_of(read(proba), ["x"], FASHION_MNIST, 3, [None])[0]
+    assert "hint" not in found and found["class_id"] == 5
 
 
 def test_facing_right_at_the_mirrored_share_boundary():
@@ -144,11 +165,13 @@ def test_an_image_is_read_mirrored_only_when_flagged_turned_and_more_confident_s
     assert facing_right(images).tolist() == [True, False, True, True]
     upright, flipped = model.predict(images), model.predict(images[:, :, ::-1])
     assert (flipped.max(axis=1) > upright.max(axis=1)).tolist() == [False, True, True, True]
-    proba, mirrored = read_probabilities(model, images, mirror=[True, True, True, False])
+    readings = read_probabilities(model, images, mirror=[True, True, True, False])
+    proba, mirrored = readings.proba, readings.mirrored
     assert mirrored.tolist() == [False, False, True, False]
     np.testing.assert_allclose(proba[[0, 1, 3]], upright[[0, 1, 3]], rtol=1e-6)
     np.testing.assert_allclose(proba[2], flipped[2], rtol=1e-6)
-    unflagged, none_mirrored = read_probabilities(model, images)
+    unflagged = read_probabilities(model, images)
+    none_mirrored, unflagged = unflagged.mirrored, unflagged.proba
     assert not none_mirrored.any()
     np.testing.assert_allclose(unflagged, upright, rtol=1e-6)
 
@@ -160,35 +183,31 @@ def confident(n: int) -> np.ndarray:
 
 
 def test_results_say_mirrored_only_for_the_images_read_mirrored():
-    results = results_of(confident(3), ["a", "b", "c"], FASHION_MNIST, 1, mirrored=[False, True])
+    results = results_of(read(confident(3), mirrored=[False, True]), ["a", "b", "c"], FASHION_MNIST, 1)
     assert ["mirrored" in r for r in results] == [False, True, False]
     assert results[1]["mirrored"] is True and all("hint" not in r for r in results)
 
 
-def test_hints_blank_at_trim_level_before_low_confidence_at_one_half():
-    pixels = np.zeros((4, 28, 28), np.uint8)
-    pixels[0, 5, 5] = TRIM_LEVEL  # nothing brighter than TRIM_LEVEL: blank
-    pixels[1, 5, 5] = TRIM_LEVEL + 1
-    pixels[2:, 5, 5] = 200
+def test_hints_no_garment_before_low_confidence_at_one_half():
     proba = confident(4)
     proba[2] = [LOW_CONFIDENCE, 0.3, 0.2, 0, 0, 0, 0, 0, 0, 0]  # exactly one half: confident enough
     proba[3] = [0.49, 0.31, 0.2, 0, 0, 0, 0, 0, 0, 0]
-    hints = [r.get("hint") for r in results_of(proba, list("abcd"), FASHION_MNIST, 3, pixels=pixels)]
-    assert hints == [BLANK_HINT, None, None, LOW_CONFIDENCE_HINT]
-    unsure_and_blank = results_of(proba[3:], ["e"], FASHION_MNIST, 3, pixels=pixels[:1])[0]
-    assert unsure_and_blank["hint"] == BLANK_HINT  # blank says more than unsure
+    results = results_of(read(proba), list("abcd"), FASHION_MNIST, 3, ["blank", "shapeless"])
+    assert [r.get("hint") for r in results] == [BLANK_HINT, NOTHING_HINT, None, LOW_CONFIDENCE_HINT]
+    assert [r["class_id"] for r in results] == [None, None, 0, 0]
+    assert "blank" not in NOTHING_HINT and NOTHING_HINT.startswith("no garment found: nothing stands out")
+    unsure_and_blank = results_of(read(proba[3:]), ["e"], FASHION_MNIST, 3, ["blank"])[0]
+    assert unsure_and_blank["hint"] == BLANK_HINT  # no garment says more than unsure
 
 
 def test_results_name_the_models_own_classes_and_hint_in_their_words():
     animals = Dataset(name="animals", title="animals", class_names=("cat", "dog", "bird"), subject="animal")
     proba = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.4, 0.3, 0.3]])
-    pixels = np.zeros((3, 28, 28), np.uint8)
-    pixels[:2] = 200
-    results = results_of(proba, ["a.png", "b.png", "c.png"], animals, 2, pixels=pixels)
-    assert [r["class_name"] for r in results] == ["bird", "cat", "cat"]
+    results = results_of(read(proba), ["a.png", "b.png", "c.png"], animals, 2, [None, None, "blank"])
+    assert [r["class_name"] for r in results] == ["bird", "cat", None]
     assert [t["class_name"] for t in results[1]["top_k"]] == ["cat", "dog"]
     assert results[2]["hint"] == "no animal found: the image is blank or of one colour"
-    unsure = results_of(proba[2:], ["c.png"], animals, 2)[0]["hint"]
+    unsure = results_of(read(proba[2:]), ["c.png"], animals, 2)[0]["hint"]
     assert unsure == ("low confidence: the model knows one animal, upright, centred on a plain background; crop to "
                       "the animal and try again")  # no shoes: they face one way only in Fashion-MNIST
 
@@ -212,3 +231,89 @@ def test_photos_are_tried_mirrored_only_for_a_data_set_whose_shoes_face_one_way(
         readings[name] = predict(run, images=[tmp_path / "boot.png"])[0]
     assert readings["fashion-mnist"].get("mirrored") is True
     assert "mirrored" not in readings["mnist"] and readings["mnist"]["class_name"] == "0"
+
+
+class SeeingModel:
+    """Keeps the images it is given; reads each as `classes` say (one class id per image, 0.9 sure)
+    and its mirror image, when `mirrored` is given, as that class more surely."""
+
+    def __init__(self, classes: list[int], mirrored: int | None = None):
+        self.classes, self.mirrored, self.seen = classes, mirrored, []
+
+    def predict(self, x, batch_size=None, verbose=0):
+        x = np.asarray(x)
+        self.seen.append(x.copy())
+        proba = np.full((len(x), 10), 0.1 / 9, np.float32)
+        n = len(self.classes)
+        proba[np.arange(n), self.classes] = 0.9
+        if len(x) > n:  # the mirrored readings that follow
+            proba[n:] = 0.001
+            proba[n:, self.mirrored] = 0.991
+        return proba
+
+
+@pytest.mark.realdata
+def test_a_test_image_turned_on_its_side_is_read_turned_back_or_doubted(real_data):
+    """The orientation check on the data set's own images: turned a quarter either way, nearly all
+    are turned back to exactly the upright image before the model reads them, or doubted; upright,
+    nearly none is turned."""
+    images = real_data.test_images()[:100]
+    weights = orientation_of(FASHION_MNIST)
+    for quarter in (1, 3):
+        turned = np.ascontiguousarray(np.rot90(images, quarter, axes=(1, 2)))
+        model = SeeingModel([0] * len(turned))
+        readings = read_probabilities(model, turned, [True] * len(turned), facing_ids(FASHION_MNIST), weights)
+        back = readings.turned == 90 * (4 - quarter)
+        seen = model.seen[0][:len(turned)]
+        np.testing.assert_array_equal(seen[back], images[back])  # what the model read: the upright image
+        assert (back | readings.doubtful).mean() >= 0.92 and (readings.turned == 90 * quarter).mean() <= 0.03
+    upright = read_probabilities(SeeingModel([0] * 100), images, [True] * 100, [], weights)
+    assert (upright.turned != 0).mean() <= 0.03 and upright.doubtful.mean() <= 0.1
+    as_they_are = read_probabilities(SeeingModel([0] * 100), turned, [False] * 100, [], weights)
+    assert not as_they_are.turned.any() and not as_they_are.doubtful.any()  # not photos: read as they are
+
+
+def test_turns_and_doubts_at_their_margins():
+    """upright_turns on made-up check weights: a bias only, so every image scores the same."""
+    def weights(upright: float, quarter: float, half: float = 0.0, three: float = 0.0) -> np.ndarray:
+        w = np.zeros((1422, 4), np.float32)
+        w[-1] = [upright, quarter, half, three]
+        return w
+
+    pixels = np.zeros((1, 28, 28), np.uint8)
+    assert (TURN_MARGIN, DOUBT_MARGIN) == (0.3, 0.05)
+    cases = [((0.0, 0.31), 3, False), ((0.0, 0.29), 0, True), ((0.0, 0.04), 0, False), ((0.5, 0.2), 0, False),
+             ((0.0, 0.0, 0.5), 0, True), ((0.0, 0.0, 0.0, 0.4), 1, False)]
+    for scores, turn, doubt in cases:
+        turns, doubtful = upright_turns(pixels, weights(*scores))
+        assert (turns[0], doubtful[0]) == (turn, doubt), scores
+    assert upright_turns(pixels, None)[0].tolist() == [0]
+
+
+def test_a_doubtful_photo_says_it_may_not_be_upright_and_a_turned_one_says_how():
+    results = results_of(read(confident(3), turned=[0, 90], doubtful=[True]), list("abc"), FASHION_MNIST, 1)
+    assert results[0]["upright"] is False and results[0]["hint"] == doubt_hint(FASHION_MNIST)
+    assert results[1]["turned"] == 90 and "upright" not in results[1] and "hint" not in results[1]
+    assert "turned" not in results[2] and "upright" not in results[2]
+    unsure = np.full((1, 10), 0.1)
+    doubted_and_unsure = results_of(read(unsure, doubtful=[True]), ["d"], FASHION_MNIST, 1)[0]
+    assert doubted_and_unsure["hint"] == doubt_hint(FASHION_MNIST)  # says more than unsure
+
+
+def test_a_mirrored_reading_is_kept_only_as_a_shoe():
+    turned = np.zeros((2, 28, 28), np.uint8)
+    turned[:, 10:20, 2:12] = 200  # all on the left: looks turned
+    for mirrored_as, kept in ((9, True), (1, False)):  # Ankle boot: a shoe; Trouser: not
+        readings = read_probabilities(SeeingModel([0, 0], mirrored_as), turned, [True, True],
+                                      facing_ids(FASHION_MNIST))
+        assert readings.mirrored.tolist() == [kept, kept]
+        assert readings.proba[0].argmax() == (mirrored_as if kept else 0)
+    assert facing_ids(FASHION_MNIST) == [5, 7, 9] and facing_ids(MNIST) == []
+
+
+def test_the_low_confidence_hint_names_shoes_only_for_a_shoe():
+    proba = np.full((2, 10), 0.05)
+    proba[0, 9], proba[1, 1] = 0.4, 0.4  # unsure: an Ankle boot, a Trouser
+    boot, trouser = results_of(read(proba), ["a", "b"], FASHION_MNIST, 1)
+    assert "shoes pointing left" in boot["hint"] and "shoes" not in trouser["hint"]
+

@@ -27,7 +27,7 @@ from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, DataError, Diverged, FashionlabError
 from fashionlab.evaluation import evaluate
 from fashionlab.prediction import predict
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.training import resume, train
 
 

@@ -147,3 +147,15 @@ def test_a_recipe_trains_on_any_data_set(tmp_path):
     kept = json.loads((run / "run.json").read_text())["dataset"]
     assert kept["class_names"] == [f"kind {i}" for i in range(7)]
     assert json.loads((run / "metrics.json").read_text())["recipe"] == "fast-mlp"
+
+
+def test_changes_from_a_recipe_leave_out_the_name_and_the_seed():
+    base = recipes.get("fast-mlp").config()
+    changed = base.replace(name="mine", seed=base.seed + 1, epochs=base.epochs + 3, train_samples=500)
+    assert recipes.changes_from(changed, "fast-mlp") == {"epochs": (base.epochs, base.epochs + 3),
+                                                         "train_samples": (0, 500)}
+    assert recipes.changes_text(recipes.changes_from(changed, "fast-mlp")) == \
+        f"epochs {base.epochs} → {base.epochs + 3}, train_samples all → 500"
+    assert recipes.changes_from(TrainConfig(seed=1), None) == {}  # against the tutorial's
+    assert recipes.changes_from(TrainConfig(depth=3), "<b>no such recipe</b>") == {"depth": (20, 3)}
+    assert recipes.known("<b>no such recipe</b>") is None and recipes.known("fast-cnn") == "fast-cnn"

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import Page, assert_png, assert_self_contained
+from helpers import TINY, Page, assert_png, assert_self_contained
 
 from fashionlab import CLASS_NAMES
 from fashionlab.comparison import summarize
@@ -28,7 +28,7 @@ from fashionlab.reports import (
     write_comparison_outputs,
     write_test_outputs,
 )
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 VIEWPORT = '<meta name="viewport" content="width=device-width, initial-scale=1">'
 
@@ -55,13 +55,13 @@ def test_run_report_is_self_contained_and_complete(tiny_run):
     text = (tiny_run.run.path / "report.html").read_text()
     assert VIEWPORT in text
     assert page.headings[1:] == [
-        "Test metrics", "Learning curves", "Training", "Validation accuracy against training time",
+        "What was run", "Test metrics", "Learning curves", "Training", "Validation accuracy against training time",
         "Per-class precision, recall and F1", "Confusion matrix", "Most confused pairs",
         f"Top losses (the {TOP_LOSSES_SHOWN} test images with the highest loss)",
         "Sample predictions (test images 0..15)", "Configuration", "Environment"]
     tiles = page.images[3:]  # after the learning curves, accuracy against time and the confusion matrix
     assert len(tiles) == TOP_LOSSES_SHOWN + SAMPLES_SHOWN
-    metrics = rows_of(page.tables[0])
+    metrics = rows_of(page.tables[1])
     assert float(metrics["test accuracy"]) == round(tiny_run.metrics["test_accuracy"], 4)
     mistakes = round((1 - tiny_run.metrics["test_accuracy"]) * 100)  # 100 synthetic test images
     assert metrics["misclassified"] == str(mistakes)
@@ -72,7 +72,7 @@ def test_run_page_shows_what_metrics_json_knows(tiny_run):
     metrics = json.loads((path / "metrics.json").read_text())
     history = pd.read_csv(path / "history.csv")
     page = Page((path / "report.html").read_text())
-    training, environment = rows_of(page.tables[1]), rows_of(page.tables[-1])
+    training, environment = rows_of(page.tables[2]), rows_of(page.tables[-1])
     assert training["best validation accuracy"] == f"{metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']})"
     assert training["epochs"] == str(len(history)) and training["engine"] == metrics["engine"]
     assert training["parameters"].startswith(f"{metrics['parameters']['total']:,} (")
@@ -153,7 +153,7 @@ def test_top_losses_come_first_with_the_true_class_probability(tmp_path):
     assert losses == sorted(losses, reverse=True)
     page = assert_self_contained(tmp_path / "report.html")
     assert "Environment" not in page.headings and "<i>" not in text  # what metrics.json would tell is left out
-    assert rows_of(page.tables[1])["best validation accuracy"] == "0.7000 (epoch 2)"
+    assert rows_of(page.tables[2])["best validation accuracy"] == "0.7000 (epoch 2)"
     assert_png(tmp_path / "learning_curves.png", 600, 400)
 
 
@@ -270,3 +270,30 @@ def test_a_run_of_seven_classes_is_reported_in_its_own_names(tmp_path):
     assert not any(name in text for name in CLASS_NAMES)
     pairs = confused_pairs(np.asarray(metrics_from_proba(y_test, proba, names)["confusion_matrix"]), names)
     assert list(pairs["true class"])[:2] == ["zero", "one"] and list(pairs["predicted as"])[:2] == ["one", "two"]
+
+
+def test_a_run_page_opens_with_what_was_run(tiny_run, tmp_path, synthetic):
+    from fashionlab.training import train
+
+    config = TINY.replace(epochs=1, train_samples=200, name="short")
+    result = train(config, tmp_path / "run", data=synthetic, verbose=0, recipe="fast-mlp",
+                   command="fashionlab train --recipe fast-mlp --epochs 1")
+    page = Page((tmp_path / "run" / "report.html").read_text())
+    assert page.headings[1] == "What was run"
+    rows = rows_of(page.tables[0])
+    assert rows["command"] == "fashionlab train --recipe fast-mlp --epochs 1"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["command"] == rows["command"]
+    assert result.metrics["command"] == rows["command"]
+    assert rows["recipe"] == "fast-mlp"
+    from fashionlab.recipes import get
+
+    recipe = get("fast-mlp").config()
+    changed = rows["changed from the fast-mlp recipe"]
+    assert f"epochs {recipe.epochs} → 1" in changed and "train_samples all → 200" in changed
+    assert "name" not in changed and "seed" not in changed
+    assert rows["data"].startswith(f"fashion-mnist: {result.metrics['data']['train']:,} training")
+    assert rows["machine"].startswith(result.metrics["machine"]["cpu"])
+    assert "fashionlab 0.1.0" in rows["versions"] and "keras " in rows["versions"]
+    tutorial = rows_of(Page((tiny_run.run.path / "report.html").read_text()).tables[0])
+    assert tutorial["command"] == "not recorded" and tutorial["recipe"].startswith("none")
+    assert "changed from the tutorial" in tutorial

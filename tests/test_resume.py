@@ -19,7 +19,7 @@ from fashionlab.data import DataSource
 from fashionlab.errors import Diverged, Interrupted, RunError
 from fashionlab.interrupts import StopRequest
 from fashionlab.model import build_model
-from fashionlab.runs import MODEL_FILE, Run
+from fashionlab.rundir import MODEL_FILE, Run
 from fashionlab.training import RunRecorder, resume, train
 
 # Big enough that an epoch takes a moment, so a kill lands inside one; every option that draws

@@ -17,8 +17,8 @@ from helpers import TINY, synthetic_arrays, write_dataset
 from fashionlab.config import load_config
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Diverged
+from fashionlab.rundir import Run
 from fashionlab.runner import Task, execute, inspect, results
-from fashionlab.runs import Run
 from fashionlab.training import train
 
 # Big enough that an epoch takes a moment, so a stop lands inside a run.

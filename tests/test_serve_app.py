@@ -69,6 +69,19 @@ def test_several_images_in_one_request_get_the_results_of_fashionlab_predict(ker
         assert got.get("mirrored") == want.get("mirrored") and got.get("hint") == want.get("hint")
 
 
+def test_noise_gets_no_class_and_why_beside_a_garment_in_the_same_request(keras_server, test_pngs):
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)).save(noise, format="PNG")
+    blank = io.BytesIO()
+    Image.new("RGB", (40, 30), (250, 250, 250)).save(blank, format="PNG")
+    files = [("noise.png", noise.getvalue()), ("a.png", test_pngs[0]), ("blank.png", blank.getvalue())]
+    status, _, results = keras_server.post_files(files)
+    assert status == 200
+    assert [r["class_id"] is None for r in results] == [True, False, True]
+    assert results[0]["hint"].startswith("no garment found: nothing stands out") and results[0]["top_k"] == []
+    assert results[2]["hint"] == "no garment found: the image is blank or of one colour"
+
+
 def test_the_prepared_image_is_the_one_the_model_saw(keras_server, synthetic, test_pngs):
     status, _, results = keras_server.post_files([("a.png", test_pngs[5])], "?prepared=true")
     assert status == 200 and len(results[0]["top_k"]) == 3  # no top_k asked: serve's (--top-k, 3 by default)

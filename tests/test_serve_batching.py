@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from fashionlab.evaluation import predict_proba
-from fashionlab.prediction import read_probabilities
+from fashionlab.prediction import facing_ids, orientation_of, read_probabilities
 from fashionlab.serve.batching import Batcher
 from fashionlab.serve.predictor import MAX_BATCH, load_predictor
 
@@ -35,10 +35,13 @@ def test_a_batch_never_holds_more_than_max_batch_images_and_each_request_gets_it
     batcher.close()
     assert max(sizes) <= 2 * MAX_BATCH  # a batch of 64 images and their mirrored readings
     assert batcher.images == sum(len(x) for x in requests) and batcher.batches >= 4
-    for x, (proba, mirrored) in zip(requests, answers):
-        want_proba, want_mirrored = read_probabilities(predictor, x, [True] * len(x))
-        np.testing.assert_allclose(proba, want_proba, atol=1e-6)
-        np.testing.assert_array_equal(mirrored, want_mirrored)
+    for x, readings in zip(requests, answers):  # each request's rows, read as one call would read them
+        want = read_probabilities(predictor, x, [True] * len(x), facing_ids(predictor.dataset),
+                                  orientation_of(predictor.dataset))
+        np.testing.assert_allclose(readings.proba, want.proba, atol=1e-6)
+        for got, wanted in ((readings.mirrored, want.mirrored), (readings.turned, want.turned),
+                            (readings.doubtful, want.doubtful)):
+            np.testing.assert_array_equal(got, wanted)
 
 
 def test_the_batcher_goes_on_in_another_event_loop(tiny_run, synthetic):
@@ -48,8 +51,26 @@ def test_the_batcher_goes_on_in_another_event_loop(tiny_run, synthetic):
     batcher = Batcher(predictor)
     for _ in range(2):  # a second event loop, as a test client or a restarted app has; each in its own thread,
         with ThreadPoolExecutor(1) as thread:  # since this one may run a loop already (Playwright's)
-            proba, mirrored = thread.submit(asyncio.run, asyncio.wait_for(batcher.read(x, [False] * 5), 30)).result()
-        np.testing.assert_allclose(proba, expected, atol=1e-6)
-        assert not mirrored.any()
+            readings = thread.submit(asyncio.run, asyncio.wait_for(batcher.read(x, [False] * 5), 30)).result()
+        np.testing.assert_allclose(readings.proba, expected, atol=1e-6)
+        assert not readings.mirrored.any() and not readings.turned.any()
     assert batcher.batches == 2 and batcher.images == 10
     batcher.close()
+
+
+def test_the_batcher_mirrors_photos_only_for_a_data_set_whose_shoes_face_one_way():
+    from helpers import left_right_model
+
+    from fashionlab.datasets import FASHION_MNIST, MNIST
+    from fashionlab.serve.predictor import Predictor
+
+    photo = np.zeros((1, 28, 28), np.uint8)
+    photo[0, 10:20, 2:12] = 200  # all on the left: looks turned; its mirror image reads as an Ankle boot
+    mirrored = {}
+    for dataset in (FASHION_MNIST, MNIST):
+        batcher = Batcher(Predictor(left_right_model(), "keras", {"name": "lr"}, dataset))
+        with ThreadPoolExecutor(1) as thread:
+            readings = thread.submit(asyncio.run, asyncio.wait_for(batcher.read(photo, [True]), 30)).result()
+        batcher.close()
+        mirrored[dataset.name] = bool(readings.mirrored[0])
+    assert mirrored == {"fashion-mnist": True, "mnist": False}

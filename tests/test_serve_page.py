@@ -96,3 +96,21 @@ def test_the_gallery_shows_two_test_images_of_each_class_named_by_the_data_set(t
     (write_dataset(tmp_path / "many", arrays) / "classes.txt").write_text("\n".join(f"c{i}" for i in range(30)))
     shown = gallery(DataSource(), resolve(str(tmp_path / "many")))  # 30 classes: the first ten, two each
     assert sorted(item["label"] for item in shown) == sorted([f"c{i}" for i in range(10)] * 2)
+
+
+def test_the_page_shows_no_class_and_why_for_noise(keras_server, browser, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)).save(tmp_path / "noise.png")
+    _, _, expected = keras_server.post_files([("noise.png", (tmp_path / "noise.png").read_bytes())])
+    assert expected[0]["class_id"] is None
+    page = browser.new_page()
+    page.goto(keras_server.url)
+    page.set_input_files("#files", str(tmp_path / "noise.png"))
+    result = page.locator(".result").first
+    result.locator(".note").first.wait_for(timeout=15_000)
+    assert result.locator(".class-name").inner_text() == "no class"
+    assert result.locator(".note").all_inner_texts() == [expected[0]["hint"]]
+    assert result.locator(".bar-row").count() == 0 and "null" not in result.inner_text()
+    page.close()

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 from sweeps_helpers import GOOD, SEARCH, cli, killed_owner, space_file, started_sweep, wait_for, worker_of
 
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps import claims, sweep
 from fashionlab.sweeps.claims import Worker
 from fashionlab.sweeps.results import trials_table

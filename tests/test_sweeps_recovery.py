@@ -9,7 +9,7 @@ import pytest
 from sweeps_helpers import SEARCH, space_file, untouched
 
 from fashionlab.errors import RunError
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps import sweep
 
 

@@ -13,7 +13,7 @@ from helpers import assert_self_contained
 from sweeps_helpers import SEARCH, cli, space_file, started_sweep
 
 from fashionlab.config import load_config
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps import sweep
 from fashionlab.sweeps.claims import Owner, Worker
 from fashionlab.sweeps.results import SweepResult
@@ -67,7 +67,12 @@ def test_the_report_is_one_self_contained_page_and_best_toml_trains_the_chosen_t
                                                                                         tmp_path):
     out, result, _ = tiny_sweep
     page = assert_self_contained(out / "report.html")
-    assert page.headings[1] == "What the sweep found" and len(page.images) >= 2
+    assert page.headings[1:3] == ["What was run", "What the sweep found"] and len(page.images) >= 2
+    setup = {row[0]: row[1] for row in page.tables[0]}
+    assert setup["command"] == "not recorded" and setup["searched"] == ", ".join(load_space(setup["space"]).search)
+    changes = setup["every trial changes"]
+    assert changes.startswith("tutorial recipe: ") and "epochs 10 → 4" in changes
+    assert setup["machine"].startswith(Run(out / result.best["run"]).metrics()["machine"]["cpu"])
     assert "[train]" in (out / "report.html").read_text()
     best = result.best
     config = load_config(out / "best.toml")

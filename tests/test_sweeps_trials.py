@@ -12,8 +12,8 @@ from helpers import assert_png
 from sweeps_helpers import SEARCH, PruneAt, killed_owner, space_file, started_sweep, untouched, worker_of
 
 from fashionlab.config import TrainConfig
+from fashionlab.rundir import Run
 from fashionlab.runner import run_task
-from fashionlab.runs import Run
 from fashionlab.sweeps import claims, sweep, trials
 from fashionlab.sweeps.claims import Owner, Worker
 from fashionlab.sweeps.space import load_space

@@ -16,7 +16,7 @@ from fashionlab.errors import ConfigError, DataError, Interrupted, RunError
 from fashionlab.interrupts import StopRequest, stop_when
 from fashionlab.model import build_model
 from fashionlab.preprocessing import fit_scaler
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.training import RunRecorder, resume, seconds_to_accuracy, train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
@@ -69,6 +69,14 @@ def test_same_seed_same_history(tmp_path, synthetic, tiny_run):
     pd.testing.assert_frame_equal(again.history[columns], tiny_run.history[columns])
     other = train(TINY.replace(seed=8, epochs=1), tmp_path / "other", data=synthetic, verbose=0)
     assert other.history["loss"].iloc[0] != tiny_run.history["loss"].iloc[0]
+
+
+def test_the_recipe_and_the_command_are_recorded(tmp_path, synthetic):
+    result = train(TINY.replace(epochs=1), tmp_path / "r", data=synthetic, verbose=0, recipe="fast-mlp",
+                   command="fashionlab train --recipe fast-mlp")
+    status = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert (status["recipe"], status["command"]) == ("fast-mlp", "fashionlab train --recipe fast-mlp")
+    assert (result.metrics["recipe"], result.metrics["command"]) == (status["recipe"], status["command"])
 
 
 def test_existing_run_directory_is_never_overwritten(tiny_run, synthetic):

@@ -7,7 +7,7 @@ from PIL import Image
 
 from fashionlab.config import TrainConfig
 from fashionlab.prediction import predict
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.training import train
 
 pytestmark = pytest.mark.realdata

@@ -31,6 +31,7 @@ from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
               "filters", "conv_blocks", "convs_per_block", "scale_inputs")
 # compare names each variant itself, and the tutorial series' variants set these keys.
+COMPARE_OUT = "runs/compare"
 COMPARE_KEYS = tuple(name for name in FIELDS
                      if name not in ("name", "batch_norm", "scale_inputs", "activation", "kernel_initializer"))
 
@@ -194,7 +195,7 @@ def _train(args: argparse.Namespace) -> None:
         from fashionlab.training import train
 
         result = train(config, args.run_dir, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard,
-                       recipe=args.recipe)
+                       recipe=args.recipe, command=args.command_line)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
@@ -240,9 +241,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _print_json(results)
         return
     for r in results:
-        others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
-        print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f})"
-                        + (" mirrored" if r.get("mirrored") else "") + (f"   next: {others}" if others else "")))
+        if r["class_id"] is None:  # no garment found: no class, the hint says why
+            print(printable(f"{r['input']}: no class"))
+        else:
+            others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
+            how = (" mirrored" if r.get("mirrored") else "") + (f" turned {r['turned']}°" if r.get("turned") else "")
+            print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f}){how}"
+                            + (f"   next: {others}" if others else "")))
         if r.get("hint"):
             print(printable(f"  {r['hint']}"))
 
@@ -279,20 +284,43 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    if args.runs is not None:
+        return _compare_runs(args)
     base, overrides = _base_config(args), _overrides(args)
+    variants = args.variants or list(DEFAULT_VARIANTS)
+    seeds, jobs, out = args.seeds or 3, args.jobs or os.cpu_count() or 1, args.out or COMPARE_OUT
     try:
         with stop_requests():  # from the start: a signal while Keras imports is a stop request too
             from fashionlab.comparison import compare
 
-            result = compare(args.out, variants=args.variants, seeds=args.seeds, base=base, overrides=overrides,
-                             jobs=args.jobs, data=_data_from(args), force=args.force,
-                             progress=lambda line: print(line, flush=True))
+            result = compare(out, variants=variants, seeds=seeds, base=base, overrides=overrides,
+                             jobs=jobs, data=_data_from(args), force=args.force,
+                             progress=lambda line: print(line, flush=True), recipe=args.recipe,
+                             command=args.command_line)
     except (Interrupted, KeyboardInterrupt):
-        raise Interrupted(f"interrupted; finished runs are kept in {args.out}: run the same command again "
+        raise Interrupted(f"interrupted; finished runs are kept in {out}: run the same command again "
                           f"to resume") from None
+    _print_comparison(result)
+
+
+def _compare_runs(args: argparse.Namespace) -> None:
+    """compare --runs: the runs given, no training; the options that say what to train are refused."""
+    given = [f"--{name.replace('_', '-')}" for name in ("variants", "seeds", "jobs", "recipe", "config")
+             if getattr(args, name) is not None] + [f"--{name.replace('_', '-')}" for name in _overrides(args)]
+    if given:
+        raise ConfigError(f"--runs compares runs already trained; drop {', '.join(given)} (they say what to train)")
+    from fashionlab.comparison import compare_runs
+    from fashionlab.rundir import default_run_dir
+
+    out = args.out or default_run_dir("comparison").as_posix()
+    with stop_requests():
+        _print_comparison(compare_runs(out, args.runs, force=args.force, command=args.command_line))
+
+
+def _print_comparison(result) -> None:
     print()
-    print((result.out / "summary.md").read_text(encoding="utf-8"))
-    print(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv")
+    print("\n".join(printable(line) for line in (result.out / "summary.md").read_text(encoding="utf-8").split("\n")))
+    print(printable(f"comparison: {result.out}/report.html, {result.out}/curves.png, {result.out}/results.csv"))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -304,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,
                            study=args.study, sampler=args.sampler, sampler_seed=args.sampler_seed,
                            pruner=args.pruner, data=_data_from(args), force=args.force, overrides=_overrides(args),
-                           progress=lambda line: print(line, flush=True))
+                           progress=lambda line: print(line, flush=True), command=args.command_line)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted("interrupted; finished trials are kept in the study, and running the same command "
                           "again resumes the stopped ones") from None
@@ -332,6 +360,21 @@ def cmd_recipes(args: argparse.Namespace) -> None:
     else:
         print(recipes.listing())
         print("\nfashionlab train --recipe NAME trains one; fashionlab recipes NAME shows its keys")
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from fashionlab import catalog
+
+    entries = catalog.listing(args.folder, status=args.status, recipe=args.recipe, dataset=args.dataset)
+    if args.json:
+        _print_json([e.as_dict() for e in entries])
+    elif entries:
+        print(catalog.table(entries, cell=printable))
+    else:
+        filters = " matching " + ", ".join(f"{k} {v}" for k, v in (("status", args.status), ("recipe", args.recipe),
+                                                                   ("data set", args.dataset)) if v) \
+            if args.status or args.recipe or args.dataset else ""
+        print(printable(f"no runs under {args.folder}{filters}; `fashionlab train` makes one"))
 
 
 def _dataset_of(args: argparse.Namespace) -> Dataset:
@@ -386,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _shared_flags()
     for add in (_train_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
-                _sweep_parser, _summary_parser, _recipes_parser, _data_parser):
+                _sweep_parser, _runs_parser, _summary_parser, _recipes_parser, _data_parser):
         add(commands, shared)
     return parser
 
@@ -495,15 +538,19 @@ def _serve_parser(commands, shared) -> None:
 def _compare_parser(commands, shared) -> None:
     compare = _command(commands, "compare", shared, ["force", "data"], cmd_compare,
                        "train variants x seeds and report mean and spread")
-    compare.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="VARIANT",
+    compare.add_argument("--variants", nargs="+", metavar="VARIANT",
                          help=f"a series variant ({', '.join(VARIANTS)}), applied to the base config, or a recipe; "
                               f"either with changes as NAME:key=value,key=value (default: "
                               f"{' '.join(DEFAULT_VARIANTS)})")
-    compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), default=3, metavar="N",
+    compare.add_argument("--seeds", type=_int_between(1, MAX_SEEDS), metavar="N",
                          help="seeds per variant, counting up from --seed (default: 3)")
-    compare.add_argument("--out", default="runs/compare", metavar="DIR", type=a_path,
-                         help="comparison folder; the same command resumes there (default: runs/compare)")
-    compare.add_argument("--jobs", type=_int_between(1), default=os.cpu_count() or 1, metavar="N",
+    compare.add_argument("--runs", nargs="+", metavar="RUN", type=a_path,
+                         help="compare these runs, already trained (paths, latest, or the start of a name), "
+                              "grouped by their settings: nothing is trained")
+    compare.add_argument("--out", metavar="DIR", type=a_path,
+                         help=f"comparison folder; the same command resumes there (default: {COMPARE_OUT}; with "
+                              f"--runs, runs/<time>-comparison)")
+    compare.add_argument("--jobs", type=_int_between(1), metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
     source = compare.add_mutually_exclusive_group()
     source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
@@ -542,6 +589,19 @@ def _sweep_parser(commands, shared) -> None:
                                              "else its recipe's, else the tutorial's; never a searched key)")
 
 
+def _runs_parser(commands, shared) -> None:
+    from fashionlab.catalog import RUNS_ROOT
+    from fashionlab.rundir import STATUSES
+
+    runs = _command(commands, "runs", shared, ["json"], cmd_runs, "list the runs in a folder, newest first")
+    runs.add_argument("folder", metavar="DIR", nargs="?", type=a_path, default=str(RUNS_ROOT),
+                      help=f"where to look, and in its folders (default: {RUNS_ROOT})")
+    runs.add_argument("--status", choices=(*STATUSES, "unfinished", "damaged"),
+                      help="only runs in this state (unfinished: its process died while running)")
+    runs.add_argument("--recipe", metavar="NAME", type=a_recipe_name, help="only runs of this recipe")
+    runs.add_argument("--dataset", metavar="NAME", type=a_name, help="only runs on this data set")
+
+
 def _summary_parser(commands, shared) -> None:
     summary = _command(commands, "summary", shared, [], cmd_summary, "print the network's layers and parameter counts")
     summary.add_argument("--recipe", metavar="NAME", type=a_recipe_name, help="the network of a named recipe")
@@ -567,6 +627,21 @@ def _data_parser(commands, shared) -> None:
                           help="target folder (default: the data set's folder in the Keras cache)")
     download.add_argument("--url", default=None,
                           help="base URL of a mirror holding the four .gz files (default: the data set's official one)")
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command as run.json and the pages record it: every URL's password and query masked in
+    each word before the words are quoted (quoting could split a secret into pieces too short to find)."""
+    from fashionlab.sweeps.storage import masked
+
+    urls = [word.partition("=")[2] if word.startswith("-") else word for word in argv if "://" in word]
+
+    def hidden(word: str) -> str:
+        for url in urls:
+            word = masked(word, url)
+        return word
+
+    return shlex.join(["fashionlab", *(hidden(word) for word in argv)])
 
 
 def printable(text: str) -> str:
@@ -605,7 +680,9 @@ def _command_environment(debug: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = command_line(argv)
     with _command_environment(args.debug):
         return _run(args)
 
@@ -620,9 +697,31 @@ def _check_environment() -> None:
                           f"(jax is the default)")
 
 
+RUN_ARGUMENTS = ("run", "resume", "runs")  # the arguments that name runs: a path, `latest`, or the start of a name
+
+
+def _locate_runs(args: argparse.Namespace) -> None:
+    """Each run argument as the folder it names (an existing path as given), said when it differs."""
+    from pathlib import Path
+
+    from fashionlab.catalog import UNFINISHED, locate
+
+    def located(given: str, name: str) -> str:
+        found = str(locate(given, **({"latest": UNFINISHED} if name == "resume" else {})))
+        if Path(found) != Path(given):
+            print(printable(f"{given}: {found}"), file=sys.stderr)
+        return found
+
+    for name in RUN_ARGUMENTS:
+        given = getattr(args, name, None)
+        if given is not None:
+            setattr(args, name, [located(g, name) for g in given] if isinstance(given, list) else located(given, name))
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         _check_environment()
+        _locate_runs(args)
         args.handler(args)
     except FashionlabError as exc:
         print(f"fashionlab: error: {printable(in_cli_terms(exc, flags_of(args.command_parser)))}", file=sys.stderr)

@@ -23,8 +23,8 @@ from fashionlab.datasets import resolve
 from fashionlab.errors import ConfigError, RunError, did_you_mean
 from fashionlab.files import check_writable
 from fashionlab.provenance import available_memory
+from fashionlab.rundir import Run
 from fashionlab.runner import Done, Task
-from fashionlab.runs import Run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,9 +81,13 @@ def parse_changes(text: str) -> dict[str, Any]:
 
 @checked(seeds=(1, MAX_SEEDS))
 def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
-         overrides: dict[str, Any] | None = None) -> list[Task]:
+         overrides: dict[str, Any] | None = None, *, recipe: str | None = None,
+         command: str | None = None) -> list[Task]:
     """One task per variant x seed, in out/<variant name>/seed-<seed>; seeds count up from the
-    overrides' seed, else the base config's."""
+    overrides' seed, else the base config's. Each task records its recipe (a recipe variant's own,
+    else `recipe`, the one `base` came from) and the `command` that asked for it."""
+    from fashionlab import recipes
+
     if not variants or len(set(variants)) != len(variants):
         raise ConfigError("give each of the `variants` once, and at least one", terms=["variants"])
     configs = [variant_config(spec, base, overrides) for spec in variants]
@@ -96,9 +100,11 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
         raise ConfigError(f"a variant cannot be named {taken[0]}: the comparison writes a file of that name; "
                           f"give it another name=...", terms=["variants"])
     first = (overrides or {}).get("seed", base.seed)
+    heads = [spec.partition(":")[0] for spec in variants]
+    started_from = [head if head in recipes.names() and head not in VARIANTS else recipe for head in heads]
     return [Task(f"{c.name} seed {seed}", c.replace(seed=seed), out / c.name / f"seed-{seed}",
-                 {"variant": c.name, "seed": seed})
-            for c in configs for seed in range(first, first + seeds)]
+                 {"variant": c.name, "seed": seed}, recipe=r, command=command)
+            for c, r in zip(configs, started_from) for seed in range(first, first + seeds)]
 
 
 # --- statistics and the conclusion -----------------------------------------------------------
@@ -132,7 +138,12 @@ def load_comparison(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[s
         raise RunError(f"{out} holds no finished comparison (no results.csv); run compare into it")
     results = folder.read_table("results.csv", dtype={"variant": str})
     summary = summarize(results)
-    return results, summary, conclusion(summary)
+    try:  # the runs, where they still are, say whether they were short
+        tasks = [Task(str(variant), Run(path).config(), Path(path), recipe=Run(path).status().get("recipe"))
+                 for variant, path in zip(results["variant"], results["run_dir"])]
+        return results, summary, with_length(conclusion(summary), tasks)
+    except (RunError, KeyError, TypeError):
+        return results, summary, conclusion(summary)
 
 
 def conclusion(summary: pd.DataFrame) -> list[str]:
@@ -180,18 +191,27 @@ MARKER = "compare.json"  # written first into every comparison folder: its setti
 COMPARISON_FILES = ("results.csv", "summary.md", "curves.png", "report.html")  # written last, by reports.py
 
 
-def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: str = "comparison") -> None:
+def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: str = "comparison",
+                        of_runs: bool | None = None) -> None:
     """Refuse to write into a folder that is not a comparison's (one with `marker`), unless it is
-    empty or `force`; never into a training run's directory (its report.html would be overwritten)."""
+    empty or `force`; never into or inside a training run's directory (its report.html would be
+    overwritten, or its folder fill with others' files). `of_runs`: whether this comparison is of runs
+    already trained; a folder holding the other kind is refused unless `force` (its record would go)."""
+    inside = next((p for p in out.absolute().parents if _is_run_folder(p)), None)
+    if inside is not None:
+        raise RunError(f"{out} is inside the training run {inside}; give the {what} a folder of its own",
+                       terms=["out"])
     if not os.path.lexists(out):
         return
     if out.is_symlink():
         raise RunError(f"{out} is a symbolic link; give `out` the folder itself, or a new one", terms=["out"])
     if not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; give `out` a new folder", terms=["out"])
-    if any(os.path.lexists(out / name) for name in ("run.json", "config.json")):
+    if _is_run_folder(out):
         raise RunError(f"{out} is a training run's directory; give the {what} its own `out` folder",
                        terms=["out"])
+    if os.path.lexists(out / marker) and of_runs is not None and not force:
+        _refuse_other_kind(out, marker, of_runs)
     if force or os.path.lexists(out / marker):
         return
     try:
@@ -204,6 +224,20 @@ def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: s
         raise RunError(f"{out} already holds files that fashionlab's {what} did not write ({shown}); give `out` a "
                        f"new or empty folder, or pass `force=True` to write into it anyway",
                        terms=["out", "force=True"])
+
+
+def _is_run_folder(path: Path) -> bool:
+    return any(os.path.lexists(path / name) for name in ("run.json", "config.json"))
+
+
+def _refuse_other_kind(out: Path, marker: str, of_runs: bool) -> None:
+    """A comparison of trained runs is not written over a training comparison, nor the other way round."""
+    record = Run(out).read_json(marker)
+    held_runs = isinstance(record, dict) and "runs" in record
+    if held_runs != of_runs:
+        held = "runs already trained" if held_runs else "variants it trained"
+        raise RunError(f"{out} holds a comparison of {held}; give `out` another folder, or pass `force=True` to "
+                       f"replace its pages", terms=["out", "force=True"])
 
 
 @dataclass(frozen=True)
@@ -220,16 +254,19 @@ class CompareResult:
 def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: int = 3,
             base: TrainConfig | None = None, overrides: dict[str, Any] | None = None, jobs: int = 1,
             data: DataSource = DataSource(), force: bool = False,
-            progress: Callable[[str], None] = lambda line: None) -> CompareResult:
+            progress: Callable[[str], None] = lambda line: None, recipe: str | None = None,
+            command: str | None = None) -> CompareResult:
     """Train every variant x seed not yet finished under `out`, then write the comparison files:
     results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
     reuses finished runs and resumes unfinished ones; runs made with other settings are refused.
-    A folder that compare did not make is used only if empty, or with `force`."""
+    A folder that compare did not make is used only if empty, or with `force`. `recipe`: the named
+    recipe `base` is (the pages measure changes against it); `command`: what asked for the comparison,
+    recorded with it and each run."""
     base = base or TrainConfig()
     out = Path(out)
-    check_output_folder(out, force=force)
+    check_output_folder(out, force=force, of_runs=False)
     check_writable(out, what="the comparison", term="out")
-    tasks = plan(out, list(variants), seeds, base, overrides)
+    tasks = plan(out, list(variants), seeds, base, overrides, recipe=recipe, command=command)
     data = _checked(tasks, jobs, data)
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
@@ -244,8 +281,8 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
         raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
                        f"give `out` a folder", terms=["out"]) from None
     folder = Run(out)  # the comparison's own files get the same atomic writes as a run's
-    folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs,
-                               "base": base.to_dict(), "overrides": overrides or {}})
+    folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs, "base": base.to_dict(),
+                               "overrides": overrides or {}, "recipe": recipe, "command": command})
     finished = len(tasks) - len(todo)
 
     def report(done: Done) -> None:
@@ -258,10 +295,103 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     runner.execute(todo, jobs=jobs, data=data, on_done=report)
     wall = time.perf_counter() - started
 
-    results, summary, statements = _write_outputs(folder, tasks)
+    results, summary, statements = _write_outputs(folder, tasks, command)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
+
+
+# --- runs already trained -----------------------------------------------------------------------
+
+GROUPED_BY_ALL_BUT = ("seed", "name")  # a run's settings, less the seed and the label, say which group it is in
+
+
+@checked
+def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = False,
+                 command: str | None = None) -> CompareResult:
+    """Compare runs already trained, without training: complete runs with test figures, on one data
+    set, grouped by their settings (all but the seed and the name); each group is a variant, named
+    after its runs (and, where two groups share a name, after the settings that tell them apart).
+    Writes the same files as `compare`, and compare.json with the runs it compared."""
+    out = Path(out)
+    check_output_folder(out, force=force, of_runs=True)
+    check_writable(out, what="the comparison", term="out")
+    tasks = group_runs(runs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot use {out} as the comparison folder ({exc.strerror or exc}); "
+                       f"give `out` a folder", terms=["out"]) from None
+    folder = Run(out)
+    folder.write_json(MARKER, {"runs": [str(t.run_dir) for t in tasks], "command": command,
+                               "variants": list(dict.fromkeys(t.tags["variant"] for t in tasks))})
+    results, summary, statements = _write_outputs(folder, tasks, command)
+    return CompareResult(out, results, summary, statements, 0, len(tasks))
+
+
+def group_runs(runs: Sequence[str | Path]) -> list[Task]:
+    """Each run as a task already done, tagged with its group (variant) and seed, groups in the order
+    their first run was given; refused: no runs, a run given twice, an unfinished or untested run,
+    runs of different data sets, two runs of one group with the same seed."""
+    if not runs:
+        raise ConfigError("give the `runs` to compare, at least one", terms=["runs"])
+    opened = [_tested_run(path) for path in runs]
+    real = [os.path.realpath(r.path) for r in opened]
+    twice = next(((i, j) for j in range(len(real)) for i in range(j) if real[i] == real[j]), None)
+    if twice is not None:
+        first, again = (runs[k] for k in twice)
+        said = f"{first} is given twice" if str(first) == str(again) else f"{first} and {again} are the same run"
+        raise ConfigError(f"{said}; give each run once", terms=["runs"])
+    datasets = sorted({r.dataset().name for r in opened})
+    if len(datasets) > 1:
+        raise ConfigError(f"the runs are on different data sets ({', '.join(datasets)}); compare runs of one data "
+                          f"set", terms=["runs"])
+    configs = [r.config() for r in opened]
+    keys = [_group_key(c) for c in configs]
+    groups = list(dict.fromkeys(keys))
+    labels = _group_labels(groups, [[c.name for c, k in zip(configs, keys) if k == g] for g in groups])
+    seen: dict[tuple[Any, int], Path] = {}
+    for run, config, key in zip(opened, configs, keys):
+        if (key, config.seed) in seen:
+            raise ConfigError(f"{seen[key, config.seed]} and {run.path} have the same settings and seed "
+                              f"({config.seed}); give one of them", terms=["runs"])
+        seen[key, config.seed] = run.path
+    return [Task(f"{labels[key]} seed {c.seed}", c, r.path, {"variant": labels[key], "seed": c.seed},
+                 recipe=r.status().get("recipe"))
+            for r, c, key in zip(opened, configs, keys)]
+
+
+def _tested_run(path: str | Path) -> Run:
+    """A complete run with test figures, every file the comparison reads checked before anything is written."""
+    run = Run.open(path)
+    if "test_accuracy" not in run.metrics():
+        raise RunError(f"{path} has no test figures (a sweep's trial is judged on validation only); give runs "
+                       f"trained with a test evaluation", terms=["runs"])
+    run.history(), run.confusion()
+    return run
+
+
+def _group_key(config: TrainConfig) -> tuple[tuple[str, str], ...]:
+    return tuple((k, repr(v)) for k, v in sorted(config.to_dict().items()) if k not in GROUPED_BY_ALL_BUT)
+
+
+def _group_labels(groups: list[tuple[tuple[str, str], ...]], names: list[list[str]]) -> dict[Any, str]:
+    """Each group's label: its runs' first name; where groups share one, that name with the settings
+    that differ among them ("tutorial (epochs=2)")."""
+    first = [n[0] for n in names]
+    labels = {}
+    for group, name in zip(groups, first):
+        rivals = [g for g, n in zip(groups, first) if n == name]
+        if len(rivals) == 1:
+            labels[group] = name
+            continue
+        differing = [k for k, v in group if any(dict(r)[k] != v for r in rivals)]
+        labels[group] = f"{name} ({', '.join(f'{k}={_plain(dict(group)[k])}' for k in differing)})"
+    return labels
+
+
+def _plain(text: str) -> str:
+    return text.strip("'")
 
 
 def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
@@ -284,16 +414,79 @@ def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
     return data
 
 
-def _write_outputs(folder: Run, tasks: list[Task]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _write_outputs(folder: Run, tasks: list[Task], command: str | None) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                                list[str]]:
     """The comparison's files from its finished runs: results, summary, conclusion, curves, report."""
     from fashionlab.reports import write_comparison_outputs
 
     results = runner.results(tasks)
     summary = summarize(results)
-    statements = conclusion(summary)
+    statements = with_length(conclusion(summary), tasks)
     labels = list(dict.fromkeys(t.tags["variant"] for t in tasks))
     histories = {v: [Run(t.run_dir).history() for t in tasks if t.tags["variant"] == v] for v in labels}
     confusions = {v: sum(Run(t.run_dir).confusion() for t in tasks if t.tags["variant"] == v) for v in labels}
+    setup, changes = described(tasks, command)
     write_comparison_outputs(folder, results=results, summary=summary, statements=statements, histories=histories,
-                             confusions=confusions, class_names=Run(tasks[0].run_dir).dataset().class_names)
+                             confusions=confusions, class_names=Run(tasks[0].run_dir).dataset().class_names,
+                             setup=setup, variant_changes=changes)
     return results, summary, statements
+
+
+# --- what was run ------------------------------------------------------------------------------
+
+def described(tasks: Sequence[Task], command: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """What a comparison ran, for the top of its page: the command, the runs, the settings every run
+    changed from its recipe, the data, the machine and versions; and what each variant changes."""
+    from fashionlab import recipes
+    from fashionlab.recipes import changes_text
+    from fashionlab.reports import environment_line
+
+    changes = [recipes.changes_from(t.config, t.recipe) for t in tasks]
+    common = {k: v for k, v in changes[0].items() if all(other.get(k) == v for other in changes[1:])}
+    variants: dict[str, str] = {}
+    for task, changed in zip(tasks, changes):
+        own = {k: v for k, v in changed.items() if k not in common}
+        variants.setdefault(task.tags["variant"], f"{recipes.known(task.recipe) or 'tutorial'} recipe"
+                            + (f": {changes_text(own)}" if own else ", as it is"))
+    seeds = sorted({t.config.seed for t in tasks})
+    metrics = Run(tasks[0].run_dir).metrics()
+    data, name = metrics.get("data"), Run(tasks[0].run_dir).dataset().name
+    from fashionlab.reports import shortened
+
+    setup = {"command": shortened(command or "not recorded"),
+             "runs": f"{len(tasks)}: {len(variants)} variant(s) × {len(seeds)} seed(s) "
+                     f"({', '.join(map(str, seeds))})",
+             "every run changes": changes_text(common) or "nothing common to all runs",
+             "data": f"{name}: {data['train']:,} training, {data['valid']:,} validation, {data['test']:,} test "
+                     f"images" if data else name}
+    return setup | environment_line(metrics), variants
+
+
+def short_runs(tasks: Sequence[Task]) -> str | None:
+    """A statement when runs train for fewer epochs or on fewer images than their recipe does."""
+    from fashionlab import recipes
+
+    short = [t for t in tasks if _is_short(t.config, recipes.reference(t.recipe))]
+    if not short:
+        return None
+    task, reference = short[0], recipes.reference(short[0].recipe)
+    images = (Run(task.run_dir).metrics().get("data") or {}).get("train")  # absent in older runs
+    used = f"{images:,}" if images is not None else f"{task.config.train_samples:,}" if task.config.train_samples \
+        else "all"
+    which = "These runs are" if len(short) == len(tasks) else f"{len(short)} of the {len(tasks)} runs are"
+    full = "all" if not reference.train_samples else f"{reference.train_samples:,}"
+    return (f"{which} short: {task.config.epochs} epoch(s) on {used} training images, where the "
+            f"{recipes.known(task.recipe) or 'tutorial'} recipe trains {reference.epochs} epochs on {full}. Their "
+            f"accuracies are below what full training reaches, and the order of the variants may change with it.")
+
+
+def _is_short(config: TrainConfig, reference: TrainConfig) -> bool:
+    fewer_images = config.train_samples and (not reference.train_samples or config.train_samples <
+                                             reference.train_samples)
+    return config.epochs < reference.epochs or bool(fewer_images)
+
+
+def with_length(statements: list[str], tasks: Sequence[Task]) -> list[str]:
+    """The conclusion, with the statement on short runs after its first line where there is one."""
+    short = short_runs(tasks)
+    return statements[:1] + [short] + statements[1:] if short else statements

@@ -42,6 +42,8 @@ class Dataset:
     debian_package: str | None = None
     subject: str = "image"  # what one image shows: "garment", "digit"...
     mirror_turned: bool = False  # its shoes all face one way: a photo turned the other way is also read mirrored
+    facing: tuple[str, ...] = ()  # the classes that face one way (its shoes): a mirrored reading is kept only as one
+    upright: bool = False  # its images are all upright, and an orientation check fitted on them ships (orientation.py)
 
     @property
     def classes(self) -> int:
@@ -82,6 +84,8 @@ FASHION_MNIST = Dataset(
     debian_package="dataset-fashion-mnist",
     subject="garment",
     mirror_turned=True,
+    facing=("Sandal", "Sneaker", "Ankle boot"),
+    upright=True,
 )
 MNIST = Dataset(
     name="mnist",

@@ -17,7 +17,7 @@ from fashionlab.data import DataSource
 from fashionlab.errors import Interrupted
 from fashionlab.files import check_writable
 from fashionlab.interrupts import stop_requests
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 
 PREDICT_BATCH = 1000
 

@@ -30,7 +30,7 @@ from fashionlab.errors import ConfigError, ExportError, Interrupted, RunError, r
 from fashionlab.files import check_writable, open_regular
 from fashionlab.interrupts import stop_requests
 from fashionlab.onnxrun import INPUT_NAME, MAX_ONNX_BYTES, METADATA_KEY, OUTPUT_NAME, OnnxModel, require_module
-from fashionlab.runs import Run, atomic_path
+from fashionlab.rundir import Run, atomic_path
 
 FORMATS = ("onnx",)
 CHECK_IMAGES = 1000

@@ -3,7 +3,8 @@
     import fashionlab as fl
     run = fl.train(epochs=1)                 # a live progress bar, then a card with the curves
     run.history, run.metrics, run.plot(), run.confusion(), run.mistakes(12), run.predict([0, 1, 2])
-    run = fl.Run.open("runs/20260101-120000-tutorial")
+    run = fl.Run.open("runs/20260101-120000-tutorial")   # or fl.Run.open("latest")
+    fl.runs()                                # every run under runs/, newest first, as a table
     cmp = fl.compare(["bn-after", "bn-before"], seeds=2, epochs=3)
     cmp.table, cmp.plot()
 
@@ -23,10 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fashionlab.arguments import checked
+from fashionlab.catalog import RUNS_ROOT, listing, locate
 from fashionlab.config import TrainConfig, with_changes
 from fashionlab.data import DataSource
 from fashionlab.datasets import MAX_CLASSES
-from fashionlab.runs import Run as RunDirectory
+from fashionlab.errors import ConfigError
+from fashionlab.rundir import Run as RunDirectory
+from fashionlab.rundir import default_run_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,13 +62,14 @@ class Run:
 
     @checked
     def __init__(self, path: str | Path, *, allow_incomplete: bool = True):
-        self._run = RunDirectory.open(path, allow_incomplete=allow_incomplete)
+        self._run = RunDirectory.open(locate(path), allow_incomplete=allow_incomplete)
         self.path = self._run.path
 
     @classmethod
     @checked
     def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> Run:
-        """A finished run directory (or, with `allow_incomplete`, one still running or stopped)."""
+        """A finished run directory (or, with `allow_incomplete`, one still running or stopped): a path,
+        "latest" (the newest complete run under runs/), or the start of a run's name under runs/."""
         return cls(path, allow_incomplete=allow_incomplete)
 
     @property
@@ -145,7 +150,9 @@ class Run:
                           allow_incomplete=self.status != "complete")
         return pd.DataFrame([{"input": r["input"], "class": r["class_name"], "probability": r["probability"],
                               "next": ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:]),
-                              "note": r.get("hint", "mirrored" if r.get("mirrored") else "")}
+                              "note": r.get("hint") or ", ".join(
+                                  ["mirrored"] * bool(r.get("mirrored")) + [f"turned {r.get('turned')}°"] * bool(
+                                      r.get("turned")))}
                              for r in results]).set_index("input")
 
     def _facts(self) -> dict[str, str]:
@@ -179,8 +186,33 @@ def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data:
 
     base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
     config = with_changes(base, changes)
-    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe)
+    said = call_text("train", [recipe] if recipe is not None else [], {"run_dir": run_dir, **changes})
+    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe, command=said)
     return Run(result.run.path)
+
+
+def call_text(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    """A notebook call as run.json and the pages record it: `fl.train('fast-cnn', epochs=2)`; the
+    arguments left at their defaults (None) and `data` (a folder on this machine) left out."""
+    def shown(value: Any) -> str:
+        return repr(str(value) if isinstance(value, Path) else value)
+
+    said = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items() if v is not None]
+    return f"fl.{name}({', '.join(said)})"
+
+
+@checked
+def runs(folder: str | Path = RUNS_ROOT, *, status: str | None = None, recipe: str | None = None,
+         dataset: str | None = None) -> pd.DataFrame:
+    """The runs in `folder` and its folders, newest first, one row each (as `fashionlab runs` lists
+    them): `fl.runs(status="complete")`; `fl.Run.open(row.path)` opens one."""
+    import pandas as pd
+
+    from fashionlab.catalog import Entry
+
+    columns = list(Entry.__dataclass_fields__)
+    return pd.DataFrame([e.as_dict() for e in listing(folder, status=status, recipe=recipe, dataset=dataset)],
+                        columns=columns)
 
 
 class Comparison:
@@ -195,8 +227,7 @@ class Comparison:
 
     def runs(self) -> list[Run]:
         """Each run of the comparison, in the order of `results` (variant, seed)."""
-        return [Run(self.out / variant / f"seed-{seed}") for variant, seed in zip(self.results["variant"],
-                                                                                  self.results["seed"])]
+        return [Run(path) for path in self.results["run_dir"]]
 
     def plot(self) -> Figure:
         """Validation accuracy and loss per epoch for each variant (mean over seeds, band = min..max)."""
@@ -223,15 +254,31 @@ class Comparison:
 
 @checked
 def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
-            data: DataSource = DataSource(), **changes: Any) -> Comparison:
+            data: DataSource = DataSource(), runs: Sequence[str | Path] | None = None, force: bool = False,
+            **changes: Any) -> Comparison:
     """Train each variant (a series variant such as "bn-before", a recipe, or "recipe:key=value")
-    over `seeds` seeds, every one changed by `changes`, and compare them on the test set."""
-    from fashionlab.comparison import DEFAULT_VARIANTS
+    over `seeds` seeds, every one changed by `changes`, and compare them on the test set. With `runs`
+    (paths, "latest", or the start of a name under runs/), compare those runs, already trained, grouped
+    by their settings: `fl.compare(runs=["20261207-1423", "latest"])`."""
+    from fashionlab.comparison import DEFAULT_VARIANTS, compare_runs
     from fashionlab.comparison import compare as run_comparison
+
+    if runs is not None:
+        given = [name for name, value in (("variants", variants), ("seeds", seeds != 3), ("jobs", jobs != 1))
+                 if value] + list(changes)
+        if given:
+            raise ConfigError(f"`runs` compares runs already trained; drop {', '.join(f'`{g}`' for g in given)} "
+                              f"(they say what to train)", terms=given)
+        out = Path(out) if out is not None else default_run_dir("comparison")
+        compare_runs(out, [locate(run) for run in runs], force=force,
+                     command=call_text("compare", [], {"runs": list(runs)}))
+        return Comparison(out)
 
     variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS)
     out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
-    run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data)
+    said = call_text("compare", [variants], {"seeds": seeds, "out": out, "jobs": jobs, **changes})
+    run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data,
+                   command=said, force=force)
     return Comparison(out)
 
 
@@ -278,6 +325,10 @@ def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None,
     from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
+    from fashionlab.sweeps.storage import storage_label
+
+    said = call_text("sweep", [space], {"trials": trials, "out": out, "jobs": jobs, "study": study,
+                                        "storage": storage_label(storage) if storage else None})
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,
-                       sampler_seed=sampler_seed, pruner=pruner, force=force, overrides=changes)
+                       sampler_seed=sampler_seed, pruner=pruner, force=force, overrides=changes, command=said)
     return Sweep(result.out)

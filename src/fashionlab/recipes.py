@@ -88,6 +88,41 @@ def load(path: Path) -> Recipe:
     return recipe
 
 
+UNCOMPARED = ("name", "seed")  # a label, and the draw: not what a recipe is
+
+
+def known(recipe: str | None) -> str | None:
+    """`recipe` if it names a shipped recipe, else None (a run file may name anything)."""
+    return recipe if isinstance(recipe, str) and recipe in names() else None
+
+
+def reference(recipe: str | None) -> TrainConfig:
+    """What a run's settings are measured against: its recipe's, or the tutorial's (the defaults)."""
+    return get(recipe).config() if known(recipe) else TrainConfig()
+
+
+def changes_from(config: TrainConfig, recipe: str | None) -> dict[str, tuple[Any, Any]]:
+    """The settings of `config` that differ from its recipe's (or the tutorial's), as
+    {key: (the recipe's value, this value)}, in the config's order; the name and seed aside."""
+    base = reference(recipe)
+    return {key: (getattr(base, key), value) for key, value in config.to_dict().items()
+            if key not in UNCOMPARED and value != getattr(base, key)}
+
+
+def shown_value(key: str, value: Any) -> str:
+    """A setting as people read it: 0 training samples is all of them, 0 patience is no early stopping."""
+    if key == "train_samples" and value == 0:
+        return "all"
+    if key == "early_stopping" and value == 0:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def changes_text(changes: dict[str, tuple[Any, Any]]) -> str:
+    """{key: (before, after)} as "epochs 10 → 2, train_samples all → 10000"."""
+    return ", ".join(f"{k} {shown_value(k, a)} → {shown_value(k, b)}" for k, (a, b) in changes.items())
+
+
 def all_recipes() -> list[Recipe]:
     return [get(name) for name in names()]
 

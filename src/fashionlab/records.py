@@ -50,6 +50,7 @@ class Status(TypedDict):
     resumed: NotRequired[str]
     finished: NotRequired[str]
     recipe: NotRequired[str | None]
+    command: NotRequired[str | None]  # the command line or Python call that made the run
     test: NotRequired[bool]  # False: the run is kept away from the test set (a sweep's trial)
     message: NotRequired[str | None]
     dataset: NotRequired[DatasetRecord]  # absent in runs of Fashion-MNIST made before data sets were recorded
@@ -59,6 +60,16 @@ class Parameters(TypedDict):
     total: Count
     trainable: Count
     non_trainable: Count
+
+
+class DataUsed(TypedDict):
+    """What a run trained and was tested on (metrics.json's `data`)."""
+
+    dir: NotRequired[str]
+    verified: NotRequired[bool]
+    train: Count
+    valid: Count
+    test: Count
 
 
 class Metrics(TypedDict):
@@ -77,6 +88,13 @@ class Metrics(TypedDict):
     train_seconds: NotRequired[Seconds]
     wall_seconds: NotRequired[Seconds]
     seconds_to_val_accuracy: NotRequired[dict[str, Seconds | None]]
+    data: NotRequired[DataUsed]  # the pages say these; absent in runs made before they were recorded
+    machine: NotRequired[dict[str, str | int | None]]
+    versions: NotRequired[dict[str, str]]
+    recipe: NotRequired[str | None]
+    command: NotRequired[str | None]
+    started: NotRequired[str | None]
+    finished: NotRequired[str | None]
 
 
 class HistoryRow(TypedDict):

@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from fashionlab import plots
-from fashionlab.runs import Run
+from fashionlab.errors import FashionlabError
+from fashionlab.rundir import Run
 
 # Phones get the page at their own width (the viewport meta tag); wide tables scroll sideways in
 # their own box (.scroll) rather than widening the page; figures shrink to fit.
@@ -230,6 +231,56 @@ def environment_rows(metrics: Mapping[str, Any]) -> dict[str, str]:
     return rows
 
 
+SHOWN_VERSIONS = ("fashionlab", "keras", "keras_backend", "jax", "tensorflow", "torch", "python")
+
+
+def environment_line(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The machine and the main library versions, one line each, from metrics.json (the Environment
+    section has them all)."""
+    rows = {}
+    machine = dict(metrics.get("machine") or {})
+    backend, _, kind = str(machine.get("device") or "").partition(": ")
+    if backend and backend == kind:  # "cpu: cpu"
+        machine["device"] = backend
+    if machine:
+        rows["machine"] = ", ".join(str(v) for v in (machine.get("cpu"), machine.get("cores") and
+                                                     f"{machine['cores']} cores", machine.get("device") and
+                                                     f"computing on {machine['device']}") if v)
+    versions = metrics.get("versions") or {}
+    if versions:
+        rows["versions"] = ", ".join(f"{name} {versions[name]}" for name in SHOWN_VERSIONS if name in versions)
+    return rows
+
+
+SHOWN_COMMAND = 2000  # characters of a recorded command a page shows
+
+
+def shortened(text: str, limit: int = SHOWN_COMMAND) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
+def what_was_run_rows(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The top of a run's page: the command, its recipe and the settings changed from it, the data,
+    the machine and versions."""
+    from fashionlab.config import from_dict
+    from fashionlab.recipes import changes_from, changes_text
+
+    recipe = metrics.get("recipe")
+    rows = {"command": shortened(str(metrics.get("command") or "not recorded")),
+            "recipe": f"{recipe}" if recipe else "none (the tutorial's settings are the defaults)"}
+    try:
+        changed = changes_from(from_dict(dict(config)), recipe)
+    except FashionlabError:  # a config from another version of fashionlab
+        changed = {}
+    rows["changed from " + (f"the {recipe} recipe" if recipe else "the tutorial")] = changes_text(changed) or "nothing"
+    rows["seed"] = str(config.get("seed", "?"))
+    data = metrics.get("data") or {}
+    if data:
+        rows["data"] = (f"{config.get('dataset', 'fashion-mnist')}: {data.get('train', 0):,} training, "
+                        f"{data.get('valid', 0):,} validation, {data.get('test', 0):,} test images")
+    return rows | environment_line(metrics)
+
+
 def _caption(names: Sequence[str], true: int, pred: int, p: float) -> str:
     return f"{names[pred]} {p:.2f}" + ("" if true == pred else f" (true: {names[true]})")
 
@@ -262,6 +313,7 @@ def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFr
     sample_captions = [_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i])) for i in samples]
     environment = environment_rows(metrics)
     sections = [
+        ("What was run", key_values(what_was_run_rows(config, metrics))),
         ("Test metrics", key_values(summary)),
         ("Learning curves", png_tag(curves_png, "loss and accuracy per epoch, training and validation")),
         ("Training", key_values(training_rows(config, history, metrics))),
@@ -375,7 +427,9 @@ def runs_table(results: pd.DataFrame, pages: Sequence[str] | None = None) -> str
 
 def comparison_report_html(*, summary: pd.DataFrame, results: pd.DataFrame, curves_png: bytes,
                            confusions: Mapping[str, np.ndarray], class_names: Sequence[str],
-                           statements: Sequence[str], pages: Sequence[str] | None = None) -> str:
+                           statements: Sequence[str], pages: Sequence[str] | None = None,
+                           setup: Mapping[str, str] | None = None,
+                           variant_changes: Mapping[str, str] | None = None) -> str:
     """Conclusion, per-variant table, validation curves (per epoch and against seconds),
     row-normalised summed confusion matrices, every run linked to its own page."""
     conclusion_html = '<div class="conclusion">' + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"
@@ -385,7 +439,11 @@ def comparison_report_html(*, summary: pd.DataFrame, results: pd.DataFrame, curv
         return f"<div>{figure_tag(figure, f'confusion matrix {variant}')}</div>"
 
     matrices = '<div class="pairs">' + "".join(matrix(v, m) for v, m in confusions.items()) + "</div>"
+    what = key_values(setup or {}) + (table_tag(pd.DataFrame({"variant": list(variant_changes),
+                                                              "what it changes": list(variant_changes.values())}),
+                                                index=False, classes="text") if variant_changes else "")
     return page("fashionlab comparison", [
+        *([("What was run", what)] if setup or variant_changes else []),
         ("Conclusion", conclusion_html),
         ("Summary per variant", table_tag(summary_display(summary).reset_index(), index=False)
          + note(SECONDS_NOTE)),
@@ -403,7 +461,9 @@ def run_pages(folder: Path, run_dirs: Iterable[str | os.PathLike[str]]) -> list[
 
 def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.DataFrame, statements: Sequence[str],
                              histories: Mapping[str, Sequence[pd.DataFrame]],
-                             confusions: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
+                             confusions: Mapping[str, np.ndarray], class_names: Sequence[str],
+                             setup: Mapping[str, str] | None = None,
+                             variant_changes: Mapping[str, str] | None = None) -> None:
     """results.csv, summary.md (table and conclusion), curves.png and report.html, each written atomically.
     `histories` with their `seconds` give the accuracy-against-time curves; `results`' run_dir the links;
     `confusions` (one summed matrix per variant) are labelled with `class_names`."""
@@ -414,7 +474,8 @@ def write_comparison_outputs(folder: Run, *, results: pd.DataFrame, summary: pd.
     folder.write_with("curves.png", lambda tmp: tmp.write_bytes(curves))
     folder.write_text("report.html", comparison_report_html(summary=summary, results=results, curves_png=curves,
                                                             confusions=confusions, class_names=class_names,
-                                                            statements=statements, pages=pages))
+                                                            statements=statements, pages=pages, setup=setup,
+                                                            variant_changes=variant_changes))
 
 
 # --- a sweep -------------------------------------------------------------------------------------
@@ -499,7 +560,7 @@ def sweep_markdown(title: str, statements: Sequence[str], display: pd.DataFrame)
 
 def write_sweep_outputs(folder: Run, *, title: str, table: pd.DataFrame, searched: Mapping[str, str],
                         scales: Mapping[str, str], statements: Sequence[str], best_text: str | None,
-                        importances: Mapping[str, float] | None) -> str:
+                        importances: Mapping[str, float] | None, setup: Mapping[str, str] | None = None) -> str:
     """trials.csv, summary.md, report.html (history, slices, importances, the best config) and
     best.toml, each written atomically; returns summary.md's text."""
     display = sweep_display(table, list(searched))
@@ -524,7 +585,8 @@ def write_sweep_outputs(folder: Run, *, title: str, table: pd.DataFrame, searche
                    + "</tr></thead><tbody>"
                    + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
                              for row in rows.itertuples(False)) + "</tbody></table></div>")
-    sections = [("What the sweep found", '<div class="conclusion">'
+    sections = [*([("What was run", key_values(setup))] if setup else []),
+                ("What the sweep found", '<div class="conclusion">'
                  + "".join(f"<p>{html.escape(s)}</p>" for s in statements) + "</div>"), *figures]
     if best_text is not None:
         sections.append(("The chosen configuration (best.toml)", f"<pre>{html.escape(best_text)}</pre>"))

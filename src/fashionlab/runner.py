@@ -32,7 +32,7 @@ from fashionlab.config import TrainConfig, from_dict
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, FashionlabError, Interrupted, RunError
 from fashionlab.interrupts import stop_requests, stop_when
-from fashionlab.runs import LOCK_FILE, Run
+from fashionlab.rundir import LOCK_FILE, Run
 
 if TYPE_CHECKING:
     import keras
@@ -48,6 +48,8 @@ class Task:
     run_dir: Path
     tags: Mapping[str, Any] = field(default_factory=dict)  # the leading columns of its results row
     test: bool = True  # False: trained and judged on validation alone (train's `test`)
+    recipe: str | None = None  # the named recipe its config starts from (train's `recipe`)
+    command: str | None = None  # what asked for it: the compare or sweep command line, or a Python call
     watcher: Watcher | None = None  # what watches the training's epochs in the process that trains it
 
 
@@ -123,7 +125,8 @@ def run_task(task: Task, data: DataSource) -> Done:
     if resumed:
         result = resume(task.run_dir, data=data, verbose=0, callbacks=callbacks)
     else:
-        result = train(task.config, task.run_dir, data=data, verbose=0, test=task.test, callbacks=callbacks)
+        result = train(task.config, task.run_dir, data=data, verbose=0, test=task.test, callbacks=callbacks,
+                       recipe=task.recipe, command=task.command)
     outcome = task.watcher.outcome(callbacks[0]) if task.watcher else {}
     return Done(task, result.metrics, time.perf_counter() - started, resumed, outcome)
 

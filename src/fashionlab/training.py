@@ -35,7 +35,7 @@ from fashionlab.modelfiles import load_model_file
 from fashionlab.preprocessing import fit_scaler, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_learning_curves, write_test_outputs
-from fashionlab.runs import CHECKPOINT_PREFIX, Run, default_run_dir, now
+from fashionlab.rundir import CHECKPOINT_PREFIX, Run, default_run_dir, now
 from fashionlab.tensorboard import TensorBoardScalars, check_folder
 
 
@@ -149,13 +149,14 @@ def in_notebook() -> bool:
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
           verbose: int | None = None, tensorboard: str | Path | None = None,
           recipe: str | None = None, test: bool = True,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+          callbacks: Sequence[keras.callbacks.Callback] = (), command: str | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
 
     `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
     one line per epoch elsewhere (0: silent); `tensorboard` a folder that gets the run's scalars
     (in a subfolder named as the run directory); `recipe` the named recipe `config` came from,
-    recorded in run.json and metrics.json; `test=False` keeps the test set out of the run (a
+    recorded in run.json and metrics.json, as is `command`, the command line or call that asked for the
+    run (its pages show both); `test=False` keeps the test set out of the run (a
     sweep's trial is judged on validation alone: metrics.json then has no test figures, and
     `evaluate` can add them later); `callbacks` see each recorded epoch after the run has
     written it. Everything the config asks is checked against the data and the machine, and
@@ -180,8 +181,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
         run = Run.create(run_dir)
         with run, _status_on_exit(run):
             run.write_json("config.json", config.to_dict())
-            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe, dataset=kept,
-                           **({} if test else {"test": False}))
+            run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe,
+                           command=command, dataset=kept, **({} if test else {"test": False}))
             model = _new_model(config, splits, dataset.classes)
             run.write_text("summary.txt", summary_text(model) + "\n")
             return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
@@ -393,7 +394,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
                  "train": len(splits.x_train), "valid": len(splits.x_valid), "test": len(splits.x_test) if test else 0},
         "versions": library_versions(),
         "machine": machine_info(),
-        "recipe": status.get("recipe"),
+        "recipe": status.get("recipe"), "command": status.get("command"),
         # this train (or resume) call until now: data, compilation, training, test predictions
         "wall_seconds": time.perf_counter() - called,
         "started": status.get("started"),

@@ -151,15 +151,14 @@ async def predict(request: Request, top_k: Annotated[int | None, Query(descripti
         return Response(status_code=400)
     pixels = np.stack([image.pixels for image in images])
     try:
-        turned = state.predictor.dataset.mirror_turned  # its shoes face one way: a photo may be turned
-        proba, mirrored = await state.batcher.read(pixels, [turned and not image.as_is for image in images])
+        readings = await state.batcher.read(pixels, [not image.as_is for image in images])  # photos
     except ModelTimeout as exc:
         return error(504, str(exc))
     except ModelBusy as exc:
         return error(503, str(exc))
     except Exception as exc:  # the model failed on this batch: say so, keep serving
         return error(500, f"the model failed: {reason(exc)}")
-    results = results_of(proba, names, state.predictor.dataset, top_k, mirrored, pixels)
+    results = results_of(readings, names, state.predictor.dataset, top_k, [image.missing for image in images])
     if prepared:
         for result, image in zip(results, images):
             result["prepared"] = data_url(png_bytes(image.pixels))

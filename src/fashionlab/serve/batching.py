@@ -2,7 +2,7 @@
 while the event loop goes on accepting requests.
 
     batcher = Batcher(predictor)
-    proba, mirrored = await batcher.read(pixels, mirror)   # this request's rows of its batch
+    readings = await batcher.read(pixels, photos)   # this request's rows of its batch (prediction.Readings)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fashionlab.prediction import read_probabilities
+from fashionlab.prediction import Readings, facing_ids, orientation_of, read_probabilities
 from fashionlab.serve.predictor import MAX_BATCH, Predictor
 
 
@@ -31,6 +31,7 @@ class Batcher:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
+        self.facing, self.upright = facing_ids(predictor.dataset), orientation_of(predictor.dataset)
         self.queue: asyncio.Queue[_Job] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="fashionlab-model")
@@ -39,7 +40,9 @@ class Batcher:
         self.batches = self.images = 0
         self.waiting = 0  # images queued, not yet in a batch
 
-    async def read(self, pixels: np.ndarray, mirror: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    async def read(self, pixels: np.ndarray, mirror: Sequence[bool]) -> Readings:
+        """The model's readings of `pixels`; those flagged in `mirror` (photos) turned and mirrored as
+        the predictor's data set says (`prediction.read_probabilities`)."""
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # the first request, or the app now runs in another event loop
             self.queue, self.loop, self.carried = asyncio.Queue(), loop, None
@@ -65,8 +68,8 @@ class Batcher:
             mirror = [flag for job in jobs for flag in job.mirror]
             self.waiting -= len(pixels)
             try:
-                proba, mirrored = await loop.run_in_executor(self.model_thread, read_probabilities,
-                                                             self.predictor, pixels, mirror)
+                readings = await loop.run_in_executor(self.model_thread, read_probabilities, self.predictor,
+                                                      pixels, mirror, self.facing, self.upright)
             except Exception as exc:  # the model failed: every waiting request says so
                 for job in jobs:
                     if not job.future.done():
@@ -77,7 +80,7 @@ class Batcher:
             for job in jobs:
                 end = start + len(job.pixels)
                 if not job.future.done():
-                    job.future.set_result((proba[start:end], mirrored[start:end]))
+                    job.future.set_result(readings.rows(start, end))
                 start = end
 
     def close(self) -> None:

@@ -41,7 +41,16 @@ function card(file, original, truth) {
 }
 
 function show(view, result, ms) {
-  view.seen.replaceWith(el("img", { className: "seen", alt: "the 28 x 28 image the model saw", src: result.prepared }));
+  view.seen.replaceWith(result.prepared
+    ? el("img", { className: "seen", alt: "the 28 x 28 image the model saw", src: result.prepared })
+    : placeholder("not read"));
+  if (result.class_id === null) {  // no garment found: no class, and why
+    view.verdict.replaceChildren(el("span", { className: "class-name", textContent: "no class" }),
+                                 el("span", { className: "probability", textContent: `${ms} ms` }));
+    view.node.append(el("p", { className: "note", textContent: result.hint }));
+    if (view.truth) view.node.querySelector(".truth").classList.add("wrong");
+    return;
+  }
   view.verdict.replaceChildren(
     el("span", { className: "class-name", textContent: result.class_name }),
     el("span", { className: "probability", textContent: `${(100 * result.probability).toFixed(1)} % · ${ms} ms` }));
@@ -56,6 +65,7 @@ function show(view, result, ms) {
   }
   view.node.append(bars);
   if (result.mirrored) view.node.append(el("p", { className: "note", textContent: "read mirrored: the data set's shoes all point left" }));
+  if (result.turned) view.node.append(el("p", { className: "note", textContent: `read turned ${result.turned}° anticlockwise: it lay on its side` }));
   if (result.hint) view.node.append(el("p", { className: "note", textContent: result.hint }));
   if (view.truth) {
     const mark = view.node.querySelector(".truth");

@@ -18,7 +18,7 @@ from fashionlab.arguments import checked
 from fashionlab.datasets import Dataset
 from fashionlab.deadlines import MODEL_TIMEOUT, BoundedCalls, check_timeout
 from fashionlab.errors import ConfigError
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.serve.layers import printable
 
 MAX_BATCH = 64  # images the model reads at once; requests that arrive together share a batch

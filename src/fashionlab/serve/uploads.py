@@ -181,6 +181,8 @@ def _serve(connection, memory: int) -> None:
     nowhere (the server's stderr is the operator's)."""
     import resource
 
+    from scipy import ndimage  # noqa: F401  (images.shapeless uses it: imported before the memory cap, as it maps much)
+
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     with contextlib.suppress(OSError, ValueError):  # Linux: what it holds now (virtual memory), in pages
         with open("/proc/self/statm") as statm:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fashionlab.config import TrainConfig
 from fashionlab.errors import FashionlabError, RunError
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps.space import contains
 from fashionlab.sweeps.trials import TRIAL_DIR, Trials, inspect_trial, trial_dir_name
 
@@ -106,7 +106,7 @@ def _folder_lock(out: Path) -> Iterator[None]:
     study back its lost trials."""
     import fcntl
 
-    from fashionlab.runs import LOCK_FILE
+    from fashionlab.rundir import LOCK_FILE
 
     try:
         fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)

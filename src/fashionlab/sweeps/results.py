@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fashionlab.errors import RunError
 from fashionlab.records import TrialRow, first_problem
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps.space import Space, describe
 from fashionlab.sweeps.study import TEST_KEY, counted, study_attrs, study_trials
 from fashionlab.sweeps.trials import inspect_trial, trial_dir_name
@@ -125,8 +125,27 @@ def finish(study: optuna.Study, space: Space, out: Path, *, storage: str, trials
     summary = write_sweep_outputs(Run(out), title=f"fashionlab sweep: {name}", table=table, searched=searched,
                                   scales={key: describe(d)[1] for key, d in space.search.items()},
                                   statements=statements, best_text=best_text,
-                                  importances=importances(study, found, space))
+                                  importances=importances(study, found, space), setup=described(out, space, table))
     return SweepResult(out, table, best, tests, summary, bool(ended))
+
+
+def described(out: Path, space: Space, table: pd.DataFrame) -> dict[str, str]:
+    """What the sweep runs, for the top of its page: the last command that ran it, the space file, the
+    settings every trial changes from its recipe, the keys searched, the machine and versions (as a
+    trained trial recorded them)."""
+    from fashionlab.recipes import changes_from, changes_text
+    from fashionlab.reports import environment_line, shortened
+
+    command = Run(out).read_json(MARKER).get("command") if (out / MARKER).is_file() else None
+    fixed = changes_from(space.base, space.recipe)  # its [train] table: a searched key is never in it
+    rows = {"command": shortened(str(command or "not recorded")), "space": str(space.path),
+            "every trial changes": f"{space.recipe or 'tutorial'} recipe" + (f": {changes_text(fixed)}" if fixed
+                                                                              else ", as it is"),
+            "searched": ", ".join(space.search)}
+    trained = [run for run in table["run"] if run and (out / run / "metrics.json").is_file()]
+    if trained:
+        rows |= environment_line(Run(out / trained[0]).metrics())
+    return rows
 
 
 def load_sweep(out: str | Path) -> SweepResult:
@@ -152,7 +171,7 @@ def _evaluate_chosen(study: optuna.Study, trial: optuna.trial.FrozenTrial, space
     keyed by the trial); what stopped it, if anything. Only the run the sweep made for the trial is
     opened: its folder named by the trial's number, not a link, holding the trial's config."""
     from fashionlab.evaluation import evaluate
-    from fashionlab.runs import MODEL_FILE
+    from fashionlab.rundir import MODEL_FILE
 
     number = int(best["trial"])
     run_dir = out / trial_dir_name(number)

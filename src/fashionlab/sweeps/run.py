@@ -24,7 +24,7 @@ from fashionlab.errors import ConfigError, RunError
 from fashionlab.files import check_own_file, check_writable, read_text
 from fashionlab.provenance import available_memory
 from fashionlab.records import shown
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.sweeps.claims import Worker
 from fashionlab.sweeps.recovery import recover
 from fashionlab.sweeps.results import MARKER, SweepResult, finish
@@ -32,6 +32,7 @@ from fashionlab.sweeps.space import MAX_SPACE_BYTES, Space, load_space, require_
 from fashionlab.sweeps.storage import (
     JOURNAL,
     check_storage_url,
+    masked,
     open_storage,
     repair_journal,
     secrets_kept,
@@ -74,23 +75,24 @@ def check_same_sweep(out: Path, study: str, storage: str | None) -> None:
 def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
           study: str | None = None, sampler: Sampler = "tpe", sampler_seed: int = 0, pruner: Pruner = "median",
           data: DataSource = DataSource(), force: bool = False, overrides: Mapping[str, Any] | None = None,
-          progress: Callable[[str], None] = lambda line: None) -> SweepResult:
+          progress: Callable[[str], None] = lambda line: None, command: str | None = None) -> SweepResult:
     """Run the sweep `space` into `out` until its study has `trials` trials, `jobs` trainings at a
     time, then write trials.csv, summary.md, report.html and best.toml, evaluating the best trial
     once on the test set when every trial has ended. Calling again continues the same study.
-    `overrides`: config keys set for every trial over the space's [train] (not a searched key)."""
+    `overrides`: config keys set for every trial over the space's [train] (not a searched key);
+    `command`: what asked for it (its page shows the last one)."""
     require_optuna()
     if storage is not None:
         check_storage_url(storage)
     with secrets_kept(storage):
         return _sweep(load_space(space, overrides), Path(out), trials=trials, jobs=jobs, storage=storage, study=study,
                       sampler=sampler, sampler_seed=sampler_seed, pruner=pruner, data=data, force=force,
-                      progress=progress)
+                      progress=progress, command=command)
 
 
 def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | None, study: str | None,
            sampler: str, sampler_seed: int, pruner: str, data: DataSource, force: bool,
-           progress: Callable[[str], None]) -> SweepResult:
+           progress: Callable[[str], None], command: str | None) -> SweepResult:
     study_name = _study_name(study, space)
     check_sweep_folder(out, force=force)
     where = storage or str(out.absolute() / JOURNAL)  # where it is today: the folder may be moved or copied
@@ -107,7 +109,7 @@ def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | No
     backend, the_study = _opened(out, where, study_name, settings, space, data, journal=storage is None)
     folder = Run(out)
     folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_record(storage),
-                               **settings})
+                               **settings, "command": masked(command, storage) if command else None})
     worker = Worker(the_study, backend, space, out, trials=trials, storage=where, sampler=sampler,
                     sampler_seed=sampler_seed, pruner=pruner, train_images=train_images, free_memory=free_memory,
                     progress=progress)

@@ -57,6 +57,7 @@ class Space:
     base: TrainConfig
     search: dict[str, optuna.distributions.BaseDistribution]
     path: Path
+    recipe: str | None = None  # the named recipe `base` starts from
 
     def settings(self) -> dict[str, Any]:
         """What defines the trials, as JSON: a study refuses to go on with anything else."""
@@ -112,7 +113,7 @@ def load_space(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     if both:
         raise ConfigError(f"sweep space {path}: {both[0]} is both fixed in [train] and searched in [search]; "
                           f"keep one")
-    return Space(path.stem, description.strip(), base, distributions, path)
+    return Space(path.stem, description.strip(), base, distributions, path, recipe)
 
 
 def _distribution(key: str, spec: Any, where: str) -> optuna.distributions.BaseDistribution:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from fashionlab import runner
 from fashionlab.config import TrainConfig, check_runnable
 from fashionlab.errors import ConfigError, RunError
+from fashionlab.rundir import Run
 from fashionlab.runner import Task
-from fashionlab.runs import Run
 from fashionlab.sweeps.space import Space
 from fashionlab.sweeps.storage import secrets_kept, worker_storage
 from fashionlab.sweeps.study import counted, make_pruner, study_trials

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from fashionlab.errors import RunError
-from fashionlab.runs import Run, atomic_path
+from fashionlab.rundir import Run, atomic_path
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -39,7 +39,7 @@ def test_create_locks_and_refuses_a_second_writer(tmp_path):
         run.set_status("running", epochs=3, epochs_done=0)
         with pytest.raises(RunError, match=f"in use by another fashionlab process \\(pid {os.getpid()}\\)"):
             Run.acquire(tmp_path / "run")
-        other = subprocess.run([sys.executable, "-c", "from fashionlab.runs import Run; "
+        other = subprocess.run([sys.executable, "-c", "from fashionlab.rundir import Run; "
                                 f"Run.acquire({str(tmp_path / 'run')!r})"], capture_output=True, text=True)
         assert other.returncode != 0 and "in use by another fashionlab process" in other.stderr
     Run.acquire(tmp_path / "run").release()  # free again once released
