@@ -18,7 +18,7 @@ from fashionlab.data import DataSource
 from fashionlab.datasets import MAX_CLASSES
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError
-from fashionlab.runs import Run
+from fashionlab.rundir import Run
 from fashionlab.serve.layers import guarded, host_name, is_loopback, url_host, warn
 from fashionlab.serve.predictor import Predictor, load_predictor
 
