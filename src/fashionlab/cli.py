@@ -714,7 +714,7 @@ def _locate_runs(args: argparse.Namespace) -> None:
 
     for name in RUN_ARGUMENTS:
         given = getattr(args, name, None)
-        if given is not None:
+        if given is not None and not (name == "run" and getattr(args, "onnx", None)):  # both: refused as such
             setattr(args, name, [located(g, name) for g in given] if isinstance(given, list) else located(given, name))
 
 
