@@ -1335,6 +1335,10 @@ MUTANTS = [
            "features(np.rot90(both, turn, axes=(1, 2)))",
            "features(np.rot90(both, -turn, axes=(1, 2)))",
            "the check learns clockwise turns as anticlockwise ones: a photo is turned back the wrong way"),
+    Mutant("config-keywords-unchecked", "arguments.py",
+           "                if stray:\n",
+           "                if False:\n",
+           "fl.compare(seds=3) is taken as a config key and refused without naming `seeds`"),
 ]
 
 

@@ -233,6 +233,16 @@ def test_a_wrong_call_shape_stays_a_type_error_said_in_one_line_and_the_function
     assert plain.__name__ == "plain" and inspect.signature(plain) == inspect.signature(plain.__wrapped__)
 
 
+def test_keywords_that_are_config_keys_are_refused_by_name_when_misspelled_before_any_work(tmp_path):
+    with pytest.raises(CallError, match="^compare: got an unexpected keyword argument 'seds'; did you mean `seeds`"):
+        fl.compare(["raw"], seds=2, out=tmp_path / "c")
+    with pytest.raises(CallError, match="^train: got an unexpected keyword argument 'epohcs'; did you mean `epochs`"):
+        fl.train(epohcs=2, run_dir=tmp_path / "r")
+    with pytest.raises(CallError, match="^sweep: got an unexpected keyword argument 'zzz'; it takes space, "):
+        fl.sweep("space.toml", zzz=1)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+
+
 def test_a_missing_annotation_or_a_bound_on_no_argument_is_a_bug_found_at_decoration():
     with pytest.raises(TypeError, match="without annotations"):
         @checked

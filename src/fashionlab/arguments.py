@@ -31,7 +31,7 @@ import numbers
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Literal
@@ -195,10 +195,13 @@ def _rules(function: Callable, signature: inspect.Signature) -> dict[str, Rule]:
     return resolved
 
 
-def checked(function: Callable | None = None, /, **bounds: Bounds) -> Any:
+def checked(function: Callable | None = None, /, *, keywords: Collection[str] | None = None,
+            **bounds: Bounds) -> Any:
     """Check every argument of `function` against its annotation (and `bounds`) at each call:
     `@checked` or `@checked(n=(1, 100))`. Every parameter but `self` and `cls` must be annotated;
-    *args and **kwargs have each of their values checked against theirs."""
+    *args and **kwargs have each of their values checked against theirs. `keywords`: the names
+    **kwargs may take (config keys); another is refused as Python refuses an unknown argument,
+    with the closest of the parameters and `keywords`."""
 
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
@@ -223,6 +226,11 @@ def checked(function: Callable | None = None, /, **bounds: Bounds) -> Any:
             given.apply_defaults()  # defaults too: a wrong default is a bug to catch, not to pass on
             for name, value in given.arguments.items():
                 kind = kinds[name]
+                stray = [key for key in value if key not in keywords] if kind is inspect.Parameter.VAR_KEYWORD \
+                    and keywords is not None else []
+                if stray:
+                    raise CallError(_call_problem(function, parameters, f"got an unexpected keyword argument "
+                                                  f"{stray[0]!r}", {stray[0]: None}, keywords))
                 if kind is inspect.Parameter.VAR_KEYWORD:
                     for key, item in value.items():
                         _check(key, item, rules[name], None)
@@ -238,14 +246,15 @@ def checked(function: Callable | None = None, /, **bounds: Bounds) -> Any:
     return decorate(function) if function is not None else decorate
 
 
-def _call_problem(function: Callable, parameters, said: str, kwargs: dict[str, Any]) -> str:
+def _call_problem(function: Callable, parameters, said: str, kwargs: dict[str, Any],
+                  keywords: Collection[str] = ()) -> str:
     """Python's complaint about a call, with the closest name it takes for a misspelled one."""
     import difflib
 
     named = [n for n, p in parameters.items() if n not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL,
                                                                                            p.VAR_KEYWORD)]
     unknown = [k for k in kwargs if k not in parameters]
-    close = difflib.get_close_matches(unknown[0], named, n=1) if unknown else []
+    close = difflib.get_close_matches(unknown[0], [*named, *keywords], n=1) if unknown else []
     hint = f"; did you mean `{close[0]}`?" if close else f"; it takes {', '.join(named)}"
     return f"{function.__qualname__}: {said.split(': ', 1)[-1] if ': ' in said else said}{hint}"
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from fashionlab.arguments import checked
 from fashionlab.catalog import RUNS_ROOT, listing, locate
-from fashionlab.config import TrainConfig, with_changes
+from fashionlab.config import FIELDS, TrainConfig, with_changes
 from fashionlab.data import DataSource
 from fashionlab.datasets import MAX_CLASSES
 from fashionlab.errors import ConfigError
@@ -177,7 +177,7 @@ class Run:
         return f"Run({str(self.path)!r}, {self.name}, {facts['status']}, {facts['epochs']} epochs{said})"
 
 
-@checked(verbose=(0, 2))
+@checked(keywords=FIELDS, verbose=(0, 2))
 def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data: DataSource = DataSource(),
           verbose: int | None = None, **changes: Any) -> Run:
     """Train a recipe (default: the tutorial's), changed by any config keys, into a new run
@@ -252,7 +252,7 @@ class Comparison:
                 f"{_percent(self.table.loc[best, 'test_accuracy_mean'])})")
 
 
-@checked
+@checked(keywords=FIELDS)
 def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
             data: DataSource = DataSource(), runs: Sequence[str | Path] | None = None, force: bool = False,
             **changes: Any) -> Comparison:
@@ -314,7 +314,7 @@ class Sweep:
         return f"Sweep({str(self.out)!r}, " + ", ".join(f"{k} {v}" for k, v in self._facts().items()) + ")"
 
 
-@checked
+@checked(keywords=FIELDS)
 def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None, jobs: int = 1,
           data: DataSource = DataSource(), storage: str | None = None, study: str | None = None,
           sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median", force: bool = False,
