@@ -4,6 +4,7 @@ every epoch) on this machine, in one run: each contender in its own fresh proces
     python benchmarks/bench.py [--epochs 10] [--tf-python .venv-bench/bin/python] [--out runs/bench]
 
 Contenders: (a) the tutorial's code on Keras 3 + TensorFlow, (b) the same on Keras 3 + JAX,
+(b') the same as an informed Keras user sets it, fit with steps_per_execution=64 and jit_compile,
 (c) fashionlab's library call and (c') its CLI end to end, process start included, and (d) a
 minimal hand-written JAX loop. Writes bench.json and bench.md; prints the table.
 """
@@ -40,6 +41,9 @@ def contenders(args, scratch: Path) -> list[dict]:
          "skip": None if tf_python else f"no TensorFlow venv at {args.tf_python} (make bench creates it)"},
         {"key": "b", "name": "tutorial code, Keras 3 + JAX", "command": [python, str(CONTENDERS / "tutorial_keras.py")],
          "env": {**env, "KERAS_BACKEND": "jax"}},
+        {"key": "b'", "name": "tutorial code, Keras 3 + JAX, steps_per_execution=64, jit_compile",
+         "command": [python, str(CONTENDERS / "tutorial_keras.py")],
+         "env": {**env, "KERAS_BACKEND": "jax", "BENCH_STEPS_PER_EXECUTION": "64"}},
         {"key": "c", "name": "fashionlab train (library call)",
          "command": [python, str(CONTENDERS / "fashionlab_library.py"), str(scratch / "lib")], "env": env},
         {"key": "c'", "name": "fashionlab train (CLI, end to end)",
