@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +82,9 @@ def _is_run(folder: Path) -> bool:
         return False
 
 
-def entry(folder: Path, root: Path, figures: bool = True) -> Entry:
-    """What a run directory says of itself, read through its schemas (with `figures`, its config and
-    metrics too); a damaged or unreadable file makes it 'damaged', with the problem."""
+def entry(folder: Path, root: Path) -> Entry:
+    """What a run directory's run.json says of it, read through its schema; a damaged or unreadable
+    file makes it 'damaged', with the problem."""
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     run = Run(folder)
     try:
@@ -93,16 +93,25 @@ def entry(folder: Path, root: Path, figures: bool = True) -> Entry:
         if state == "running" and not run.in_use():
             state = "unfinished"
         dataset = run.dataset().name
-        if figures:
-            run.config()
-        metrics = run.metrics() if figures and state == "complete" and run.file("metrics.json").is_file() else {}
     except (FashionlabError, OSError) as exc:
         return Entry(name, str(folder), "damaged", problem=str(exc))
     return Entry(name, str(folder), state, recipe=status.get("recipe"), dataset=dataset,
                  epochs_done=status.get("epochs_done"), epochs=status.get("epochs"),
-                 test_accuracy=metrics.get("test_accuracy"), best_val_accuracy=metrics.get("best_val_accuracy"),
-                 seconds=metrics.get("wall_seconds", metrics.get("train_seconds")),
                  started=status.get("started") or _modified(folder))
+
+
+def with_figures(found: Entry) -> Entry:
+    """`found` with its run's config checked and, for a complete run, its figures from metrics.json;
+    'damaged' when either file is."""
+    run = Run(found.path)
+    try:
+        run.config()
+        metrics = run.metrics() if found.status == "complete" and run.file("metrics.json").is_file() else {}
+    except (FashionlabError, OSError) as exc:
+        return replace(found, status="damaged", problem=str(exc))
+    return replace(found, test_accuracy=metrics.get("test_accuracy"),
+                   best_val_accuracy=metrics.get("best_val_accuracy"),
+                   seconds=metrics.get("wall_seconds", metrics.get("train_seconds")))
 
 
 def _modified(folder: Path) -> str | None:
@@ -129,9 +138,9 @@ def listing(root: str | Path = RUNS_ROOT, *, status: str | tuple[str, ...] | Non
         return ((statuses is None or e.status in statuses) and (recipe is None or e.recipe == recipe)
                 and (dataset is None or e.dataset == dataset))
 
-    entries = [e for e in (entry(folder, root, figures=False) for folder in run_folders(root)) if wanted(e)]
-    if figures:  # the files of the runs kept, read whole: one may turn out damaged
-        entries = [e for e in (entry(Path(e.path), root) for e in entries) if wanted(e)]
+    entries = [e for e in (entry(folder, root) for folder in run_folders(root)) if wanted(e)]
+    if figures:  # the other files of the runs kept: one may turn out damaged
+        entries = [e for e in map(with_figures, entries) if wanted(e)]
     return sorted(entries, key=lambda e: (_moment(e.started), e.name), reverse=True)
 
 

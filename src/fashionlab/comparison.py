@@ -139,8 +139,9 @@ def load_comparison(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[s
     results = folder.read_table("results.csv", dtype={"variant": str})
     summary = summarize(results)
     try:  # the runs, where they still are, say whether they were short
-        tasks = [Task(str(variant), Run(path).config(), Path(path), recipe=Run(path).status().get("recipe"))
-                 for variant, path in zip(results["variant"], results["run_dir"])]
+        runs = [Run(path) for path in results["run_dir"]]
+        tasks = [Task(str(variant), run.config(), run.path, recipe=run.status().get("recipe"))
+                 for variant, run in zip(results["variant"], runs)]
         return results, summary, with_length(conclusion(summary), tasks)
     except (RunError, KeyError, TypeError):
         return results, summary, conclusion(summary)
@@ -451,14 +452,13 @@ def described(tasks: Sequence[Task], command: str | None) -> tuple[dict[str, str
     seeds = sorted({t.config.seed for t in tasks})
     metrics = Run(tasks[0].run_dir).metrics()
     data, name = metrics.get("data"), Run(tasks[0].run_dir).dataset().name
-    from fashionlab.reports import shortened
+    from fashionlab.reports import data_line, shortened
 
     setup = {"command": shortened(command or "not recorded"),
              "runs": f"{len(tasks)}: {len(variants)} variant(s) × {len(seeds)} seed(s) "
                      f"({', '.join(map(str, seeds))})",
              "every run changes": changes_text(common) or "nothing common to all runs",
-             "data": f"{name}: {data['train']:,} training, {data['valid']:,} validation, {data['test']:,} test "
-                     f"images" if data else name}
+             "data": data_line(name, data) if data else name}
     return setup | environment_line(metrics), variants
 
 

@@ -259,6 +259,12 @@ def shortened(text: str, limit: int = SHOWN_COMMAND) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 
+def data_line(dataset: str, data: Mapping[str, Any]) -> str:
+    """The data a run trained on, as its pages say it (metrics.json's `data`)."""
+    return (f"{dataset}: {data.get('train', 0):,} training, {data.get('valid', 0):,} validation, "
+            f"{data.get('test', 0):,} test images")
+
+
 def what_was_run_rows(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, str]:
     """The top of a run's page: the command, its recipe and the settings changed from it, the data,
     the machine and versions."""
@@ -274,10 +280,8 @@ def what_was_run_rows(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> 
         changed = {}
     rows["changed from " + (f"the {recipe} recipe" if recipe else "the tutorial")] = changes_text(changed) or "nothing"
     rows["seed"] = str(config.get("seed", "?"))
-    data = metrics.get("data") or {}
-    if data:
-        rows["data"] = (f"{config.get('dataset', 'fashion-mnist')}: {data.get('train', 0):,} training, "
-                        f"{data.get('valid', 0):,} validation, {data.get('test', 0):,} test images")
+    if metrics.get("data"):
+        rows["data"] = data_line(config.get("dataset", "fashion-mnist"), metrics["data"])
     return rows | environment_line(metrics)
 
 
