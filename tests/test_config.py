@@ -255,3 +255,38 @@ def test_the_memory_refusal_says_both_sizes_in_gib():
 def test_a_config_changed_by_a_large_number_is_named_after_it_exactly():
     assert with_changes(TrainConfig(), {"learning_rate": 1e16}).name == "tutorial-learning_rate-1e16"
     assert with_changes(TrainConfig(), {"learning_rate": 1e-05}).name == "tutorial-learning_rate-1e-05"
+
+
+@pytest.mark.parametrize("config", [
+    TrainConfig(),
+    TrainConfig(model="cnn", filters=8, conv_blocks=2, convs_per_block=2, depth=1, width=64),
+    TrainConfig(model="cnn", filters=5, conv_blocks=3, depth=0),
+])
+def test_forward_flops_are_the_products_the_network_computes(config):
+    """The count from the config against every matrix product in the traced forward pass of the
+    built network (its jaxpr's dot_general operations: 2 x the product of their dimensions)."""
+    import math
+
+    import jax
+
+    from fashionlab.config import forward_flops
+    from fashionlab.model import build_model
+    from fashionlab.preprocessing import Scaler
+
+    model = build_model(config, Scaler(72.9, 90.0))
+    weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+    traced = jax.make_jaxpr(lambda w, x: model.stateless_call(*w, x, training=False)[0])(
+        weights, jax.numpy.zeros((16, 28, 28)))
+
+    def products(jaxpr):
+        for eqn in jaxpr.eqns:
+            for inner in eqn.params.values():  # jitted functions inside: their own jaxprs
+                if hasattr(inner, "eqns") or hasattr(getattr(inner, "jaxpr", None), "eqns"):
+                    yield from products(getattr(inner, "jaxpr", inner))
+            if eqn.primitive.name == "dot_general":
+                (contracting, _), _ = eqn.params["dimension_numbers"]
+                left, right = (v.aval.shape for v in eqn.invars)
+                yield 2 * math.prod(left) * math.prod(right) // math.prod(left[d] for d in contracting)
+
+    counted = sum(products(traced.jaxpr)) // 16
+    assert forward_flops(config) == counted

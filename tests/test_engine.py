@@ -296,9 +296,9 @@ class DrawSpy:
             monkeypatch.setattr(jax.random, name, self._recording(name, getattr(jax.random, name)))
         real_augment = engine.augment
 
-        def augment(key, images, augmentation):
+        def augment(key, images, augmentation, flipped=None):
             self.keys.append(("augment", self.data(key)))
-            out = real_augment(key, images, augmentation)
+            out = real_augment(key, images, augmentation, flipped)
             self.augmented.append(np.asarray(out))
             return out
 
@@ -403,3 +403,74 @@ def test_smoothed_targets_have_as_many_classes_as_the_model():
                              shuffle=False, verbose=0)
     assert_same_state(with_keras, compiled, rtol=1e-4, atol=1e-5)
     assert ch.history["loss"][0] == pytest.approx(kh.history["loss"][0], rel=1e-4)
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch(monkeypatch):
+    """With flip_alternate each image is mirrored by its own coin in epoch 0, the other way in
+    epoch 1, as in epoch 0 again in epoch 2, wherever it falls in a batch; about half at a time."""
+    x_train, y_train, _, _ = synthetic_split(64)
+    x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train, jnp.int32)
+    keras.utils.set_random_seed(0)
+    model = build_model(TINY.replace(batch_norm="none"), fit_scaler(x_train))
+    trainer = engine.CompiledTrainer(model, 64, engine.Augmentation(flip=True, flip_alternate=True))
+    keys = engine.step_keys(jax.random.key(9))
+    real_augment, seen_by_step = engine.augment, []
+
+    def augment(*args):
+        seen_by_step.append(np.asarray(real_augment(*args)))
+        return seen_by_step[-1]
+
+    monkeypatch.setattr(engine, "augment", augment)
+    mirrored = {}
+    for epoch, order in ((0, np.arange(64)), (1, np.arange(64)[::-1]), (2, np.roll(np.arange(64), 5))):
+        trainer._indexed_step(trainer.read_state(), x_all, y_all, jnp.asarray(order), keys, epoch, 3)  # eagerly
+        seen = seen_by_step[-1]
+        mirrored[epoch] = np.zeros(64, bool)
+        for position, index in enumerate(order):
+            flipped = np.array_equal(seen[position], x_train[index][:, ::-1])
+            assert flipped or np.array_equal(seen[position], x_train[index])
+            mirrored[epoch][index] = flipped
+    assert 16 < mirrored[0].sum() < 48
+    assert np.array_equal(mirrored[1], ~mirrored[0]) and np.array_equal(mirrored[2], mirrored[0])
+
+
+def test_bn_lr_scale_multiplies_the_steps_of_batch_norms_scale_and_offset_alone():
+    """Plain SGD, one step: BN's gamma and beta move bn_lr_scale times as far; every other weight
+    (and the BN statistics) as without it."""
+    config = TINY.replace(batch_norm="before")
+    x_train, y_train, _, _ = synthetic_split(32)
+    x, y = jnp.asarray(x_train, jnp.float32), jnp.asarray(y_train, jnp.int32)
+    plain_model, scaled_model = twin_models(config, x_train)
+    start = [np.asarray(v.value) for v in plain_model.trainable_variables]
+    moved = []
+    for model, scale in ((plain_model, 1.0), (scaled_model, 4.0)):
+        trainer = engine.CompiledTrainer(model, 32, bn_lr_scale=scale)
+        state = trainer._step(trainer.read_state(), x, y, jax.random.key(0))
+        moved.append([np.asarray(after) - before for after, before in zip(state.trainable, start)])
+    paths = [v.path for v in plain_model.trainable_variables]
+    assert sum("batch_normalization" in p for p in paths) == 4  # two BN layers: gamma and beta each
+    for path, plain, scaled in zip(paths, *moved):
+        factor = 4.0 if "batch_normalization" in path else 1.0
+        assert np.abs(plain).max() > 0, path
+        np.testing.assert_allclose(scaled, factor * plain, rtol=1e-3, atol=1e-6, err_msg=path)  # gamma ~ 1: ulps
+
+
+def test_with_a_moving_average_validation_reads_the_average_and_training_is_unchanged():
+    config = TINY.replace(batch_norm="none")
+    x_train, y_train, x_valid, y_valid = synthetic_split(128)
+    plain_model, = twin_models(config, x_train)[:1]
+    keras.utils.set_random_seed(config.seed)
+    averaged = build_model(config.replace(ema=0.9), fit_scaler(x_train), steps_per_epoch=4)
+    averaged.set_weights(plain_model.get_weights())
+    runs = [engine.fit_compiled(model, x_train, y_train, x_valid, y_valid, batch_size=32, epochs=2, seed=1,
+                                verbose=0).history for model in (plain_model, averaged)]
+    assert runs[1]["loss"] == pytest.approx(runs[0]["loss"], rel=1e-6)  # the average does not train
+    for variable, raw in zip(averaged.trainable_variables, plain_model.trainable_variables):
+        np.testing.assert_allclose(np.asarray(variable.value), np.asarray(raw.value), rtol=1e-6, atol=1e-7)
+    averages = [np.asarray(averaged.optimizer.variables[i].value) for i in engine.average_slots(averaged)]
+    assert not all(np.allclose(a, np.asarray(v.value)) for a, v in zip(averages, averaged.trainable_variables))
+    averaged.set_weights(averages + [np.asarray(v.value) for v in averaged.non_trainable_variables])
+    loss, accuracy = averaged.evaluate(x_valid.astype("float32"), y_valid, verbose=0)[:2]
+    assert runs[1]["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+    assert runs[1]["val_loss"][-1] == pytest.approx(loss, rel=1e-4)
+    assert runs[1]["val_loss"][-1] != pytest.approx(runs[0]["val_loss"][-1], rel=1e-4)

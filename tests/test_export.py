@@ -122,3 +122,19 @@ def test_a_run_of_another_data_set_is_exported_with_its_classes_and_checked_on_i
     assert model.metadata["config"]["dataset"] == "seven"  # named, not located: the file may be shared
     assert str(tmp_path) not in json.dumps(model.metadata)
     assert "(N, 7) of zero, one, two" in onnx.load(result["out"]).doc_string
+
+
+def test_a_model_with_test_time_views_exports_them_and_agrees(tmp_path, synthetic):
+    """The ONNX file averages the same six views of each image as the Keras model (the export's own
+    check, and here on the test images), so its answers are not the single view's."""
+    run = train(TINY_CNN.replace(tta="mirror-shift", augment_flip=True), tmp_path / "tta", data=synthetic, verbose=0)
+    result = export.export(run.run.path, out=tmp_path / "tta.onnx", data=synthetic)
+    assert result["check"]["top1_differences"] == 0
+    x = synthetic.test_images()
+    probabilities = OnnxModel(tmp_path / "tta.onnx").predict(x)
+    np.testing.assert_allclose(probabilities, predict_proba(run.model, x), atol=1e-5)
+    single = run.model.layers[1:-1]  # the network between the views and their mean
+    import keras
+
+    alone = np.asarray(keras.Sequential([keras.Input((28, 28)), *single])(x.astype("float32")))
+    assert np.abs(probabilities - alone).max() > 1e-3

@@ -6,6 +6,7 @@ import zipfile
 
 import keras
 import numpy as np
+import pytest
 
 from fashionlab.config import TrainConfig
 from fashionlab.layers import BlockMaxPool2D, PatchConv2D, portable
@@ -43,3 +44,40 @@ def test_loading_a_model_file_imports_the_layers_not_the_model_builder(tmp_path)
             "print(type(m.layers[1]).__name__, 'fashionlab.model' in sys.modules, 'fashionlab.config' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["PatchConv2D", "False", "False"], done.stderr
+
+
+def numpy_view(images: np.ndarray, shift: int, mirror: bool) -> np.ndarray:
+    """Images shifted `shift` pixels down and right (black where uncovered), then maybe mirrored."""
+    out = np.zeros_like(images)
+    s = abs(shift)
+    if shift > 0:
+        out[:, s:, s:] = images[:, :-s, :-s]
+    elif shift < 0:
+        out[:, :-s, :-s] = images[:, s:, s:]
+    else:
+        out = images.copy()
+    return out[:, :, ::-1] if mirror else out
+
+
+@pytest.mark.parametrize("tta, views", [
+    ("mirror", [(0, False, 0.5), (0, True, 0.5)]),
+    ("mirror-shift", [(0, False, 0.25), (0, True, 0.25), (1, False, 0.125), (1, True, 0.125),
+                      (-1, False, 0.125), (-1, True, 0.125)]),
+])
+def test_test_time_augmentation_averages_each_images_views_and_training_sees_the_image(tta, views, tmp_path):
+    """Inference: the weighted mean of the network's probabilities on each view, computed here with
+    numpy shifts and mirrors; training: the network alone. The saved file keeps both layers."""
+    config = TrainConfig(model="cnn", filters=3, conv_blocks=1, depth=1, width=8)
+    plain, augmented = (build_model(config.replace(tta=choice), Scaler(72.9, 90.0)) for choice in ("none", tta))
+    augmented.set_weights(plain.get_weights())
+    x = np.random.default_rng(1).integers(0, 256, (5, 28, 28)).astype("float32")
+    expected = sum(weight * np.asarray(plain(numpy_view(x, shift, mirror))) for shift, mirror, weight in views)
+    got = np.asarray(augmented(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, np.asarray(plain(x)), atol=1e-4)  # the views count
+    np.testing.assert_allclose(np.asarray(augmented(x, training=True)), np.asarray(plain(x, training=True)),
+                               rtol=1e-5, atol=1e-6)
+    portable(augmented).save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    # (training moved the BN statistics of both: compare with the model as it is now)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(augmented(x)), rtol=1e-5, atol=1e-6)

@@ -13,8 +13,10 @@ from PIL import Image
 from fashionlab import CLASS_NAMES
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, DataError, Interrupted, RunError
+from fashionlab.evaluation import predict_proba
 from fashionlab.interrupts import StopRequest, stop_when
 from fashionlab.model import build_model
+from fashionlab.modelfiles import load_model_file
 from fashionlab.preprocessing import fit_scaler
 from fashionlab.rundir import Run
 from fashionlab.training import RunRecorder, resume, seconds_to_accuracy, train
@@ -369,3 +371,46 @@ def test_in_logs_and_pipes_a_line_comes_within_each_epoch(tmp_path, synthetic, m
     train(TINY.replace(epochs=1, batch_size=16), tmp_path / "quick", data=synthetic)
     quick = capsys.readouterr().out.splitlines()
     assert quick and not [line for line in quick if line.startswith("epoch ")]  # shorter than the interval
+
+
+# The speedrun's techniques all on: SGD with Nesterov momentum and BN at 4 x the learning rate, a
+# moving average of the weights, test-time views, alternating flips, shifts, label smoothing.
+SPEEDRUN = TINY.replace(name="speedrun", model="cnn", filters=4, conv_blocks=1, depth=1, width=16,
+                        batch_norm="before", momentum=0.9, bn_lr_scale=4.0, ema=0.9, tta="mirror-shift",
+                        augment_shift=1, augment_flip=True, augment_flip_alternate=True, label_smoothing=0.1,
+                        schedule="one_cycle", learning_rate=0.05, epochs=4)
+
+
+def saved_weights(path):
+    return load_model_file(path / "model.keras").get_weights()
+
+
+def test_a_stopped_run_with_every_speedrun_technique_resumes_to_the_uninterrupted_run(tmp_path, synthetic):
+    whole = train(SPEEDRUN, tmp_path / "whole", data=synthetic, verbose=0)
+    stop_when(FileWritten(tmp_path / "stopped" / "checkpoint-epoch2.keras"))
+    try:
+        with pytest.raises(Interrupted, match="after 2 finished epoch"):
+            train(SPEEDRUN, tmp_path / "stopped", data=synthetic, verbose=0)
+    finally:
+        stop_when()
+    resumed = resume(tmp_path / "stopped", data=synthetic, verbose=0)
+    columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    pd.testing.assert_frame_equal(resumed.history[columns], whole.history[columns], rtol=1e-6)
+    for a, b in zip(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "stopped")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert resumed.metrics["test_accuracy"] == pytest.approx(whole.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_a_moving_average_is_what_the_run_validates_tests_and_saves(tmp_path, synthetic):
+    """The average trains nothing (the same losses as without it) but is the model kept: model.keras
+    holds it, not the last weights, and the test figures are its own."""
+    plain = train(SPEEDRUN.replace(ema=0.0, tta="none"), tmp_path / "plain", data=synthetic, verbose=0)
+    averaged = train(SPEEDRUN.replace(ema=0.9, tta="none"), tmp_path / "averaged", data=synthetic, verbose=0)
+    assert list(averaged.history["loss"]) == pytest.approx(list(plain.history["loss"]), rel=1e-6)
+    assert list(averaged.history["val_loss"]) != pytest.approx(list(plain.history["val_loss"]), rel=1e-4)
+    model = load_model_file(tmp_path / "averaged" / "model.keras")
+    kept, last = model.get_weights(), saved_weights(tmp_path / "plain")
+    assert not all(np.allclose(a, b) for a, b in zip(kept, last))
+    x_test, y_test = synthetic.test_images(), synthetic.arrays()["t10k-labels-idx1-ubyte"]
+    accuracy = float(np.mean(predict_proba(model, x_test).argmax(axis=1) == y_test))
+    assert averaged.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-9)

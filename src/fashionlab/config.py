@@ -33,6 +33,7 @@ Optimizer = Literal["sgd", "adam", "rmsprop", "nadam", "adamw"]
 Engine = Literal["auto", "compiled", "keras"]
 Family = Literal["mlp", "cnn"]
 Schedule = Literal["constant", "cosine", "one_cycle"]
+TestTime = Literal["none", "mirror", "mirror-shift"]
 
 # A name becomes part of file names, plot titles, CSV cells and terminal lines: letters (any
 # script), digits, "_", "-" and "." only, so that none of them can read it as anything else.
@@ -93,6 +94,15 @@ class TrainConfig:
     augment_shift: int = opt(0, "shift each training image by up to N pixels, a new draw every step", minimum=0,
                              maximum=8)
     augment_flip: bool = opt(False, "flip half the training images left-right, a new draw every step")
+    augment_flip_alternate: bool = opt(False, "with augment_flip: mirror each image in every other epoch (a random "
+                                              "half in the first) instead of by a new draw every step")
+    ema: float = opt(0.0, "keep an exponential moving average of the weights (this momentum per step, e.g. 0.999); "
+                          "validate, test and save it instead of the last weights; 0 = off", minimum=0,
+                     maximum=0.99999)
+    tta: TestTime = opt("none", "test-time augmentation: average the probabilities of each image and its mirror "
+                                "image (mirror), and of both shifted 1 pixel down-right and up-left (mirror-shift)")
+    bn_lr_scale: float = opt(1.0, "sgd: BatchNormalization's scale and offset learn at this multiple of the "
+                                  "learning rate", above=0, maximum=1000)
     batch_size: int = opt(32, "images per step (Keras' fit default)", minimum=1, maximum=10**7)
     epochs: int = opt(10, "passes over the training set", minimum=1, maximum=100_000)
     early_stopping: int = opt(0, "stop after N epochs without a better validation accuracy and keep the best "
@@ -129,6 +139,13 @@ def combination_problem(config: TrainConfig) -> str | None:
         return f"momentum is for optimizer sgd; {config.optimizer} keeps its own moments (set momentum to 0)"
     if config.warmup_epochs >= config.epochs:
         return f"warmup_epochs ({config.warmup_epochs:g}) must be fewer than epochs ({config.epochs})"
+    if config.augment_flip_alternate and not config.augment_flip:
+        return "augment_flip_alternate says how augment_flip mirrors; set augment_flip = true too"
+    if config.bn_lr_scale != 1 and config.optimizer != "sgd":
+        return (f"bn_lr_scale is for optimizer sgd: {config.optimizer} divides each step by the gradient's size, "
+                f"which a scale does not change (set bn_lr_scale to 1)")
+    if config.bn_lr_scale != 1 and config.batch_norm == "none":
+        return "bn_lr_scale scales BatchNormalization's learning rate, and batch_norm is none"
     if config.model == "mlp" and config.depth == 0 and (config.dropout or config.alpha_dropout):
         return "a network of depth 0 has no hidden layer to apply dropout to"
     return None
@@ -294,12 +311,40 @@ def parameter_estimate(config: TrainConfig, classes: int = 10) -> int:
     return total + features * classes + classes
 
 
+TTA_VIEW_COUNT = {"none": 1, "mirror": 2, "mirror-shift": 6}
+
+
+def forward_flops(config: TrainConfig, classes: int = 10) -> int:
+    """Floating-point operations (a multiply-add counts 2) of the network's weighted layers on one
+    view of one image: each convolution's and each Dense layer's products. Biases, normalization,
+    activations and pooling add well under 1 % and are left out, as FLOP counts usually do."""
+    features, total = 28 * 28, 0
+    if config.model == "cnn":
+        before = 1
+        for channels, size in zip(conv_channels(config), _conv_sizes(config)[1]):
+            total += size * 9 * before  # each output value: a 3 x 3 x channels-in product
+            before = channels
+        features = _conv_sizes(config)[0]
+    for _ in range(config.depth):
+        total += features * config.width
+        features = config.width
+    return 2 * (total + features * classes)
+
+
+def run_flops(config: TrainConfig, train_images: int, valid_images: int, test_images: int, classes: int = 10) -> int:
+    """A whole run's arithmetic: each epoch's training (a backward pass costs twice the forward
+    one) and validation, then the test set, every prediction over the test-time views."""
+    forward, views = forward_flops(config, classes), TTA_VIEW_COUNT[config.tta]
+    per_epoch = 3 * forward * train_images + views * forward * valid_images
+    return config.epochs * per_epoch + views * forward * test_images
+
+
 def training_bytes(config: TrainConfig, train_images: int) -> int:
     """About how much memory training `config` on `train_images` images takes: weights, their
     gradients, optimizer state and a compiled copy, the activations of a batch (kept for the
     backward pass), and the images on the device. Within a factor of two or so; used to refuse
     networks that cannot fit before building them."""
-    slots = OPTIMIZER_SLOTS[config.optimizer] + (1 if config.momentum else 0)
+    slots = OPTIMIZER_SLOTS[config.optimizer] + (1 if config.momentum else 0) + (1 if config.ema else 0)
     weights = 4 * parameter_estimate(config) * (3 + slots)
     units = config.width * config.depth + (sum(_conv_sizes(config)[1]) if config.model == "cnn" else 0)
     activations = 4 * 4 * max(config.batch_size, 1000) * units

@@ -37,6 +37,83 @@ class BlockMaxPool2D(keras.layers.MaxPooling2D):
         return keras.ops.max(blocks, axis=(2, 4))
 
 
+# Test-time augmentation: the views of each image whose class probabilities are averaged, and
+# their weights (airbench's): the image and its mirror image; with "mirror-shift" also both of
+# them shifted one pixel down-right and up-left (the uncovered border black), at half the weight.
+TTA_VIEWS: dict[str, tuple[tuple[int, bool, float], ...]] = {
+    "mirror": ((0, False, 0.5), (0, True, 0.5)),
+    "mirror-shift": ((0, False, 0.25), (0, True, 0.25), (1, False, 0.125), (1, True, 0.125),
+                     (-1, False, 0.125), (-1, True, 0.125)),
+}
+
+
+def _view_matrices(shift: int, mirror: bool):
+    """(left, right) 28 x 28 matrices with left @ image @ right = the image shifted by `shift`
+    pixels down and right (black where uncovered), then mirrored left-right if `mirror`: a view
+    is two matrix products, which every backend and ONNX compute alike."""
+    import numpy as np
+
+    left = np.eye(28, k=-shift, dtype=np.float32)  # (left @ image)[i] = image[i - shift]
+    right = np.eye(28, k=shift, dtype=np.float32)  # (image @ right)[:, j] = image[:, j - shift]
+    return left, right[:, ::-1].copy() if mirror else right
+
+
+@keras.saving.register_keras_serializable(package="fashionlab")
+class TestTimeViews(keras.layers.Layer):
+    """Training: the images as they are. Inference: each 28 x 28 image's views (`TTA_VIEWS[views]`),
+    one after another along the batch axis, for `TestTimeMean` to average."""
+
+    def __init__(self, views: str, **kwargs):
+        super().__init__(**kwargs)
+        if views not in TTA_VIEWS:
+            raise ValueError(f"unknown test-time views {views!r}; choose from {', '.join(TTA_VIEWS)}")
+        self.views = views
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        seen = []
+        for shift, mirror, _ in TTA_VIEWS[self.views]:
+            left, right = _view_matrices(shift, mirror)
+            seen.append(keras.ops.matmul(keras.ops.matmul(left, inputs), right))
+        # image by image: (batch, views, 28, 28) -> (batch x views, 28, 28)
+        return keras.ops.reshape(keras.ops.stack(seen, axis=1), (-1, *inputs.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="fashionlab")
+class TestTimeMean(keras.layers.Layer):
+    """Training: the probabilities as they are. Inference: the weighted mean of each image's
+    views' probabilities (the batch `TestTimeViews` stacked), one row per image again."""
+
+    def __init__(self, views: str, **kwargs):
+        super().__init__(**kwargs)
+        if views not in TTA_VIEWS:
+            raise ValueError(f"unknown test-time views {views!r}; choose from {', '.join(TTA_VIEWS)}")
+        self.views = views
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        views = TTA_VIEWS[self.views]
+        weights = keras.ops.convert_to_tensor([[w for *_, w in views]], dtype=inputs.dtype)
+        classes = inputs.shape[-1]
+        # (batch x views, classes) -> (batch, views, classes) -> weights @ each -> (batch, classes)
+        stacked = keras.ops.reshape(inputs, (-1, len(views), classes))
+        return keras.ops.reshape(keras.ops.matmul(weights, stacked), (-1, classes))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
 TRAINING_LAYERS = {PatchConv2D: keras.layers.Conv2D, BlockMaxPool2D: keras.layers.MaxPooling2D}
 
 

@@ -13,7 +13,7 @@ import math
 import keras
 
 from fashionlab.config import TrainConfig, conv_channels
-from fashionlab.layers import BlockMaxPool2D, PatchConv2D
+from fashionlab.layers import BlockMaxPool2D, PatchConv2D, TestTimeMean, TestTimeViews
 from fashionlab.preprocessing import Scaler, scaling_layer
 
 
@@ -42,6 +42,8 @@ def build_network(config: TrainConfig, scaler: Scaler | None = None, *, classes:
     filters double from block to block. Dropout follows each conv block and each Dense block.
     """
     layers: list[keras.layers.Layer] = [keras.Input(shape=(28, 28), name="pixels")]
+    if config.tta != "none":
+        layers.append(TestTimeViews(config.tta, name="test_time_views"))
     if scaler is not None and config.scale_inputs:
         layers.append(scaling_layer(scaler))
     if config.model == "cnn":
@@ -56,6 +58,8 @@ def build_network(config: TrainConfig, scaler: Scaler | None = None, *, classes:
     for _ in range(config.depth):
         layers += hidden_block(keras.layers.Dense, config.width, config) + _dropout(config)
     layers.append(keras.layers.Dense(classes, activation="softmax", name="classes"))
+    if config.tta != "none":
+        layers.append(TestTimeMean(config.tta, name="test_time_mean"))
     return keras.Sequential(layers, name=f"fashionlab_{config.model}")
 
 
@@ -81,6 +85,8 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
         options["weight_decay"] = config.weight_decay
     if config.momentum:
         options.update(momentum=config.momentum, nesterov=True)
+    if config.ema:  # the average is optimizer state: checkpoints keep it, a resumed run continues it
+        options.update(use_ema=True, ema_momentum=config.ema)
     return keras.optimizers.get({"class_name": config.optimizer, "config": options})
 
 

@@ -128,6 +128,9 @@ def check_engine(config: TrainConfig) -> str:
     if engine == "keras" and (config.augment_shift or config.augment_flip):
         raise ConfigError("augment_shift and augment_flip run inside the compiled engine; use engine 'compiled' "
                           "(or 'auto') on the JAX backend, or turn augmentation off")
+    if engine == "keras" and config.bn_lr_scale != 1:
+        raise ConfigError("bn_lr_scale runs inside the compiled engine; use engine 'compiled' (or 'auto') on the "
+                          "JAX backend, or set bn_lr_scale to 1")
     return engine
 
 
@@ -285,6 +288,26 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
     return _finish(run, config, splits, model, history=recorder.frame(), data=data, stop=stop, called=called)
 
 
+def _kept_weights(run: Run, model: keras.Model, kept: int, epochs_done: int, *, averaged: bool) -> list:
+    """The weights of epoch `kept` (early stopping keeps the best epoch's; its checkpoint has them),
+    their moving average if `averaged`."""
+    if kept == epochs_done:
+        return final_weights(model)
+    checkpoint = run.checkpoints().get(kept)
+    if checkpoint is None:
+        raise run.damaged(f"{CHECKPOINT_PREFIX}{kept}.keras", "the best epoch's checkpoint is missing")
+    return final_weights(load_model_file(checkpoint, compile=averaged))
+
+
+def final_weights(model: keras.Model) -> list:
+    """The weights a run keeps: the optimizer's moving average of them where it keeps one (`ema`),
+    with the BN statistics as trained; else the weights as trained."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "use_ema", False):
+        optimizer.finalize_variable_values(model.trainable_variables)
+    return model.get_weights()
+
+
 def _stop_point(run: Run, stop: StopRequest, epochs_done: int) -> None:
     """A safe point: stop here if asked to, the run resumable from what is written."""
     if stop.requested:
@@ -327,7 +350,9 @@ def _fit(model: keras.Model, config: TrainConfig, splits: Splits, *, callbacks: 
 
         fit_compiled(model, splits.x_train, splits.y_train, splits.x_valid, splits.y_valid,
                      batch_size=config.batch_size, epochs=config.epochs, seed=config.seed, shuffle=config.shuffle,
-                     initial_epoch=initial_epoch, augmentation=Augmentation(config.augment_shift, config.augment_flip),
+                     initial_epoch=initial_epoch, bn_lr_scale=config.bn_lr_scale,
+                     augmentation=Augmentation(config.augment_shift, config.augment_flip,
+                                               config.augment_flip_alternate),
                      callbacks=callbacks, verbose=verbose)
     else:
         def targets(y: np.ndarray) -> np.ndarray:
@@ -360,11 +385,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     _stop_point(run, stop, epochs_done)  # before anything reads the history: it is empty if stopped in epoch 1
     best = best_epoch(history.to_dict("records"))
     kept = best if config.early_stopping else epochs_done
-    if kept != epochs_done:  # early stopping keeps the best epoch's weights
-        checkpoint = run.checkpoints().get(kept)
-        if checkpoint is None:
-            raise run.damaged(f"{CHECKPOINT_PREFIX}{kept}.keras", "the best epoch's checkpoint is missing")
-        model.set_weights(load_model_file(checkpoint).get_weights())
+    model.set_weights(_kept_weights(run, model, kept, epochs_done, averaged=bool(config.ema)))
     run.save_model(portable(model))
     _stop_point(run, stop, epochs_done)
     status = run.status()
