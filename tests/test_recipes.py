@@ -23,14 +23,14 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "FOLDER", tmp_path)
     (tmp_path / "quick.toml").write_text(
         'description = "a quick one"\n[train]\nepochs = 2\n[measured]\ntest_accuracy_mean = 0.861\n'
-        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseeds = 3\ndataset = "mnist"\n'
+        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseconds_cold = 9.6\nseeds = 3\ndataset = "mnist"\n'
         'machine = "2-core test CPU"\ncommand = "fashionlab compare --variants quick"\n')
     (tmp_path / "fresh.toml").write_text('description = "not yet run"\n[train]\ndepth = 3\n')
     gpu = ('test_accuracy_mean = 0.95\ntest_accuracy_std = 0.001\ntest_accuracy_worst = 0.949\nseconds = 31\n'
            'seeds = 3\ndataset = "fashion-mnist"\nmachine = "one test GPU"\ncommand = "benchmarks/gpu.sh"\n')
     (tmp_path / "big.toml").write_text(f'description = "for a GPU"\n[train]\ndepth = 2\n[measured_gpu]\n{gpu}')
     text = recipes.listing()
-    assert re.search(r"\nquick +0.8610 ± 0.0020 \(worst 0.8580, 3 seeds\) +4 s +a quick one\n", text)
+    assert re.search(r"\nquick +0.8610 ± 0.0020 \(worst 0.8580, 3 seeds\) +4.2 s \(10 s cold\) +a quick one\n", text)
     assert re.search(r"\nfresh +not measured yet +not yet run\n", text)
     assert re.search(r"\nbig +not measured on the CPU +0.9500 in 31 s +for a GPU\n", text)
     assert text.index("\nquick") < text.index("\nbig") < text.index("\nfresh")  # measured ones first

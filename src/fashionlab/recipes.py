@@ -11,7 +11,7 @@ was measured on. A recipe trains on any data set: `dataset` is not one of its ke
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from fashionlab.config import RECIPE_TABLES, TrainConfig, from_dict
 from fashionlab.datasets import BUILT_IN
@@ -28,6 +28,7 @@ class Measured(TypedDict):  # (no `from __future__ import annotations` here: it 
     test_accuracy_std: Fraction
     test_accuracy_worst: Fraction
     seconds: Seconds  # mean wall time of one `train` call, compilation included
+    seconds_cold: NotRequired[Seconds]  # the `train` command, process start included, compile cache empty
     seeds: Annotated[int, Range(1, 1000)]
     dataset: Literal[tuple(BUILT_IN)]  # the data set measured on; a recipe trains on any (`--dataset`)
     machine: str
@@ -140,7 +141,9 @@ def listing() -> str:
         else:
             accuracy = (f"{m['test_accuracy_mean']:.4f} ± {m['test_accuracy_std']:.4f} "
                         f"(worst {m['test_accuracy_worst']:.4f}, {m['seeds']} seeds)")
-            seconds = f"{m['seconds']:.0f} s"
+            seconds = f"{m['seconds']:.0f} s" if m["seconds"] >= 10 else f"{m['seconds']:.1f} s"
+            if "seconds_cold" in m:
+                seconds += f" ({m['seconds_cold']:.0f} s cold)"
         gpu = recipe.measured_gpu
         on_gpu = f"{gpu['test_accuracy_mean']:.4f} in {gpu['seconds']:.0f} s" if gpu else ""
         rows.append((recipe.name, accuracy, seconds, on_gpu, recipe.description))
