@@ -131,6 +131,7 @@ def test_networks_larger_than_free_memory_are_refused():
     {}, {"batch_norm": "none"}, {"batch_norm": "before", "depth": 3, "width": 7},
     {"model": "cnn", "filters": 4, "conv_blocks": 3, "convs_per_block": 2, "depth": 1, "width": 16},
     {"model": "cnn", "filters": 4, "conv_blocks": 1, "convs_per_block": 1, "depth": 1, "width": 16},
+    {"model": "cnn", "filters": 4, "conv_blocks": 3, "depth": 1, "width": 16, "whiten": True},  # 27 -> 13 -> 6 -> 3
 ])
 def test_the_parameter_estimate_is_the_built_networks_count(values):
     from fashionlab.model import build_model, parameter_counts
@@ -261,6 +262,7 @@ def test_a_config_changed_by_a_large_number_is_named_after_it_exactly():
     TrainConfig(),
     TrainConfig(model="cnn", filters=8, conv_blocks=2, convs_per_block=2, depth=1, width=64),
     TrainConfig(model="cnn", filters=5, conv_blocks=3, depth=0),
+    TrainConfig(model="cnn", filters=6, conv_blocks=2, depth=1, width=32, whiten=True),
 ])
 def test_forward_flops_are_the_products_the_network_computes(config):
     """The count from the config against every matrix product in the traced forward pass of the

@@ -124,10 +124,12 @@ def test_a_run_of_another_data_set_is_exported_with_its_classes_and_checked_on_i
     assert "(N, 7) of zero, one, two" in onnx.load(result["out"]).doc_string
 
 
-def test_a_model_with_test_time_views_exports_them_and_agrees(tmp_path, synthetic):
+def test_a_model_with_test_time_views_and_whitening_exports_them_and_agrees(tmp_path, synthetic):
     """The ONNX file averages the same six views of each image as the Keras model (the export's own
-    check, and here on the test images), so its answers are not the single view's."""
-    run = train(TINY_CNN.replace(tta="mirror-shift", augment_flip=True), tmp_path / "tta", data=synthetic, verbose=0)
+    check, and here on the test images), so its answers are not the single view's; the whitening
+    layer (a 2 x 2 'valid' convolution) converts too."""
+    config = TINY_CNN.replace(tta="mirror-shift", augment_flip=True, whiten=True)
+    run = train(config, tmp_path / "tta", data=synthetic, verbose=0)
     result = export.export(run.run.path, out=tmp_path / "tta.onnx", data=synthetic)
     assert result["check"]["top1_differences"] == 0
     x = synthetic.test_images()

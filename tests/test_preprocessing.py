@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from fashionlab.preprocessing import Scaler, fit_scaler, scaler_of, scaling_layer
+from fashionlab.preprocessing import Scaler, fit_scaler, patch_whitening, scaler_of, scaling_layer
 
 
 def test_scaler_is_one_mean_and_std_over_all_pixels():
@@ -41,3 +41,20 @@ def test_tutorial_scaled_range(real_data):
     scaled = fit_scaler(splits.x_train).transform(splits.x_train)
     assert float(scaled.max()) == pytest.approx(2.0231433, abs=1e-6)
     assert float(scaled.min()) == pytest.approx(-0.8105136, abs=1e-6)
+
+
+def test_patch_whitening_makes_the_training_patches_uncorrelated_with_unit_variance():
+    """The kernel's first four filters applied to every 2 x 2 patch of the (standardized) images
+    give features of covariance ~ identity; the other four are their negatives."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(100, 40, (300, 28, 28))
+    images = np.clip(base + np.roll(base, 1, axis=2) + 0.5 * np.roll(base, 1, axis=1), 0, 255).astype(np.uint8)
+    scaler = fit_scaler(images)
+    kernel = patch_whitening(images, scaler)
+    assert kernel.shape == (2, 2, 1, 8) and kernel.dtype == np.float32
+    np.testing.assert_allclose(kernel[..., 4:], -kernel[..., :4])
+    x = (images.astype(np.float64) - scaler.mean) / scaler.std
+    patches = np.stack([x[:, i:27 + i, j:27 + j] for i in range(2) for j in range(2)], axis=-1).reshape(-1, 4)
+    features = patches @ kernel[..., :4].reshape(4, 4).astype(np.float64)
+    np.testing.assert_allclose(np.cov(features, rowvar=False), np.eye(4), atol=0.02)
+    assert not np.allclose(np.cov(patches, rowvar=False), np.eye(4), atol=0.1)  # they were correlated

@@ -23,7 +23,8 @@ def test_measured_figures_are_checked_and_listed(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "FOLDER", tmp_path)
     (tmp_path / "quick.toml").write_text(
         'description = "a quick one"\n[train]\nepochs = 2\n[measured]\ntest_accuracy_mean = 0.861\n'
-        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseconds_cold = 9.6\nseeds = 3\ndataset = "mnist"\n'
+        'test_accuracy_std = 0.002\ntest_accuracy_worst = 0.858\nseconds = 4.2\nseconds_cold = 9.6\nseeds = 3\n'
+        'dataset = "mnist"\n'
         'machine = "2-core test CPU"\ncommand = "fashionlab compare --variants quick"\n')
     (tmp_path / "fresh.toml").write_text('description = "not yet run"\n[train]\ndepth = 3\n')
     gpu = ('test_accuracy_mean = 0.95\ntest_accuracy_std = 0.001\ntest_accuracy_worst = 0.949\nseconds = 31\n'

@@ -80,6 +80,8 @@ class TrainConfig:
                            maximum=4)
     convs_per_block: int = opt(1, "cnn: 3x3 convolutions (each with BN and activation) per block", minimum=1,
                                maximum=4)
+    whiten: bool = opt(False, "cnn: a frozen first layer whitening 2x2 patches (8 filters, computed from the "
+                              "training images), then the activation")
     scale_inputs: bool = opt(True, "standardize pixels with the training set's mean and std")
     optimizer: Optimizer = opt("sgd", "the tutorial compiles with optimizer='sgd'")
     learning_rate: float = opt(0.01, "learning rate (Keras' SGD default); the peak of a schedule", above=0)
@@ -139,6 +141,8 @@ def combination_problem(config: TrainConfig) -> str | None:
         return f"momentum is for optimizer sgd; {config.optimizer} keeps its own moments (set momentum to 0)"
     if config.warmup_epochs >= config.epochs:
         return f"warmup_epochs ({config.warmup_epochs:g}) must be fewer than epochs ({config.epochs})"
+    if config.whiten and config.model != "cnn":
+        return "whiten is a cnn's first layer; set model = \"cnn\" or whiten = false"
     if config.augment_flip_alternate and not config.augment_flip:
         return "augment_flip_alternate says how augment_flip mirrors; set augment_flip = true too"
     if config.bn_lr_scale != 1 and config.optimizer != "sgd":
@@ -286,9 +290,12 @@ def conv_channels(config: TrainConfig) -> list[int]:
     return [config.filters * 2**block for block in range(config.conv_blocks) for _ in range(config.convs_per_block)]
 
 
+WHITENED = 8  # channels out of the whitening layer: 4 patch directions and their negatives
+
+
 def _conv_sizes(config: TrainConfig) -> tuple[int, list[int]]:
     """A cnn's flattened feature count, and each convolution's output size per image (H x W x C)."""
-    sizes, side = [], 28
+    sizes, side = [], 27 if config.whiten else 28  # whitening's 2 x 2 'valid' patches: 27 x 27
     for block in range(config.conv_blocks):
         sizes += [side * side * config.filters * 2**block] * config.convs_per_block
         side //= 2
@@ -300,7 +307,8 @@ def parameter_estimate(config: TrainConfig, classes: int = 10) -> int:
     norm = 4 if config.batch_norm != "none" else 0  # gamma, beta, moving mean and variance per unit
     features, total = 28 * 28, 0
     if config.model == "cnn":
-        before = 1
+        before = WHITENED if config.whiten else 1
+        total += 4 * WHITENED if config.whiten else 0
         for channels in conv_channels(config):
             total += 9 * before * channels + channels + norm * channels
             before = channels
@@ -320,7 +328,8 @@ def forward_flops(config: TrainConfig, classes: int = 10) -> int:
     activations and pooling add well under 1 % and are left out, as FLOP counts usually do."""
     features, total = 28 * 28, 0
     if config.model == "cnn":
-        before = 1
+        before = WHITENED if config.whiten else 1
+        total += 27 * 27 * WHITENED * 4 if config.whiten else 0  # 2 x 2 x 1 products per output value
         for channels, size in zip(conv_channels(config), _conv_sizes(config)[1]):
             total += size * 9 * before  # each output value: a 3 x 3 x channels-in product
             before = channels

@@ -11,18 +11,28 @@ import keras
 
 @keras.saving.register_keras_serializable(package="fashionlab")
 class PatchConv2D(keras.layers.Conv2D):
-    """A 3 x 3 'same' Conv2D computed as one matrix product over the 9 shifted copies of its
-    input (im2col): the same weights, the same results. XLA's CPU convolutions inside a compiled
-    loop are an order of magnitude slower than this product (benchmarks/cpu_conv.md); a saved
-    model.keras holds plain Conv2D layers again (`portable`)."""
+    """A stride-1 Conv2D ('same' or 'valid') computed as one matrix product over the k x k shifted
+    copies of its input (im2col): the same weights, the same results. XLA's CPU convolutions
+    inside a compiled loop are an order of magnitude slower than this product
+    (benchmarks/cpu_conv.md); a saved model.keras holds plain Conv2D layers again (`portable`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tuple(self.strides) != (1, 1) or tuple(self.dilation_rate) != (1, 1) or self.groups != 1:
+            raise ValueError("PatchConv2D computes stride-1, undilated, ungrouped convolutions only")
 
     def convolution_op(self, inputs, kernel):
         height, width, channels = inputs.shape[1:]
-        padded = keras.ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        shifted = [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)]
-        # kernel (3, 3, channels, filters): rows in the order of the shifted copies, channels within
+        rows, columns = self.kernel_size
+        if self.padding == "same":  # as Keras pads: the odd pixel of an even kernel after
+            inputs = keras.ops.pad(inputs, [[0, 0], [(rows - 1) // 2, rows // 2], [(columns - 1) // 2, columns // 2],
+                                            [0, 0]])
+        else:
+            height, width = height - rows + 1, width - columns + 1
+        shifted = [inputs[:, i:i + height, j:j + width, :] for i in range(rows) for j in range(columns)]
+        # kernel (rows, columns, channels, filters): rows in the order of the shifted copies, channels within
         return keras.ops.matmul(keras.ops.concatenate(shifted, axis=-1),
-                                keras.ops.reshape(kernel, (9 * channels, self.filters)))
+                                keras.ops.reshape(kernel, (rows * columns * channels, self.filters)))
 
 
 @keras.saving.register_keras_serializable(package="fashionlab")

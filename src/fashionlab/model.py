@@ -12,7 +12,7 @@ import math
 
 import keras
 
-from fashionlab.config import TrainConfig, conv_channels
+from fashionlab.config import WHITENED, TrainConfig, conv_channels
 from fashionlab.layers import BlockMaxPool2D, PatchConv2D, TestTimeMean, TestTimeViews
 from fashionlab.preprocessing import Scaler, scaling_layer
 
@@ -48,6 +48,9 @@ def build_network(config: TrainConfig, scaler: Scaler | None = None, *, classes:
         layers.append(scaling_layer(scaler))
     if config.model == "cnn":
         layers.append(keras.layers.Reshape((28, 28, 1)))
+        if config.whiten:  # its kernel is set from the training images (set_whitening)
+            layers += [PatchConv2D(WHITENED, 2, padding="valid", use_bias=False, trainable=False, name=WHITEN_LAYER),
+                       keras.layers.Activation(config.activation)]
         channels = conv_channels(config)
         for block in range(config.conv_blocks):
             for filters in channels[block * config.convs_per_block:(block + 1) * config.convs_per_block]:
@@ -61,6 +64,14 @@ def build_network(config: TrainConfig, scaler: Scaler | None = None, *, classes:
     if config.tta != "none":
         layers.append(TestTimeMean(config.tta, name="test_time_mean"))
     return keras.Sequential(layers, name=f"fashionlab_{config.model}")
+
+
+WHITEN_LAYER = "whiten"
+
+
+def set_whitening(model: keras.Model, kernel) -> None:
+    """Give the model's whitening layer its kernel (`preprocessing.patch_whitening`)."""
+    model.get_layer(WHITEN_LAYER).kernel.assign(kernel)
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:

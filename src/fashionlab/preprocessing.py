@@ -54,3 +54,24 @@ def scaler_of(model) -> Scaler | None:
     if layer is None:
         return None
     return Scaler(mean=-layer.offset / layer.scale, std=1 / layer.scale)
+
+
+WHITENING_SIZE = 2  # patches of 2 x 2 pixels, as airbench's first layer
+WHITENING_EPSILON = 5e-4
+
+
+def patch_whitening(x_train: np.ndarray, scaler: Scaler | None, images: int = 10_000):
+    """The kernel (2, 2, 1, 8) of a frozen first convolution that whitens 2 x 2 patches: the
+    eigenvectors of the patches' covariance over (at most `images`) standardized training images,
+    each divided by the square root of its eigenvalue, and their negatives (an activation after
+    it then keeps both signs). Computed from the training split alone."""
+    k = WHITENING_SIZE
+    x = np.asarray(x_train[:images], dtype=np.float64)
+    if scaler is not None:
+        x = (x - scaler.mean) / scaler.std
+    patches = np.stack([x[:, i:x.shape[1] - k + 1 + i, j:x.shape[2] - k + 1 + j]
+                        for i in range(k) for j in range(k)], axis=-1).reshape(-1, k * k)
+    patches -= patches.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / max(len(patches) - 1, 1))
+    filters = eigenvectors / np.sqrt(np.maximum(eigenvalues, 0) + WHITENING_EPSILON)
+    return np.concatenate([filters, -filters], axis=1).reshape(k, k, 1, 2 * k * k).astype(np.float32)

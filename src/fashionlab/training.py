@@ -30,9 +30,9 @@ from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.files import check_writable
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
 from fashionlab.layers import portable
-from fashionlab.model import build_model, one_hot_targets, parameter_counts, summary_text
+from fashionlab.model import build_model, one_hot_targets, parameter_counts, set_whitening, summary_text
 from fashionlab.modelfiles import load_model_file
-from fashionlab.preprocessing import fit_scaler, scaler_of
+from fashionlab.preprocessing import fit_scaler, patch_whitening, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
 from fashionlab.reports import write_learning_curves, write_test_outputs
 from fashionlab.rundir import CHECKPOINT_PREFIX, Run, default_run_dir, now
@@ -239,8 +239,12 @@ def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
 def _new_model(config: TrainConfig, splits: Splits, classes: int) -> keras.Model:
     """The untrained network, its initial weights drawn from the config's seed."""
     keras.utils.set_random_seed(config.seed)
-    return build_model(config, fit_scaler(splits.x_train),
-                       steps_per_epoch=math.ceil(len(splits.x_train) / config.batch_size), classes=classes)
+    scaler = fit_scaler(splits.x_train) if config.scale_inputs else None
+    model = build_model(config, scaler, steps_per_epoch=math.ceil(len(splits.x_train) / config.batch_size),
+                        classes=classes)
+    if config.whiten:
+        set_whitening(model, patch_whitening(splits.x_train, scaler))
+    return model
 
 
 def _use_compilation_cache() -> None:
