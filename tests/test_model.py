@@ -10,6 +10,7 @@ from fashionlab.model import (
     learning_rate,
     one_hot_targets,
     parameter_counts,
+    set_whitening,
     summary_text,
 )
 from fashionlab.preprocessing import Scaler
@@ -137,3 +138,17 @@ def test_the_last_layer_has_one_output_a_class_and_the_estimate_counts_them():
     model = build_model(config, Scaler(mean=0.0, std=1.0), classes=7)
     assert model.output_shape == (None, 7) and model.layers[-1].name == "classes"
     assert model.count_params() == parameter_estimate(config, classes=7) != parameter_estimate(config)
+
+
+def test_the_whitening_layer_is_frozen_and_takes_its_kernel():
+    """A whitened cnn starts with a 2 x 2 'valid' convolution that training never changes (no
+    trainable weight), then the activation; set_whitening gives it its kernel."""
+    model = build_model(TrainConfig(model="cnn", whiten=True, filters=4, conv_blocks=1, depth=0), Scaler(72.9, 90.0))
+    whiten = model.get_layer("whiten")
+    assert whiten.kernel_size == (2, 2) and whiten.padding == "valid" and not whiten.use_bias
+    assert not whiten.trainable and not any(w is whiten.kernel for w in model.trainable_weights)
+    assert whiten.output.shape == (None, 27, 27, 8)
+    assert isinstance(model.layers[model.layers.index(whiten) + 1], keras.layers.Activation)
+    kernel = np.arange(32, dtype="float32").reshape(2, 2, 1, 8)
+    set_whitening(model, kernel)
+    np.testing.assert_array_equal(np.asarray(whiten.kernel.value), kernel)
