@@ -292,3 +292,27 @@ def test_forward_flops_are_the_products_the_network_computes(config):
 
     counted = sum(products(traced.jaxpr)) // 16
     assert forward_flops(config) == counted
+
+
+def test_what_only_the_compiled_engine_does_is_refused_with_keras_fit_naming_each_key():
+    for changes, said in (({"augment_flip": True}, "augment_flip runs"),
+                          ({"ema": 0.9, "augment_shift": 1}, "augment_shift and ema run"),
+                          ({"bn_lr_scale": 2.0}, "bn_lr_scale runs")):
+        with pytest.raises(ConfigError, match=f"^{said} inside the compiled engine"):
+            TrainConfig(engine="keras", **changes)
+        assert TrainConfig(engine="auto", **changes).engine == "auto"
+    with pytest.raises(ConfigError, match="has no BatchNormalization"):
+        TrainConfig(depth=0, bn_lr_scale=2.0)
+
+
+@pytest.mark.parametrize("ema, epochs, refused", [(0.9, 1, False), (0.999, 1, True), (0.999, 2, False),
+                                                  (0.99999, 10, True)])
+def test_a_moving_average_longer_than_a_third_of_the_run_is_refused(ema, epochs, refused):
+    """1,719 steps an epoch (55,000 images, batch 32): an average over 1,000 steps needs 3,000."""
+    config = TrainConfig(ema=ema, epochs=epochs)
+    if refused:
+        with pytest.raises(ConfigError, match=rf"^ema {ema:g} averages over about the last [\d,]+ steps, and this run "
+                                              rf"takes {epochs * 1719:,}: .*use at most"):
+            check_runnable(config, train_images=60000, free_memory=None)
+    else:
+        check_runnable(config, train_images=60000, free_memory=None)

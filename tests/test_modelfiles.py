@@ -221,3 +221,36 @@ def test_a_refused_run_directory_is_left_as_it_was(tmp_path):
     with pytest.raises(RunError, match="cannot create run directory .*File name too long"):
         Run.create(too_long)
     assert not (tmp_path / "a").exists()  # nor the folders made on the way
+
+
+@pytest.fixture(scope="module")
+def viewed_model(tmp_path_factory):
+    """A model with test-time views, as fashionlab builds it: views first, their mean last."""
+    from fashionlab.layers import TestTimeMean, TestTimeViews
+
+    model = keras.Sequential([keras.Input((28, 28)), TestTimeViews("mirror"), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax"), TestTimeMean("mirror")])
+    path = tmp_path_factory.mktemp("models") / "viewed.keras"
+    model.save(path)
+    return path
+
+
+def layers_of(config):
+    return config["config"]["layers"]
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: layers_of(c)[-1]["config"].update(views="mirror-shift"),  # views and mean disagree
+    lambda c: layers_of(c).pop(),  # views without their mean: two rows for each image
+    lambda c: layers_of(c).pop(1),  # a mean without views: it mixes the batch's images
+    lambda c: layers_of(c).insert(1, json.loads(json.dumps(layers_of(c)[1]))),  # views of views
+    lambda c: layers_of(c).insert(2, layers_of(c).pop(1)),  # views after another layer
+    lambda c: layers_of(c).extend(json.loads(json.dumps(layers_of(c)[1:]))),  # stacked pairs: 4 x the rows
+])
+def test_test_time_views_are_loaded_only_as_one_pair_of_the_same_views_around_the_network(viewed_model, tmp_path,
+                                                                                           change):
+    model = load_model_file(viewed_model)
+    assert [type(layer).__name__ for layer in model.layers][::3] == ["TestTimeViews", "TestTimeMean"]
+    crafted = rewrite_config(viewed_model, tmp_path / "crafted.keras", change)
+    with pytest.raises(RunError, match="declares test-time views other than one TestTimeViews first"):
+        load_model_file(crafted)

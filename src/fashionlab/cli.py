@@ -29,7 +29,7 @@ from fashionlab.interrupts import stop_requests
 from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
-              "filters", "conv_blocks", "convs_per_block", "scale_inputs")
+              "filters", "conv_blocks", "convs_per_block", "whiten", "scale_inputs", "tta")
 # compare names each variant itself, and the tutorial series' variants set these keys.
 COMPARE_OUT = "runs/compare"
 COMPARE_KEYS = tuple(name for name in FIELDS

@@ -133,8 +133,21 @@ class TrainConfig:
         return from_dict({**self.to_dict(), **changes})
 
 
+def compiled_only(config: TrainConfig) -> str | None:
+    """What `config` asks that only the compiled engine does, as a refusal for Keras' fit, or None."""
+    asked = [key for key, off in (("augment_shift", 0), ("augment_flip", False), ("bn_lr_scale", 1.0), ("ema", 0.0))
+             if getattr(config, key) != off]
+    if not asked:
+        return None
+    return (f"{' and '.join(asked)} run{'s' if len(asked) == 1 else ''} inside the compiled engine (Keras' fit "
+            f"would validate other weights than the run keeps, or cannot do it); use engine 'compiled' or 'auto' "
+            f"on the JAX backend, or turn {'it' if len(asked) == 1 else 'them'} off")
+
+
 def combination_problem(config: TrainConfig) -> str | None:
     """What is wrong with the keys together (each alone is valid), or None."""
+    if config.engine == "keras" and compiled_only(config):
+        return compiled_only(config)
     if config.dropout and config.alpha_dropout:
         return "choose dropout or alpha_dropout, not both"
     if config.momentum and config.optimizer != "sgd":
@@ -148,8 +161,8 @@ def combination_problem(config: TrainConfig) -> str | None:
     if config.bn_lr_scale != 1 and config.optimizer != "sgd":
         return (f"bn_lr_scale is for optimizer sgd: {config.optimizer} divides each step by the gradient's size, "
                 f"which a scale does not change (set bn_lr_scale to 1)")
-    if config.bn_lr_scale != 1 and config.batch_norm == "none":
-        return "bn_lr_scale scales BatchNormalization's learning rate, and batch_norm is none"
+    if config.bn_lr_scale != 1 and (config.batch_norm == "none" or config.model == "mlp" and config.depth == 0):
+        return "bn_lr_scale scales BatchNormalization's learning rate, and this network has no BatchNormalization"
     if config.model == "mlp" and config.depth == 0 and (config.dropout or config.alpha_dropout):
         return "a network of depth 0 has no hidden layer to apply dropout to"
     return None
@@ -356,7 +369,8 @@ def training_bytes(config: TrainConfig, train_images: int) -> int:
     slots = OPTIMIZER_SLOTS[config.optimizer] + (1 if config.momentum else 0) + (1 if config.ema else 0)
     weights = 4 * parameter_estimate(config) * (3 + slots)
     units = config.width * config.depth + (sum(_conv_sizes(config)[1]) if config.model == "cnn" else 0)
-    activations = 4 * 4 * max(config.batch_size, 1000) * units
+    rows = max(config.batch_size, 1000, 500 * TTA_VIEW_COUNT[config.tta])  # validation: 500 images, each view a row
+    activations = 4 * 4 * rows * units
     return weights + activations + 2 * 28 * 28 * train_images
 
 
@@ -386,6 +400,12 @@ def check_runnable(config: TrainConfig, *, train_images: int, free_memory: int |
     if config.batch_size > used:
         raise ConfigError(f"batch_size {config.batch_size:,} is larger than the {used:,} training images; "
                           f"use at most {used:,}")
+    steps = config.epochs * -(-used // config.batch_size)
+    horizon = 1 / (1 - config.ema)
+    if config.ema and horizon > steps / 3:
+        raise ConfigError(f"ema {config.ema:g} averages over about the last {horizon:,.0f} steps, and this run takes "
+                          f"{steps:,}: its average would still lean on the initial weights; use at most "
+                          f"{max(1 - 3 / steps, 0):.4g} (an average over a third of the run) or train longer")
     need, free = training_bytes(config, used), free_memory
     if free is not None and need > 0.8 * free:
         raise ConfigError(f"a network of {describe_network(config)} "

@@ -12,6 +12,7 @@ same in a TOML file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,9 +48,13 @@ def did_you_mean(word: str, choices: Iterable[str], quote: bool = True) -> str:
     return f" (did you mean {close[0]!r}?)" if quote else f" (did you mean {close[0]}?)"
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Keras emboldens parts of its messages for terminals
+
+
 def reason(exc: BaseException, limit: int = 120) -> str:
-    """An exception's text on one line, cut to `limit` characters: for quoting another library's error."""
-    return " ".join(str(exc).split())[:limit]
+    """An exception's text on one line, without terminal escapes, cut to `limit` characters: for
+    quoting another library's error."""
+    return " ".join(ANSI_ESCAPE.sub("", str(exc)).split())[:limit]
 
 
 def resume_call(run_dir: str | Path) -> str:

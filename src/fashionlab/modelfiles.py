@@ -44,7 +44,7 @@ def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bo
     with open_regular(path, what="model file", error=RunError, limit=MAX_MODEL_UNCOMPRESSED_BYTES,
                       follow_links=follow_links) as handle:
         declared = _archive_config(path, handle)
-        problem = _declared_problem(declared)
+        problem = _declared_problem(declared) or _test_time_problem(declared)
         if problem:
             raise RunError(f"{path} {problem}; it is not a fashionlab model")
         model = _load_keras(path, handle, compile)
@@ -113,18 +113,44 @@ def _declared_problem(config: dict[str, Any]) -> str | None:
     return None
 
 
-def _layer_configs(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
-    """Every layer's `config` table in a Keras model config, in document order, nested models included."""
+TEST_TIME = ("TestTimeViews", "TestTimeMean")
+
+
+def _test_time_problem(config: dict[str, Any]) -> str | None:
+    """What is wrong with a model's test-time views, or None. They change how many rows pass the
+    network, so they are allowed only as fashionlab builds them: a Sequential model whose first
+    layer is one TestTimeViews and whose last is one TestTimeMean of the same views."""
+    found = [(layer.get("class_name"), layer.get("config", {}).get("views")) for layer in _layers_of(config)
+             if layer.get("class_name") in TEST_TIME]
+    if not found:
+        return None
+    top = config.get("config", {}).get("layers") if config.get("class_name") == "Sequential" else None
+    names = [layer.get("class_name") if isinstance(layer, dict) else None for layer in top or []]
+    if names[:1] == ["InputLayer"]:
+        names, top = names[1:], top[1:]
+    paired = (len(found) == 2 and names[:1] == ["TestTimeViews"] and names[-1:] == ["TestTimeMean"]
+              and top[0].get("config", {}).get("views") == top[-1].get("config", {}).get("views"))
+    return None if paired else ("declares test-time views other than one TestTimeViews first and one TestTimeMean "
+                                "of the same views last")
+
+
+def _layers_of(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """Every layer table (a class name and its config) in a Keras model config, nested ones included."""
     if depth > 50:
         return
     if isinstance(value, dict):
         if isinstance(value.get("class_name"), str) and isinstance(value.get("config"), dict):
-            yield value["config"]
+            yield value
         for item in value.values():
-            yield from _layer_configs(item, depth + 1)
+            yield from _layers_of(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            yield from _layer_configs(item, depth + 1)
+            yield from _layers_of(item, depth + 1)
+
+
+def _layer_configs(value: Any) -> Iterator[dict[str, Any]]:
+    """Every layer's `config` table in a Keras model config, in document order, nested models included."""
+    return (layer["config"] for layer in _layers_of(value))
 
 
 _UNPACKING = threading.Lock()  # tempfile.tempdir is process-wide

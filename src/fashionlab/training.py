@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fashionlab.arguments import checked
-from fashionlab.config import TrainConfig, check_runnable
+from fashionlab.config import TrainConfig, check_runnable, compiled_only
 from fashionlab.data import DataSource, Splits, split_arrays
 from fashionlab.datasets import record, resolve
 from fashionlab.errors import ConfigError, Diverged, FashionlabError, Interrupted, RunError, reason, resume_call
@@ -125,12 +125,8 @@ def resolve_engine(engine: str) -> str:
 def check_engine(config: TrainConfig) -> str:
     """The engine that trains `config` here, refusing options that engine cannot honour."""
     engine = resolve_engine(config.engine)
-    if engine == "keras" and (config.augment_shift or config.augment_flip):
-        raise ConfigError("augment_shift and augment_flip run inside the compiled engine; use engine 'compiled' "
-                          "(or 'auto') on the JAX backend, or turn augmentation off")
-    if engine == "keras" and config.bn_lr_scale != 1:
-        raise ConfigError("bn_lr_scale runs inside the compiled engine; use engine 'compiled' (or 'auto') on the "
-                          "JAX backend, or set bn_lr_scale to 1")
+    if engine == "keras" and compiled_only(config):  # engine 'auto' on another backend
+        raise ConfigError(compiled_only(config))
     return engine
 
 
