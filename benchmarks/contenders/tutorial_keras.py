@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 import keras  # noqa: E402
+from epoch_times import EpochTimes  # noqa: E402  (beside this script)
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from fashionlab import data  # noqa: E402  (sets no backend: KERAS_BACKEND is already set)
@@ -44,16 +45,6 @@ for _ in range(20):
 model.add(keras.layers.Dense(10, activation="softmax"))
 model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd", metrics=["accuracy"],
               **({"steps_per_execution": steps_per_execution, "jit_compile": True} if steps_per_execution > 1 else {}))
-
-
-class EpochTimes(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.seconds, self.last = [], time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        self.seconds.append(now - self.last)  # epoch 1 includes compilation, as fit reports it
-        self.last = now
 
 
 timer = EpochTimes()

@@ -139,9 +139,9 @@ def compiled_only(config: TrainConfig) -> str | None:
              if getattr(config, key) != off]
     if not asked:
         return None
-    return (f"{' and '.join(asked)} run{'s' if len(asked) == 1 else ''} inside the compiled engine (Keras' fit "
-            f"would validate other weights than the run keeps, or cannot do it); use engine 'compiled' or 'auto' "
-            f"on the JAX backend, or turn {'it' if len(asked) == 1 else 'them'} off")
+    return (f"{' and '.join(asked)} run{'s' if len(asked) == 1 else ''} inside the compiled engine, which Keras' "
+            f"fit does not; use engine 'compiled' or 'auto' on the JAX backend, or turn "
+            f"{'it' if len(asked) == 1 else 'them'} off")
 
 
 def combination_problem(config: TrainConfig) -> str | None:

@@ -68,16 +68,26 @@ def _view_matrices(shift: int, mirror: bool):
     return left, right[:, ::-1].copy() if mirror else right
 
 
-@keras.saving.register_keras_serializable(package="fashionlab")
-class TestTimeViews(keras.layers.Layer):
-    """Training: the images as they are. Inference: each 28 x 28 image's views (`TTA_VIEWS[views]`),
-    one after another along the batch axis, for `TestTimeMean` to average."""
+class _TestTimeLayer(keras.layers.Layer):
+    """What both test-time layers hold: the name of their views (`TTA_VIEWS`)."""
 
     def __init__(self, views: str, **kwargs):
         super().__init__(**kwargs)
         if views not in TTA_VIEWS:
             raise ValueError(f"unknown test-time views {views!r}; choose from {', '.join(TTA_VIEWS)}")
         self.views = views
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="fashionlab")
+class TestTimeViews(_TestTimeLayer):
+    """Training: the images as they are. Inference: each 28 x 28 image's views (`TTA_VIEWS[views]`),
+    one after another along the batch axis, for `TestTimeMean` to average."""
 
     def call(self, inputs, training=None):
         if training:
@@ -89,23 +99,11 @@ class TestTimeViews(keras.layers.Layer):
         # image by image: (batch, views, 28, 28) -> (batch x views, 28, 28)
         return keras.ops.reshape(keras.ops.stack(seen, axis=1), (-1, *inputs.shape[1:]))
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "views": self.views}
-
 
 @keras.saving.register_keras_serializable(package="fashionlab")
-class TestTimeMean(keras.layers.Layer):
+class TestTimeMean(_TestTimeLayer):
     """Training: the probabilities as they are. Inference: the weighted mean of each image's
-    views' probabilities (the batch `TestTimeViews` stacked), one row per image again."""
-
-    def __init__(self, views: str, **kwargs):
-        super().__init__(**kwargs)
-        if views not in TTA_VIEWS:
-            raise ValueError(f"unknown test-time views {views!r}; choose from {', '.join(TTA_VIEWS)}")
-        self.views = views
+    views' probabilities (the rows `TestTimeViews` made), one row per image again."""
 
     def call(self, inputs, training=None):
         if training:
@@ -116,12 +114,6 @@ class TestTimeMean(keras.layers.Layer):
         # (batch x views, classes) -> (batch, views, classes) -> weights @ each -> (batch, classes)
         stacked = keras.ops.reshape(inputs, (-1, len(views), classes))
         return keras.ops.reshape(keras.ops.matmul(weights, stacked), (-1, classes))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "views": self.views}
 
 
 TRAINING_LAYERS = {PatchConv2D: keras.layers.Conv2D, BlockMaxPool2D: keras.layers.MaxPooling2D}
