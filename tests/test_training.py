@@ -17,7 +17,7 @@ from fashionlab.evaluation import predict_proba
 from fashionlab.interrupts import StopRequest, stop_when
 from fashionlab.model import build_model
 from fashionlab.modelfiles import load_model_file
-from fashionlab.preprocessing import fit_scaler
+from fashionlab.preprocessing import fit_scaler, patch_whitening
 from fashionlab.rundir import Run
 from fashionlab.training import RunRecorder, resume, seconds_to_accuracy, train
 
@@ -400,6 +400,12 @@ def test_a_stopped_run_with_every_speedrun_technique_resumes_to_the_uninterrupte
     for a, b in zip(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "stopped")):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert resumed.metrics["test_accuracy"] == pytest.approx(whole.metrics["test_accuracy"], abs=1e-9)
+    # the whitening layer: computed from the training split, frozen, a plain Conv2D in the saved file
+    splits = synthetic.splits(SPEEDRUN.validation_size)
+    whiten = load_model_file(tmp_path / "whole" / "model.keras").get_layer("whiten")
+    assert type(whiten) is keras.layers.Conv2D and whiten.kernel_size == (2, 2) and not whiten.trainable
+    np.testing.assert_allclose(np.asarray(whiten.kernel.value), patch_whitening(splits.x_train, fit_scaler(
+        splits.x_train)), rtol=1e-5, atol=1e-6)
 
 
 def test_a_moving_average_is_what_the_run_validates_tests_and_saves(tmp_path, synthetic):
@@ -416,17 +422,3 @@ def test_a_moving_average_is_what_the_run_validates_tests_and_saves(tmp_path, sy
     accuracy = float(np.mean(predict_proba(model, x_test).argmax(axis=1) == y_test))
     assert averaged.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
-
-def test_the_whitening_layer_is_computed_from_the_training_split_and_stays_frozen(tmp_path, synthetic):
-    from fashionlab.preprocessing import patch_whitening
-    from fashionlab.rundir import Run
-
-    result = train(SPEEDRUN.replace(tta="none", ema=0.0), tmp_path / "run", data=synthetic, verbose=0)
-    splits = synthetic.splits(SPEEDRUN.validation_size)
-    expected = patch_whitening(splits.x_train, fit_scaler(splits.x_train))
-    model = load_model_file(tmp_path / "run" / "model.keras")
-    whiten = model.get_layer("whiten")  # a plain Conv2D in the saved file
-    assert type(whiten) is keras.layers.Conv2D and whiten.kernel_size == (2, 2) and not whiten.trainable
-    np.testing.assert_allclose(np.asarray(whiten.kernel.value), expected, rtol=1e-5, atol=1e-6)
-    assert whiten.name == "whiten" and result.metrics["parameters"]["non_trainable"] >= expected.size
-    assert Run(tmp_path / "run").status()["status"] == "complete"

@@ -3,6 +3,7 @@ network (with Keras' Conv2D and MaxPooling2D), optimizer, schedule and loss, com
 `steps_per_execution=64` and `jit_compile=True`; then `evaluate` on the test set.
 
     KERAS_BACKEND=jax python benchmarks/contenders/keras_recipe.py fast-cnn 42
+    BENCH_EPOCHS=1 KERAS_BACKEND=jax python benchmarks/contenders/keras_recipe.py fast-cnn 42   # a first epoch only
 
 Keras' fit has no on-device augmentation of its own and knows nothing of bn_lr_scale: a recipe
 using them is refused. Prints one RESULT line of JSON; writes nothing.
@@ -10,6 +11,7 @@ using them is refused. Prints one RESULT line of JSON; writes nothing.
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -25,6 +27,7 @@ from fashionlab.preprocessing import fit_scaler
 
 name, seed = sys.argv[1], int(sys.argv[2])
 config = recipes.get(name).config({"seed": seed, "engine": "keras"})  # refused if only the compiled engine does it
+epochs = int(os.environ.get("BENCH_EPOCHS", config.epochs))  # fewer: the schedule still spans the recipe's epochs
 splits = DataSource().splits(config.validation_size)
 
 started = time.perf_counter()
@@ -41,7 +44,7 @@ def targets(y):
 
 timer = EpochTimes()
 model.fit(splits.x_train.astype(np.float32), targets(splits.y_train), batch_size=config.batch_size,
-          epochs=config.epochs, validation_data=(splits.x_valid.astype(np.float32), targets(splits.y_valid)),
+          epochs=epochs, validation_data=(splits.x_valid.astype(np.float32), targets(splits.y_valid)),
           shuffle=config.shuffle, callbacks=[timer], verbose=0)
 train_seconds = time.perf_counter() - started
 _, accuracy = model.evaluate(splits.x_test.astype(np.float32), targets(splits.y_test), verbose=0)
