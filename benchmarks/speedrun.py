@@ -1,14 +1,15 @@
-"""The speedrun table: for recipes on this machine, the airbench/DAWNBench triple, each seed a
-fresh `fashionlab train` process.
+"""The speedrun table: the airbench/DAWNBench triple for recipes on this machine.
 
-    python benchmarks/speedrun.py --recipes tutorial speed-90 --seeds 5 [--keras tutorial fast-cnn] [--out DIR]
+    .venv/bin/python benchmarks/speedrun.py --recipes tutorial speed-90 --seeds 5 [--keras tutorial] [--out DIR]
+
+Each seed is a fresh `fashionlab train` process (the one beside this Python).
 
 For each recipe: test accuracy, mean +- std and worst over the seeds; the seconds of the whole
-`train` command (process start, data, compilation, training, every artifact), with the compile
-cache cold (the first seed, given an empty cache folder) and warm (the other seeds, sharing it);
-the `train` call alone (metrics.json's wall_seconds: data, compilation, training, test report),
-the recipes' "seconds"; training, and the compilation in it (the first epoch's excess over the
-median epoch); the
+`train` command (process start, data, compilation, training, every artifact) and of the `train`
+call alone (metrics.json's wall_seconds: data, compilation, training, test report; the recipes'
+"seconds"), each with the compile cache cold (the first seed, given an empty cache folder) and
+warm (the mean of the other seeds, sharing it); training and the compilation in it (the first
+epoch's excess over the median epoch), over the warm seeds; the
 floating-point operations of a run, counted from the network (`config.run_flops`), and the
 GFLOP/s achieved over its training seconds; beside them, the machine's float32 matrix-product
 rate measured in the same run (a 2048 x 2048 product, and a product of the shape a convolution
@@ -91,12 +92,13 @@ def keras_once(recipe: str, seed: int) -> dict:
 def summarize(name: str, recipe: str, runs: list[dict], flops: int) -> dict:
     accuracies = [r["test_accuracy"] for r in runs]
     warm = runs[1:] or runs
-    train = statistics.mean(r["train_seconds"] for r in runs)
-    compile_seconds = statistics.mean(r["compile_seconds"] for r in runs)
+    train = statistics.mean(r["train_seconds"] for r in warm)
+    compile_seconds = statistics.mean(r["compile_seconds"] for r in warm)
     return {"contender": name, "recipe": recipe, "seeds": [r["seed"] for r in runs],
             "accuracy_mean": statistics.mean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "accuracy_worst": min(accuracies), "cold_seconds": runs[0]["process_seconds"],
+            "cold_call_seconds": runs[0]["call_seconds"],
             "warm_seconds": statistics.mean(r["process_seconds"] for r in warm),
             "call_seconds": statistics.mean(r["call_seconds"] for r in warm),
             "train_seconds": train, "compile_seconds": compile_seconds,
@@ -105,12 +107,14 @@ def summarize(name: str, recipe: str, runs: list[dict], flops: int) -> dict:
 
 def table(rows: list[dict], rates: dict[str, float]) -> str:
     lines = ["| contender | test accuracy (mean ± std, worst) | process, cold cache (s) | process, warm (s) | "
-             "train call, warm (s) | training (s) | of which compiling (s) | TFLOP per run | GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "train call, cold (s) | train call, warm (s) | training, warm (s) | of which compiling (s) | "
+             "TFLOP per run | GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['contender']} | {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} % "
                      f"({100 * r['accuracy_worst']:.2f}), {len(r['seeds'])} seeds | {r['cold_seconds']:.1f} | "
-                     f"{r['warm_seconds']:.1f} | {r['call_seconds']:.1f} | {r['train_seconds']:.1f} | "
+                     f"{r['warm_seconds']:.1f} | {r['cold_call_seconds']:.1f} | {r['call_seconds']:.1f} | "
+                     f"{r['train_seconds']:.1f} | "
                      f"{r['compile_seconds']:.1f} | "
                      f"{r['flops'] / 1e12:.3f} | {r['gflops_per_second']:.0f} |")
     peak = ", ".join(f"{label}: {rate:.0f} GFLOP/s" for label, rate in rates.items())
@@ -118,13 +122,15 @@ def table(rows: list[dict], rates: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=["tutorial"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=["tutorial"], metavar="RECIPE",
+                        help="recipes to time with `fashionlab train` (default: tutorial)")
     parser.add_argument("--keras", nargs="*", default=[], metavar="RECIPE",
-                        help="recipes to train with Keras' fit (steps_per_execution=64) as well")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--first-seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=Path("runs/speedrun"))
+                        help="recipes to train with Keras' fit (steps_per_execution=64, jit_compile) as well")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per recipe (default: 5)")
+    parser.add_argument("--first-seed", type=int, default=42, help="the first seed (default: 42)")
+    parser.add_argument("--out", type=Path, default=Path("runs/speedrun"),
+                        help="where speedrun.json and speedrun.md go (default: runs/speedrun)")
     args = parser.parse_args(argv)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     rates = matmul_rates()

@@ -28,7 +28,7 @@ class Measured(TypedDict):  # (no `from __future__ import annotations` here: it 
     test_accuracy_std: Fraction
     test_accuracy_worst: Fraction
     seconds: Seconds  # mean wall time of one `train` call, compilation included
-    seconds_cold: NotRequired[Seconds]  # the `train` command, process start included, compile cache empty
+    seconds_cold: NotRequired[Seconds]  # one `train` call with the compile cache empty
     seeds: Annotated[int, Range(1, 1000)]
     dataset: Literal[tuple(BUILT_IN)]  # the data set measured on; a recipe trains on any (`--dataset`)
     machine: str
