@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import typing
 import zipfile
 
 import keras
@@ -81,3 +82,13 @@ def test_test_time_augmentation_averages_each_images_views_and_training_sees_the
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     # (training moved the BN statistics of both: compare with the model as it is now)
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(augmented(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_config_counts_each_test_time_choice_as_the_layers_view_it():
+    """config.TTA_VIEW_COUNT (the FLOP and memory estimates; config imports no Keras) against the views."""
+    from fashionlab.config import TTA_VIEW_COUNT, TestTime
+    from fashionlab.layers import TTA_VIEWS
+
+    assert set(TTA_VIEW_COUNT) == set(typing.get_args(TestTime)) == {"none", *TTA_VIEWS}
+    assert TTA_VIEW_COUNT == {"none": 1, **{name: len(views) for name, views in TTA_VIEWS.items()}}
+    assert all(sum(weight for *_, weight in views) == 1 for views in TTA_VIEWS.values())

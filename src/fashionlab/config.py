@@ -146,8 +146,8 @@ def compiled_only(config: TrainConfig) -> str | None:
 
 def combination_problem(config: TrainConfig) -> str | None:
     """What is wrong with the keys together (each alone is valid), or None."""
-    if config.engine == "keras" and compiled_only(config):
-        return compiled_only(config)
+    if config.engine == "keras" and (problem := compiled_only(config)):
+        return problem
     if config.dropout and config.alpha_dropout:
         return "choose dropout or alpha_dropout, not both"
     if config.momentum and config.optimizer != "sgd":
@@ -332,7 +332,8 @@ def parameter_estimate(config: TrainConfig, classes: int = 10) -> int:
     return total + features * classes + classes
 
 
-TTA_VIEW_COUNT = {"none": 1, "mirror": 2, "mirror-shift": 6}
+TTA_VIEW_COUNT = {"none": 1, "mirror": 2, "mirror-shift": 6}  # len(layers.TTA_VIEWS[...]); test_layers checks
+VALIDATION_BATCH = 500  # images per model call in the compiled engine's validation (each view a row)
 
 
 def forward_flops(config: TrainConfig, classes: int = 10) -> int:
@@ -369,7 +370,7 @@ def training_bytes(config: TrainConfig, train_images: int) -> int:
     slots = OPTIMIZER_SLOTS[config.optimizer] + (1 if config.momentum else 0) + (1 if config.ema else 0)
     weights = 4 * parameter_estimate(config) * (3 + slots)
     units = config.width * config.depth + (sum(_conv_sizes(config)[1]) if config.model == "cnn" else 0)
-    rows = max(config.batch_size, 1000, 500 * TTA_VIEW_COUNT[config.tta])  # validation: 500 images, each view a row
+    rows = max(config.batch_size, 1000, VALIDATION_BATCH * TTA_VIEW_COUNT[config.tta])
     activations = 4 * 4 * rows * units
     return weights + activations + 2 * 28 * 28 * train_images
 

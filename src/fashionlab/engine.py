@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from fashionlab import compile_cache_folder
+from fashionlab.config import VALIDATION_BATCH
 from fashionlab.errors import ConfigError
 from fashionlab.model import one_hot_targets
 
@@ -33,7 +34,6 @@ from fashionlab.model import one_hot_targets
 CHUNK_STEPS = 256
 CHUNK_SECONDS = 5.0
 FIRST_CHUNK_STEPS = 16
-EVAL_BATCH = 500  # validation images per model call: with test-time views, 6 x as many pass the network
 SEED_STATE = "seed_generator_state"  # the name of a keras.random.SeedGenerator's variable
 
 
@@ -203,14 +203,15 @@ class CompiledTrainer:
         return self._indexed_step(state, x_all, y_all, indices, keys, epoch, step)
 
     def _evaluate_all(self, trainable, non_trainable, x, y):
-        """Mean loss and accuracy over (x, y), EVAL_BATCH images per model call."""
+        """Mean loss and accuracy over (x, y), VALIDATION_BATCH images per model call (with test-time
+        views, as many times that pass the network)."""
         def part(xb, yb):
             y_pred, _ = self.model.stateless_call(trainable, non_trainable, xb.astype(jnp.float32), training=False)
             return (jnp.mean(self.loss_fn(self._targets(yb), y_pred)) * yb.shape[0],
                     jnp.sum(jnp.argmax(y_pred, axis=-1) == yb))
 
         n = x.shape[0]
-        b = min(EVAL_BATCH, n)
+        b = min(VALIDATION_BATCH, n)
         full = n // b * b
         losses, hits = jax.lax.map(lambda batch: part(*batch), (x[:full].reshape(-1, b, *x.shape[1:]),
                                                                  y[:full].reshape(-1, b)))

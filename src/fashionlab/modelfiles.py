@@ -120,15 +120,14 @@ def _test_time_problem(config: dict[str, Any]) -> str | None:
     """What is wrong with a model's test-time views, or None. They change how many rows pass the
     network, so they are allowed only as fashionlab builds them: a Sequential model whose first
     layer is one TestTimeViews and whose last is one TestTimeMean of the same views."""
-    found = [(layer.get("class_name"), layer.get("config", {}).get("views")) for layer in _layers_of(config)
-             if layer.get("class_name") in TEST_TIME]
+    found = sum(layer.get("class_name") in TEST_TIME for layer in _layers_of(config))
     if not found:
         return None
     top = config.get("config", {}).get("layers") if config.get("class_name") == "Sequential" else None
     names = [layer.get("class_name") if isinstance(layer, dict) else None for layer in top or []]
     if names[:1] == ["InputLayer"]:
         names, top = names[1:], top[1:]
-    paired = (len(found) == 2 and names[:1] == ["TestTimeViews"] and names[-1:] == ["TestTimeMean"]
+    paired = (found == 2 and names[:1] == ["TestTimeViews"] and names[-1:] == ["TestTimeMean"]
               and top[0].get("config", {}).get("views") == top[-1].get("config", {}).get("views"))
     return None if paired else ("declares test-time views other than one TestTimeViews first and one TestTimeMean "
                                 "of the same views last")
