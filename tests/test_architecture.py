@@ -18,7 +18,7 @@ LAYERS = [
                     "orientation"}),
     ("files and models", {"data", "rundir", "catalog", "modelfiles", "model", "engine", "tensorboard", "progress",
                           "onnxrun", "reports"}),
-    ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison"}),
+    ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison", "ensembles"}),
     ("packages behind extras", {"sweeps", "serve"}),
     ("front", {"cli", "notebook", "__main__"}),
 ]
@@ -27,8 +27,8 @@ FRONT = {"cli", "notebook"}  # the only modules outside a package that may impor
 HEAVY = ("keras", "jax", "optuna", "fastapi", "uvicorn", "onnxruntime", "tensorflow", "pandas", "matplotlib")
 MAX_FUNCTION_LINES = 60
 NUMBERS_ONLY = {"plots", "reports"}  # they take numbers, never the workflows that make them
-WORKFLOWS = {"training", "evaluation", "prediction", "runner", "comparison", "export", "engine", "model", "sweeps",
-             "serve", "data"}
+WORKFLOWS = {"training", "evaluation", "prediction", "runner", "comparison", "ensembles", "export", "engine", "model",
+             "sweeps", "serve", "data"}
 
 
 def module_name(path: Path) -> str:

@@ -4,7 +4,8 @@
     locate("latest")                       # runs/<the newest complete run>
     locate("20261207-1423")                # runs/20261207-142301-tutorial, if no other name starts so
 
-A run is a folder holding config.json and run.json (or metrics.json, for older runs); its name is
+A run is a folder holding config.json (an ensemble: ensemble.json) and run.json (or metrics.json, for
+older runs); its name is
 its path under the folder listed, so a comparison's runs read "compare-x/bn-after/seed-42".
 Nothing here follows a symbolic link, and a damaged run is listed as damaged, never fatal.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionlab.errors import ConfigError, FashionlabError, RunError
-from fashionlab.rundir import STATUS_FILE, Run
+from fashionlab.rundir import ENSEMBLE_FILE, STATUS_FILE, Run
 
 RUNS_ROOT = Path("runs")  # where `train` writes a run by default, relative to the current folder
 LATEST = "latest"
@@ -76,7 +77,7 @@ def run_folders(root: Path) -> list[Path]:
 
 def _is_run(folder: Path) -> bool:
     try:
-        return (folder / "config.json").is_file() and any(os.path.lexists(folder / name)
+        return any((folder / name).is_file() for name in ("config.json", ENSEMBLE_FILE)) and any(os.path.lexists(folder / name)
                                                           for name in (STATUS_FILE, "metrics.json"))
     except OSError:  # a folder this user cannot look into
         return False
@@ -105,7 +106,7 @@ def with_figures(found: Entry) -> Entry:
     'damaged' when either file is."""
     run = Run(found.path)
     try:
-        run.config()
+        run.name()  # the config (an ensemble's members) read through its schema
         metrics = run.metrics() if found.status == "complete" and run.file("metrics.json").is_file() else {}
     except (FashionlabError, OSError) as exc:
         return replace(found, status="damaged", problem=str(exc))

@@ -283,6 +283,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
           ready=ready, progress=starting)
 
 
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    with stop_requests():  # from the start: a signal while Keras imports is a stop request too
+        from fashionlab.ensembles import ensemble, format_ensemble
+
+        result = ensemble(args.runs, args.out, data=_data_from(args), command=args.command_line)
+    if args.json:
+        _print_json({"run": str(result.run.path), **result.metrics})
+    else:
+        for line in format_ensemble(result).splitlines():
+            print(printable(line))
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     if args.runs is not None:
         return _compare_runs(args)
@@ -429,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _shared_flags()
     for add in (_train_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
-                _sweep_parser, _runs_parser, _summary_parser, _recipes_parser, _data_parser):
+                _ensemble_parser, _sweep_parser, _runs_parser, _summary_parser, _recipes_parser, _data_parser):
         add(commands, shared)
     return parser
 
@@ -558,6 +570,17 @@ def _compare_parser(commands, shared) -> None:
     source.add_argument("--config", metavar="FILE", type=a_path,
                         help="the base config of the series variants: a TOML file")
     _add_config_options(compare, COMPARE_KEYS)
+
+
+def _ensemble_parser(commands, shared) -> None:
+    ensemble = _command(commands, "ensemble", shared, ["json", "data"], cmd_ensemble,
+                        "average the class probabilities of runs already trained into one model")
+    ensemble.add_argument("runs", nargs="+", metavar="RUN", type=a_path,
+                          help="2 to 32 complete runs of one data set (paths, latest, or the start of a name), or "
+                               "a folder of runs such as a comparison's variant (its seeds)")
+    ensemble.add_argument("--out", metavar="DIR", type=a_path,
+                          help="the ensemble's folder, which evaluate, predict, serve and export take as a run "
+                               "(default: runs/<time>-ensemble-N-<name>)")
 
 
 def _sweep_parser(commands, shared) -> None:

@@ -104,6 +104,12 @@ class DataSource:
     def test_images(self) -> np.ndarray:
         return load_file(self.locate(), "t10k-images-idx3-ubyte", self.verify, self.dataset)
 
+    def test_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test images and their labels, without reading the training files."""
+        arrays = load_arrays(self.locate(), self.verify, ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+                             dataset=self.dataset)
+        return arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+
     def digests(self) -> dict[str, str]:
         """The SHA-256 of each of the four files, decompressed: what a run of a data set of your own
         records, so that the files it reads later are the ones it was trained on."""

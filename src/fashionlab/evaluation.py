@@ -76,6 +76,8 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
     Run.open(run_dir, allow_incomplete=allow_incomplete)  # refuses what is not a (finished) run
     check_writable(run_dir, what="the evaluation", term="run_dir")  # before the lock file, the first write
     with stop_requests() as stop, Run.acquire(run_dir) as run:
+        if run.is_ensemble():
+            return _evaluate_ensemble(run, data, stop)
         config = run.config()
         history = run.history()
         metrics = run.metrics() if os.path.lexists(run.file("metrics.json")) else None  # an unfinished run has none
@@ -83,11 +85,30 @@ def evaluate(run_dir: str | Path, *, data: DataSource = DataSource(),
         splits = data.of(dataset).splits(config.validation_size)
         proba = predict_proba(model, splits.x_test)
         report = metrics_from_proba(splits.y_test, proba, dataset.class_names)
-        if stop.requested:  # Ctrl-C while the model ran: stop before the writes, which then finish
-            raise Interrupted("evaluation interrupted; the run's files are unchanged")
+        _stop_if_asked(stop)
         write_test_outputs(run, config=config.to_dict(), history=history, report=report, x_test=splits.x_test,
                            y_test=splits.y_test, proba=proba, metrics=metrics)
     return {"run": str(run.path), **report}
+
+
+def _evaluate_ensemble(run: Run, data: DataSource, stop) -> dict[str, Any]:
+    """`evaluate` of an ensemble: its test figures and page (its members' figures are from the day it was made)."""
+    from fashionlab.reports import write_ensemble_outputs
+
+    described, metrics, dataset = run.ensemble(), run.metrics(), run.dataset()
+    x_test, y_test = data.of(dataset).test_set()
+    proba = predict_proba(run.load_model(), x_test)
+    report = metrics_from_proba(y_test, proba, dataset.class_names)
+    _stop_if_asked(stop)
+    write_ensemble_outputs(run, ensemble=described, report=report, x_test=x_test, y_test=y_test, proba=proba,
+                           metrics=metrics, dataset=dataset.name)
+    return {"run": str(run.path), **report}
+
+
+def _stop_if_asked(stop) -> None:
+    """Ctrl-C while the model ran: stop before the writes, which then finish."""
+    if stop.requested:
+        raise Interrupted("evaluation interrupted; the run's files are unchanged")
 
 
 def format_report(report: dict[str, Any]) -> str:

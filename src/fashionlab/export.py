@@ -38,22 +38,30 @@ TOLERANCE = 1e-5  # the largest difference of any probability allowed between Ke
 
 
 def onnx_ready(model):
-    """`model` with MaxPooling2D as BlockMaxPool2D (the same results): jax2onnx turns a pooling over
-    channels-last images into an ONNX MaxPool that onnxruntime refuses ("Unsupported pooling size")."""
+    """`model` with MaxPooling2D as BlockMaxPool2D (the same results), in it and in the models it holds
+    (an ensemble's members): jax2onnx turns a pooling over channels-last images into an ONNX MaxPool that
+    onnxruntime refuses ("Unsupported pooling size")."""
     import keras
 
     from fashionlab.layers import BlockMaxPool2D
 
-    if not any(type(layer) is keras.layers.MaxPooling2D for layer in model.layers):
+    if not any(type(layer) is keras.layers.MaxPooling2D for layer in _layers_within(model)):
         return model
 
     def traced(layer):
+        if isinstance(layer, keras.Model):
+            return onnx_ready(layer)
         kind = BlockMaxPool2D if type(layer) is keras.layers.MaxPooling2D else type(layer)
         return kind.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=traced)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _layers_within(model) -> list:
+    """The model's layers and those of the models among them."""
+    return [deep for layer in model.layers for deep in (_layers_within(layer) if hasattr(layer, "layers") else [layer])]
 
 
 def write_onnx(model, path: Path, metadata: dict[str, Any]) -> None:
@@ -138,13 +146,12 @@ def _stop_if_asked(stop) -> None:
 def _describe(run: Run, dataset: Dataset) -> dict[str, Any]:
     """What an exported file says it is: the run, its config and test accuracy, its data set and
     classes, the source's digest."""
-    config = run.config()
     metrics = run.metrics() if run.file("metrics.json").exists() else {}
     digest = hashlib.sha256()
     with open_regular(run.model_file(), what="model file", error=RunError, limit=MAX_ONNX_BYTES) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"run": run.path.name, "name": config.name, "config": run.shared_config(),
+    return {"run": run.path.name, "name": run.name(), "config": run.shared_config(),
             "test_accuracy": metrics.get("test_accuracy"), "dataset": dataset.name,
             "class_names": list(dataset.class_names), "model_keras_sha256": digest.hexdigest(),
             "fashionlab": __version__,

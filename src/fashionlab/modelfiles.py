@@ -118,19 +118,28 @@ TEST_TIME = ("TestTimeViews", "TestTimeMean")
 
 def _test_time_problem(config: dict[str, Any]) -> str | None:
     """What is wrong with a model's test-time views, or None. They change how many rows pass the
-    network, so they are allowed only as fashionlab builds them: a Sequential model whose first
-    layer is one TestTimeViews and whose last is one TestTimeMean of the same views."""
+    network, so they are allowed only as fashionlab builds them: in a Sequential model (a run's, or
+    each member of an ensemble) whose first layer is a TestTimeViews and whose last is a TestTimeMean
+    of the same views, and nowhere else."""
     found = sum(layer.get("class_name") in TEST_TIME for layer in _layers_of(config))
-    if not found:
-        return None
-    top = config.get("config", {}).get("layers") if config.get("class_name") == "Sequential" else None
-    names = [layer.get("class_name") if isinstance(layer, dict) else None for layer in top or []]
-    if names[:1] == ["InputLayer"]:
-        names, top = names[1:], top[1:]
-    paired = (found == 2 and names[:1] == ["TestTimeViews"] and names[-1:] == ["TestTimeMean"]
-              and top[0].get("config", {}).get("views") == top[-1].get("config", {}).get("views"))
-    return None if paired else ("declares test-time views other than one TestTimeViews first and one TestTimeMean "
-                                "of the same views last")
+    placed = sum(2 for layer in _layers_of(config) if _views_around(layer))
+    return None if found == placed else ("declares test-time views other than one TestTimeViews first and one "
+                                         "TestTimeMean of the same views last of a Sequential model")
+
+
+def _views_around(model: dict[str, Any]) -> bool:
+    """Whether `model` is a Sequential model whose first layer is a TestTimeViews and last a TestTimeMean
+    of the same views."""
+    top = model["config"].get("layers") if model.get("class_name") == "Sequential" else None
+    top = [layer for layer in top if isinstance(layer, dict)] if isinstance(top, list) else []
+    if top[:1] and top[0].get("class_name") == "InputLayer":
+        top = top[1:]
+    names = [layer.get("class_name") for layer in top]
+    def views(layer: dict[str, Any]) -> Any:
+        return layer["config"].get("views") if isinstance(layer.get("config"), dict) else None
+
+    return (len(top) >= 2 and names[0] == "TestTimeViews" and names[-1] == "TestTimeMean"
+            and views(top[0]) == views(top[-1]))
 
 
 def _layers_of(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:

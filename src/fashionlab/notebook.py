@@ -78,7 +78,14 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return self._run.name()
+
+    @property
+    def members(self) -> pd.DataFrame | None:
+        """An ensemble's runs, a row each (run, name, recipe, seed, test accuracy); None for a trained run."""
+        from fashionlab.reports import members_table
+
+        return members_table(self._run.ensemble()["members"]) if self._run.is_ensemble() else None
 
     @property
     def status(self) -> str:
@@ -117,10 +124,10 @@ class Run:
         from fashionlab.plots import new_figure
 
         dataset = self._run.dataset()
-        splits, names = data.of(dataset).splits(self.config.validation_size), dataset.class_names
-        proba = predict_proba(self._run.load_model(), splits.x_test)
+        (x_test, y_test), names = data.of(dataset).test_set(), dataset.class_names
+        proba = predict_proba(self._run.load_model(), x_test)
         predicted = proba.argmax(axis=1)
-        wrong = np.flatnonzero(predicted != splits.y_test)
+        wrong = np.flatnonzero(predicted != y_test)
         worst = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:n]
         columns = min(6, max(1, len(worst)))
         rows = max(1, -(-len(worst) // columns))
@@ -130,9 +137,9 @@ class Run:
         for ax in axes.flat:
             ax.axis("off")
         for ax, index in zip(axes.flat, worst):
-            ax.imshow(splits.x_test[index], cmap="gray")
+            ax.imshow(x_test[index], cmap="gray")
             ax.set_title(f"{names[predicted[index]]} {proba[index, predicted[index]]:.0%}\n"
-                         f"true: {names[splits.y_test[index]]}", fontsize=8)
+                         f"true: {names[y_test[index]]}", fontsize=8)
         figure.suptitle(f"{self.name}: the {len(worst)} most confident mistakes of {len(wrong)}", fontsize=10)
         return figure
 
@@ -156,6 +163,12 @@ class Run:
                              for r in results]).set_index("input")
 
     def _facts(self) -> dict[str, str]:
+        if self._run.is_ensemble():
+            metrics, members = self.metrics, self.members
+            return {"status": self.status, "members": str(len(members)),
+                    "test accuracy": _percent(metrics.get("test_accuracy")),
+                    "members' mean": _percent(members["test accuracy"].mean()),
+                    "parameters": f"{metrics['parameters']['total']:,}"}
         metrics, history = self.metrics, self.history
         facts = {"status": self.status, "epochs": str(len(history))}
         if metrics:
@@ -168,13 +181,18 @@ class Run:
         return facts
 
     def _repr_html_(self) -> str:
+        if self._run.is_ensemble():
+            from fashionlab.reports import table_html
+
+            return _card(f"{self.name} — {self.path}", self._facts(), None, table_html(self.members, index=False))
         figure = self.plot() if len(self.history) else None
         return _card(f"{self.name} — {self.path}", self._facts(), figure)
 
     def __repr__(self) -> str:
         facts = self._facts()
         said = f", test accuracy {facts['test accuracy']}" if "test accuracy" in facts else ""
-        return f"Run({str(self.path)!r}, {self.name}, {facts['status']}, {facts['epochs']} epochs{said})"
+        size = f"{facts['members']} members" if "members" in facts else f"{facts['epochs']} epochs"
+        return f"Run({str(self.path)!r}, {self.name}, {facts['status']}, {size}{said})"
 
 
 @checked(keywords=FIELDS, verbose=(0, 2))
@@ -188,6 +206,18 @@ def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data:
     config = with_changes(base, changes)
     said = call_text("train", [recipe] if recipe is not None else [], {"run_dir": run_dir, **changes})
     result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe, command=said)
+    return Run(result.run.path)
+
+
+@checked
+def ensemble(runs: Sequence[str | Path], *, out: str | Path | None = None, data: DataSource = DataSource()) -> Run:
+    """Average the class probabilities of runs already trained (paths, "latest", the start of a name
+    under runs/, or a folder of runs such as a comparison's variant) into one model that evaluate,
+    predict, serve and export take like a run: `fl.ensemble(["runs/compare-speed-90/speed-90"])`."""
+    from fashionlab.ensembles import ensemble as make_ensemble
+
+    result = make_ensemble([locate(run) for run in runs], out, data=data,
+                           command=call_text("ensemble", [list(map(str, runs))], {"out": out}))
     return Run(result.run.path)
 
 

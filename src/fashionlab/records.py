@@ -97,6 +97,40 @@ class Metrics(TypedDict):
     finished: NotRequired[str | None]
 
 
+class EnsembleMember(TypedDict):
+    """One run an ensemble averages, as ensemble.json records it when the ensemble is made."""
+
+    run: str  # its folder, as it was when the ensemble was made
+    name: str
+    recipe: NotRequired[str | None]
+    test_accuracy: Fraction  # on the test set, computed when the ensemble was made
+    config: dict[str, Any]  # its config as an exported file shows it (`Run.shared_config`)
+
+
+class EnsembleRecord(TypedDict):
+    """ensemble.json: the runs an ensemble averages (it was not trained: no config, history or checkpoints)."""
+
+    name: str
+    members: list[EnsembleMember]
+
+
+class EnsembleMetrics(TypedDict):
+    """metrics.json of an ensemble: its test figures and its members', from the day it was made."""
+
+    test_loss: Seconds
+    test_accuracy: Fraction
+    member_test_accuracy: list[Fraction]
+    parameters: Parameters
+    per_class_accuracy: NotRequired[dict[str, Fraction]]
+    wall_seconds: NotRequired[Seconds]
+    data: NotRequired[DataUsed]
+    machine: NotRequired[dict[str, str | int | None]]
+    versions: NotRequired[dict[str, str]]
+    command: NotRequired[str | None]
+    started: NotRequired[str | None]
+    finished: NotRequired[str | None]
+
+
 class HistoryRow(TypedDict):
     """One row of history.csv: an epoch's figures."""
 

@@ -295,11 +295,11 @@ def _loss_caption(names: Sequence[str], true: int, pred: int, p_pred: float, p_t
     return f"{names[pred]} {p_pred:.2f}\n{truth}\nloss {loss:.2f}"
 
 
-def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
-                    x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any],
-                    curves_png: bytes, seconds_png: bytes | None, confusion_png: bytes) -> str:
-    """One run: test metrics, learning curves, training times, per-class scores, the confusion
-    matrix and its largest confusions, top losses, sample predictions, configuration, environment."""
+def test_sections(report: Mapping[str, Any], *, x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray,
+                  confusion_png: bytes) -> dict[str, list[tuple[str, str]]]:
+    """The sections of a page that come from a model's test predictions: its summary ("metrics"), and
+    per-class scores, the confusion matrix and its largest confusions, top losses, sample predictions
+    ("details")."""
     matrix, names = np.asarray(report["confusion_matrix"]), list(report["per_class"])
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
     p_true = proba[np.arange(len(y_test)), y_test]
@@ -315,17 +315,7 @@ def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFr
     top_captions = [_loss_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i]), float(p_true[i]),
                                   float(losses[i])) for i in top]
     sample_captions = [_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i])) for i in samples]
-    environment = environment_rows(metrics)
-    sections = [
-        ("What was run", key_values(what_was_run_rows(config, metrics))),
-        ("Test metrics", key_values(summary)),
-        ("Learning curves", png_tag(curves_png, "loss and accuracy per epoch, training and validation")),
-        ("Training", key_values(training_rows(config, history, metrics))),
-    ]
-    if seconds_png is not None:
-        sections.append(("Validation accuracy against training time",
-                         png_tag(seconds_png, "validation accuracy against training seconds")))
-    sections += [
+    return {"metrics": [("Test metrics", key_values(summary))], "details": [
         ("Per-class precision, recall and F1", table_tag(scores.reset_index(), index=False, digits=3)),
         ("Confusion matrix", png_tag(confusion_png, "confusion matrix, % of each true class")),
         ("Most confused pairs", table_tag(pairs, index=False, classes="text") if len(pairs)
@@ -335,11 +325,38 @@ def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFr
               "(-log of that probability).") + image_tiles(x_test[top], top_captions, pred[top] == y_test[top])),
         (f"Sample predictions (test images 0..{len(samples) - 1})",
          image_tiles(x_test[samples], sample_captions, pred[samples] == y_test[samples])),
-        ("Configuration", key_values(config)),
+    ]}
+
+
+def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
+                    x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any],
+                    curves_png: bytes, seconds_png: bytes | None, confusion_png: bytes) -> str:
+    """One run: test metrics, learning curves, training times, per-class scores, the confusion
+    matrix and its largest confusions, top losses, sample predictions, configuration, environment."""
+    tested = test_sections(report, x_test=x_test, y_test=y_test, proba=proba, confusion_png=confusion_png)
+    environment = environment_rows(metrics)
+    sections = [
+        ("What was run", key_values(what_was_run_rows(config, metrics))),
+        *tested["metrics"],
+        ("Learning curves", png_tag(curves_png, "loss and accuracy per epoch, training and validation")),
+        ("Training", key_values(training_rows(config, history, metrics))),
     ]
+    if seconds_png is not None:
+        sections.append(("Validation accuracy against training time",
+                         png_tag(seconds_png, "validation accuracy against training seconds")))
+    sections += [*tested["details"], ("Configuration", key_values(config))]
     if environment:
         sections.append(("Environment", key_values(environment)))
     return page(title, sections)
+
+
+def _write_confusion(run: Run, matrix: np.ndarray, names: Sequence[str]) -> bytes:
+    """confusion_matrix.csv and .png; the PNG's bytes, for the page."""
+    confusion = plots.png_bytes(plots.confusion_figure(matrix, names))
+    frame = pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
+    run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
+    run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))
+    return confusion
 
 
 def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
@@ -349,19 +366,54 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
     `metrics`: what metrics.json holds (dates, times to accuracy, engine, versions...); the page
     leaves out what it does not give."""
     metrics = metrics or {}
-    matrix, names = np.asarray(report["confusion_matrix"]), list(report["per_class"])
     curves = plots.png_bytes(plots.learning_curves_figure(history, config.get("name", "")))
     marks = tuple(float(mark) for mark in metrics.get("seconds_to_val_accuracy") or (0.85, 0.90, 0.93))
     seconds = plots.png_bytes(plots.accuracy_vs_seconds_figure(history, marks)) if "seconds" in history else None
-    confusion = plots.png_bytes(plots.confusion_figure(matrix, names))
-    frame = pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
     run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
-    run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
-    run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))
+    confusion = _write_confusion(run, np.asarray(report["confusion_matrix"]), list(report["per_class"]))
     text = run_report_html(f"fashionlab run: {run.path.name}", config=config, history=history, report=report,
                            x_test=x_test, y_test=y_test, proba=proba, metrics=metrics, curves_png=curves,
                            seconds_png=seconds, confusion_png=confusion)
     run.write_text("report.html", text)
+
+
+def members_table(members: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """An ensemble's members, a row each: the run, its name, recipe and seed, its test accuracy."""
+    return pd.DataFrame({
+        "run": [str(m["run"]) for m in members], "name": [str(m["name"]) for m in members],
+        "recipe": [str(m.get("recipe") or "none") for m in members],
+        "seed": [str(m["config"].get("seed", "?")) for m in members],
+        "test accuracy": [float(m["test_accuracy"]) for m in members]})
+
+
+def ensemble_report_html(title: str, *, ensemble: Mapping[str, Any], report: Mapping[str, Any],
+                         x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any],
+                         dataset: str, confusion_png: bytes) -> str:
+    """An ensemble: what it averages and how much it gains over its members, then the test sections."""
+    tested = test_sections(report, x_test=x_test, y_test=y_test, proba=proba, confusion_png=confusion_png)
+    members = ensemble["members"]
+    accuracies = np.array([m["test_accuracy"] for m in members], dtype=float)
+    made = {"command": shortened(str(metrics.get("command") or "not recorded")),
+            "averages": f"the class probabilities of {len(members)} runs, with equal weights",
+            "members' test accuracy": (f"mean {accuracies.mean():.4f} ± {accuracies.std(ddof=1):.4f} (std), "
+                                       f"worst {accuracies.min():.4f}, best {accuracies.max():.4f}"),
+            "gain over the members' mean": f"{100 * (report['test_accuracy'] - accuracies.mean()):+.2f} points",
+            "data": f"{dataset}: {len(y_test):,} test images"}
+    environment = environment_rows(metrics)
+    sections = [("What was made", key_values(made | environment_line(metrics))), *tested["metrics"],
+                ("Members", table_tag(members_table(members), index=False, classes="text")), *tested["details"]]
+    if environment:
+        sections.append(("Environment", key_values(environment)))
+    return page(title, sections)
+
+
+def write_ensemble_outputs(run: Run, *, ensemble: Mapping[str, Any], report: Mapping[str, Any], x_test: np.ndarray,
+                           y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any], dataset: str) -> None:
+    """An ensemble's confusion_matrix.csv/.png and report.html."""
+    confusion = _write_confusion(run, np.asarray(report["confusion_matrix"]), list(report["per_class"]))
+    run.write_text("report.html", ensemble_report_html(
+        f"fashionlab ensemble: {run.path.name}", ensemble=ensemble, report=report, x_test=x_test, y_test=y_test,
+        proba=proba, metrics=metrics, dataset=dataset, confusion_png=confusion))
 
 
 def write_learning_curves(run: Run, history: pd.DataFrame, title: str) -> None:

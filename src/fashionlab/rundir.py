@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fashionlab.config import TrainConfig, from_dict
+from fashionlab.config import TrainConfig, from_dict, name_problem
 from fashionlab.datasets import FASHION_MNIST, Dataset, from_record
 from fashionlab.errors import ConfigError, RunError, reason, resume_call
 from fashionlab.files import kind_of, outermost_missing, read_text
 from fashionlab.modelfiles import load_model_file
-from fashionlab.records import HistoryRow, Metrics, Status, first_problem
+from fashionlab.records import EnsembleMetrics, EnsembleRecord, HistoryRow, Metrics, Status, first_problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +35,8 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_PREFIX = "checkpoint-epoch"  # checkpoint-epoch3.keras: the model after epoch 3
 CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"([1-9][0-9]{0,8})\.keras")
 STATUS_FILE = "run.json"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble's members, in place of config.json
+MAX_MEMBERS = 32  # runs an ensemble averages, at most
 LOCK_FILE = ".lock"
 STATUSES = ("running", "complete", "failed", "interrupted")
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # run.json, config.json, metrics.json, history.csv, ...
@@ -142,7 +144,7 @@ class Run:
         if not path.is_dir():
             raise RunError(f"{path} is not a run directory; pass the folder that training printed")
         run = cls(path)
-        if not run.file("config.json").is_file():
+        if not run.file("config.json").is_file() and not run.is_ensemble():
             raise RunError(f"{path} has no config.json: it is not a fashionlab run directory")
         status = run.status()
         if status["status"] == "unknown":
@@ -226,8 +228,33 @@ class Run:
             raise self.damaged(name, problem)
         return value
 
+    def is_ensemble(self) -> bool:
+        """Whether this folder is an ensemble (`fashionlab ensemble`): runs averaged, not a training."""
+        return os.path.lexists(self.file(ENSEMBLE_FILE))
+
+    def ensemble(self) -> dict[str, Any]:
+        """ensemble.json: the ensemble's name and its members (2 to MAX_MEMBERS runs)."""
+        record = self.read_json(ENSEMBLE_FILE, EnsembleRecord)
+        count = len(record["members"])
+        problem = name_problem(record["name"]) or (None if 2 <= count <= MAX_MEMBERS else
+                                                   f"it must list 2 to {MAX_MEMBERS} members, not {count}")
+        if problem:
+            raise self.damaged(ENSEMBLE_FILE, problem)
+        return record
+
+    def not_trained(self) -> RunError:
+        """What a caller hears who asks an ensemble for what only a training has."""
+        return RunError(f"{self.path} is an ensemble of runs: it was not trained, so it has no config, history or "
+                        f"checkpoints; use the runs it averages ({ENSEMBLE_FILE} lists them)")
+
+    def name(self) -> str:
+        """The run's label: its config's name, or the ensemble's."""
+        return self.ensemble()["name"] if self.is_ensemble() else self.config().name
+
     def config(self) -> TrainConfig:
         """config.json as the config it records."""
+        if self.is_ensemble():
+            raise self.not_trained()
         values = self.read_json("config.json")
         if not isinstance(values, dict):
             raise self.damaged("config.json", "it must hold a table of keys and values")
@@ -237,7 +264,7 @@ class Run:
             raise self.damaged("config.json", str(exc)) from None
 
     def metrics(self) -> dict[str, Any]:
-        return self.read_json("metrics.json", Metrics)
+        return self.read_json("metrics.json", EnsembleMetrics if self.is_ensemble() else Metrics)
 
     def read_table(self, name: str, **options: Any) -> pd.DataFrame:
         """A CSV file of the run (pandas' read_csv `options`), as a table or a damage report."""
@@ -250,6 +277,8 @@ class Run:
 
     def history(self) -> pd.DataFrame:
         """history.csv: one row per finished epoch, numbered from 1."""
+        if self.is_ensemble():
+            raise self.not_trained()
         frame = self.read_table("history.csv")
         rows = frame.to_dict("records")
         problem = next(filter(None, (first_problem(_plain(row), HistoryRow, f"row {i + 1}")
@@ -285,7 +314,10 @@ class Run:
 
     def shared_config(self) -> dict[str, Any]:
         """The config as an exported file or a served API shows it to others: a data set of your own
-        named, not located (its folder's path on this machine stays here)."""
+        named, not located (its folder's path on this machine stays here); an ensemble's: its members'."""
+        if self.is_ensemble():
+            return {"ensemble": [member["config"] for member in self.ensemble()["members"]],
+                    "dataset": self.dataset().name}
         return self.config().to_dict() | {"dataset": self.dataset().name}
 
     def set_status(self, status: str, **fields: Any) -> None:

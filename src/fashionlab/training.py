@@ -252,6 +252,8 @@ def _use_compilation_cache() -> None:
 
 def _existing_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir)
+    if Run(path).is_ensemble():
+        raise Run(path).not_trained()
     if not (path / "config.json").is_file():
         raise RunError(f"{path} is not a fashionlab run directory (no config.json); pass the folder to resume")
     return path

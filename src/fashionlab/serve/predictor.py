@@ -108,9 +108,8 @@ def load_predictor(run_dir: str | Path | None = None, *, onnx: str | Path | None
                 "test_accuracy": accuracy}
         return Predictor(model, "onnx", info, model.dataset())
     run = Run.open(run_dir, allow_incomplete=allow_incomplete)
-    config = run.config()
     metrics = run.metrics() if run.file("metrics.json").is_file() else {}
-    info = {"name": config.name, "run": run.path.name, "source": str(run.path), "config": run.shared_config(),
+    info = {"name": run.name(), "run": run.path.name, "source": str(run.path), "config": run.shared_config(),
             "test_accuracy": metrics.get("test_accuracy")}
     began = time.perf_counter()
     model = run.load_model()

@@ -1,0 +1,188 @@
+"""Ensembles: runs already trained, their class probabilities averaged, as one model that
+evaluate, predict, serve and export take like any run.
+
+    result = ensemble(["runs/compare/speed-90"], "runs/speed-90-x5")  # a folder of runs: its runs
+    result.metrics["test_accuracy"], result.metrics["member_test_accuracy"]
+
+An ensemble's folder holds ensemble.json (its members: run, name, recipe, config, test accuracy)
+in place of config.json, model.keras (a Keras model whose members are the runs' own models, their
+outputs averaged by an `Average` layer), metrics.json, the confusion matrix, report.html and
+run.json. It was not trained: it has no history or checkpoints, and `resume` and `compare` refuse it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionlab.arguments import checked
+from fashionlab.catalog import run_folders
+from fashionlab.config import name_problem
+from fashionlab.data import DataSource
+from fashionlab.datasets import FASHION_MNIST, record
+from fashionlab.errors import ConfigError, Interrupted, RunError
+from fashionlab.evaluation import metrics_from_proba, predict_proba
+from fashionlab.files import check_writable, outermost_missing
+from fashionlab.interrupts import stop_requests
+from fashionlab.model import parameter_counts
+from fashionlab.provenance import library_versions, machine_info
+from fashionlab.rundir import ENSEMBLE_FILE, MAX_MEMBERS, Run, default_run_dir, now
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    run: Run
+    metrics: dict[str, Any]
+
+
+@checked
+def ensemble(runs: Sequence[str | Path], out: str | Path | None = None, *, data: DataSource = DataSource(),
+             command: str | None = None) -> EnsembleResult:
+    """Average the class probabilities of `runs` (run directories, or folders of runs such as a
+    comparison's variant: each complete run in it) into one model, written to `out` (default
+    runs/<time>-<name>) with its test figures and its members'. The members must be complete runs
+    of one data set, each given once; `command` is recorded, as `train` records its own."""
+    called, started = time.perf_counter(), now()
+    members = members_of(runs)
+    dataset = members[0].dataset()
+    name = ensemble_name([member.name() for member in members])
+    out = Path(out) if out is not None else default_run_dir(name)
+    check_writable(out, what="the ensemble", term="out")
+    from fashionlab.reports import write_ensemble_outputs
+
+    with stop_requests() as stop:
+        x_test, y_test = data.of(dataset).test_set()
+        models = [member.load_model() for member in members]
+        accuracies = [metrics_from_proba(y_test, predict_proba(model, x_test), dataset.class_names)["test_accuracy"]
+                      for model in models]
+        model = averaged(models)
+        proba = predict_proba(model, x_test)
+        report = metrics_from_proba(y_test, proba, dataset.class_names)
+        if stop.requested:
+            raise Interrupted("interrupted; nothing was written")
+        described = {"name": name, "members": [
+            {"run": str(member.path), "name": member.name(), "recipe": member.status().get("recipe"),
+             "test_accuracy": accuracy, "config": member.shared_config()}
+            for member, accuracy in zip(members, accuracies)]}
+        metrics = {"test_loss": report["test_loss"], "test_accuracy": report["test_accuracy"],
+                   "member_test_accuracy": accuracies,
+                   "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()},
+                   "parameters": parameter_counts(model),
+                   "versions": library_versions(), "machine": machine_info(), "command": command,
+                   "started": started, "finished": now(), "wall_seconds": time.perf_counter() - called}
+        kept = members[0].status().get("dataset") or record(FASHION_MNIST)
+        run = _write(out, described, model, metrics, {"started": started, "finished": now(), "command": command,
+                                                      "dataset": kept},
+                     lambda run: write_ensemble_outputs(run, ensemble=described, report=report, x_test=x_test,
+                                                        y_test=y_test, proba=proba, metrics=metrics,
+                                                        dataset=dataset.name))
+    return EnsembleResult(run, metrics)
+
+
+def members_of(given: Sequence[str | Path]) -> list[Run]:
+    """The complete runs `given` names, in order: a run directory, or a folder holding runs of one
+    group (a comparison's variant: its seeds). Refused: fewer than 2 or more than MAX_MEMBERS, a run
+    twice, an ensemble, runs of different data sets."""
+    runs: list[Run] = []
+    for path in map(Path, given):
+        runs += [Run.open(folder) for folder in _runs_in(path)]
+    if not 2 <= len(runs) <= MAX_MEMBERS:
+        raise ConfigError(f"an ensemble averages 2 to {MAX_MEMBERS} runs; {len(runs)} given", terms=["runs"])
+    seen: dict[str, Path] = {}
+    for run in runs:
+        if run.is_ensemble():
+            raise ConfigError(f"{run.path} is an ensemble; give the runs it averages instead", terms=["runs"])
+        where = os.path.realpath(run.path)
+        if where in seen:
+            raise ConfigError(f"{run.path} is given twice (also as {seen[where]}); give each run once",
+                              terms=["runs"])
+        seen[where] = run.path
+    first = _data_set_of(runs[0])
+    for run in runs[1:]:
+        if _data_set_of(run) != first:
+            raise ConfigError(f"{run.path} was trained on {run.dataset().label}, {runs[0].path} on "
+                              f"{runs[0].dataset().label}; an ensemble's runs share one data set", terms=["runs"])
+    return runs
+
+
+def _runs_in(path: Path) -> list[Path]:
+    """`path` if it is a run; else the runs under it, which must be one group (one parent folder)."""
+    if not path.is_dir() or (path / "config.json").is_file() or (path / ENSEMBLE_FILE).exists():
+        return [path]  # Run.open says what is wrong with it
+    found = sorted(run_folders(path))
+    groups = sorted({folder.parent.relative_to(path).as_posix() for folder in found})
+    if not found:
+        raise RunError(f"{path} is not a run directory and holds no runs; give run directories or a folder of runs")
+    if len(groups) > 1:
+        shown = ", ".join(str(path / group) for group in groups[:8]) + (" ..." if len(groups) > 8 else "")
+        raise ConfigError(f"{path} holds runs of {len(groups)} groups ({shown}); give one of those folders, or "
+                          f"the runs themselves", terms=["runs"])
+    return found
+
+
+def _data_set_of(run: Run) -> tuple[Any, ...]:
+    """What makes two runs' data sets the same: the name, the classes, and a folder's files' digests."""
+    kept = run.status().get("dataset") or record(FASHION_MNIST)
+    return kept["name"], tuple(kept["class_names"]), tuple(sorted((kept.get("sha256") or {}).items()))
+
+
+def ensemble_name(names: Sequence[str]) -> str:
+    """ensemble-5-speed-90 for five runs named speed-90; ensemble-3 for runs of different names."""
+    shared = f"ensemble-{len(names)}-{names[0]}" if len(set(names)) == 1 else None
+    return shared if shared is not None and name_problem(shared) is None else f"ensemble-{len(names)}"
+
+
+def averaged(models: Sequence[Any]):
+    """One Keras model whose output is the mean of `models`' class probabilities, each model a
+    layer of it (named member_1, member_2, ...)."""
+    import keras
+
+    pixels = keras.Input((28, 28), name="pixels")
+    for i, model in enumerate(models, 1):
+        model.name = f"member_{i}"
+    mean = keras.layers.Average(name="average")([model(pixels) for model in models])
+    return keras.Model(pixels, mean, name="fashionlab_ensemble")
+
+
+def _write(out: Path, described: dict[str, Any], model, metrics: dict[str, Any], status: dict[str, Any],
+           report) -> Run:
+    """The ensemble's folder, run.json last; a failure leaves nothing of it behind."""
+    made = outermost_missing(out)
+    run = Run.create(out)
+    try:
+        with run:
+            run.write_json(ENSEMBLE_FILE, described)
+            run.save_model(model)
+            run.write_json("metrics.json", metrics)
+            report(run)
+            run.set_status("complete", **status)
+    except BaseException:
+        _remove(out, made)
+        raise
+    return Run(out)
+
+
+def _remove(out: Path, made: Path | None) -> None:
+    """What `_write` wrote: the folders it made, or the files it put in a folder that was empty."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink(
+            missing_ok=True)
+
+
+def format_ensemble(result: EnsembleResult) -> str:
+    m = result.metrics
+    members = np.array(m["member_test_accuracy"])
+    return (f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}\n"
+            f"its {len(members)} runs: test accuracy {members.mean():.4f} ± {members.std(ddof=1):.4f} (mean ± std), "
+            f"worst {members.min():.4f}, best {members.max():.4f}\n"
+            f"ensemble: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)")
