@@ -77,8 +77,8 @@ def run_folders(root: Path) -> list[Path]:
 
 def _is_run(folder: Path) -> bool:
     try:
-        return any((folder / name).is_file() for name in ("config.json", ENSEMBLE_FILE)) and any(os.path.lexists(folder / name)
-                                                          for name in (STATUS_FILE, "metrics.json"))
+        described = any((folder / name).is_file() for name in ("config.json", ENSEMBLE_FILE))
+        return described and any(os.path.lexists(folder / name) for name in (STATUS_FILE, "metrics.json"))
     except OSError:  # a folder this user cannot look into
         return False
 
