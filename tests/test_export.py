@@ -70,6 +70,20 @@ def test_a_cnn_with_pooling_and_batch_norm_exports(tmp_path, synthetic):
     np.testing.assert_allclose(OnnxModel(result["out"]).predict(x), predict_proba(run.model, x), atol=1e-5)
 
 
+def test_an_ensemble_exports_its_members_average_and_says_what_it_averages(tiny_run, synthetic, tmp_path):
+    from fashionlab.ensembles import ensemble
+
+    cnn = train(TINY_CNN.replace(tta="mirror"), tmp_path / "cnn", data=synthetic, verbose=0)  # pooling in a member
+    made = ensemble([tiny_run.run.path, cnn.run.path], tmp_path / "ensemble", data=synthetic)
+    result = export.export(made.run.path, out=tmp_path / "ensemble.onnx", data=synthetic)
+    x = synthetic.test_images()
+    mean = (predict_proba(tiny_run.model, x) + predict_proba(cnn.model, x)) / 2
+    model = OnnxModel(result["out"])
+    np.testing.assert_allclose(model.predict(x), mean, atol=1e-5)
+    assert model.metadata["name"] == "ensemble-2" and model.metadata["config"]["dataset"] == "fashion-mnist"
+    assert [c["name"] for c in model.metadata["config"]["ensemble"]] == ["tiny", "tiny-cnn"]
+
+
 def test_a_disagreeing_export_writes_nothing(tiny_run, synthetic, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference at all, even none, is too much
     with pytest.raises(ExportError, match="onnxruntime disagrees with Keras on 100 test images.*nothing written"):

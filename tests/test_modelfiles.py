@@ -8,6 +8,7 @@ import tempfile
 import zipfile
 
 import keras
+import numpy as np
 import pytest
 
 from fashionlab.errors import RunError
@@ -252,5 +253,36 @@ def test_test_time_views_are_loaded_only_as_one_pair_of_the_same_views_around_th
     model = load_model_file(viewed_model)
     assert [type(layer).__name__ for layer in model.layers][::3] == ["TestTimeViews", "TestTimeMean"]
     crafted = rewrite_config(viewed_model, tmp_path / "crafted.keras", change)
+    with pytest.raises(RunError, match="declares test-time views other than one TestTimeViews first"):
+        load_model_file(crafted)
+
+
+@pytest.fixture(scope="module")
+def viewed_ensemble(viewed_model, tmp_path_factory):
+    """Two models with test-time views averaged, as `fashionlab ensemble` builds them."""
+    from fashionlab.ensembles import averaged
+
+    path = tmp_path_factory.mktemp("models") / "ensemble.keras"
+    averaged([load_model_file(viewed_model), load_model_file(viewed_model)]).save(path)
+    return path
+
+
+def member_layers(config, member=1):
+    return layers_of(layers_of(config)[member])  # the Functional's layers: the input, member_1, member_2, average
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: member_layers(c).pop(),  # a member's views without their mean
+    lambda c: layers_of(c).insert(3, member_layers(c)[1]),  # a member's views taken out, into the ensemble
+    lambda c: member_layers(c, 2).insert(2, member_layers(c, 2)[1]),  # views twice in a member
+    lambda c: member_layers(c).insert(-1, member_layers(c).pop()),  # a member's mean before its last layer
+])
+def test_each_member_of_an_ensemble_may_hold_one_pair_of_views_and_nothing_else_may(viewed_ensemble, tmp_path, change):
+    model = load_model_file(viewed_ensemble)
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28)).astype(np.float32)
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.mean([m.predict(x, verbose=0) for m in members], 0),
+                               atol=1e-6)
+    crafted = rewrite_config(viewed_ensemble, tmp_path / "crafted.keras", change)
     with pytest.raises(RunError, match="declares test-time views other than one TestTimeViews first"):
         load_model_file(crafted)

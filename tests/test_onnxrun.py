@@ -319,6 +319,13 @@ def test_only_the_metadata_fields_export_writes_are_kept_each_of_its_kind(export
     onnx.save(graph, tmp_path / "meta.onnx")
     assert OnnxModel(tmp_path / "meta.onnx").metadata == {"name": "tiny",
                                                            "config": {"width": 16, "dropout": 0.1, "fine": None}}
+    for members, kept in (([{"seed": 1, "nested": nested}, {"seed": 2}], [{"seed": 1}, {"seed": 2}]),  # an ensemble
+                          ([{"seed": 1}] * 33, None), ([{"seed": 1}, "text"], None)):  # too many; not tables
+        del graph.metadata_props[:]
+        graph.metadata_props.add(key="fashionlab", value=json.dumps({"config": {"ensemble": members, "width": 3}}))
+        onnx.save(graph, tmp_path / "meta.onnx")
+        config = OnnxModel(tmp_path / "meta.onnx").metadata["config"]
+        assert config == ({"width": 3} if kept is None else {"width": 3, "ensemble": kept})
 
 
 def test_the_classes_of_a_file_come_from_its_metadata_when_it_names_them_one_each(exported, tmp_path):

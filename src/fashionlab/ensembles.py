@@ -33,7 +33,8 @@ from fashionlab.files import check_writable, outermost_missing
 from fashionlab.interrupts import stop_requests
 from fashionlab.model import parameter_counts
 from fashionlab.provenance import library_versions, machine_info
-from fashionlab.rundir import ENSEMBLE_FILE, MAX_MEMBERS, Run, default_run_dir, now
+from fashionlab.records import MAX_MEMBERS
+from fashionlab.rundir import ENSEMBLE_FILE, Run, default_run_dir, now
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from fashionlab.deadlines import MODEL_TIMEOUT, TIMEOUT_RANGE, BoundedCalls
 from fashionlab.errors import ConfigError, DataError, RunError, reason
 from fashionlab.files import open_regular
 from fashionlab.onnxshapes import SMALL_VALUES, Folding, Unfoldable
-from fashionlab.records import shown
+from fashionlab.records import MAX_MEMBERS, shown
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 METADATA_KEY = "fashionlab"
@@ -398,7 +398,8 @@ MAX_TEXT = 1000
 
 def _metadata(props) -> dict[str, Any]:
     """The file's fashionlab metadata, checked: the fields `export` writes, each of its kind (text
-    short, class names a list of text, the config a flat table of plain values); {} when there is
+    short, class names a list of text, the config a flat table of plain values, or an ensemble's: its
+    members' such tables); {} when there is
     none or it is not a JSON table."""
     text = next((p.value for p in props if p.key == METADATA_KEY), None)
     if not text or len(text) > MAX_METADATA_BYTES:
@@ -419,8 +420,16 @@ def _metadata(props) -> dict[str, Any]:
         elif kind is list and isinstance(item, list) and all(isinstance(c, str) and _plain(c) for c in item):
             kept[key] = item
         elif kind is dict and isinstance(item, dict):
-            kept[key] = {k: v for k, v in item.items() if isinstance(k, str) and _plain(k) and _plain(v)}
+            kept[key] = _flat(item)
+            members = item.get("ensemble")  # an ensemble's config: its members' configs
+            if isinstance(members, list) and len(members) <= MAX_MEMBERS and all(isinstance(m, dict) for m in members):
+                kept[key]["ensemble"] = [_flat(member) for member in members]
     return kept
+
+
+def _flat(table: dict) -> dict[str, Any]:
+    """A table's plain values (`_plain`) under plain text keys; the rest left out."""
+    return {k: v for k, v in table.items() if isinstance(k, str) and _plain(k) and _plain(v)}
 
 
 def _plain(value: Any) -> bool:

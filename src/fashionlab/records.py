@@ -97,6 +97,9 @@ class Metrics(TypedDict):
     finished: NotRequired[str | None]
 
 
+MAX_MEMBERS = 32  # runs an ensemble averages, at most
+
+
 class EnsembleMember(TypedDict):
     """One run an ensemble averages, as ensemble.json records it when the ensemble is made."""
 

@@ -26,7 +26,7 @@ from fashionlab.datasets import FASHION_MNIST, Dataset, from_record
 from fashionlab.errors import ConfigError, RunError, reason, resume_call
 from fashionlab.files import kind_of, outermost_missing, read_text
 from fashionlab.modelfiles import load_model_file
-from fashionlab.records import EnsembleMetrics, EnsembleRecord, HistoryRow, Metrics, Status, first_problem
+from fashionlab.records import MAX_MEMBERS, EnsembleMetrics, EnsembleRecord, HistoryRow, Metrics, Status, first_problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,7 +36,6 @@ CHECKPOINT_PREFIX = "checkpoint-epoch"  # checkpoint-epoch3.keras: the model aft
 CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"([1-9][0-9]{0,8})\.keras")
 STATUS_FILE = "run.json"
 ENSEMBLE_FILE = "ensemble.json"  # an ensemble's members, in place of config.json
-MAX_MEMBERS = 32  # runs an ensemble averages, at most
 LOCK_FILE = ".lock"
 STATUSES = ("running", "complete", "failed", "interrupted")
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # run.json, config.json, metrics.json, history.csv, ...
@@ -214,8 +213,8 @@ class Run:
         return read_text(self.file(name), what="run file", error=RunError, limit=MAX_TEXT_BYTES, follow_links=False)
 
     def damaged(self, name: str, problem: str) -> RunError:
-        return RunError(f"{self.file(name)}: {problem}; the run directory is damaged, restore the file or "
-                        f"train the run again")
+        again = "make the ensemble again" if self.is_ensemble() else "train the run again"
+        return RunError(f"{self.file(name)}: {problem}; the run directory is damaged, restore the file or {again}")
 
     def read_json(self, name: str, schema: Any = None) -> Any:
         """A JSON file of the run, checked against `schema` (see records.py) when one is given."""
