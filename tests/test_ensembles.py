@@ -135,11 +135,13 @@ def refusals(tiny_run, made, tmp_path, synthetic):
                                 data=DataSource(verify=False), verbose=0).run.path for i, folder in enumerate(folders))
     return {
         "one run": ([tiny_run.run.path], r"averages 2 to 32 runs; 1 given"),
-        "a run twice": ([tiny_run.run.path, tmp_path / "link"], r"is given twice \(also as .*\); give each run once"),
+        "a run twice": ([tiny_run.run.path, tmp_path / "link"], r"link are the same run \(.*\); give each run once"),
         "an ensemble": ([made.run.path, tiny_run.run.path], r"is an ensemble; give the runs it averages"),
         "another data set": ([tiny_run.run.path, seven], r"was trained on .* an ensemble's runs share one data set"),
         "the same name, other files": ([seven, other_files], r"an ensemble's runs share one data set"),
-        "a failed run": ([tiny_run.run.path, tmp_path / "failed"], r"failed"),
+        "a failed run": ([tiny_run.run.path, tmp_path / "failed"],
+                         r"failed is failed; an ensemble averages complete runs: finish it with "
+                         r"`resume\('.*failed'\)`, or leave it out"),
         "nothing there": ([tiny_run.run.path, tmp_path / "nowhere"], r"is not a run directory"),
     }
 
@@ -153,18 +155,26 @@ def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(tiny_run, mad
         assert {p: p.stat().st_mtime_ns for run in runs if run.exists() for p in run.iterdir()} == before, name
 
 
-def test_a_stop_request_leaves_nothing(members, synthetic, tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["predicting", "writing"])
+def test_a_stop_request_leaves_nothing(members, synthetic, tmp_path, monkeypatch, when):
+    from fashionlab import reports
+
     sent = []
 
-    def interrupted(model, x):
-        if not sent:  # one Ctrl-C while the models run: a stop request (a second stops at once)
-            sent.append(os.kill(os.getpid(), signal.SIGINT))
-        return predict_proba(model, x)
+    def interrupting(call):
+        def interrupted(*args, **kwargs):
+            if not sent:  # one Ctrl-C: a stop request (a second stops at once)
+                sent.append(os.kill(os.getpid(), signal.SIGINT))
+            return call(*args, **kwargs)
+        return interrupted
 
-    monkeypatch.setattr(ensembles, "predict_proba", interrupted)
+    if when == "predicting":
+        monkeypatch.setattr(ensembles, "predict_proba", interrupting(predict_proba))
+    else:  # the last file but run.json
+        monkeypatch.setattr(reports, "write_ensemble_outputs", interrupting(reports.write_ensemble_outputs))
     with pytest.raises(Interrupted, match="nothing was written"):
         ensembles.ensemble(members[:2], tmp_path / "a" / "b", data=synthetic)
-    assert not (tmp_path / "a").exists()
+    assert sent and list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_write_leaves_nothing(members, synthetic, tmp_path, monkeypatch):
@@ -176,9 +186,65 @@ def test_a_failed_write_leaves_nothing(members, synthetic, tmp_path, monkeypatch
     monkeypatch.setattr(reports, "write_ensemble_outputs", broken)
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "a" / "b", tmp_path / "empty"):
-        with pytest.raises(OSError):
+        with pytest.raises(RunError, match=f"cannot write the ensemble in {out}: No space left on device; nothing"):
             ensembles.ensemble(members[:2], out, data=synthetic)
-    assert not (tmp_path / "a").exists() and list((tmp_path / "empty").iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"] and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_the_folder_is_written_whole_under_a_hidden_name_then_renamed(members, synthetic, tmp_path, monkeypatch):
+    seen = []
+    original = ensembles.Run.set_status
+
+    def watching(run, status, **fields):
+        seen.append((run.path.name, sorted(p.name for p in tmp_path.iterdir())))
+        return original(run, status, **fields)
+
+    monkeypatch.setattr(ensembles.Run, "set_status", watching)
+    (tmp_path / "out").mkdir()  # an empty folder is replaced
+    ensembles.ensemble(members[:2], tmp_path / "out", data=synthetic)
+    (name, listed), = seen  # run.json written once, last, in the hidden folder, while out was still empty
+    assert name.startswith(".out.") and listed == [name, "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and Run.open(tmp_path / "out").is_ensemble()
+
+
+def test_out_must_be_new_or_empty_and_outside_any_run(members, made, synthetic, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("kept")
+    for out, said in ((tmp_path / "full", r"`out` .*full already exists and is not empty; give a new folder"),
+                      (members[0] / "inside", r"`out` .*inside is inside the run .*tiny; give a folder outside"),
+                      (made.run.path / "a" / "b", r"is inside the run .*three; give a folder outside any run")):
+        with pytest.raises(ConfigError, match=said):
+            ensembles.ensemble(members[:2], out, data=synthetic)
+    assert (tmp_path / "full" / "mine.txt").read_text() == "kept" and not (members[0] / "inside").exists()
+
+
+def test_an_ensemble_in_a_folder_of_runs_is_left_out_of_it(tiny_run, synthetic, tmp_path):
+    for seed in (1, 2):
+        copy_run(tiny_run, tmp_path / "variant" / f"seed-{seed}", "2026-12-01T10:00:00+00:00")
+    ensembles.ensemble([tmp_path / "variant"], tmp_path / "variant" / "ensemble", data=synthetic)
+    again = ensembles.ensemble([tmp_path / "variant"], tmp_path / "again", data=synthetic)
+    assert len(again.run.ensemble()["members"]) == 2
+
+
+def test_an_unfinished_or_damaged_ensemble_is_said_to_be_so(made, tmp_path):
+    copy = shutil.copytree(made.run.path, tmp_path / "copy")
+    status = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps(status | {"status": "running"}))
+    with pytest.raises(RunError, match="is an ensemble that was not finished \\(running\\); make it again with "
+                                       "`fashionlab ensemble`"):
+        evaluate(copy)
+    (copy / "run.json").write_text(json.dumps(status))
+    metrics = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps(metrics | {"member_test_accuracy": [0.5]}))
+    with pytest.raises(RunError, match="must hold one figure for each of the 3 members, not 1; .*make the ensemble"):
+        Run(copy).metrics()
+    (copy / "metrics.json").unlink()
+    with pytest.raises(RunError, match="metrics.json: it is missing; .*make the ensemble again"):
+        evaluate(copy)
+    (copy / "run.json").unlink()  # an ensemble is never one of the runs made before run.json was written
+    with pytest.raises(RunError, match="run.json: it is missing; .*make the ensemble again"):
+        Run.open(copy)
+    assert catalog.entry(copy, tmp_path).status == "damaged"
 
 
 def test_what_only_a_training_has_is_refused_in_one_line(made, tmp_path):

@@ -247,6 +247,8 @@ def layers_of(config):
     lambda c: layers_of(c).insert(1, json.loads(json.dumps(layers_of(c)[1]))),  # views of views
     lambda c: layers_of(c).insert(2, layers_of(c).pop(1)),  # views after another layer
     lambda c: layers_of(c).extend(json.loads(json.dumps(layers_of(c)[1:]))),  # stacked pairs: 4 x the rows
+    lambda c: (layers_of(c).pop(), layers_of(c)[1].update(class_name="Identity")),  # views named as another class
+    lambda c: layers_of(c)[-1].update(class_name="Identity", registered_name="fashionlab>TestTimeViews"),
 ])
 def test_test_time_views_are_loaded_only_as_one_pair_of_the_same_views_around_the_network(viewed_model, tmp_path,
                                                                                            change):
@@ -285,4 +287,41 @@ def test_each_member_of_an_ensemble_may_hold_one_pair_of_views_and_nothing_else_
                                atol=1e-6)
     crafted = rewrite_config(viewed_ensemble, tmp_path / "crafted.keras", change)
     with pytest.raises(RunError, match="declares test-time views other than one TestTimeViews first"):
+        load_model_file(crafted)
+
+
+def test_a_layer_is_known_by_the_class_keras_builds_for_it(viewed_model, tmp_path):
+    from fashionlab.modelfiles import _archive_config, _test_time_problem
+
+    def disguised(c):  # a mean without views, named as a layer that is not one
+        layers_of(c).pop(1)
+        layers_of(c)[-1]["class_name"] = "Identity"
+
+    crafted = rewrite_config(viewed_model, tmp_path / "crafted.keras", disguised)
+    with open(crafted, "rb") as handle:
+        assert "declares test-time views other than" in _test_time_problem(_archive_config(crafted, handle))
+
+
+def test_views_are_checked_on_the_model_keras_built_too(viewed_model):
+    from fashionlab.ensembles import averaged
+    from fashionlab.layers import TestTimeMean, TestTimeViews
+    from fashionlab.modelfiles import _built_test_time_problem
+
+    viewed = load_model_file(viewed_model)
+    assert _built_test_time_problem(viewed) is None and _built_test_time_problem(averaged([viewed, viewed])) is None
+    network = [keras.layers.Flatten(), keras.layers.Dense(10)]
+    for layers in ([TestTimeViews("mirror"), *network],  # no mean
+                   [*network, TestTimeMean("mirror")],  # no views
+                   [TestTimeViews("mirror"), *network, TestTimeMean("mirror-shift")]):  # the mean of other views
+        model = keras.Sequential([keras.Input((28, 28)), *layers])
+        assert "declares test-time views other than" in _built_test_time_problem(model)
+        assert "declares test-time views other than" in _built_test_time_problem(averaged([viewed, model]))
+
+
+def test_a_config_nested_too_deep_to_look_through_is_refused(viewed_model, tmp_path):
+    deep: dict = {}
+    for _ in range(70):
+        deep = {"inner": deep}
+    crafted = rewrite_config(viewed_model, tmp_path / "deep.keras", lambda c: layers_of(c)[2]["config"].update(x=deep))
+    with pytest.raises(RunError, match="declares layers nested more than 64 levels deep; it is not a fashionlab"):
         load_model_file(crafted)

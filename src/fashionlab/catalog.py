@@ -60,7 +60,7 @@ def run_folders(root: Path) -> list[Path]:
             raise RunError(f"{root} holds more than {MAX_FOLDERS:,} folders; give the folder of the runs you mean")
         folder, depth = stack.pop()
         looked += 1
-        if _is_run(folder):
+        if is_run(folder):
             found.append(folder)
             continue  # a run holds no runs
         if depth == MAX_DEPTH:
@@ -75,9 +75,10 @@ def run_folders(root: Path) -> list[Path]:
     return found
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
+    """Whether `folder` is a run directory (or an ensemble's): its config and its status are there."""
     try:
-        described = any((folder / name).is_file() for name in ("config.json", ENSEMBLE_FILE))
+        described = any(os.path.lexists(folder / name) for name in ("config.json", ENSEMBLE_FILE))
         return described and any(os.path.lexists(folder / name) for name in (STATUS_FILE, "metrics.json"))
     except OSError:  # a folder this user cannot look into
         return False
@@ -107,7 +108,7 @@ def with_figures(found: Entry) -> Entry:
     run = Run(found.path)
     try:
         run.name()  # the config (an ensemble's members) read through its schema
-        metrics = run.metrics() if found.status == "complete" and run.file("metrics.json").is_file() else {}
+        metrics = run.metrics() if found.status == "complete" else {}
     except (FashionlabError, OSError) as exc:
         return replace(found, status="damaged", problem=str(exc))
     return replace(found, test_accuracy=metrics.get("test_accuracy"),

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from fashionlab.arguments import checked
-from fashionlab.catalog import run_folders
+from fashionlab.catalog import is_run, run_folders
 from fashionlab.config import name_problem
 from fashionlab.data import DataSource
 from fashionlab.datasets import FASHION_MNIST, record
-from fashionlab.errors import ConfigError, Interrupted, RunError
+from fashionlab.errors import ConfigError, Interrupted, RunError, resume_call
 from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.files import check_writable, outermost_missing
 from fashionlab.interrupts import stop_requests
@@ -47,15 +48,16 @@ class EnsembleResult:
 def ensemble(runs: Sequence[str | Path], out: str | Path | None = None, *, data: DataSource = DataSource(),
              command: str | None = None) -> EnsembleResult:
     """Average the class probabilities of `runs` (run directories, or folders of runs such as a
-    comparison's variant: each complete run in it) into one model, written to `out` (default
+    comparison's variant: the runs in it) into one model, written to `out` (default
     runs/<time>-<name>) with its test figures and its members'. The members must be complete runs
-    of one data set, each given once; `command` is recorded, as `train` records its own."""
+    of one data set, each given once; `command` is recorded, as `train` records its own. All or
+    nothing: the folder is written beside `out` under a hidden name and renamed into place."""
     called, started = time.perf_counter(), now()
     members = members_of(runs)
     dataset = members[0].dataset()
     name = ensemble_name([member.name() for member in members])
     out = Path(out) if out is not None else default_run_dir(name)
-    check_writable(out, what="the ensemble", term="out")
+    check_out(out)
     from fashionlab.reports import write_ensemble_outputs
 
     with stop_requests() as stop:
@@ -66,10 +68,9 @@ def ensemble(runs: Sequence[str | Path], out: str | Path | None = None, *, data:
         model = averaged(models)
         proba = predict_proba(model, x_test)
         report = metrics_from_proba(y_test, proba, dataset.class_names)
-        if stop.requested:
-            raise Interrupted("interrupted; nothing was written")
+        _stop_if_asked(stop)
         described = {"name": name, "members": [
-            {"run": str(member.path), "name": member.name(), "recipe": member.status().get("recipe"),
+            {"run": os.path.abspath(member.path), "name": member.name(), "recipe": member.status().get("recipe"),
              "test_accuracy": accuracy, "config": member.shared_config()}
             for member, accuracy in zip(members, accuracies)]}
         metrics = {"test_loss": report["test_loss"], "test_accuracy": report["test_accuracy"],
@@ -78,22 +79,75 @@ def ensemble(runs: Sequence[str | Path], out: str | Path | None = None, *, data:
                    "parameters": parameter_counts(model),
                    "versions": library_versions(), "machine": machine_info(), "command": command,
                    "started": started, "finished": now(), "wall_seconds": time.perf_counter() - called}
-        kept = members[0].status().get("dataset") or record(FASHION_MNIST)
-        run = _write(out, described, model, metrics, {"started": started, "finished": now(), "command": command,
-                                                      "dataset": kept},
-                     lambda run: write_ensemble_outputs(run, ensemble=described, report=report, x_test=x_test,
-                                                        y_test=y_test, proba=proba, metrics=metrics,
-                                                        dataset=dataset.name))
-    return EnsembleResult(run, metrics)
+        status = {"started": started, "finished": now(), "command": command,
+                  "dataset": members[0].status().get("dataset") or record(FASHION_MNIST)}
+
+        def write(run: Run) -> None:
+            run.write_json(ENSEMBLE_FILE, described)
+            run.save_model(model)
+            run.write_json("metrics.json", metrics)
+            write_ensemble_outputs(run, ensemble=described, report=report, x_test=x_test, y_test=y_test,
+                                   proba=proba, metrics=metrics, dataset=dataset.name)
+            run.set_status("complete", **status)
+            _stop_if_asked(stop)
+
+        _written(out, write)
+    return EnsembleResult(Run(out), metrics)
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any work, an `out` that is not an empty or new folder one can write in, or that
+    lies inside a run (a run holds no runs: it would be listed by no one)."""
+    check_writable(out, what="the ensemble", term="out")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"`out` {out} already exists and is not empty; give a new folder", terms=["out"])
+    inside = next((folder for folder in Path(os.path.abspath(out)).parents if is_run(folder)), None)
+    if inside is not None:
+        raise ConfigError(f"`out` {out} is inside the run {inside}; give a folder outside any run", terms=["out"])
+
+
+def _stop_if_asked(stop) -> None:
+    if stop.requested:
+        raise Interrupted("interrupted; nothing was written")
+
+
+def _written(out: Path, write: Callable[[Run], None]) -> None:
+    """`write` into a hidden folder beside `out`, then that folder renamed to `out` (which is new or
+    empty); whatever fails or is interrupted first, nothing is left, not even the folders made for it."""
+    made = outermost_missing(out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        _remove(made)
+        raise RunError(f"cannot make the ensemble's folder in {out.parent}: {exc.strerror or exc}; give `out` "
+                       f"another folder", terms=["out"]) from None
+    try:
+        with Run.create(scratch) as run:
+            write(run)
+        os.rename(scratch, out)  # replaces an empty folder; refused if one appeared meanwhile with files
+    except OSError as exc:
+        raise RunError(f"cannot write the ensemble in {out}: {exc.strerror or exc}; nothing was written") from None
+    except RunError as exc:
+        raise RunError(str(exc).removesuffix("; earlier artifacts are intact") + "; nothing was written") from None
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+            _remove(made)
+
+
+def _remove(made: Path | None) -> None:
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def members_of(given: Sequence[str | Path]) -> list[Run]:
     """The complete runs `given` names, in order: a run directory, or a folder holding runs of one
-    group (a comparison's variant: its seeds). Refused: fewer than 2 or more than MAX_MEMBERS, a run
-    twice, an ensemble, runs of different data sets."""
+    group (a comparison's variant: its seeds; ensembles in it left out). Refused: fewer than 2 or
+    more than MAX_MEMBERS, a run twice, an ensemble, a run not complete, runs of different data sets."""
     runs: list[Run] = []
     for path in map(Path, given):
-        runs += [Run.open(folder) for folder in _runs_in(path)]
+        runs += [_complete(folder) for folder in _runs_in(path)]
     if not 2 <= len(runs) <= MAX_MEMBERS:
         raise ConfigError(f"an ensemble averages 2 to {MAX_MEMBERS} runs; {len(runs)} given", terms=["runs"])
     seen: dict[str, Path] = {}
@@ -102,7 +156,7 @@ def members_of(given: Sequence[str | Path]) -> list[Run]:
             raise ConfigError(f"{run.path} is an ensemble; give the runs it averages instead", terms=["runs"])
         where = os.path.realpath(run.path)
         if where in seen:
-            raise ConfigError(f"{run.path} is given twice (also as {seen[where]}); give each run once",
+            raise ConfigError(f"{seen[where]} and {run.path} are the same run ({where}); give each run once",
                               terms=["runs"])
         seen[where] = run.path
     first = _data_set_of(runs[0])
@@ -113,11 +167,22 @@ def members_of(given: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
+def _complete(folder: Path) -> Run:
+    """The run at `folder`, which must be complete."""
+    run = Run.open(folder, allow_incomplete=True)
+    state = run.status()["status"]
+    if state != "complete":
+        state = "unfinished (its process died)" if state == "running" and not run.in_use() else state
+        raise ConfigError(f"{folder} is {state}; an ensemble averages complete runs: finish it with "
+                          f"`{resume_call(folder)}`, or leave it out", terms=[resume_call(folder)])
+    return run
+
+
 def _runs_in(path: Path) -> list[Path]:
-    """`path` if it is a run; else the runs under it, which must be one group (one parent folder)."""
-    if not path.is_dir() or (path / "config.json").is_file() or (path / ENSEMBLE_FILE).exists():
+    """`path` if it is a run; else the runs under it but ensembles, which must be one group (one parent folder)."""
+    if not path.is_dir() or is_run(path):
         return [path]  # Run.open says what is wrong with it
-    found = sorted(run_folders(path))
+    found = sorted(folder for folder in run_folders(path) if not Run(folder).is_ensemble())
     groups = sorted({folder.parent.relative_to(path).as_posix() for folder in found})
     if not found:
         raise RunError(f"{path} is not a run directory and holds no runs; give run directories or a folder of runs")
@@ -150,34 +215,6 @@ def averaged(models: Sequence[Any]):
         model.name = f"member_{i}"
     mean = keras.layers.Average(name="average")([model(pixels) for model in models])
     return keras.Model(pixels, mean, name="fashionlab_ensemble")
-
-
-def _write(out: Path, described: dict[str, Any], model, metrics: dict[str, Any], status: dict[str, Any],
-           report) -> Run:
-    """The ensemble's folder, run.json last; a failure leaves nothing of it behind."""
-    made = outermost_missing(out)
-    run = Run.create(out)
-    try:
-        with run:
-            run.write_json(ENSEMBLE_FILE, described)
-            run.save_model(model)
-            run.write_json("metrics.json", metrics)
-            report(run)
-            run.set_status("complete", **status)
-    except BaseException:
-        _remove(out, made)
-        raise
-    return Run(out)
-
-
-def _remove(out: Path, made: Path | None) -> None:
-    """What `_write` wrote: the folders it made, or the files it put in a folder that was empty."""
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
-        return
-    for child in out.iterdir():
-        shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink(
-            missing_ok=True)
 
 
 def format_ensemble(result: EnsembleResult) -> str:

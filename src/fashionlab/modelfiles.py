@@ -44,10 +44,16 @@ def load_model_file(path: str | Path, *, follow_links: bool = False, compile: bo
     with open_regular(path, what="model file", error=RunError, limit=MAX_MODEL_UNCOMPRESSED_BYTES,
                       follow_links=follow_links) as handle:
         declared = _archive_config(path, handle)
-        problem = _declared_problem(declared) or _test_time_problem(declared)
+        try:
+            problem = _declared_problem(declared) or _test_time_problem(declared)
+        except _TooDeep:
+            problem = f"declares layers nested more than {MAX_NESTING} levels deep"
         if problem:
             raise RunError(f"{path} {problem}; it is not a fashionlab model")
         model = _load_keras(path, handle, compile)
+    problem = _built_test_time_problem(model)  # what Keras built, whatever the config called its layers
+    if problem:
+        raise RunError(f"{path} {problem}; it is not a fashionlab model")
     inputs, outputs = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None, model.outputs
     if inputs != (None, 28, 28):
         raise RunError(f"{path} takes inputs of shape {inputs if inputs else len(model.inputs)}, not 28 x 28 images; "
@@ -121,10 +127,9 @@ def _test_time_problem(config: dict[str, Any]) -> str | None:
     network, so they are allowed only as fashionlab builds them: in a Sequential model (a run's, or
     each member of an ensemble) whose first layer is a TestTimeViews and whose last is a TestTimeMean
     of the same views, and nowhere else."""
-    found = sum(layer.get("class_name") in TEST_TIME for layer in _layers_of(config))
+    found = sum(_built_as(layer) in TEST_TIME for layer in _layers_of(config))
     placed = sum(2 for layer in _layers_of(config) if _views_around(layer))
-    return None if found == placed else ("declares test-time views other than one TestTimeViews first and one "
-                                         "TestTimeMean of the same views last of a Sequential model")
+    return None if found == placed else f"{TESTED_VIEWS} of a Sequential model"
 
 
 def _views_around(model: dict[str, Any]) -> bool:
@@ -134,7 +139,7 @@ def _views_around(model: dict[str, Any]) -> bool:
     top = [layer for layer in top if isinstance(layer, dict)] if isinstance(top, list) else []
     if top[:1] and top[0].get("class_name") == "InputLayer":
         top = top[1:]
-    names = [layer.get("class_name") for layer in top]
+    names = [_built_as(layer) for layer in top]
     def views(layer: dict[str, Any]) -> Any:
         return layer["config"].get("views") if isinstance(layer.get("config"), dict) else None
 
@@ -142,10 +147,45 @@ def _views_around(model: dict[str, Any]) -> bool:
             and views(top[0]) == views(top[-1]))
 
 
+def _built_as(layer: dict[str, Any]) -> Any:
+    """The class Keras builds for a layer table: the one its `registered_name` names when it has one
+    ("fashionlab>TestTimeViews"), else its `class_name`."""
+    registered = layer.get("registered_name")
+    return registered.rpartition(">")[2] if isinstance(registered, str) else layer.get("class_name")
+
+
+TESTED_VIEWS = "declares test-time views other than one TestTimeViews first and one TestTimeMean of the same views last"
+
+
+def _built_test_time_problem(model) -> str | None:
+    """What is wrong with the test-time views of a model as built, or None: as `_test_time_problem`
+    checks its config, on the layers themselves."""
+    from fashionlab.layers import TestTimeMean, TestTimeViews
+
+    found, placed, models = set(), set(), [model]
+    while models:
+        current = models.pop()
+        layers = list(getattr(current, "layers", []))
+        found |= {id(layer) for layer in layers if isinstance(layer, (TestTimeViews, TestTimeMean))}
+        models += [layer for layer in layers if hasattr(layer, "layers")]
+        if (type(current).__name__ == "Sequential" and len(layers) >= 2 and isinstance(layers[0], TestTimeViews)
+                and isinstance(layers[-1], TestTimeMean) and layers[0].views == layers[-1].views):
+            placed |= {id(layers[0]), id(layers[-1])}
+    return None if found == placed else f"{TESTED_VIEWS} of a Sequential model"
+
+
+MAX_NESTING = 64  # dict and list levels of a model config: a fashionlab ensemble has about a dozen
+
+
+class _TooDeep(Exception):
+    """A model config nested deeper than MAX_NESTING: refused, not looked through."""
+
+
 def _layers_of(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
-    """Every layer table (a class name and its config) in a Keras model config, nested ones included."""
-    if depth > 50:
-        return
+    """Every layer table (a class name and its config) in a Keras model config, nested ones included;
+    a config nested deeper than MAX_NESTING is refused, not skipped."""
+    if depth > MAX_NESTING:
+        raise _TooDeep
     if isinstance(value, dict):
         if isinstance(value.get("class_name"), str) and isinstance(value.get("config"), dict):
             yield value

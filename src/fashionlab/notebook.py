@@ -168,7 +168,7 @@ class Run:
             return {"status": self.status, "members": str(len(members)),
                     "test accuracy": _percent(metrics.get("test_accuracy")),
                     "members' mean": _percent(members["test accuracy"].mean()),
-                    "parameters": f"{metrics['parameters']['total']:,}"}
+                    "parameters": f"{metrics.get('parameters', {}).get('total', 0):,}"}
         metrics, history = self.metrics, self.history
         facts = {"status": self.status, "epochs": str(len(history))}
         if metrics:

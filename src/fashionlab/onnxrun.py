@@ -41,17 +41,17 @@ INSTALL_HINT = "pip install 'fashionlab[onnx]'"
 MAX_ONNX_BYTES = 256 * 1024 * 1024
 MAX_METADATA_BYTES = 256 * 1024
 PREDICT_BATCH = 1024
-# The operators fashionlab's exports use (every model family, activation and batch-norm placement),
-# and a few of their plain relatives. Each one's memory and work follow from the shapes of its
-# inputs and outputs (`_work`); none holds a subgraph, draws random numbers or sizes its output
-# from the data it reads.
+# The operators fashionlab's exports use (every model family, activation and batch-norm placement;
+# an ensemble's average, Mean), and a few of their plain relatives. Each one's memory and work follow
+# from the shapes of its inputs and outputs (`_work`); none holds a subgraph, draws random numbers or
+# sizes its output from the data it reads.
 OPERATORS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Elu",
     "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "GatherND", "Gelu", "Gemm", "Greater", "HardSigmoid",
-    "Identity", "LeakyRelu", "Less", "Log", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Not", "Pad", "Pow",
-    "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Selu", "Shape",
-    "Sigmoid", "Sign", "Slice", "Softmax", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
-    "Where"})
+    "Identity", "LeakyRelu", "Less", "Log", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Not", "Pad",
+    "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Selu",
+    "Shape", "Sigmoid", "Sign", "Slice", "Softmax", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose",
+    "Unsqueeze", "Where"})
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # Bytes per value of the element types a graph may compute with (ONNX's TensorProto numbers).
 ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}

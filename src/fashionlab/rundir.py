@@ -149,6 +149,9 @@ class Run:
         if status["status"] == "unknown":
             raise RunError(f"{path} has no run.json: it is not a fashionlab run, or its training never started; "
                            f"train it again")
+        if status["status"] != "complete" and run.is_ensemble():  # written whole: never resumed
+            raise RunError(f"{path} is an ensemble that was not finished ({status['status']}); make it again with "
+                           f"`fashionlab ensemble`")
         if status["status"] != "complete" and not allow_incomplete:
             done = f" after {status['epochs_done']} of {status['epochs']} epochs" if "epochs" in status else ""
             state = status["status"]
@@ -263,7 +266,16 @@ class Run:
             raise self.damaged("config.json", str(exc)) from None
 
     def metrics(self) -> dict[str, Any]:
-        return self.read_json("metrics.json", EnsembleMetrics if self.is_ensemble() else Metrics)
+        """metrics.json, through its schema (an ensemble's: one figure for each of its members)."""
+        if not os.path.lexists(self.file("metrics.json")):
+            raise self.damaged("metrics.json", "it is missing")
+        if not self.is_ensemble():
+            return self.read_json("metrics.json", Metrics)
+        metrics, members = self.read_json("metrics.json", EnsembleMetrics), len(self.ensemble()["members"])
+        if len(metrics["member_test_accuracy"]) != members:
+            raise self.damaged("metrics.json", f"`member_test_accuracy` must hold one figure for each of the "
+                                               f"{members} members, not {len(metrics['member_test_accuracy'])}")
+        return metrics
 
     def read_table(self, name: str, **options: Any) -> pd.DataFrame:
         """A CSV file of the run (pandas' read_csv `options`), as a table or a damage report."""
@@ -303,6 +315,8 @@ class Run:
         """run.json; without one, a folder with metrics.json counts as complete (older runs)."""
         if os.path.lexists(self.file(STATUS_FILE)):
             return self.read_json(STATUS_FILE, Status)
+        if self.is_ensemble():  # ensembles always had one
+            raise self.damaged(STATUS_FILE, "it is missing")
         return {"status": "complete" if self.file("metrics.json").is_file() else "unknown"}
 
     def dataset(self) -> Dataset:
