@@ -226,27 +226,6 @@ def test_an_ensemble_in_a_folder_of_runs_is_left_out_of_it(tiny_run, synthetic, 
     assert len(again.run.ensemble()["members"]) == 2
 
 
-def test_an_unfinished_or_damaged_ensemble_is_said_to_be_so(made, tmp_path):
-    copy = shutil.copytree(made.run.path, tmp_path / "copy")
-    status = json.loads((copy / "run.json").read_text())
-    (copy / "run.json").write_text(json.dumps(status | {"status": "running"}))
-    with pytest.raises(RunError, match="is an ensemble that was not finished \\(running\\); make it again with "
-                                       "`fashionlab ensemble`"):
-        evaluate(copy)
-    (copy / "run.json").write_text(json.dumps(status))
-    metrics = json.loads((copy / "metrics.json").read_text())
-    (copy / "metrics.json").write_text(json.dumps(metrics | {"member_test_accuracy": [0.5]}))
-    with pytest.raises(RunError, match="must hold one figure for each of the 3 members, not 1; .*make the ensemble"):
-        Run(copy).metrics()
-    (copy / "metrics.json").unlink()
-    with pytest.raises(RunError, match="metrics.json: it is missing; .*make the ensemble again"):
-        evaluate(copy)
-    (copy / "run.json").unlink()  # an ensemble is never one of the runs made before run.json was written
-    with pytest.raises(RunError, match="run.json: it is missing; .*make the ensemble again"):
-        Run.open(copy)
-    assert catalog.entry(copy, tmp_path).status == "damaged"
-
-
 def test_what_only_a_training_has_is_refused_in_one_line(made, tmp_path):
     said = r"is an ensemble of runs: it was not trained, so it has no config, history or checkpoints"
     for call in (made.run.config, made.run.history, lambda: resume(made.run.path),

@@ -316,6 +316,10 @@ def test_views_are_checked_on_the_model_keras_built_too(viewed_model):
         model = keras.Sequential([keras.Input((28, 28)), *layers])
         assert "declares test-time views other than" in _built_test_time_problem(model)
         assert "declares test-time views other than" in _built_test_time_problem(averaged([viewed, model]))
+    pixels = keras.Input((28, 28))  # views and their mean around a model that is not a Sequential one
+    functional = keras.Model(pixels, TestTimeMean("mirror")(keras.layers.Dense(10)(keras.layers.Flatten()(
+        TestTimeViews("mirror")(pixels)))))
+    assert "declares test-time views other than" in _built_test_time_problem(functional)
 
 
 def test_a_config_nested_too_deep_to_look_through_is_refused(viewed_model, tmp_path):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import copy_run
 
 from fashionlab.errors import RunError
 from fashionlab.rundir import Run, atomic_path
@@ -82,3 +83,29 @@ def test_an_unwritable_run_directory_is_refused(tmp_path):
         Run.create(tmp_path / "file" / "run")
     with pytest.raises(RunError, match="exists and is not a directory"):
         Run.create(tmp_path / "file")
+
+
+def test_an_unfinished_or_damaged_ensemble_is_said_to_be_so(tiny_run, synthetic, tmp_path):
+    from fashionlab import catalog
+    from fashionlab.ensembles import ensemble
+    from fashionlab.evaluation import evaluate
+
+    twin = copy_run(tiny_run, tmp_path / "twin", "2026-12-01T10:00:00+00:00")
+    copy = ensemble([tiny_run.run.path, twin], tmp_path / "copy", data=synthetic).run.path
+    status = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps(status | {"status": "running"}))
+    with pytest.raises(RunError, match="is an ensemble that was not finished \\(running\\); make it again with "
+                                       "`fashionlab ensemble`"):
+        evaluate(copy)
+    (copy / "run.json").write_text(json.dumps(status))
+    metrics = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps(metrics | {"member_test_accuracy": [0.5]}))
+    with pytest.raises(RunError, match="must hold one figure for each of the 2 members, not 1; .*make the ensemble"):
+        Run(copy).metrics()
+    (copy / "metrics.json").unlink()
+    with pytest.raises(RunError, match="metrics.json: it is missing; .*make the ensemble again"):
+        evaluate(copy)
+    (copy / "run.json").unlink()  # an ensemble is never one of the runs made before run.json was written
+    with pytest.raises(RunError, match="run.json: it is missing; .*make the ensemble again"):
+        Run.open(copy)
+    assert catalog.entry(copy, tmp_path).status == "damaged"
