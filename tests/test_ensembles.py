@@ -81,8 +81,10 @@ def test_ensemble_json_says_what_it_averages(made, members, tiny_run):
     assert [row[0] for row in members_table[1:]] == [str(path) for path in members]
     assert [row[-1] for row in members_table[1:]] == [f"{m['test_accuracy']:.4f}" for m in described["members"]]
     made_rows = dict(page.tables[0])
-    mean = np.mean([m["test_accuracy"] for m in described["members"]])
-    assert made_rows["gain over the members' mean"] == f"{100 * (made.metrics['test_accuracy'] - mean):+.2f} points"
+    each = [m["test_accuracy"] for m in described["members"]]
+    assert made_rows["against its members"].startswith(
+        f"{100 * (made.metrics['test_accuracy'] - np.mean(each)):+.2f} points over the members' mean, "
+        f"{100 * (made.metrics['test_accuracy'] - max(each)):+.2f} over the best member")
 
 
 def test_evaluate_predict_and_the_catalog_take_it_as_a_run(made, members, synthetic):
@@ -134,7 +136,7 @@ def refusals(tiny_run, made, tmp_path, synthetic):
     seven, other_files = (train(TINY.replace(dataset=f"{folder}/"), tmp_path / f"run-{i}",
                                 data=DataSource(verify=False), verbose=0).run.path for i, folder in enumerate(folders))
     return {
-        "one run": ([tiny_run.run.path], r"averages 2 to 32 runs; 1 given"),
+        "one run": ([tiny_run.run.path], r"averages 2 to 32 runs, 1 given; give more runs, or a folder of runs"),
         "a run twice": ([tiny_run.run.path, tmp_path / "link"], r"link are the same run \(.*\); give each run once"),
         "an ensemble": ([made.run.path, tiny_run.run.path], r"is an ensemble; give the runs it averages"),
         "another data set": ([tiny_run.run.path, seven], r"was trained on .* an ensemble's runs share one data set"),
@@ -157,8 +159,6 @@ def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(tiny_run, mad
 
 @pytest.mark.parametrize("when", ["predicting", "writing"])
 def test_a_stop_request_leaves_nothing(members, synthetic, tmp_path, monkeypatch, when):
-    from fashionlab import reports
-
     sent = []
 
     def interrupting(call):
@@ -171,19 +171,17 @@ def test_a_stop_request_leaves_nothing(members, synthetic, tmp_path, monkeypatch
     if when == "predicting":
         monkeypatch.setattr(ensembles, "predict_proba", interrupting(predict_proba))
     else:  # the last file but run.json
-        monkeypatch.setattr(reports, "write_ensemble_outputs", interrupting(reports.write_ensemble_outputs))
+        monkeypatch.setattr(ensembles, "write_ensemble_outputs", interrupting(ensembles.write_ensemble_outputs))
     with pytest.raises(Interrupted, match="nothing was written"):
         ensembles.ensemble(members[:2], tmp_path / "a" / "b", data=synthetic)
     assert sent and list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_write_leaves_nothing(members, synthetic, tmp_path, monkeypatch):
-    from fashionlab import reports
-
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reports, "write_ensemble_outputs", broken)
+    monkeypatch.setattr(ensembles, "write_ensemble_outputs", broken)
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "a" / "b", tmp_path / "empty"):
         with pytest.raises(RunError, match=f"cannot write the ensemble in {out}: No space left on device; nothing"):
@@ -256,10 +254,29 @@ def test_a_damaged_ensemble_json_is_said_to_be_damaged(made, tmp_path, damage, s
 def test_the_notebook_makes_and_shows_an_ensemble(members, synthetic, tmp_path):
     import fashionlab as fl
 
-    run = fl.ensemble([str(path) for path in members[:2]], out=tmp_path / "nb", data=synthetic)
-    assert run.members["seed"].tolist() == ["7", "8"]
+    run = fl.ensemble([fl.Run.open(members[0]), str(members[1])], out=tmp_path / "nb", data=synthetic)
+    assert run.members["seed"].tolist() == [7, 8]
     assert repr(run).startswith(f"Run({str(tmp_path / 'nb')!r}, ensemble-2-tiny, complete, 2 members, test accuracy")
     assert "members&#x27; mean <b>" in run._repr_html_()
     assert run.status == "complete" and run.metrics["member_test_accuracy"]
     assert run.mistakes(4, data=synthetic) is not None
     assert run.status and Run(tmp_path / "nb").status()["command"].startswith("fl.ensemble([")
+
+
+def test_the_command_lists_what_it_averaged_and_how_the_ensemble_compares(members, synthetic, tmp_path, capsys):
+    from fashionlab.cli import main
+
+    data = ["--data-dir", str(synthetic.data_dir), "--no-verify"]
+    assert main(["ensemble", *map(str, members[:2]), "--out", str(tmp_path / "ens"), *data]) == 0
+    said = capsys.readouterr().out.splitlines()
+    described = Run(tmp_path / "ens").ensemble()["members"]
+    listed_members = [f"  {m['run']}  test accuracy {m['test_accuracy']:.4f}" for m in described]
+    assert said[:3] == ["averaged 2 runs:", *listed_members]
+    accuracy, best = Run(tmp_path / "ens").metrics()["test_accuracy"], max(m["test_accuracy"] for m in described)
+    assert f"{100 * (accuracy - best):+.2f} over the best member" in said[4]
+    assert ("worse than its best member" in said[4]) == (accuracy < best)
+    assert (tmp_path / "ens").stat().st_mode & 0o777 == 0o777 & ~ensembles.UMASK  # not mkdtemp's 0700
+    listed = catalog.listing(tmp_path)[0]
+    assert listed.recipe == "ensemble of 2" and listed.epochs is None
+    assert main(["ensemble", str(tmp_path / "ens"), str(members[0]), *data]) == 1  # refused in one line
+    assert capsys.readouterr().err.strip().count("\n") == 0

@@ -95,9 +95,10 @@ def entry(folder: Path, root: Path) -> Entry:
         if state == "running" and not run.in_use():
             state = "unfinished"
         dataset = run.dataset().name
+        recipe = f"ensemble of {len(run.ensemble()['members'])}" if run.is_ensemble() else status.get("recipe")
     except (FashionlabError, OSError) as exc:
         return Entry(name, str(folder), "damaged", problem=str(exc))
-    return Entry(name, str(folder), state, recipe=status.get("recipe"), dataset=dataset,
+    return Entry(name, str(folder), state, recipe=recipe, dataset=dataset,
                  epochs_done=status.get("epochs_done"), epochs=status.get("epochs"),
                  started=status.get("started") or _modified(folder))
 

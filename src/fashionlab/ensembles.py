@@ -35,7 +35,8 @@ from fashionlab.interrupts import stop_requests
 from fashionlab.model import parameter_counts
 from fashionlab.provenance import library_versions, machine_info
 from fashionlab.records import MAX_MEMBERS
-from fashionlab.rundir import ENSEMBLE_FILE, Run, default_run_dir, now
+from fashionlab.reports import gains, write_ensemble_outputs
+from fashionlab.rundir import ENSEMBLE_FILE, UMASK, Run, default_run_dir, now
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,6 @@ def ensemble(runs: Sequence[str | Path], out: str | Path | None = None, *, data:
     name = ensemble_name([member.name() for member in members])
     out = Path(out) if out is not None else default_run_dir(name)
     check_out(out)
-    from fashionlab.reports import write_ensemble_outputs
-
     with stop_requests() as stop:
         x_test, y_test = data.of(dataset).test_set()
         models = [member.load_model() for member in members]
@@ -118,6 +117,7 @@ def _written(out: Path, write: Callable[[Run], None]) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        scratch.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; a run's folder has the usual permissions
     except OSError as exc:
         _remove(made)
         raise RunError(f"cannot make the ensemble's folder in {out.parent}: {exc.strerror or exc}; give `out` "
@@ -148,12 +148,14 @@ def members_of(given: Sequence[str | Path]) -> list[Run]:
     runs: list[Run] = []
     for path in map(Path, given):
         runs += [_complete(folder) for folder in _runs_in(path)]
+    ensemble = next((run for run in runs if run.is_ensemble()), None)
+    if ensemble is not None:
+        raise ConfigError(f"{ensemble.path} is an ensemble; give the runs it averages instead", terms=["runs"])
     if not 2 <= len(runs) <= MAX_MEMBERS:
-        raise ConfigError(f"an ensemble averages 2 to {MAX_MEMBERS} runs; {len(runs)} given", terms=["runs"])
+        raise ConfigError(f"an ensemble averages 2 to {MAX_MEMBERS} runs, {len(runs)} given; give more runs, or a "
+                          f"folder of runs (a comparison's variant)", terms=["runs"])
     seen: dict[str, Path] = {}
     for run in runs:
-        if run.is_ensemble():
-            raise ConfigError(f"{run.path} is an ensemble; give the runs it averages instead", terms=["runs"])
         where = os.path.realpath(run.path)
         if where in seen:
             raise ConfigError(f"{seen[where]} and {run.path} are the same run ({where}); give each run once",
@@ -218,9 +220,13 @@ def averaged(models: Sequence[Any]):
 
 
 def format_ensemble(result: EnsembleResult) -> str:
-    m = result.metrics
+    m, described = result.metrics, result.run.ensemble()
     members = np.array(m["member_test_accuracy"])
-    return (f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}\n"
-            f"its {len(members)} runs: test accuracy {members.mean():.4f} ± {members.std(ddof=1):.4f} (mean ± std), "
-            f"worst {members.min():.4f}, best {members.max():.4f}\n"
-            f"ensemble: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)")
+    lines = [f"averaged {len(members)} runs:"]
+    lines += [f"  {member['run']}  test accuracy {member['test_accuracy']:.4f}" for member in described["members"]]
+    lines += [f"their test accuracy: mean {members.mean():.4f} ± {members.std(ddof=1):.4f} (std), "
+              f"worst {members.min():.4f}, best {members.max():.4f}",
+              f"the ensemble: test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
+              f"{gains(m['test_accuracy'], members)}",
+              f"ensemble: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)"]
+    return "\n".join(lines)

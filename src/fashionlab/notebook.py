@@ -210,14 +210,17 @@ def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data:
 
 
 @checked
-def ensemble(runs: Sequence[str | Path], *, out: str | Path | None = None, data: DataSource = DataSource()) -> Run:
-    """Average the class probabilities of runs already trained (paths, "latest", the start of a name
-    under runs/, or a folder of runs such as a comparison's variant) into one model that evaluate,
-    predict, serve and export take like a run: `fl.ensemble(["runs/compare-speed-90/speed-90"])`."""
+def ensemble(runs: Sequence[str | Path | Run], *, out: str | Path | None = None,
+             data: DataSource = DataSource()) -> Run:
+    """Average the class probabilities of runs already trained (`Run`s, paths, "latest", the start of a
+    name under runs/, or a folder of runs such as a comparison's variant) into one model that evaluate,
+    predict, serve and export take like a run: `fl.ensemble(cmp.runs())`,
+    `fl.ensemble(["runs/compare-speed-90/speed-90"])`."""
     from fashionlab.ensembles import ensemble as make_ensemble
 
-    result = make_ensemble([locate(run) for run in runs], out, data=data,
-                           command=call_text("ensemble", [list(map(str, runs))], {"out": out}))
+    paths = [run.path if isinstance(run, Run) else locate(run) for run in runs]
+    result = make_ensemble(paths, out, data=data,
+                           command=call_text("ensemble", [[str(path) for path in paths]], {"out": out}))
     return Run(result.run.path)
 
 

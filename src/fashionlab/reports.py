@@ -377,12 +377,20 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
     run.write_text("report.html", text)
 
 
+def gains(accuracy: float, members: Sequence[float]) -> str:
+    """How an ensemble's test accuracy compares with its members' mean and with its best member."""
+    each = np.asarray(members, dtype=float)
+    said = (f"{100 * (accuracy - each.mean()):+.2f} points over the members' mean, "
+            f"{100 * (accuracy - each.max()):+.2f} over the best member")
+    return said + (" (the ensemble is worse than its best member)" if accuracy < each.max() else "")
+
+
 def members_table(members: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """An ensemble's members, a row each: the run, its name, recipe and seed, its test accuracy."""
     return pd.DataFrame({
         "run": [str(m["run"]) for m in members], "name": [str(m["name"]) for m in members],
         "recipe": [str(m.get("recipe") or "none") for m in members],
-        "seed": [str(m["config"].get("seed", "?")) for m in members],
+        "seed": [m["config"].get("seed") for m in members],
         "test accuracy": [float(m["test_accuracy"]) for m in members]})
 
 
@@ -397,7 +405,7 @@ def ensemble_report_html(title: str, *, ensemble: Mapping[str, Any], report: Map
             "averages": f"the class probabilities of {len(members)} runs, with equal weights",
             "members' test accuracy": (f"mean {accuracies.mean():.4f} ± {accuracies.std(ddof=1):.4f} (std), "
                                        f"worst {accuracies.min():.4f}, best {accuracies.max():.4f}"),
-            "gain over the members' mean": f"{100 * (report['test_accuracy'] - accuracies.mean()):+.2f} points",
+            "against its members": gains(report["test_accuracy"], accuracies),
             "data": f"{dataset}: {len(y_test):,} test images"}
     environment = environment_rows(metrics)
     sections = [("What was made", key_values(made | environment_line(metrics))), *tested["metrics"],

@@ -39,8 +39,8 @@ ENSEMBLE_FILE = "ensemble.json"  # an ensemble's members, in place of config.jso
 LOCK_FILE = ".lock"
 STATUSES = ("running", "complete", "failed", "interrupted")
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # run.json, config.json, metrics.json, history.csv, ...
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)  # this process' umask, read once: new files and folders get 0666 / 0777 less it
+os.umask(UMASK)
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -57,7 +57,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling of `path` to write to; renamed over `path` only if the block succeeds."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         yield Path(tmp)
         with open(tmp, "rb") as handle:
@@ -116,7 +116,7 @@ class Run:
         path = Path(path)
         try:  # never through a link: the lock file is created only inside the run directory
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         0o666 & ~_UMASK)
+                         0o666 & ~UMASK)
         except OSError as exc:
             why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
             raise RunError(f"cannot lock run directory {path} ({LOCK_FILE}: {why}); "

@@ -11,7 +11,9 @@ function el(tag, props, children) {
 }
 
 (function describe() {
-  const parts = [`run ${model.run || model.source}`, `recipe ${model.config.name || model.name}`];
+  const members = Array.isArray(model.config.ensemble) ? model.config.ensemble.length : 0;
+  const parts = [`run ${model.run || model.source}`,
+                 members ? `ensemble of ${members} runs` : `recipe ${model.config.name || model.name}`];
   if (typeof model.test_accuracy === "number") parts.push(`test accuracy ${(100 * model.test_accuracy).toFixed(2)} %`);
   parts.push(`${model.engine === "onnx" ? "ONNX Runtime" : "Keras"} model`);
   document.getElementById("about").textContent = parts.join(" · ");
