@@ -114,3 +114,22 @@ def test_the_page_shows_no_class_and_why_for_noise(keras_server, browser, tmp_pa
     assert result.locator(".note").all_inner_texts() == [expected[0]["hint"]]
     assert result.locator(".bar-row").count() == 0 and "null" not in result.inner_text()
     page.close()
+
+
+def test_an_ensemble_is_served_and_said_to_be_one(tiny_run, synthetic, browser, tmp_path):
+    from helpers import copy_run
+
+    from fashionlab.ensembles import ensemble
+
+    twin = copy_run(tiny_run, tmp_path / "twin", "2026-12-01T10:00:00+00:00")
+    made = ensemble([tiny_run.run.path, twin], tmp_path / "ensemble", data=synthetic)
+    process, url = start(str(made.run.path), "--data-dir", str(synthetic.data_dir), "--no-verify")
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        about = page.locator("#about").inner_text()
+        assert "ensemble of 2 runs" in about and "recipe" not in about, about
+        assert page.locator("#title").inner_text() == "fashionlab · ensemble-2-tiny"
+        page.close()
+    finally:
+        stop(process)
