@@ -43,9 +43,9 @@ def onnx_ready(model):
     onnxruntime refuses ("Unsupported pooling size")."""
     import keras
 
-    from fashionlab.layers import BlockMaxPool2D
+    from fashionlab.layers import BlockMaxPool2D, models_within
 
-    if not any(type(layer) is keras.layers.MaxPooling2D for layer in _layers_within(model)):
+    if not any(type(layer) is keras.layers.MaxPooling2D for inner in models_within(model) for layer in inner.layers):
         return model
 
     def traced(layer):
@@ -57,11 +57,6 @@ def onnx_ready(model):
     copy = keras.models.clone_model(model, clone_function=traced)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def _layers_within(model) -> list:
-    """The model's layers and those of the models among them."""
-    return [deep for layer in model.layers for deep in (_layers_within(layer) if hasattr(layer, "layers") else [layer])]
 
 
 def write_onnx(model, path: Path, metadata: dict[str, Any]) -> None:

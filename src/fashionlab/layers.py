@@ -119,6 +119,16 @@ class TestTimeMean(_TestTimeLayer):
 TRAINING_LAYERS = {PatchConv2D: keras.layers.Conv2D, BlockMaxPool2D: keras.layers.MaxPooling2D}
 
 
+def models_within(model: keras.Model) -> list[keras.Model]:
+    """`model` and every model among its layers, at any depth (an ensemble's members)."""
+    found, waiting = [], [model]
+    while waiting:
+        current = waiting.pop()
+        found.append(current)
+        waiting += [layer for layer in current.layers if isinstance(layer, keras.Model)]
+    return found
+
+
 def portable(model: keras.Sequential) -> keras.Sequential:
     """`model` with plain Keras layers only (PatchConv2D -> Conv2D, BlockMaxPool2D ->
     MaxPooling2D, the same weights), for the model.keras that any Keras loads."""

@@ -140,6 +140,7 @@ def _views_around(model: dict[str, Any]) -> bool:
     if top[:1] and top[0].get("class_name") == "InputLayer":
         top = top[1:]
     names = [_built_as(layer) for layer in top]
+
     def views(layer: dict[str, Any]) -> Any:
         return layer["config"].get("views") if isinstance(layer.get("config"), dict) else None
 
@@ -160,15 +161,15 @@ TESTED_VIEWS = "declares test-time views other than one TestTimeViews first and 
 def _built_test_time_problem(model) -> str | None:
     """What is wrong with the test-time views of a model as built, or None: as `_test_time_problem`
     checks its config, on the layers themselves."""
-    from fashionlab.layers import TestTimeMean, TestTimeViews
+    import keras
 
-    found, placed, models = set(), set(), [model]
-    while models:
-        current = models.pop()
-        layers = list(getattr(current, "layers", []))
+    from fashionlab.layers import TestTimeMean, TestTimeViews, models_within
+
+    found, placed = set(), set()
+    for inner in models_within(model):
+        layers = inner.layers
         found |= {id(layer) for layer in layers if isinstance(layer, (TestTimeViews, TestTimeMean))}
-        models += [layer for layer in layers if hasattr(layer, "layers")]
-        if (type(current).__name__ == "Sequential" and len(layers) >= 2 and isinstance(layers[0], TestTimeViews)
+        if (isinstance(inner, keras.Sequential) and len(layers) >= 2 and isinstance(layers[0], TestTimeViews)
                 and isinstance(layers[-1], TestTimeMean) and layers[0].views == layers[-1].views):
             placed |= {id(layers[0]), id(layers[-1])}
     return None if found == placed else f"{TESTED_VIEWS} of a Sequential model"

@@ -398,9 +398,8 @@ MAX_TEXT = 1000
 
 def _metadata(props) -> dict[str, Any]:
     """The file's fashionlab metadata, checked: the fields `export` writes, each of its kind (text
-    short, class names a list of text, the config a flat table of plain values, or an ensemble's: its
-    members' such tables); {} when there is
-    none or it is not a JSON table."""
+    short, class names a list of text, the config a flat table of plain values, and for an ensemble
+    its members' configs, each such a table); {} when there is none or it is not a JSON table."""
     text = next((p.value for p in props if p.key == METADATA_KEY), None)
     if not text or len(text) > MAX_METADATA_BYTES:
         return {}
