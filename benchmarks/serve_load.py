@@ -3,9 +3,13 @@
     .venv/bin/python benchmarks/serve_load.py RUN [--clients 16] [--requests 3000] [--seconds 60]
                                                   [--paths keras,onnx] [--images 500] [--json FILE]
 
+Paths (each may be given more than once, for rounds in turn): keras and onnx post PNG files to the page's
+API (POST /api/predict); v2 and v2-onnx post JSON tensors of raw pixels to the Open Inference Protocol's
+POST /v2/models/NAME/infer; keras-no-metrics is keras with `--no-metrics`, so that keras against it is
+what counting every request for /metrics costs.
 For each path the server runs as its own process, as a user starts it: `fashionlab serve RUN --port 0`
-(keras), or `fashionlab serve --onnx FILE` (onnx) after `fashionlab export RUN --out FILE` into a
-temporary folder. Once it prints its "serving ... at URL" line it gets 50 warm-up requests, then one
+(keras, v2), or `fashionlab serve --onnx FILE` (onnx, v2-onnx) after `fashionlab export RUN --out FILE`
+into a temporary folder. Once it prints its "serving ... at URL" line it gets 50 warm-up requests, then one
 sequential pass over the image pool (--images test images, each its own request): the class each image
 gets there is the reference, and the pass gives the latency of one client alone. Then --clients clients
 post single test images (a different one per request, cycling through the pool) over keep-alive
@@ -13,8 +17,8 @@ HTTP/1.1 connections to 127.0.0.1, until --requests requests are sent or --secon
 
 The clients share one asyncio event loop (uvloop when installed) on raw sockets, with each request's
 bytes built beforehand, so that they take little of the CPU the server needs. An answer counts as an
-error unless it is status 200 with a JSON list of one object whose class_name is the one the same image
-got in the sequential pass. Per path:
+error unless it is status 200 with a JSON list of one object (v2: one output tensor of probabilities) whose
+class (the most probable one) is the one the same image got in the sequential pass. Per path:
 
   req/s        correct answers / wall time of the load phase
   p50 ... max  latency of each request, from its first byte sent to its answer's last byte read (ms)
@@ -60,6 +64,7 @@ from fashionlab.data import DataSource, load_file
 from fashionlab.provenance import cpu_model
 
 BOUNDARY = "fashionlab-load-7d1c9e"
+PATHS = {"keras": [], "onnx": [], "v2": [], "v2-onnx": [], "keras-no-metrics": ["--no-metrics"]}  # serve's options
 WARMUP = 50
 REQUEST_TIMEOUT = 30.0  # seconds for one answer
 STOP_TIMEOUT = 10.0  # seconds the server gets to exit after SIGINT
@@ -92,13 +97,22 @@ def predict_request(png: bytes, name: str) -> bytes:
     return head + body
 
 
-def test_pool(count: int) -> tuple[list[int], list[bytes], np.ndarray]:
-    """The first `count` test images: their indices, PNG bytes and true labels."""
+def v2_request(pixels: np.ndarray, model: str) -> bytes:
+    """The whole HTTP/1.1 request of one image as a JSON tensor (UINT8, 1 x 28 x 28), keep-alive."""
+    body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "UINT8",
+                                   "data": pixels.reshape(-1).tolist()}]}).encode()
+    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: serve_load\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+def test_pool(count: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The first `count` test images: their indices, pixels and true labels."""
     source = DataSource().located()
     images = source.test_images()
     labels = load_file(source.locate(), "t10k-labels-idx1-ubyte", source.verify).astype(np.int64)
     indices = list(range(min(count, len(images))))
-    return indices, [png_of(images[i]) for i in indices], labels[indices]
+    return indices, images[indices], labels[indices]
 
 
 # ---------------------------------------------------------------- the client
@@ -157,6 +171,8 @@ def check(answer: Answer, expected: str | None) -> tuple[str | None, str | None]
         results = json.loads(answer.body)
     except ValueError:
         return None, "answer is not JSON"
+    if isinstance(results, dict) and "outputs" in results:  # the v2 protocol's answer
+        results = v2_results(results)
     if not (isinstance(results, list) and len(results) == 1 and isinstance(results[0], dict)):
         return None, "answer is not a list of one object"
     name = results[0].get("class_name")
@@ -165,6 +181,16 @@ def check(answer: Answer, expected: str | None) -> tuple[str | None, str | None]
     if expected is not None and name != expected:
         return None, "class differs from the sequential pass"
     return name, None
+
+
+def v2_results(answer: dict) -> list[dict] | None:
+    """A v2 answer as the page API's list: the most probable class of its one image."""
+    try:
+        (output,) = answer["outputs"]
+        probabilities = np.asarray(output["data"], dtype=float).reshape(output["shape"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return [{"class_name": CLASS_NAMES[int(row.argmax())]} for row in probabilities]
 
 
 @dataclass
@@ -465,15 +491,21 @@ def report(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     lines = [f"{settings['clients']} clients, up to {settings['requests']} requests or {settings['seconds']:.0f} s "
              f"per path, pool of {settings['images']} test images; {settings['cpus']} CPUs ({settings['cpu']}); "
              f"load average {settings['load_before']} before, {settings['load_after']} after", ""]
-    header = (f"{'path':<6}{'req/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'errors':>8}{'RSS MB':>8}"
+    header = (f"{'path':<17}{'req/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'errors':>8}{'RSS MB':>8}"
               f"{'CPU/req':>9}{'batch':>7}{'1-client p50':>14}{'start s':>9}")
     lines += [header, "-" * len(header)]
     for r in results:
-        lines.append(f"{r['path']:<6}{r['req_per_s']:>8.1f}{r['p50_ms']:>8.1f}{r['p90_ms']:>8.1f}{r['p99_ms']:>8.1f}"
+        lines.append(f"{r['path']:<17}{r['req_per_s']:>8.1f}{r['p50_ms']:>8.1f}{r['p90_ms']:>8.1f}{r['p99_ms']:>8.1f}"
                      f"{r['max_ms']:>8.1f}{r['errors']:>8d}{r['rss_mb']:>8.0f}{r['server_cpu_ms_per_req']:>9.2f}"
                      f"{r['mean_batch']:>7.2f}{r['sequential_p50_ms']:>14.1f}{r['start_seconds']:>9.1f}")
     lines.append("(latencies in ms; CPU/req: server CPU ms per answered request; batch: mean images per model "
                  "batch; 1-client p50: the sequential pass)")
+    rates = {path: [r["req_per_s"] for r in results if r["path"] == path] for path in ("keras", "keras-no-metrics")}
+    if all(rates.values()) and min(rates["keras-no-metrics"]) > 0:  # a path given twice: the mean of its rounds
+        ratio = float(np.mean(rates["keras"]) / np.mean(rates["keras-no-metrics"]))
+        lines.append(f"/metrics' cost: keras at {ratio:.3f}x the throughput of keras-no-metrics, means of "
+                     f"{len(rates['keras'])} and {len(rates['keras-no-metrics'])} round(s) "
+                     f"({100 * (1 - ratio):+.1f} % lost; target < 5 %)")
     for r in results:
         extra = f"; errors: {r['error_kinds']}" if r["error_kinds"] else ""
         lines.append(f"{r['path']}: {r['answered']} answered in {r['wall_seconds']:.1f} s, server busy "
@@ -508,15 +540,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent connections (default 16)")
     parser.add_argument("--requests", type=int, default=3000, help="requests per path at most (default 3000)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of load per path at most (default 60)")
-    parser.add_argument("--paths", default="keras,onnx", help="comma-separated: keras, onnx (default both)")
+    parser.add_argument("--paths", default="keras,onnx",
+                        help=f"comma-separated: {', '.join(PATHS)} (default: keras,onnx)")
     parser.add_argument("--images", type=int, default=500, help="test images in the pool (default 500)")
     parser.add_argument("--start-timeout", type=float, default=300.0,
                         help="seconds a server (or the export) may take to start (default 300)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if not paths or set(paths) - {"keras", "onnx"}:
-        parser.error("--paths takes keras and/or onnx")
+    if not paths or set(paths) - set(PATHS):
+        parser.error(f"--paths takes {', '.join(PATHS)}")
     if args.clients < 1 or args.requests < 1 or args.seconds <= 0 or not 1 <= args.images <= 10000:
         parser.error("--clients, --requests, --seconds must be positive; --images between 1 and 10000")
     if not Path(args.run, "model.keras").is_file():
@@ -526,18 +559,24 @@ def main() -> None:
     settings = {"run": args.run, "clients": args.clients, "requests": args.requests, "seconds": args.seconds,
                 "images": args.images, "paths": paths, "cpus": os.cpu_count(), "cpu": cpu_model(),
                 "processor": platform.processor(), "platform": platform.platform(), "load_before": load_average()}
-    indices, pngs, labels = test_pool(args.images)
-    requests = [predict_request(png, f"test-{i:05d}.png") for i, png in zip(indices, pngs)]
+    indices, images, labels = test_pool(args.images)
+    uploads = [predict_request(png_of(image), f"test-{i:05d}.png") for i, image in zip(indices, images)]
+    from fashionlab.rundir import Run
+    from fashionlab.serve.v2 import model_name
+
+    tensors = [v2_request(image, model_name(Run(args.run).name())) for image in images]
     results = []
     with tempfile.TemporaryDirectory(prefix="fashionlab-serve-load-") as name:
         folder = Path(name)
+        model = folder / "model.onnx"
         for path in paths:
-            arguments = [args.run]
-            if path == "onnx":
-                model = folder / "model.onnx"
-                print(f"onnx: exporting {args.run} to {model}", flush=True)
-                print(f"onnx: exported in {export_onnx(args.run, model, args.start_timeout):.1f} s", flush=True)
+            arguments = [args.run, *PATHS[path]]
+            if path.endswith("onnx"):
+                if not model.is_file():
+                    print(f"{path}: exporting {args.run} to {model}", flush=True)
+                    print(f"{path}: exported in {export_onnx(args.run, model, args.start_timeout):.1f} s", flush=True)
                 arguments = ["--onnx", str(model)]
+            requests = tensors if path.startswith("v2") else uploads
             results.append(measure(path, arguments, requests, labels, args, folder))
     settings["load_after"] = load_average()
     settings["seconds_total"] = time.perf_counter() - started

@@ -57,9 +57,10 @@ def png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def start(*args: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """`fashionlab serve ARGS --port 0`, and the URL it says it serves at once it answers."""
-    process = subprocess.Popen([sys.executable, "-m", "fashionlab", "serve", *args, "--port", "0"],
+def start(*args: str, timeout: float = 120, program: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`fashionlab serve ARGS --port 0` (`program`: what runs in place of `-m fashionlab`), and the URL it
+    says it serves at once it answers."""
+    process = subprocess.Popen([sys.executable, *(program or ["-m", "fashionlab"]), "serve", *args, "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

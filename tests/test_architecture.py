@@ -15,16 +15,17 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "fashionlab"
 LAYERS = [
     ("foundation", {"errors", "interrupts", "records", "files", "arguments", "deadlines", "provenance", "datasets",
                     "config", "recipes", "preprocessing", "layers", "plots", "onnxshapes", "images",
-                    "orientation"}),
+                    "orientation", "urls"}),
     ("files and models", {"data", "rundir", "catalog", "modelfiles", "model", "engine", "tensorboard", "progress",
                           "onnxrun", "reports"}),
-    ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison", "ensembles"}),
+    ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison", "ensembles", "tracking",
+                "mlflowmodel"}),
     ("packages behind extras", {"sweeps", "serve"}),
     ("front", {"cli", "notebook", "__main__"}),
 ]
 PACKAGES = ("sweeps", "serve")  # each behind its extra; neither imports the other
 FRONT = {"cli", "notebook"}  # the only modules outside a package that may import one
-HEAVY = ("keras", "jax", "optuna", "fastapi", "uvicorn", "onnxruntime", "tensorflow", "pandas", "matplotlib")
+HEAVY = ("keras", "jax", "optuna", "fastapi", "uvicorn", "onnxruntime", "tensorflow", "pandas", "matplotlib", "mlflow")
 MAX_FUNCTION_LINES = 60
 NUMBERS_ONLY = {"plots", "reports"}  # they take numbers, never the workflows that make them
 WORKFLOWS = {"training", "evaluation", "prediction", "runner", "comparison", "ensembles", "export", "engine", "model",

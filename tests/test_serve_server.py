@@ -21,7 +21,8 @@ def test_another_host_is_served_with_a_warning(tiny_run, synthetic):
     finally:
         stop(process)
     warning = process.stderr.read()
-    assert "fashionlab: warning: serving on 0.0.0.0: anyone who can reach this machine can use the model" in warning
+    assert ("fashionlab: warning: serving on 0.0.0.0 without a token: anyone who can reach this machine can use the "
+            "model" in warning)
 
 
 def test_a_host_that_is_not_this_machines_is_one_line_without_the_warning():

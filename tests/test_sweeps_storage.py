@@ -11,14 +11,15 @@ from sweeps_helpers import SEARCH, cli, space_file, started_sweep
 
 from fashionlab.errors import ConfigError, FashionlabError, RunError
 from fashionlab.sweeps import storage, sweep
-from fashionlab.sweeps.storage import check_storage_url, masked, open_storage, secrets_kept, storage_label
+from fashionlab.sweeps.storage import check_storage_url, open_storage, secrets_kept
+from fashionlab.urls import masked, url_label
 
 
 def test_a_database_password_is_never_printed(tmp_path, synthetic):
-    assert storage_label("postgresql://me:secret@db/fl") == "postgresql://***@db/fl"
-    assert storage_label("postgresql+psycopg://me:secret@db:5432/fl") == "postgresql+psycopg://***@db:5432/fl"
-    assert storage_label("postgresql://me@db/fl?password=secret") == "postgresql://***@db/fl?..."
-    assert storage_label("postgresql://me:p@ss/w?rd#@db/fl") == "postgresql://***@db/fl"  # not what a parser sees
+    assert url_label("postgresql://me:secret@db/fl") == "postgresql://***@db/fl"
+    assert url_label("postgresql+psycopg://me:secret@db:5432/fl") == "postgresql+psycopg://***@db:5432/fl"
+    assert url_label("postgresql://me@db/fl?password=secret") == "postgresql://***@db/fl?..."
+    assert url_label("postgresql://me:p@ss/w?rd#@db/fl") == "postgresql://***@db/fl"  # not what a parser sees
     for mistyped in ("postgresql:/me:secret@db/fl", "secret.journal", "/dev/null", "me:secret@db"):
         with pytest.raises(ConfigError, match="must be a database URL") as e:
             sweep(space_file(tmp_path, SEARCH), tmp_path / "out", storage=mistyped, data=synthetic)
@@ -109,7 +110,7 @@ def test_no_piece_of_a_password_is_ever_shown_whatever_it_holds(password, encode
     url = (f"postgresql+psycopg://me:{written}@db-host:5432/fl" if not query else
            f"postgresql://me@db-host/fl?sslmode=require&password={written}")
     message = f"connection to {url} failed: password {written} for {password} ({password[1:-1]}) was refused"
-    for said in (storage_label(url), masked(message, url)):
+    for said in (url_label(url), masked(message, url)):
         assert_unsaid(said, password)
         assert_unsaid(said, written)
 

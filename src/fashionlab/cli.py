@@ -189,13 +189,14 @@ def _train(args: argparse.Namespace) -> None:
             raise ConfigError(f"--resume continues the run with its own settings; drop {flags}")
         from fashionlab.training import resume
 
-        result = resume(args.resume, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard)
+        result = resume(args.resume, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard,
+                        mlflow=args.mlflow)
     else:
         config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
         from fashionlab.training import train
 
         result = train(config, args.run_dir, data=_data_from(args), verbose=verbose, tensorboard=args.tensorboard,
-                       recipe=args.recipe, command=args.command_line)
+                       recipe=args.recipe, command=args.command_line, mlflow=args.mlflow)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
@@ -264,6 +265,9 @@ def cmd_export(args: argparse.Namespace) -> None:
             print(printable(line))
 
 
+MAKE_TOKEN = object()  # --token given alone
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from fashionlab.serve import serve
 
@@ -272,15 +276,36 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.run is None and args.onnx is None:
         raise ConfigError("give a run directory (or --onnx FILE)")
 
+    token, made = _serve_token(args)
+
     def ready(url: str) -> None:
-        print(printable(f"serving {args.onnx or args.run} at {url}   (Ctrl-C stops)"), flush=True)
+        page = f"{url}?token={token}" if made else url
+        said = "; every request but health needs the token" if token else ""
+        print(printable(f"serving {args.onnx or args.run} at {page}   (Ctrl-C stops{said})"), flush=True)
 
     def starting(line: str) -> None:  # on stderr: standard output says only where it serves
         print(printable(f"fashionlab: {line}"), file=sys.stderr, flush=True)
 
     serve(args.run, onnx=args.onnx, host=args.host, port=args.port, top_k=args.top_k, data=_data_from(args),
           allow_incomplete=args.allow_incomplete, model_timeout=args.model_timeout, allowed_hosts=args.allowed_hosts,
-          ready=ready, progress=starting)
+          token=token, cors=args.cors or (), metrics=not args.no_metrics, ready=ready, progress=starting)
+
+
+def _serve_token(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """The server's token and whether it was made here: --token TOKEN, --token alone (a new one), the
+    first line of --token-file, else FASHIONLAB_TOKEN; none when nothing names one."""
+    import secrets
+
+    from fashionlab.files import read_text
+
+    if args.token is not None and args.token_file is not None:
+        raise ConfigError("give --token or --token-file, not both")
+    if args.token is MAKE_TOKEN:
+        return secrets.token_urlsafe(24), True
+    if args.token_file is not None:
+        text = read_text(args.token_file, what="token file", error=ConfigError, limit=4096, follow_links=True)
+        return (text.splitlines() or [""])[0].strip(), False
+    return args.token or os.environ.get("FASHIONLAB_TOKEN") or None, False
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -308,7 +333,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             result = compare(out, variants=variants, seeds=seeds, base=base, overrides=overrides,
                              jobs=jobs, data=_data_from(args), force=args.force,
                              progress=lambda line: print(line, flush=True), recipe=args.recipe,
-                             command=args.command_line)
+                             command=args.command_line, mlflow=args.mlflow)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished runs are kept in {out}: run the same command again "
                           f"to resume") from None
@@ -326,7 +351,8 @@ def _compare_runs(args: argparse.Namespace) -> None:
 
     out = args.out or default_run_dir("comparison").as_posix()
     with stop_requests():
-        _print_comparison(compare_runs(out, args.runs, force=args.force, command=args.command_line))
+        _print_comparison(compare_runs(out, args.runs, force=args.force, command=args.command_line,
+                                       mlflow=args.mlflow))
 
 
 def _print_comparison(result) -> None:
@@ -344,7 +370,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             result = sweep(args.space, out, trials=args.trials, jobs=args.jobs, storage=args.storage,
                            study=args.study, sampler=args.sampler, sampler_seed=args.sampler_seed,
                            pruner=args.pruner, data=_data_from(args), force=args.force, overrides=_overrides(args),
-                           progress=lambda line: print(line, flush=True), command=args.command_line)
+                           progress=lambda line: print(line, flush=True), command=args.command_line,
+                           mlflow=args.mlflow)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted("interrupted; finished trials are kept in the study, and running the same command "
                           "again resumes the stopped ones") from None
@@ -479,6 +506,10 @@ def _shared_flags() -> dict[str, argparse.ArgumentParser]:
                                                           f"ONNX model's call, serve answers 504 (default: "
                                                           f"{MODEL_TIMEOUT:g})"})),
         "json": _flags((("--json",), {"action": "store_true", "help": "print JSON"})),
+        "mlflow": _flags((("--mlflow",), {"metavar": "URI", "nargs": "?", "const": True, "type": a_name,
+                                          "help": "also log to this MLflow tracking server (alone: "
+                                                  "MLFLOW_TRACKING_URI; experiment: MLFLOW_EXPERIMENT_NAME, else "
+                                                  "fashionlab); needs fashionlab[mlflow]"})),
         "force": _flags((("--force",), {"action": "store_true", "help": "write into an --out folder that holds "
                                         "other files (same-named ones are replaced)"})),
         "dataset": _flags((("--dataset",), {"metavar": "NAME|DIR", "default": "fashion-mnist", "type": a_dataset,
@@ -496,7 +527,7 @@ def _command(commands, name: str, shared: dict[str, argparse.ArgumentParser], pa
 
 
 def _train_parser(commands, shared) -> None:
-    train = _command(commands, "train", shared, ["data"], cmd_train, "train a model into a new run directory")
+    train = _command(commands, "train", shared, ["data", "mlflow"], cmd_train, "train a model into a new run directory")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
                         help="start from a named recipe (`fashionlab recipes` lists them)")
@@ -545,10 +576,19 @@ def _serve_parser(commands, shared) -> None:
     serve.add_argument("--allow-host", dest="allowed_hosts", action="append", default=[], metavar="NAME", type=a_name,
                        help="also answer requests whose Host header names NAME (behind a proxy); by default only "
                             "localhost, IP addresses and this machine's names (against DNS rebinding)")
+    serve.add_argument("--token", nargs="?", const=MAKE_TOKEN, metavar="TOKEN", type=a_name,
+                       help="ask every request but health checks for Authorization: Bearer TOKEN (the page: "
+                            "open /?token=TOKEN); alone: a new token, printed with the page's address. Other "
+                            "users of this machine can read a TOKEN given here: prefer --token-file or "
+                            "FASHIONLAB_TOKEN, which is used when neither is given")
+    serve.add_argument("--token-file", metavar="FILE", type=a_path, help="the token: this file's first line")
+    serve.add_argument("--cors", nargs="+", metavar="ORIGIN",
+                       help="let pages of these origins call the API (https://lab.example, or *); none by default")
+    serve.add_argument("--no-metrics", action="store_true", help="no /metrics (Prometheus) endpoint")
 
 
 def _compare_parser(commands, shared) -> None:
-    compare = _command(commands, "compare", shared, ["force", "data"], cmd_compare,
+    compare = _command(commands, "compare", shared, ["force", "data", "mlflow"], cmd_compare,
                        "train variants x seeds and report mean and spread")
     compare.add_argument("--variants", nargs="+", metavar="VARIANT",
                          help=f"a series variant ({', '.join(VARIANTS)}), applied to the base config, or a recipe; "
@@ -584,7 +624,7 @@ def _ensemble_parser(commands, shared) -> None:
 
 
 def _sweep_parser(commands, shared) -> None:
-    sweep = _command(commands, "sweep", shared, ["force", "data"], cmd_sweep,
+    sweep = _command(commands, "sweep", shared, ["force", "data", "mlflow"], cmd_sweep,
                      "search a recipe's hyper-parameters with Optuna, judged on validation accuracy")
     sweep.add_argument("space", metavar="SPACE.toml", type=a_path,
                        help="the search space: a recipe and/or [train] keys to start from, [search] ranges "
@@ -655,7 +695,7 @@ def _data_parser(commands, shared) -> None:
 def command_line(argv: Sequence[str]) -> str:
     """The command as run.json and the pages record it: every URL's password and query masked in
     each word before the words are quoted (quoting could split a secret into pieces too short to find)."""
-    from fashionlab.sweeps.storage import masked
+    from fashionlab.urls import masked
 
     urls = [word.partition("=")[2] if word.startswith("-") else word for word in argv if "://" in word]
 

@@ -7,6 +7,7 @@ with their spread, and a conclusion that says only what the numbers show.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import tomllib
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fashionlab import runner
+from fashionlab import runner, tracking
 from fashionlab.arguments import checked
 from fashionlab.config import TrainConfig, check_runnable, with_changes
 from fashionlab.data import DataSource
@@ -256,14 +257,16 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
             base: TrainConfig | None = None, overrides: dict[str, Any] | None = None, jobs: int = 1,
             data: DataSource = DataSource(), force: bool = False,
             progress: Callable[[str], None] = lambda line: None, recipe: str | None = None,
-            command: str | None = None) -> CompareResult:
+            command: str | None = None, mlflow: str | bool | tracking.Destination | None = None) -> CompareResult:
     """Train every variant x seed not yet finished under `out`, then write the comparison files:
     results.csv, summary.md, curves.png and report.html. Calling again with the same arguments
     reuses finished runs and resumes unfinished ones; runs made with other settings are refused.
     A folder that compare did not make is used only if empty, or with `force`. `recipe`: the named
     recipe `base` is (the pages measure changes against it); `command`: what asked for the comparison,
-    recorded with it and each run."""
+    recorded with it and each run; `mlflow`: a tracking server's URI (True: MLFLOW_TRACKING_URI) that gets
+    the comparison as a parent run, its runs as children."""
     base = base or TrainConfig()
+    where = tracking.destination(mlflow)
     out = Path(out)
     check_output_folder(out, force=force, of_runs=False)
     check_writable(out, what="the comparison", term="out")
@@ -285,6 +288,11 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     folder.write_json(MARKER, {"variants": list(variants), "seeds": seeds, "jobs": jobs, "base": base.to_dict(),
                                "overrides": overrides or {}, "recipe": recipe, "command": command})
     finished = len(tasks) - len(todo)
+    tracker, children = tracking.parent(where, out, kind="comparison", doing="the comparison",
+                                        params={"variants": list(variants), "seeds": seeds, "recipe": recipe or "",
+                                                "base": base.to_dict(), "overrides": overrides or {}})
+    _log_runs(tracker, children, [task for task, f in zip(tasks, found) if f.state == "complete"])
+    todo = [dataclasses.replace(task, mlflow=children) for task in todo]
 
     def report(done: Done) -> None:
         nonlocal finished
@@ -297,6 +305,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     wall = time.perf_counter() - started
 
     results, summary, statements = _write_outputs(folder, tasks, command)
+    _log_comparison(tracker, children, out, results)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
@@ -307,13 +316,29 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
 GROUPED_BY_ALL_BUT = ("seed", "name")  # a run's settings, less the seed and the label, say which group it is in
 
 
+def _log_runs(tracker: tracking.Tracker | None, children: tracking.Destination | None, tasks: list[Task]) -> None:
+    """Runs the comparison did not train here (finished before, or given), logged as its children."""
+    if tracker is not None and children is not None:
+        for task in tasks:
+            tracking.sync(tracker, Run(task.run_dir), parent=children.parent)
+
+
+def _log_comparison(tracker: tracking.Tracker | None, children: tracking.Destination | None, out: Path,
+                    results: pd.DataFrame) -> None:
+    """The comparison's MLflow run: its files, each variant's mean test accuracy, and finished."""
+    means = results.groupby("variant", sort=False)["test_accuracy"].mean()
+    tracking.end_parent(tracker, children, out, list(COMPARISON_FILES),
+                        {f"{variant}.test_accuracy_mean": value for variant, value in means.items()})
+
+
 @checked
 def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = False,
-                 command: str | None = None) -> CompareResult:
+                 command: str | None = None, mlflow: str | bool | tracking.Destination | None = None) -> CompareResult:
     """Compare runs already trained, without training: complete runs with test figures, on one data
     set, grouped by their settings (all but the seed and the name); each group is a variant, named
     after its runs (and, where two groups share a name, after the settings that tell them apart).
-    Writes the same files as `compare`, and compare.json with the runs it compared."""
+    Writes the same files as `compare`, and compare.json with the runs it compared; `mlflow` as `compare`'s."""
+    where = tracking.destination(mlflow)
     out = Path(out)
     check_output_folder(out, force=force, of_runs=True)
     check_writable(out, what="the comparison", term="out")
@@ -327,6 +352,10 @@ def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = F
     folder.write_json(MARKER, {"runs": [str(t.run_dir) for t in tasks], "command": command,
                                "variants": list(dict.fromkeys(t.tags["variant"] for t in tasks))})
     results, summary, statements = _write_outputs(folder, tasks, command)
+    tracker, children = tracking.parent(where, out, kind="comparison", doing="the comparison",
+                                        params={"runs": [str(t.run_dir) for t in tasks]})
+    _log_runs(tracker, children, tasks)
+    _log_comparison(tracker, children, out, results)
     return CompareResult(out, results, summary, statements, 0, len(tasks))
 
 

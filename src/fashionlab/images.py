@@ -290,3 +290,29 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(out, format="PNG")
     return out.getvalue()
+
+
+def raw_pixels(values, *, most: int) -> np.ndarray:
+    """Numbers given as images of the data set's kind (an array, nested lists, a table of 784 columns)
+    as N x 28 x 28 float32 pixels, 1 <= N <= `most`, each a finite number from 0 to 255 (the data set's
+    scale: a model's own first layer scales them); anything else refused with one line."""
+    with contextlib.suppress(AttributeError, TypeError):  # a pandas table: its values
+        values = values.to_numpy()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy's warnings on ragged lists are errors here
+            array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError, RecursionError, Warning) as exc:
+        raise ImageError(f"pixels must be numbers, N x 28 x 28 or N x 784 ({reason(exc, 120)})") from None
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f"pixels must be numbers from 0 to 255, not {array.dtype.kind!r} values "
+                         f"({array.dtype}); give N x 28 x 28 or N x 784 numbers")
+    if array.ndim == 2 and array.shape[1] == 28 * 28:
+        array = array.reshape(-1, 28, 28)
+    if array.ndim != 3 or array.shape[1:] != (28, 28) or not 1 <= len(array) <= most:
+        raise ImageError(f"pixels must be N x 28 x 28 or N x 784 with N from 1 to {most}, not "
+                         f"{' x '.join(map(str, array.shape)) or 'a single number'}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise ImageError("pixels must be finite numbers from 0 to 255 (the data set's scale, light on black)")
+    return array

@@ -197,15 +197,17 @@ class Run:
 
 @checked(keywords=FIELDS, verbose=(0, 2))
 def train(recipe: str | None = None, *, run_dir: str | Path | None = None, data: DataSource = DataSource(),
-          verbose: int | None = None, **changes: Any) -> Run:
+          verbose: int | None = None, mlflow: str | bool | None = None, **changes: Any) -> Run:
     """Train a recipe (default: the tutorial's), changed by any config keys, into a new run
-    directory: `fl.train("fast-cnn", epochs=3)`. In a notebook the progress is a live bar."""
+    directory: `fl.train("fast-cnn", epochs=3)`. In a notebook the progress is a live bar. `mlflow`:
+    an MLflow tracking server's URI that gets the run too (True: MLFLOW_TRACKING_URI)."""
     from fashionlab import recipes, training
 
     base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
     config = with_changes(base, changes)
-    said = call_text("train", [recipe] if recipe is not None else [], {"run_dir": run_dir, **changes})
-    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe, command=said)
+    said = call_text("train", [recipe] if recipe is not None else [],
+                     {"run_dir": run_dir, "mlflow": _shown_uri(mlflow), **changes})
+    result = training.train(config, run_dir, data=data, verbose=verbose, recipe=recipe, command=said, mlflow=mlflow)
     return Run(result.run.path)
 
 
@@ -288,11 +290,12 @@ class Comparison:
 @checked(keywords=FIELDS)
 def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
             data: DataSource = DataSource(), runs: Sequence[str | Path] | None = None, force: bool = False,
-            **changes: Any) -> Comparison:
+            mlflow: str | bool | None = None, **changes: Any) -> Comparison:
     """Train each variant (a series variant such as "bn-before", a recipe, or "recipe:key=value")
     over `seeds` seeds, every one changed by `changes`, and compare them on the test set. With `runs`
     (paths, "latest", or the start of a name under runs/), compare those runs, already trained, grouped
-    by their settings: `fl.compare(runs=["20261207-1423", "latest"])`."""
+    by their settings: `fl.compare(runs=["20261207-1423", "latest"])`. `mlflow`: as `train`'s; the
+    comparison is a parent run there, its runs its children."""
     from fashionlab.comparison import DEFAULT_VARIANTS, compare_runs
     from fashionlab.comparison import compare as run_comparison
 
@@ -303,15 +306,16 @@ def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str |
             raise ConfigError(f"`runs` compares runs already trained; drop {', '.join(f'`{g}`' for g in given)} "
                               f"(they say what to train)", terms=given)
         out = Path(out) if out is not None else default_run_dir("comparison")
-        compare_runs(out, [locate(run) for run in runs], force=force,
-                     command=call_text("compare", [], {"runs": list(runs)}))
+        compare_runs(out, [locate(run) for run in runs], force=force, mlflow=mlflow,
+                     command=call_text("compare", [], {"runs": list(runs), "mlflow": _shown_uri(mlflow)}))
         return Comparison(out)
 
     variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS)
     out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
-    said = call_text("compare", [variants], {"seeds": seeds, "out": out, "jobs": jobs, **changes})
+    said = call_text("compare", [variants], {"seeds": seeds, "out": out, "jobs": jobs, "mlflow": _shown_uri(mlflow),
+                                             **changes})
     run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data,
-                   command=said, force=force)
+                   command=said, force=force, mlflow=mlflow)
     return Comparison(out)
 
 
@@ -347,21 +351,27 @@ class Sweep:
         return f"Sweep({str(self.out)!r}, " + ", ".join(f"{k} {v}" for k, v in self._facts().items()) + ")"
 
 
+def _shown_uri(uri: str | bool | None) -> str | bool | None:
+    """A storage's or tracking server's URI as a recorded call shows it: without its secrets."""
+    from fashionlab.urls import url_label
+
+    return url_label(uri) if isinstance(uri, str) else uri
+
+
 @checked(keywords=FIELDS)
 def sweep(space: str | Path, *, trials: int = 20, out: str | Path | None = None, jobs: int = 1,
           data: DataSource = DataSource(), storage: str | None = None, study: str | None = None,
           sampler: str = "tpe", sampler_seed: int = 0, pruner: str = "median", force: bool = False,
-          **changes: Any) -> Sweep:
+          mlflow: str | bool | None = None, **changes: Any) -> Sweep:
     """Run (or continue) the sweep of a search-space file until its study has `trials` trials:
     `fl.sweep("examples/sweep-best-mlp.toml", trials=30)`, `changes` (`epochs=5`) set for every trial
     over the space's [train]; the other arguments as `sweep.sweep` takes them (which checks them)."""
     from fashionlab.sweeps import sweep as run_sweep
 
     out = Path(out) if out is not None else Path("runs") / f"sweep-{Path(space).stem}"
-    from fashionlab.sweeps.storage import storage_label
-
     said = call_text("sweep", [space], {"trials": trials, "out": out, "jobs": jobs, "study": study,
-                                        "storage": storage_label(storage) if storage else None})
+                                        "storage": _shown_uri(storage), "mlflow": _shown_uri(mlflow)})
     result = run_sweep(space, out, trials=trials, jobs=jobs, data=data, storage=storage, study=study, sampler=sampler,
-                       sampler_seed=sampler_seed, pruner=pruner, force=force, overrides=changes, command=said)
+                       sampler_seed=sampler_seed, pruner=pruner, force=force, overrides=changes, command=said,
+                       mlflow=mlflow)
     return Sweep(result.out)

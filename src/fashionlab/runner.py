@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import keras
     import pandas as pd
 
+    from fashionlab.tracking import Destination
+
 
 @dataclass(frozen=True)
 class Task:
@@ -51,6 +53,7 @@ class Task:
     recipe: str | None = None  # the named recipe its config starts from (train's `recipe`)
     command: str | None = None  # what asked for it: the compare or sweep command line, or a Python call
     watcher: Watcher | None = None  # what watches the training's epochs in the process that trains it
+    mlflow: Destination | None = None  # the MLflow server (and parent run) the training is logged to
 
 
 class Watcher(Protocol):
@@ -123,10 +126,10 @@ def run_task(task: Task, data: DataSource) -> Done:
     callbacks = [task.watcher.callback()] if task.watcher else []
     started = time.perf_counter()
     if resumed:
-        result = resume(task.run_dir, data=data, verbose=0, callbacks=callbacks)
+        result = resume(task.run_dir, data=data, verbose=0, callbacks=callbacks, mlflow=task.mlflow)
     else:
         result = train(task.config, task.run_dir, data=data, verbose=0, test=task.test, callbacks=callbacks,
-                       recipe=task.recipe, command=task.command)
+                       recipe=task.recipe, command=task.command, mlflow=task.mlflow)
     outcome = task.watcher.outcome(callbacks[0]) if task.watcher else {}
     return Done(task, result.metrics, time.perf_counter() - started, resumed, outcome)
 

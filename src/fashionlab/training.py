@@ -37,6 +37,7 @@ from fashionlab.provenance import available_memory, library_versions, machine_in
 from fashionlab.reports import write_learning_curves, write_test_outputs
 from fashionlab.rundir import CHECKPOINT_PREFIX, Run, default_run_dir, now
 from fashionlab.tensorboard import TensorBoardScalars, check_folder
+from fashionlab.tracking import Destination, RunLog, destination, run_logged
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def in_notebook() -> bool:
 def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataSource = DataSource(),
           verbose: int | None = None, tensorboard: str | Path | None = None,
           recipe: str | None = None, test: bool = True,
-          callbacks: Sequence[keras.callbacks.Callback] = (), command: str | None = None) -> TrainResult:
+          callbacks: Sequence[keras.callbacks.Callback] = (), command: str | None = None,
+          mlflow: str | bool | Destination | None = None) -> TrainResult:
     """Train `config` on Fashion-MNIST and write a complete, self-describing run directory.
 
     `run_dir` defaults to runs/<time>-<name>; `verbose` to Keras' progress bar on a terminal and
@@ -158,8 +160,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     run (its pages show both); `test=False` keeps the test set out of the run (a
     sweep's trial is judged on validation alone: metrics.json then has no test figures, and
     `evaluate` can add them later); `callbacks` see each recorded epoch after the run has
-    written it. Everything the config asks is checked against the data and the machine, and
-    every folder the run writes in, before the run directory is made.
+    written it; `mlflow` an MLflow tracking server's URI (True: MLFLOW_TRACKING_URI) that gets the run
+    as it trains (`fashionlab.tracking`). Everything the config asks is checked against the data and the
+    machine, and every folder the run writes in, before the run directory is made.
     """
     called = time.perf_counter()
     check_engine(config)
@@ -169,6 +172,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     check_writable(run_dir, what="the run", term="run_dir")
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard, run_dir.name)
+    tracked = destination(mlflow)
     splits = _checked_splits(config, data)
     if dataset.folder is not None:  # the folder the files were read from (`data_dir` may name another), in full
         dataset = dataclasses.replace(dataset, folder=data.locate().resolve())
@@ -184,13 +188,15 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
                            command=command, dataset=kept, **({} if test else {"test": False}))
             model = _new_model(config, splits, dataset.classes)
             run.write_text("summary.txt", summary_text(model) + "\n")
-            return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
-                                   tensorboard=tensorboard, called=called, callbacks=callbacks)
+            with run_logged(tracked, run, engine=resolve_engine(config.engine)) as log:
+                return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
+                                       tensorboard=tensorboard, called=called, callbacks=callbacks, log=log)
 
 
 @checked(verbose=(0, 2))
 def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int | None = None,
-           tensorboard: str | Path | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+           tensorboard: str | Path | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
+           mlflow: str | bool | Destination | None = None) -> TrainResult:
     """Continue an interrupted, failed or killed run from its last finished epoch.
 
     With the compiled engine the result is the run that was never interrupted: weights,
@@ -202,6 +208,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
     check_writable(run_dir, what="the run", term="run_dir")  # before its lock file, the first write
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard, run_dir.name)
+    tracked = destination(mlflow)
     _use_compilation_cache()
     with stop_requests() as stop, Run.acquire(run_dir) as run:
         if run.status()["status"] == "complete":
@@ -220,8 +227,9 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
                  else _new_model(config, splits, dataset.classes))
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
-            return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,
-                                   tensorboard=tensorboard, called=called, callbacks=callbacks)
+            with run_logged(tracked, run, engine=resolve_engine(config.engine)) as log:
+                return _fit_and_finish(run, config, splits, model, rows=rows, data=data, stop=stop, verbose=verbose,
+                                       tensorboard=tensorboard, called=called, callbacks=callbacks, log=log)
 
 
 def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
@@ -262,13 +270,16 @@ def _existing_dir(run_dir: str | Path) -> Path:
 def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *,
                     rows: list[dict[str, float]], data: DataSource, stop: StopRequest,
                     verbose: int | None, tensorboard: str | Path | None, called: float,
-                    callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+                    callbacks: Sequence[keras.callbacks.Callback] = (), log: RunLog | None = None) -> TrainResult:
     """Fit from epoch len(rows), then write the final artifacts; `called`: when the train or
-    resume call began (time.perf_counter)."""
+    resume call began (time.perf_counter); `log`: the MLflow run that follows it."""
     recorder = RunRecorder(run, stop, rows, patience=config.early_stopping)
     everyone: list[keras.callbacks.Callback] = [recorder]  # the recorder first: the others see written epochs
     if tensorboard is not None:
         everyone.append(TensorBoardScalars(Path(tensorboard) / run.path.name, recorder.rows))
+    if log is not None:
+        log.epochs(rows)  # a resumed run's epochs the server missed
+        everyone.append(log.callback(recorder.rows))
     everyone += callbacks
     verbose = progress_verbosity() if verbose is None else verbose
     steps = -(-len(splits.x_train) // config.batch_size)
@@ -287,7 +298,10 @@ def _fit_and_finish(run: Run, config: TrainConfig, splits: Splits, model: keras.
         done = len(recorder.rows)
         raise Diverged(f"the loss became NaN or infinite in epoch {recorder.diverged_at}; training stopped. "
                        f"{run.path} keeps the last good epoch ({done}); try a lower learning_rate")
-    return _finish(run, config, splits, model, history=recorder.frame(), data=data, stop=stop, called=called)
+    result = _finish(run, config, splits, model, history=recorder.frame(), data=data, stop=stop, called=called)
+    if log is not None:
+        log.finish()
+    return result
 
 
 def _kept_weights(run: Run, model: keras.Model, kept: int, epochs_done: int, *, averaged: bool) -> list:

@@ -6,6 +6,9 @@ defined once, here; each reads what it serves from `request.app.state`, which `b
 GET /            the page: drop, paste or choose images; a gallery of test images
 POST /api/predict  multipart images -> the JSON objects of `fashionlab predict --json`
 GET /api/model   config, metrics, class names;  GET /api/health;  GET /api/gallery
+GET /metrics     Prometheus' text format (`serve.metrics`)
+GET /v2, /v2/health/live, /v2/health/ready, /v2/models/NAME[/ready]; POST /v2/models/NAME/infer:
+                 the Open Inference Protocol (`serve.v2`), raw pixels in, probabilities out
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from fashionlab.data import DataSource
 from fashionlab.errors import ModelBusy, ModelTimeout, reason
 from fashionlab.images import MAX_IMAGE_PIXELS, Prepared, png_bytes
 from fashionlab.prediction import results_of
+from fashionlab.serve import v2
 from fashionlab.serve.batching import Batcher
 from fashionlab.serve.layers import BodyLimit, printable, warn
+from fashionlab.serve.metrics import CONTENT_TYPE, ServeMetrics
 from fashionlab.serve.page import data_url, gallery, serve_page
 from fashionlab.serve.predictor import Predictor
 from fashionlab.serve.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers
@@ -39,10 +44,11 @@ TOP_K_HELP = "the classes listed for each image, most likely first; by default t
 router = APIRouter()
 
 
-def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: int = 3) -> FastAPI:
+def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: int = 3,
+              metrics: ServeMetrics | None = None) -> FastAPI:
     """The FastAPI application serving `predictor`: the page and the API (`top_k`: the classes an
-    answer lists unless the request says). `serve` wraps it in `guarded` (Host check, HEAD, no
-    tracebacks) before it meets a client."""
+    answer lists unless the request says); `metrics`: what /metrics shows (none: /metrics is 404).
+    `serve` wraps it in `guarded` (Host check, HEAD, token, CORS, no tracebacks) before it meets a client."""
     app = FastAPI(title="fashionlab", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
                   description=f"{predictor.dataset.label} classes for images: the API of `fashionlab serve`.")
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)
@@ -52,13 +58,26 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     app.include_router(router)
     state = app.state
     state.predictor, state.top_k, state.started = predictor, top_k, time.time()
-    state.batcher, state.workers = Batcher(predictor), UploadWorkers()  # closed by whoever runs the app (serve)
+    state.batcher = Batcher(predictor, on_batch=metrics.batch if metrics is not None else None)
+    state.workers = UploadWorkers()  # the batcher and the workers are closed by whoever runs the app (serve)
+    state.metrics, state.v2_name = metrics, v2.model_name(predictor.info["name"])
+    if metrics is not None:
+        _watch(metrics, state)
     state.held_bytes = 0  # of the request bodies being read and decoded
     state.model_info = model_info(predictor, state.workers)
     state.gallery = gallery(data, predictor.dataset)
     state.page, script_hash = serve_page({"model": state.model_info, "gallery": state.gallery, "top_k": top_k})
     state.page_headers = page_headers(script_hash)
     return app
+
+
+def _watch(metrics: ServeMetrics, state) -> None:
+    """The gauges /metrics reads from the server's state when it is scraped."""
+    metrics.watch("fashionlab_queue_images", "Images waiting for the model", lambda: state.batcher.waiting)
+    metrics.watch("fashionlab_uploads_waiting", "Uploads waiting to be decoded", lambda: state.workers.waiting)
+    metrics.watch("fashionlab_upload_bytes_held", "Bytes of request bodies held while read", lambda: state.held_bytes)
+    metrics.watch("fashionlab_model_timeouts_total", "Calls of the model that ran over their time limit",
+                  lambda: state.predictor.calls.timeouts)
 
 
 def model_info(predictor: Predictor, workers: UploadWorkers) -> dict[str, Any]:
@@ -181,3 +200,77 @@ async def read_images(request: Request) -> tuple[list[str], list[Prepared]]:
         return await state.workers.read(body, request.headers.get("content-type", ""), gone=request.is_disconnected)
     finally:
         state.held_bytes -= size
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format: requests, images, batches, latencies, queues, the model's load time."""
+    if request.app.state.metrics is None:
+        return error(404, "this server was started with --no-metrics")
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --- the Open Inference Protocol (v2) -----------------------------------------------------------------
+
+@router.get("/v2")
+async def v2_server(request: Request) -> dict[str, Any]:
+    return {"name": "fashionlab", "version": __version__, "extensions": v2.EXTENSIONS}
+
+
+@router.get("/v2/health/live")
+async def v2_live(request: Request) -> dict[str, Any]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def v2_ready(request: Request) -> Response:
+    """Ready while the model answers; 503 while a call of it is stuck past its time limit."""
+    ready = request.app.state.predictor.calls.stuck_for() is None
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+def _v2_model(request: Request, name: str) -> JSONResponse | None:
+    """None when `name` is the model served; else the 404 that says which one is."""
+    served = request.app.state.v2_name
+    if name == served:
+        return None
+    return error(404, f"no model {printable(name)[:64]!r} here; this server serves {served!r}")
+
+
+@router.get("/v2/models/{name}")
+async def v2_metadata(request: Request, name: str) -> Response:
+    state = request.app.state
+    platform = "onnxruntime" if state.predictor.engine == "onnx" else "keras"
+    return _v2_model(request, name) or JSONResponse(
+        v2.model_metadata(name, list(state.predictor.dataset.class_names), platform))
+
+
+@router.get("/v2/models/{name}/ready")
+async def v2_model_ready(request: Request, name: str) -> Response:
+    ready = request.app.state.predictor.calls.stuck_for() is None
+    return _v2_model(request, name) or JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+
+@router.post("/v2/models/{name}/infer")
+async def v2_infer(request: Request, name: str) -> Response:
+    """Raw pixels in, probabilities out, through the same batches as the page's images."""
+    refused = _v2_model(request, name)
+    if refused is not None:
+        return refused
+    state = request.app.state
+    try:
+        asked = v2.parse_infer(await request.body(), request.headers.get(v2.HEADER), most=MAX_FILES)
+    except v2.ProtocolError as exc:
+        return error(exc.status, str(exc))
+    except ClientDisconnect:
+        return Response(status_code=400)
+    try:
+        readings = await state.batcher.read(asked.pixels, [])
+    except ModelTimeout as exc:
+        return error(504, str(exc))
+    except ModelBusy as exc:
+        return error(503, str(exc))
+    except Exception as exc:  # the model failed on this batch: say so, keep serving
+        return error(500, f"the model failed: {reason(exc)}")
+    body, headers = v2.infer_response(name, asked, readings.proba)
+    return Response(body, headers=headers)

@@ -8,7 +8,8 @@ while the event loop goes on accepting requests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,8 +30,8 @@ class Batcher:
     """Reads the images of requests that arrive together in one batch: while the model reads a
     batch (in its own thread), the next requests queue, and are read together next."""
 
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
+    def __init__(self, predictor: Predictor, on_batch: Callable[[int, float], None] | None = None):
+        self.predictor, self.on_batch = predictor, on_batch  # on_batch(images, seconds) after each call
         self.facing, self.upright = facing_ids(predictor.dataset), orientation_of(predictor.dataset)
         self.queue: asyncio.Queue[_Job] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -67,6 +68,7 @@ class Batcher:
             pixels = np.concatenate([job.pixels for job in jobs])
             mirror = [flag for job in jobs for flag in job.mirror]
             self.waiting -= len(pixels)
+            began = time.perf_counter()
             try:
                 readings = await loop.run_in_executor(self.model_thread, read_probabilities, self.predictor,
                                                       pixels, mirror, self.facing, self.upright)
@@ -76,6 +78,8 @@ class Batcher:
                         job.future.set_exception(exc)
                 continue
             self.batches, self.images = self.batches + 1, self.images + len(pixels)
+            if self.on_batch is not None:
+                self.on_batch(len(pixels), time.perf_counter() - began)
             start = 0
             for job in jobs:
                 end = start + len(job.pixels)

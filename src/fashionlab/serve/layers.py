@@ -1,27 +1,116 @@
 """The ASGI layers every request of `fashionlab serve` passes, plain ASGI with no framework: the
 Host header checked (`HostCheck`), HEAD answered as GET (`HeadAsGet`), nothing below escaping as a
-traceback (`Shield`), a body over its limit answered 413 (`BodyLimit`). Their refusals are JSON.
+traceback (`Shield`), a body over its limit answered 413 (`BodyLimit`), the server's token asked of
+every route but health (`TokenCheck`), and other origins' pages let in (`cors`, Starlette's). Their
+refusals are JSON.
 
-    app = guarded(app, host="127.0.0.1", allowed_hosts=["proxy.example"])
+    app = guarded(app, host="127.0.0.1", allowed_hosts=["proxy.example"], token=None, origins=())
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs
 
 from fashionlab.errors import reason
 
 
-def guarded(app, *, host: str, allowed_hosts: Sequence[str] = ()):
+def guarded(app, *, host: str, allowed_hosts: Sequence[str] = (), token: str | None = None,
+            origins: Sequence[str] = (), measured: Callable | None = None):
     """`app` as it meets clients: a request naming another host is refused (`HostCheck`), HEAD
-    answers as GET does without the body (`HeadAsGet`), and nothing below can print a traceback
-    or answer in anything but JSON (`Shield`)."""
-    return Shield(HostCheck(HeadAsGet(app), is_loopback(host), allowed_hosts))
+    answers as GET does without the body (`HeadAsGet`), pages of `origins` may call it (`cors`), a
+    request without `token` is refused but health (`TokenCheck`), and nothing below can print a
+    traceback or answer in anything but JSON (`Shield`). `measured`: a layer that counts and times
+    every request, refused ones included (`ServeMetrics.layer`)."""
+    inner = HeadAsGet(TokenCheck(app, token) if token else app)
+    if origins:
+        inner = cors(inner, origins)
+    inner = HostCheck(inner, is_loopback(host), allowed_hosts)
+    return Shield(measured(inner) if measured else inner)
+
+
+def cors(app, origins: Sequence[str]):
+    """Starlette's CORS layer for the pages of `origins` ("*": any): GET and POST with the token and the
+    binary tensors' header, preflight requests answered before the token is asked for."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    return CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "POST"],
+                          allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+                          expose_headers=["Inference-Header-Content-Length"], max_age=600)
+
+
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?")
+
+
+def origin_problem(origin: str) -> str | None:
+    """What is wrong with an origin a page may call from: scheme://host[:port], nothing after, or "*"."""
+    if origin == "*" or ORIGIN.fullmatch(origin):
+        return None
+    return (f"{printable(origin)[:80]!r} is not an origin: give scheme://host[:port] as a browser sends it "
+            f"(https://lab.example, http://localhost:3000), or *")
+
+
+OPEN_PATHS = ("/api/health", "/v2/health/live", "/v2/health/ready")  # a load balancer's checks need no token
+COOKIE = "fashionlab_token"
+MIN_TOKEN = 16
+
+
+def token_problem(token: str) -> str | None:
+    """What is wrong with a token: at least MIN_TOKEN visible ASCII characters, no spaces, quotes or ';'."""
+    if len(token) < MIN_TOKEN or len(token) > 512 or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", token):
+        return (f"a token must be {MIN_TOKEN} to 512 letters, digits or ._~+/=- characters; make one with "
+                f"python -c 'import secrets; print(secrets.token_urlsafe())'")
+    return None
+
+
+class TokenCheck:
+    """ASGI middleware: every route but health needs the server's token, as `Authorization: Bearer TOKEN`
+    or the cookie the page gets when it is opened as /?token=TOKEN (then sent to / without it, so the
+    token leaves the address bar; the cookie is HttpOnly and SameSite=Strict: other sites' pages
+    cannot send it). Compared in constant time; a refusal is 401 with WWW-Authenticate."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token.encode()
+
+    def given(self, scope) -> bool:
+        for key, value in scope["headers"]:
+            if key == b"authorization" and value[:7].lower() == b"bearer " and self._same(value[7:].strip()):
+                return True
+            if key == b"cookie":
+                try:
+                    cookie = SimpleCookie(value.decode("latin-1"))
+                except CookieError:
+                    continue
+                if COOKIE in cookie and self._same(cookie[COOKIE].value.encode("latin-1")):
+                    return True
+        return False
+
+    def _same(self, said: bytes) -> bool:
+        return hmac.compare_digest(said, self.token)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.given(scope):
+            return await self.app(scope, receive, send)
+        asked = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        if scope["path"] == "/" and asked and self._same(asked[0].encode("latin-1")):
+            cookie = f"{COOKIE}={asked[0]}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
+            await send({"type": "http.response.start", "status": 303,
+                        "headers": [(b"location", b"/"), (b"set-cookie", cookie), (b"content-length", b"0"),
+                                    (b"cache-control", b"no-store")]})
+            return await send({"type": "http.response.body", "body": b""})
+        body = json.dumps({"error": "this server needs its token: send Authorization: Bearer TOKEN, or open the "
+                                    "page as /?token=TOKEN"}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b'Bearer realm="fashionlab"')]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:

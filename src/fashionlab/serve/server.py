@@ -19,7 +19,7 @@ from fashionlab.datasets import MAX_CLASSES
 from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError
 from fashionlab.rundir import Run
-from fashionlab.serve.layers import guarded, host_name, is_loopback, url_host, warn
+from fashionlab.serve.layers import guarded, host_name, is_loopback, origin_problem, token_problem, url_host, warn
 from fashionlab.serve.predictor import Predictor, load_predictor
 
 INSTALL_HINT = "pip install 'fashionlab[serve]'"
@@ -28,12 +28,15 @@ INSTALL_HINT = "pip install 'fashionlab[serve]'"
 @checked(port=(0, 65535), top_k=(1, MAX_CLASSES))  # and at most the model's classes
 def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, top_k: int = 3, data: DataSource = DataSource(), allow_incomplete: bool = False,
-          model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (),
+          model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (), token: str | None = None,
+          cors: Sequence[str] = (), metrics: bool = True,
           ready: Callable[[str], None] | None = None, progress: Callable[[str], None] | None = None) -> None:
     """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers;
     `progress(line)` with what it does until then (loading the model, compiling it for each batch size).
     `allowed_hosts`: names the Host header may give besides localhost, IP addresses and this
-    machine's names (a proxy's); `model_timeout`: seconds a call of the model may take."""
+    machine's names (a proxy's); `model_timeout`: seconds a call of the model may take; `token`: asked
+    of every request but health checks (`Authorization: Bearer TOKEN`); `cors`: the origins whose pages
+    may call the API ("*": any); `metrics`: GET /metrics for Prometheus."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -47,21 +50,37 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
         if not host_name(name) or ":" in host_name(name):
             raise ConfigError(f"`allowed_hosts` holds {name!r}, not a host name (such as proxy.example); IP "
                               f"addresses are allowed already", terms=["allowed_hosts"])
+    _check_access(token, cors)
+    if metrics:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"/metrics needs prometheus-client: {INSTALL_HINT}; or turn `metrics` off",
+                              terms=["metrics"]) from None
     sock = open_socket(host, port)  # first: a port in use fails before the model loads
     bound_host, bound_port = sock.getsockname()[:2]  # what was bound, however `host` said it
-    if not is_loopback(bound_host):
-        warn(f"serving on {host}: anyone who can reach this machine can use the model (there is no "
-             f"authentication); use --host 127.0.0.1 to keep it local")
+    if not is_loopback(bound_host) and token is None:
+        warn(f"serving on {host} without a token: anyone who can reach this machine can use the model and "
+             f"read its metrics; give --token (or FASHIONLAB_TOKEN), or use --host 127.0.0.1 to keep it local")
     progress = progress or (lambda line: None)
     try:
+        began = time.perf_counter()
         predictor = _load(run_dir, onnx, top_k=top_k, allow_incomplete=allow_incomplete, model_timeout=model_timeout,
                           progress=progress)
+        counted = None
+        if metrics:
+            from fashionlab.serve.metrics import ServeMetrics
+
+            counted = ServeMetrics()
+            counted.load_seconds.set(time.perf_counter() - began)
         progress("starting the upload workers and the server")
-        app = build_app(predictor, data=data, top_k=top_k)
+        app = build_app(predictor, data=data, top_k=top_k, metrics=counted)
         # connections are limited by the protocol (GuardedHttp), not by uvicorn's plain-text 503;
         # uvicorn's own log would let any client write to the terminal (a line per malformed request
         # or client gone mid-answer): fashionlab says what matters itself (Shield)
-        config = uvicorn.Config(guarded(app, host=bound_host, allowed_hosts=allowed_hosts), http=GuardedHttp,
+        outer = guarded(app, host=bound_host, allowed_hosts=allowed_hosts, token=token, origins=cors,
+                        measured=counted.layer if counted is not None else None)
+        config = uvicorn.Config(outer, http=GuardedHttp,
                                 ws="none", log_level="critical", access_log=False, timeout_graceful_shutdown=10,
                                 lifespan="on")
         server = uvicorn.Server(config)
@@ -75,6 +94,17 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
             app.state.workers.close()
     finally:
         sock.close()
+
+
+def _check_access(token: str | None, cors: Sequence[str]) -> None:
+    """The token and the CORS origins, refused with one line before anything starts."""
+    problem = token_problem(token) if token is not None else None
+    if problem:
+        raise ConfigError(f"`token`: {problem}", terms=["token"])
+    for origin in cors:
+        problem = origin_problem(origin)
+        if problem:
+            raise ConfigError(f"`cors`: {problem}", terms=["cors"])
 
 
 def _load(run_dir, onnx, *, top_k: int, allow_incomplete: bool, model_timeout: float, progress) -> Predictor:

@@ -24,6 +24,7 @@ from fashionlab.runner import Done, Task
 from fashionlab.sweeps.space import Space
 from fashionlab.sweeps.study import counted, make_sampler, trial_seed
 from fashionlab.sweeps.trials import Trials
+from fashionlab.tracking import Destination
 
 if TYPE_CHECKING:
     import optuna
@@ -73,11 +74,11 @@ class Worker(Trials):
 
     def __init__(self, study: optuna.Study, backend: optuna.storages.BaseStorage, space: Space, out: Path, *,
                  trials: int, storage: str, sampler: str, sampler_seed: int, pruner: str, train_images: int,
-                 free_memory: int | None, progress: Callable[[str], None]):
+                 free_memory: int | None, progress: Callable[[str], None], mlflow: Destination | None = None):
         self.owner = Owner()
         super().__init__(study, backend, space, out, trials=trials, storage=storage, pruner=pruner,
                          train_images=train_images, free_memory=free_memory, progress=progress,
-                         host=self.owner.host)
+                         host=self.owner.host, mlflow=mlflow)
         self.sampler, self.sampler_seed = sampler, sampler_seed
         self.held: dict[int, optuna.Trial] = {}  # trial number -> the trial this process runs
         self.lock = threading.Lock()  # the heartbeat thread reads `held`

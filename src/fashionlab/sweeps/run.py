@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fashionlab import runner
+from fashionlab import runner, tracking
 from fashionlab.arguments import checked
 from fashionlab.config import SEED_MAX, check_runnable, name_problem
 from fashionlab.data import DataSource
@@ -32,14 +32,13 @@ from fashionlab.sweeps.space import MAX_SPACE_BYTES, Space, load_space, require_
 from fashionlab.sweeps.storage import (
     JOURNAL,
     check_storage_url,
-    masked,
     open_storage,
     repair_journal,
     secrets_kept,
-    storage_label,
     storage_record,
 )
 from fashionlab.sweeps.study import Pruner, Sampler, check_same_data, make_pruner, make_sampler, open_study
+from fashionlab.urls import masked, url_label
 
 if TYPE_CHECKING:
     import optuna
@@ -75,27 +74,30 @@ def check_same_sweep(out: Path, study: str, storage: str | None) -> None:
 def sweep(space: str | Path, out: str | Path, *, trials: int = 20, jobs: int = 1, storage: str | None = None,
           study: str | None = None, sampler: Sampler = "tpe", sampler_seed: int = 0, pruner: Pruner = "median",
           data: DataSource = DataSource(), force: bool = False, overrides: Mapping[str, Any] | None = None,
-          progress: Callable[[str], None] = lambda line: None, command: str | None = None) -> SweepResult:
+          progress: Callable[[str], None] = lambda line: None, command: str | None = None,
+          mlflow: str | bool | tracking.Destination | None = None) -> SweepResult:
     """Run the sweep `space` into `out` until its study has `trials` trials, `jobs` trainings at a
     time, then write trials.csv, summary.md, report.html and best.toml, evaluating the best trial
     once on the test set when every trial has ended. Calling again continues the same study.
     `overrides`: config keys set for every trial over the space's [train] (not a searched key);
-    `command`: what asked for it (its page shows the last one)."""
+    `command`: what asked for it (its page shows the last one); `mlflow`: a tracking server's URI (True:
+    MLFLOW_TRACKING_URI) that gets the sweep as a parent run, its trials as children."""
     require_optuna()
     if storage is not None:
         check_storage_url(storage)
+    where = tracking.destination(mlflow)
     with secrets_kept(storage):
         return _sweep(load_space(space, overrides), Path(out), trials=trials, jobs=jobs, storage=storage, study=study,
                       sampler=sampler, sampler_seed=sampler_seed, pruner=pruner, data=data, force=force,
-                      progress=progress, command=command)
+                      progress=progress, command=command, where=where)
 
 
 def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | None, study: str | None,
            sampler: str, sampler_seed: int, pruner: str, data: DataSource, force: bool,
-           progress: Callable[[str], None], command: str | None) -> SweepResult:
+           progress: Callable[[str], None], command: str | None, where: tracking.Destination | None) -> SweepResult:
     study_name = _study_name(study, space)
     check_sweep_folder(out, force=force)
-    where = storage or str(out.absolute() / JOURNAL)  # where it is today: the folder may be moved or copied
+    stored = storage or str(out.absolute() / JOURNAL)  # where it is today: the folder may be moved or copied
     check_same_sweep(out, study_name, storage)
     if storage is None:  # appended to in place: never through a link
         check_own_file(out / JOURNAL, what="the study journal", term="out", error=RunError)
@@ -106,17 +108,25 @@ def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | No
     check_runnable(space.base, train_images=train_images, free_memory=free_memory)
     check_writable(out, what="the sweep", term="out")
     settings = {"space": space.settings(), "sampler": sampler, "sampler_seed": sampler_seed, "pruner": pruner}
-    backend, the_study = _opened(out, where, study_name, settings, space, data, journal=storage is None)
+    backend, the_study = _opened(out, stored, study_name, settings, space, data, journal=storage is None)
     folder = Run(out)
     folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_record(storage),
                                **settings, "command": masked(command, storage) if command else None})
-    worker = Worker(the_study, backend, space, out, trials=trials, storage=where, sampler=sampler,
+    tracker, children = tracking.parent(where, out, kind="sweep", doing="the sweep",
+                                        params={"study": study_name, "storage": storage_record(storage), **settings})
+    worker = Worker(the_study, backend, space, out, trials=trials, storage=stored, sampler=sampler,
                     sampler_seed=sampler_seed, pruner=pruner, train_images=train_images, free_memory=free_memory,
-                    progress=progress)
+                    progress=progress, mlflow=children)
     recover(worker)
     jobs, wall = _run(worker, jobs=jobs, data=data, progress=progress)
-    return finish(the_study, space, out, storage=where, trials=trials, data=data, wall=wall, jobs=jobs,
-                  ran=worker.finished, progress=progress)
+    result = finish(the_study, space, out, storage=stored, trials=trials, data=data, wall=wall, jobs=jobs,
+                    ran=worker.finished, progress=progress)
+    if result.ended:
+        figures = {"best_val_accuracy": result.best["val_accuracy"]} if result.best is not None else {}
+        if result.tests:
+            figures["test_accuracy"] = result.tests[-1]["test_accuracy"]
+        tracking.end_parent(tracker, children, out, ["trials.csv", "summary.md", "report.html", "best.toml"], figures)
+    return result
 
 
 def _study_name(study: str | None, space: Space) -> str:
@@ -162,7 +172,7 @@ def _run(worker: Worker, *, jobs: int, data: DataSource, progress: Callable[[str
     stopped, have = len(worker.stopped_trials()), worker.sweep_trials()
     ended = sum(t.state.is_finished() for t in have)
     jobs = min(jobs, max(worker.trials - ended, 0))  # no more workers than trials left (stopped ones included)
-    progress(f"study {worker.study.study_name} ({storage_label(worker.storage)}): {ended} of {worker.trials} "
+    progress(f"study {worker.study.study_name} ({url_label(worker.storage)}): {ended} of {worker.trials} "
              f"trials ended already" + (f", {stopped} stopped one(s) to resume" if stopped else "")
              + f"; {jobs} job(s) here")
     started = time.perf_counter()

@@ -19,78 +19,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fashionlab.errors import ConfigError, FashionlabError, RunError, reason
+from fashionlab.urls import masked, url_label
 
 if TYPE_CHECKING:
     import optuna
 
 JOURNAL = "study.journal"  # the study, when no `storage` is given
 STORAGE_ATTEMPTS = 3  # connecting to a database
-# Query parameters of PostgreSQL's and MySQL's drivers that hold no secret: their values are shown.
-PLAIN_PARAMETERS = ("host", "hostaddr", "port", "dbname", "database", "user", "sslmode", "connect_timeout",
-                    "application_name", "target_session_attrs", "client_encoding", "charset")
 SHARED_SCHEMES = re.compile(r"(postgresql|postgres|mysql)(\+[a-z0-9_]+)?")
 
 
 # --- the URL, never its secrets ---------------------------------------------------------------
 
-def storage_label(storage: str) -> str:
-    """The storage as shown and recorded: a journal's path as it is; a database URL as its scheme and
-    what follows its last '@' up to any query (postgresql://***@db-host/fashionlab?...), never its user
-    information or query. Cut by hand, not parsed: a URL parser is fooled by a password holding '@',
-    '/', ':', '?' or '#', and then shows a piece of it as the host. Masked again, in case even that cut
-    was fooled (a query holding an '@')."""
-    if "://" not in storage:
-        return storage
-    scheme, rest = storage.split("://", 1)
-    _, at, place = rest.rpartition("@")
-    host = re.split(r"[?#]", place, maxsplit=1)[0]
-    return masked(f"{scheme}://{'***@' if at else ''}{host}{'?...' if host != place else ''}", storage)
-
-
 def storage_record(storage: str | None) -> str:
     """The storage as sweep.json records it: the journal in the sweep folder, wherever the folder is now
     (it may be moved or copied), or the database's URL as shown. Also reads an older record (the
     journal's absolute path, or a label that showed the user's name)."""
-    return JOURNAL if storage is None or "://" not in storage else storage_label(storage)
-
-
-def storage_secrets(storage: str) -> list[str]:
-    """What a storage URL may hold that is never shown, read every way the URL could be meant: its
-    password (the user information, all before the last '@', after its first ':') and the values of
-    its query (after the first '?' anywhere) but those of PLAIN_PARAMETERS, each as written and
-    percent-decoded. A value may hold a raw '&' or ';': it ends only where a parameter follows."""
-    from urllib.parse import unquote, unquote_plus
-
-    if "://" not in storage:
-        return []
-    rest = storage.split("://", 1)[1]
-    found = [rest.rpartition("@")[0].partition(":")[2]]
-    starts = "|".join((*PLAIN_PARAMETERS, "password"))
-    for query in re.split(r"[?#]", rest, maxsplit=1)[1:]:
-        pairs = [pair.partition("=") for pair in re.split(rf"[&;](?=(?:{starts})=)", query)]
-        found += [value for key, _, value in pairs if key not in PLAIN_PARAMETERS]
-    found += [decode(s) for s in found for decode in (unquote, unquote_plus)]
-    return sorted({s for s in found if len(s) >= 2}, key=len, reverse=True)
-
-
-def masked(text: str, storage: str | None) -> str:
-    """`text` with every piece of the storage's secrets (four characters or more, or a shorter secret
-    whole) replaced by ***: a driver's message may quote the URL, or the host it misread from it."""
-    secrets = storage_secrets(storage) if storage else []
-    if not secrets:
-        return text
-    said, i = [], 0
-    while i < len(text):
-        end = i
-        for secret in secrets:  # the longest piece of a secret that starts here
-            j = i + min(4, len(secret))
-            if j <= len(text) and text[i:j] in secret:
-                while j < len(text) and text[i:j + 1] in secret:
-                    j += 1
-                end = max(end, j)
-        said.append("***" if end > i else text[i])
-        i = max(end, i + 1)
-    return "".join(said)
+    return JOURNAL if storage is None or "://" not in storage else url_label(storage)
 
 
 @contextlib.contextmanager
@@ -182,7 +127,7 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     hint = ("install the database's driver (PostgreSQL's: pip install 'fashionlab[postgres]')"
             if isinstance(problem, ImportError) or "No module named" in first or "Can't load plugin" in first
             else "check the URL, and that the server runs and lets you in")
-    raise RunError(f"cannot use the study storage {storage_label(storage)} ({first[:300]}); {hint}",
+    raise RunError(f"cannot use the study storage {url_label(storage)} ({first[:300]}); {hint}",
                    terms=["storage"]) from None
 
 

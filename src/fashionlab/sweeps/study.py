@@ -18,7 +18,8 @@ from fashionlab.config import from_dict
 from fashionlab.errors import ConfigError, RunError, reason
 from fashionlab.records import Evaluation, Fraction, StudyRecord, TrialRecord, first_problem, shown
 from fashionlab.sweeps.space import Space, contains, describe
-from fashionlab.sweeps.storage import journal_remedy, storage_label
+from fashionlab.sweeps.storage import journal_remedy
+from fashionlab.urls import url_label
 
 if TYPE_CHECKING:
     import optuna
@@ -100,7 +101,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
             raise ValueError("it minimizes")
     except Exception as exc:  # a damaged journal, a study that minimizes, a database gone meanwhile
-        raise RunError(f"cannot open study {name} in {storage_label(where)} ({reason(exc, 200)}); {remedy}",
+        raise RunError(f"cannot open study {name} in {url_label(where)} ({reason(exc, 200)}); {remedy}",
                        terms=["study"]) from None
     recorded = study_attrs(study, where).get("fashionlab")
     if recorded is None:
@@ -147,7 +148,7 @@ def study_damaged(study: optuna.Study, storage: str, problem: str) -> RunError:
     if "://" not in storage:
         return RunError(f"the study journal {storage} is damaged ({problem}); {journal_remedy(storage)}",
                         terms=["out"])
-    return RunError(f"study {study.study_name} in {storage_label(storage)} holds what fashionlab never writes "
+    return RunError(f"study {study.study_name} in {url_label(storage)} holds what fashionlab never writes "
                     f"({problem}); give `study` another name", terms=["study"])
 
 

@@ -26,6 +26,7 @@ from fashionlab.runner import Task
 from fashionlab.sweeps.space import Space
 from fashionlab.sweeps.storage import secrets_kept, worker_storage
 from fashionlab.sweeps.study import counted, make_pruner, study_trials
+from fashionlab.tracking import Destination
 
 if TYPE_CHECKING:
     import keras
@@ -132,8 +133,9 @@ class Trials:
 
     def __init__(self, study: optuna.Study, backend: optuna.storages.BaseStorage, space: Space, out: Path, *,
                  trials: int, storage: str, pruner: str, train_images: int, free_memory: int | None,
-                 progress: Callable[[str], None], host: str):
+                 progress: Callable[[str], None], host: str, mlflow: Destination | None = None):
         self.study, self.backend, self.space, self.out, self.trials = study, backend, space, out, trials
+        self.mlflow = mlflow  # the MLflow server and the sweep's run there, each trial a child of it
         self.storage, self.pruner, self.host, self.progress = storage, pruner, host, progress
         self.train_images, self.free_memory = train_images, free_memory  # what each trial's config must fit
         # the storage this process opened the study from (`backend`) names a trial by its id there
@@ -174,7 +176,7 @@ class Trials:
             return None
         watch = TrialWatch(self.storage, self.study.study_name, self.trial_id(trial.number), self.pruner,
                            self.space.base.epochs, config.epochs)
-        return dataclasses.replace(task, watcher=watch)
+        return dataclasses.replace(task, watcher=watch, mlflow=self.mlflow)
 
     def tell(self, trial: optuna.Trial, run_dir: Path, config: TrainConfig, how: str) -> None:
         """Tell the study how a trial whose run is complete ended, from the run's files alone: the same
