@@ -28,7 +28,7 @@ from fashionlab import __version__
 from fashionlab.data import DataSource
 from fashionlab.errors import ModelBusy, ModelTimeout, reason
 from fashionlab.images import MAX_IMAGE_PIXELS, Prepared, png_bytes
-from fashionlab.prediction import results_of
+from fashionlab.prediction import Readings, results_of
 from fashionlab.serve import v2
 from fashionlab.serve.batching import Batcher
 from fashionlab.serve.layers import BodyLimit, printable, warn
@@ -169,19 +169,26 @@ async def predict(request: Request, top_k: Annotated[int | None, Query(descripti
     except (ClientDisconnect, ClientGone):  # the client went away: nobody to answer
         return Response(status_code=400)
     pixels = np.stack([image.pixels for image in images])
+    readings = await read_batched(state.batcher, pixels, [not image.as_is for image in images])  # photos
+    if isinstance(readings, Response):
+        return readings
+    results = results_of(readings, names, state.predictor.dataset, top_k, [image.missing for image in images])
+    if prepared:
+        for result, image in zip(results, images):
+            result["prepared"] = data_url(png_bytes(image.pixels))
+    return Response(json.dumps(results), media_type="application/json")
+
+
+async def read_batched(batcher: Batcher, pixels: np.ndarray, mirror: list[bool]) -> Readings | Response:
+    """The model's readings of `pixels` in the next batch, or the answer that says why there are none."""
     try:
-        readings = await state.batcher.read(pixels, [not image.as_is for image in images])  # photos
+        return await batcher.read(pixels, mirror)
     except ModelTimeout as exc:
         return error(504, str(exc))
     except ModelBusy as exc:
         return error(503, str(exc))
     except Exception as exc:  # the model failed on this batch: say so, keep serving
         return error(500, f"the model failed: {reason(exc)}")
-    results = results_of(readings, names, state.predictor.dataset, top_k, [image.missing for image in images])
-    if prepared:
-        for result, image in zip(results, images):
-            result["prepared"] = data_url(png_bytes(image.pixels))
-    return Response(json.dumps(results), media_type="application/json")
 
 
 async def read_images(request: Request) -> tuple[list[str], list[Prepared]]:
@@ -264,13 +271,8 @@ async def v2_infer(request: Request, name: str) -> Response:
         return error(exc.status, str(exc))
     except ClientDisconnect:
         return Response(status_code=400)
-    try:
-        readings = await state.batcher.read(asked.pixels, [])
-    except ModelTimeout as exc:
-        return error(504, str(exc))
-    except ModelBusy as exc:
-        return error(503, str(exc))
-    except Exception as exc:  # the model failed on this batch: say so, keep serving
-        return error(500, f"the model failed: {reason(exc)}")
+    readings = await read_batched(state.batcher, asked.pixels, [])
+    if isinstance(readings, Response):
+        return readings
     body, headers = v2.infer_response(name, asked, readings.proba)
     return Response(body, headers=headers)
