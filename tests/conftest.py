@@ -90,6 +90,19 @@ def keras_server(tiny_run, synthetic):
 
 
 @pytest.fixture(scope="session")
+def onnx_server(tiny_run, synthetic, tmp_path_factory):
+    """`fashionlab serve --onnx` of the tiny run's export, shared by the serve tests."""
+    from fashionlab.export import export
+
+    out = tmp_path_factory.mktemp("served") / "tiny.onnx"
+    export(tiny_run.run.path, out=out, data=synthetic)
+    process, url = start("--onnx", str(out), *data_options(synthetic))
+    yield Server(process, url)
+    assert stop(process) in (0, 130)
+    assert "Traceback" not in process.stderr.read()
+
+
+@pytest.fixture(scope="session")
 def test_pngs(synthetic) -> list[bytes]:
     """The first 20 synthetic test images as PNG files."""
     return [png(image) for image in synthetic.test_images()[:20]]

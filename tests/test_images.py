@@ -706,13 +706,13 @@ def test_raw_pixels_take_the_data_sets_images_as_arrays_lists_and_tables():
     from fashionlab.images import raw_pixels
 
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    for given in (images, images.astype(float), images.reshape(3, 784), images.tolist(),
+    for value in (images, images.astype(float), images.reshape(3, 784), images.tolist(),
                   pd.DataFrame(images.reshape(3, 784))):
-        got = raw_pixels(given, most=10)
+        got = raw_pixels(value, most=10)
         assert got.dtype == np.float32 and got.shape == (3, 28, 28) and (got == images).all()
 
 
-@pytest.mark.parametrize("given, said", [
+@pytest.mark.parametrize("value, said", [
     (np.full((1, 28, 28), 255.5), "from 0 to 255"), (np.full((1, 28, 28), -0.5), "from 0 to 255"),
     (np.full((1, 28, 28), np.inf), "finite"), (np.full((1, 28, 28), np.nan), "finite"),
     (np.zeros((1, 28, 27)), "N x 28 x 28"), (np.zeros((11, 28, 28)), "N from 1 to 10"),
@@ -720,10 +720,10 @@ def test_raw_pixels_take_the_data_sets_images_as_arrays_lists_and_tables():
     ([[1, 2], [3]], "numbers"), (np.array([["a"] * 784]), "numbers from 0 to 255"),
     (np.zeros((1, 28, 28), dtype=complex), "numbers from 0 to 255"), ({"a": 1}, "numbers"),
 ])
-def test_raw_pixels_refuse_what_is_not_an_image_in_one_line(given, said):
+def test_raw_pixels_refuse_what_is_not_an_image_in_one_line(value, said):
     from fashionlab.errors import ImageError
     from fashionlab.images import raw_pixels
 
     with pytest.raises(ImageError, match=said) as refused:
-        raw_pixels(given, most=10)
+        raw_pixels(value, most=10)
     assert "\n" not in str(refused.value)

@@ -21,23 +21,11 @@ from serving import Server, data_options, multipart, png, start, stop
 
 from fashionlab import CLASS_NAMES
 from fashionlab.errors import ModelTimeout
-from fashionlab.export import export
 from fashionlab.prediction import predict
 from fashionlab.serve.app import MAX_HELD_BYTES, MAX_REQUEST_BYTES, build_app
 from fashionlab.serve.layers import guarded
 from fashionlab.serve.predictor import load_predictor
 from fashionlab.serve.uploads import MAX_FILES, MAX_REQUEST_PIXELS
-
-
-@pytest.fixture(scope="module")
-def onnx_server(tiny_run, synthetic, tmp_path_factory):
-    out = tmp_path_factory.mktemp("served") / "tiny.onnx"
-    export(tiny_run.run.path, out=out, data=synthetic)
-    process, url = start("--onnx", str(out), *data_options(synthetic))
-    yield Server(process, url)
-    assert stop(process) in (0, 130)
-    assert "Traceback" not in process.stderr.read()
-
 
 # --- the API ----------------------------------------------------------------------------------
 

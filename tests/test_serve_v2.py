@@ -139,16 +139,3 @@ def test_the_onnx_server_speaks_v2_too(onnx_server, tiny_run, synthetic):
     assert status == 200 and model["platform"] == "onnxruntime"
     said = infer(onnx_server, tensor(images))[2]
     assert np.array(said["outputs"][0]["data"]).reshape(2, 10) == pytest.approx(expected(tiny_run, images), abs=1e-5)
-
-
-@pytest.fixture(scope="module")
-def onnx_server(tiny_run, synthetic, tmp_path_factory):
-    from serving import Server, data_options, start, stop
-
-    from fashionlab.export import export
-
-    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export(tiny_run.run.path, out=out, data=synthetic)
-    process, url = start("--onnx", str(out), *data_options(synthetic))
-    yield Server(process, url)
-    stop(process)

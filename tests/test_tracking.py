@@ -109,6 +109,7 @@ def test_a_run_is_logged_as_it_stands_in_its_folder(logged, client):
     tags = found.data.tags
     assert tags["fashionlab.recipe"] == "tutorial" and tags["fashionlab.engine"] == "compiled"
     assert tags["fashionlab.dataset"] == "fashion-mnist" and tags["version.keras"] == metrics["versions"]["keras"]
+    assert tags["mlflow.source.name"] == "fashionlab" and tags["mlflow.source.type"] == "LOCAL"
     files = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"report.html", "learning_curves.png", "confusion_matrix.png", "metrics.json", "model"} <= files
     report = Path(client.download_artifacts(found.info.run_id, "report.html", str(logged.parent)))
@@ -133,7 +134,7 @@ def test_the_logged_model_predicts_raw_pixels_as_the_run_does(logged, client, sy
 
 def test_a_run_logged_again_is_not_logged_twice(logged, client, server):
     tracker = tracking.Tracker(tracking.destination(server))
-    tracking.sync(tracker, Run(logged), parent=None)
+    tracking.sync(tracker, Run(logged), where=tracking.destination(server))
     found = only_run(client, logged)
     assert len(client.get_metric_history(found.info.run_id, "loss")) == 3
     assert not tracker.off
@@ -201,7 +202,10 @@ def test_a_server_that_is_down_costs_one_warning_line(tmp_path, synthetic, capsy
 
 
 @pytest.mark.parametrize("uri, said", [("ftp://host/x", r"scheme MLflow does not track in \(ftp\)"),
-                                       ("http://host /x", "without spaces"), ("", "tracking URI")])
+                                       ("http://host /x", "without spaces"), ("", "tracking URI"),
+                                       ("postgresql://me:pw@db/mlflow", "give the URL of the MLflow server"),
+                                       ("sqlite:////nonexistent/dir/x.db", "/nonexistent/dir, which is not a folder"),
+                                       ("/tmp/store", "MLFLOW_ALLOW_FILE_STORE=true")])
 def test_a_bad_uri_is_refused_before_the_run_starts(tmp_path, synthetic, uri, said):
     with pytest.raises(ConfigError, match=said):
         train(TINY, tmp_path / "run", data=synthetic, verbose=0, mlflow=uri)
@@ -240,9 +244,12 @@ def test_a_comparison_is_a_parent_run_with_its_runs_as_children(tmp_path, synthe
     children = [r for r in runs_of(client) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["bn-after/seed-7", "bn-after/seed-8", "scaled/seed-7",
                                                          "scaled/seed-8"]
+    assert {r.data.tags["fashionlab.variant"] for r in children} == {"scaled", "bn-after"}
     results = pd.read_csv(out / "results.csv")
     for variant, group in results.groupby("variant"):
         assert parent.data.metrics[f"{variant}.test_accuracy_mean"] == pytest.approx(group["test_accuracy"].mean())
+        assert parent.data.metrics[f"{variant}.test_accuracy_std"] == pytest.approx(group["test_accuracy"].std())
+        assert parent.data.metrics[f"{variant}.test_accuracy_worst"] == pytest.approx(group["test_accuracy"].min())
     assert {"report.html", "results.csv", "summary.md", "curves.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
     # the same command again trains nothing and logs nothing twice
@@ -250,6 +257,40 @@ def test_a_comparison_is_a_parent_run_with_its_runs_as_children(tmp_path, synthe
             mlflow=server)
     again = [r for r in runs_of(client) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(again) == 4 and all(len(client.get_metric_history(r.info.run_id, "loss")) == 1 for r in again)
+    assert all(len(client.get_metric_history(r.info.run_id, "test_accuracy")) == 1 for r in again)
+    # compared again without training: a new parent that lists the runs, already children of the first
+    from fashionlab.comparison import compare_runs
+
+    compare_runs(tmp_path / "again", [out / "scaled" / "seed-7", out / "bn-after" / "seed-7"], mlflow=server)
+    listed = only_run(client, tmp_path / "again").data.tags["fashionlab.runs"].split()
+    assert sorted(listed) == sorted(r.info.run_id for r in again if r.info.run_name.endswith("seed-7"))
+
+
+def test_runs_logged_from_their_folders_keep_their_start_and_end(tmp_path, synthetic, server, client):
+    from datetime import datetime
+
+    from fashionlab.comparison import compare_runs
+
+    folder = tmp_path / "quiet"
+    train(TINY.replace(epochs=2), folder, data=synthetic, verbose=0)  # not logged while it trained
+    compare_runs(tmp_path / "cmp", [folder], mlflow=server)
+    found, status = only_run(client, folder), Run(folder).status()
+    assert found.info.start_time == int(datetime.fromisoformat(status["started"]).timestamp() * 1000)
+    assert found.info.end_time == int(datetime.fromisoformat(status["finished"]).timestamp() * 1000)
+    assert found.info.run_name == "quiet" and found.info.status == "FINISHED"
+
+
+def test_a_notebooks_active_mlflow_run_is_the_parent(tmp_path, synthetic, server, client, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # mlflow.set_experiment sets it: unset again afterwards
+    mlflow.set_tracking_uri(server)
+    experiment = mlflow.set_experiment("notebook-lab")
+    with mlflow.start_run() as outer:
+        train(TINY.replace(epochs=1), tmp_path / "inner", data=synthetic, verbose=0, mlflow=True)
+    inner = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` = '" + outer.info.run_id + "'")
+    assert [r.info.run_name for r in inner] == ["inner"]
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment.experiment_id)
+    assert tracking.destination(server).experiment_id == experiment.experiment_id
 
 
 def test_a_sweep_is_a_parent_run_with_its_trials_as_children(tmp_path, synthetic, server, client):
@@ -317,3 +358,29 @@ def test_mlflow_models_serve_answers_with_the_runs_probabilities(logged, client,
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
+
+
+def test_the_cli_says_where_the_run_is_without_the_password_or_mlflows_own_lines(tmp_path, synthetic, server,
+                                                                                  capfd, client):
+    secret_url = server.replace("http://", "http://me:hunter22@")
+    folder = tmp_path / "it's \x1b[31mred"  # a quote and a terminal escape in the folder's name
+    for _ in range(2):  # logged once, however often it is compared
+        code = main(["compare", "--runs", str(folder), "--out", str(tmp_path / "cmp"), "--force", "--mlflow",
+                     secret_url] if folder.exists() else
+                    ["train", "--run-dir", str(folder), "--data-dir", str(synthetic.data_dir), "--no-verify",
+                     "--depth", "1", "--width", "4", "--epochs", "1", "--validation-size", "60", "--quiet",
+                     "--mlflow", secret_url])
+        assert code == 0
+    out, err = capfd.readouterr()
+    assert "hunter22" not in out + err and "View run" not in out and "\x1b" not in out + err
+    assert f"mlflow: http://***@{server.split('//')[1]}/#/experiments/" in err
+    assert len([r for r in runs_of(client) if r.data.tags.get("fashionlab.folder") == str(folder.resolve())]) == 1
+
+
+def test_a_server_that_is_down_is_tried_once_for_a_whole_comparison(tmp_path, synthetic, capsys):
+    from fashionlab.comparison import compare
+
+    compare(tmp_path / "cmp", variants=["scaled", "bn-after"], seeds=1, base=TINY.replace(epochs=1), data=synthetic,
+            mlflow=f"http://127.0.0.1:{free_port()}")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "MLflow" in line]
+    assert len(warnings) == 1 and "the comparison goes on without it" in warnings[0]

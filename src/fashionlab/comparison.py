@@ -289,10 +289,9 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
                                "overrides": overrides or {}, "recipe": recipe, "command": command})
     finished = len(tasks) - len(todo)
     tracker, children = tracking.parent(where, out, kind="comparison", doing="the comparison",
-                                        params={"variants": list(variants), "seeds": seeds, "recipe": recipe or "",
-                                                "base": base.to_dict(), "overrides": overrides or {}})
+                                        params=_described(variants, seeds, recipe, base, overrides, command))
     _log_runs(tracker, children, [task for task, f in zip(tasks, found) if f.state == "complete"])
-    todo = [dataclasses.replace(task, mlflow=children) for task in todo]
+    todo = [dataclasses.replace(task, mlflow=_child(children, task)) for task in todo]
 
     def report(done: Done) -> None:
         nonlocal finished
@@ -305,7 +304,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     wall = time.perf_counter() - started
 
     results, summary, statements = _write_outputs(folder, tasks, command)
-    _log_comparison(tracker, children, out, results)
+    _log_comparison(tracker, children, out, summary)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
     return CompareResult(out, results, summary, statements, len(todo), len(tasks) - len(todo))
@@ -316,19 +315,41 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
 GROUPED_BY_ALL_BUT = ("seed", "name")  # a run's settings, less the seed and the label, say which group it is in
 
 
+def _described(variants: Sequence[str], seeds: int, recipe: str | None, base: TrainConfig,
+               overrides: dict[str, Any] | None, command: str | None) -> dict[str, Any]:
+    """The comparison as its MLflow run's parameters; the base config only where a series variant uses it."""
+    described = {"variants": list(variants), "seeds": seeds, "recipe": recipe or "", "overrides": overrides or {},
+                 "command": command or ""}
+    if any(spec.partition(":")[0] in VARIANTS for spec in variants):
+        described["base"] = base.to_dict()
+    return described
+
+
+def _child(children: tracking.Destination | None, task: Task) -> tracking.Destination | None:
+    """Where a task's run is logged: as a child of the comparison's run, tagged with its variant and seed."""
+    if children is None:
+        return None
+    return dataclasses.replace(children, tags=(("fashionlab.variant", str(task.tags["variant"])),
+                                               ("fashionlab.seed", str(task.tags["seed"]))))
+
+
 def _log_runs(tracker: tracking.Tracker | None, children: tracking.Destination | None, tasks: list[Task]) -> None:
-    """Runs the comparison did not train here (finished before, or given), logged as its children."""
-    if tracker is not None and children is not None:
-        for task in tasks:
-            tracking.sync(tracker, Run(task.run_dir), parent=children.parent)
+    """Runs the comparison did not train here (finished before, or given), logged as its children; the
+    MLflow runs of them all (those logged before under another parent too) listed in its tags."""
+    if tracker is None or children is None:
+        return
+    ids = [tracking.sync(tracker, Run(task.run_dir), where=_child(children, task)) for task in tasks]
+    if children.parent is not None:
+        tracker.tags(children.parent, {"fashionlab.runs": " ".join(i for i in ids if i)[:tracking.MAX_PARAM]})
 
 
 def _log_comparison(tracker: tracking.Tracker | None, children: tracking.Destination | None, out: Path,
-                    results: pd.DataFrame) -> None:
-    """The comparison's MLflow run: its files, each variant's mean test accuracy, and finished."""
-    means = results.groupby("variant", sort=False)["test_accuracy"].mean()
+                    summary: pd.DataFrame) -> None:
+    """The comparison's MLflow run: its files, each variant's test accuracy (mean, std over seeds, worst
+    seed), and finished."""
     tracking.end_parent(tracker, children, out, list(COMPARISON_FILES),
-                        {f"{variant}.test_accuracy_mean": value for variant, value in means.items()})
+                        {f"{variant}.{key}": row[key] for variant, row in summary.iterrows()
+                         for key in ("test_accuracy_mean", "test_accuracy_std", "test_accuracy_worst")})
 
 
 @checked
@@ -353,9 +374,9 @@ def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = F
                                "variants": list(dict.fromkeys(t.tags["variant"] for t in tasks))})
     results, summary, statements = _write_outputs(folder, tasks, command)
     tracker, children = tracking.parent(where, out, kind="comparison", doing="the comparison",
-                                        params={"runs": [str(t.run_dir) for t in tasks]})
+                                        params={"runs": [str(t.run_dir) for t in tasks], "command": command or ""})
     _log_runs(tracker, children, tasks)
-    _log_comparison(tracker, children, out, results)
+    _log_comparison(tracker, children, out, summary)
     return CompareResult(out, results, summary, statements, 0, len(tasks))
 
 

@@ -35,14 +35,18 @@ from fashionlab.rundir import Run
 from fashionlab.urls import masked, url_label
 
 DEFAULT_EXPERIMENT = "fashionlab"  # unless MLFLOW_EXPERIMENT_NAME names another
-SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's database store: the full mlflow package
+SCHEMES = ("http", "https", "file", "sqlite", "databricks")
+# A database other than SQLite is reached through a tracking server: MLflow's own connection to one retries for
+# minutes when it refuses, and a tracking server is a view, not worth that.
+SERVER_ONLY = ("postgresql", "postgres", "mysql", "mssql")
 MAX_URI = 2048
 # The run's files MLflow keeps as artifacts (those it has), beside its model.
 ARTIFACTS = ("report.html", "learning_curves.png", "confusion_matrix.png", "config.json", "metrics.json",
              "history.csv", "run.json", "summary.txt", "ensemble.json")
 # MLflow's client retries a refused request for minutes by default; a tracking server is a view, not worth that.
-CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# Its own lines on stdout (a run's URL, password and all) are left out: fashionlab says where a run is itself.
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                   "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 MAX_PARAM = 6000  # characters of a parameter's value MLflow keeps
 BATCH = 500  # metrics per request
 
@@ -55,18 +59,25 @@ class Destination:
     uri: str
     experiment: str = DEFAULT_EXPERIMENT
     parent: str | None = None
+    experiment_id: str | None = None  # in place of the name: MLFLOW_EXPERIMENT_ID, or a notebook's active run's
+    tags: tuple[tuple[str, str], ...] = ()  # what the run is within its parent (a comparison's variant)
 
     def label(self) -> str:
         return url_label(self.uri)
 
 
 def destination(mlflow: str | bool | Destination | None) -> Destination | None:
-    """`mlflow` as a destination, checked before any work: a URI, True for MLFLOW_TRACKING_URI, None or
-    False for none. Refused: no MLflow installed, a URI MLflow cannot use, True with no URI set."""
+    """`mlflow` as a destination, checked before any work: a URI, True for MLFLOW_TRACKING_URI (or the
+    URI of MLflow's run active in this process), None or False for none. The experiment is
+    MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME, else DEFAULT_EXPERIMENT; in a process with an active
+    MLflow run on the same server (`with mlflow.start_run():` in a notebook), that run's experiment, and
+    the runs become its children. Refused: no MLflow installed, a URI MLflow cannot use, True with no
+    URI set."""
     if mlflow is None or mlflow is False or isinstance(mlflow, Destination):
         return mlflow or None
+    active = _active_run()
     if mlflow is True:
-        mlflow = os.environ.get("MLFLOW_TRACKING_URI", "")
+        mlflow = os.environ.get("MLFLOW_TRACKING_URI", "") or (active[0] if active else "")
         if not mlflow:
             raise ConfigError("`mlflow` needs the tracking server's URI, or MLFLOW_TRACKING_URI set", terms=["mlflow"])
     problem = uri_problem(mlflow)
@@ -74,12 +85,25 @@ def destination(mlflow: str | bool | Destination | None) -> Destination | None:
         raise ConfigError(f"`mlflow` {problem}", terms=["mlflow"])
     if importlib.util.find_spec("mlflow") is None:
         raise ConfigError("`mlflow` needs MLflow's client: pip install 'fashionlab[mlflow]'", terms=["mlflow"])
-    scheme = _scheme(mlflow)
-    if scheme in DATABASE_SCHEMES and importlib.util.find_spec("sqlalchemy") is None:
-        raise ConfigError(f"`mlflow` with a {scheme} URI writes MLflow's database itself, which needs the full "
-                          f"mlflow package (pip install mlflow); or give the URL of an MLflow server", terms=["mlflow"])
+    if _scheme(mlflow) == "sqlite" and importlib.util.find_spec("sqlalchemy") is None:
+        raise ConfigError("`mlflow` with a sqlite URI writes MLflow's database itself, which needs the full "
+                          "mlflow package (pip install mlflow); or give the URL of an MLflow server", terms=["mlflow"])
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    return Destination(mlflow, experiment[:500])
+    where = Destination(mlflow, experiment[:500], experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
+    if active and active[0] == mlflow:
+        where = dataclasses.replace(where, experiment_id=active[1], parent=active[2])
+    return where
+
+
+def _active_run() -> tuple[str, str, str] | None:
+    """(tracking URI, experiment id, run id) of the MLflow run active in this process, if MLflow is
+    imported and one is: a notebook's `with mlflow.start_run():`."""
+    if "mlflow" not in sys.modules:
+        return None
+    import mlflow
+
+    run = mlflow.active_run()
+    return (mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id) if run is not None else None
 
 
 def uri_problem(uri: str) -> str | None:
@@ -87,9 +111,19 @@ def uri_problem(uri: str) -> str | None:
     if not uri or len(uri) > MAX_URI or any(ord(c) < 33 or ord(c) == 127 for c in uri):
         return f"must be a tracking URI of at most {MAX_URI} characters without spaces or control characters"
     scheme = _scheme(uri)
+    if scheme in SERVER_ONLY:
+        return (f"names a {scheme} database: give the URL of the MLflow server that keeps it "
+                f"(mlflow server --backend-store-uri {scheme}://...), http(s)://HOST:PORT")
     if "://" in uri and scheme not in SCHEMES:
         return (f"names a scheme MLflow does not track in ({url_label(uri).split('://')[0]}); "
-                f"give http(s)://HOST:PORT, a database URI, or a folder")
+                f"give http(s)://HOST:PORT, sqlite:///FILE.db, or a folder")
+    if scheme == "sqlite" and uri.lower().startswith("sqlite:///"):  # 3 slashes, then a relative or absolute path
+        folder = Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent
+        if not folder.is_dir():
+            return f"names a database in {folder}, which is not a folder; make it first, or give another file"
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        return ("names a folder, which MLflow 3 keeps runs in only with MLFLOW_ALLOW_FILE_STORE=true set; "
+                "or give sqlite:///mlflow.db, or an MLflow server's URL")
     return None
 
 
@@ -112,6 +146,9 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.where.uri)
+        if self.where.experiment_id is not None:
+            self.experiment_id = self.client.get_experiment(self.where.experiment_id).experiment_id
+            return
         found = self.client.get_experiment_by_name(self.where.experiment)
         self.experiment_id = (found.experiment_id if found is not None
                               else self.client.create_experiment(self.where.experiment))
@@ -131,18 +168,20 @@ class Tracker:
 
     # --- runs -------------------------------------------------------------------------------
 
-    def run_of(self, name: str, tags: Mapping[str, str], *, parent: str | None = None) -> Any:
-        """The MLflow run (its RunInfo) whose tags include `tags` in this experiment, else a new one with them."""
-        return self.call(self._run_of, name, tags, parent)
+    def run_of(self, name: str, tags: Mapping[str, str], *, parent: str | None = None,
+               started: int | None = None) -> Any:
+        """The MLflow run (its RunInfo) whose tags include `tags` in this experiment, else a new one with
+        them, started at `started` (ms; now when None)."""
+        return self.call(self._run_of, name, tags, parent, started)
 
-    def _run_of(self, name: str, tags: Mapping[str, str], parent: str | None) -> Any:
-        if not any("'" in value for value in tags.values()):  # MLflow's filter has no escape for a quote
-            same = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
-            found = self.client.search_runs([self.experiment_id], same, max_results=1)
-            if found:
-                return found[0].info
-        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
-        return self.client.create_run(self.experiment_id, tags=dict(tags), run_name=name[:250]).info
+    def _run_of(self, name: str, tags: Mapping[str, str], parent: str | None, started: int | None) -> Any:
+        key = key_of(tags)
+        found = self.client.search_runs([self.experiment_id], f"tags.`fashionlab.key` = '{key}'", max_results=1)
+        if found:
+            return found[0].info
+        tags = {**tags, "fashionlab.key": key, **({"mlflow.parentRunId": parent} if parent else {})}
+        return self.client.create_run(self.experiment_id, start_time=started, tags=dict(tags),
+                                      run_name=name[:250]).info
 
     def tags(self, run_id: str, values: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -171,8 +210,14 @@ class Tracker:
         for path in files:
             self.call(self.client.log_artifact, run_id, str(path), folder)
 
-    def end(self, run_id: str, status: str) -> None:
-        self.call(self.client.set_terminated, run_id, status)
+    def end(self, run_id: str, status: str, ended: int | None = None) -> None:
+        self.call(self.client.set_terminated, run_id, status, ended)
+
+    def say_where(self, run_id: str) -> None:
+        """One line on stderr: where MLflow's UI shows the run (its server's URL shown without its secrets)."""
+        if not self.off and _scheme(self.where.uri) in ("http", "https"):
+            print(f"mlflow: {self.where.label().rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}",
+                  file=sys.stderr, flush=True)
 
 
 def _key(key: str) -> str:
@@ -190,6 +235,14 @@ def identity(run: Run) -> dict[str, str]:
     return {"fashionlab.folder": str(run.path.resolve()), "fashionlab.started": run.status().get("started") or ""}
 
 
+def key_of(tags: Mapping[str, str]) -> str:
+    """What an MLflow run is searched by: a digest of the tags that identify it (a folder's name may hold
+    a quote, which MLflow's search filter cannot)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(dict(sorted(tags.items()))).encode()).hexdigest()[:32]
+
+
 def run_tags(run: Run, *, engine: str, kind: str = "run") -> dict[str, str]:
     """What a run's MLflow run is tagged with: what it is, its recipe, data set, engine and versions."""
     from fashionlab.provenance import library_versions
@@ -197,9 +250,24 @@ def run_tags(run: Run, *, engine: str, kind: str = "run") -> dict[str, str]:
     status = run.status()
     tags = {"fashionlab.kind": kind, "fashionlab.recipe": status.get("recipe") or "",
             "fashionlab.dataset": run.dataset().name, "fashionlab.engine": engine,
-            "mlflow.source.name": (status.get("command") or "")[:500]}
+            "fashionlab.command": (status.get("command") or "")[:MAX_PARAM], **source_tags()}
     tags.update({f"version.{name}": version for name, version in library_versions().items()})
     return {key: value for key, value in tags.items() if value}
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own tags of where a run comes from: fashionlab, on this machine, by this user."""
+    import getpass
+
+    with contextlib.suppress(Exception):  # no user name (a container's uid without an entry)
+        return {"mlflow.source.name": "fashionlab", "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
+    return {"mlflow.source.name": "fashionlab", "mlflow.source.type": "LOCAL"}
+
+
+def run_name(run: Run) -> str:
+    """A run's name in MLflow: its folder's, with its variant's before a comparison's seed-N."""
+    name = run.path.name
+    return f"{run.path.parent.name}/{name}" if name.startswith("seed-") else name
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -208,15 +276,15 @@ class RunLog:
     """A fashionlab run as one MLflow run: opened with its config, then fed epochs as they are
     recorded, then finished with its test figures, files and model (or ended as failed or killed)."""
 
-    def __init__(self, tracker: Tracker, run: Run, *, engine: str, parent: str | None = None):
-        self.tracker, self.run = tracker, run
-        name = run.path.name if parent is None else f"{run.path.parent.name}/{run.path.name}"  # a variant's seed
-        info = tracker.run_of(name, identity(run), parent=parent)
+    def __init__(self, tracker: Tracker, run: Run, *, engine: str, where: Destination):
+        self.tracker, self.run, self.top = tracker, run, where.parent is None
+        info = tracker.run_of(run_name(run), identity(run), parent=where.parent,
+                              started=_epoch_ms(run.status().get("started")))
         self.run_id = info.run_id if info is not None else None
         self.finished_before = info is not None and info.status == "FINISHED"  # logged whole already
         self.logged = tracker.logged_steps(self.run_id) if self.run_id else set()
         if self.run_id and not self.finished_before:
-            tracker.tags(self.run_id, run_tags(run, engine=engine))
+            tracker.tags(self.run_id, {**run_tags(run, engine=engine), **dict(where.tags)})
             tracker.params(self.run_id, run.config().to_dict())
 
     def epochs(self, rows: list[dict[str, float]], *, times: list[int] | None = None) -> None:
@@ -241,8 +309,9 @@ class RunLog:
 
         return Epochs()
 
-    def finish(self) -> None:
-        """The test figures, the files and the model, and the MLflow run marked finished."""
+    def finish(self, ended: int | None = None) -> None:
+        """The test figures, the files and the model, and the MLflow run marked finished (at `ended`, ms;
+        now when None)."""
         if not self.run_id:
             return
         metrics, now = self.run.metrics(), int(time.time() * 1000)
@@ -253,10 +322,14 @@ class RunLog:
         self.tracker.metrics(self.run_id, [(key, value, 0, now) for key, value in figures.items()])
         self.tracker.artifacts(self.run_id, [self.run.file(n) for n in ARTIFACTS if self.run.file(n).is_file()])
         self.tracker.call(log_model, self.tracker, self.run_id, self.run)
-        self.tracker.end(self.run_id, "FINISHED")
+        self.tracker.end(self.run_id, "FINISHED", ended)
+        if self.top:
+            self.tracker.say_where(self.run_id)
 
     def failed(self, exc: BaseException) -> None:
+        """The MLflow run ended as killed (a stop: resumable) or failed, with the files the run has."""
         if self.run_id:
+            self.tracker.artifacts(self.run_id, [self.run.file(n) for n in ARTIFACTS if self.run.file(n).is_file()])
             self.tracker.end(self.run_id, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
 
 
@@ -277,7 +350,7 @@ def run_logged(where: Destination | None, run: Run, *, engine: str) -> Iterator[
     if where is None:
         yield None
         return
-    log = RunLog(Tracker(where), run, engine=engine, parent=where.parent)
+    log = RunLog(Tracker(where), run, engine=engine, where=where)
     try:
         yield log
     except BaseException as exc:
@@ -285,19 +358,21 @@ def run_logged(where: Destination | None, run: Run, *, engine: str) -> Iterator[
         raise
 
 
-def sync(tracker: Tracker, run: Run, *, parent: str | None) -> None:
-    """A complete run already on disk logged as it stands: its epochs at the times history.csv's
-    seconds put them after its start, its test figures, files and model."""
-    log = RunLog(tracker, run, engine=run.config().engine, parent=parent)
+def sync(tracker: Tracker, run: Run, *, where: Destination) -> str | None:
+    """A complete run already on disk logged as it stands (unless it was, whole): its epochs at the
+    times history.csv's seconds put them after its start, its test figures, files and model, its start
+    and end as run.json records them. Its MLflow run's id."""
+    log = RunLog(tracker, run, engine=run.config().engine, where=where)
     if log.finished_before:
-        return
+        return log.run_id
     history = run.history()
     started = _epoch_ms(run.status().get("started"))
     times = None
     if started is not None:
         times = [started + int(1000 * s) for s in history["seconds"].cumsum()]
     log.epochs(history.to_dict("records"), times=times)
-    log.finish()
+    log.finish(ended=_epoch_ms(run.status().get("finished")))
+    return log.run_id
 
 
 def _epoch_ms(stamp: str | None) -> int | None:
@@ -317,10 +392,15 @@ def parent(where: Destination | None, folder: Path, *, kind: str, params: Mappin
     if where is None:
         return None, None
     tracker = Tracker(where, doing=doing)
+    if tracker.off:  # the server failed once: its runs are not logged either (one warning for the whole call)
+        return None, None
     key = str(folder.resolve())
-    info = tracker.run_of(Path(key).name, {"fashionlab.folder": key, "fashionlab.kind": kind})
+    info = tracker.run_of(Path(key).name, {"fashionlab.folder": key, "fashionlab.kind": kind}, parent=where.parent)
     run_id = info.run_id if info is not None else None
     if run_id:
+        from fashionlab.provenance import library_versions
+
+        tracker.tags(run_id, {**source_tags(), **{f"version.{k}": v for k, v in library_versions().items()}})
         tracker.params(run_id, params)
     return tracker, dataclasses.replace(where, parent=run_id)
 
@@ -334,3 +414,4 @@ def end_parent(tracker: Tracker | None, where: Destination | None, folder: Path,
     tracker.metrics(where.parent, [(key, value, 0, now) for key, value in figures.items()])
     tracker.artifacts(where.parent, [folder / name for name in files if (folder / name).is_file()])
     tracker.end(where.parent, "FINISHED")
+    tracker.say_where(where.parent)

@@ -113,7 +113,8 @@ def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | No
     folder.write_json(MARKER, {"space": str(space.path), "study": study_name, "storage": storage_record(storage),
                                **settings, "command": masked(command, storage) if command else None})
     tracker, children = tracking.parent(where, out, kind="sweep", doing="the sweep",
-                                        params={"study": study_name, "storage": storage_record(storage), **settings})
+                                        params={"study": study_name, "storage": storage_record(storage), **settings,
+                                                "command": masked(command, storage) if command else ""})
     worker = Worker(the_study, backend, space, out, trials=trials, storage=stored, sampler=sampler,
                     sampler_seed=sampler_seed, pruner=pruner, train_images=train_images, free_memory=free_memory,
                     progress=progress, mlflow=children)

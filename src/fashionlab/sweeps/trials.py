@@ -176,7 +176,8 @@ class Trials:
             return None
         watch = TrialWatch(self.storage, self.study.study_name, self.trial_id(trial.number), self.pruner,
                            self.space.base.epochs, config.epochs)
-        return dataclasses.replace(task, watcher=watch, mlflow=self.mlflow)
+        logged = self.mlflow and dataclasses.replace(self.mlflow, tags=(("fashionlab.trial", str(trial.number)),))
+        return dataclasses.replace(task, watcher=watch, mlflow=logged or None)
 
     def tell(self, trial: optuna.Trial, run_dir: Path, config: TrainConfig, how: str) -> None:
         """Tell the study how a trial whose run is complete ended, from the run's files alone: the same
