@@ -14,11 +14,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-# fashionlab without its training dependencies, then what serve --onnx imports
-# (tests/test_serve_docker.py keeps this list in step with pyproject.toml's serve and onnx extras)
-RUN pip install --no-deps . \
- && pip install numpy pillow scipy onnx onnxruntime fastapi "uvicorn<0.56" python-multipart httptools uvloop \
-        prometheus-client
+# what serve --onnx imports, as pyproject.toml asks for it (its serve and onnx extras, less the export's
+# jax2onnx; tests/test_serve_docker.py keeps the two in step), then fashionlab without its training
+# dependencies (Keras, JAX, pandas, matplotlib)
+RUN pip install "numpy>=1.26" "pillow>=10.3" "scipy>=1.11" "onnx>=1.17" "onnxruntime>=1.20" \
+        "fastapi>=0.115" "uvicorn>=0.30,<0.56" "python-multipart>=0.0.18" "httptools>=0.6" \
+        "uvloop>=0.19" "prometheus-client>=0.20"
+RUN pip install --no-deps .
 RUN useradd --create-home --uid 10001 fashionlab
 USER fashionlab
 

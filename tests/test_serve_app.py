@@ -154,7 +154,7 @@ def test_the_bodies_held_at_once_are_bounded_and_freed_when_their_clients_leave(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         status, _, said = keras_server.post_files([("a.png", test_pngs[0])])
-        assert status == 503 and said["error"].startswith("the server is reading 256 MB of other uploads; try again")
+        assert status == 503 and said["error"].startswith("the server is reading 256 MB of other requests; try again")
     finally:
         for holder in holders:
             holder.close()

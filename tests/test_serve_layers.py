@@ -112,7 +112,7 @@ def test_an_exception_below_the_shield_is_a_json_500_and_one_line_on_stderr(capf
 
 # --- the token and CORS ----------------------------------------------------------------------
 
-TOKEN = "a-token-for-the-tests-0123456789"
+TOKEN = "a-token-for-the-tests+/=0123456789"  # '+', '/', '=': a base64 token
 ORIGIN = "https://lab.example"
 
 
@@ -151,11 +151,15 @@ def test_health_needs_no_token(locked):
 
 def test_the_page_opened_with_the_token_gets_a_strict_cookie(locked):
     status, answer, _ = locked.request("GET", f"/?token={TOKEN}")
-    cookie = answer.getheader("set-cookie")
+    cookie, name = answer.getheader("set-cookie"), f"fashionlab_token_{locked.port}"  # one per server on a host
     assert status == 303 and answer.getheader("location") == "/"
-    assert cookie == f"fashionlab_token={TOKEN}; Path=/; HttpOnly; SameSite=Strict"
-    assert locked.request("GET", "/", headers={"Cookie": f"fashionlab_token={TOKEN}"})[0] == 200
-    assert locked.request("GET", "/", headers={"Cookie": "fashionlab_token=wrong"})[0] == 401
+    assert cookie == f"{name}={TOKEN}; Path=/; HttpOnly; SameSite=Strict"
+    assert locked.request("GET", "/", headers={"Cookie": f"{name}={TOKEN}"})[0] == 200
+    for others in ('a=b c; ', 'prefs={"a":1}; ', "path=/; ", f"{name}=wrong; "):  # other applications' cookies
+        assert locked.request("GET", "/", headers={"Cookie": f"{others}{name}={TOKEN}"})[0] == 200
+    assert locked.request("GET", "/", headers={"Cookie": f"fashionlab_token_1={TOKEN}"})[0] == 401
+    assert locked.request("GET", "/", headers={"Cookie": f"{name}=wrong"})[0] == 401
+    assert locked.request("GET", "/?token=" + TOKEN.replace("+", "%2B").replace("/", "%2F"))[0] == 303
     assert locked.request("GET", "/?token=wrong")[0] == 401
     assert locked.request("GET", "/api/model?token=" + TOKEN)[0] == 401  # only the page takes it in its address
 
@@ -178,9 +182,14 @@ def test_cors_lets_in_the_named_origin_only(locked):
     status, answer, _ = locked.request("OPTIONS", "/v2/models/tiny/infer", headers=preflight)
     assert status == 200 and answer.getheader("access-control-allow-origin") == ORIGIN
     assert "authorization" in answer.getheader("access-control-allow-headers").lower()
-    status, answer, _ = locked.request("OPTIONS", "/v2/models/tiny/infer",
-                                       headers={**preflight, "Origin": "https://evil.example"})
+    status, answer, said = locked.request("OPTIONS", "/v2/models/tiny/infer",
+                                          headers={**preflight, "Origin": "https://evil.example"})
     assert status == 400 and answer.getheader("access-control-allow-origin") is None
+    assert said["error"] == "Disallowed CORS origin: this server lets in pages of https://lab.example"
+    status, answer, _ = locked.request("OPTIONS", "/v2/models/tiny/infer", headers={
+        **preflight, "Access-Control-Request-Headers": "authorization, x-request-id",
+        "Access-Control-Request-Private-Network": "true"})  # a client's own header; a public page, a local server
+    assert status == 200 and answer.getheader("access-control-allow-private-network") == "true"
     status, answer, _ = locked.request("GET", "/api/model", headers={**BEARER, "Origin": ORIGIN})
     assert status == 200 and answer.getheader("access-control-allow-origin") == ORIGIN
     status, answer, _ = locked.request("GET", "/api/model", headers={**BEARER, "Origin": "https://evil.example"})
@@ -222,9 +231,45 @@ def test_the_environment_gives_the_token(tiny_run, synthetic, monkeypatch):
     (["--cors", "https://lab.example/path"], "--cors: 'https://lab.example/path' is not an origin"),
     (["--cors", "lab.example"], "is not an origin"),
     (["--token-file", "/nonexistent/token"], "token file"),
+    (["--cors", "http://a.example:99999"], "is not an origin"),
+    (["--allow-host", "*.com:80"], "not a host name"),
+    (["--model-name", "a/b"], "--model-name 'a/b' must be"),
 ])
 def test_bad_access_options_are_one_line_before_anything_starts(tiny_run, options, said):
     done = subprocess.run([sys.executable, "-m", "fashionlab", "serve", str(tiny_run.run.path), *options, "--port",
                            "0"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "FASHIONLAB_TOKEN": ""})
     assert done.returncode != 0 and said in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_empty_token_file_is_refused(tiny_run, tmp_path):
+    (tmp_path / "token").write_text("\n")
+    done = subprocess.run([sys.executable, "-m", "fashionlab", "serve", str(tiny_run.run.path), "--token-file",
+                           str(tmp_path / "token"), "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "its first line is empty" in done.stderr
+
+
+def test_a_token_from_the_environment_is_checked_under_its_name(tiny_run):
+    done = subprocess.run([sys.executable, "-m", "fashionlab", "serve", str(tiny_run.run.path), "--port", "0"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "FASHIONLAB_TOKEN": "short"})
+    assert done.returncode != 0 and done.stderr.startswith("fashionlab: error: FASHIONLAB_TOKEN: a token must be")
+
+
+def test_an_option_that_took_the_run_as_its_value_says_so(tiny_run):
+    done = subprocess.run([sys.executable, "-m", "fashionlab", "serve", "--token", str(tiny_run.run.path), "--port",
+                           "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and f"--token or --cors took {tiny_run.run.path} as its value" in done.stderr
+
+
+def test_a_wildcard_host_and_a_model_name(tiny_run, synthetic):
+    process, url = start(str(tiny_run.run.path), "--allow-host", "*.svc.cluster.local", "--model-name", "fashion",
+                         *data_options(synthetic))
+    try:
+        server = Server(process, url)
+        inside = {"Host": "fashionlab.default.svc.cluster.local:8000"}
+        assert server.request("GET", "/v2/health/ready", headers=inside)[0] == 200
+        assert server.request("GET", "/v2/health/ready", headers={"Host": "svc.cluster.local.evil.example"})[0] == 400
+        assert server.request("GET", "/v2/models/fashion")[2]["name"] == "fashion"
+        assert server.request("GET", "/v2/models/tiny")[0] == 404
+    finally:
+        stop(process)

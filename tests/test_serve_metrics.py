@@ -49,6 +49,18 @@ def test_requests_images_and_batches_are_counted(keras_server, synthetic, test_p
                   "fashionlab_model_timeouts_total"):
         assert after[(gauge, ())] == 0  # nothing waiting between requests
     assert requests(after, "/metrics", "200") >= 1  # the scrape before this one
+    assert after[("fashionlab_model_info", (("dataset", "fashion-mnist"), ("engine", "keras"), ("model", "tiny")))] == 1
+    assert after[("process_resident_memory_bytes", ())] > 10e6
+    assert not any(name.endswith("_created") for name, _ in after)
+
+
+def test_types_and_openmetrics(keras_server):
+    status, answer, text = keras_server.request("GET", "/metrics")
+    assert "# TYPE fashionlab_model_timeouts_total counter" in text  # Prometheus' text format names it whole
+    status, answer, text = keras_server.request("GET", "/metrics",
+                                                headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert status == 200 and answer.getheader("content-type").startswith("application/openmetrics-text")
+    assert text.rstrip().endswith("# EOF")
 
 
 def test_what_clients_send_never_makes_new_series(keras_server):

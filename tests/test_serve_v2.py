@@ -41,7 +41,17 @@ def test_health_server_and_model_metadata(keras_server, synthetic):
     assert model["parameters"]["class_names"][9] == "Ankle boot"
     assert keras_server.request("GET", f"/v2/models/{NAME}/ready")[:3:2] == (200, {"name": NAME, "ready": True})
     status, _, said = keras_server.request("GET", "/v2/models/other")
-    assert status == 404 and said["error"] == "no model 'other' here; this server serves 'tiny'"
+    assert status == 404 and said["error"] == ("no model 'other' here; this server serves 'tiny' (version 1): "
+                                               "/v2/models/tiny")
+    # Triton's versioned paths (version 1), its model configuration and repository index
+    assert keras_server.request("GET", f"/v2/models/{NAME}/versions/1")[2] == model
+    assert keras_server.request("GET", f"/v2/models/{NAME}/versions/2")[0] == 404
+    status, _, config = keras_server.request("GET", f"/v2/models/{NAME}/config")
+    assert status == 200 and config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [28, 28]}]
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
+    status, _, index = keras_server.request("POST", "/v2/repository/index")
+    assert status == 200 and index == [{"name": NAME, "version": "1", "state": "READY"}]
 
 
 def test_json_inference_gives_the_runs_probabilities(keras_server, tiny_run, synthetic):
@@ -51,7 +61,10 @@ def test_json_inference_gives_the_runs_probabilities(keras_server, tiny_run, syn
     (output,) = said["outputs"]
     assert output["name"] == "probabilities" and output["datatype"] == "FP32" and output["shape"] == [5, 10]
     assert np.array(output["data"]).reshape(5, 10) == pytest.approx(expected(tiny_run, images), abs=1e-5)
-    # any numeric datatype, flat N x 784 or nested data: the same answer
+    # the versioned path, any numeric datatype, flat N x 784 or nested data: the same answer
+    versioned = keras_server.request("POST", f"/v2/models/{NAME}/versions/1/infer", json.dumps(tensor(images)).encode(),
+                                     {"Content-Type": "application/json"})[2]
+    assert versioned["outputs"][0]["data"] == pytest.approx(output["data"], abs=1e-6)
     nested = {"inputs": [{"name": "pixels", "shape": [5, 784], "datatype": "FP64",
                           "data": images.reshape(5, 784).astype(float).tolist()}]}
     assert infer(keras_server, nested)[2]["outputs"][0]["data"] == pytest.approx(output["data"], abs=1e-6)
@@ -117,6 +130,13 @@ def test_tritonclient_http_speaks_to_the_server(keras_server, tiny_run, syntheti
                  "outputs": [{"name": "logits"}]}).encode(), '"probabilities"'),
     (json.dumps({"id": 5, "inputs": []}).encode(), "`id`"),
     (b"[" * 100_000, "not JSON"),
+    (json.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": ["UINT8"], "data": [0]}]}).encode(),
+     "`datatype` must be one of"),
+    (json.dumps({"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "FP32",
+                             "data": [0.5] * 784}]}).encode(), "within 0..1"),
+    (json.dumps({"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "UINT8", "data": [0] * 784}],
+                 "outputs": [{"name": "probabilities", "parameters": {"class_count": 2}}]}).encode(),
+     "classification extension"),
 ])
 def test_bad_requests_get_one_line_400(keras_server, body, said):
     status, _, answer = infer(keras_server, body)
@@ -128,7 +148,8 @@ def test_bad_binary_requests_get_one_line_400(keras_server):
                                    "parameters": {"binary_data_size": 784 * 4}}]}).encode()
     for extra, length, said in ((b"\0" * 10, str(len(head)), "binary_data_size"),
                                 (b"\0" * 3136, "999999", HEADER), (b"\0" * 3136, "-1", HEADER),
-                                (np.full(784, np.inf, "<f4").tobytes(), str(len(head)), "finite")):
+                                (np.full(784, np.inf, "<f4").tobytes(), str(len(head)), "finite"),
+        (b"\0" * 3136, "\u00b2", HEADER), (b"\0" * 3136, "0" * 5000 + "1", HEADER)):
         status, _, answer = infer(keras_server, head + extra, {HEADER: length})
         assert status == 400 and said in answer["error"], answer
 
@@ -139,3 +160,16 @@ def test_the_onnx_server_speaks_v2_too(onnx_server, tiny_run, synthetic):
     assert status == 200 and model["platform"] == "onnxruntime"
     said = infer(onnx_server, tensor(images))[2]
     assert np.array(said["outputs"][0]["data"]).reshape(2, 10) == pytest.approx(expected(tiny_run, images), abs=1e-5)
+
+
+def test_zeros_and_ones_as_integers_are_pixels_not_a_scale(keras_server):
+    body = {"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "UINT8", "data": [0, 1] * 392}]}
+    assert infer(keras_server, body)[0] == 200
+
+
+def test_a_compressed_or_oversized_request_is_refused_before_it_is_parsed(keras_server):
+    status, _, said = infer(keras_server, b"\x1f\x8b...", {"Content-Encoding": "gzip"})
+    assert status == 415 and "Content-Encoding gzip" in said["error"]
+    status, _, said = infer(keras_server, b"[" + b"0," * (2 * 1024 * 1024) + b"0]")
+    assert status == 413 and "at most 4 MB" in said["error"]
+    assert keras_server.request("GET", "/v2/health/ready")[0] == 200

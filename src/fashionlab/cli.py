@@ -274,6 +274,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.run is not None and args.onnx is not None:
         raise ConfigError("give a run directory or --onnx FILE, not both")
     if args.run is None and args.onnx is None:
+        taken = [v for v in [args.token, *(args.cors or [])] if isinstance(v, str) and os.path.exists(v)]
+        if taken:  # `serve --token runs/X`: the option took the run as its value
+            raise ConfigError(f"--token or --cors took {taken[0]} as its value; put the run first: "
+                              f"fashionlab serve {taken[0]} --token ...")
         raise ConfigError("give a run directory (or --onnx FILE)")
 
     token, made = _serve_token(args)
@@ -288,7 +292,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     serve(args.run, onnx=args.onnx, host=args.host, port=args.port, top_k=args.top_k, data=_data_from(args),
           allow_incomplete=args.allow_incomplete, model_timeout=args.model_timeout, allowed_hosts=args.allowed_hosts,
-          token=token, cors=args.cors or (), metrics=not args.no_metrics, ready=ready, progress=starting)
+          token=token, cors=args.cors or (), metrics=not args.no_metrics, model_name=args.model_name, ready=ready,
+          progress=starting)
 
 
 def _serve_token(args: argparse.Namespace) -> tuple[str | None, bool]:
@@ -300,12 +305,23 @@ def _serve_token(args: argparse.Namespace) -> tuple[str | None, bool]:
 
     if args.token is not None and args.token_file is not None:
         raise ConfigError("give --token or --token-file, not both")
+    from fashionlab.serve.layers import token_problem
+
     if args.token is MAKE_TOKEN:
         return secrets.token_urlsafe(24), True
     if args.token_file is not None:
         text = read_text(args.token_file, what="token file", error=ConfigError, limit=4096, follow_links=True)
-        return (text.splitlines() or [""])[0].strip(), False
-    return args.token or os.environ.get("FASHIONLAB_TOKEN") or None, False
+        token, source = (text.splitlines() or [""])[0].strip(), f"--token-file {args.token_file}"
+        if not token:
+            raise ConfigError(f"{source}: its first line is empty; write the token there")
+    elif args.token:
+        token, source = args.token, "--token"
+    else:
+        token, source = os.environ.get("FASHIONLAB_TOKEN"), "FASHIONLAB_TOKEN"
+    problem = token_problem(token) if token else None
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    return token or None, False
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -574,8 +590,9 @@ def _serve_parser(commands, shared) -> None:
     serve.add_argument("--port", type=_int_between(0, 65535), default=8000, metavar="PORT",
                        help="port (default: 8000; 0: any free port)")
     serve.add_argument("--allow-host", dest="allowed_hosts", action="append", default=[], metavar="NAME", type=a_name,
-                       help="also answer requests whose Host header names NAME (behind a proxy); by default only "
-                            "localhost, IP addresses and this machine's names (against DNS rebinding)")
+                       help="also answer requests whose Host header names NAME (behind a proxy; *.example: every "
+                            "name under it); by default only localhost, IP addresses and this machine's names "
+                            "(against DNS rebinding)")
     serve.add_argument("--token", nargs="?", const=MAKE_TOKEN, metavar="TOKEN", type=a_name,
                        help="ask every request but health checks for Authorization: Bearer TOKEN (the page: "
                             "open /?token=TOKEN); alone: a new token, printed with the page's address. Other "
@@ -585,6 +602,9 @@ def _serve_parser(commands, shared) -> None:
     serve.add_argument("--cors", nargs="+", metavar="ORIGIN",
                        help="let pages of these origins call the API (https://lab.example, or *); none by default")
     serve.add_argument("--no-metrics", action="store_true", help="no /metrics (Prometheus) endpoint")
+    serve.add_argument("--model-name", metavar="NAME", type=a_name,
+                       help="the model's name in the Open Inference Protocol's paths, /v2/models/NAME (default: "
+                            "the run's name)")
 
 
 def _compare_parser(commands, shared) -> None:

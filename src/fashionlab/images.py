@@ -292,10 +292,12 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def raw_pixels(values, *, most: int) -> np.ndarray:
+def raw_pixels(values, *, most: int, floats: bool | None = None) -> np.ndarray:
     """Numbers given as images of the data set's kind (an array, nested lists, a table of 784 columns)
     as N x 28 x 28 float32 pixels, 1 <= N <= `most`, each a finite number from 0 to 255 (the data set's
-    scale: a model's own first layer scales them); anything else refused with one line."""
+    scale: a model's own first layer scales them); anything else refused with one line, booleans and
+    floating-point images all within 0..1 (scaled for another model: they would read as black) too.
+    `floats`: whether the numbers were given as floating-point ones (default: the array's type says)."""
     with contextlib.suppress(AttributeError, TypeError):  # a pandas table: its values
         values = values.to_numpy()
     try:
@@ -304,7 +306,7 @@ def raw_pixels(values, *, most: int) -> np.ndarray:
             array = np.asarray(values)
     except (ValueError, TypeError, OverflowError, RecursionError, Warning) as exc:
         raise ImageError(f"pixels must be numbers, N x 28 x 28 or N x 784 ({reason(exc, 120)})") from None
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "iuf":
         raise ImageError(f"pixels must be numbers from 0 to 255, not {array.dtype.kind!r} values "
                          f"({array.dtype}); give N x 28 x 28 or N x 784 numbers")
     if array.ndim == 2 and array.shape[1] == 28 * 28:
@@ -312,7 +314,12 @@ def raw_pixels(values, *, most: int) -> np.ndarray:
     if array.ndim != 3 or array.shape[1:] != (28, 28) or not 1 <= len(array) <= most:
         raise ImageError(f"pixels must be N x 28 x 28 or N x 784 with N from 1 to {most}, not "
                          f"{' x '.join(map(str, array.shape)) or 'a single number'}")
-    array = array.astype(np.float32)
+    floats = array.dtype.kind == "f" if floats is None else floats
+    with np.errstate(over="ignore", invalid="ignore"):  # a number past float32's range becomes inf, refused below
+        array = array.astype(np.float32)
     if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
         raise ImageError("pixels must be finite numbers from 0 to 255 (the data set's scale, light on black)")
+    if floats and 0 < array.max() <= 1:
+        raise ImageError("pixels are all within 0..1: give them on the data set's scale, 0 to 255 "
+                         "(multiply by 255)")
     return array

@@ -13,8 +13,11 @@ GET /v2, /v2/health/live, /v2/health/ready, /v2/models/NAME[/ready]; POST /v2/mo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -32,7 +35,7 @@ from fashionlab.prediction import Readings, results_of
 from fashionlab.serve import v2
 from fashionlab.serve.batching import Batcher
 from fashionlab.serve.layers import BodyLimit, printable, warn
-from fashionlab.serve.metrics import CONTENT_TYPE, ServeMetrics
+from fashionlab.serve.metrics import ServeMetrics
 from fashionlab.serve.page import data_url, gallery, serve_page
 from fashionlab.serve.predictor import Predictor
 from fashionlab.serve.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers
@@ -45,9 +48,10 @@ router = APIRouter()
 
 
 def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: int = 3,
-              metrics: ServeMetrics | None = None) -> FastAPI:
+              metrics: ServeMetrics | None = None, model_name: str | None = None) -> FastAPI:
     """The FastAPI application serving `predictor`: the page and the API (`top_k`: the classes an
-    answer lists unless the request says); `metrics`: what /metrics shows (none: /metrics is 404).
+    answer lists unless the request says); `metrics`: what /metrics shows (none: /metrics is 404);
+    `model_name`: the model's name in /v2 paths (default: its run's).
     `serve` wraps it in `guarded` (Host check, HEAD, token, CORS, no tracebacks) before it meets a client."""
     app = FastAPI(title="fashionlab", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
                   description=f"{predictor.dataset.label} classes for images: the API of `fashionlab serve`.")
@@ -60,7 +64,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     state.predictor, state.top_k, state.started = predictor, top_k, time.time()
     state.batcher = Batcher(predictor, on_batch=metrics.batch if metrics is not None else None)
     state.workers = UploadWorkers()  # the batcher and the workers are closed by whoever runs the app (serve)
-    state.metrics, state.v2_name = metrics, v2.model_name(predictor.info["name"])
+    state.metrics, state.v2_name = metrics, model_name or v2.model_name(predictor.info["name"])
     if metrics is not None:
         _watch(metrics, state)
     state.held_bytes = 0  # of the request bodies being read and decoded
@@ -77,7 +81,7 @@ def _watch(metrics: ServeMetrics, state) -> None:
     metrics.watch("fashionlab_uploads_waiting", "Uploads waiting to be decoded", lambda: state.workers.waiting)
     metrics.watch("fashionlab_upload_bytes_held", "Bytes of request bodies held while read", lambda: state.held_bytes)
     metrics.watch("fashionlab_model_timeouts_total", "Calls of the model that ran over their time limit",
-                  lambda: state.predictor.calls.timeouts)
+                  lambda: state.predictor.calls.timeouts, counter=True)
 
 
 def model_info(predictor: Predictor, workers: UploadWorkers) -> dict[str, Any]:
@@ -191,22 +195,30 @@ async def read_batched(batcher: Batcher, pixels: np.ndarray, mirror: list[bool])
         return error(500, f"the model failed: {reason(exc)}")
 
 
-async def read_images(request: Request) -> tuple[list[str], list[Prepared]]:
-    """The names and prepared images of the request's files, read by the upload workers. Its body
-    waits in memory until they are: each request counts its declared length (or the most a body
-    may hold) against MAX_HELD_BYTES while it is read, and is refused (503) past it."""
+@contextlib.contextmanager
+def held(request: Request, most: int) -> Iterator[None]:
+    """A request's body counted against MAX_HELD_BYTES while it is read and worked on: its declared
+    length (or `most`, the most it may hold); refused (503) past it."""
     state = request.app.state
     declared = request.headers.get("content-length", "")
-    size = min(int(declared), MAX_REQUEST_BYTES) if declared.isdigit() else MAX_REQUEST_BYTES
+    size = min(int(declared), most) if declared.isascii() and declared.isdigit() else most
     if state.held_bytes and state.held_bytes + size > MAX_HELD_BYTES:
-        raise UploadError(f"the server is reading {state.held_bytes / 2**20:.0f} MB of other uploads; try again in "
+        raise UploadError(f"the server is reading {state.held_bytes / 2**20:.0f} MB of other requests; try again in "
                           f"a moment", status=503)
     state.held_bytes += size
     try:
-        body = await request.body()
-        return await state.workers.read(body, request.headers.get("content-type", ""), gone=request.is_disconnected)
+        yield
     finally:
         state.held_bytes -= size
+
+
+async def read_images(request: Request) -> tuple[list[str], list[Prepared]]:
+    """The names and prepared images of the request's files, read by the upload workers, the body held
+    (`held`) until they are."""
+    state = request.app.state
+    with held(request, MAX_REQUEST_BYTES):
+        body = await request.body()
+        return await state.workers.read(body, request.headers.get("content-type", ""), gone=request.is_disconnected)
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -214,7 +226,8 @@ async def metrics(request: Request) -> Response:
     """Prometheus' text format: requests, images, batches, latencies, queues, the model's load time."""
     if request.app.state.metrics is None:
         return error(404, "this server was started with --no-metrics")
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    body, content_type = request.app.state.metrics.render(request.headers.get("accept", ""))
+    return Response(body, headers={"content-type": content_type})
 
 
 # --- the Open Inference Protocol (v2) -----------------------------------------------------------------
@@ -236,37 +249,69 @@ async def v2_ready(request: Request) -> Response:
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-def _v2_model(request: Request, name: str) -> JSONResponse | None:
-    """None when `name` is the model served; else the 404 that says which one is."""
+@router.post("/v2/repository/index")
+async def v2_index(request: Request) -> list[dict[str, Any]]:
+    """The models served: one, ready (Triton's model repository index; models are not loaded or unloaded)."""
+    return [{"name": request.app.state.v2_name, "version": "1", "state": "READY"}]
+
+
+def _v2_model(request: Request, name: str, version: str | None) -> JSONResponse | None:
+    """None when `name` (and `version`, when given) is the model served; else the 404 that says which one is."""
     served = request.app.state.v2_name
-    if name == served:
+    if name == served and version in (None, "1"):
         return None
-    return error(404, f"no model {printable(name)[:64]!r} here; this server serves {served!r}")
+    asked = printable(name)[:64] + ("" if version is None else f" version {printable(version)[:16]}")
+    return error(404, f"no model {asked!r} here; this server serves {served!r} (version 1): /v2/models/{served}")
+
+
+def _platform(request: Request) -> str:
+    return "onnxruntime" if request.app.state.predictor.engine == "onnx" else "keras"
 
 
 @router.get("/v2/models/{name}")
-async def v2_metadata(request: Request, name: str) -> Response:
-    state = request.app.state
-    platform = "onnxruntime" if state.predictor.engine == "onnx" else "keras"
-    return _v2_model(request, name) or JSONResponse(
-        v2.model_metadata(name, list(state.predictor.dataset.class_names), platform))
+@router.get("/v2/models/{name}/versions/{version}")
+async def v2_metadata(request: Request, name: str, version: str | None = None) -> Response:
+    dataset = request.app.state.predictor.dataset
+    return _v2_model(request, name, version) or JSONResponse(
+        v2.model_metadata(name, list(dataset.class_names), _platform(request)))
+
+
+@router.get("/v2/models/{name}/config")
+@router.get("/v2/models/{name}/versions/{version}/config")
+async def v2_config(request: Request, name: str, version: str | None = None) -> Response:
+    classes = request.app.state.predictor.dataset.classes
+    return _v2_model(request, name, version) or JSONResponse(
+        v2.model_config(name, classes, MAX_FILES, _platform(request)))
 
 
 @router.get("/v2/models/{name}/ready")
-async def v2_model_ready(request: Request, name: str) -> Response:
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def v2_model_ready(request: Request, name: str, version: str | None = None) -> Response:
     ready = request.app.state.predictor.calls.stuck_for() is None
-    return _v2_model(request, name) or JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+    return _v2_model(request, name, version) or JSONResponse({"name": name, "ready": ready},
+                                                             status_code=200 if ready else 503)
 
 
 @router.post("/v2/models/{name}/infer")
-async def v2_infer(request: Request, name: str) -> Response:
-    """Raw pixels in, probabilities out, through the same batches as the page's images."""
-    refused = _v2_model(request, name)
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
+    """Raw pixels in, probabilities out, through the same batches as the page's images. The body is
+    at most v2.MAX_BODY, held while it is read (`held`), parsed in a thread: not on the event loop."""
+    refused = _v2_model(request, name, version)
     if refused is not None:
         return refused
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        return error(415, f"Content-Encoding {printable(encoding)[:20]} is not read; send the request uncompressed")
     state = request.app.state
     try:
-        asked = v2.parse_infer(await request.body(), request.headers.get(v2.HEADER), most=MAX_FILES)
+        with held(request, v2.MAX_BODY):
+            body = await request.body()
+            if len(body) > v2.MAX_BODY:
+                return error(413, f"an inference request is at most {v2.MAX_BODY // 2**20} MB; send fewer images")
+            asked = await asyncio.to_thread(v2.parse_infer, body, request.headers.get(v2.HEADER), most=MAX_FILES)
+    except UploadError as exc:
+        return error(exc.status, str(exc))
     except v2.ProtocolError as exc:
         return error(exc.status, str(exc))
     except ClientDisconnect:

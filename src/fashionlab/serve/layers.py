@@ -16,8 +16,7 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 from fashionlab.errors import reason
 
@@ -37,28 +36,41 @@ def guarded(app, *, host: str, allowed_hosts: Sequence[str] = (), token: str | N
 
 
 def cors(app, origins: Sequence[str]):
-    """Starlette's CORS layer for the pages of `origins` ("*": any): GET and POST with the token and the
-    binary tensors' header, preflight requests answered before the token is asked for."""
+    """Starlette's CORS layer for the pages of `origins` ("*": any), as browsers send them (lower case):
+    GET and POST with any header (the token, the binary tensors' length, a client's own), from a public
+    page to a server on a private address too (Chrome's Private Network Access); preflight requests
+    answered before the token is asked for, and refused ones in JSON."""
     from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import JSONResponse
 
-    return CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "POST"],
-                          allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
-                          expose_headers=["Inference-Header-Content-Length"], max_age=600)
+    class JsonCors(CORSMiddleware):
+        def preflight_response(self, request_headers):
+            said = super().preflight_response(request_headers)
+            if said.status_code < 400:
+                return said
+            headers = {k: v for k, v in said.headers.items() if k not in ("content-type", "content-length")}
+            return JSONResponse({"error": f"{said.body.decode('latin-1')}: this server lets in pages of "
+                                          f"{', '.join(origins)}"}, status_code=said.status_code, headers=headers)
+
+    return JsonCors(app, allow_origins=[o.lower() for o in origins], allow_methods=["GET", "POST"],
+                    allow_headers=["*"], expose_headers=["Inference-Header-Content-Length"], max_age=600,
+                    allow_private_network=True)
 
 
-ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?")
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:(?P<port>\d{1,5}))?")
 
 
 def origin_problem(origin: str) -> str | None:
     """What is wrong with an origin a page may call from: scheme://host[:port], nothing after, or "*"."""
-    if origin == "*" or ORIGIN.fullmatch(origin):
+    found = ORIGIN.fullmatch(origin)
+    if origin == "*" or (found and int(found["port"] or 0) <= 65535):
         return None
     return (f"{printable(origin)[:80]!r} is not an origin: give scheme://host[:port] as a browser sends it "
             f"(https://lab.example, http://localhost:3000), or *")
 
 
 OPEN_PATHS = ("/api/health", "/v2/health/live", "/v2/health/ready")  # a load balancer's checks need no token
-COOKIE = "fashionlab_token"
+COOKIE = "fashionlab_token"  # and the server's port: a browser sends one host's cookies to every port of it
 MIN_TOKEN = 16
 
 
@@ -73,24 +85,28 @@ def token_problem(token: str) -> str | None:
 class TokenCheck:
     """ASGI middleware: every route but health needs the server's token, as `Authorization: Bearer TOKEN`
     or the cookie the page gets when it is opened as /?token=TOKEN (then sent to / without it, so the
-    token leaves the address bar; the cookie is HttpOnly and SameSite=Strict: other sites' pages
-    cannot send it). Compared in constant time; a refusal is 401 with WWW-Authenticate."""
+    token leaves the address bar; the cookie, named with the server's port, is HttpOnly and
+    SameSite=Strict: other sites' pages cannot send it). Compared in constant time; a refusal is 401
+    with WWW-Authenticate."""
 
     def __init__(self, app, token: str):
         self.app, self.token = app, token.encode()
 
     def given(self, scope) -> bool:
+        name = self.cookie_name(scope).encode()
         for key, value in scope["headers"]:
             if key == b"authorization" and value[:7].lower() == b"bearer " and self._same(value[7:].strip()):
                 return True
-            if key == b"cookie":
-                try:
-                    cookie = SimpleCookie(value.decode("latin-1"))
-                except CookieError:
-                    continue
-                if COOKIE in cookie and self._same(cookie[COOKIE].value.encode("latin-1")):
+            if key == b"cookie":  # read leniently: another application's odd cookie does not hide this one
+                pairs = (pair.strip().partition(b"=") for pair in value.split(b";"))
+                if any(k == name and self._same(v.strip()) for k, _, v in pairs):
                     return True
         return False
+
+    @staticmethod
+    def cookie_name(scope) -> str:
+        port = (scope.get("server") or (None, None))[1]
+        return f"{COOKIE}_{port}" if isinstance(port, int) else COOKIE
 
     def _same(self, said: bytes) -> bool:
         return hmac.compare_digest(said, self.token)
@@ -98,9 +114,10 @@ class TokenCheck:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.given(scope):
             return await self.app(scope, receive, send)
-        asked = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        asked = [unquote(v) for k, _, v in (p.partition("=") for p in scope.get("query_string", b"")
+                                                .decode("latin-1").split("&")) if k == "token"]  # '+' stays '+'
         if scope["path"] == "/" and asked and self._same(asked[0].encode("latin-1")):
-            cookie = f"{COOKIE}={asked[0]}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
+            cookie = f"{self.cookie_name(scope)}={asked[0]}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
             await send({"type": "http.response.start", "status": 303,
                         "headers": [(b"location", b"/"), (b"set-cookie", cookie), (b"content-length", b"0"),
                                     (b"cache-control", b"no-store")]})
@@ -170,7 +187,8 @@ class HostCheck:
     def __init__(self, app, loopback: bool, allowed: Sequence[str] = ()):
         self.app, self.loopback_only = app, loopback
         self.names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
-        self.names |= {host_name(name) for name in allowed}
+        self.names |= {host_name(name) for name in allowed if not name.startswith("*.")}
+        self.suffixes = tuple("." + host_name(name[2:]) for name in allowed if name.startswith("*."))  # *.svc.local
 
     def problem(self, scope) -> str | None:
         """What is wrong with the request's Host header, or None."""
@@ -184,7 +202,7 @@ class HostCheck:
         try:
             address = ipaddress.ip_address(name or "-")
         except ValueError:
-            allowed = name in self.names
+            allowed = name in self.names or bool(self.suffixes and name.endswith(self.suffixes))
         else:
             allowed = address.is_loopback or not self.loopback_only
         return None if allowed else f"the Host header {printable(said)[:80]!r} does not name this server"

@@ -21,6 +21,7 @@ from fashionlab.errors import ConfigError
 from fashionlab.rundir import Run
 from fashionlab.serve.layers import guarded, host_name, is_loopback, origin_problem, token_problem, url_host, warn
 from fashionlab.serve.predictor import Predictor, load_predictor
+from fashionlab.serve.v2 import model_name as v2_name
 
 INSTALL_HINT = "pip install 'fashionlab[serve]'"
 
@@ -29,14 +30,15 @@ INSTALL_HINT = "pip install 'fashionlab[serve]'"
 def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, top_k: int = 3, data: DataSource = DataSource(), allow_incomplete: bool = False,
           model_timeout: float = MODEL_TIMEOUT, allowed_hosts: Sequence[str] = (), token: str | None = None,
-          cors: Sequence[str] = (), metrics: bool = True,
+          cors: Sequence[str] = (), metrics: bool = True, model_name: str | None = None,
           ready: Callable[[str], None] | None = None, progress: Callable[[str], None] | None = None) -> None:
     """Serve a model until stopped (Ctrl-C, SIGTERM). `ready(url)` is called once it answers;
     `progress(line)` with what it does until then (loading the model, compiling it for each batch size).
     `allowed_hosts`: names the Host header may give besides localhost, IP addresses and this
     machine's names (a proxy's); `model_timeout`: seconds a call of the model may take; `token`: asked
     of every request but health checks (`Authorization: Bearer TOKEN`); `cors`: the origins whose pages
-    may call the API ("*": any); `metrics`: GET /metrics for Prometheus."""
+    may call the API ("*": any); `metrics`: GET /metrics for Prometheus; `model_name`: the model's name in
+    the Open Inference Protocol's paths (default: its run's name)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -46,17 +48,7 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
     from fashionlab.serve.protocol import GuardedHttp
 
     check_timeout(model_timeout)
-    for name in allowed_hosts:
-        if not host_name(name) or ":" in host_name(name):
-            raise ConfigError(f"`allowed_hosts` holds {name!r}, not a host name (such as proxy.example); IP "
-                              f"addresses are allowed already", terms=["allowed_hosts"])
-    _check_access(token, cors)
-    if metrics:
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            raise ConfigError(f"/metrics needs prometheus-client: {INSTALL_HINT}; or turn `metrics` off",
-                              terms=["metrics"]) from None
+    _check_options(allowed_hosts, token, cors, model_name, metrics)
     sock = open_socket(host, port)  # first: a port in use fails before the model loads
     bound_host, bound_port = sock.getsockname()[:2]  # what was bound, however `host` said it
     if not is_loopback(bound_host) and token is None:
@@ -67,22 +59,16 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
         began = time.perf_counter()
         predictor = _load(run_dir, onnx, top_k=top_k, allow_incomplete=allow_incomplete, model_timeout=model_timeout,
                           progress=progress)
-        counted = None
-        if metrics:
-            from fashionlab.serve.metrics import ServeMetrics
-
-            counted = ServeMetrics()
-            counted.load_seconds.set(time.perf_counter() - began)
+        counted = _counted(predictor, time.perf_counter() - began, model_name) if metrics else None
         progress("starting the upload workers and the server")
-        app = build_app(predictor, data=data, top_k=top_k, metrics=counted)
+        app = build_app(predictor, data=data, top_k=top_k, metrics=counted, model_name=model_name)
         # connections are limited by the protocol (GuardedHttp), not by uvicorn's plain-text 503;
         # uvicorn's own log would let any client write to the terminal (a line per malformed request
         # or client gone mid-answer): fashionlab says what matters itself (Shield)
         outer = guarded(app, host=bound_host, allowed_hosts=allowed_hosts, token=token, origins=cors,
                         measured=counted.layer if counted is not None else None)
-        config = uvicorn.Config(outer, http=GuardedHttp,
-                                ws="none", log_level="critical", access_log=False, timeout_graceful_shutdown=10,
-                                lifespan="on")
+        config = uvicorn.Config(outer, http=GuardedHttp, ws="none", log_level="critical", access_log=False,
+                                timeout_graceful_shutdown=10, lifespan="on")
         server = uvicorn.Server(config)
         url = f"http://{url_host(bound_host)}:{bound_port}/"
         if ready is not None:
@@ -96,8 +82,25 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
         sock.close()
 
 
-def _check_access(token: str | None, cors: Sequence[str]) -> None:
-    """The token and the CORS origins, refused with one line before anything starts."""
+def _check_options(allowed_hosts: Sequence[str], token: str | None, cors: Sequence[str], model_name: str | None,
+                   metrics: bool) -> None:
+    """The host names, the token, the CORS origins and the model's name, refused with one line before
+    anything starts; prometheus-client there when /metrics is served."""
+    for name in allowed_hosts:
+        bare = host_name(name.removeprefix("*."))
+        if not bare or ":" in bare or "." not in bare and name.startswith("*."):
+            raise ConfigError(f"`allowed_hosts` holds {name!r}, not a host name (such as proxy.example, or "
+                              f"*.svc.cluster.local for every name under it); IP addresses are allowed already",
+                              terms=["allowed_hosts"])
+    if model_name is not None and model_name != v2_name(model_name):
+        raise ConfigError(f"`model_name` {model_name!r} must be 1 to 64 letters, digits, '_', '-' or '.' (it is "
+                          f"part of URLs)", terms=["model_name"])
+    if metrics:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"/metrics needs prometheus-client: {INSTALL_HINT}; or turn `metrics` off",
+                              terms=["metrics"]) from None
     problem = token_problem(token) if token is not None else None
     if problem:
         raise ConfigError(f"`token`: {problem}", terms=["token"])
@@ -105,6 +108,17 @@ def _check_access(token: str | None, cors: Sequence[str]) -> None:
         problem = origin_problem(origin)
         if problem:
             raise ConfigError(f"`cors`: {problem}", terms=["cors"])
+
+
+def _counted(predictor: Predictor, load_seconds: float, model_name: str | None):
+    """What /metrics shows: the server's own registry, with the model's load time and what it serves."""
+    from fashionlab.serve.metrics import ServeMetrics
+
+    counted = ServeMetrics()
+    counted.load_seconds.set(load_seconds)
+    counted.describe(model=model_name or v2_name(predictor.info["name"]), engine=predictor.engine,
+                     dataset=predictor.dataset.name)
+    return counted
 
 
 def _load(run_dir, onnx, *, top_k: int, allow_incomplete: bool, model_timeout: float, progress) -> Predictor:

@@ -27,7 +27,8 @@ INPUT, OUTPUT = "pixels", "probabilities"
 DATATYPES = {"UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1", "INT16": "<i2",
              "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 HEADER = "Inference-Header-Content-Length"  # the binary extension: the JSON's length, the tensors' bytes after it
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+MAX_BODY = 4 * 1024 * 1024  # an inference request: 64 images of 784 numbers as JSON take about 1.3 MB
 MAX_ID = 256
 
 
@@ -55,6 +56,14 @@ def model_metadata(name: str, class_names: list[str], platform: str) -> dict[str
             "parameters": {"class_names": list(class_names),
                            "input": "raw pixels from 0 to 255, light on black, N x 28 x 28 or N x 784; any of "
                                     + ", ".join(DATATYPES)}}
+
+
+def model_config(name: str, classes: int, most: int, platform: str) -> dict[str, Any]:
+    """GET /v2/models/NAME/config (Triton's model configuration extension), what its tools read:
+    batches of up to `most` images, the input and output without their batch dimension."""
+    return {"name": name, "platform": platform, "backend": "fashionlab", "max_batch_size": most,
+            "input": [{"name": INPUT, "data_type": "TYPE_FP32", "dims": [28, 28]}],
+            "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [classes]}]}
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,7 @@ def parse_infer(body: bytes, header_length: str | None, *, most: int) -> InferRe
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+    if not re.fullmatch(r"[0-9]{1,10}", header_length) or not 0 < int(header_length) <= len(body):
         raise ProtocolError(f"{HEADER} must be the length of the JSON at the start of the body, "
                             f"at most {len(body)}")
     return body[:int(header_length)], body[int(header_length):]
@@ -100,7 +109,7 @@ def _tensor(tensor: dict[str, Any], rest: bytes, most: int) -> np.ndarray:
     if tensor.get("name") != INPUT:
         raise ProtocolError(f'the input tensor must be named "{INPUT}", not {str(tensor.get("name"))[:40]!r}')
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ProtocolError(f"`datatype` must be one of {', '.join(DATATYPES)}, not {str(datatype)[:20]!r}")
     if (not isinstance(shape, list) or not all(type(d) is int for d in shape)
             or shape[1:] not in ([28, 28], [784]) or not 1 <= shape[0] <= most):
@@ -121,7 +130,7 @@ def _tensor(tensor: dict[str, Any], rest: bytes, most: int) -> np.ndarray:
     else:
         values = _json_data(tensor.get("data"), count)
     try:
-        return raw_pixels(values.reshape(shape), most=most)
+        return raw_pixels(values.reshape(shape), most=most, floats=datatype.startswith("FP"))
     except ImageError as exc:
         raise ProtocolError(str(exc)) from None
 
@@ -168,6 +177,9 @@ def _binary_output(request: dict[str, Any]) -> bool:
     asked = outputs[0].get("parameters") or {}
     if not isinstance(asked, dict):
         raise ProtocolError("`parameters` of the output must be a JSON object")
+    if asked.get("classification") or "class_count" in asked:
+        raise ProtocolError("the classification extension (`class_count`) is not served; ask for the "
+                            "probabilities: the classes are in the model's metadata")
     return asked.get("binary_data") is True
 
 
