@@ -1515,6 +1515,22 @@ MUTANTS = [
            "        self.images.inc(images)",
            "        self.images.inc()",
            "the images counter counts model calls, not images"),
+    Mutant("token-cookie-any-port", "serve/layers.py",
+           '        return f"{COOKIE}_{port}" if isinstance(port, int) else COOKIE',
+           "        return COOKIE",
+           "one cookie name for every server on a host: a second server's page overwrites the first's token"),
+    Mutant("v2-body-unbounded", "serve/v2.py",
+           "MAX_BODY = 4 * 1024 * 1024",
+           "MAX_BODY = 64 * 1024 * 1024",
+           "an inference body is read and parsed up to any size the server takes"),
+    Mutant("pixels-unit-scale-allowed", "images.py",
+           "    if floats and 0 < array.max() <= 1:",
+           "    if False:",
+           "an image scaled to 0..1 for another model is read on the 0..255 scale: as black"),
+    Mutant("mlflow-children-retried", "tracking.py",
+           "    if tracker.off:  # the server failed once",
+           "    if False:  # the server failed once",
+           "a comparison whose tracking server is down tries it again for each of its runs"),
 ]
 
 

@@ -700,6 +700,13 @@ def test_an_upright_garment_is_not_turned_and_a_round_one_not_straightened():
 
 # --- raw pixels given as numbers (the MLflow model's and the v2 protocol's input) -----------------
 
+def test_raw_pixels_of_zeros_and_ones_as_integers_are_an_image_not_a_scale():
+    from fashionlab.images import raw_pixels
+
+    assert raw_pixels(np.eye(28, dtype=np.uint8)[None], most=1).max() == 1
+    assert raw_pixels(np.zeros((1, 28, 28)), most=1).max() == 0  # all black: no scale to tell
+
+
 def test_raw_pixels_take_the_data_sets_images_as_arrays_lists_and_tables():
     import pandas as pd
 
@@ -719,6 +726,7 @@ def test_raw_pixels_take_the_data_sets_images_as_arrays_lists_and_tables():
     (np.zeros((0, 28, 28)), "N from 1 to 10"), (np.float64(3), "a single number"),
     ([[1, 2], [3]], "numbers"), (np.array([["a"] * 784]), "numbers from 0 to 255"),
     (np.zeros((1, 28, 28), dtype=complex), "numbers from 0 to 255"), ({"a": 1}, "numbers"),
+    (np.full((1, 28, 28), 0.5), "within 0..1"), (np.zeros((1, 28, 28), dtype=bool), "numbers from 0 to 255"),
 ])
 def test_raw_pixels_refuse_what_is_not_an_image_in_one_line(value, said):
     from fashionlab.errors import ImageError

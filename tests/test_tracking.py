@@ -285,8 +285,11 @@ def test_a_notebooks_active_mlflow_run_is_the_parent(tmp_path, synthetic, server
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # mlflow.set_experiment sets it: unset again afterwards
     mlflow.set_tracking_uri(server)
     experiment = mlflow.set_experiment("notebook-lab")
-    with mlflow.start_run() as outer:
-        train(TINY.replace(epochs=1), tmp_path / "inner", data=synthetic, verbose=0, mlflow=True)
+    import fashionlab as fl
+
+    with mlflow.start_run() as outer:  # the notebook's own call, as a learner writes it
+        fl.train(run_dir=tmp_path / "inner", data=synthetic, verbose=0, mlflow=True, depth=1, width=8, epochs=1,
+                 validation_size=60)
     inner = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` = '" + outer.info.run_id + "'")
     assert [r.info.run_name for r in inner] == ["inner"]
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment.experiment_id)
