@@ -46,7 +46,9 @@ def server(tmp_path_factory) -> str:
                "--workers", "1", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
                "--artifacts-destination", str(folder / "artifacts")]
     log = open(folder / "server.log", "wb")
-    process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    quiet = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runners (8 processes, 2 GB)
+    process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               env=quiet)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
