@@ -159,9 +159,15 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(tmp_path, synthetic, serve
     stopped = only_run(client, folder)
     assert stopped.info.status == "KILLED" and Run(folder).status()["status"] == "interrupted"
     assert [m.step for m in client.get_metric_history(stopped.info.run_id, "loss")] == [1]
-    resume(folder, data=synthetic, verbose=0, mlflow=server)
+    seen = []
+
+    class Status(keras.callbacks.Callback):  # what MLflow says of the run while it trains again
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(client.get_run(stopped.info.run_id).info.status)
+
+    resume(folder, data=synthetic, verbose=0, mlflow=server, callbacks=[Status()])
     found = only_run(client, folder)
-    assert found.info.run_id == stopped.info.run_id and found.info.status == "FINISHED"
+    assert found.info.run_id == stopped.info.run_id and found.info.status == "FINISHED" and seen == ["RUNNING"] * 2
     assert sorted(m.step for m in client.get_metric_history(found.info.run_id, "loss")) == [1, 2, 3]
     assert found.data.metrics["test_accuracy"] == pytest.approx(Run(folder).metrics()["test_accuracy"])
 
@@ -389,3 +395,13 @@ def test_a_server_that_is_down_is_tried_once_for_a_whole_comparison(tmp_path, sy
             mlflow=f"http://127.0.0.1:{free_port()}")
     warnings = [line for line in capsys.readouterr().err.splitlines() if "MLflow" in line]
     assert len(warnings) == 1 and "the comparison goes on without it" in warnings[0]
+
+
+def test_a_comparison_that_fails_ends_its_mlflow_run_as_failed(tmp_path, synthetic, server, client):
+    from fashionlab.comparison import compare
+    from fashionlab.errors import Diverged
+
+    with pytest.raises(Diverged):
+        compare(tmp_path / "cmp", variants=["scaled"], seeds=1, data=synthetic, mlflow=server,
+                base=TINY.replace(epochs=2, learning_rate=1e30, batch_norm="none"))
+    assert only_run(client, tmp_path / "cmp").info.status == "FAILED"

@@ -300,7 +300,8 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
                  f"({done.seconds:.0f} s{', resumed' if done.resumed else ''})")
 
     started = time.perf_counter()
-    runner.execute(todo, jobs=jobs, data=data, on_done=report)
+    with tracking.parent_stops(tracker, children):
+        runner.execute(todo, jobs=jobs, data=data, on_done=report)
     wall = time.perf_counter() - started
 
     results, summary, statements = _write_outputs(folder, tasks, command)

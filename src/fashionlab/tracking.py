@@ -284,6 +284,8 @@ class RunLog:
         self.finished_before = info is not None and info.status == "FINISHED"  # logged whole already
         self.logged = tracker.logged_steps(self.run_id) if self.run_id else set()
         if self.run_id and not self.finished_before:
+            if info.status != "RUNNING":  # a stopped run resumed: running again
+                tracker.call(tracker.client.update_run, self.run_id, "RUNNING")
             tracker.tags(self.run_id, {**run_tags(run, engine=engine), **dict(where.tags)})
             tracker.params(self.run_id, run.config().to_dict())
 
@@ -396,13 +398,27 @@ def parent(where: Destination | None, folder: Path, *, kind: str, params: Mappin
         return None, None
     key = str(folder.resolve())
     info = tracker.run_of(Path(key).name, {"fashionlab.folder": key, "fashionlab.kind": kind}, parent=where.parent)
-    run_id = info.run_id if info is not None else None
+    if info is None:  # the server failed: nothing of the call is logged, and it is not asked again
+        return None, None
+    run_id = info.run_id
     if run_id:
         from fashionlab.provenance import library_versions
 
         tracker.tags(run_id, {**source_tags(), **{f"version.{k}": v for k, v in library_versions().items()}})
         tracker.params(run_id, params)
     return tracker, dataclasses.replace(where, parent=run_id)
+
+
+@contextlib.contextmanager
+def parent_stops(tracker: Tracker | None, where: Destination | None) -> Iterator[None]:
+    """A comparison's or a sweep's MLflow run ended as killed (a stop: the same command resumes it) or
+    failed when its work stops early, and the error goes on."""
+    try:
+        yield
+    except BaseException as exc:
+        if tracker is not None and where is not None and where.parent is not None:
+            tracker.end(where.parent, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        raise
 
 
 def end_parent(tracker: Tracker | None, where: Destination | None, folder: Path, files: list[str],

@@ -119,7 +119,8 @@ def _sweep(space: Space, out: Path, *, trials: int, jobs: int, storage: str | No
                     sampler_seed=sampler_seed, pruner=pruner, train_images=train_images, free_memory=free_memory,
                     progress=progress, mlflow=children)
     recover(worker)
-    jobs, wall = _run(worker, jobs=jobs, data=data, progress=progress)
+    with tracking.parent_stops(tracker, children):
+        jobs, wall = _run(worker, jobs=jobs, data=data, progress=progress)
     result = finish(the_study, space, out, storage=stored, trials=trials, data=data, wall=wall, jobs=jobs,
                     ran=worker.finished, progress=progress)
     if result.ended:
