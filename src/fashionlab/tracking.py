@@ -332,7 +332,12 @@ class RunLog:
         """The MLflow run ended as killed (a stop: resumable) or failed, with the files the run has."""
         if self.run_id:
             self.tracker.artifacts(self.run_id, [self.run.file(n) for n in ARTIFACTS if self.run.file(n).is_file()])
-            self.tracker.end(self.run_id, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+            self.tracker.end(self.run_id, ended_as(exc))
+
+
+def ended_as(exc: BaseException) -> str:
+    """An MLflow run's status when its work stops early: KILLED by a stop (resumable), else FAILED."""
+    return "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED"
 
 
 def log_model(tracker: Tracker, run_id: str, run: Run) -> None:
@@ -417,7 +422,7 @@ def parent_stops(tracker: Tracker | None, where: Destination | None) -> Iterator
         yield
     except BaseException as exc:
         if tracker is not None and where is not None and where.parent is not None:
-            tracker.end(where.parent, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+            tracker.end(where.parent, ended_as(exc))
         raise
 
 
