@@ -9,7 +9,8 @@ import json
 from prometheus_client.parser import text_string_to_metric_families
 from serving import Server, data_options, start, stop
 
-from fashionlab.serve.metrics import route_of
+from fashionlab.serve.app import router
+from fashionlab.serve.metrics import ServeMetrics
 
 
 def scrape(server) -> dict[tuple[str, tuple], float]:
@@ -77,9 +78,13 @@ def test_what_clients_send_never_makes_new_series(keras_server):
 
 
 def test_routes_are_labelled_by_their_pattern():
-    assert route_of("/v2/models/tiny/infer") == "/v2/models/{name}/infer"
-    assert route_of("/v2/models/x") == "/v2/models/{name}"
-    assert route_of("/v2/models/x/y/infer") == "other" and route_of("/api/predict/") == "other"
+    metrics = ServeMetrics()
+    metrics.label_routes(router.routes)
+    assert metrics.route_of("/v2/models/tiny/infer") == "/v2/models/{name}/infer"
+    assert metrics.route_of("/v2/models/x") == "/v2/models/{name}"
+    assert metrics.route_of("/v2/models/x/versions/1/config") == "/v2/models/{name}/versions/{version}/config"
+    assert metrics.route_of("/v2/repository/index") == "/v2/repository/index"
+    assert metrics.route_of("/v2/models/x/y/infer") == "other" and metrics.route_of("/api/predict/") == "other"
 
 
 def test_no_metrics_turns_the_endpoint_off(tiny_run, synthetic):

@@ -45,15 +45,11 @@ def save(run: Run, path: Path) -> Path:
 
 def requirements() -> list[str]:
     """The packages the model loads with, at the versions that saved it."""
-    from importlib import metadata
+    from fashionlab.provenance import library_versions
 
-    found = []
-    for package in ("fashionlab", "keras", "jax", "jaxlib", "numpy"):
-        try:
-            found.append(f"{package}=={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    versions = library_versions()
+    return [f"{package}=={versions[package]}" for package in ("fashionlab", "keras", "jax", "jaxlib", "numpy")
+            if package in versions]
 
 
 class PixelModel:

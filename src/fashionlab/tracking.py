@@ -245,23 +245,25 @@ def key_of(tags: Mapping[str, str]) -> str:
 
 def run_tags(run: Run, *, engine: str, kind: str = "run") -> dict[str, str]:
     """What a run's MLflow run is tagged with: what it is, its recipe, data set, engine and versions."""
-    from fashionlab.provenance import library_versions
-
     status = run.status()
     tags = {"fashionlab.kind": kind, "fashionlab.recipe": status.get("recipe") or "",
             "fashionlab.dataset": run.dataset().name, "fashionlab.engine": engine,
             "fashionlab.command": (status.get("command") or "")[:MAX_PARAM], **source_tags()}
-    tags.update({f"version.{name}": version for name, version in library_versions().items()})
     return {key: value for key, value in tags.items() if value}
 
 
 def source_tags() -> dict[str, str]:
-    """MLflow's own tags of where a run comes from: fashionlab, on this machine, by this user."""
+    """MLflow's own tags of where a run comes from (fashionlab, on this machine, by this user), and the
+    versions of the libraries that made it (`version.keras`, ...)."""
     import getpass
 
+    from fashionlab.provenance import library_versions
+
+    tags = {"mlflow.source.name": "fashionlab", "mlflow.source.type": "LOCAL",
+            **{f"version.{name}": version for name, version in library_versions().items()}}
     with contextlib.suppress(Exception):  # no user name (a container's uid without an entry)
-        return {"mlflow.source.name": "fashionlab", "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
-    return {"mlflow.source.name": "fashionlab", "mlflow.source.type": "LOCAL"}
+        tags["mlflow.user"] = getpass.getuser()
+    return tags
 
 
 def run_name(run: Run) -> str:
@@ -407,9 +409,7 @@ def parent(where: Destination | None, folder: Path, *, kind: str, params: Mappin
         return None, None
     run_id = info.run_id
     if run_id:
-        from fashionlab.provenance import library_versions
-
-        tracker.tags(run_id, {**source_tags(), **{f"version.{k}": v for k, v in library_versions().items()}})
+        tracker.tags(run_id, source_tags())
         tracker.params(run_id, params)
     return tracker, dataclasses.replace(where, parent=run_id)
 

@@ -66,7 +66,7 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     state.workers = UploadWorkers()  # the batcher and the workers are closed by whoever runs the app (serve)
     state.metrics, state.v2_name = metrics, model_name or v2.model_name(predictor.info["name"])
     if metrics is not None:
-        _watch(metrics, state)
+        _watch(metrics, app)
     state.held_bytes = 0  # of the request bodies being read and decoded
     state.model_info = model_info(predictor, state.workers)
     state.gallery = gallery(data, predictor.dataset)
@@ -75,8 +75,12 @@ def build_app(predictor: Predictor, *, data: DataSource = DataSource(), top_k: i
     return app
 
 
-def _watch(metrics: ServeMetrics, state) -> None:
-    """The gauges /metrics reads from the server's state when it is scraped."""
+def _watch(metrics: ServeMetrics, app: FastAPI) -> None:
+    """What /metrics says of the application: its routes as request labels, what it serves, and the gauges
+    it reads from the server's state when it is scraped."""
+    state = app.state
+    metrics.label_routes([*router.routes, *app.routes])  # the app's lists an included router as one entry
+    metrics.describe(model=state.v2_name, engine=state.predictor.engine, dataset=state.predictor.dataset.name)
     metrics.watch("fashionlab_queue_images", "Images waiting for the model", lambda: state.batcher.waiting)
     metrics.watch("fashionlab_uploads_waiting", "Uploads waiting to be decoded", lambda: state.workers.waiting)
     metrics.watch("fashionlab_upload_bytes_held", "Bytes of request bodies held while read", lambda: state.held_bytes)

@@ -6,7 +6,8 @@ from a registry of the server's own (never the process-wide default one).
     fashionlab_queue_images   fashionlab_uploads_waiting   fashionlab_upload_bytes_held
     fashionlab_model_timeouts_total   fashionlab_model_info{model, engine, dataset}   process_* (CPU, memory, files)
 
-Routes are labelled by their pattern (/v2/models/{name}/infer), and any other path as "other", methods
+Routes are labelled by their pattern as the application declares it (/v2/models/{name}/infer: `label_routes`),
+and any other path as "other", methods
 other than GET, HEAD, POST and OPTIONS as "other": what a client sends never makes a new series. No
 `_created` series (prometheus-client's default would double every counter's). Requests the HTTP protocol
 refuses before the application sees them (a malformed request line, headers too long or too slow) are
@@ -21,18 +22,8 @@ from collections.abc import Callable
 
 from fashionlab.serve.predictor import BATCH_SIZES
 
-ROUTES = [(re.compile(pattern + "$"), label) for pattern, label in (
-    (r"/", "/"), (r"/api/predict", "/api/predict"), (r"/api/model", "/api/model"), (r"/api/health", "/api/health"),
-    (r"/api/gallery", "/api/gallery"), (r"/metrics", "/metrics"), (r"/v2", "/v2"),
-    (r"/v2/health/live", "/v2/health/live"), (r"/v2/health/ready", "/v2/health/ready"),
-    (r"/v2/models/[^/]+", "/v2/models/{name}"), (r"/v2/models/[^/]+/ready", "/v2/models/{name}/ready"),
-    (r"/v2/models/[^/]+/infer", "/v2/models/{name}/infer"))]
 METHODS = ("GET", "HEAD", "POST", "OPTIONS")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-def route_of(path: str) -> str:
-    return next((label for pattern, label in ROUTES if pattern.match(path)), "other")
 
 
 class ServeMetrics:
@@ -61,6 +52,15 @@ class ServeMetrics:
                           registry=registry)
         self.watched = Watched()
         registry.register(self.watched)
+        self.routes: list[tuple[re.Pattern, str]] = []  # the application's: (what a path matches, its label)
+
+    def label_routes(self, routes) -> None:
+        """Label requests by the application's routes (Starlette's: each its pattern and its path's regex)."""
+        self.routes = [(route.path_regex, route.path) for route in routes if hasattr(route, "path_regex")]
+
+    def route_of(self, path: str) -> str:
+        """A path's label: the pattern of the route it matches, else "other"."""
+        return next((label for pattern, label in self.routes if pattern.match(path)), "other")
 
     def describe(self, **labels: str) -> None:
         """What is served, as fashionlab_model_info's labels (the server's own values, never a client's)."""
@@ -103,7 +103,7 @@ class ServeMetrics:
             try:
                 await app(scope, receive, watched)
             finally:
-                route = route_of(scope["path"])
+                route = metrics.route_of(scope["path"])
                 method = scope["method"] if scope["method"] in METHODS else "other"
                 metrics.requests.labels(route, method, str(status)).inc()
                 metrics.latency.labels(route).observe(time.perf_counter() - began)

@@ -59,7 +59,7 @@ def serve(run_dir: str | Path | None = None, *, onnx: str | Path | None = None, 
         began = time.perf_counter()
         predictor = _load(run_dir, onnx, top_k=top_k, allow_incomplete=allow_incomplete, model_timeout=model_timeout,
                           progress=progress)
-        counted = _counted(predictor, time.perf_counter() - began, model_name) if metrics else None
+        counted = _counted(time.perf_counter() - began) if metrics else None
         progress("starting the upload workers and the server")
         app = build_app(predictor, data=data, top_k=top_k, metrics=counted, model_name=model_name)
         # connections are limited by the protocol (GuardedHttp), not by uvicorn's plain-text 503;
@@ -110,14 +110,13 @@ def _check_options(allowed_hosts: Sequence[str], token: str | None, cors: Sequen
             raise ConfigError(f"`cors`: {problem}", terms=["cors"])
 
 
-def _counted(predictor: Predictor, load_seconds: float, model_name: str | None):
-    """What /metrics shows: the server's own registry, with the model's load time and what it serves."""
+def _counted(load_seconds: float):
+    """What /metrics shows: the server's own registry, with the model's load time (`build_app` adds what it
+    serves and reads)."""
     from fashionlab.serve.metrics import ServeMetrics
 
     counted = ServeMetrics()
     counted.load_seconds.set(load_seconds)
-    counted.describe(model=model_name or v2_name(predictor.info["name"]), engine=predictor.engine,
-                     dataset=predictor.dataset.name)
     return counted
 
 
