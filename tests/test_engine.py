@@ -192,6 +192,29 @@ def test_training_options_give_what_keras_fit_gives(changes):
     assert ch.history["learning_rate"][0] == pytest.approx(float(with_keras.optimizer.learning_rate), rel=1e-6)
 
 
+def unit_norms(layer: keras.layers.Layer) -> np.ndarray:
+    """The L2 norm of each unit's incoming weights: a Dense kernel's columns, a conv kernel's filters."""
+    kernel = np.asarray(layer.kernel.value)
+    return np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
+
+
+@pytest.mark.parametrize("family", [{}, {"model": "cnn", "filters": 4, "conv_blocks": 1, "depth": 1, "width": 8}])
+def test_max_norm_bounds_every_units_weights_in_both_engines_alike(family):
+    config = TINY.replace(max_norm=0.4, learning_rate=0.5, batch_norm="none", **family)
+    x_train, y_train, x_valid, y_valid = synthetic_split(300)
+    with_keras, compiled, kh, ch = fit_both(config, x_train, y_train, x_valid, y_valid)
+    assert_same_state(with_keras, compiled, rtol=1e-4, atol=1e-5)
+    hidden = [layer for layer in compiled.layers if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+              and layer.name != "classes"]
+    assert hidden and all(layer.kernel.constraint is not None for layer in hidden)
+    for layer in hidden:  # every unit within the bound, and the bound reached: it did constrain
+        norms = unit_norms(layer)
+        assert norms.max() <= 0.4 * (1 + 1e-5) and np.isclose(norms, 0.4, rtol=1e-4).any(), layer.name
+    unconstrained, _, _, _ = fit_both(config.replace(max_norm=0.0), x_train, y_train, x_valid, y_valid)
+    assert max(unit_norms(layer).max() for layer in unconstrained.layers if isinstance(
+        layer, (keras.layers.Dense, keras.layers.Conv2D)) and layer.name != "classes") > 0.4
+
+
 def test_augmentation_changes_training_but_not_validation():
     config = TINY.replace(batch_norm="none")
     x_train, y_train, x_valid, y_valid = synthetic_split(300)

@@ -74,6 +74,9 @@ class TrainConfig:
                          maximum=0.9)
     alpha_dropout: float = opt(0.0, "AlphaDropout rate after each hidden Dense block, for selu networks",
                                minimum=0, maximum=0.9)
+    max_norm: float = opt(0.0, "max-norm regularization: after each step, scale every hidden unit's incoming "
+                               "weights (Dense: a kernel column; conv: a filter) back to this L2 norm when above "
+                               "it; 0 = off", minimum=0, maximum=1000)
     filters: int = opt(32, "cnn: filters of the first conv block, doubled in each next block", minimum=1,
                        maximum=1024)
     conv_blocks: int = opt(2, "cnn: conv blocks, each halving the image with 2x2 max pooling", minimum=1,

@@ -20,8 +20,13 @@ from fashionlab.preprocessing import Scaler, scaling_layer
 def hidden_block(layer_type: type[keras.layers.Layer], size: int, config: TrainConfig,
                  **options) -> list[keras.layers.Layer]:
     """A Dense or Conv2D layer with the config's activation and batch norm: "after": layer(act)
-    then BN (the tutorial); "before": layer, BN, act; "none": layer(act)."""
+    then BN (the tutorial); "before": layer, BN, act; "none": layer(act). With `max_norm` its kernel
+    is constrained (Keras applies the constraint after each optimizer step, in fit and in
+    `stateless_apply`, so in both engines)."""
     options["kernel_initializer"] = config.kernel_initializer
+    if config.max_norm:  # a unit's incoming weights: a Dense kernel's column, a conv filter (rows, columns, channels)
+        axis = 0 if issubclass(layer_type, keras.layers.Dense) else [0, 1, 2]
+        options["kernel_constraint"] = keras.constraints.MaxNorm(config.max_norm, axis=axis)
     if config.batch_norm == "before":
         return [layer_type(size, **options), keras.layers.BatchNormalization(),
                 keras.layers.Activation(config.activation)]
