@@ -18,8 +18,8 @@ LAYERS = [
                     "orientation", "urls"}),
     ("files and models", {"data", "rundir", "catalog", "modelfiles", "model", "engine", "tensorboard", "progress",
                           "onnxrun", "reports"}),
-    ("stages", {"training", "evaluation", "prediction", "runner", "export", "comparison", "ensembles", "tracking",
-                "mlflowmodel"}),
+    ("stages", {"training", "calibration", "evaluation", "prediction", "runner", "export", "comparison", "ensembles",
+                "tracking", "mlflowmodel"}),
     ("packages behind extras", {"sweeps", "serve"}),
     ("front", {"cli", "notebook", "__main__"}),
 ]

@@ -35,7 +35,12 @@ def test_evaluate_round_trip_matches_training(tiny_run, synthetic):
     report = evaluate(tiny_run.run.path, data=synthetic)
     assert report["test_accuracy"] == tiny_run.metrics["test_accuracy"]
     assert report["test_loss"] == pytest.approx(tiny_run.metrics["test_loss"], rel=1e-6)
+    assert report["calibration"]["ece"] == pytest.approx(tiny_run.metrics["test_ece"], abs=1e-9)
+    assert report["calibration"] == tiny_run.metrics["calibration"]
+    assert f"expected calibration error {report['calibration']['ece']:.4f}" in format_report(report)
     json.dumps(report)  # --json prints it as it is
+    with Image.open(tiny_run.run.path / "reliability.png") as image:
+        assert image.format == "PNG" and min(image.size) >= 400
 
     frame = pd.read_csv(tiny_run.run.path / "confusion_matrix.csv", index_col=0)
     assert list(frame.columns) == list(CLASS_NAMES) and list(frame.index) == list(CLASS_NAMES)

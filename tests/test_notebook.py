@@ -75,7 +75,8 @@ def test_predict_notes_a_photo_with_no_garment_and_why(run, tmp_path):
 
 def test_a_run_shows_itself_as_a_card_in_a_notebook_and_one_line_elsewhere(run):
     card = run._repr_html_()
-    assert card.count("<img") == 1 and "test accuracy" in card and f"{100 * run.metrics['test_accuracy']:.2f} %" in card
+    assert card.count("<img") == 2 and "test accuracy" in card and f"{100 * run.metrics['test_accuracy']:.2f} %" in card
+    assert f"ECE <b>{100 * run.metrics['test_ece']:.2f} %</b>" in card and 'alt="reliability diagram"' in card
     line = repr(run)
     assert "\n" not in line and line.startswith(f"Run({str(run.path)!r}")
     assert "complete, 2 epochs, test accuracy" in line

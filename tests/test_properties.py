@@ -136,7 +136,7 @@ def small_data(tmp_path_factory) -> DataSource:
 
 
 ARTIFACTS = {"config.json", "run.json", "history.csv", "summary.txt", "model.keras", "metrics.json", "report.html",
-             "learning_curves.png", "confusion_matrix.csv", "confusion_matrix.png"}
+             "learning_curves.png", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png"}
 
 
 @examples(30)

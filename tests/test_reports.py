@@ -56,10 +56,10 @@ def test_run_report_is_self_contained_and_complete(tiny_run):
     assert VIEWPORT in text
     assert page.headings[1:] == [
         "What was run", "Test metrics", "Learning curves", "Training", "Validation accuracy against training time",
-        "Per-class precision, recall and F1", "Confusion matrix", "Most confused pairs",
+        "Per-class precision, recall and F1", "Confusion matrix", "Most confused pairs", "Calibration",
         f"Top losses (the {TOP_LOSSES_SHOWN} test images with the highest loss)",
         "Sample predictions (test images 0..15)", "Configuration", "Environment"]
-    tiles = page.images[3:]  # after the learning curves, accuracy against time and the confusion matrix
+    tiles = page.images[4:]  # after the learning curves, accuracy against time, confusion matrix, reliability
     assert len(tiles) == TOP_LOSSES_SHOWN + SAMPLES_SHOWN
     metrics = rows_of(page.tables[1])
     assert float(metrics["test accuracy"]) == round(tiny_run.metrics["test_accuracy"], 4)

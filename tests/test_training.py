@@ -22,7 +22,7 @@ from fashionlab.rundir import Run
 from fashionlab.training import RunRecorder, resume, seconds_to_accuracy, train
 
 ARTIFACTS = {"config.json", "history.csv", "learning_curves.png", "model.keras", "metrics.json", "summary.txt",
-             "confusion_matrix.csv", "confusion_matrix.png", "report.html", "run.json", ".lock"}
+             "confusion_matrix.csv", "confusion_matrix.png", "reliability.png", "report.html", "run.json", ".lock"}
 
 
 def test_run_directory_holds_every_artifact(tiny_run):

@@ -106,6 +106,9 @@ class TrainConfig:
                      maximum=0.99999)
     tta: TestTime = opt("none", "test-time augmentation: average the probabilities of each image and its mirror "
                                 "image (mirror), and of both shifted 1 pixel down-right and up-left (mirror-shift)")
+    temperature_scale: bool = opt(False, "after training, fit one temperature on the validation split (minimizing "
+                                         "its cross-entropy) and fold it into the last layer, so the saved and "
+                                         "exported model give calibrated probabilities (the same classes)")
     bn_lr_scale: float = opt(1.0, "sgd: BatchNormalization's scale and offset learn at this multiple of the "
                                   "learning rate", above=0, maximum=1000)
     batch_size: int = opt(32, "images per step (Keras' fit default)", minimum=1, maximum=10**7)

@@ -1,4 +1,4 @@
-"""Test-set evaluation: loss, accuracy, per-class precision/recall, confusion matrix.
+"""Test-set evaluation: loss, accuracy, per-class precision/recall, confusion matrix, calibration.
 
     report = evaluate("runs/20260101-120000-tutorial", data=DataSource())
 """
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fashionlab.arguments import checked
+from fashionlab.calibration import cross_entropy, reliability
 from fashionlab.data import DataSource
 from fashionlab.errors import Interrupted
 from fashionlab.files import check_writable
@@ -24,15 +25,6 @@ PREDICT_BATCH = 1000
 
 def predict_proba(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(np.asarray(x, dtype=np.float32), batch_size=PREDICT_BATCH, verbose=0))
-
-
-def cross_entropy(y_true: np.ndarray, proba: np.ndarray, epsilon: float = 1e-7) -> float:
-    """Keras' sparse categorical cross-entropy on probabilities (normalized, clipped to
-    [epsilon, 1 - epsilon]), in NumPy: the same number without compiling a backend kernel."""
-    p = np.asarray(proba, dtype=np.float64)
-    p = p / p.sum(axis=1, keepdims=True)
-    picked = np.clip(p[np.arange(len(y_true)), y_true], epsilon, 1 - epsilon)
-    return float(-np.log(picked).mean()) if len(y_true) else 0.0
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -60,6 +52,7 @@ def metrics_from_proba(y_true: np.ndarray, proba: np.ndarray, class_names: Seque
         "test_accuracy": float(correct.sum() / max(len(y_true), 1)),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
+        "calibration": reliability(y_true, proba),
     }
 
 
@@ -112,7 +105,8 @@ def _stop_if_asked(stop) -> None:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"test loss {report['test_loss']:.4f}   test accuracy {report['test_accuracy']:.4f}", "",
+    lines = [f"test loss {report['test_loss']:.4f}   test accuracy {report['test_accuracy']:.4f}   "
+             f"expected calibration error {report['calibration']['ece']:.4f}", "",
              f"{'class':14}{'precision':>10}{'recall':>8}{'support':>9}"]
     for name, scores in report["per_class"].items():
         lines.append(f"{name:14}{scores['precision']:>10.3f}{scores['recall']:>8.3f}{scores['support']:>9}")

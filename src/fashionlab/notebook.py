@@ -2,7 +2,8 @@
 
     import fashionlab as fl
     run = fl.train(epochs=1)                 # a live progress bar, then a card with the curves
-    run.history, run.metrics, run.plot(), run.confusion(), run.mistakes(12), run.predict([0, 1, 2])
+    run.history, run.metrics, run.plot(), run.confusion(), run.reliability(), run.mistakes(12),
+    run.predict([0, 1, 2], mc_dropout=30)
     run = fl.Run.open("runs/20260101-120000-tutorial")   # or fl.Run.open("latest")
     fl.runs()                                # every run under runs/, newest first, as a table
     cmp = fl.compare(["bn-after", "bn-before"], seeds=2, epochs=3)
@@ -162,6 +163,18 @@ class Run:
                                       r.get("turned")))}
                              for r in results]).set_index("input")
 
+    def reliability(self) -> Figure:
+        """The reliability diagram of the run's test predictions: accuracy per confidence bin."""
+        from fashionlab.plots import reliability_figure
+
+        calibration = self.metrics.get("calibration")
+        if calibration is None:
+            raise ConfigError(f"{self.path} has no calibration figures (a run kept from the test set, or made before "
+                              f"they were measured); `fashionlab evaluate` shows them")
+        temperature = self.metrics.get("temperature")
+        return reliability_figure(calibration["bins"], calibration["ece"], self.name,
+                                  temperature["temperature"] if temperature else None)
+
     def _facts(self) -> dict[str, str]:
         if self._run.is_ensemble():
             metrics, members = self.metrics, self.members
@@ -174,6 +187,9 @@ class Run:
         if metrics:
             facts["test accuracy"] = _percent(metrics.get("test_accuracy"))
             facts["best val accuracy"] = _percent(metrics.get("best_val_accuracy"))
+            if "test_ece" in metrics:
+                facts["ECE"] = _percent(metrics["test_ece"]) + (
+                    f" (T {metrics['temperature']['temperature']:.2f})" if "temperature" in metrics else "")
             facts["training"] = f"{metrics['train_seconds']:.1f} s"
             facts["parameters"] = f"{metrics['parameters']['total']:,}"
         elif len(history):
@@ -186,7 +202,14 @@ class Run:
 
             return _card(f"{self.name} — {self.path}", self._facts(), None, table_html(self.members, index=False))
         figure = self.plot() if len(self.history) else None
-        return _card(f"{self.name} — {self.path}", self._facts(), figure)
+        extra = ""
+        if "calibration" in self.metrics:
+            from fashionlab.plots import png_bytes
+            from fashionlab.reports import png_tag
+
+            extra = png_tag(png_bytes(self.reliability()), "reliability diagram").replace(
+                "<img ", '<img style="max-width: 50%; height: auto" ', 1)
+        return _card(f"{self.name} — {self.path}", self._facts(), figure, extra)
 
     def __repr__(self) -> str:
         facts = self._facts()

@@ -174,6 +174,36 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
     return fig
 
 
+def reliability_figure(bins: Sequence[Mapping[str, float]], ece: float, title: str = "",
+                       temperature: float | None = None) -> Figure:
+    """The reliability diagram: each confidence bin's accuracy (bars) against its mean confidence
+    (the gap to it shaded), the diagonal a calibrated model follows, and below, the images per bin."""
+    fig = new_figure(figsize=(6, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    lows = np.array([b["low"] for b in bins], float)
+    widths = np.array([b["high"] - b["low"] for b in bins], float)
+    accuracy = np.array([b["accuracy"] for b in bins], float)
+    confidence = np.array([b["confidence"] for b in bins], float)
+    top.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="calibrated")
+    top.bar(lows, accuracy, width=widths, align="edge", color=TRAIN_COLOR, edgecolor="white", label="accuracy")
+    top.bar(lows, confidence - accuracy, bottom=accuracy, width=widths, align="edge", fill=False, hatch="///",
+            edgecolor="#d62728", linewidth=0.8, label="gap to the mean confidence")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    scaled = "" if temperature is None else f", temperature {temperature:.2f}"
+    top.set_title(f"{title + ': ' if title else ''}reliability (test set)\nexpected calibration error "
+                  f"{100 * ece:.2f} %{scaled}")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(True, alpha=0.4)
+    bottom.bar(lows, [b["count"] for b in bins], width=widths, align="edge", color="gray", edgecolor="white")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("confidence (the top class' probability)")
+    bottom.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
 def _seed_table(frames: Sequence[pd.DataFrame], column: str) -> pd.DataFrame:
     """One column per seed, one row per epoch."""
     return pd.concat([pd.Series(f[column].to_numpy(float), index=epochs_of(f)) for f in frames], axis=1)

@@ -26,6 +26,7 @@ class Range:
 Count = Annotated[int, Range(0, 10**9)]
 Fraction = Annotated[float, Range(0.0, 1.0)]
 Seconds = Annotated[float, Range(0.0, None)]
+Loss = Annotated[float, Range(0.0, None)]
 
 
 class DatasetRecord(TypedDict):
@@ -72,11 +73,41 @@ class DataUsed(TypedDict):
     test: Count
 
 
+class ReliabilityBin(TypedDict):
+    """One confidence bin of a reliability diagram: its range, images, mean confidence and accuracy."""
+
+    low: Fraction
+    high: Fraction
+    count: Annotated[int, Range(1, 10**9)]
+    confidence: Fraction
+    accuracy: Fraction
+
+
+class Calibration(TypedDict):
+    """How well the test probabilities match the accuracy (`calibration.reliability`)."""
+
+    ece: Fraction
+    bins: list[ReliabilityBin]
+
+
+class TemperatureRecord(TypedDict):
+    """The temperature a run fitted on its validation split, and what it changed (`temperature_scale`)."""
+
+    temperature: Annotated[float, Range(1e-3, 1e3)]
+    val_loss_before: Loss
+    val_loss_after: Loss
+    val_ece_before: Fraction
+    val_ece_after: Fraction
+    test_loss_before: NotRequired[Loss]
+    test_ece_before: NotRequired[Fraction]
+    test_accuracy_before: NotRequired[Fraction]  # the same as after, but with test-time views
+
+
 class Metrics(TypedDict):
     """metrics.json: the figures of a complete run (the fields fashionlab reads back); a run
     trained with test=False (a sweep's trial) has no test figures."""
 
-    test_loss: NotRequired[Seconds]  # any non-negative number
+    test_loss: NotRequired[Loss]
     test_accuracy: NotRequired[Fraction]
     final_val_accuracy: Fraction
     best_val_accuracy: Fraction
@@ -85,6 +116,9 @@ class Metrics(TypedDict):
     median_seconds_per_epoch: Seconds
     parameters: Parameters
     per_class_accuracy: NotRequired[dict[str, Fraction]]
+    test_ece: NotRequired[Fraction]  # absent in runs made before calibration was measured
+    calibration: NotRequired[Calibration]
+    temperature: NotRequired[TemperatureRecord]
     train_seconds: NotRequired[Seconds]
     wall_seconds: NotRequired[Seconds]
     seconds_to_val_accuracy: NotRequired[dict[str, Seconds | None]]

@@ -13,7 +13,7 @@ import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import numpy as np
@@ -295,11 +295,41 @@ def _loss_caption(names: Sequence[str], true: int, pred: int, p_pred: float, p_t
     return f"{names[pred]} {p_pred:.2f}\n{truth}\nloss {loss:.2f}"
 
 
+class PageFigures(NamedTuple):
+    """The PNGs of a model's test predictions, rendered once for the files and the page."""
+
+    confusion: bytes
+    reliability: bytes
+
+
+def calibration_section(report: Mapping[str, Any], reliability_png: bytes,
+                        temperature: Mapping[str, float] | None) -> str:
+    """The reliability diagram, what it says, and what temperature scaling changed when a run did it."""
+    said = note(f"Expected calibration error {100 * report['calibration']['ece']:.2f} %: the gap between "
+                f"confidence and accuracy, averaged over {len(report['calibration']['bins'])} confidence bins by "
+                f"their images. Of the images the model gives p % to, p % should be right: each bar is a bin's "
+                f"accuracy, the hatched gap its distance from the bin's mean confidence.")
+    if temperature:
+        rows = {"temperature": f"{temperature['temperature']:.3f}, fitted on the validation split and folded into "
+                               f"the last layer (the saved and exported model include it)",
+                "validation split": f"ECE {100 * temperature['val_ece_before']:.2f} % -> "
+                                    f"{100 * temperature['val_ece_after']:.2f} %, loss "
+                                    f"{temperature['val_loss_before']:.4f} -> {temperature['val_loss_after']:.4f}"}
+        if "test_ece_before" in temperature:
+            rows["test set before scaling"] = (f"ECE {100 * temperature['test_ece_before']:.2f} %, loss "
+                                               f"{temperature['test_loss_before']:.4f}, accuracy "
+                                               f"{temperature['test_accuracy_before']:.4f} (after: the test "
+                                               f"metrics above)")
+        said += key_values(rows)
+    return said + png_tag(reliability_png, "reliability diagram: accuracy per confidence bin")
+
+
 def test_sections(report: Mapping[str, Any], *, x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray,
-                  confusion_png: bytes) -> dict[str, list[tuple[str, str]]]:
+                  figures: PageFigures, temperature: Mapping[str, float] | None = None
+                  ) -> dict[str, list[tuple[str, str]]]:
     """The sections of a page that come from a model's test predictions: its summary ("metrics"), and
-    per-class scores, the confusion matrix and its largest confusions, top losses, sample predictions
-    ("details")."""
+    per-class scores, the confusion matrix and its largest confusions, calibration, top losses, sample
+    predictions ("details"); `temperature`: what the run's temperature scaling recorded, if it did."""
     matrix, names = np.asarray(report["confusion_matrix"]), list(report["per_class"])
     pred, confidence = proba.argmax(axis=1), proba.max(axis=1)
     p_true = proba[np.arange(len(y_test)), y_test]
@@ -310,6 +340,7 @@ def test_sections(report: Mapping[str, Any], *, x_test: np.ndarray, y_test: np.n
     scores = class_scores(matrix, names)
     summary = {"test accuracy": f"{report['test_accuracy']:.4f}", "test loss": f"{report['test_loss']:.4f}",
                "macro F1": f"{scores.loc['macro average', 'F1']:.4f}",
+               "expected calibration error": f"{100 * report['calibration']['ece']:.2f} %",
                "misclassified": f"{mistakes:,}", "test images": f"{len(y_test):,}"}
     pairs = confused_pairs(matrix, names)
     top_captions = [_loss_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i]), float(p_true[i]),
@@ -317,9 +348,10 @@ def test_sections(report: Mapping[str, Any], *, x_test: np.ndarray, y_test: np.n
     sample_captions = [_caption(names, int(y_test[i]), int(pred[i]), float(confidence[i])) for i in samples]
     return {"metrics": [("Test metrics", key_values(summary))], "details": [
         ("Per-class precision, recall and F1", table_tag(scores.reset_index(), index=False, digits=3)),
-        ("Confusion matrix", png_tag(confusion_png, "confusion matrix, % of each true class")),
+        ("Confusion matrix", png_tag(figures.confusion, "confusion matrix, % of each true class")),
         ("Most confused pairs", table_tag(pairs, index=False, classes="text") if len(pairs)
          else "<p>None: no mistakes.</p>"),
+        ("Calibration", calibration_section(report, figures.reliability, temperature)),
         (f"Top losses (the {len(top)} test images with the highest loss)",
          note("Each: the predicted class and its probability, the true class' probability, the loss "
               "(-log of that probability).") + image_tiles(x_test[top], top_captions, pred[top] == y_test[top])),
@@ -330,10 +362,11 @@ def test_sections(report: Mapping[str, Any], *, x_test: np.ndarray, y_test: np.n
 
 def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
                     x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any],
-                    curves_png: bytes, seconds_png: bytes | None, confusion_png: bytes) -> str:
+                    curves_png: bytes, seconds_png: bytes | None, figures: PageFigures) -> str:
     """One run: test metrics, learning curves, training times, per-class scores, the confusion
     matrix and its largest confusions, top losses, sample predictions, configuration, environment."""
-    tested = test_sections(report, x_test=x_test, y_test=y_test, proba=proba, confusion_png=confusion_png)
+    tested = test_sections(report, x_test=x_test, y_test=y_test, proba=proba, figures=figures,
+                           temperature=metrics.get("temperature"))
     environment = environment_rows(metrics)
     sections = [
         ("What was run", key_values(what_was_run_rows(config, metrics))),
@@ -350,13 +383,19 @@ def run_report_html(title: str, *, config: Mapping[str, Any], history: pd.DataFr
     return page(title, sections)
 
 
-def _write_confusion(run: Run, matrix: np.ndarray, names: Sequence[str]) -> bytes:
-    """confusion_matrix.csv and .png; the PNG's bytes, for the page."""
+def _write_test_figures(run: Run, report: Mapping[str, Any], title: str,
+                        temperature: Mapping[str, float] | None = None) -> PageFigures:
+    """confusion_matrix.csv and .png, reliability.png; the PNGs' bytes, for the page."""
+    matrix, names = np.asarray(report["confusion_matrix"]), list(report["per_class"])
     confusion = plots.png_bytes(plots.confusion_figure(matrix, names))
+    reliability = plots.png_bytes(plots.reliability_figure(
+        report["calibration"]["bins"], report["calibration"]["ece"], title,
+        temperature["temperature"] if temperature else None))
     frame = pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
     run.write_with("confusion_matrix.csv", lambda tmp: frame.to_csv(tmp))
     run.write_with("confusion_matrix.png", lambda tmp: tmp.write_bytes(confusion))
-    return confusion
+    run.write_with("reliability.png", lambda tmp: tmp.write_bytes(reliability))
+    return PageFigures(confusion, reliability)
 
 
 def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataFrame, report: Mapping[str, Any],
@@ -370,10 +409,10 @@ def write_test_outputs(run: Run, *, config: Mapping[str, Any], history: pd.DataF
     marks = tuple(float(mark) for mark in metrics.get("seconds_to_val_accuracy") or (0.85, 0.90, 0.93))
     seconds = plots.png_bytes(plots.accuracy_vs_seconds_figure(history, marks)) if "seconds" in history else None
     run.write_with("learning_curves.png", lambda tmp: tmp.write_bytes(curves))
-    confusion = _write_confusion(run, np.asarray(report["confusion_matrix"]), list(report["per_class"]))
+    figures = _write_test_figures(run, report, config.get("name", ""), metrics.get("temperature"))
     text = run_report_html(f"fashionlab run: {run.path.name}", config=config, history=history, report=report,
                            x_test=x_test, y_test=y_test, proba=proba, metrics=metrics, curves_png=curves,
-                           seconds_png=seconds, confusion_png=confusion)
+                           seconds_png=seconds, figures=figures)
     run.write_text("report.html", text)
 
 
@@ -396,9 +435,9 @@ def members_table(members: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 def ensemble_report_html(title: str, *, ensemble: Mapping[str, Any], report: Mapping[str, Any],
                          x_test: np.ndarray, y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any],
-                         dataset: str, confusion_png: bytes) -> str:
+                         dataset: str, figures: PageFigures) -> str:
     """An ensemble: what it averages and how much it gains over its members, then the test sections."""
-    tested = test_sections(report, x_test=x_test, y_test=y_test, proba=proba, confusion_png=confusion_png)
+    tested = test_sections(report, x_test=x_test, y_test=y_test, proba=proba, figures=figures)
     members = ensemble["members"]
     accuracies = np.array([m["test_accuracy"] for m in members], dtype=float)
     made = {"command": shortened(str(metrics.get("command") or "not recorded")),
@@ -417,11 +456,11 @@ def ensemble_report_html(title: str, *, ensemble: Mapping[str, Any], report: Map
 
 def write_ensemble_outputs(run: Run, *, ensemble: Mapping[str, Any], report: Mapping[str, Any], x_test: np.ndarray,
                            y_test: np.ndarray, proba: np.ndarray, metrics: Mapping[str, Any], dataset: str) -> None:
-    """An ensemble's confusion_matrix.csv/.png and report.html."""
-    confusion = _write_confusion(run, np.asarray(report["confusion_matrix"]), list(report["per_class"]))
+    """An ensemble's confusion_matrix.csv/.png, reliability.png and report.html."""
+    figures = _write_test_figures(run, report, run.path.name)
     run.write_text("report.html", ensemble_report_html(
         f"fashionlab ensemble: {run.path.name}", ensemble=ensemble, report=report, x_test=x_test, y_test=y_test,
-        proba=proba, metrics=metrics, dataset=dataset, confusion_png=confusion))
+        proba=proba, metrics=metrics, dataset=dataset, figures=figures))
 
 
 def write_learning_curves(run: Run, history: pd.DataFrame, title: str) -> None:

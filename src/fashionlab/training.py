@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fashionlab.arguments import checked
+from fashionlab.calibration import cross_entropy, expected_calibration_error, temperature_scale
 from fashionlab.config import TrainConfig, check_runnable, compiled_only
 from fashionlab.data import DataSource, Splits, split_arrays
 from fashionlab.datasets import record, resolve
@@ -393,6 +394,20 @@ def seconds_to_accuracy(history: pd.DataFrame, marks: tuple[float, ...] = ACCURA
     return reached
 
 
+def test_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json keeps of a test report: loss, accuracy, each class' accuracy, calibration."""
+    return {"test_loss": report["test_loss"], "test_accuracy": report["test_accuracy"],
+            "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()},
+            "test_ece": report["calibration"]["ece"], "calibration": report["calibration"]}
+
+
+def unscaled_test_figures(y_test: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """The test figures of a model before its temperature scaling (`proba`: its test probabilities then)."""
+    return {"test_loss_before": cross_entropy(y_test, proba),
+            "test_ece_before": expected_calibration_error(y_test, proba),
+            "test_accuracy_before": float((proba.argmax(axis=1) == y_test).mean())}
+
+
 def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *, history: pd.DataFrame,
             data: DataSource, stop: StopRequest, called: float) -> TrainResult:
     """The final artifacts of a run whose epochs all finished; metrics.json and status last.
@@ -402,18 +417,22 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     best = best_epoch(history.to_dict("records"))
     kept = best if config.early_stopping else epochs_done
     model.set_weights(_kept_weights(run, model, kept, epochs_done, averaged=bool(config.ema)))
-    run.save_model(portable(model))
-    _stop_point(run, stop, epochs_done)
     status = run.status()
     test = status.get("test", True)
+    unscaled = predict_proba(model, splits.x_test) if test and config.temperature_scale else None
+    scaled = temperature_scale(model, splits.x_valid, splits.y_valid) if config.temperature_scale else None
+    run.save_model(portable(model))
+    _stop_point(run, stop, epochs_done)
     seconds = history["seconds"].tolist()
     scaler = scaler_of(model)
     metrics: dict[str, Any] = {}
     if test:
         proba = predict_proba(model, splits.x_test)
         report = metrics_from_proba(splits.y_test, proba, run.dataset().class_names)
-        metrics = {"test_loss": report["test_loss"], "test_accuracy": report["test_accuracy"],
-                   "per_class_accuracy": {name: s["recall"] for name, s in report["per_class"].items()}}
+        metrics = test_metrics(report)
+    if scaled is not None:
+        metrics["temperature"] = scaled.record() | ({} if unscaled is None else unscaled_test_figures(
+            splits.y_test, unscaled))
     metrics |= {
         "final_val_accuracy": float(history["val_accuracy"].iloc[-1]),
         "best_val_accuracy": float(history["val_accuracy"].max()),
