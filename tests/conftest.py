@@ -51,6 +51,15 @@ def tiny_run(tmp_path_factory, synthetic):
     return train(TINY, tmp_path_factory.mktemp("runs") / "tiny", data=synthetic, verbose=0)
 
 
+@pytest.fixture(scope="session")
+def dropout_run(tmp_path_factory, synthetic):
+    """A tiny run trained with dropout (and batch norm, so MC dropout must keep BN at inference)."""
+    from fashionlab.training import train
+
+    return train(TINY.replace(name="tiny-dropout", dropout=0.3), tmp_path_factory.mktemp("runs") / "dropout",
+                 data=synthetic, verbose=0)
+
+
 @pytest.fixture
 def runs_folder(tiny_run, tmp_path, monkeypatch) -> Path:
     """runs/ in a fresh current folder: three top-level runs (the newest failed) and a comparison's two,

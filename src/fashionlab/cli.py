@@ -27,6 +27,7 @@ from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, did_you_mean, reason
 from fashionlab.interrupts import stop_requests
 from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
+from fashionlab.uncertainty import MAX_PASSES
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
               "filters", "conv_blocks", "convs_per_block", "whiten", "scale_inputs", "tta")
@@ -237,7 +238,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     run, images = _model_source(args)
     results = predict(run, indices=args.indices or (), images=images, top_k=args.top_k, invert=args.invert,
                       data=_data_from(args), allow_incomplete=args.allow_incomplete, onnx=args.onnx,
-                      model_timeout=args.model_timeout)
+                      model_timeout=args.model_timeout, mc_dropout=args.mc_dropout)
     if args.json:
         _print_json(results)
         return
@@ -245,12 +246,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if r["class_id"] is None:  # no garment found: no class, the hint says why
             print(printable(f"{r['input']}: no class"))
         else:
-            others = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:])
+            others = ", ".join(f"{t['class_name']} {_probability(t)}" for t in r["top_k"][1:])
             how = (" mirrored" if r.get("mirrored") else "") + (f" turned {r['turned']}°" if r.get("turned") else "")
-            print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({r['probability']:.3f}){how}"
+            print(printable(f"{r['input']}: {r['class_id']} {r['class_name']} ({_probability(r)}){how}"
                             + (f"   next: {others}" if others else "")))
         if r.get("hint"):
             print(printable(f"  {r['hint']}"))
+
+
+def _probability(result: dict[str, Any]) -> str:
+    """A probability as predict prints it; with MC dropout, its spread over the passes."""
+    return f"{result['probability']:.3f}" + (f" ± {result['spread']:.3f}" if "spread" in result else "")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -569,6 +575,10 @@ def _predict_parser(commands, shared) -> None:
                        "class names for test images or your own image files")
     predict.add_argument("images", metavar="IMAGE", type=a_path, nargs="*", help="PNG/JPEG files to classify")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
+    predict.add_argument("--mc-dropout", type=_int_between(2, MAX_PASSES), metavar="N",
+                         help="average N passes with the model's dropout on (Monte-Carlo dropout) and give each "
+                              "probability's spread over them (± one standard deviation); needs a run trained with "
+                              "dropout")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                          help="invert images by gray level, or not (default: the garment is told from its "
                               "background by colour)")

@@ -32,6 +32,7 @@ from fashionlab.datasets import MAX_CLASSES
 from fashionlab.errors import ConfigError
 from fashionlab.rundir import Run as RunDirectory
 from fashionlab.rundir import default_run_dir
+from fashionlab.uncertainty import MAX_PASSES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,10 +145,11 @@ class Run:
         figure.suptitle(f"{self.name}: the {len(worst)} most confident mistakes of {len(wrong)}", fontsize=10)
         return figure
 
-    @checked(top_k=(1, MAX_CLASSES))  # and at most the run's classes, checked by `predict`
+    @checked(top_k=(1, MAX_CLASSES), mc_dropout=(2, MAX_PASSES))  # top_k: at most the run's classes (`predict`)
     def predict(self, inputs: Sequence[int | str | Path], top_k: int = 3,
-                data: DataSource = DataSource()) -> pd.DataFrame:
-        """Test images (indices) and image files, one row each: the class, its probability, the next ones."""
+                data: DataSource = DataSource(), mc_dropout: int | None = None) -> pd.DataFrame:
+        """Test images (indices) and image files, one row each: the class, its probability, the next ones;
+        `mc_dropout` N: the mean of N passes with dropout on, and a `spread` column (their standard deviation)."""
         import pandas as pd
 
         from fashionlab.prediction import predict
@@ -155,13 +157,15 @@ class Run:
         indices = [i for i in inputs if isinstance(i, (int, np.integer))]
         files = [p for p in inputs if not isinstance(p, (int, np.integer))]
         results = predict(self.path, indices=indices, images=files, top_k=top_k, data=data,
-                          allow_incomplete=self.status != "complete")
+                          allow_incomplete=self.status != "complete", mc_dropout=mc_dropout)
+        spread = ({"spread": r.get("spread")} if mc_dropout else {} for r in results)
         return pd.DataFrame([{"input": r["input"], "class": r["class_name"], "probability": r["probability"],
+                              **extra,
                               "next": ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:]),
                               "note": r.get("hint") or ", ".join(
                                   ["mirrored"] * bool(r.get("mirrored")) + [f"turned {r.get('turned')}°"] * bool(
                                       r.get("turned")))}
-                             for r in results]).set_index("input")
+                             for r, extra in zip(results, spread)]).set_index("input")
 
     def reliability(self) -> Figure:
         """The reliability diagram of the run's test predictions: accuracy per confidence bin."""

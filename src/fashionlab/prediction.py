@@ -26,6 +26,7 @@ from fashionlab.deadlines import MODEL_TIMEOUT, check_timeout
 from fashionlab.errors import ConfigError, RunError
 from fashionlab.images import read_image_file
 from fashionlab.rundir import Run
+from fashionlab.uncertainty import MAX_PASSES
 
 # Below this top-1 probability a result carries a hint on what photos the model reads well.
 LOW_CONFIDENCE = 0.5
@@ -69,21 +70,25 @@ NOTHING_HINT = missing_hint(FASHION_MNIST, "shapeless")
 @dataclass(frozen=True)
 class Readings:
     """What the model read in each image, and how: mirrored, turned back (degrees anticlockwise), or
-    read as it is though it may not be upright (`doubtful`)."""
+    read as it is though it may not be upright (`doubtful`); with MC dropout, `proba` is the mean of
+    the passes and `spread` each class probability's standard deviation over them."""
 
     proba: np.ndarray
     mirrored: np.ndarray
     turned: np.ndarray
     doubtful: np.ndarray
+    spread: np.ndarray | None = None
 
     def rows(self, start: int, end: int) -> Readings:
         return Readings(self.proba[start:end], self.mirrored[start:end], self.turned[start:end],
-                        self.doubtful[start:end])
+                        self.doubtful[start:end], None if self.spread is None else self.spread[start:end])
 
 
-def top_k(proba: np.ndarray, k: int, class_names: Sequence[str]) -> list[dict[str, Any]]:
+def top_k(proba: np.ndarray, k: int, class_names: Sequence[str], spread: np.ndarray | None = None
+          ) -> list[dict[str, Any]]:
     order = np.argsort(-proba, kind="stable")[:k]
-    return [{"class_id": int(i), "class_name": class_names[i], "probability": float(proba[i])} for i in order]
+    return [{"class_id": int(i), "class_name": class_names[i], "probability": float(proba[i]),
+             **({} if spread is None else {"spread": float(spread[i])})} for i in order]
 
 
 def facing_right(pixels: np.ndarray) -> np.ndarray:
@@ -111,13 +116,13 @@ def upright_turns(pixels: np.ndarray, weights: np.ndarray | None) -> tuple[np.nd
 
 
 def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = (), facing: Sequence[int] | None = None,
-                       upright: np.ndarray | None = None) -> Readings:
+                       upright: np.ndarray | None = None, passes: int | None = None) -> Readings:
     """Each image's class probabilities, and how they were read. An image flagged in `mirror` (a
     photo) is first turned upright when the orientation check (`upright`, its weights) says it lies
     on its side (`upright_turns`); when it then looks turned the other way (`facing_right`) it is also
     read flipped left to right, and that reading kept when more confident and of a class in `facing`
-    (None: any)."""
-    from fashionlab.evaluation import predict_proba
+    (None: any). With `passes`, the model is read that many times with its dropout on
+    (`model.samples`: an `uncertainty.DropoutSampler`, or the server's predictor): the mean, and the spread."""
 
     flags = np.zeros(len(pixels), dtype=bool)
     flags[:len(mirror)] = mirror
@@ -128,21 +133,36 @@ def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = (), f
         pixels[where] = np.rot90(pixels[where], turn, axes=(1, 2))
     flipping = flags & facing_right(pixels) & (facing is None or len(facing) > 0)
     batch = np.concatenate([pixels, pixels[flipping][:, :, ::-1]])
-    proba = predict_proba(model, batch)
-    if not np.isfinite(proba).all():
-        raise RunError("the model gives probabilities that are not numbers (NaN or infinite); it is damaged, "
-                       "train or export it again")
+    proba, spread = _read(model, batch, passes)
     proba, flipped = proba[:len(pixels)].copy(), proba[len(pixels):]
     where = np.flatnonzero(flipping)
     better = flipped.max(axis=1) > proba[where].max(axis=1)
     if facing is not None:
         better &= np.isin(flipped.argmax(axis=1), facing)
     proba[where[better]] = flipped[better]
+    if spread is not None:
+        spread = spread[:len(pixels)].copy()
+        spread[where[better]] = spread[len(pixels):][better]
     mirrored = np.zeros(len(pixels), dtype=bool)
     mirrored[where[better]] = True
     turned, doubt = np.zeros(len(pixels), dtype=int), np.zeros(len(pixels), dtype=bool)
     turned[flags], doubt[flags] = 90 * turns, doubtful
-    return Readings(proba, mirrored, turned, doubt)
+    return Readings(proba, mirrored, turned, doubt, spread)
+
+
+def _read(model, batch: np.ndarray, passes: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's probabilities for `batch`, and with `passes` (MC dropout) their spread, checked finite."""
+    from fashionlab.evaluation import predict_proba
+
+    if passes:
+        samples = model.samples(batch, passes)
+        proba, spread = samples.mean(axis=0), samples.std(axis=0)
+    else:
+        proba, spread = predict_proba(model, batch), None
+    if not np.isfinite(proba).all():
+        raise RunError("the model gives probabilities that are not numbers (NaN or infinite); it is damaged, "
+                       "train or export it again")
+    return proba, spread
 
 
 def results_of(readings: Readings, labels: Sequence[str], dataset: Dataset, k: int,
@@ -156,9 +176,12 @@ def results_of(readings: Readings, labels: Sequence[str], dataset: Dataset, k: i
             results.append({"input": label, "class_id": None, "class_name": None, "probability": None, "top_k": [],
                             "hint": missing_hint(dataset, missing[i])})
             continue
-        best = top_k(row, k, dataset.class_names)
+        spread = None if readings.spread is None else readings.spread[i]
+        best = top_k(row, k, dataset.class_names, spread)
         result = {"input": label, "class_id": best[0]["class_id"], "class_name": best[0]["class_name"],
                   "probability": best[0]["probability"], "top_k": best}
+        if spread is not None:
+            result["spread"] = best[0]["spread"]
         if readings.mirrored[i]:
             result["mirrored"] = True
         if readings.turned[i]:
@@ -184,27 +207,34 @@ def facing_ids(dataset: Dataset) -> list[int]:
 
 
 def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], dataset: Dataset, k: int = 3,
-                   mirror: Sequence[bool] = (), missing: Sequence[str | None] = ()) -> list[dict[str, Any]]:
+                   mirror: Sequence[bool] = (), missing: Sequence[str | None] = (),
+                   passes: int | None = None) -> list[dict[str, Any]]:
     """One result per image: the best class of `dataset`'s, its probability, and the top k
-    (`read_probabilities`: photos flagged in `mirror` turned upright and mirrored as `dataset` says)."""
-    readings = read_probabilities(model, pixels, mirror, facing_ids(dataset), orientation_of(dataset))
+    (`read_probabilities`: photos flagged in `mirror` turned upright and mirrored as `dataset` says;
+    with `passes`, MC dropout's mean and spread)."""
+    readings = read_probabilities(model, pixels, mirror, facing_ids(dataset), orientation_of(dataset), passes)
     return results_of(readings, labels, dataset, k, missing)
 
 
-@checked(top_k=(1, MAX_CLASSES))
+@checked(top_k=(1, MAX_CLASSES), mc_dropout=(2, MAX_PASSES))
 def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (),
             top_k: int = 3, invert: bool | None = None, data: DataSource = DataSource(),
             allow_incomplete: bool = False, onnx: str | Path | None = None,
-            model_timeout: float = MODEL_TIMEOUT) -> list[dict[str, Any]]:
+            model_timeout: float = MODEL_TIMEOUT, mc_dropout: int | None = None) -> list[dict[str, Any]]:
     """Predict test images (by index) and image files with a run's saved model, or with an
     exported ONNX file (`onnx`, run by onnxruntime alone; then no `run_dir`; each of its calls is
     stopped after `model_timeout` seconds).
 
-    `invert` None tells garment from background by colour; `data` is read only for `indices`.
+    `invert` None tells garment from background by colour; `data` is read only for `indices`;
+    `mc_dropout` N averages N passes with the run's dropout on (`uncertainty`), each result then
+    giving the spread (standard deviation) of its probabilities over them.
     """
     if (run_dir is None) == (onnx is None):
         raise ConfigError("give a run directory or `onnx`, one of the two", terms=["onnx"])
     check_timeout(model_timeout)
+    if mc_dropout is not None and onnx is not None:
+        raise ConfigError("an ONNX file computes the model with its dropout off: give the run directory for "
+                          "`mc_dropout`", terms=["mc_dropout", "onnx"])
     if onnx is not None:
         from fashionlab.onnxrun import OnnxModel
 
@@ -216,6 +246,13 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
     else:
         run = Run.open(run_dir, allow_incomplete=allow_incomplete)
         dataset = run.dataset()
+        if mc_dropout is not None and run.is_ensemble():
+            raise ConfigError(f"{run.path} is an ensemble: MC dropout samples one run's model (its members' "
+                              f"spread is the ensemble's own uncertainty)", terms=["mc_dropout"])
+        if mc_dropout is not None and not (run.config().dropout or run.config().alpha_dropout):
+            from fashionlab.uncertainty import no_dropout
+
+            raise no_dropout(str(run.path))
     if top_k > dataset.classes:
         raise ConfigError(f"`top_k` must be between 1 and {dataset.classes}, got {top_k}", terms=["top_k"])
     arrays, labels, mirror, missing = [], [], [], []
@@ -239,4 +276,8 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
         raise ConfigError("nothing to predict: give `indices` and/or image files", terms=["indices"])
     if onnx is None:
         model = run.load_model()
-    return predict_arrays(model, np.stack(arrays), labels, dataset, top_k, mirror, missing)
+        if mc_dropout is not None:
+            from fashionlab.uncertainty import DropoutSampler
+
+            model = DropoutSampler(model, what=str(run.path))
+    return predict_arrays(model, np.stack(arrays), labels, dataset, top_k, mirror, missing, mc_dropout)

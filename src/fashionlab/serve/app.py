@@ -37,12 +37,14 @@ from fashionlab.serve.batching import Batcher
 from fashionlab.serve.layers import BodyLimit, printable, warn
 from fashionlab.serve.metrics import ServeMetrics
 from fashionlab.serve.page import data_url, gallery, serve_page
-from fashionlab.serve.predictor import Predictor
+from fashionlab.serve.predictor import MAX_PASSES, Predictor
 from fashionlab.serve.uploads import MAX_FILES, MAX_REQUEST_PIXELS, ClientGone, UploadError, UploadWorkers
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # one request's body, all its images together
 MAX_HELD_BYTES = 256 * 1024 * 1024  # the bodies of all the requests being read and decoded at once
 TOP_K_HELP = "the classes listed for each image, most likely first; by default the server's (serve --top-k)"
+MC_HELP = ("Monte-Carlo dropout: average this many passes with the model's dropout on, and give each probability's "
+           "spread (standard deviation) over them; a Keras model trained with dropout only (/api/model says)")
 
 router = APIRouter()
 
@@ -96,7 +98,8 @@ def model_info(predictor: Predictor, workers: UploadWorkers) -> dict[str, Any]:
             "limits": {"request_bytes": MAX_REQUEST_BYTES, "images_per_request": MAX_FILES,
                        "image_pixels": MAX_IMAGE_PIXELS, "request_pixels": MAX_REQUEST_PIXELS,
                        "model_seconds": predictor.calls.seconds, "decode_seconds": workers.job_seconds,
-                       "top_k": [1, dataset.classes]}}
+                       "top_k": [1, dataset.classes], "mc_dropout": [2, MAX_PASSES]},
+            "mc_dropout": predictor.sampler is not None}
 
 
 def page_headers(script_hash: str) -> dict[str, str]:
@@ -160,13 +163,16 @@ async def test_images(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/api/predict")
 async def predict(request: Request, top_k: Annotated[int | None, Query(description=TOP_K_HELP)] = None,
-                  prepared: bool = False) -> Response:
+                  prepared: bool = False, mc_dropout: Annotated[int | None, Query(description=MC_HELP)] = None
+                  ) -> Response:
     """Images as multipart/form-data files (any field names), in order -> one result each."""
     state = request.app.state
     top_k = state.top_k if top_k is None else top_k
     classes = state.predictor.dataset.classes
     if not 1 <= top_k <= classes:
         return error(422, f"top_k must be between 1 and {classes}, got {top_k}")
+    if mc_dropout is not None and (problem := mc_problem(state.predictor, mc_dropout)):
+        return error(422, problem)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
         return error(415, "send the images as multipart/form-data files (curl -F image=@shoe.png)")
@@ -177,7 +183,8 @@ async def predict(request: Request, top_k: Annotated[int | None, Query(descripti
     except (ClientDisconnect, ClientGone):  # the client went away: nobody to answer
         return Response(status_code=400)
     pixels = np.stack([image.pixels for image in images])
-    readings = await read_batched(state.batcher, pixels, [not image.as_is for image in images])  # photos
+    readings = await read_batched(state.batcher, pixels, [not image.as_is for image in images],  # photos
+                                  mc_dropout)
     if isinstance(readings, Response):
         return readings
     results = results_of(readings, names, state.predictor.dataset, top_k, [image.missing for image in images])
@@ -187,10 +194,22 @@ async def predict(request: Request, top_k: Annotated[int | None, Query(descripti
     return Response(json.dumps(results), media_type="application/json")
 
 
-async def read_batched(batcher: Batcher, pixels: np.ndarray, mirror: list[bool]) -> Readings | Response:
+def mc_problem(predictor: Predictor, passes: int) -> str | None:
+    """Why MC dropout's `passes` cannot be read with this model, or None."""
+    if not 2 <= passes <= MAX_PASSES:
+        return f"mc_dropout must be between 2 and {MAX_PASSES}, got {passes}"
+    if predictor.sampler is None:
+        what = "an ONNX file computes the model with its dropout off" if predictor.engine == "onnx" else (
+            "this model has no dropout layer, so every pass would give the same probabilities")
+        return f"mc_dropout cannot be used: {what}; serve a run trained with dropout"
+    return None
+
+
+async def read_batched(batcher: Batcher, pixels: np.ndarray, mirror: list[bool],
+                       passes: int | None = None) -> Readings | Response:
     """The model's readings of `pixels` in the next batch, or the answer that says why there are none."""
     try:
-        return await batcher.read(pixels, mirror)
+        return await batcher.read(pixels, mirror, passes)
     except ModelTimeout as exc:
         return error(504, str(exc))
     except ModelBusy as exc:

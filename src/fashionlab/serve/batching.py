@@ -24,6 +24,7 @@ class _Job:
     pixels: np.ndarray
     mirror: list[bool]
     future: asyncio.Future = field(repr=False)
+    passes: int | None = None  # MC dropout: read alone, so its draws are its own
 
 
 class Batcher:
@@ -41,16 +42,17 @@ class Batcher:
         self.batches = self.images = 0
         self.waiting = 0  # images queued, not yet in a batch
 
-    async def read(self, pixels: np.ndarray, mirror: Sequence[bool]) -> Readings:
+    async def read(self, pixels: np.ndarray, mirror: Sequence[bool], passes: int | None = None) -> Readings:
         """The model's readings of `pixels`; those flagged in `mirror` (photos) turned and mirrored as
-        the predictor's data set says (`prediction.read_probabilities`)."""
+        the predictor's data set says (`prediction.read_probabilities`); with `passes`, MC dropout's (read
+        in a batch of its own, so the same images give the same answer)."""
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # the first request, or the app now runs in another event loop
             self.queue, self.loop, self.carried = asyncio.Queue(), loop, None
             self.task = loop.create_task(self._loop(self.queue))
         future = loop.create_future()
         self.waiting += len(pixels)
-        await self.queue.put(_Job(pixels, list(mirror), future))
+        await self.queue.put(_Job(pixels, list(mirror), future, passes))
         return await future
 
     async def _loop(self, queue: asyncio.Queue) -> None:
@@ -58,9 +60,9 @@ class Batcher:
         while True:
             jobs = [self.carried or await queue.get()]
             self.carried, count = None, len(jobs[0].pixels)
-            while not queue.empty():
+            while not queue.empty() and jobs[0].passes is None:
                 job = queue.get_nowait()
-                if count + len(job.pixels) > MAX_BATCH:
+                if count + len(job.pixels) > MAX_BATCH or job.passes is not None:
                     self.carried = job
                     break
                 jobs.append(job)
@@ -71,7 +73,7 @@ class Batcher:
             began = time.perf_counter()
             try:
                 readings = await loop.run_in_executor(self.model_thread, read_probabilities, self.predictor,
-                                                      pixels, mirror, self.facing, self.upright)
+                                                      pixels, mirror, self.facing, self.upright, jobs[0].passes)
             except Exception as exc:  # the model failed: every waiting request says so
                 for job in jobs:
                     if not job.future.done():

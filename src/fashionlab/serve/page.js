@@ -19,7 +19,16 @@ function el(tag, props, children) {
   document.getElementById("about").textContent = parts.join(" · ");
   document.getElementById("title").textContent = `fashionlab · ${model.name}`;
   document.getElementById("curl").textContent = `curl -F image=@shoe.png ${location.origin}/api/predict`;
+  document.getElementById("uncertainty").hidden = !model.mc_dropout;
 })();
+
+const MC_PASSES = 30;
+const mc = document.getElementById("mc");
+
+// a probability as a percentage; with MC dropout, ± its spread over the passes
+function percent(p, spread) {
+  return `${(100 * p).toFixed(1)} %` + (typeof spread === "number" ? ` ± ${(100 * spread).toFixed(1)}` : "");
+}
 
 // a box in place of an image not there (yet): an <img> without a picture shows a broken-image icon
 function placeholder(text) {
@@ -55,7 +64,7 @@ function show(view, result, ms) {
   }
   view.verdict.replaceChildren(
     el("span", { className: "class-name", textContent: result.class_name }),
-    el("span", { className: "probability", textContent: `${(100 * result.probability).toFixed(1)} % · ${ms} ms` }));
+    el("span", { className: "probability", textContent: `${percent(result.probability, result.spread)} · ${ms} ms` }));
   const bars = el("div", { className: "bars" });
   for (const t of result.top_k) {
     const fill = el("span");
@@ -63,12 +72,15 @@ function show(view, result, ms) {
     bars.append(el("div", { className: "bar-row" }, [
       el("span", { className: "bar-label", textContent: t.class_name }),
       el("div", { className: "bar", role: "meter", ariaValueNow: t.probability.toFixed(4), ariaLabel: t.class_name }, [fill]),
-      el("span", { className: "bar-value", textContent: `${(100 * t.probability).toFixed(1)} %` })]));
+      el("span", { className: "bar-value", textContent: percent(t.probability, t.spread) })]));
   }
   view.node.append(bars);
   if (result.mirrored) view.node.append(el("p", { className: "note", textContent: "read mirrored: the data set's shoes all point left" }));
   if (result.turned) view.node.append(el("p", { className: "note", textContent: `read turned ${result.turned}° anticlockwise: it lay on its side` }));
   if (result.hint) view.node.append(el("p", { className: "note", textContent: result.hint }));
+  if (typeof result.spread === "number") {
+    view.node.append(el("p", { className: "spread", textContent: `mean of ${MC_PASSES} passes with dropout on; ± one standard deviation over them` }));
+  }
   if (view.truth) {
     const mark = view.node.querySelector(".truth");
     mark.classList.add(view.truth === result.class_name ? "right" : "wrong");
@@ -81,7 +93,8 @@ async function predict(blob, name, truth) {
   form.append("image", blob, name);
   const started = performance.now();
   try {
-    const answer = await fetch(`/api/predict?prepared=true&top_k=${state.top_k}`, { method: "POST", body: form });
+    const passes = mc.checked && model.mc_dropout ? `&mc_dropout=${MC_PASSES}` : "";
+    const answer = await fetch(`/api/predict?prepared=true&top_k=${state.top_k}${passes}`, { method: "POST", body: form });
     const body = await answer.json();
     if (!answer.ok) throw new Error(body.error || `the server answered ${answer.status}`);
     show(view, body[0], Math.round(performance.now() - started));

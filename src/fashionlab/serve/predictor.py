@@ -22,6 +22,8 @@ from fashionlab.rundir import Run
 from fashionlab.serve.layers import printable
 
 MAX_BATCH = 64  # images the model reads at once; requests that arrive together share a batch
+MAX_PASSES = 100  # MC dropout's passes a request may ask for
+PASS_ROWS = (64, 512)  # the image passes of one MC dropout call: one compiled program each
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # a batch is padded to the next of these: one compiled program each
 
 
@@ -38,6 +40,7 @@ class Predictor:
                  progress: Callable[[str], None] | None = None):
         self.model, self.engine, self.info, self.dataset = model, engine, info, dataset
         self._compiled = None
+        self.sampler = None  # MC dropout: a Keras model with dropout
         # every call of the model is bounded in time; an ONNX model bounds its own (and stops the call)
         self.calls = model.calls if engine == "onnx" else BoundedCalls(timeout, "the model")
         if engine == "keras":
@@ -45,6 +48,24 @@ class Predictor:
 
             if keras.backend.backend() == "jax":
                 self._compile(progress or (lambda line: None))
+            self._sampling(progress or (lambda line: None))
+
+    def _sampling(self, progress: Callable[[str], None]) -> None:
+        """MC dropout's passes, compiled now, when the model has dropout."""
+        from fashionlab.uncertainty import DropoutSampler, dropout_layers
+
+        if not dropout_layers(self.model):
+            return
+        began = time.perf_counter()
+        self.sampler = DropoutSampler(self.model, sizes=PASS_ROWS)
+        self.sampler.warm()
+        progress(f"compiled MC dropout's passes in {time.perf_counter() - began:.1f} s")
+
+    def samples(self, x: np.ndarray, passes: int) -> np.ndarray:
+        """(passes, n, classes): MC dropout's passes (`uncertainty.DropoutSampler`), each call bounded in time."""
+        if self.sampler is None:
+            raise ValueError("this model cannot sample: it has no dropout, or is an ONNX file")
+        return self.sampler.samples(x, passes, bounded=self.calls.run)
 
     def _compile(self, progress: Callable[[str], None]) -> None:
         import jax
