@@ -19,7 +19,7 @@ LAYERS = [
     ("files and models", {"data", "rundir", "catalog", "modelfiles", "model", "engine", "tensorboard", "progress",
                           "onnxrun", "reports"}),
     ("stages", {"training", "calibration", "evaluation", "prediction", "runner", "export", "comparison", "ensembles",
-                "tracking", "mlflowmodel", "uncertainty"}),
+                "tracking", "mlflowmodel", "uncertainty", "lrfind"}),
     ("packages behind extras", {"sweeps", "serve"}),
     ("front", {"cli", "notebook", "__main__"}),
 ]

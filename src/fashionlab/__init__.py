@@ -35,7 +35,7 @@ from fashionlab.datasets import FASHION_MNIST  # noqa: E402
 CLASS_NAMES = FASHION_MNIST.class_names  # the default data set's (a run's own come from its data set)
 
 # The notebook API (fashionlab.notebook), imported when first used: `import fashionlab` stays quick.
-NOTEBOOK_NAMES = ("train", "compare", "sweep", "ensemble", "runs", "Run", "Comparison", "Sweep")
+NOTEBOOK_NAMES = ("train", "lr_find", "compare", "sweep", "ensemble", "runs", "Run", "Comparison", "Sweep", "LrFind")
 
 
 def __getattr__(name: str):

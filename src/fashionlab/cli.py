@@ -27,6 +27,7 @@ from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, did_you_mean, reason
 from fashionlab.interrupts import stop_requests
 from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
+from fashionlab.lrfind import MAX_STEPS, RATES
 from fashionlab.uncertainty import MAX_PASSES
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
@@ -109,6 +110,18 @@ def _int_between(low: int, high: int | None = None):
 
     parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: 'abc'"
     return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a learning rate for lr-find's range (lrfind.RATES)."""
+    value = float(text)
+    low, high = RATES
+    if not low <= value <= high:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a learning rate between {low:g} and {high:g}, got {text}")
+    return value
+
+
+_rate.__name__ = "learning rate"
 
 
 def a_timeout(text: str) -> float:
@@ -257,6 +270,29 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def _probability(result: dict[str, Any]) -> str:
     """A probability as predict prints it; with MC dropout, its spread over the passes."""
     return f"{result['probability']:.3f}" + (f" ± {result['spread']:.3f}" if "spread" in result else "")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    config = _config_from(args)  # before the slow Keras import, so a bad option fails fast
+    from fashionlab.lrfind import lr_find
+
+    found = lr_find(config, args.out, data=_data_from(args), start=args.start, end=args.end, steps=args.steps,
+                    verbose=not args.json)
+    if args.json:
+        _print_json({"folder": str(found.folder), **found.record()})
+        return
+    stopped = f"stopped at step {found.diverged_at}: the loss diverged" if found.diverged_at else "no divergence"
+    print(f"{len(found.losses)} steps from learning rate {found.learning_rates[0]:.3g} to "
+          f"{found.learning_rates[-1]:.3g} in {found.seconds:.1f} s ({stopped})")
+    steepest = f"; steepest descent at {found.steepest:.3g}" if found.steepest is not None else ""
+    print(f"smoothed loss lowest at {found.minimum:.3g}{steepest}")
+    print(f"suggested learning rate: {found.suggestion:.3g} (the lowest point / 10; {config.name} has "
+          f"{config.learning_rate:g})")
+    for said in found.notes():
+        print(f"note: {in_cli_terms(ConfigError(said, terms=['start', 'end']), flags_of(args.command_parser))}")
+    print(printable(f"train with it: fashionlab train --config {found.folder / 'config.json'}   "
+                    f"(or add --learning-rate {found.suggestion:.3g})"))
+    print(printable(f"figure: {found.folder / 'lr_find.png'}   steps: {found.folder / 'lr_find.csv'}"))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -489,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _shared_flags()
-    for add in (_train_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
+    for add in (_train_parser, _lr_find_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
                 _ensemble_parser, _sweep_parser, _runs_parser, _summary_parser, _recipes_parser, _data_parser):
         add(commands, shared)
     return parser
@@ -563,6 +599,25 @@ def _train_parser(commands, shared) -> None:
     train.add_argument("--tensorboard", metavar="DIR", type=a_path,
                        help="also write the scalars for `tensorboard --logdir DIR` (needs fashionlab[tensorboard])")
     _add_config_options(train)
+
+
+def _lr_find_parser(commands, shared) -> None:
+    finder = _command(commands, "lr-find", shared, ["data", "json"], cmd_lr_find,
+                      "find a learning rate: train while it grows exponentially, and watch the loss")
+    source = finder.add_mutually_exclusive_group()
+    source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
+                        help="start from a named recipe (`fashionlab recipes` lists them)")
+    source.add_argument("--config", metavar="FILE", type=a_path,
+                        help="start from a TOML file (or a run's config.json) of config keys")
+    finder.add_argument("--start", type=_rate, default=1e-7, metavar="LR", help="the first learning rate "
+                        "(default: 1e-7)")
+    finder.add_argument("--end", type=_rate, default=10.0, metavar="LR", help="the last learning rate (default: 10)")
+    finder.add_argument("--steps", type=_int_between(10, MAX_STEPS), default=200, metavar="N",
+                        help="training steps from start to end, one batch each (default: 200)")
+    finder.add_argument("--out", metavar="DIR", type=a_path,
+                        help="where to write lr_find.png, lr_find.csv, lr_find.json and config.json (default: "
+                             "runs/<time>-<name>-lr-find)")
+    _add_config_options(finder)
 
 
 def _evaluate_parser(commands, shared) -> None:

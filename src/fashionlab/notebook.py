@@ -253,6 +253,51 @@ def ensemble(runs: Sequence[str | Path | Run], *, out: str | Path | None = None,
     return Run(result.run.path)
 
 
+class LrFind:
+    """A learning-rate search (`fl.lr_find`): its suggestion, every step as a table, the figure."""
+
+    def __init__(self, found):
+        self._found = found
+        self.folder, self.suggestion, self.minimum, self.steepest = (found.folder, found.suggestion, found.minimum,
+                                                                     found.steepest)
+        self.config = found.config  # the config with the suggested learning rate: fl.train(**lr.config.to_dict())
+
+    @property
+    def table(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_csv(self.folder / "lr_find.csv")
+
+    def plot(self) -> Figure:
+        from fashionlab.plots import lr_find_figure
+
+        f = self._found
+        return lr_find_figure(f.learning_rates, f.losses, f.smoothed, suggestion=f.suggestion, minimum=f.minimum,
+                              steepest=f.steepest, title=f.config.name)
+
+    def _repr_html_(self) -> str:
+        facts = {"suggested learning rate": f"{self.suggestion:.3g}", "lowest loss at": f"{self.minimum:.3g}",
+                 "steps": str(len(self._found.losses)), "seconds": f"{self._found.seconds:.1f}"}
+        notes = "".join(f"<p>{html.escape(note)}</p>" for note in self._found.notes())
+        return _card(f"learning-rate search — {self.folder}", facts, self.plot(), notes)
+
+    def __repr__(self) -> str:
+        return f"LrFind({str(self.folder)!r}, suggestion {self.suggestion:.3g})"
+
+
+@checked(keywords=FIELDS, steps=(10, 10_000))
+def lr_find(recipe: str | None = None, *, out: str | Path | None = None, data: DataSource = DataSource(),
+            start: float = 1e-7, end: float = 10.0, steps: int = 200, **changes: Any) -> LrFind:
+    """Search a learning rate for a recipe (or the tutorial's config) with `changes`: `lrfind.lr_find`.
+    `fl.train(recipe, learning_rate=fl.lr_find(recipe).suggestion)` trains with what it suggests."""
+    from fashionlab.lrfind import lr_find as search
+
+    from fashionlab import recipes
+
+    base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
+    return LrFind(search(with_changes(base, changes), out, data=data, start=start, end=end, steps=steps))
+
+
 def call_text(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """A notebook call as run.json and the pages record it: `fl.train('fast-cnn', epochs=2)`; the
     arguments left at their defaults (None) and `data` (a folder on this machine) left out."""

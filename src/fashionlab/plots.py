@@ -204,6 +204,34 @@ def reliability_figure(bins: Sequence[Mapping[str, float]], ece: float, title: s
     return fig
 
 
+def lr_find_figure(rates: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, *, suggestion: float,
+                   minimum: float, steepest: float | None, title: str = "") -> Figure:
+    """The learning-rate search: each step's loss (faint) and the smoothed loss against the learning
+    rate (log axis), the lowest point, the suggestion (a tenth of it) and the steepest descent marked."""
+    fig = new_figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    ax.plot(rates, losses, color=TRAIN_COLOR, alpha=0.25, linewidth=1, label="loss of each step")
+    ax.plot(rates, smoothed, color=TRAIN_COLOR, linewidth=2, label="smoothed loss")
+    ax.set_xscale("log")
+    marks = [(minimum, "gray", ":", f"lowest smoothed loss: {minimum:.2g}"),
+             (suggestion, BEST_COLOR, "-", f"suggested (lowest / 10): {suggestion:.2g}")]
+    if steepest is not None:
+        marks.append((steepest, VALID_COLOR, "--", f"steepest descent: {steepest:.2g}"))
+    for rate, color, style, label in marks:
+        ax.axvline(rate, color=color, linestyle=style, linewidth=1.5, label=label)
+    finite, raw = smoothed[np.isfinite(smoothed)], losses[np.isfinite(losses)]
+    if len(finite):  # the divergence at the end would squash the rest
+        low, first = min(float(finite.min()), float(np.percentile(raw, 2))), float(finite[0])
+        ax.set_ylim(low - 0.1 * abs(first - low) - 1e-3, max(first, low) + 0.5 * abs(first - low) + 1e-3)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{title + ': ' if title else ''}learning-rate search, {len(losses)} steps")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.4, which="both")
+    fig.tight_layout()
+    return fig
+
+
 def _seed_table(frames: Sequence[pd.DataFrame], column: str) -> pd.DataFrame:
     """One column per seed, one row per epoch."""
     return pd.concat([pd.Series(f[column].to_numpy(float), index=epochs_of(f)) for f in frames], axis=1)

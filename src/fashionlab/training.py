@@ -174,7 +174,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
     if tensorboard is not None:
         tensorboard = check_folder(tensorboard, run_dir.name)
     tracked = destination(mlflow)
-    splits = _checked_splits(config, data)
+    splits = checked_splits(config, data)
     if dataset.folder is not None:  # the folder the files were read from (`data_dir` may name another), in full
         dataset = dataclasses.replace(dataset, folder=data.locate().resolve())
     kept = record(dataset, data.digests() if dataset.folder is not None else None)
@@ -187,7 +187,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, *, data: DataS
             run.write_json("config.json", config.to_dict())
             run.set_status("running", epochs=config.epochs, epochs_done=0, started=now(), recipe=recipe,
                            command=command, dataset=kept, **({} if test else {"test": False}))
-            model = _new_model(config, splits, dataset.classes)
+            model = new_model(config, splits, dataset.classes)
             run.write_text("summary.txt", summary_text(model) + "\n")
             with run_logged(tracked, run, engine=resolve_engine(config.engine)) as log:
                 return _fit_and_finish(run, config, splits, model, rows=[], data=data, stop=stop, verbose=verbose,
@@ -222,10 +222,10 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
                                                f"epoch(s) of the {config.epochs} configured")
         check_engine(config)
         dataset = run.dataset()
-        splits = _checked_splits(config, data.of(dataset))
+        splits = checked_splits(config, data.of(dataset))
         rows = rows[:epoch]  # epochs recorded after the last checkpoint are trained again
         model = (load_model_file(checkpoint, compile=True, classes=dataset.classes) if checkpoint is not None
-                 else _new_model(config, splits, dataset.classes))
+                 else new_model(config, splits, dataset.classes))
         with _status_on_exit(run):
             run.set_status("running", epochs_done=len(rows), resumed=now())
             with run_logged(tracked, run, engine=resolve_engine(config.engine)) as log:
@@ -233,7 +233,7 @@ def resume(run_dir: str | Path, *, data: DataSource = DataSource(), verbose: int
                                        tensorboard=tensorboard, called=called, callbacks=callbacks, log=log)
 
 
-def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
+def checked_splits(config: TrainConfig, data: DataSource) -> Splits:
     """The data, read once: the config is checked against it (and the free memory), then split."""
     data = data.located()
     arrays = data.arrays()
@@ -241,7 +241,7 @@ def _checked_splits(config: TrainConfig, data: DataSource) -> Splits:
     return split_arrays(arrays, config.validation_size, config.train_samples, source=data.data_dir)
 
 
-def _new_model(config: TrainConfig, splits: Splits, classes: int) -> keras.Model:
+def new_model(config: TrainConfig, splits: Splits, classes: int) -> keras.Model:
     """The untrained network, its initial weights drawn from the config's seed."""
     keras.utils.set_random_seed(config.seed)
     scaler = fit_scaler(splits.x_train) if config.scale_inputs else None
