@@ -26,8 +26,8 @@ from fashionlab.datasets import BUILT_IN, MAX_CLASSES, Dataset, dataset_problem,
 from fashionlab.deadlines import MODEL_TIMEOUT, timeout_problem
 from fashionlab.errors import ConfigError, Interrupted, RunError, did_you_mean, reason
 from fashionlab.interrupts import stop_requests
-from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 from fashionlab.lrfind import MAX_STEPS, RATES
+from fashionlab.sweeps import MAX_TRIALS, PRUNERS, SAMPLERS
 from fashionlab.uncertainty import MAX_PASSES
 
 MODEL_KEYS = ("model", "depth", "width", "activation", "batch_norm", "kernel_initializer", "dropout", "alpha_dropout",
@@ -525,8 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _shared_flags()
-    for add in (_train_parser, _lr_find_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _compare_parser,
-                _ensemble_parser, _sweep_parser, _runs_parser, _summary_parser, _recipes_parser, _data_parser):
+    for add in (_train_parser, _lr_find_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser,
+                _compare_parser, _ensemble_parser, _sweep_parser, _runs_parser, _summary_parser, _recipes_parser,
+                _data_parser):
         add(commands, shared)
     return parser
 

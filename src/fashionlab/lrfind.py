@@ -5,16 +5,15 @@ exponentially, step by step, and watch the loss (Smith, 2017, "Cyclical Learning
     found = lr_find(recipes.get("fast-mlp").config(), "runs/lr-find")
     found.suggestion        # the learning rate where the smoothed loss is lowest, divided by 10
 
-Each step trains one batch at the next learning rate of a geometric series from `start` to `end`,
-in the compiled engine (chunks of steps in one compiled call, as training runs); the step's loss is
-its batch's, before the update. The losses are smoothed (an exponential moving average, debiased, remembering about WINDOW of the steps)
-and the search stops once the smoothed loss passes DIVERGED times its lowest, or is no number.
-The suggestion is the learning rate at the lowest smoothed loss divided by 10: there the loss
-still falls fast, and training is well clear of diverging. The steepest descent (the most
-negative slope of the smoothed loss against log learning rate, before its lowest point) is given
-too. The config's optimizer, batch size, augmentation, dropout and label smoothing are kept; its
-schedule is not (each step sets the rate), and nor is `ema`.
-"""
+Each step trains one batch at the next learning rate of a geometric series from `start` to `end`, in
+the compiled engine (chunks of steps in one compiled call, as training runs); the step's loss is its
+batch's, before the update. The losses are smoothed (an exponential moving average, debiased,
+remembering about WINDOW of the steps) and the search stops once the smoothed loss passes DIVERGED
+times its lowest, or is no number. The suggestion is the learning rate at the lowest smoothed loss
+divided by 10: there the loss still falls fast, and training is well clear of diverging. The
+steepest descent (the most negative slope of the smoothed loss against log learning rate, before its
+lowest point) is given too. The config's optimizer, batch size, augmentation, dropout and label
+smoothing are kept; its schedule is not (each step sets the rate), and nor is `ema`."""
 
 from __future__ import annotations
 

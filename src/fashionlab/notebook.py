@@ -290,9 +290,8 @@ def lr_find(recipe: str | None = None, *, out: str | Path | None = None, data: D
             start: float = 1e-7, end: float = 10.0, steps: int = 200, **changes: Any) -> LrFind:
     """Search a learning rate for a recipe (or the tutorial's config) with `changes`: `lrfind.lr_find`.
     `fl.train(recipe, learning_rate=fl.lr_find(recipe).suggestion)` trains with what it suggests."""
-    from fashionlab.lrfind import lr_find as search
-
     from fashionlab import recipes
+    from fashionlab.lrfind import lr_find as search
 
     base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
     return LrFind(search(with_changes(base, changes), out, data=data, start=start, end=end, steps=steps))
