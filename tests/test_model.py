@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import TINY
 
 from fashionlab.config import TrainConfig, parameter_estimate
 from fashionlab.model import (
@@ -152,3 +153,17 @@ def test_the_whitening_layer_is_frozen_and_takes_its_kernel():
     kernel = np.arange(32, dtype="float32").reshape(2, 2, 1, 8)
     set_whitening(model, kernel)
     np.testing.assert_array_equal(np.asarray(whiten.kernel.value), kernel)
+
+
+def test_max_norm_constrains_each_hidden_unit_dense_columns_and_conv_filters():
+    config = TINY.replace(model="cnn", filters=4, conv_blocks=1, depth=1, width=8, max_norm=0.5)
+    model = build_model(config, None)
+    hidden = [layer for layer in model.layers if hasattr(layer, "kernel") and layer.name != "classes"]
+    assert len(hidden) == 2 and model.get_layer("classes").kernel.constraint is None
+    rng = np.random.default_rng(0)
+    for layer in hidden:
+        kernel = rng.normal(size=layer.kernel.shape).astype("float32")
+        bounded = np.asarray(layer.kernel.constraint(keras.ops.convert_to_tensor(kernel)))
+        units = bounded.reshape(-1, bounded.shape[-1])  # one column per unit: a Dense unit, a conv filter
+        np.testing.assert_allclose(np.linalg.norm(units, axis=0), 0.5, rtol=1e-4)
+    assert all(getattr(layer, "kernel_constraint", None) is None for layer in build_model(TINY, None).layers)

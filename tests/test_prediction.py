@@ -129,6 +129,32 @@ def test_an_image_with_nothing_in_it_gets_no_class_and_says_why(tmp_path):
     assert "hint" not in found and found["class_id"] == 5
 
 
+class WobblingModel:
+    """MC dropout's passes of a Keras model, made by hand: each image's probabilities, plus and minus
+    0.01 times the share of its ink in its right half (so `spread` says which way an image was read)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def samples(self, x: np.ndarray, passes: int) -> np.ndarray:
+        from fashionlab.evaluation import predict_proba
+
+        proba, x = predict_proba(self.model, x), np.asarray(x, np.float64)
+        right = x[:, :, 14:].sum(axis=(1, 2)) / np.maximum(x.sum(axis=(1, 2)), 1)
+        return np.stack([proba + sign * 0.01 * right[:, None] for sign in (-1, 1)] * (passes // 2))
+
+
+def test_a_photo_read_mirrored_keeps_the_mirrored_readings_spread():
+    model = left_right_model()
+    turned = np.zeros((28, 28), np.uint8)
+    turned[10:20, 2:12] = 200  # all on the left: read mirrored, all on the right
+    readings = read_probabilities(WobblingModel(model), np.stack([turned, turned]), mirror=[True, False], passes=4)
+    assert readings.mirrored.tolist() == [True, False]
+    assert readings.spread[0] == pytest.approx(np.full(10, 0.01)) and readings.spread[1] == pytest.approx(0)
+    np.testing.assert_allclose(readings.proba[0], read_probabilities(model, turned[None, :, ::-1]).proba[0],
+                               atol=1e-6)
+
+
 def test_facing_right_at_the_mirrored_share_boundary():
     def split(left: int, right: int) -> np.ndarray:
         pixels = np.zeros((28, 28), np.uint8)

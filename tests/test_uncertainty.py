@@ -159,3 +159,20 @@ def test_the_page_offers_mc_dropout_and_shows_the_spread(dropout_server, keras_s
     plain.goto(keras_server.url)
     assert not plain.locator("#uncertainty").is_visible()  # a model without dropout: not offered
     plain.close()
+
+
+def test_mc_dropout_requests_are_read_apart_from_the_others(dropout_server, test_pngs):
+    """Requests arriving together: the plain ones get plain answers, the MC ones the answer they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = dropout_server.post_files([("a.png", test_pngs[0])], "?mc_dropout=20")[2]
+    plain = dropout_server.post_files([("b.png", test_pngs[1])])[2]
+    asks = [("?mc_dropout=20", test_pngs[0]), ("", test_pngs[1])] * 12
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda ask: dropout_server.post_files([("x.png", ask[1])], ask[0]), asks))
+    for (query, _), (status, _, answer) in zip(asks, answers):
+        assert status == 200
+        expected = alone if query else plain
+        assert [(r["class_id"], r.get("spread")) for r in answer] == [(r["class_id"], r.get("spread"))
+                                                                      for r in expected]
+        assert answer[0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-6)

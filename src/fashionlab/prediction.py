@@ -141,8 +141,8 @@ def read_probabilities(model, pixels: np.ndarray, mirror: Sequence[bool] = (), f
         better &= np.isin(flipped.argmax(axis=1), facing)
     proba[where[better]] = flipped[better]
     if spread is not None:
-        spread = spread[:len(pixels)].copy()
-        spread[where[better]] = spread[len(pixels):][better]
+        spread, flipped_spread = spread[:len(pixels)].copy(), spread[len(pixels):]
+        spread[where[better]] = flipped_spread[better]
     mirrored = np.zeros(len(pixels), dtype=bool)
     mirrored[where[better]] = True
     turned, doubt = np.zeros(len(pixels), dtype=int), np.zeros(len(pixels), dtype=bool)
