@@ -99,6 +99,15 @@ def keras_server(tiny_run, synthetic):
 
 
 @pytest.fixture(scope="session")
+def dropout_server(dropout_run, synthetic):
+    """`fashionlab serve` of the dropout run: MC dropout offered."""
+    process, url = start(str(dropout_run.run.path), *data_options(synthetic))
+    yield Server(process, url)
+    assert stop(process) in (0, 130)
+    assert "Traceback" not in process.stderr.read()
+
+
+@pytest.fixture(scope="session")
 def onnx_server(tiny_run, synthetic, tmp_path_factory):
     """`fashionlab serve --onnx` of the tiny run's export, shared by the serve tests."""
     from fashionlab.export import export

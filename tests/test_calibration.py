@@ -65,6 +65,8 @@ def test_temperature_scaling_folds_into_the_last_layer_and_the_model_gives_the_s
     keras.utils.set_random_seed(0)
     model = build_model(TINY.replace(tta=tta), None)
     rng = np.random.default_rng(2)
+    last = model.get_layer("classes")  # a bias of its own, as a trained layer has: it is scaled too
+    last.set_weights([last.get_weights()[0], rng.normal(size=10).astype(np.float32)])
     x = rng.integers(0, 256, (200, 28, 28)).astype(np.uint8)
     before = predict_proba(model, x)
     logits = logits_of(model, x)

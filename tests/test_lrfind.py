@@ -50,6 +50,8 @@ def test_the_search_stops_where_the_loss_diverges_and_writes_what_it_found(found
     record = json.loads((found.folder / "lr_find.json").read_text())
     assert record["suggestion"] == pytest.approx(found.suggestion) and record["rule"] == "minimum / 10"
     assert record["config"] == FINDER.to_dict()
+    assert (record["start"], record["end"], record["steps_asked"]) == (1e-5, 100.0, 150)
+    assert record["last_learning_rate"] == pytest.approx(rates[-1]) and record["steps"] == len(rates)
     suggested = json.loads((found.folder / "config.json").read_text())
     assert suggested == FINDER.replace(learning_rate=found.suggestion).to_dict()  # the schedule is the config's
     assert_png(found.folder / "lr_find.png")

@@ -7,6 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from fashionlab.evaluation import predict_proba
 from fashionlab.prediction import facing_ids, orientation_of, read_probabilities
@@ -74,3 +75,18 @@ def test_the_batcher_mirrors_photos_only_for_a_data_set_whose_shoes_face_one_way
         batcher.close()
         mirrored[dataset.name] = bool(readings.mirrored[0])
     assert mirrored == {"fashion-mnist": True, "mnist": False}
+
+
+def test_mc_dropout_requests_are_read_apart_from_the_others(dropout_server, test_pngs):
+    """Requests arriving together: the plain ones get plain answers, the MC ones the answer they get alone."""
+    alone = dropout_server.post_files([("a.png", test_pngs[0])], "?mc_dropout=20")[2]
+    plain = dropout_server.post_files([("b.png", test_pngs[1])])[2]
+    asks = [("?mc_dropout=20", test_pngs[0]), ("", test_pngs[1])] * 12
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda ask: dropout_server.post_files([("x.png", ask[1])], ask[0]), asks))
+    for (query, _), (status, _, answer) in zip(asks, answers):
+        assert status == 200
+        expected = alone if query else plain
+        assert [(r["class_id"], r.get("spread")) for r in answer] == [(r["class_id"], r.get("spread"))
+                                                                      for r in expected]
+        assert answer[0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-6)

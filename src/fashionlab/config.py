@@ -40,6 +40,7 @@ TestTime = Literal["none", "mirror", "mirror-shift"]
 NAME_PATTERN = re.compile(r"[^\W_][\w.-]{0,63}")
 MAX_CONFIG_BYTES = 1024 * 1024
 SEED_MAX = 2**32 - 1  # NumPy's and Keras' seeding take 32-bit seeds
+MIN_MAX_NORM = 0.01
 
 
 def opt(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -48,6 +49,13 @@ def opt(default: Any, help: str, *, minimum: float | None = None, maximum: float
     `maximum` (inclusive), `above` (exclusive) and `check`, which returns what is wrong or None."""
     return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "above": above,
                                             "check": check})
+
+
+def max_norm_problem(value: float) -> str | None:
+    if 0 < value < MIN_MAX_NORM:
+        return (f"max_norm {value:g} would leave every hidden unit almost no weight; use 0 (off) or at least "
+                f"{MIN_MAX_NORM:g} (1 to 4 is usual)")
+    return None
 
 
 def name_problem(name: str) -> str | None:
@@ -76,7 +84,7 @@ class TrainConfig:
                                minimum=0, maximum=0.9)
     max_norm: float = opt(0.0, "max-norm regularization: after each step, scale every hidden unit's incoming "
                                "weights (Dense: a kernel column; conv: a filter) back to this L2 norm when above "
-                               "it; 0 = off", minimum=0, maximum=1000)
+                               "it; 0 = off", minimum=0, maximum=1000, check=max_norm_problem)
     filters: int = opt(32, "cnn: filters of the first conv block, doubled in each next block", minimum=1,
                        maximum=1024)
     conv_blocks: int = opt(2, "cnn: conv blocks, each halving the image with 2x2 max pooling", minimum=1,

@@ -55,6 +55,7 @@ class Found:
     steepest: float | None
     diverged_at: int | None  # the step (from 1) whose smoothed loss showed the divergence
     seconds: float
+    asked: tuple[float, float, int]  # start, end, steps
 
     def notes(self) -> list[str]:
         """What makes the suggestion less sure: the range's ends."""
@@ -69,7 +70,8 @@ class Found:
     def record(self) -> dict[str, Any]:
         return {"suggestion": self.suggestion, "rule": "minimum / 10", "minimum": self.minimum,
                 "steepest": self.steepest, "steps": len(self.losses), "diverged_at": self.diverged_at,
-                "start": float(self.learning_rates[0]), "end": float(self.learning_rates[-1]),
+                "start": self.asked[0], "end": self.asked[1], "steps_asked": self.asked[2],
+                "last_learning_rate": float(self.learning_rates[-1]),
                 "seconds": self.seconds, "notes": self.notes()}
 
 
@@ -136,7 +138,7 @@ def lr_find(config: TrainConfig, out: str | Path | None = None, *, data: DataSou
         seconds = time.perf_counter() - began
         if stop.requested:
             raise Interrupted("the learning-rate search was interrupted; nothing was written")
-        return _write(folder, config, rates[:len(losses)], losses, seconds, steps)
+        return _write(folder, config, rates[:len(losses)], losses, seconds, steps, end)
 
 
 def _search(config: TrainConfig, splits, rates: np.ndarray, stop, verbose: bool) -> np.ndarray:
@@ -217,8 +219,8 @@ def batch_plan(n: int, batch_size: int, steps: int, seed: int, shuffle: bool) ->
 
 
 def _write(folder: Path, config: TrainConfig, rates: np.ndarray, losses: np.ndarray, seconds: float,
-           steps: int) -> Found:
-    """The search's files, and what it found (`steps`: those planned)."""
+           steps: int, end: float) -> Found:
+    """The search's files, and what it found (`steps` and `end`: those asked for)."""
     import pandas as pd
 
     from fashionlab import plots
@@ -231,7 +233,7 @@ def _write(folder: Path, config: TrainConfig, rates: np.ndarray, losses: np.ndar
     usable = slice(0, len(losses) if gone is None else gone)
     minimum, suggestion, steepest = suggestions(rates[usable], smoothed[usable])
     found = Found(folder, config.replace(learning_rate=suggestion), rates, losses, smoothed, minimum, suggestion,
-                  steepest, None if gone is None else gone + 1, seconds)
+                  steepest, None if gone is None else gone + 1, seconds, (float(rates[0]), end, steps))
     table = pd.DataFrame({"step": np.arange(1, len(losses) + 1), "learning_rate": rates, "loss": losses,
                           "smoothed_loss": smoothed})
     figure = plots.png_bytes(plots.lr_find_figure(rates, losses, smoothed, suggestion=suggestion, minimum=minimum,

@@ -96,16 +96,15 @@ class DropoutSampler:
         """(passes, n, classes): each image's class probabilities in each pass. `bounded(call, images=k)`
         runs each model call (a deadline, say) when given."""
         x = np.asarray(x, dtype=np.float32)
-        n = len(x)
-        rows = np.tile(x, (passes, 1, 1))
+        n, total = len(x), passes * len(x)
         parts, start = [], 0
-        while start < len(rows):
-            size = self._size(len(rows) - start)
-            chunk = rows[start:start + size]
+        while start < total:  # row r is image r % n in pass r // n: only one call's rows are ever made
+            size = self._size(total - start)
+            chunk = x[np.arange(start, min(start + size, total)) % n]
             padded = np.concatenate([chunk, np.zeros((size - len(chunk), *x.shape[1:]), np.float32)])
             call = functools.partial(self._call, padded, seed, len(parts))  # the call's number: its draws
             parts.append((bounded(call, images=len(chunk)) if bounded else call())[:len(chunk)])
             start += size
         classes = int(self.model.output_shape[-1])
-        joined = np.concatenate(parts) if parts else np.zeros((0, classes), np.float32)
+        joined = np.concatenate(parts) if parts else np.zeros((0, classes), np.float32)  # n x classes per pass
         return joined.reshape(passes, n, classes)
