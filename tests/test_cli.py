@@ -130,7 +130,8 @@ def test_bad_option_values_exit_2(args, message, capsys):
     (["train", "--model", "cnnn"], "argument --model: invalid choice: 'cnnn' (did you mean 'cnn'?); see fashionlab "
                                    "train --help"),
     (["data", "inffo"], "argument ACTION: invalid choice: 'inffo' (did you mean 'info'?); see fashionlab data --help"),
-    (["xyzzy"], "argument COMMAND: invalid choice: 'xyzzy' (choose from 'train', 'evaluate', "),  # nothing close
+    # nothing close
+    (["xyzzy"], "argument COMMAND: invalid choice: 'xyzzy' (choose from 'train', 'lr-find', 'evaluate', "),
     (["train", "--zzz"], "unrecognized arguments: --zzz; see fashionlab train --help"),
 ])
 def test_a_misspelled_command_option_or_choice_is_one_line_with_the_closest_one(args, said, capsys):

@@ -37,7 +37,7 @@ def test_evaluate_round_trip_matches_training(tiny_run, synthetic):
     assert report["test_loss"] == pytest.approx(tiny_run.metrics["test_loss"], rel=1e-6)
     assert report["calibration"]["ece"] == pytest.approx(tiny_run.metrics["test_ece"], abs=1e-9)
     assert report["calibration"] == tiny_run.metrics["calibration"]
-    assert f"expected calibration error {report['calibration']['ece']:.4f}" in format_report(report)
+    assert f"expected calibration error {100 * report['calibration']['ece']:.2f} %" in format_report(report)
     json.dumps(report)  # --json prints it as it is
     with Image.open(tiny_run.run.path / "reliability.png") as image:
         assert image.format == "PNG" and min(image.size) >= 400

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -41,7 +42,8 @@ def test_the_search_stops_where_the_loss_diverges_and_writes_what_it_found(found
     assert found.diverged_at is not None and found.diverged_at == len(found.losses) < 150
     rates = found.learning_rates
     np.testing.assert_allclose(rates, np.geomspace(1e-5, 100.0, 150)[:len(rates)])
-    assert found.suggestion == pytest.approx(found.minimum / 10)
+    assert found.suggestion == pytest.approx(found.minimum / 10, rel=0.05)  # written down to 2 digits
+    assert found.suggestion == float(f"{found.suggestion:.2g}")
     assert found.minimum == pytest.approx(rates[int(np.nanargmin(found.smoothed[:-1]))])
     table = pd.read_csv(found.folder / "lr_find.csv")
     assert list(table.columns) == ["step", "learning_rate", "loss", "smoothed_loss"]
@@ -53,7 +55,9 @@ def test_the_search_stops_where_the_loss_diverges_and_writes_what_it_found(found
     assert (record["start"], record["end"], record["steps_asked"]) == (1e-5, 100.0, 150)
     assert record["last_learning_rate"] == pytest.approx(rates[-1]) and record["steps"] == len(rates)
     suggested = json.loads((found.folder / "config.json").read_text())
-    assert suggested == FINDER.replace(learning_rate=found.suggestion).to_dict()  # the schedule is the config's
+    # the schedule is the config's; the name says the rate
+    assert suggested == FINDER.replace(learning_rate=found.suggestion, name=f"finder-learning_rate-{found.suggestion}"
+                                       ).to_dict()
     assert_png(found.folder / "lr_find.png")
 
 
@@ -123,6 +127,14 @@ def test_the_command_prints_the_suggestion_and_the_command_that_uses_it(noisy, t
     record = json.loads((tmp_path / "o" / "lr_find.json").read_text())
     assert f"suggested learning rate: {record['suggestion']:.3g}" in said.stdout
     assert f"fashionlab train --config {tmp_path / 'o' / 'config.json'}" in said.stdout
+    line = next(line for line in said.stdout.splitlines() if line.startswith("train with it: "))
+    command = shlex.split(line.removeprefix("train with it: "))
+    assert command[:2] == ["fashionlab", "train"] and f"--learning-rate={record['suggestion']:g}" in "=".join(command)
+    trained = subprocess.run([sys.executable, "-m", "fashionlab", *command[1:], "--epochs", "1", "--quiet",
+                              "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["learning_rate"], config["batch_norm"], config["width"]) == (record["suggestion"], "none", 32)
     refused = subprocess.run([sys.executable, "-m", "fashionlab", "lr-find", "--start", "1", "--end", "0.5",
                               *data_options(noisy)], capture_output=True, text=True)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1  # ConfigError: exit 1

@@ -422,3 +422,13 @@ def test_a_moving_average_is_what_the_run_validates_tests_and_saves(tmp_path, sy
     accuracy = float(np.mean(predict_proba(model, x_test).argmax(axis=1) == y_test))
     assert averaged.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
+
+
+def test_a_max_norm_run_says_how_many_units_ended_at_the_bound(synthetic, tmp_path):
+    result = train(TINY.replace(max_norm=0.5, learning_rate=0.5, batch_norm="none"), tmp_path / "run", data=synthetic,
+                   verbose=0)
+    record = json.loads((result.run.path / "metrics.json").read_text())["max_norm"]
+    assert record["units"] == 2 * TINY.width and record["max_norm"] == 0.5
+    assert 0 < record["at_bound"] <= record["units"] and record["largest"] <= 0.5 * (1 + 1e-5)
+    page = (result.run.path / "report.html").read_text()
+    assert f"{record['at_bound']:,} of {record['units']:,} hidden units at the bound 0.5" in page

@@ -215,6 +215,10 @@ def _train(args: argparse.Namespace) -> None:
     print(f"test accuracy {m['test_accuracy']:.4f}   test loss {m['test_loss']:.4f}   "
           f"best val accuracy {m['best_val_accuracy']:.4f} (epoch {m['best_epoch']})   "
           f"{m['median_seconds_per_epoch']:.2f} s/epoch")
+    if "temperature" in m:
+        t = m["temperature"]
+        print(f"temperature {t['temperature']:.3f} (fitted on validation): test ECE {100 * t['test_ece_before']:.2f} % "
+              f"-> {100 * m['test_ece']:.2f} %, test loss {t['test_loss_before']:.4f} -> {m['test_loss']:.4f}")
     print(printable(f"run directory: {result.run.path}   (open {result.run.path / 'report.html'} for the full report)"))
 
 
@@ -286,13 +290,30 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
           f"{found.learning_rates[-1]:.3g} in {found.seconds:.1f} s ({stopped})")
     steepest = f"; steepest descent at {found.steepest:.3g}" if found.steepest is not None else ""
     print(f"smoothed loss lowest at {found.minimum:.3g}{steepest}")
-    print(f"suggested learning rate: {found.suggestion:.3g} (the lowest point / 10; {config.name} has "
+    print(f"suggested learning rate: {found.suggestion:g} (the lowest point / 10; {config.name} has "
           f"{config.learning_rate:g})")
     for said in found.notes():
         print(f"note: {in_cli_terms(ConfigError(said, terms=['start', 'end']), flags_of(args.command_parser))}")
-    print(printable(f"train with it: fashionlab train --config {found.folder / 'config.json'}   "
-                    f"(or add --learning-rate {found.suggestion:.3g})"))
+    print(printable(f"train with it: {_train_command(args, found.suggestion)}"))
+    print(printable(f"   or: fashionlab train --config {shlex.quote(str(found.folder / 'config.json'))}"))
     print(printable(f"figure: {found.folder / 'lr_find.png'}   steps: {found.folder / 'lr_find.csv'}"))
+
+
+def _train_command(args: argparse.Namespace, learning_rate: float) -> str:
+    """The train command for what lr-find searched, at `learning_rate`: its recipe or config file, its
+    options and data options."""
+    words = ["fashionlab", "train"]
+    if args.recipe is not None or args.config is not None:
+        words += ["--recipe", args.recipe] if args.recipe is not None else ["--config", args.config]
+    for name, value in _overrides(args).items():
+        flag = "--" + name.replace("_", "-")
+        words += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+    words += ["--learning-rate", f"{learning_rate:g}"]
+    if args.data_dir is not None:
+        words += ["--data-dir", args.data_dir]
+    if not args.verify:
+        words.append("--no-verify")
+    return shlex.join(words)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -618,7 +639,8 @@ def _lr_find_parser(commands, shared) -> None:
     finder.add_argument("--out", metavar="DIR", type=a_path,
                         help="where to write lr_find.png, lr_find.csv, lr_find.json and config.json (default: "
                              "runs/<time>-<name>-lr-find)")
-    _add_config_options(finder)
+    _add_config_options(finder, tuple(name for name in FIELDS if name != "learning_rate"),
+                        "the config searched, as train's options (all but the learning rate, which the search sets)")
 
 
 def _evaluate_parser(commands, shared) -> None:
@@ -632,9 +654,9 @@ def _predict_parser(commands, shared) -> None:
     predict.add_argument("images", metavar="IMAGE", type=a_path, nargs="*", help="PNG/JPEG files to classify")
     predict.add_argument("--index", dest="indices", type=int, nargs="+", metavar="I", help="test-set image indices")
     predict.add_argument("--mc-dropout", type=_int_between(2, MAX_PASSES), metavar="N",
-                         help="average N passes with the model's dropout on (Monte-Carlo dropout) and give each "
-                              "probability's spread over them (± one standard deviation); needs a run trained with "
-                              "dropout")
+                         help="average N passes (2 to 1000; the server takes 2 to 100) with the model's dropout on "
+                              "(Monte-Carlo dropout) and give each probability's spread over them (± one standard "
+                              "deviation); needs a run trained with dropout")
     predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                          help="invert images by gray level, or not (default: the garment is told from its "
                               "background by colour)")

@@ -106,7 +106,7 @@ def _stop_if_asked(stop) -> None:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"test loss {report['test_loss']:.4f}   test accuracy {report['test_accuracy']:.4f}   "
-             f"expected calibration error {report['calibration']['ece']:.4f}", "",
+             f"expected calibration error {100 * report['calibration']['ece']:.2f} %", "",
              f"{'class':14}{'precision':>10}{'recall':>8}{'support':>9}"]
     for name, scores in report["per_class"].items():
         lines.append(f"{name:14}{scores['precision']:>10.3f}{scores['recall']:>8.3f}{scores['support']:>9}")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fashionlab.arguments import checked
-from fashionlab.config import TrainConfig
+from fashionlab.config import TrainConfig, with_changes
 from fashionlab.data import DataSource
 from fashionlab.errors import ConfigError, Interrupted
 from fashionlab.files import check_writable
@@ -38,6 +38,7 @@ DIVERGED = 4.0
 CHUNK = 25  # steps per compiled call: the divergence check and a stop request are seen between calls
 SKIP = 0.05  # the first steps' smoothed loss is mostly its first batches': the steepest slope ignores them
 MAX_STEPS = 10_000
+COARSE = 100  # a search that diverges sooner than this many steps says its curve is coarse
 RATES = (1e-12, 1e6)  # the learning rates a search may span
 
 
@@ -58,8 +59,15 @@ class Found:
     asked: tuple[float, float, int]  # start, end, steps
 
     def notes(self) -> list[str]:
-        """What makes the suggestion less sure: the range's ends."""
+        """What makes the suggestion less sure: the range's ends, too few steps; and how a schedule uses it."""
         said = []
+        if self.config.schedule == "one_cycle":
+            said.append("this config's schedule (one_cycle) warms up to its learning_rate and decays from it, so "
+                        "its peak is usually 3 to 10 times this suggestion (the one-cycle recipes' are 4 to 7 times "
+                        "theirs): compare a few with `fashionlab compare`")
+        if self.diverged_at is not None and self.diverged_at < COARSE:
+            said.append(f"the loss diverged after {self.diverged_at} steps: a curve this short is coarse, and one "
+                        f"noisy batch can make its lowest point; give more `steps`")
         if self.minimum == self.learning_rates[0]:
             said.append(f"the loss was lowest at the first learning rate ({self.minimum:.3g}): give a lower `start`")
         if self.diverged_at is None and len(self.losses) > 1:
@@ -156,10 +164,11 @@ def _search(config: TrainConfig, splits, rates: np.ndarray, stop, verbose: bool)
     for first in range(0, len(rates), CHUNK):
         last = min(first + CHUNK, len(rates))
         losses[first:last] = program.run(rates, first, last)
-        if verbose:
-            print(f"lr-find: step {last} of {len(rates)}, learning rate {rates[last - 1]:.3g}, loss "
-                  f"{losses[last - 1]:.4f}", flush=True)
         gone = diverged(smooth(losses[:last], smoothing(len(rates))))
+        seen = last if gone is None else gone + 1
+        if verbose:
+            print(f"lr-find: step {seen} of {len(rates)}, learning rate {rates[seen - 1]:.3g}, loss "
+                  f"{losses[seen - 1]:.4f}{'' if gone is None else ': diverged'}", flush=True)
         if gone is not None:
             return losses[:gone + 1]
         if stop.requested:
@@ -232,7 +241,9 @@ def _write(folder: Path, config: TrainConfig, rates: np.ndarray, losses: np.ndar
                           f"give a lower `start`", terms=["start"])
     usable = slice(0, len(losses) if gone is None else gone)
     minimum, suggestion, steepest = suggestions(rates[usable], smoothed[usable])
-    found = Found(folder, config.replace(learning_rate=suggestion), rates, losses, smoothed, minimum, suggestion,
+    suggestion = float(f"{suggestion:.2g}")  # a rate to write down: 0.00055, not 0.000554266...
+    found = Found(folder, with_changes(config, {"learning_rate": suggestion}), rates, losses, smoothed, minimum,
+                  suggestion,
                   steepest, None if gone is None else gone + 1, seconds, (float(rates[0]), end, steps))
     table = pd.DataFrame({"step": np.arange(1, len(losses) + 1), "learning_rate": rates, "loss": losses,
                           "smoothed_loss": smoothed})

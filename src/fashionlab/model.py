@@ -117,6 +117,22 @@ def build_model(config: TrainConfig, scaler: Scaler | None = None, *, steps_per_
     return model
 
 
+def max_norm_units(model: keras.Model) -> dict[str, float] | None:
+    """What max-norm did by the end: the constrained units, how many sit at the bound (within 0.1 %),
+    and the largest unit norm; None when no layer is constrained."""
+    import numpy as np
+
+    constrained = [layer for layer in model.layers if isinstance(
+        getattr(getattr(layer, "kernel", None), "constraint", None), keras.constraints.MaxNorm)]
+    if not constrained:
+        return None
+    bound = constrained[0].kernel.constraint.max_value
+    norms = np.concatenate([np.linalg.norm(np.asarray(layer.kernel.value).reshape(-1, layer.kernel.shape[-1]), axis=0)
+                            for layer in constrained])
+    return {"max_norm": float(bound), "units": int(len(norms)), "at_bound": int((norms >= bound * 0.999).sum()),
+            "largest": float(norms.max())}
+
+
 def one_hot_targets(model: keras.Model) -> bool:
     """Whether the model trains on one-hot targets (label smoothing) rather than class indices."""
     return isinstance(model.loss, keras.losses.CategoricalCrossentropy)

@@ -161,7 +161,9 @@ class Run:
         spread = ({"spread": r.get("spread")} if mc_dropout else {} for r in results)
         return pd.DataFrame([{"input": r["input"], "class": r["class_name"], "probability": r["probability"],
                               **extra,
-                              "next": ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"][1:]),
+                              "next": ", ".join(f"{t['class_name']} {t['probability']:.3f}"
+                                                + (f" ± {t['spread']:.3f}" if "spread" in t else "")
+                                                for t in r["top_k"][1:]),
                               "note": r.get("hint") or ", ".join(
                                   ["mirrored"] * bool(r.get("mirrored")) + [f"turned {r.get('turned')}°"] * bool(
                                       r.get("turned")))}
@@ -276,9 +278,12 @@ class LrFind:
                               steepest=f.steepest, title=f.config.name)
 
     def _repr_html_(self) -> str:
-        facts = {"suggested learning rate": f"{self.suggestion:.3g}", "lowest loss at": f"{self.minimum:.3g}",
+        facts = {"suggested learning rate": f"{self.suggestion:g}", "lowest loss at": f"{self.minimum:.3g}",
                  "steps": str(len(self._found.losses)), "seconds": f"{self._found.seconds:.1f}"}
-        notes = "".join(f"<p>{html.escape(note)}</p>" for note in self._found.notes())
+        if self.steepest is not None:
+            facts["steepest descent at"] = f"{self.steepest:.3g}"
+        notes = "".join(f"<p>{html.escape(note)}</p>" for note in [
+            *self._found.notes(), f"Train with it: fl.train(..., learning_rate={self.suggestion:g})"])
         return _card(f"learning-rate search — {self.folder}", facts, self.plot(), notes)
 
     def __repr__(self) -> str:
@@ -288,10 +293,17 @@ class LrFind:
 @checked(keywords=FIELDS, steps=(10, 10_000))
 def lr_find(recipe: str | None = None, *, out: str | Path | None = None, data: DataSource = DataSource(),
             start: float = 1e-7, end: float = 10.0, steps: int = 200, **changes: Any) -> LrFind:
-    """Search a learning rate for a recipe (or the tutorial's config) with `changes`: `lrfind.lr_find`.
-    `fl.train(recipe, learning_rate=fl.lr_find(recipe).suggestion)` trains with what it suggests."""
+    """Search a learning rate for a recipe (default: the tutorial's) with any config keys changed but
+    `learning_rate`: train its initial network `steps` batches while the rate grows from `start` to
+    `end`, stopping when the loss diverges. Returns an `LrFind`: `.suggestion` (the rate at the lowest
+    smoothed loss / 10, to 2 digits), `.minimum`, `.steepest`, `.table` (each step), `.plot()`,
+    `.folder` (lr_find.png, .csv, .json, config.json), `.config` (the config at the suggestion):
+    `fl.train("fast-mlp", learning_rate=fl.lr_find("fast-mlp").suggestion)`."""
     from fashionlab import recipes
     from fashionlab.lrfind import lr_find as search
+
+    if "learning_rate" in changes:
+        raise ConfigError("lr_find searches the learning rate: drop `learning_rate`", terms=["learning_rate"])
 
     base = recipes.get(recipe).config() if recipe is not None else TrainConfig()
     return LrFind(search(with_changes(base, changes), out, data=data, start=start, end=end, steps=steps))

@@ -216,6 +216,17 @@ def predict_arrays(model, pixels: np.ndarray, labels: Sequence[str], dataset: Da
     return results_of(readings, labels, dataset, k, missing)
 
 
+def _check_sampled(run: Run) -> None:
+    """Refuse MC dropout for a run whose model has no dropout to sample, before anything is read."""
+    if run.is_ensemble():
+        raise ConfigError(f"{run.path} is an ensemble: MC dropout samples one run's model (its members' "
+                          f"spread is the ensemble's own uncertainty)", terms=["mc_dropout"])
+    if not (run.config().dropout or run.config().alpha_dropout):
+        from fashionlab.uncertainty import no_dropout
+
+        raise no_dropout(str(run.path))
+
+
 @checked(top_k=(1, MAX_CLASSES), mc_dropout=(2, MAX_PASSES))
 def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), images: Sequence[str | Path] = (),
             top_k: int = 3, invert: bool | None = None, data: DataSource = DataSource(),
@@ -246,13 +257,8 @@ def predict(run_dir: str | Path | None = None, *, indices: Sequence[int] = (), i
     else:
         run = Run.open(run_dir, allow_incomplete=allow_incomplete)
         dataset = run.dataset()
-        if mc_dropout is not None and run.is_ensemble():
-            raise ConfigError(f"{run.path} is an ensemble: MC dropout samples one run's model (its members' "
-                              f"spread is the ensemble's own uncertainty)", terms=["mc_dropout"])
-        if mc_dropout is not None and not (run.config().dropout or run.config().alpha_dropout):
-            from fashionlab.uncertainty import no_dropout
-
-            raise no_dropout(str(run.path))
+        if mc_dropout is not None:
+            _check_sampled(run)
     if top_k > dataset.classes:
         raise ConfigError(f"`top_k` must be between 1 and {dataset.classes}, got {top_k}", terms=["top_k"])
     arrays, labels, mirror, missing = [], [], [], []

@@ -103,6 +103,15 @@ class TemperatureRecord(TypedDict):
     test_accuracy_before: NotRequired[Fraction]  # the same as after, but with test-time views
 
 
+class MaxNormRecord(TypedDict):
+    """What max-norm did by the end of a run (`model.max_norm_units`)."""
+
+    max_norm: Annotated[float, Range(0.0, 1000.0)]
+    units: Count
+    at_bound: Count
+    largest: Annotated[float, Range(0.0, None)]
+
+
 class Metrics(TypedDict):
     """metrics.json: the figures of a complete run (the fields fashionlab reads back); a run
     trained with test=False (a sweep's trial) has no test figures."""
@@ -119,6 +128,7 @@ class Metrics(TypedDict):
     test_ece: NotRequired[Fraction]  # absent in runs made before calibration was measured
     calibration: NotRequired[Calibration]
     temperature: NotRequired[TemperatureRecord]
+    max_norm: NotRequired[MaxNormRecord]
     train_seconds: NotRequired[Seconds]
     wall_seconds: NotRequired[Seconds]
     seconds_to_val_accuracy: NotRequired[dict[str, Seconds | None]]

@@ -201,6 +201,10 @@ def training_rows(config: Mapping[str, Any], history: pd.DataFrame, metrics: Map
         p = metrics["parameters"]
         rows["parameters"] = (f"{p.get('total', 0):,} ({p.get('trainable', 0):,} trainable, "
                               f"{p.get('non_trainable', 0):,} non-trainable)")
+    if isinstance(metrics.get("max_norm"), Mapping):
+        m = metrics["max_norm"]
+        rows["max-norm at the end"] = (f"{m['at_bound']:,} of {m['units']:,} hidden units at the bound "
+                                       f"{m['max_norm']:g}; the largest norm {m['largest']:.3f}")
     rows |= {"epochs": str(len(history)),
              "best validation accuracy": f"{history['val_accuracy'].max():.4f} (epoch {best})",
              "final validation accuracy": f"{history['val_accuracy'].iloc[-1]:.4f}"}
@@ -305,10 +309,12 @@ class PageFigures(NamedTuple):
 def calibration_section(report: Mapping[str, Any], reliability_png: bytes,
                         temperature: Mapping[str, float] | None) -> str:
     """The reliability diagram, what it says, and what temperature scaling changed when a run did it."""
+    bins = report["calibration"]["bins"]
     said = note(f"Expected calibration error {100 * report['calibration']['ece']:.2f} %: the gap between "
-                f"confidence and accuracy, averaged over {len(report['calibration']['bins'])} confidence bins by "
-                f"their images. Of the images the model gives p % to, p % should be right: each bar is a bin's "
-                f"accuracy, the hatched gap its distance from the bin's mean confidence.")
+                f"confidence and accuracy, averaged over the {round(1 / (bins[0]['high'] - bins[0]['low']))} "
+                f"confidence bins by their images ({len(bins)} hold any). Of the images the model gives p % to, "
+                f"p % should be right: each bar is a bin's accuracy, the hatched gap its distance from the bin's "
+                f"mean confidence." if bins else "No test images: no calibration.")
     if temperature:
         rows = {"temperature": f"{temperature['temperature']:.3f}, fitted on the validation split and folded into "
                                f"the last layer (the saved and exported model include it)",
@@ -316,10 +322,10 @@ def calibration_section(report: Mapping[str, Any], reliability_png: bytes,
                                     f"{100 * temperature['val_ece_after']:.2f} %, loss "
                                     f"{temperature['val_loss_before']:.4f} -> {temperature['val_loss_after']:.4f}"}
         if "test_ece_before" in temperature:
-            rows["test set before scaling"] = (f"ECE {100 * temperature['test_ece_before']:.2f} %, loss "
-                                               f"{temperature['test_loss_before']:.4f}, accuracy "
-                                               f"{temperature['test_accuracy_before']:.4f} (after: the test "
-                                               f"metrics above)")
+            rows["test set"] = (f"ECE {100 * temperature['test_ece_before']:.2f} % -> "
+                                f"{100 * report['calibration']['ece']:.2f} %, loss "
+                                f"{temperature['test_loss_before']:.4f} -> {report['test_loss']:.4f}, accuracy "
+                                f"{temperature['test_accuracy_before']:.4f} -> {report['test_accuracy']:.4f}")
         said += key_values(rows)
     return said + png_tag(reliability_png, "reliability diagram: accuracy per confidence bin")
 

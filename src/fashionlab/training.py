@@ -31,7 +31,14 @@ from fashionlab.evaluation import metrics_from_proba, predict_proba
 from fashionlab.files import check_writable
 from fashionlab.interrupts import StopRequest, signals_held, stop_requests
 from fashionlab.layers import portable
-from fashionlab.model import build_model, one_hot_targets, parameter_counts, set_whitening, summary_text
+from fashionlab.model import (
+    build_model,
+    max_norm_units,
+    one_hot_targets,
+    parameter_counts,
+    set_whitening,
+    summary_text,
+)
 from fashionlab.modelfiles import load_model_file
 from fashionlab.preprocessing import fit_scaler, patch_whitening, scaler_of
 from fashionlab.provenance import available_memory, library_versions, machine_info
@@ -401,11 +408,16 @@ def test_metrics(report: dict[str, Any]) -> dict[str, Any]:
             "test_ece": report["calibration"]["ece"], "calibration": report["calibration"]}
 
 
-def unscaled_test_figures(y_test: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """The test figures of a model before its temperature scaling (`proba`: its test probabilities then)."""
-    return {"test_loss_before": cross_entropy(y_test, proba),
-            "test_ece_before": expected_calibration_error(y_test, proba),
-            "test_accuracy_before": float((proba.argmax(axis=1) == y_test).mean())}
+def _temperature_scaled(model: keras.Model, splits: Splits, test: bool) -> dict[str, float]:
+    """Fit a temperature on the validation split and fold it into `model`; what metrics.json records
+    of it, with the test figures from before (`test`: the run may read the test set)."""
+    unscaled = predict_proba(model, splits.x_test) if test else None
+    record = temperature_scale(model, splits.x_valid, splits.y_valid).record()
+    if unscaled is None:
+        return record
+    return record | {"test_loss_before": cross_entropy(splits.y_test, unscaled),
+                     "test_ece_before": expected_calibration_error(splits.y_test, unscaled),
+                     "test_accuracy_before": float((unscaled.argmax(axis=1) == splits.y_test).mean())}
 
 
 def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *, history: pd.DataFrame,
@@ -419,8 +431,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
     model.set_weights(_kept_weights(run, model, kept, epochs_done, averaged=bool(config.ema)))
     status = run.status()
     test = status.get("test", True)
-    unscaled = predict_proba(model, splits.x_test) if test and config.temperature_scale else None
-    scaled = temperature_scale(model, splits.x_valid, splits.y_valid) if config.temperature_scale else None
+    scaled = _temperature_scaled(model, splits, test) if config.temperature_scale else None
     run.save_model(portable(model))
     _stop_point(run, stop, epochs_done)
     seconds = history["seconds"].tolist()
@@ -431,8 +442,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         report = metrics_from_proba(splits.y_test, proba, run.dataset().class_names)
         metrics = test_metrics(report)
     if scaled is not None:
-        metrics["temperature"] = scaled.record() | ({} if unscaled is None else unscaled_test_figures(
-            splits.y_test, unscaled))
+        metrics["temperature"] = scaled
     metrics |= {
         "final_val_accuracy": float(history["val_accuracy"].iloc[-1]),
         "best_val_accuracy": float(history["val_accuracy"].max()),
@@ -444,6 +454,7 @@ def _finish(run: Run, config: TrainConfig, splits: Splits, model: keras.Model, *
         "train_seconds": float(sum(seconds)),
         "seconds_to_val_accuracy": seconds_to_accuracy(history),
         "parameters": parameter_counts(model),
+        **({"max_norm": bounded} if (bounded := max_norm_units(model)) else {}),
         "engine": resolve_engine(config.engine),
         "scaler": dataclasses.asdict(scaler) if scaler else None,
         "data": {"dir": str(splits.source), "verified": data.verify and data.dataset.verifiable,
