@@ -57,8 +57,12 @@ def test_a_comparison_writes_results_summary_curves_and_report(comparison):
     assert len(results) == 4 and set(results["variant"]) == set(TWO)
     assert list(results.columns[:3]) == ["variant", "seed", "test_accuracy"]
     assert results["test_accuracy"].between(0, 1).all()
+    ece = [json.loads((Path(d) / "metrics.json").read_text())["test_ece"] for d in results["run_dir"]]
+    assert results["test_ece"].tolist() == pytest.approx(ece)
     summary = (out / "summary.md").read_text()
     assert "| scaled | 2 |" in summary and "| bn-after | 2 |" in summary and "±" in summary
+    mean = results[results["variant"] == "scaled"]["test_ece"].mean()
+    assert "test ECE (mean)" in summary and f"| {100 * mean:.2f} % |" in summary
     assert "highest mean test accuracy" in summary
     assert_png(out / "curves.png", 1000, 400)
     page = assert_self_contained(out / "report.html")
@@ -352,12 +356,14 @@ def test_a_single_variant_gets_its_figures_and_nothing_compared():
 def test_the_summary_keeps_the_given_order_and_averages_every_figure_over_seeds():
     results = frame([("z", 1, 0.80, 0.81, 3, 2.0, 500), ("z", 2, 0.82, 0.85, 6, 4.0, 500),
                      ("m", 1, 0.90, 0.91, 9, 1.0, 70)]).assign(wall_seconds=[10.0, 30.0, 5.0],
-                                                               first_epoch_val_accuracy=[0.75, 0.77, 0.70])
+                                                               first_epoch_val_accuracy=[0.75, 0.77, 0.70],
+                                                               test_ece=[0.02, 0.04, 0.01])
     summary = summarize(results)
     assert list(summary.index) == ["z", "m"]  # as given, not sorted by name
     assert summary.loc["z"].to_dict() == pytest.approx({
         "seeds": 2, "test_accuracy_mean": 0.81, "test_accuracy_std": 0.02 / 2 ** 0.5, "test_accuracy_worst": 0.80,
-        "test_accuracy_best": 0.82, "first_epoch_val_accuracy": 0.76, "best_val_accuracy": 0.83, "best_epoch": 4.5,
+        "test_accuracy_best": 0.82, "test_ece_mean": 0.03, "first_epoch_val_accuracy": 0.76,
+        "best_val_accuracy": 0.83, "best_epoch": 4.5,
         "seconds_per_epoch": 3.0, "wall_seconds": 20.0, "parameters": 500})
     assert conclusion(summary)[-2:] == [  # m is best at the end, z after the first epoch
         "After the first epoch, mean validation accuracy ranged from 0.7000 (m) to 0.7600 (z).",

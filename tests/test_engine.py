@@ -363,7 +363,7 @@ def test_each_draw_of_a_step_has_a_key_of_its_own(monkeypatch):
         model = build_model(config, fit_scaler(x_train))
         trainer = engine.CompiledTrainer(model, 32, augmentation)
         spy.keys.clear()  # building drew the initial weights
-        trainer._step(trainer.read_state(), x, y, step_key)  # eagerly: the keys are values
+        trainer.step(trainer.read_state(), x, y, step_key)  # eagerly: the keys are values
         spy.keys.append(("step", spy.data(step_key)))
         names = [name for name, _ in spy.keys]
         assert names.count("augment") == 1 and names.count("bits") >= 2, names
@@ -468,7 +468,7 @@ def test_bn_lr_scale_multiplies_the_steps_of_batch_norms_scale_and_offset_alone(
     moved = []
     for model, scale in ((plain_model, 1.0), (scaled_model, 4.0)):
         trainer = engine.CompiledTrainer(model, 32, bn_lr_scale=scale)
-        state = trainer._step(trainer.read_state(), x, y, jax.random.key(0))
+        state = trainer.step(trainer.read_state(), x, y, jax.random.key(0))
         moved.append([np.asarray(after) - before for after, before in zip(state.trainable, start)])
     paths = [v.path for v in plain_model.trainable_variables]
     assert sum("batch_normalization" in p for p in paths) == 4  # two BN layers: gamma and beta each

@@ -232,7 +232,8 @@ def test_the_comparison_page_has_readable_headers_and_links_to_every_run(tmp_pat
 
 def test_summary_markdown_has_one_row_per_variant_and_says_what_s_per_epoch_is():
     summary = pd.DataFrame({"seeds": [2, 2], "test_accuracy_mean": [0.85, 0.8], "test_accuracy_std": [0.01, 0.02],
-                            "test_accuracy_worst": [0.84, 0.78], "first_epoch_val_accuracy": [0.7, 0.6],
+                            "test_accuracy_worst": [0.84, 0.78], "test_ece_mean": [0.0123, float("nan")],
+                            "first_epoch_val_accuracy": [0.7, 0.6],
                             "best_val_accuracy": [0.86, 0.81], "best_epoch": [9.0, 8.5],
                             "seconds_per_epoch": [1.5, 0.0123], "wall_seconds": [31.25, float("nan")],
                             "parameters": [279410, 271410]},
@@ -241,8 +242,10 @@ def test_summary_markdown_has_one_row_per_variant_and_says_what_s_per_epoch_is()
     assert lines[0].startswith("| variant | seeds | test accuracy (mean ± std) |")
     assert "| s/epoch (median after epoch 1) |" in lines[0]
     assert "| s per run |" in lines[0]
-    assert lines[2] == "| bn-after | 2 | 0.8500 ± 0.0100 | 0.8400 | 0.7000 | 0.8600 | 9.0 | 1.50 | 31.25 | 279,410 |"
-    assert lines[3].startswith("| raw | 2 | 0.8000 ± 0.0200 |") and "| 0.012 | n/a |" in lines[3]  # not 0.01
+    assert lines[2] == ("| bn-after | 2 | 0.8500 ± 0.0100 | 0.8400 | 1.23 % | 0.7000 | 0.8600 | 9.0 | 1.50 | 31.25 "
+                        "| 279,410 |")
+    assert lines[3].startswith("| raw | 2 | 0.8000 ± 0.0200 | 0.7800 | – |")  # a comparison of runs made before ECE
+    assert "| 0.012 | n/a |" in lines[3]  # not 0.01
     assert lines[4] == "" and lines[5].startswith("s/epoch: the median time of each run's epochs after the first")
 
 

@@ -107,6 +107,7 @@ def test_a_run_is_logged_as_it_stands_in_its_folder(logged, client):
     metrics = run.metrics()
     assert found.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert found.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
+    assert found.data.metrics["test_ece"] == pytest.approx(metrics["test_ece"])
     assert found.data.metrics["parameters"] == metrics["parameters"]["total"]
     tags = found.data.tags
     assert tags["fashionlab.recipe"] == "tutorial" and tags["fashionlab.engine"] == "compiled"

@@ -112,8 +112,9 @@ def plan(out: Path, variants: Sequence[str], seeds: int, base: TrainConfig,
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant, in the order given: mean, spread (sample std over seeds) and worst seed."""
-    if "wall_seconds" not in results:  # results read before fashionlab recorded it
-        results = results.assign(wall_seconds=float("nan"))
+    for column in ("wall_seconds", "test_ece"):  # results read before fashionlab recorded them
+        if column not in results:
+            results = results.assign(**{column: float("nan")})
     grouped = results.groupby("variant", sort=False)
     import pandas as pd
 
@@ -123,6 +124,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         "test_accuracy_std": grouped["test_accuracy"].std(ddof=1).fillna(0.0),
         "test_accuracy_worst": grouped["test_accuracy"].min(),
         "test_accuracy_best": grouped["test_accuracy"].max(),
+        "test_ece_mean": grouped["test_ece"].mean(),
         "first_epoch_val_accuracy": grouped["first_epoch_val_accuracy"].mean(),
         "best_val_accuracy": grouped["best_val_accuracy"].mean(),
         "best_epoch": grouped["best_epoch"].mean(),

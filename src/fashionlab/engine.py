@@ -162,7 +162,7 @@ class CompiledTrainer:
         y_pred, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=True)
         return jnp.mean(self.loss_fn(self._targets(y), y_pred)), (y_pred, non_trainable)
 
-    def _step(self, state: TrainState, x, y, key, flipped=None) -> TrainState:
+    def step(self, state: TrainState, x, y, key, flipped=None) -> TrainState:
         """One optimizer step on the batch (x, y); `key` draws its augmentation and dropout,
         `flipped` (when given) says which images to mirror."""
         non_trainable = list(state.non_trainable)
@@ -180,7 +180,8 @@ class CompiledTrainer:
         totals = Totals(state.totals.loss_sum + loss * n, state.totals.correct + hits, state.totals.count + n)
         return TrainState(trainable, non_trainable, optimizer, totals)
 
-    def _batch(self, x_all, y_all, indices):
+    def batch(self, x_all, y_all, indices):
+        """The images (as floats) and labels at `indices`, as `step` takes them."""
         return jnp.take(x_all, indices, axis=0).astype(jnp.float32), jnp.take(y_all, indices, axis=0)
 
     def _indexed_step(self, state, x_all, y_all, indices, keys: StepKeys, epoch, step):
@@ -190,7 +191,7 @@ class CompiledTrainer:
             coins = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(keys.flips, i)))(indices)
             flipped = coins ^ (epoch % 2 == 1)
         step_key = jax.random.fold_in(jax.random.fold_in(keys.steps, epoch), step)
-        return self._step(state, *self._batch(x_all, y_all, indices), step_key, flipped)
+        return self.step(state, *self.batch(x_all, y_all, indices), step_key, flipped)
 
     def _run_steps(self, state, x_all, y_all, order, keys, epoch, start, stop):
         def body(i, state):

@@ -205,7 +205,7 @@ class StepProgram:
             optimizer = list(state.optimizer)
             optimizer[self.slot] = rates[i].astype(optimizer[self.slot].dtype)
             state = state._replace(optimizer=optimizer, totals=self.totals.zero())
-            state = self.trainer._step(state, *self.trainer._batch(x, y, batches[i]),
+            state = self.trainer.step(state, *self.trainer.batch(x, y, batches[i]),
                                        jax.random.fold_in(keys.steps, i))
             return state, losses.at[i].set(state.totals.loss_sum / state.totals.count)
 

@@ -491,6 +491,7 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
         "test accuracy (mean ± std)": [f"{m:.4f} ± {s:.4f}" for m, s in
                                        zip(summary["test_accuracy_mean"], summary["test_accuracy_std"])],
         "worst seed": summary["test_accuracy_worst"].map("{:.4f}".format),
+        "test ECE (mean)": summary["test_ece_mean"].map(lambda v: f"{100 * v:.2f} %" if v == v else "–"),
         "val accuracy after epoch 1": summary["first_epoch_val_accuracy"].map("{:.4f}".format),
         "best val accuracy": summary["best_val_accuracy"].map("{:.4f}".format),
         "epoch of best val": summary["best_epoch"].map("{:.1f}".format),
@@ -521,7 +522,8 @@ def _shown(column: str, value: Any) -> str:
 def runs_table(results: pd.DataFrame, pages: Sequence[str] | None = None) -> str:
     """Every run, a row each, with readable headers and, given `pages` (each run's report.html,
     relative to this page), a link to the run's own page. Every cell is escaped here."""
-    shown = results.drop(columns=["run_dir"], errors="ignore")
+    # each run's ECE is on its page and the variants' mean in the summary: 1,280 px fit the rest
+    shown = results.drop(columns=["run_dir", "test_ece"], errors="ignore")
     header = [RESULT_LABELS.get(c, str(c).replace("_", " ")) for c in shown.columns] + (["run"] if pages else [])
     rows = []
     for k, (_, row) in enumerate(shown.iterrows()):

@@ -391,6 +391,7 @@ def results(tasks: Sequence[Task]) -> pd.DataFrame:
         rows.append({
             **task.tags,
             "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
+            "test_ece": metrics.get("test_ece", float("nan")),  # runs made before calibration was measured
             "first_epoch_val_accuracy": float(first_epoch["val_accuracy"]),
             "best_val_accuracy": metrics["best_val_accuracy"], "best_epoch": metrics["best_epoch"],
             "final_val_accuracy": metrics["final_val_accuracy"],

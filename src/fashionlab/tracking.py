@@ -41,8 +41,8 @@ SCHEMES = ("http", "https", "file", "sqlite", "databricks")
 SERVER_ONLY = ("postgresql", "postgres", "mysql", "mssql")
 MAX_URI = 2048
 # The run's files MLflow keeps as artifacts (those it has), beside its model.
-ARTIFACTS = ("report.html", "learning_curves.png", "confusion_matrix.png", "config.json", "metrics.json",
-             "history.csv", "run.json", "summary.txt", "ensemble.json")
+ARTIFACTS = ("report.html", "learning_curves.png", "confusion_matrix.png", "reliability.png", "config.json",
+             "metrics.json", "history.csv", "run.json", "summary.txt", "ensemble.json")
 # MLflow's client retries a refused request for minutes by default; a tracking server is a view, not worth that.
 # Its own lines on stdout (a run's URL, password and all) are left out: fashionlab says where a run is itself.
 CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -319,10 +319,13 @@ class RunLog:
         if not self.run_id:
             return
         metrics, now = self.run.metrics(), int(time.time() * 1000)
-        figures = {key: metrics[key] for key in ("test_loss", "test_accuracy", "best_val_accuracy",
+        figures = {key: metrics[key] for key in ("test_loss", "test_accuracy", "test_ece", "best_val_accuracy",
                                                  "final_val_accuracy", "train_seconds", "wall_seconds",
                                                  "median_seconds_per_epoch") if key in metrics}
         figures["parameters"] = metrics["parameters"]["total"]
+        if "temperature" in metrics:  # temperature scaling: T, and the test figures from before it
+            figures |= {key: value for key, value in metrics["temperature"].items()
+                        if key in ("temperature", "test_ece_before", "test_loss_before")}
         self.tracker.metrics(self.run_id, [(key, value, 0, now) for key, value in figures.items()])
         self.tracker.artifacts(self.run_id, [self.run.file(n) for n in ARTIFACTS if self.run.file(n).is_file()])
         self.tracker.call(log_model, self.tracker, self.run_id, self.run)
