@@ -109,7 +109,7 @@ def test_the_test_set_is_seen_only_through_the_folder_the_sweep_made_for_the_cho
     done = Worker.done
 
     def misrecorded(worker, finished):  # the study's record of each trial's run, changed by whoever can
-        worker.held[finished.task.tags["trial"]].set_user_attr("run", "../elsewhere")
+        worker.claims.held[finished.task.tags["trial"]].set_user_attr("run", "../elsewhere")
         done(worker, finished)
 
     monkeypatch.setattr(Worker, "done", misrecorded)

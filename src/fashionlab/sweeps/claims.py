@@ -1,6 +1,8 @@
-"""Which trial each worker of a sweep trains: a stopped one taken over (its process gone: Ctrl-C, a
-kill, a lost machine), else a new one asked of the study while the sweep has fewer than its trials;
-the trials a worker holds said to be alive (heartbeats), and let go when it stops.
+"""Which trial of a study each worker process trains, for a sweep and for a comparison shared
+through a study alike: the trials a process holds (`Claims`), said to be alive (heartbeats) and let
+go when it stops; a stopped one (its process gone: Ctrl-C, a kill, a lost machine) taken over by
+exactly one other worker; and the sweep's own worker, which also asks the study for new trials
+while the sweep has fewer than its trials.
 
     worker = Worker(study, backend, space, out, trials=30, storage=where, ...)
     runner.execute(worker.tasks(), jobs=2, data=data, on_done=worker.done, on_failed=worker.failed)
@@ -68,6 +70,78 @@ class Owner:
         return now - (heard or 0) > STALE_SECONDS
 
 
+class Claims:
+    """The trials of one study that this process holds: each marked with its owner and a heartbeat,
+    said to be alive every HEARTBEAT_SECONDS while `heartbeat()` runs, let go when the process stops;
+    a stopped trial of another process taken over by exactly one worker (`take_over`)."""
+
+    def __init__(self, backend: optuna.storages.BaseStorage, study_id: int):
+        self.backend, self.study_id = backend, study_id
+        self.owner = Owner()
+        self.held: dict[int, Any] = {}  # trial number -> what the worker keeps of it while its task runs
+        self.lock = threading.Lock()  # the heartbeat thread reads `held`
+
+    def trial_id(self, number: int) -> int:
+        return self.backend.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def stopped(self, running: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        """Of these running trials, those whose process is gone, and not this one's."""
+        now = time.time()
+        return [t for t in running if t.number not in self.held and self.owner.stopped(t, now)]
+
+    def mark(self, number: int) -> None:
+        """Trial `number` is this process's from now: its record names the process, heard of now."""
+        trial_id = self.trial_id(number)
+        self.backend.set_trial_user_attr(trial_id, "owner", self.owner.record())
+        self.backend.set_trial_user_attr(trial_id, "heartbeat", time.time())
+
+    def take_over(self, number: int, read: Callable[[], optuna.trial.FrozenTrial]) -> bool:
+        """Claim a stopped trial: every worker that wants it writes its claim, waits CLAIM_SECONDS, and
+        reads back (`read`: the trial as the storage has it now) whose claim was written last; that one
+        trains it, the others leave it."""
+        self.mark(number)
+        time.sleep(CLAIM_SECONDS)
+        claimed = (read().user_attrs.get("owner") or {}).get("token")
+        return claimed == self.owner.token
+
+    def hold(self, number: int, kept: Any) -> None:
+        with self.lock:
+            self.held[number] = kept
+
+    def release(self, number: int) -> Any:
+        with self.lock:
+            return self.held.pop(number)
+
+    def let_go(self) -> None:
+        """This process stops: its trials are marked as not heard of, for any worker to take over."""
+        with self.lock:
+            held, self.held = list(self.held), {}
+        for number in held:
+            with contextlib.suppress(Exception):  # the storage itself may be what failed
+                self.backend.set_trial_user_attr(self.trial_id(number), "heartbeat", 0)
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """While the block runs, each held trial is said to be alive every HEARTBEAT_SECONDS."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_SECONDS):
+                with self.lock:
+                    held = list(self.held)
+                for number in held:
+                    with contextlib.suppress(Exception):  # finished meanwhile, or the database hiccups
+                        self.backend.set_trial_user_attr(self.trial_id(number), "heartbeat", time.time())
+
+        thread = threading.Thread(target=beat, name="fashionlab-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
 class Worker(Trials):
     """One worker process of a sweep (it may run `jobs` trainings): asks the study for trials while
     the sweep has fewer than `trials`, hands them to the runner, and tells the study each outcome."""
@@ -75,33 +149,24 @@ class Worker(Trials):
     def __init__(self, study: optuna.Study, backend: optuna.storages.BaseStorage, space: Space, out: Path, *,
                  trials: int, storage: str, sampler: str, sampler_seed: int, pruner: str, train_images: int,
                  free_memory: int | None, progress: Callable[[str], None], mlflow: Destination | None = None):
-        self.owner = Owner()
         super().__init__(study, backend, space, out, trials=trials, storage=storage, pruner=pruner,
                          train_images=train_images, free_memory=free_memory, progress=progress,
-                         host=self.owner.host, mlflow=mlflow)
+                         host=socket.gethostname(), mlflow=mlflow)
+        self.claims = Claims(backend, self.study_id)
+        self.owner = self.claims.owner
         self.sampler, self.sampler_seed = sampler, sampler_seed
-        self.held: dict[int, optuna.Trial] = {}  # trial number -> the trial this process runs
-        self.lock = threading.Lock()  # the heartbeat thread reads `held`
 
     # claiming
     def stopped_trials(self) -> list[optuna.trial.FrozenTrial]:
         """Running trials whose process is gone (Ctrl-C, a kill, a lost machine)."""
         from optuna.trial import TrialState
 
-        now = time.time()
-        return [t for t in self.all_trials((TrialState.RUNNING,))
-                if counted(t) and t.number not in self.held and self.owner.stopped(t, now)]
+        return self.claims.stopped([t for t in self.all_trials((TrialState.RUNNING,)) if counted(t)])
 
     def take_over(self, trial: optuna.trial.FrozenTrial) -> bool:
-        """Claim a stopped trial: every worker that wants it writes its claim, waits, and reads
-        back whose claim was written last; that one trains it, the others leave it."""
-        trial_id = self.trial_id(trial.number)
-        self.backend.set_trial_user_attr(trial_id, "owner", self.owner.record())
-        self.backend.set_trial_user_attr(trial_id, "heartbeat", time.time())
-        time.sleep(CLAIM_SECONDS)
-        claim = next(t for t in self.all_trials() if t.number == trial.number)
-        claimed = (claim.user_attrs.get("owner") or {}).get("token")
-        return claimed == self.owner.token
+        """Claim a stopped trial (`Claims.take_over`): one of the workers that want it trains it."""
+        return self.claims.take_over(trial.number,
+                                     lambda: next(t for t in self.all_trials() if t.number == trial.number))
 
     # asking
     def tasks(self) -> Iterator[Task]:
@@ -142,53 +207,25 @@ class Worker(Trials):
 
     def _take(self, trial: optuna.Trial) -> Task | None:
         """This worker takes `trial`: its record names this process, and the trial is held while its task runs."""
-        for key, value in {"owner": self.owner.record(), "heartbeat": time.time()}.items():
-            trial.set_user_attr(key, value)
+        self.claims.mark(trial.number)
         task = self.task(trial)
         if task is not None:
-            with self.lock:
-                self.held[trial.number] = trial
+            self.claims.hold(trial.number, trial)
         return task
 
     # telling
     def done(self, done: Done) -> None:
         self.finished += 1
-        self.tell(self._release(done.task), done.task.run_dir, done.task.config,
+        self.tell(self.claims.release(done.task.tags["trial"]), done.task.run_dir, done.task.config,
                   how="resumed" if done.resumed else "")
 
     def failed(self, task: Task, error: FashionlabError) -> None:
-        self.fail(self._release(task), str(error))
-
-    def _release(self, task: Task) -> optuna.Trial:
-        with self.lock:
-            return self.held.pop(task.tags["trial"])
+        self.fail(self.claims.release(task.tags["trial"]), str(error))
 
     # the stopped
     def let_go(self) -> None:
-        """This process stops: its trials are marked as not heard of, for any worker to take over."""
-        with self.lock:
-            held, self.held = list(self.held), {}
-        for number in held:
-            with contextlib.suppress(Exception):  # the storage itself may be what failed
-                self.backend.set_trial_user_attr(self.trial_id(number), "heartbeat", 0)
+        """This process stops: its trials are let go, for any worker to take over."""
+        self.claims.let_go()
 
-    @contextlib.contextmanager
-    def heartbeat(self) -> Iterator[None]:
-        """While the block runs, each held trial is said to be alive every HEARTBEAT_SECONDS."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_SECONDS):
-                with self.lock:
-                    held = list(self.held)
-                for number in held:
-                    with contextlib.suppress(Exception):  # finished meanwhile, or the database hiccups
-                        self.backend.set_trial_user_attr(self.trial_id(number), "heartbeat", time.time())
-
-        thread = threading.Thread(target=beat, name="fashionlab-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+    def heartbeat(self) -> contextlib.AbstractContextManager[None]:
+        return self.claims.heartbeat()
