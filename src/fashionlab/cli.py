@@ -402,21 +402,36 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     if args.runs is not None:
         return _compare_runs(args)
+    if args.study is not None and args.storage is None:
+        raise ConfigError("--study names a study in --storage; give --storage too")
     base, overrides = _base_config(args), _overrides(args)
     variants = args.variants or list(DEFAULT_VARIANTS)
     seeds, jobs, out = args.seeds or 3, args.jobs or os.cpu_count() or 1, args.out or COMPARE_OUT
+    options = {"variants": variants, "seeds": seeds, "base": base, "overrides": overrides, "jobs": jobs,
+               "data": _data_from(args), "force": args.force, "progress": lambda line: print(line, flush=True),
+               "recipe": args.recipe, "command": args.command_line}
     try:
         with stop_requests():  # from the start: a signal while Keras imports is a stop request too
-            from fashionlab.comparison import compare
+            if args.storage is not None:
+                result = _shared_comparison(args, out, options)
+            else:
+                from fashionlab.comparison import compare
 
-            result = compare(out, variants=variants, seeds=seeds, base=base, overrides=overrides,
-                             jobs=jobs, data=_data_from(args), force=args.force,
-                             progress=lambda line: print(line, flush=True), recipe=args.recipe,
-                             command=args.command_line, mlflow=args.mlflow)
+                result = compare(out, **options, mlflow=args.mlflow)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished runs are kept in {out}: run the same command again "
                           f"to resume") from None
-    _print_comparison(result)
+    if result is not None:  # None: other workers still train the shared comparison's last runs
+        _print_comparison(result)
+
+
+def _shared_comparison(args: argparse.Namespace, out: str, options: dict[str, Any]):
+    """compare --storage: this machine's share of a comparison many machines train."""
+    if args.mlflow is not None:
+        raise ConfigError("--mlflow logs a comparison trained on one machine; drop it with --storage")
+    from fashionlab.sweeps import compare_shared
+
+    return compare_shared(out, storage=args.storage, study=args.study, **options)
 
 
 def _compare_runs(args: argparse.Namespace) -> None:
@@ -712,6 +727,12 @@ def _compare_parser(commands, shared) -> None:
                               f"--runs, runs/<time>-comparison)")
     compare.add_argument("--jobs", type=_int_between(1), metavar="N",
                          help="runs trained at once, each in its own process (default: the CPU count)")
+    compare.add_argument("--storage", metavar="URL", type=a_name,
+                         help="share the comparison's runs among machines through a study in this database, "
+                              "e.g. postgresql://user@host/db: run the same command on each, --out a folder they "
+                              "all reach (needs fashionlab[sweep])")
+    compare.add_argument("--study", metavar="NAME", type=a_name,
+                         help="with --storage: the study's name (default: compare-<the --out folder's name>)")
     source = compare.add_mutually_exclusive_group()
     source.add_argument("--recipe", metavar="NAME", type=a_recipe_name,
                         help="the base config of the series variants: a named recipe")

@@ -273,7 +273,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     check_output_folder(out, force=force, of_runs=False)
     check_writable(out, what="the comparison", term="out")
     tasks = plan(out, list(variants), seeds, base, overrides, recipe=recipe, command=command)
-    data = _checked(tasks, jobs, data)
+    data = checked_runs(tasks, jobs, data)
     found = [runner.inspect(task) for task in tasks]
     conflict = next((f.reason for f in found if f.state == "conflict"), None)
     if conflict:
@@ -306,7 +306,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
         runner.execute(todo, jobs=jobs, data=data, on_done=report)
     wall = time.perf_counter() - started
 
-    results, summary, statements = _write_outputs(folder, tasks, command)
+    results, summary, statements = write_outputs(folder, tasks, command)
     _log_comparison(tracker, children, out, summary)
     if todo:
         progress(f"trained {len(todo)} run(s) in {wall:.0f} s wall time")
@@ -375,7 +375,7 @@ def compare_runs(out: str | Path, runs: Sequence[str | Path], *, force: bool = F
     folder = Run(out)
     folder.write_json(MARKER, {"runs": [str(t.run_dir) for t in tasks], "command": command,
                                "variants": list(dict.fromkeys(t.tags["variant"] for t in tasks))})
-    results, summary, statements = _write_outputs(folder, tasks, command)
+    results, summary, statements = write_outputs(folder, tasks, command)
     tracker, children = tracking.parent(where, out, kind="comparison", doing="the comparison",
                                         params={"runs": [str(t.run_dir) for t in tasks], "command": command or ""})
     _log_runs(tracker, children, tasks)
@@ -448,7 +448,7 @@ def _plain(text: str) -> str:
     return text.strip("'")
 
 
-def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
+def checked_runs(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
     """Refuse, before any work, a comparison that cannot run: a run folder reached through a link,
     variants on different data sets, a config the data or the memory cannot take. Returns the
     data source pinned to the folder found."""
@@ -468,7 +468,7 @@ def _checked(tasks: list[Task], jobs: int, data: DataSource) -> DataSource:
     return data
 
 
-def _write_outputs(folder: Run, tasks: list[Task], command: str | None) -> tuple[pd.DataFrame, pd.DataFrame,
+def write_outputs(folder: Run, tasks: list[Task], command: str | None) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                                 list[str]]:
     """The comparison's files from its finished runs: results, summary, conclusion, curves, report."""
     from fashionlab.reports import write_comparison_outputs

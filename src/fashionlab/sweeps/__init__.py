@@ -23,10 +23,12 @@ The space file:
     dropout = [0.0, 0.5]                                          # [min, max]
     optimizer = { choices = ["adamw", "nadam"] }
 
-Its modules, each importing only those named after it: `run` (the sweep itself), `claims` (which
-trial each worker trains), `recovery` (lost trials given back), `results` (the table, the one test
-evaluation), `trials` (a trial's task and its outcome), `study` (its settings, and what it records,
-checked), `storage` (a journal or a database, its URL never shown whole), `space` (the space file).
+Its modules, each importing only those named after it: `sharing` (a comparison many machines train
+through a study: `compare --storage`), `run` (the sweep itself), `claims` (which trial each worker
+trains, for a sweep and a shared comparison alike), `recovery` (lost trials given back), `results`
+(the table, the one test evaluation), `trials` (a trial's task and its outcome), `study` (its
+settings, and what it records, checked), `storage` (a journal or a database, its URL never shown
+whole), `space` (the space file).
 """
 
 import importlib
@@ -34,7 +36,7 @@ import importlib
 # Each public name and the module that holds it, imported when first used: importing the package
 # imports neither Optuna nor the training modules.
 _HOMES = {
-    "sweep": "run", "MAX_TRIALS": "run", "MAX_JOBS": "run",
+    "sweep": "run", "MAX_TRIALS": "run", "MAX_JOBS": "run", "compare_shared": "sharing",
     "SweepResult": "results", "load_sweep": "results",
     "Space": "space", "load_space": "space",
     "Sampler": "study", "Pruner": "study", "SAMPLERS": "study", "PRUNERS": "study",

@@ -104,6 +104,22 @@ class Claims:
         claimed = (read().user_attrs.get("owner") or {}).get("token")
         return claimed == self.owner.token
 
+    def pop_waiting(self, waiting: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+        """The first of these waiting trials this process gets to run, marked as its own; None when other
+        workers took them all. The storage moves a trial from waiting to running for one caller only."""
+        import optuna
+
+        for trial in waiting:
+            try:
+                taken = self.backend.set_trial_state_values(self.trial_id(trial.number),
+                                                            optuna.trial.TrialState.RUNNING)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            if taken:
+                self.mark(trial.number)
+                return trial
+        return None
+
     def hold(self, number: int, kept: Any) -> None:
         with self.lock:
             self.held[number] = kept

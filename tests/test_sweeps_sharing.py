@@ -1,0 +1,146 @@
+"""A comparison shared through a study (sweeps/sharing.py): two workers on a real PostgreSQL server train
+each run once and write what one machine writes; a changed plan is refused; a killed worker's run is
+resumed by another; the claims on a waiting run, on the plan and on the files go to one worker each."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from fashionlab.comparison import compare
+from fashionlab.errors import ConfigError
+from fashionlab.rundir import Run
+from fashionlab.sweeps import claims, sharing
+from fashionlab.sweeps.claims import Claims
+from fashionlab.sweeps.sharing import Shared, compare_shared
+
+VARIANTS = ["tutorial:depth=1,width=16", "fast-mlp:width=16"]
+OPTIONS = ["--variants", *VARIANTS, "--seeds", "2", "--epochs", "3", "--validation-size", "60", "--jobs", "1"]
+
+
+def command(out: Path, storage: str, synthetic, *extra: str, study: str = "shared-compare") -> list[str]:
+    return [sys.executable, "-m", "fashionlab", "compare", *OPTIONS, "--out", str(out), "--storage", storage,
+            "--study", study, "--data-dir", str(synthetic.data_dir), "--no-verify", *extra]
+
+
+def shared_study(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def test_two_workers_on_postgresql_train_each_run_once_and_write_what_one_machine_writes(tmp_path, synthetic,
+                                                                                          postgres):
+    out = tmp_path / "shared-folder"
+    workers = [subprocess.Popen(command(out, postgres, synthetic), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    said = [worker.communicate(timeout=400) for worker in workers]
+    for worker, (_, err) in zip(workers, said):
+        assert worker.returncode == 0, err
+    study = shared_study(postgres, "shared-compare")
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.user_attrs["run"] for t in study.trials) == [0, 1, 2, 3]  # planned once, though both began
+    assert {t.user_attrs["owner"]["pid"] for t in study.trials} == {w.pid for w in workers}  # both trained
+    results = pd.read_csv(out / "results.csv")
+    for trial in study.trials:  # trained once, start to end, by the worker that holds its trial
+        run = Run(results["run_dir"][trial.user_attrs["run"]])
+        assert "resumed" not in run.status() and run.status()["pid"] == trial.user_attrs["owner"]["pid"]
+        assert trial.value == pytest.approx(run.metrics()["test_accuracy"])
+    assert sum("comparison: " in out for out, _ in said) == 1  # one worker wrote the files
+    alone = compare(tmp_path / "alone", variants=VARIANTS, seeds=2, overrides={"epochs": 3, "validation_size": 60},
+                    jobs=1, data=synthetic)
+    columns = ["variant", "seed", "test_accuracy", "test_loss", "best_val_accuracy", "parameters"]
+    pd.testing.assert_frame_equal(results[columns], alone.results[columns])
+    assert (out / "summary.md").read_text().split("\n")[2:4] != [] and (out / "report.html").is_file()
+
+
+def test_a_changed_plan_or_other_data_is_refused_naming_what_changed(tmp_path, synthetic):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    tasks = sharing.plan(out, VARIANTS, 2, sharing.TrainConfig(), {"epochs": 3, "validation_size": 60})
+    Shared(storage, "plan", tasks, out, synthetic)
+    Shared(storage, "plan", tasks, out, synthetic)  # the same plan: opened again
+    more = sharing.plan(out, VARIANTS, 3, sharing.TrainConfig(), {"epochs": 3, "validation_size": 60})
+    with pytest.raises(ConfigError, match="changed since: tutorial-depth-1-width-16 seed 44 added"):
+        Shared(storage, "plan", more, out, synthetic)
+    longer = sharing.plan(out, VARIANTS, 2, sharing.TrainConfig(), {"epochs": 4, "validation_size": 60})
+    with pytest.raises(ConfigError, match="seed 42: epochs"):
+        Shared(storage, "plan", longer, out, synthetic)
+    assert len(shared_study(storage, "plan").trials) == 4  # nothing enqueued by the refused ones
+
+
+def test_a_worker_killed_mid_run_leaves_it_to_another_which_resumes_it(tmp_path, synthetic):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    slow = command(out, storage, synthetic, study="killed")
+    slow[slow.index("3")] = "200"  # --epochs 200: long enough to be killed in the middle
+    first = subprocess.Popen(slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = None
+    deadline = time.monotonic() + 240
+    while checkpoint is None and time.monotonic() < deadline and first.poll() is None:
+        checkpoint = next((p for p in out.glob("*/seed-*/checkpoint-epoch*.keras")
+                           if int(p.stem.removeprefix("checkpoint-epoch")) >= 2), None)
+        time.sleep(0.05)
+    assert checkpoint is not None, first.stderr.read() if first.poll() is not None else "no checkpoint"
+    os.kill(first.pid, signal.SIGKILL)  # one job: it trains in the command's own process, killed outright
+    first.wait(timeout=30)
+    assert Run(checkpoint.parent).status()["status"] == "running"  # as a lost machine leaves it
+    second = subprocess.run(slow, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    run = Run(checkpoint.parent)
+    assert run.status()["status"] == "complete" and "resumed" in run.status()  # from its checkpoint
+    study = shared_study(storage, "killed")
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) and len(study.trials) == 4
+    assert (out / "results.csv").is_file()
+
+
+def test_two_workers_popping_one_waiting_run_leave_it_to_one(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="race")
+    study.enqueue_trial({}, user_attrs={"run": 0})
+    a, b = Claims(storage, study._study_id), Claims(storage, study._study_id)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    seen_by_b = list(waiting)  # both read the waiting run before either takes it
+    assert a.pop_waiting(waiting).number == 0
+    assert b.pop_waiting(seen_by_b) is None  # the storage moved it to running for one of them only
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.RUNNING and trial.user_attrs["owner"]["token"] == a.owner.token
+    assert b.stopped(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) == []  # a lives: not stopped
+
+
+def test_of_two_workers_seeing_every_run_complete_one_writes_the_files(tmp_path, synthetic, monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    tasks = sharing.plan(out, VARIANTS[:1], 1, sharing.TrainConfig(), {"epochs": 1, "validation_size": 60})
+    a, b = Shared(storage, "files", tasks, out, synthetic), Shared(storage, "files", tasks, out, synthetic)
+    monkeypatch.setattr(claims, "CLAIM_SECONDS", 0.01)
+    won = {}
+
+    def meanwhile(seconds):  # while one waits after writing its claim, the other claims too
+        if "b" not in won:
+            won["b"] = None
+            won["b"] = b._claim(sharing.FINISHER)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(sharing, "time", types.SimpleNamespace(time=time.time, sleep=meanwhile,
+                                                               monotonic=time.monotonic))
+    won["a"] = a._claim(sharing.FINISHER)
+    assert sorted(won.values()) == [False, True]
+
+
+def test_the_last_run_taken_leaves_the_others_nothing_and_they_say_so(tmp_path, synthetic):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    options = {"variants": VARIANTS[:1], "seeds": 1, "overrides": {"epochs": 1, "validation_size": 60},
+               "data": synthetic}
+    tasks = sharing.plan(out, VARIANTS[:1], 1, sharing.TrainConfig(), options["overrides"])
+    holder = Shared(storage, "last", tasks, out, synthetic)
+    assert next(holder.tasks()).label == tasks[0].label  # the one run, held by a live worker (this process)
+    lines = []
+    assert compare_shared(out, storage=storage, study="last", progress=lines.append, **options) is None
+    assert "1 still with other workers" in lines[-1] and not (out / "results.csv").exists()
