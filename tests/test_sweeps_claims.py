@@ -14,7 +14,7 @@ from sweeps_helpers import GOOD, SEARCH, cli, killed_owner, space_file, started_
 
 from fashionlab.rundir import Run
 from fashionlab.sweeps import claims, sweep
-from fashionlab.sweeps.claims import Worker
+from fashionlab.sweeps.claims import Claims, Worker
 from fashionlab.sweeps.results import trials_table
 from fashionlab.sweeps.trials import trial_dir_name
 
@@ -174,3 +174,17 @@ def test_two_workers_on_postgresql_share_one_study_and_never_run_a_trial_twice(t
     assert len(pd.read_csv(out / "trials.csv")) == 6
     tests = [key for key in study.user_attrs if key.startswith("test:")]
     assert tests == [f"test:{study.best_trial.number}"]  # the test set seen once, for the best trial
+
+
+def test_two_workers_popping_one_waiting_run_leave_it_to_one(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="race")
+    study.enqueue_trial({}, user_attrs={"run": 0})
+    a, b = Claims(storage, study._study_id), Claims(storage, study._study_id)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    seen_by_b = list(waiting)  # both read the waiting run before either takes it
+    assert a.pop_waiting(waiting).number == 0
+    assert b.pop_waiting(seen_by_b) is None  # the storage moved it to running for one of them only
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.RUNNING and trial.user_attrs["owner"]["token"] == a.owner.token
+    assert b.stopped(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) == []  # a lives: not stopped

@@ -373,12 +373,15 @@ class Comparison:
 @checked(keywords=FIELDS)
 def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
             data: DataSource = DataSource(), runs: Sequence[str | Path] | None = None, force: bool = False,
-            mlflow: str | bool | None = None, **changes: Any) -> Comparison:
+            mlflow: str | bool | None = None, storage: str | None = None, study: str | None = None,
+            **changes: Any) -> Comparison | None:
     """Train each variant (a series variant such as "bn-before", a recipe, or "recipe:key=value")
     over `seeds` seeds, every one changed by `changes`, and compare them on the test set. With `runs`
     (paths, "latest", or the start of a name under runs/), compare those runs, already trained, grouped
     by their settings: `fl.compare(runs=["20261207-1423", "latest"])`. `mlflow`: as `train`'s; the
-    comparison is a parent run there, its runs its children."""
+    comparison is a parent run there, its runs its children. `storage` (a database URL) and `study`:
+    share the runs with the other machines running the same call (`compare --storage`); None when they
+    still train the last runs (the one that finishes them writes the comparison)."""
     from fashionlab.comparison import DEFAULT_VARIANTS, compare_runs
     from fashionlab.comparison import compare as run_comparison
 
@@ -393,12 +396,22 @@ def compare(variants: Sequence[str] | None = None, *, seeds: int = 3, out: str |
                      command=call_text("compare", [], {"runs": list(runs), "mlflow": _shown_uri(mlflow)}))
         return Comparison(out)
 
+    if storage is None and study is not None:
+        raise ConfigError("`study` names a study in `storage`; give `storage` too", terms=["study", "storage"])
+    if storage is not None and (runs is not None or mlflow is not None):
+        raise ConfigError("`storage` shares the training of variants; drop `runs` and `mlflow`", terms=["storage"])
     variants = list(variants) if variants is not None else list(DEFAULT_VARIANTS)
     out = Path(out) if out is not None else Path("runs") / ("compare-" + "-".join(variants))[:80]
     said = call_text("compare", [variants], {"seeds": seeds, "out": out, "jobs": jobs, "mlflow": _shown_uri(mlflow),
-                                             **changes})
-    run_comparison(out, variants=variants, seeds=seeds, base=TrainConfig(), overrides=changes, jobs=jobs, data=data,
-                   command=said, force=force, mlflow=mlflow)
+                                             "storage": _shown_uri(storage), "study": study, **changes})
+    options = {"variants": variants, "seeds": seeds, "base": TrainConfig(), "overrides": changes, "jobs": jobs,
+               "data": data, "command": said, "force": force}
+    if storage is not None:
+        from fashionlab.sweeps import compare_shared
+
+        shared = compare_shared(out, storage=storage, study=study, progress=print, **options)
+        return None if shared is None else Comparison(out)
+    run_comparison(out, **options, mlflow=mlflow)
     return Comparison(out)
 
 

@@ -42,7 +42,7 @@ from fashionlab.sweeps.claims import Claims
 from fashionlab.sweeps.space import require_optuna
 from fashionlab.sweeps.storage import check_storage_url, open_storage, secrets_kept
 from fashionlab.sweeps.study import data_fingerprint
-from fashionlab.urls import url_label
+from fashionlab.urls import masked, url_label
 
 if TYPE_CHECKING:
     import optuna
@@ -53,6 +53,9 @@ PLANNER = "fashionlab_planner"  # ...the worker that enqueues the runs (the one 
 FINISHER = "fashionlab_finisher"  # ...the worker that writes the comparison's files
 PLAN_WAIT = 60.0  # seconds a worker waits for another to finish enqueueing the plan's runs
 RUN = "run"  # a trial's attribute: the index of its run in the plan
+FILES = "files"  # ...its run's figures, for a worker whose `out` is not shared to write the comparison from
+GATHERED = ("config.json", "run.json", "metrics.json", "history.csv", "confusion_matrix.csv")
+MAX_GATHERED_BYTES = 1024 * 1024  # a run's figures in the study, at most (a few kB: the model stays home)
 
 
 def planned(tasks: Sequence[Task], out: Path) -> dict[str, Any]:
@@ -92,6 +95,7 @@ def compare_shared(out: str | Path, *, storage: str, study: str | None = None, v
     trained elsewhere (the worker that finishes the last one writes the files)."""
     require_optuna()
     check_storage_url(storage)
+    command = masked(command, storage) if command else command  # runs and pages never show its password
     base = base or TrainConfig()
     out = Path(out)
     name = study if study is not None else f"compare-{out.absolute().name}"
@@ -209,8 +213,41 @@ class Shared:
 
     def done(self, done: Done) -> None:
         number = done.task.tags["trial"]
+        run = Run(done.task.run_dir)
+        figures = {name: run.read_text(name) for name in GATHERED}
+        if sum(len(text.encode()) for text in figures.values()) <= MAX_GATHERED_BYTES:
+            self.backend.set_trial_user_attr(self.claims.trial_id(number), FILES, figures)
         self._tell(number, done.metrics["test_accuracy"])
         self.claims.release(number)
+
+    def _gather(self, progress: Callable[[str], None]) -> None:
+        """The runs trained on other machines whose `out` this one does not share: their figures from the
+        study, written into run folders here (no model), for the comparison's files."""
+        from optuna.trial import TrialState
+
+        gathered = 0
+        for trial in self._trials(TrialState.COMPLETE):
+            task = self.runs[trial.user_attrs[RUN]]
+            if runner.inspect(task).state == "complete":
+                continue
+            figures = trial.user_attrs.get(FILES)
+            if not isinstance(figures, dict) or set(figures) != set(GATHERED) or not all(
+                    isinstance(text, str) for text in figures.values()):
+                raise RunError(f"{task.run_dir} is not here, and the study holds no figures of it; run the "
+                               f"comparison's last command where {task.label} was trained, or share `out`",
+                               terms=["out"])
+            with Run.create(task.run_dir) as run:
+                for name in GATHERED:
+                    run.write_text(name, figures[name])
+            runner_state = runner.inspect(task)
+            if runner_state.state != "complete":  # what the study held is not this run's
+                raise RunError(f"the figures the study holds of {task.label} are not its run's "
+                               f"({runner_state.reason or runner_state.state}); give `study` another name",
+                               terms=["study"])
+            gathered += 1
+        if gathered:
+            progress(f"gathered {gathered} run(s) trained elsewhere from the study (their figures; their models "
+                     f"stay where they were trained)")
 
     # --- the whole -----------------------------------------------------------------------------------
 
@@ -247,10 +284,15 @@ class Shared:
             progress(f"trained {trained} run(s) here; {len(self.runs) - complete} still with other workers: the "
                      f"one that finishes the last writes the comparison's files")
             return None
-        if FINISHER in self._attrs() or not self._claim(FINISHER):
+        if FINISHER in self._attrs():  # written already: again by a command run after the end, as compare does
+            writer = trained == 0
+        else:
+            writer = self._claim(FINISHER)
+        if not writer:
             progress(f"trained {trained} run(s) here; every run is complete, and another worker writes the "
                      f"comparison's files in {self.out}")
             return None
+        self._gather(progress)
         results, summary, statements = write_outputs(Run(self.out), self.runs, command)
         return CompareResult(self.out, results, summary, statements, trained, len(self.runs) - trained)
 
