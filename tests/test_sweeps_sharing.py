@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fashionlab.comparison import compare
-from fashionlab.errors import ConfigError
+from fashionlab.errors import ConfigError, RunError
 from fashionlab.rundir import Run
 from fashionlab.sweeps import claims, sharing
 from fashionlab.sweeps.sharing import Shared, compare_shared
@@ -43,11 +43,12 @@ def test_two_workers_on_postgresql_train_each_run_once_and_write_what_one_machin
         assert worker.returncode == 0, err
     study = shared_study(postgres, "shared-compare")
     assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert sorted(t.user_attrs["run"] for t in study.trials) == [0, 1, 2, 3]  # planned once, though both began
-    assert {t.user_attrs["owner"]["pid"] for t in study.trials} == {w.pid for w in workers}  # both trained
     results = pd.read_csv(out / "results.csv")
+    runs = {f"{v} seed {s}": d for v, s, d in zip(results["variant"], results["seed"], results["run_dir"])}
+    assert sorted(t.user_attrs["run"] for t in study.trials) == sorted(runs)  # planned once, though both began
+    assert {t.user_attrs["owner"]["pid"] for t in study.trials} == {w.pid for w in workers}  # both trained
     for trial in study.trials:  # trained once, start to end, by the worker that holds its trial
-        run = Run(results["run_dir"][trial.user_attrs["run"]])
+        run = Run(runs[trial.user_attrs["run"]])
         assert "resumed" not in run.status() and run.status()["pid"] == trial.user_attrs["owner"]["pid"]
         assert trial.value == pytest.approx(run.metrics()["test_accuracy"])
     assert sum("comparison: " in out for out, _ in said) == 1  # one worker wrote the files
@@ -144,7 +145,7 @@ def test_of_two_workers_starting_at_once_one_enqueues_the_plan(tmp_path, synthet
     with ThreadPoolExecutor(2) as pool:  # both find the study without a plan, and both claim it
         workers = list(pool.map(lambda _: Shared(storage, "race", tasks, out, synthetic), range(2)))
     study = shared_study(storage, "race")
-    assert sorted(t.user_attrs["run"] for t in study.trials) == [0, 1, 2, 3]  # each run planned once
+    assert sorted(t.user_attrs["run"] for t in study.trials) == sorted(t.label for t in tasks)  # each once
     assert study.user_attrs[sharing.PLANNER] in {w.claims.owner.token for w in workers}
 
 
@@ -166,3 +167,45 @@ def test_without_a_shared_folder_the_last_worker_gathers_the_others_figures_from
     gathered = [Path(d) for d in results["run_dir"] if not (Path(d) / "model.keras").is_file()]
     assert gathered and all((d / "metrics.json").is_file() for d in gathered)  # figures, not models
     assert f"gathered {len(gathered)} run(s) trained elsewhere" in said[outs.index(writer)][0]
+
+
+def test_a_worker_listing_the_variants_in_another_order_trains_the_runs_the_study_names(tmp_path, synthetic):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    overrides = {"epochs": 1, "validation_size": 60}
+    Shared(storage, "order", sharing.plan(out, VARIANTS, 1, sharing.TrainConfig(), overrides), out, synthetic)
+    reversed_ = Shared(storage, "order", sharing.plan(out, VARIANTS[::-1], 1, sharing.TrainConfig(), overrides), out,
+                       synthetic)
+    taken = next(reversed_.tasks())
+    trial = shared_study(storage, "order").trials[taken.tags["trial"]]
+    assert taken.label == trial.user_attrs["run"] and taken.config.name in taken.label
+
+
+def test_a_damaged_plan_a_planner_that_died_and_a_minimizing_study_are_said_in_one_line(tmp_path, synthetic,
+                                                                                      monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    tasks = sharing.plan(out, VARIANTS, 2, sharing.TrainConfig(), {"epochs": 1, "validation_size": 60})
+    monkeypatch.setattr(claims, "CLAIM_SECONDS", 0.01)
+    died = optuna.create_study(storage=storage, study_name="died", direction="maximize")
+    died.set_user_attr(sharing.PLANNER, "a worker killed while it planned")
+    died.enqueue_trial({}, user_attrs={sharing.RUN: tasks[1].label})  # one of the runs, before it died
+    Shared(storage, "died", tasks, out, synthetic)
+    assert sorted(t.user_attrs["run"] for t in shared_study(storage, "died").trials) == sorted(t.label for t in tasks)
+    damaged = optuna.create_study(storage=storage, study_name="damaged", direction="maximize")
+    damaged.set_user_attr(sharing.PLAN, {"runs": [{"label": tasks[0].label, "config": "x"}]})
+    with pytest.raises(ConfigError, match="another comparison's plan"):
+        Shared(storage, "damaged", tasks, out, synthetic)
+    optuna.create_study(storage=storage, study_name="minimizes", direction="minimize")
+    with pytest.raises(RunError, match="it minimizes"):
+        Shared(storage, "minimizes", tasks, out, synthetic)
+
+
+def test_a_comparison_of_its_own_is_refused_in_a_shared_comparisons_folder(tmp_path, synthetic):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    options = {"variants": VARIANTS[:1], "seeds": 1, "overrides": {"epochs": 1, "validation_size": 60},
+               "data": synthetic}
+    compare_shared(out, storage=storage, study="its-own", **options)
+    with pytest.raises(ConfigError, match="holds a comparison shared through the study 'its-own'"):
+        compare(out, **options)

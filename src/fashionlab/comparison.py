@@ -7,6 +7,7 @@ with their spread, and a conclusion that says only what the numbers show.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,6 +25,7 @@ from fashionlab.datasets import resolve
 from fashionlab.errors import ConfigError, RunError, did_you_mean
 from fashionlab.files import check_writable
 from fashionlab.provenance import available_memory
+from fashionlab.records import shown
 from fashionlab.rundir import Run
 from fashionlab.runner import Done, Task
 
@@ -230,6 +232,19 @@ def check_output_folder(out: Path, *, force: bool, marker: str = MARKER, what: s
                        terms=["out", "force=True"])
 
 
+def _check_not_shared(out: Path) -> None:
+    """A folder whose runs machines share through a study (`compare --storage`) is trained only that way:
+    a comparison of its own there would take runs the other workers train."""
+    if not (out / MARKER).is_file():
+        return
+    with contextlib.suppress(RunError):
+        record = Run(out).read_json(MARKER)
+        if isinstance(record, dict) and isinstance(record.get("study"), str):
+            raise ConfigError(f"{out} holds a comparison shared through the study {shown(record['study'])} "
+                              f"({record.get('storage')}): run it with `storage` and `study`, or give `out` "
+                              f"another folder", terms=["out", "storage", "study"])
+
+
 def _is_run_folder(path: Path) -> bool:
     return any(os.path.lexists(path / name) for name in ("run.json", "config.json"))
 
@@ -272,6 +287,7 @@ def compare(out: str | Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, seed
     out = Path(out)
     check_output_folder(out, force=force, of_runs=False)
     check_writable(out, what="the comparison", term="out")
+    _check_not_shared(out)
     tasks = plan(out, list(variants), seeds, base, overrides, recipe=recipe, command=command)
     data = checked_runs(tasks, jobs, data)
     found = [runner.inspect(task) for task in tasks]

@@ -52,7 +52,7 @@ DATA = "fashionlab_data"  # ...the digest of the data its runs train on
 PLANNER = "fashionlab_planner"  # ...the worker that enqueues the runs (the one whose claim was written last)
 FINISHER = "fashionlab_finisher"  # ...the worker that writes the comparison's files
 PLAN_WAIT = 60.0  # seconds a worker waits for another to finish enqueueing the plan's runs
-RUN = "run"  # a trial's attribute: the index of its run in the plan
+RUN = "run"  # a trial's attribute: the label of its run in the plan ("fast-cnn seed 42")
 FILES = "files"  # ...its run's figures, for a worker whose `out` is not shared to write the comparison from
 GATHERED = ("config.json", "run.json", "metrics.json", "history.csv", "confusion_matrix.csv")
 MAX_GATHERED_BYTES = 1024 * 1024  # a run's figures in the study, at most (a few kB: the model stays home)
@@ -74,7 +74,8 @@ def plan_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[s
     said = [f"{label} added" for label in new if label not in old]
     said += [f"{label} gone" for label in old if label not in new]
     for label in (label for label in new if label in old):
-        before, after = old[label].get("config") or {}, new[label]["config"]
+        before, after = old[label].get("config"), new[label]["config"]
+        before = before if isinstance(before, dict) else {}  # a damaged plan: every key differs
         keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         if keys:
             said.append(f"{label}: {', '.join(keys)}")
@@ -100,8 +101,9 @@ def compare_shared(out: str | Path, *, storage: str, study: str | None = None, v
     out = Path(out)
     name = study if study is not None else f"compare-{out.absolute().name}"
     if name_problem(name):
-        raise ConfigError(f"study name {shown(name)} cannot be used: it must start with a letter or digit and hold "
-                          f"only letters, digits, '_', '-' or '.', at most 64 bytes", terms=["study"])
+        said = "" if study is not None else " (made from `out`'s folder name: give `study` NAME)"
+        raise ConfigError(f"study name {shown(name)} cannot be used{said}: it must start with a letter or digit and "
+                          f"hold only letters, digits, '_', '-' or '.', at most 64 bytes", terms=["study", "out"])
     check_output_folder(out, force=force, of_runs=False)
     check_writable(out, what="the comparison", term="out")
     tasks = plan(out, list(variants), seeds, base, overrides, recipe=recipe, command=command)
@@ -127,6 +129,7 @@ class Shared:
         self.backend = open_storage(storage)
         self.study = _opened_study(self.backend, name, storage)
         self.claims = Claims(self.backend, self.study._study_id)
+        self.by_label = {task.label: task for task in tasks}
         self._planned(planned(tasks, out), data_fingerprint(data))
 
     # --- the plan ----------------------------------------------------------------------------------
@@ -140,8 +143,10 @@ class Shared:
                                   f"not make; give `study` another name", terms=["study"])
             if self._claim(PLANNER):
                 self.study.set_user_attr(DATA, digest)
-                for index in range(len(self.runs)):
-                    self.study.enqueue_trial({}, user_attrs={RUN: index})
+                have = {t.user_attrs.get(RUN) for t in self.study.get_trials(deepcopy=False)}  # a planner that died
+                for task in self.runs:
+                    if task.label not in have:
+                        self.study.enqueue_trial({}, user_attrs={RUN: task.label})
                 self.study.set_user_attr(PLAN, wanted)  # last: the runs are all there once the plan is
             attrs = self._wait_for_plan()
         changed = plan_differences(attrs[PLAN], wanted)
@@ -179,8 +184,7 @@ class Shared:
         """The study's trials in `states`, each checked: its run is one of the plan's."""
         found = self.study.get_trials(deepcopy=False, states=states or None)
         for trial in found:
-            index = trial.user_attrs.get(RUN)
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.runs):
+            if not isinstance(trial.user_attrs.get(RUN), str) or trial.user_attrs[RUN] not in self.by_label:
                 raise RunError(f"study {self.study.study_name} holds trial {trial.number}, which is none of the "
                                f"comparison's runs; give `study` another name", terms=["study"])
         return found
@@ -196,12 +200,18 @@ class Shared:
             trial = stopped or self.claims.pop_waiting(self._trials(TrialState.WAITING))
             if trial is None:
                 return
-            task = self.runs[trial.user_attrs[RUN]]
+            task = self.by_label[trial.user_attrs[RUN]]
             if runner.inspect(task).state == "complete":  # trained before its trial was told: told now
                 self._tell(trial.number, Run(task.run_dir).metrics()["test_accuracy"])
                 continue
             self.claims.hold(trial.number, task.run_dir)
             yield dataclasses.replace(task, tags={**task.tags, "trial": trial.number})
+
+    def _complete(self) -> set[str]:
+        """The runs complete: their labels (a run planned twice by a planner that died is counted once)."""
+        from optuna.trial import TrialState
+
+        return {t.user_attrs[RUN] for t in self._trials(TrialState.COMPLETE)}
 
     def _trial(self, number: int) -> optuna.trial.FrozenTrial:
         return self.backend.get_trial(self.claims.trial_id(number))
@@ -227,7 +237,7 @@ class Shared:
 
         gathered = 0
         for trial in self._trials(TrialState.COMPLETE):
-            task = self.runs[trial.user_attrs[RUN]]
+            task = self.by_label[trial.user_attrs[RUN]]
             if runner.inspect(task).state == "complete":
                 continue
             figures = trial.user_attrs.get(FILES)
@@ -253,9 +263,8 @@ class Shared:
 
     def work(self, *, jobs: int, data: DataSource, progress: Callable[[str], None],
              command: str | None) -> CompareResult | None:
-        from optuna.trial import TrialState
 
-        ended = len(self._trials(TrialState.COMPLETE))
+        ended = len(self._complete())
         progress(f"study {self.study.study_name} ({url_label(self.storage)}): {len(self.runs)} runs, {ended} "
                  f"finished already; {jobs} job(s) here")
         trained = 0
@@ -277,9 +286,8 @@ class Shared:
 
     def _finish(self, trained: int, progress: Callable[[str], None], command: str | None) -> CompareResult | None:
         """The comparison's files, written by the first worker to see every run complete."""
-        from optuna.trial import TrialState
 
-        complete = len(self._trials(TrialState.COMPLETE))
+        complete = len(self._complete())
         if complete < len(self.runs):
             progress(f"trained {trained} run(s) here; {len(self.runs) - complete} still with other workers: the "
                      f"one that finishes the last writes the comparison's files")
@@ -302,7 +310,10 @@ def _opened_study(backend: optuna.storages.BaseStorage, name: str, storage: str)
     import optuna
 
     try:
-        return optuna.create_study(storage=backend, study_name=name, direction="maximize", load_if_exists=True)
+        study = optuna.create_study(storage=backend, study_name=name, direction="maximize", load_if_exists=True)
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise ValueError("it minimizes")
+        return study
     except Exception as exc:  # a database gone, a study that minimizes
         raise RunError(f"cannot open study {name} in {url_label(storage)} ({reason(exc, 200)}); give `study` "
                        f"another name", terms=["study"]) from None

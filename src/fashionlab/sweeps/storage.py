@@ -64,8 +64,7 @@ def check_storage_url(storage: str) -> None:
     found = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://(\S*)", storage)
     if not found or not found[2] and found[1].lower() != "sqlite":
         raise ConfigError("`storage` must be a database URL such as postgresql://user@host/db (it is not shown "
-                          "here, in case it holds a password); without it the study lives in the sweep folder's "
-                          "study.journal", terms=["storage"])
+                          "here, in case it holds a password)", terms=["storage"])
     scheme, rest = found[1].lower(), found[2]
     if scheme == "sqlite":
         path = rest.removeprefix("/") if rest.startswith("/") else ""
@@ -73,7 +72,7 @@ def check_storage_url(storage: str) -> None:
             raise ConfigError("`storage` sqlite:// must name a file every worker opens, sqlite:///FILE, without "
                               "options: an in-memory database lives and dies with one process", terms=["storage"])
     elif not SHARED_SCHEMES.fullmatch(scheme):
-        raise ConfigError(f"`storage` {scheme}://... cannot hold a sweep's study; give a database every worker "
+        raise ConfigError(f"`storage` {scheme}://... cannot hold a study; give a database every worker "
                           f"opens: postgresql://user@host/db, mysql+pymysql://user@host/db or sqlite:///FILE",
                           terms=["storage"])
 

@@ -105,6 +105,9 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[s
                        terms=["study"]) from None
     recorded = study_attrs(study, where).get("fashionlab")
     if recorded is None:
+        if "fashionlab_comparison" in study.user_attrs or "fashionlab_planner" in study.user_attrs:
+            raise ConfigError(f"study {name} holds a comparison shared by `compare --storage`, not a sweep; give "
+                              f"`study` another name", terms=["study"])
         if study.get_trials(deepcopy=False):
             raise ConfigError(f"study {name} in this storage already has trials that fashionlab did not make; give "
                               f"`study` another name", terms=["study"])
