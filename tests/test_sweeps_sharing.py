@@ -209,3 +209,13 @@ def test_a_comparison_of_its_own_is_refused_in_a_shared_comparisons_folder(tmp_p
     compare_shared(out, storage=storage, study="its-own", **options)
     with pytest.raises(ConfigError, match="holds a comparison shared through the study 'its-own'"):
         compare(out, **options)
+
+
+def test_a_password_in_the_command_is_recorded_masked_by_the_library_too(tmp_path, synthetic, postgres):
+    secret = postgres.replace("fashionlab@", "fashionlab:s3cret-pw@")
+    out = tmp_path / "out"
+    compare_shared(out, storage=secret, study="masked", variants=VARIANTS[:1], seeds=1,
+                   overrides={"epochs": 1, "validation_size": 60}, data=synthetic,
+                   command=f"my_script.py --storage {secret}")
+    recorded = [(out / "compare.json").read_text(), *(p.read_text() for p in out.glob("*/seed-*/run.json"))]
+    assert len(recorded) == 2 and all("s3cret-pw" not in text and "fashionlab:***@" in text for text in recorded)

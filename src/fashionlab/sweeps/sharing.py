@@ -174,7 +174,8 @@ class Shared:
         while PLAN not in (attrs := self._attrs()):
             if time.monotonic() > deadline:
                 raise RunError(f"study {self.study.study_name} was being planned by another worker that did not "
-                               f"finish; give `study` another name", terms=["study"])
+                               f"finish within {PLAN_WAIT:.0f} s; run the same command again (it finishes the "
+                               f"plan), or give `study` another name", terms=["study"])
             time.sleep(0.2)
         return attrs
 
