@@ -11,7 +11,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "fashionlab"
 # The package's modules from the bottom up: each imports only those before it.
-LAYERS = ["space", "storage", "study", "trials", "results", "recovery", "claims", "run"]
+LAYERS = ["space", "storage", "study", "trials", "results", "recovery", "claims", "run", "sharing"]
 
 
 def imported(path: Path) -> set[str]:

@@ -100,7 +100,7 @@ class Claims:
         reads back (`read`: the trial as the storage has it now) whose claim was written last; that one
         trains it, the others leave it."""
         self.mark(number)
-        time.sleep(CLAIM_SECONDS)
+        self.wait()
         claimed = (read().user_attrs.get("owner") or {}).get("token")
         return claimed == self.owner.token
 
@@ -119,6 +119,10 @@ class Claims:
                 self.mark(trial.number)
                 return trial
         return None
+
+    def wait(self) -> None:
+        """The pause between writing a claim and reading back whose claim was written last."""
+        time.sleep(CLAIM_SECONDS)
 
     def hold(self, number: int, kept: Any) -> None:
         with self.lock:

@@ -37,7 +37,6 @@ from fashionlab.files import check_writable
 from fashionlab.records import shown
 from fashionlab.rundir import Run
 from fashionlab.runner import Done, Task
-from fashionlab.sweeps import claims
 from fashionlab.sweeps.claims import Claims
 from fashionlab.sweeps.space import require_optuna
 from fashionlab.sweeps.storage import check_storage_url, open_storage, secrets_kept
@@ -162,7 +161,7 @@ class Shared:
         """Whether this worker's claim on the study's `key` is the one written last (every worker that wants
         it writes, waits CLAIM_SECONDS, and reads back)."""
         self.study.set_user_attr(key, self.claims.owner.token)
-        time.sleep(claims.CLAIM_SECONDS)
+        self.claims.wait()
         return self._attrs().get(key) == self.claims.owner.token
 
     def _attrs(self) -> dict[str, Any]:
